@@ -1,0 +1,47 @@
+# The front door: every target does its own set-up, so each works on a fresh checkout.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+MOUNTPOINT ?= $(HOME)/n/dockerfs
+STAMP  := $(VENV)/.installed
+
+.PHONY: run demo test bench lint deps deps-docker clean
+
+$(STAMP): pyproject.toml
+	./scripts/install-system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+deps: $(STAMP)
+
+deps-docker: $(STAMP)
+	./scripts/install-system-deps --with-docker
+
+## make run: mount the containers of your Docker engine at ~/n/dockerfs
+run: deps
+	mkdir -p $(MOUNTPOINT)
+	$(BIN)/dockerfs-fuse $(MOUNTPOINT)
+	@echo "mounted at $(MOUNTPOINT); unmount with: fusermount3 -u $(MOUNTPOINT)"
+
+## make demo: a private dockerd with sample containers, mounted at ~/n/dockerfs
+demo: deps-docker
+	mkdir -p $(MOUNTPOINT)
+	$(BIN)/python -m dockerfs_fuse.demo $(MOUNTPOINT)
+
+## make test: unit, integration (private dockerd, real mount) and interop tests
+test: deps-docker
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+## make bench: figures for 10, 100 and 1000 containers (not part of make test)
+bench: deps-docker
+	$(BIN)/python bench/bench.py $(BENCH_ARGS)
+
+lint: deps
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,82 @@
+"""`dockerfs-fuse`: parse the command line, set up logging, hand over to mount."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .mount import MountConfig, MountError, mount
+
+PROG = "dockerfs-fuse"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Mount the containers of a Docker engine as a filesystem.",
+        epilog="Unmount with: fusermount3 -u MOUNTPOINT. "
+        "Docker access is root-equivalent: anyone who can write this mount's ctl files "
+        "or reach its 9P shim with control enabled can control Docker.",
+    )
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("-f", "--foreground", action="store_true", help="do not detach")
+    p.add_argument("-d", "--debug", action="store_true", help="log every request (implies -f)")
+    p.add_argument(
+        "-H",
+        "--host",
+        metavar="URL",
+        help="Docker endpoint, e.g. unix:///run/docker.sock "
+        "(default: DOCKER_HOST, the docker context, then /var/run/docker.sock)",
+    )
+    p.add_argument(
+        "-o",
+        dest="options",
+        metavar="OPT[,OPT...]",
+        action="append",
+        default=[],
+        help="FUSE mount options, e.g. allow_other",
+    )
+    p.add_argument(
+        "-a", "--all", action="store_true", help="list stopped containers too, not only running"
+    )
+    p.add_argument("--log-file", metavar="FILE", help="where a detached daemon logs")
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    return p
+
+
+def setup_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format=f"{PROG}: %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not debug:
+        logging.getLogger("asyncio").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    setup_logging(args.debug)
+    config = MountConfig(
+        mountpoint=args.mountpoint,
+        host=args.host,
+        foreground=args.foreground or args.debug,
+        debug=args.debug,
+        fuse_options=args.options,
+        show_all=args.all,
+        log_file=args.log_file,
+    )
+    try:
+        return mount(config)
+    except MountError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""`make demo`: try dockerfs-fuse without a Docker engine of your own.
+
+Starts the tests' private dockerd with a few sample containers, mounts it,
+and prints how to stop both. Needs root (dockerd does).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from .private_dockerd import IMAGE, DockerdError, PrivateDockerd
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m dockerfs_fuse.demo MOUNTPOINT", file=sys.stderr)
+        return 2
+    mountpoint = argv[0]
+    d = PrivateDockerd()
+    try:
+        d.start()
+        d.import_busybox()
+        d.run("--name=web", "-l", "com.example/tier=front", IMAGE, "sleep", "1d")
+        d.run("--name=db", "-v", "dbdata:/data", IMAGE, "sleep", "1d")
+        d.run("--name=worker", IMAGE, "sh", "-c", "while true; do echo tick; sleep 5; done")
+    except DockerdError as exc:
+        d.cleanup()
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
+    res = subprocess.run(
+        [sys.executable, "-m", "dockerfs_fuse.cli", "-H", d.host, mountpoint], check=False
+    )
+    if res.returncode != 0:
+        d.cleanup()
+        return res.returncode
+    assert d.proc is not None
+    print(
+        f"""
+mounted a private Docker engine (3 containers) at {mountpoint}
+  ls {mountpoint}; find {mountpoint}; cat {mountpoint}/*/Names/0
+  DOCKER_HOST={d.host} docker ps      # the same engine, with the docker CLI
+stop both:
+  fusermount3 -u {mountpoint}
+  kill {d.proc.pid}      # the private dockerd; then: rm -rf {d.base}
+"""
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,237 @@
+"""The inode table: stable numbers for the nodes of the container tree.
+
+Pure bookkeeping, no FUSE and no I/O, so the rules the kernel relies on are
+unit-tested directly:
+
+- a node keeps its inode number for as long as its path exists;
+- numbers are never reused (a 64-bit counter), so a number the kernel still
+  holds a lookup count for can never point at another node;
+- a node that leaves the tree while the kernel still counts lookups on it is
+  kept, marked gone, until `forget` brings its count to zero.
+
+Container directories are built lazily from the API answer the first time
+anything inside them is asked for, so a listing of a thousand containers
+costs a thousand small objects, not twenty thousand.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .tree import Container, Spec, container_id, container_spec, created_seconds, escape_name
+
+ROOT_INODE = 1
+NS = 1_000_000_000
+
+
+class Kind(enum.Enum):
+    DIR = "dir"
+    FILE = "file"
+    LINK = "link"
+
+
+@dataclass(slots=True, eq=False)
+class Node:
+    inode: int
+    name: str
+    kind: Kind
+    mtime_ns: int
+    data: bytes = b""
+    # Directories only: children by name, in listing order; None until built.
+    children: dict[str, Node] | None = None
+    subdirs: int = 0
+    # Container directories only: the API answer the children are built from.
+    raw: Container | None = None
+    lookups: int = 0
+    gone: bool = False
+    parent: Node | None = None
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind is Kind.DIR
+
+    @property
+    def nlink(self) -> int:
+        return 2 + self.subdirs if self.kind is Kind.DIR else 1
+
+
+@dataclass
+class Changes:
+    """What a refresh changed that the kernel may have cached.
+
+    `removed` holds (parent inode, name, inode) of entries the kernel has
+    looked up and must drop; `changed` holds looked-up inodes whose
+    attributes (size) changed.
+    """
+
+    removed: list[tuple[int, str, int]] = field(default_factory=list)
+    changed: list[int] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.removed or self.changed)
+
+
+# Every container directory has these sub-directories (see tree.SUBDIRS).
+_CONTAINER_SUBDIRS = 5
+
+
+class InodeTable:
+    def __init__(self, root_mtime_ns: int = 0) -> None:
+        self._next = ROOT_INODE + 1
+        self.root = Node(ROOT_INODE, "", Kind.DIR, root_mtime_ns, children={})
+        self._nodes: dict[int, Node] = {ROOT_INODE: self.root}
+
+    # -- queries -------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def __contains__(self, inode: int) -> bool:
+        return inode in self._nodes
+
+    def get(self, inode: int) -> Node:
+        """Raise KeyError for an inode the table does not hold (or no longer holds)."""
+        return self._nodes[inode]
+
+    def lookup(self, parent: Node, name: str) -> Node | None:
+        if name == ".":
+            return parent
+        if name == "..":
+            return parent.parent or self.root
+        return self.children(parent).get(name)
+
+    def children(self, node: Node) -> dict[str, Node]:
+        """A directory's children, building a container directory on first use."""
+        if node.children is None:
+            if node.raw is None:
+                node.children = {}
+            else:
+                self._reconcile(node, container_spec(node.raw), Changes())
+        assert node.children is not None
+        return node.children
+
+    def containers(self) -> Iterator[Node]:
+        assert self.root.children is not None
+        return iter(self.root.children.values())
+
+    # -- the kernel's lookup counts -------------------------------------------
+
+    def remember(self, node: Node) -> None:
+        """The kernel now holds one more reference (lookup, readdirplus entry)."""
+        node.lookups += 1
+
+    def forget(self, inode: int, count: int) -> None:
+        node = self._nodes.get(inode)
+        if node is None or inode == ROOT_INODE:
+            return
+        node.lookups = max(0, node.lookups - count)
+        if node.lookups == 0 and node.gone:
+            del self._nodes[inode]
+
+    # -- refresh -----------------------------------------------------------------
+
+    def set_containers(self, containers: Sequence[Container]) -> Changes:
+        """Make the root list exactly these containers, keeping known inodes."""
+        changes = Changes()
+        old = self.root.children or {}
+        new: dict[str, Node] = {}
+        for c in containers:
+            cid = container_id(c)
+            name = escape_name(cid)
+            if not cid or name in new:
+                continue
+            node = old.get(name)
+            if node is None:
+                node = self._new_node(self.root, name, Kind.DIR, created_seconds(c) * NS)
+                node.raw = c
+                node.subdirs = _CONTAINER_SUBDIRS
+            elif node.raw != c:
+                node.raw = c
+                if node.children is not None:
+                    self._reconcile(node, container_spec(c), changes)
+            new[name] = node
+        for name, node in old.items():
+            if name not in new:
+                self._drop(self.root, node, changes)
+        self.root.children = new
+        self.root.subdirs = len(new)
+        return changes
+
+    def update_container(self, c: Container) -> Changes:
+        """Refresh one container already listed (used by the event stream)."""
+        changes = Changes()
+        node = (self.root.children or {}).get(escape_name(container_id(c)))
+        if node is not None and node.raw != c:
+            node.raw = c
+            if node.children is not None:
+                self._reconcile(node, container_spec(c), changes)
+        return changes
+
+    def remove_container(self, cid: str) -> Changes:
+        changes = Changes()
+        children = self.root.children or {}
+        node = children.pop(escape_name(cid), None)
+        if node is not None:
+            self._drop(self.root, node, changes)
+            self.root.subdirs = len(children)
+        return changes
+
+    # -- internals -------------------------------------------------------------------
+
+    def _new_node(self, parent: Node, name: str, kind: Kind, mtime_ns: int) -> Node:
+        node = Node(self._next, name, kind, mtime_ns, parent=parent)
+        self._next += 1
+        self._nodes[node.inode] = node
+        return node
+
+    def _reconcile(self, dirnode: Node, spec: Spec, changes: Changes) -> None:
+        """Make dirnode's children match spec, keeping the inodes of kept names."""
+        old = dirnode.children or {}
+        new: dict[str, Node] = {}
+        subdirs = 0
+        for name, value in spec.items():
+            child = old.get(name)
+            wants_dir = isinstance(value, dict)
+            if child is not None and child.is_dir != wants_dir:
+                self._drop(dirnode, child, changes)
+                child = None
+            if child is None:
+                child = self._new_node(
+                    dirnode, name, Kind.DIR if wants_dir else Kind.FILE, dirnode.mtime_ns
+                )
+            if isinstance(value, dict):
+                self._reconcile(child, value, changes)
+                subdirs += 1
+            elif child.data != value:
+                if child.lookups and len(child.data) != len(value):
+                    changes.changed.append(child.inode)
+                child.data = value
+            new[name] = child
+        for name, child in old.items():
+            if name not in new:
+                self._drop(dirnode, child, changes)
+        dirnode.children = new
+        dirnode.subdirs = subdirs
+
+    def _drop(self, parent: Node, node: Node, changes: Changes) -> None:
+        """Take a subtree out of the tree; keep what the kernel still references."""
+        if node.lookups:
+            changes.removed.append((parent.inode, node.name, node.inode))
+        stack = [node]
+        while stack:
+            n = stack.pop()
+            if n.children:
+                stack.extend(n.children.values())
+                n.children = {}
+            n.raw = None
+            n.gone = True
+            if n.lookups == 0:
+                self._nodes.pop(n.inode, None)
+
+
+def describe(node: Node) -> dict[str, Any]:
+    """A small dict for log lines and debugging."""
+    return {"inode": node.inode, "name": node.name, "kind": node.kind.value, "gone": node.gone}

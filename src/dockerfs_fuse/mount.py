@@ -1,0 +1,182 @@
+"""Lifecycle: check, detach, mount, serve, and always unmount.
+
+Kept apart from the operations so that every way out (SIGINT, SIGTERM, an
+external `fusermount -u`, an exception) goes through one `finally` that
+closes the FUSE session and unmounts, leaving no "Transport endpoint is not
+connected" behind.
+
+Detaching works like sshfs: the parent forks before any thread exists, the
+child does all the work up to a ready mount, then tells the parent through a
+pipe, and only then does the parent exit 0. Any failure before that point is
+reported by the parent as one line on stderr with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pyfuse3
+import trio
+
+from .docker_source import DockerProblem, DockerSource
+from .operations import DockerFS
+
+log = logging.getLogger(__name__)
+
+
+class MountError(Exception):
+    """A problem to report as one line before anything is mounted."""
+
+
+@dataclass
+class MountConfig:
+    mountpoint: str
+    host: str | None = None
+    foreground: bool = False
+    debug: bool = False
+    fuse_options: list[str] = field(default_factory=list)
+    show_all: bool = False
+    log_file: str | None = None
+    # Called once serving, in the child, with the mounted filesystem:
+    # starts companions such as the 9P shim. Returns a stop function.
+    companion: Callable[[], Callable[[], None]] | None = None
+
+
+def check_mountpoint(path: str) -> None:
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("/dev/fuse is missing: is the fuse kernel module loaded?")
+    if not os.path.isdir(path):
+        raise MountError(f"mountpoint {path} does not exist or is not a directory")
+    if os.path.ismount(path):
+        raise MountError(f"{path} is already a mount point (unmount it with fusermount3 -u)")
+
+
+def fuse_options(config: MountConfig) -> set[str]:
+    opts = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
+    opts |= {"fsname=dockerfs", "subtype=dockerfs"}
+    for opt in config.fuse_options:
+        opts |= {o for o in opt.split(",") if o}
+    if config.debug:
+        opts.add("debug")
+    return opts
+
+
+def prepare(config: MountConfig) -> tuple[DockerSource, DockerFS]:
+    """Everything that can fail with a clear message, before mounting."""
+    check_mountpoint(config.mountpoint)
+    source = DockerSource(config.host)
+    try:
+        source.start()
+        version = source.ping()
+    except (DockerProblem, OSError, ValueError) as exc:
+        source.close()
+        where = config.host or os.environ.get("DOCKER_HOST") or "the default Docker socket"
+        raise MountError(f"cannot reach Docker at {where}: {exc}") from None
+    log.info("Docker %s at %s", version, source.endpoint)
+    return source, DockerFS(source, show_all=config.show_all)
+
+
+async def serve(fs: DockerFS) -> None:
+    """Run until unmounted or signalled; signals end the loop, not the process."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fs.run_invalidator)
+        nursery.start_soon(_terminate_on_signals)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+async def _terminate_on_signals() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("%s: unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
+
+
+def run_mounted(config: MountConfig, ready: Callable[[], None] | None = None) -> int:
+    """Mount, serve, unmount. Returns the exit status."""
+    source, fs = prepare(config)
+    try:
+        pyfuse3.init(fs, config.mountpoint, fuse_options(config))
+    except RuntimeError as exc:
+        source.close()
+        raise MountError(f"cannot mount {config.mountpoint}: {exc}") from None
+    stop_companion: Callable[[], None] | None = None
+    try:
+        if config.companion is not None:
+            stop_companion = config.companion()
+        if ready is not None:
+            ready()
+        trio.run(serve, fs)
+    finally:
+        if stop_companion is not None:
+            stop_companion()
+        pyfuse3.close(unmount=True)
+        source.close()
+    return 0
+
+
+def mount(config: MountConfig) -> int:
+    if config.foreground:
+        return run_mounted(config)
+    return _detached(config)
+
+
+def _detached(config: MountConfig) -> int:
+    """Fork; the child mounts and reports through a pipe; the parent waits for that."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as pipe:
+            message = pipe.read().decode(errors="replace")
+        if message == "ok":
+            return 0
+        _, status = os.waitpid(pid, 0)
+        raise MountError(message.strip() or f"daemon exited with status {status}")
+    os.close(read_fd)
+    os.setsid()
+
+    def report(message: str) -> None:
+        os.write(write_fd, message.encode())
+        os.close(write_fd)
+
+    def ready() -> None:
+        _redirect_stdio(config.log_file)
+        report("ok")
+
+    code = 1
+    try:
+        code = run_mounted(config, ready)
+    except MountError as exc:
+        report(str(exc))
+    except BaseException as exc:  # the parent must hear of it, or it waits forever
+        try:
+            report(f"{type(exc).__name__}: {exc}")
+        except OSError:
+            log.exception("daemon failed")
+    finally:
+        os._exit(code)
+
+
+def _redirect_stdio(log_file: str | None) -> None:
+    """A daemon keeps no terminal: stdio to /dev/null, logs to the log file if given."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    if log_file:
+        fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(fd, 2)
+        os.close(fd)
+    else:
+        os.dup2(devnull, 2)
+    os.close(devnull)
+    sys.stderr = os.fdopen(2, "w", buffering=1)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(sys.stderr)

@@ -1,0 +1,191 @@
+"""A throwaway Docker engine of our own, for tests, `make demo` and `make bench`.
+
+The tests must never see or touch the user's containers, so they run a
+dockerd with its own data root, exec root, pidfile and socket inside a
+temporary directory, and its own containerd namespace (a system containerd,
+if one runs, is shared by namespace only). No registry is reachable, so the
+one image is made locally with `docker import` from Debian's busybox-static.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+IMAGE = "busybox:latest"
+BUSYBOX_APPLETS = ("sh", "sleep", "echo", "cat", "ls", "true", "false", "printf", "yes", "env")
+
+
+class DockerdError(RuntimeError):
+    """The private engine could not be started or driven."""
+
+
+def busybox_binary() -> Path:
+    """Debian's busybox-static installs a static binary as /bin/busybox."""
+    found = shutil.which("busybox")
+    if found is None:
+        raise DockerdError("busybox not found (Debian package busybox-static)")
+    return Path(found)
+
+
+def busybox_rootfs_tar() -> bytes:
+    """A root filesystem holding only busybox and its applet links, as a tar."""
+    data = busybox_binary().read_bytes()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for d in ("bin", "tmp"):
+            info = tarfile.TarInfo(d)
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o1777 if d == "tmp" else 0o755
+            tar.addfile(info)
+        info = tarfile.TarInfo("bin/busybox")
+        info.size = len(data)
+        info.mode = 0o755
+        tar.addfile(info, io.BytesIO(data))
+        for applet in BUSYBOX_APPLETS:
+            link = tarfile.TarInfo(f"bin/{applet}")
+            link.type = tarfile.SYMTYPE
+            link.linkname = "busybox"
+            tar.addfile(link)
+    return buf.getvalue()
+
+
+class PrivateDockerd:
+    """One dockerd process we started, and everything it needs, in one temp dir."""
+
+    def __init__(self, base: Path | None = None) -> None:
+        # Short paths: containerd puts unix sockets under the exec root.
+        self.base = Path(base or tempfile.mkdtemp(prefix="dfs-"))
+        self.socket = self.base / "docker.sock"
+        self.host = f"unix://{self.socket}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.base / "dockerd.log"
+
+    # -- lifecycle --------------------------------------------------------
+
+    def command(self) -> list[str]:
+        dockerd = shutil.which("dockerd")
+        if dockerd is None:
+            raise DockerdError("dockerd not found (Debian package docker.io)")
+        ns = f"dfs-{self.base.name}"
+        return [
+            dockerd,
+            f"--data-root={self.base / 'data'}",
+            f"--exec-root={self.base / 'exec'}",
+            f"--pidfile={self.base / 'dockerd.pid'}",
+            f"--host={self.host}",
+            "--bridge=none",
+            "--iptables=false",
+            "--ip-masq=false",
+            "--userland-proxy=false",
+            "--shutdown-timeout=1",
+            f"--containerd-namespace={ns}",
+            f"--containerd-plugins-namespace={ns}-plugins",
+            "--log-level=warn",
+        ]
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start dockerd and wait until its API answers; fail fast if it dies."""
+        if os.geteuid() != 0:
+            raise DockerdError("a private dockerd needs root")
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise DockerdError(f"dockerd exited with {self.proc.returncode}: {self.log_tail()}")
+            if self.socket.exists() and self.docker("version", check=False).returncode == 0:
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise DockerdError(f"dockerd did not answer within {timeout}s: {self.log_tail()}")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM our dockerd by PID, then SIGKILL if it lingers."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+    def cleanup(self) -> None:
+        self.stop()
+        subprocess.run(["umount", "-R", "-l", str(self.base / "exec")], capture_output=True)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def __enter__(self) -> PrivateDockerd:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return " | ".join(text.strip().splitlines()[-lines:])
+
+    # -- driving it with the docker CLI -----------------------------------
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["DOCKER_HOST"] = self.host
+        env.pop("DOCKER_CONTEXT", None)
+        return env
+
+    def docker(
+        self, *args: str, input: bytes | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[bytes]:
+        docker = shutil.which("docker")
+        if docker is None:
+            raise DockerdError("docker CLI not found (Debian package docker.io)")
+        res = subprocess.run(
+            [docker, *args],
+            input=input,
+            capture_output=True,
+            env=self.env(),
+            timeout=timeout,
+        )
+        if check and res.returncode != 0:
+            raise DockerdError(f"docker {' '.join(args)}: {res.stderr.decode(errors='replace')}")
+        return res
+
+    def import_busybox(self, changes: Sequence[str] = ()) -> str:
+        """Make IMAGE from busybox-static; return its ID."""
+        args = ["import"]
+        for change in changes:
+            args += ["--change", change]
+        res = self.docker(*args, "-", IMAGE, input=busybox_rootfs_tar())
+        return res.stdout.decode().strip()
+
+    def run(self, *args: str) -> str:
+        """`docker run -d ARGS`; return the full container ID."""
+        res = self.docker("run", "-d", "--network=none", *args)
+        return res.stdout.decode().strip()
+
+    def run_sleepers(self, count: int, prefix: str = "s") -> list[str]:
+        """Start COUNT idle containers, many per CLI call, for large-host tests."""
+        ids = []
+        for i in range(count):
+            ids.append(self.run(f"--name={prefix}{i}", IMAGE, "sleep", "100000"))
+        return ids

@@ -1,0 +1,108 @@
+"""Inode numbering rules the kernel depends on, without a kernel."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from dockerfs_fuse.inodes import ROOT_INODE, InodeTable, Kind, Node
+
+RECORDED: list[dict[str, Any]] = json.loads(
+    (Path(__file__).parent / "data" / "containers-all.json").read_text()
+)
+
+
+def walk(table: InodeTable, *names: str) -> Node:
+    node = table.root
+    for name in names:
+        found = table.lookup(node, name)
+        assert found is not None, names
+        node = found
+    return node
+
+
+def test_root_lists_containers_in_api_order() -> None:
+    t = InodeTable()
+    t.set_containers(RECORDED)
+    assert list(t.children(t.root)) == [c["Id"] for c in RECORDED]
+    assert t.root.nlink == 2 + len(RECORDED)
+
+
+def test_container_directories_are_built_only_when_entered() -> None:
+    t = InodeTable()
+    t.set_containers(RECORDED)
+    assert len(t) == 1 + len(RECORDED)
+    cid = RECORDED[0]["Id"]
+    assert walk(t, cid, "Image").data.endswith(b"\n")
+    assert len(t) > 1 + len(RECORDED)
+    assert walk(t, cid).nlink == 2 + 5
+
+
+def test_inodes_are_stable_across_refreshes_and_status_changes() -> None:
+    t = InodeTable()
+    t.set_containers(RECORDED)
+    cid = RECORDED[0]["Id"]
+    before = {n: walk(t, cid, n).inode for n in ("ID", "Status", "Names")}
+    changed = copy.deepcopy(RECORDED)
+    changed[0]["Status"] = "Up 3 hours"
+    changed.reverse()
+    t.set_containers(changed)
+    assert {n: walk(t, cid, n).inode for n in before} == before
+    assert walk(t, cid, "Status").data == b"Up 3 hours\n"
+
+
+def test_size_change_of_a_looked_up_file_is_reported_for_invalidation() -> None:
+    t = InodeTable()
+    t.set_containers(RECORDED)
+    cid = RECORDED[0]["Id"]
+    status = walk(t, cid, "Status")
+    t.remember(status)
+    changed = copy.deepcopy(RECORDED)
+    changed[0]["Status"] = "Up 3 hours and then some"
+    changes = t.set_containers(changed)
+    assert changes.changed == [status.inode]
+
+
+def test_vanished_container_is_kept_until_the_kernel_forgets_it() -> None:
+    t = InodeTable()
+    t.set_containers(RECORDED)
+    gone_id = RECORDED[1]["Id"]
+    gone = walk(t, gone_id)
+    image = walk(t, gone_id, "Image")
+    t.remember(gone)
+    t.remember(gone)
+    changes = t.set_containers(RECORDED[:1] + RECORDED[2:])
+    assert changes.removed == [(ROOT_INODE, gone_id, gone.inode)]
+    assert gone_id not in t.children(t.root)
+    assert gone.inode in t and t.get(gone.inode).gone
+    assert image.inode not in t  # never looked up by the kernel: dropped at once
+    t.forget(gone.inode, 1)
+    assert gone.inode in t
+    t.forget(gone.inode, 1)
+    assert gone.inode not in t
+
+
+def test_inode_numbers_are_never_reused() -> None:
+    t = InodeTable()
+    seen: set[int] = set()
+    for round_ in range(5):
+        batch = copy.deepcopy(RECORDED)
+        for c in batch:
+            c["Id"] = f"{round_:02x}" + c["Id"][2:]
+        t.set_containers(batch)
+        for name in t.children(t.root):
+            node = walk(t, name, "Names")
+            assert node.inode not in seen
+            seen.add(node.inode)
+    assert len(t) < 200  # and the table does not grow without bound
+
+
+def test_dot_and_dotdot_resolve_without_building() -> None:
+    t = InodeTable()
+    c = dict(RECORDED[0])
+    t.set_containers([c])
+    assert walk(t, c["Id"], "Labels").kind is Kind.DIR
+    assert t.lookup(t.root, ".") is t.root
+    assert t.lookup(walk(t, c["Id"]), "..") is t.root

@@ -1,0 +1,373 @@
+"""The core mount against a real private dockerd and a real FUSE mount.
+
+Each expectation is computed from what the Docker API says (asked directly,
+not through the code under test), then compared with what the kernel shows.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import signal
+import stat
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Engine, Mount, dockerfs_command, require_fuse, start_mount, stop_mount
+
+pytestmark = [pytest.mark.docker, pytest.mark.fuse]
+
+IMG = "busybox:latest"
+
+
+def expected_files(c: dict[str, Any]) -> dict[str, bytes]:
+    """The contract, written out independently of src/dockerfs_fuse/tree.py."""
+
+    def line(v: Any) -> bytes:
+        if isinstance(v, bool):
+            v = "true" if v else "false"
+        return f"{v}\n".encode()
+
+    def esc(k: str) -> str:
+        return k.replace("%", "%25").replace("/", "%2F")
+
+    files = {
+        "ID": line(c["Id"]),
+        "Image": line(c["Image"]),
+        "ImageID": line(c["ImageID"]),
+        "Command": line(c["Command"]),
+        "Created": line(c["Created"]),
+        "State": line(c["State"]),
+        "Status": line(c["Status"]),
+    }
+    for i, name in enumerate(c["Names"]):
+        files[f"Names/{i}"] = line(name)
+    for k, v in (c.get("Labels") or {}).items():
+        files[f"Labels/{esc(k)}"] = line(v)
+    for group in ("Ports", "Mounts"):
+        for i, entry in enumerate(c.get(group) or []):
+            for k, v in entry.items():
+                if v is not None:
+                    files[f"{group}/{i}/{k}"] = line(v)
+    for net, fields in (c["NetworkSettings"]["Networks"] or {}).items():
+        for k, v in fields.items():
+            if v is not None and v != "" and not isinstance(v, dict | list):
+                files[f"Networks/{esc(net)}/{k}"] = line(v)
+    return files
+
+
+def tree_files(root: Path) -> dict[str, bytes]:
+    out = {}
+    for dirpath, _dirs, names in os.walk(root):
+        for n in names:
+            p = Path(dirpath) / n
+            out[str(p.relative_to(root))] = p.read_bytes()
+    return out
+
+
+@pytest.fixture
+def three(engine: Engine) -> list[str]:
+    return [
+        engine.run(
+            "--name=web", "-l", "com.example/tier=front", "-l", "100%=yes", IMG, "sleep", "1d"
+        ),
+        engine.run(
+            "--name=db",
+            "-v",
+            "dbdata:/data",
+            "-v",
+            f"{engine.dockerd.base}:/host:ro",
+            IMG,
+            "sleep",
+            "1d",
+        ),
+        engine.run("--name=plain", IMG, "sh", "-c", "sleep 100000"),
+    ]
+
+
+def test_root_lists_running_containers_by_full_id_in_api_order(
+    engine: Engine, three: list[str], mounted: Mount
+) -> None:
+    engine.dockerd.docker("create", "--name=notrunning", IMG, "true")
+    engine.started.append(engine.docker("inspect", "-f", "{{.Id}}", "notrunning").strip())
+    api_ids = [c["Id"] for c in engine.containers()]
+    assert set(three) <= set(api_ids)
+    assert os.listdir(mounted.path) == api_ids
+    assert all(len(i) == 64 for i in api_ids)
+
+
+def test_every_file_matches_the_api_content_and_size(
+    engine: Engine, three: list[str], mounted: Mount
+) -> None:
+    os.listdir(mounted.path)  # refresh, then ask the API: Status text is per-minute
+    api = {c["Id"]: c for c in engine.containers()}
+    for cid, c in api.items():
+        root = mounted.path / cid
+        got = tree_files(root)
+        want = expected_files(c)
+        assert got == want, cid
+        for rel, data in got.items():
+            st = os.stat(root / rel)
+            assert st.st_size == len(data), rel
+            assert stat.S_IMODE(st.st_mode) == 0o444
+            assert st.st_mtime == c["Created"] and st.st_ctime == c["Created"]
+            assert st.st_uid == os.getuid()
+        for dirpath, _d, _f in os.walk(root):
+            st = os.stat(dirpath)
+            assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o555
+
+
+def test_find_shows_the_whole_tree(engine: Engine, three: list[str], mounted: Mount) -> None:
+    out = subprocess.run(
+        ["find", str(mounted.path)], capture_output=True, text=True, timeout=30, check=True
+    ).stdout.splitlines()
+    web = three[0]
+    for rel in (
+        "ID",
+        "Names/0",
+        "Image",
+        "Labels/com.example%2Ftier",
+        "Labels/100%25",
+        "Networks/none/NetworkID",
+    ):
+        assert f"{mounted.path}/{web}/{rel}" in out
+    db = mounted.path / three[1]
+    assert (db / "Mounts/0/Type").read_text() == "volume\n"
+    assert (db / "Mounts/1/RW").read_text() == "false\n"
+
+
+def test_killed_container_disappears_on_next_listing(
+    engine: Engine, three: list[str], mounted: Mount
+) -> None:
+    victim = three[2]
+    assert victim in os.listdir(mounted.path)
+    assert (mounted.path / victim / "State").read_text() == "running\n"
+    engine.docker("kill", victim)
+    assert victim not in os.listdir(mounted.path)
+    with pytest.raises(FileNotFoundError):
+        os.stat(mounted.path / victim / "Image")
+
+
+def test_new_container_reachable_by_path_before_any_listing(engine: Engine, mounted: Mount) -> None:
+    os.listdir(mounted.path)
+    cid = engine.run(IMG, "sleep", "1d")
+    assert (mounted.path / cid / "ID").read_text() == cid + "\n"
+
+
+def test_inode_numbers_are_stable(engine: Engine, three: list[str], mounted: Mount) -> None:
+    def inodes() -> dict[str, int]:
+        return {
+            p: os.stat(mounted.path / p).st_ino
+            for cid in three[:2]
+            for p in (cid, f"{cid}/Status", f"{cid}/Names/0", f"{cid}/Labels")
+        }
+
+    before = inodes()
+    assert len(set(before.values())) == len(before)
+    extra = engine.run(IMG, "sleep", "1d")
+    os.listdir(mounted.path)
+    engine.docker("rm", "-f", extra)
+    os.listdir(mounted.path)
+    assert inodes() == before
+
+
+def _getdents(fd: int, bufsize: int) -> list[str]:
+    """One getdents64 call with a small buffer, to read a listing in pieces."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(bufsize)
+    sys_getdents64 = {"x86_64": 217, "aarch64": 61}[os.uname().machine]
+    n = libc.syscall(sys_getdents64, fd, buf, bufsize)
+    if n < 0:
+        raise OSError(ctypes.get_errno(), "getdents64")
+    names, off = [], 0
+    raw = buf.raw[:n]
+    while off < n:
+        reclen = int.from_bytes(raw[off + 16 : off + 18], "little")
+        name = raw[off + 19 : off + reclen].split(b"\0", 1)[0].decode()
+        names.append(name)
+        off += reclen
+    return names
+
+
+def test_listing_in_progress_is_a_consistent_snapshot(engine: Engine, mounted: Mount) -> None:
+    first = [engine.run(IMG, "sleep", "1d") for _ in range(12)]
+    fd = os.open(mounted.path, os.O_RDONLY | os.O_DIRECTORY)  # opendir: the snapshot
+    try:
+        at_open = [c["Id"] for c in engine.containers()]
+        seen: list[str] = []
+        chunk = _getdents(fd, 300)  # about three entries per call
+        added: list[str] = []
+        while chunk:
+            seen += chunk
+            # Containers come and go between the pieces of one listing.
+            if len(added) < 3:
+                added.append(engine.run(IMG, "sleep", "1d"))
+                engine.docker("rm", "-f", first.pop())
+            chunk = _getdents(fd, 300)
+    finally:
+        os.close(fd)
+    assert len(seen) == len(set(seen)), "an entry was repeated"
+    assert not set(added) & set(seen), "an entry created after opendir leaked in"
+    removed_during = set(at_open) - set(seen)
+    assert set(seen) | removed_during == set(at_open), "an entry was skipped"
+    assert [s for s in at_open if s in seen] == seen, "order changed"
+    # and the next listing sees the new state
+    now = set(os.listdir(mounted.path))
+    assert set(added) <= now and not (removed_during & now)
+
+
+def test_reads_at_offsets_and_writes_are_refused(
+    engine: Engine, three: list[str], mounted: Mount
+) -> None:
+    f = mounted.path / three[0] / "ImageID"
+    data = f.read_bytes()
+    with f.open("rb") as fh:
+        fh.seek(7)
+        assert fh.read(5) == data[7:12]
+        assert fh.read() == data[12:]
+    for attempt in (
+        lambda: f.open("wb"),
+        lambda: os.mkdir(mounted.path / "x"),
+        lambda: os.rename(f, f.with_name("y")),
+        lambda: os.unlink(f),
+        lambda: os.chmod(f, 0o666),
+        lambda: os.setxattr(f, "user.x", b"1"),
+    ):
+        with pytest.raises(OSError) as err:
+            attempt()
+        assert err.value.errno in (errno.EACCES, errno.EPERM, errno.EROFS), err.value
+    assert f.read_bytes() == data  # and the mount still serves
+
+
+def test_sigterm_unmounts_cleanly_and_exits_0(engine: Engine, mounted: Mount) -> None:
+    os.listdir(mounted.path)
+    mounted.proc.send_signal(signal.SIGTERM)
+    assert mounted.wait_exit() == 0, mounted.log_text()
+    assert not os.path.ismount(mounted.path)
+    assert os.listdir(mounted.path) == []  # not ENOTCONN: the plain directory again
+
+
+def test_fusermount_u_ends_the_daemon_with_0(engine: Engine, mounted: Mount) -> None:
+    os.listdir(mounted.path)
+    mounted.unmount()
+    assert mounted.wait_exit() == 0, mounted.log_text()
+    assert not os.path.ismount(mounted.path)
+
+
+def test_daemon_that_does_not_answer_gives_eio_not_a_hang(
+    engine: Engine, three: list[str], mounted: Mount
+) -> None:
+    known = three[0]
+    os.listdir(mounted.path)
+    image = (mounted.path / known / "Image").read_bytes()
+    proc = engine.dockerd.proc
+    assert proc is not None
+    os.kill(proc.pid, signal.SIGSTOP)  # our own dockerd, by PID: it stops answering
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(OSError) as err:
+            os.listdir(mounted.path)
+        took = time.monotonic() - t0
+        assert err.value.errno == errno.EIO
+        assert took < 8, took
+        assert (mounted.path / known / "Image").read_bytes() == image  # cached tree still serves
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    assert known in os.listdir(mounted.path)  # and it recovers with no remount
+
+
+def test_detaches_once_mounted_and_returns_0(engine: Engine, tmp_path: Path) -> None:
+    require_fuse()
+    mp = tmp_path / "bg"
+    mp.mkdir()
+    res = subprocess.run(
+        dockerfs_command("-H", engine.host, str(mp)), capture_output=True, text=True, timeout=30
+    )
+    try:
+        assert res.returncode == 0, res.stderr
+        assert os.path.ismount(mp)  # ready the moment the command returns
+        assert isinstance(os.listdir(mp), list)
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True)
+    deadline = time.monotonic() + 10
+    while os.path.ismount(mp) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.ismount(mp)
+
+
+def _fails_with_one_line(args: list[str], *, want: str, env: dict[str, str] | None = None) -> None:
+    res = subprocess.run(args, capture_output=True, text=True, timeout=30, env=env)
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and want in lines[0], res.stderr
+
+
+def test_error_missing_mountpoint(engine: Engine, tmp_path: Path) -> None:
+    _fails_with_one_line(
+        dockerfs_command("-H", engine.host, str(tmp_path / "nope")), want="does not exist"
+    )
+
+
+def test_error_already_mounted(engine: Engine, mounted: Mount) -> None:
+    _fails_with_one_line(
+        dockerfs_command("-H", engine.host, str(mounted.path)), want="already a mount point"
+    )
+    assert os.path.ismount(mounted.path)
+
+
+@pytest.mark.parametrize("foreground", [True, False])
+def test_error_unreachable_docker(tmp_path: Path, foreground: bool) -> None:
+    require_fuse()
+    mp = tmp_path / "m"
+    mp.mkdir()
+    flags = ["-f"] if foreground else []
+    _fails_with_one_line(
+        dockerfs_command(*flags, "-H", f"unix://{tmp_path}/no.sock", str(mp)),
+        want="cannot reach Docker",
+    )
+    assert not os.path.ismount(mp)
+
+
+def test_error_missing_dev_fuse(engine: Engine, tmp_path: Path) -> None:
+    require_fuse()
+    mp = tmp_path / "m"
+    mp.mkdir()
+    # A private mount namespace whose /dev is an empty tmpfs: no /dev/fuse there.
+    script = 'mount -t tmpfs none /dev && exec "$@"'
+    _fails_with_one_line(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            *dockerfs_command("-f", "-H", engine.host, str(mp)),
+        ],
+        want="/dev/fuse",
+    )
+    assert not os.path.ismount(mp)
+
+
+def test_debug_logs_every_request(engine: Engine, tmp_path: Path) -> None:
+    m = start_mount(engine.host, tmp_path / "dbg", "-d")
+    try:
+        os.listdir(m.path)
+    finally:
+        stop_mount(m)
+    log = m.log_text()
+    assert "OPENDIR" in log or "opendir" in log, log[-2000:]
+
+
+def test_version_and_help() -> None:
+    v = subprocess.run(dockerfs_command("--version"), capture_output=True, text=True, check=True)
+    assert v.stdout.startswith("dockerfs-fuse ")
+    h = subprocess.run(dockerfs_command("--help"), capture_output=True, text=True, check=True)
+    for flag in ("--foreground", "--debug", "--host", "-o", "MOUNTPOINT"):
+        assert flag in h.stdout

@@ -79,6 +79,17 @@ class Engine:
         finally:
             conn.close()
 
+    def api_raw(self, path: str) -> bytes:
+        conn = _UnixHTTPConnection(str(self.dockerd.socket))
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            body = resp.read()
+            assert resp.status == 200, (path, resp.status, body[:200])
+            return body
+        finally:
+            conn.close()
+
     def containers(self, all: bool = False) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.api("/containers/json" + ("?all=1" if all else ""))
         return result

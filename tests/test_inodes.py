@@ -106,3 +106,22 @@ def test_dot_and_dotdot_resolve_without_building() -> None:
     assert walk(t, c["Id"], "Labels").kind is Kind.DIR
     assert t.lookup(t.root, ".") is t.root
     assert t.lookup(walk(t, c["Id"]), "..") is t.root
+
+
+def test_names_and_prefixes_resolve_to_links_and_ambiguity_to_nothing() -> None:
+    t = InodeTable()
+    a = dict(RECORDED[0], Id="abcd1" + "0" * 59, Names=["/web"])
+    b = dict(RECORDED[0], Id="abcd2" + "0" * 59, Names=["/db", "/alias"])
+    t.set_containers([a, b])
+    web = t.alias("web")
+    assert web is not None and web.kind is Kind.LINK and web.data == a["Id"].encode()
+    assert t.alias("alias") is not None and t.alias("alias").data == b["Id"].encode()  # type: ignore[union-attr]
+    assert t.alias("abcd") is None  # ambiguous
+    assert t.alias("abcd2").data == b["Id"].encode()  # type: ignore[union-attr]
+    assert t.alias("abc") is None  # too short
+    assert t.alias("/web") is None  # a path component never holds a slash
+    assert web.name not in t.children(t.root)  # never listed
+    t.remember(web)
+    changes = t.set_containers([b])  # names can move: aliases are dropped on change
+    assert (ROOT_INODE, "web", web.inode) in changes.removed
+    assert t.alias("web") is None

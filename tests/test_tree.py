@@ -96,14 +96,19 @@ def test_ports_from_an_engine_with_port_mapping() -> None:
     ]
     ports = container_spec(c)["Ports"]
     assert ports == {
-        "0": {
+        "0": {"PrivatePort": b"53\n", "Type": b"udp\n"},
+        "1": {
             "IP": b"0.0.0.0\n",
             "PrivatePort": b"80\n",
             "PublicPort": b"8080\n",
             "Type": b"tcp\n",
         },
-        "1": {"PrivatePort": b"53\n", "Type": b"udp\n"},
     }
+    # The engine's order changes between answers (Go map order); the tree's does not.
+    c["Ports"].reverse()
+    c["Mounts"] = list(reversed(c["Mounts"]))
+    assert container_spec(c)["Ports"] == ports
+    assert container_spec(c)["Mounts"] == container_spec(by_name("lab"))["Mounts"]
 
 
 def test_stopped_container_and_missing_fields_do_not_break_the_tree() -> None:

@@ -18,15 +18,18 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import json
 import logging
+import math
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import aiodocker
 import aiohttp
 import trio
 
+from .control import Command
 from .tree import Container
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,8 @@ def _translate(exc: BaseException) -> DockerProblem:
     if isinstance(exc, aiodocker.DockerError):
         message = str(getattr(exc, "message", exc))
         status = getattr(exc, "status", 0)
+        if status == 900:  # aiodocker's code for "could not connect"
+            return DockerUnavailable(message)
         kind: type[DockerProblem] = {404: NotFound, 409: Conflict, 400: BadRequest}.get(
             status, ApiError
         )
@@ -210,3 +215,229 @@ class DockerSource:
             return list(data)
 
         return await self._call("containers/json", fetch, None)
+
+    async def list_one(self, cid: str, all: bool = False) -> Container | None:
+        """One container's list entry (the same shape as the tree's), or None."""
+
+        async def fetch(d: aiodocker.Docker) -> list[Container]:
+            params = {"filters": json.dumps({"id": [cid]})}
+            if all:
+                params["all"] = "1"
+            data = await d._query_json("containers/json", method="GET", params=params)
+            return list(data)
+
+        for c in await self._call("containers/json", fetch, None):
+            if c.get("Id") == cid:
+                return c
+        return None
+
+    async def inspect(self, cid: str) -> dict[str, Any]:
+        async def fetch(d: aiodocker.Docker) -> dict[str, Any]:
+            data: dict[str, Any] = await d._query_json(f"containers/{cid}/json")
+            return data
+
+        return await self._call("containers/inspect", fetch, None)
+
+    async def logs(self, cid: str) -> bytes:
+        """Everything the container wrote so far, both streams, frame headers removed."""
+
+        async def fetch(d: aiodocker.Docker) -> bytes:
+            params = {"stdout": "1", "stderr": "1"}
+            async with d._query(f"containers/{cid}/logs", params=params) as resp:
+                demux = Demuxer(resp.headers.get("Content-Type", ""))
+                return demux.feed(await resp.read()) + demux.flush()
+
+        return await self._call("containers/logs", fetch, None)
+
+    async def control(self, cid: str, command: Command) -> None:
+        """Run a ctl command; returns once Docker has done it.
+
+        stop and restart wait as long as Docker may (their timeout plus
+        slack), not the usual short deadline.
+        """
+        method, path = {
+            "start": ("POST", f"containers/{cid}/start"),
+            "stop": ("POST", f"containers/{cid}/stop"),
+            "restart": ("POST", f"containers/{cid}/restart"),
+            "kill": ("POST", f"containers/{cid}/kill"),
+            "pause": ("POST", f"containers/{cid}/pause"),
+            "unpause": ("POST", f"containers/{cid}/unpause"),
+            "rm": ("DELETE", f"containers/{cid}"),
+        }[command.action]
+        grace = float(command.params.get("t", 10))
+        timeout = self.timeout + (grace + 10 if command.action in ("stop", "restart") else 10)
+
+        async def run(d: aiodocker.Docker) -> None:
+            # 304 (already started / already stopped) is success, as the CLI treats it.
+            async with d._query(path, method=method, params=dict(command.params)):
+                pass
+
+        await self._call(f"containers/{command.action}", run, timeout)
+
+    def stream(
+        self,
+        what: str,
+        produce: Callable[[aiodocker.Docker, Callable[[Any], None]], Awaitable[None]],
+    ) -> Stream:
+        """Run a long-lived producer on the asyncio side; trio reads a Stream.
+
+        `produce(docker, emit)` calls emit for each item; the Stream ends
+        when produce returns, and carries its error if it fails.
+        """
+        if self._thread is None or self._docker is None:
+            raise DockerUnavailable("Docker client not started")
+        self.requests[what] += 1
+        token = trio.lowlevel.current_trio_token()
+        out = Stream()
+        docker = self._docker
+
+        def emit(item: Any) -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(out.put, item)
+
+        async def run() -> None:
+            error: DockerProblem | None = None
+            try:
+                await produce(docker, emit)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                error = _translate(exc)
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(out.finish, error)
+
+        out.future = self._thread.submit(run())
+        return out
+
+    def follow_logs(self, cid: str) -> Stream:
+        """Logs so far, then new output until the container stops (bytes items)."""
+
+        async def produce(d: aiodocker.Docker, emit: Callable[[Any], None]) -> None:
+            params = {"stdout": "1", "stderr": "1", "follow": "1"}
+            async with d._query(
+                f"containers/{cid}/logs", params=params, timeout=_stream_timeout(self.timeout)
+            ) as resp:
+                demux = Demuxer(resp.headers.get("Content-Type", ""))
+                async for chunk in resp.content.iter_any():
+                    data = demux.feed(chunk)
+                    if data:
+                        emit(data)
+                tail = demux.flush()
+                if tail:
+                    emit(tail)
+
+        return self.stream("containers/logs", produce)
+
+    def events(self) -> Stream:
+        """Docker's container events, as decoded JSON objects, until the stream drops."""
+
+        async def produce(d: aiodocker.Docker, emit: Callable[[Any], None]) -> None:
+            params = {"filters": json.dumps({"type": ["container"]})}
+            async with d._query(
+                "events", params=params, timeout=_stream_timeout(self.timeout)
+            ) as resp:
+                async for line in resp.content:
+                    if line.strip():
+                        emit(json.loads(line))
+
+        return self.stream("events", produce)
+
+
+def _stream_timeout(connect: float) -> aiohttp.ClientTimeout:
+    """No overall deadline for a stream, but a bounded connect."""
+    return aiohttp.ClientTimeout(total=None, sock_read=None, connect=connect, sock_connect=connect)
+
+
+class Stream:
+    """Items produced on the asyncio thread, read from trio. Unbounded: the
+    producers here (log output, events) are paced by Docker, not by us."""
+
+    def __init__(self) -> None:
+        self.future: concurrent.futures.Future[None] | None = None
+        self._items: collections.deque[Any] = collections.deque()
+        self._ready = trio.Event()
+        self._done = False
+        self._error: DockerProblem | None = None
+
+    def put(self, item: Any) -> None:
+        self._items.append(item)
+        self._ready.set()
+
+    def finish(self, error: DockerProblem | None) -> None:
+        self._done = True
+        self._error = error
+        self._ready.set()
+
+    async def get(self, timeout: float = math.inf) -> Any:
+        """The next item; None at the end; raises the producer's error; TooSlow on timeout."""
+        with trio.move_on_after(timeout):
+            while not self._items and not self._done:
+                self._ready = trio.Event()
+                await self._ready.wait()
+        if self._items:
+            return self._items.popleft()
+        if self._done:
+            if self._error is not None:
+                raise self._error
+            return None
+        raise TooSlow
+
+    def close(self) -> None:
+        if self.future is not None:
+            self.future.cancel()
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        while (item := await self.get()) is not None:
+            yield item
+
+
+class TooSlow(Exception):
+    """No item arrived within the time asked for."""
+
+
+class Demuxer:
+    """Docker's log stream framing, removed.
+
+    A non-TTY container's log stream is a sequence of frames, each an 8-byte
+    header (stream type, three zero bytes, big-endian length) and a payload.
+    A TTY container's stream is raw. Older engines do not say which in the
+    Content-Type, so the first header is recognised by its shape.
+    """
+
+    def __init__(self, content_type: str = "") -> None:
+        self._buf = bytearray()
+        self._raw: bool | None = None
+        if "raw-stream" in content_type:
+            self._raw = True
+        elif "multiplexed-stream" in content_type:
+            self._raw = False
+
+    def feed(self, data: bytes) -> bytes:
+        if self._raw:
+            return bytes(data)
+        self._buf += data
+        if self._raw is None:
+            if len(self._buf) < 8:
+                return b""
+            head = self._buf[:8]
+            self._raw = not (head[0] in (0, 1, 2) and head[1:4] == b"\0\0\0")
+            if self._raw:
+                whole = bytes(self._buf)
+                self._buf.clear()
+                return whole
+        out = bytearray()
+        while len(self._buf) >= 8:
+            length = int.from_bytes(self._buf[4:8], "big")
+            if len(self._buf) < 8 + length:
+                break
+            out += self._buf[8 : 8 + length]
+            del self._buf[: 8 + length]
+        return bytes(out)
+
+    def flush(self) -> bytes:
+        """Whatever is left at the end: a short raw stream, or a truncated frame."""
+        rest = bytes(self._buf)
+        self._buf.clear()
+        if self._raw is None or self._raw:
+            return rest
+        return rest[8:] if len(rest) > 8 else b""

@@ -21,7 +21,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .tree import Container, Spec, container_id, container_spec, created_seconds, escape_name
+from .tree import (
+    Container,
+    Spec,
+    Special,
+    container_id,
+    container_spec,
+    created_seconds,
+    escape_name,
+)
 
 ROOT_INODE = 1
 NS = 1_000_000_000
@@ -40,6 +48,8 @@ class Node:
     kind: Kind
     mtime_ns: int
     data: bytes = b""
+    # Files made when opened (ctl, logs...): what to make.
+    special: Special | None = None
     # Directories only: children by name, in listing order; None until built.
     children: dict[str, Node] | None = None
     subdirs: int = 0
@@ -83,6 +93,8 @@ class InodeTable:
         self._next = ROOT_INODE + 1
         self.root = Node(ROOT_INODE, "", Kind.DIR, root_mtime_ns, children={})
         self._nodes: dict[int, Node] = {ROOT_INODE: self.root}
+        # Symlinks for names and ID prefixes, made on lookup, never listed.
+        self._aliases: dict[str, Node] = {}
 
     # -- queries -------------------------------------------------------------
 
@@ -113,6 +125,43 @@ class InodeTable:
         assert node.children is not None
         return node.children
 
+    def alias(self, name: str) -> Node | None:
+        """A symlink to the container a name or unambiguous ID prefix means.
+
+        Docker's own order: a container name (the API spells names with a
+        leading "/"), then an ID prefix of at least 4 hex digits that matches
+        exactly one container. Ambiguous or unknown: None.
+        """
+        node = self._aliases.get(name)
+        if node is not None:
+            return node
+        target = self._resolve(name)
+        if target is None:
+            return None
+        node = self._new_node(self.root, name, Kind.LINK, target.mtime_ns)
+        node.data = target.name.encode()
+        self._aliases[name] = node
+        return node
+
+    def _resolve(self, name: str) -> Node | None:
+        containers = self.root.children or {}
+        slashed = "/" + name
+        for node in containers.values():
+            names = (node.raw or {}).get("Names") or ()
+            if slashed in names:
+                return node
+        if len(name) >= 4 and all(ch in "0123456789abcdef" for ch in name):
+            matches = [node for cid, node in containers.items() if cid.startswith(name)]
+            if len(matches) == 1:
+                return matches[0]
+        return None
+
+    def _drop_aliases(self, changes: Changes) -> None:
+        """Names can move to other containers: aliases live until the next change."""
+        for node in self._aliases.values():
+            self._drop(self.root, node, changes)
+        self._aliases.clear()
+
     def containers(self) -> Iterator[Node]:
         assert self.root.children is not None
         return iter(self.root.children.values())
@@ -136,6 +185,7 @@ class InodeTable:
     def set_containers(self, containers: Sequence[Container]) -> Changes:
         """Make the root list exactly these containers, keeping known inodes."""
         changes = Changes()
+        self._drop_aliases(changes)
         old = self.root.children or {}
         new: dict[str, Node] = {}
         for c in containers:
@@ -160,11 +210,20 @@ class InodeTable:
         self.root.subdirs = len(new)
         return changes
 
-    def update_container(self, c: Container) -> Changes:
-        """Refresh one container already listed (used by the event stream)."""
+    def upsert_container(self, c: Container) -> Changes:
+        """Refresh one container, adding it first in the listing if new (events)."""
         changes = Changes()
-        node = (self.root.children or {}).get(escape_name(container_id(c)))
-        if node is not None and node.raw != c:
+        self._drop_aliases(changes)
+        children = self.root.children if self.root.children is not None else {}
+        name = escape_name(container_id(c))
+        node = children.get(name)
+        if node is None:
+            node = self._new_node(self.root, name, Kind.DIR, created_seconds(c) * NS)
+            node.raw = c
+            node.subdirs = _CONTAINER_SUBDIRS
+            self.root.children = {name: node, **children}
+            self.root.subdirs = len(self.root.children)
+        elif node.raw != c:
             node.raw = c
             if node.children is not None:
                 self._reconcile(node, container_spec(c), changes)
@@ -172,6 +231,7 @@ class InodeTable:
 
     def remove_container(self, cid: str) -> Changes:
         changes = Changes()
+        self._drop_aliases(changes)
         children = self.root.children or {}
         node = children.pop(escape_name(cid), None)
         if node is not None:
@@ -205,6 +265,8 @@ class InodeTable:
             if isinstance(value, dict):
                 self._reconcile(child, value, changes)
                 subdirs += 1
+            elif isinstance(value, Special):
+                child.special = value
             elif child.data != value:
                 if child.lookups and len(child.data) != len(value):
                     changes.changed.append(child.inode)

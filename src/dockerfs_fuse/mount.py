@@ -85,6 +85,7 @@ async def serve(fs: DockerFS) -> None:
     """Run until unmounted or signalled; signals end the loop, not the process."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(fs.run_invalidator)
+        nursery.start_soon(fs.run_events)
         nursery.start_soon(_terminate_on_signals)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()

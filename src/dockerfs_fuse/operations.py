@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 import logging
+import math
 import os
 import stat
 import time
@@ -25,6 +27,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
+from .control import BadCommand, parse_command
 from .docker_source import (
     BadRequest,
     Conflict,
@@ -32,9 +35,11 @@ from .docker_source import (
     DockerSource,
     DockerUnavailable,
     NotFound,
+    Stream,
+    TooSlow,
 )
 from .inodes import ROOT_INODE, Changes, InodeTable, Kind, Node
-from .tree import Container
+from .tree import Container, Special
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,33 @@ R = TypeVar("R")
 # for changes nobody has asked us about yet.
 ENTRY_TIMEOUT = 10.0
 ATTR_TIMEOUT = 10.0
+# While Docker's event stream is down nothing tells us of changes: trust less.
+FALLBACK_TIMEOUT = 1.0
+# Names and prefixes can move to another container.
+ALIAS_TIMEOUT = 1.0
+# A lookup miss of a name asks Docker at most this often.
+MISS_REFRESH_INTERVAL = 1.0
+# When to re-read a container after its events (seconds after, cumulative).
+EVENT_REREAD_DELAYS = (0.05, 0.4)
+# How often a blocked logs.follow read checks whether its reader was signalled.
+FOLLOW_POLL = 0.2
+# Event actions that change what a container's directory shows.
+_EVENT_ACTIONS = frozenset(
+    [
+        "create",
+        "start",
+        "restart",
+        "die",
+        "stop",
+        "kill",
+        "pause",
+        "unpause",
+        "rename",
+        "destroy",
+        "oom",
+        "update",
+    ]
+)
 # readdir offsets start above 2: NFS re-exports treat 1 and 2 specially.
 _OFFSET_BASE = 3
 
@@ -58,7 +90,7 @@ def errno_for(exc: BaseException) -> int:
         return errno.ENOENT
     if isinstance(exc, Conflict):
         return errno.EBUSY
-    if isinstance(exc, BadRequest):
+    if isinstance(exc, BadRequest | BadCommand):
         return errno.EINVAL
     if isinstance(exc, DockerUnavailable | DockerProblem):
         return errno.EIO
@@ -74,7 +106,7 @@ def _guard(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any
             return await fn(*args, **kwargs)
         except pyfuse3.FUSEError:
             raise
-        except DockerProblem as exc:
+        except (DockerProblem, BadCommand) as exc:
             log.warning("%s: %s", fn.__name__, exc)
             raise pyfuse3.FUSEError(errno_for(exc)) from None
         except Exception:
@@ -100,6 +132,24 @@ class _FileHandle:
     """File contents frozen at open: every read of one open sees one version."""
 
     data: bytes
+
+
+@dataclass(slots=True)
+class _CtlHandle:
+    cid: str
+
+
+@dataclass(slots=True)
+class _FollowHandle:
+    """A live log stream; reads block like a pipe's until output or the end."""
+
+    stream: Stream
+    reader_pid: int
+    pending: bytearray
+    ended: bool = False
+
+
+_Handle = _DirHandle | _FileHandle | _CtlHandle | _FollowHandle
 
 
 class _Refresher:
@@ -145,7 +195,11 @@ class DockerFS(pyfuse3.Operations):
         self.table = InodeTable(root_mtime_ns=time.time_ns())
         self.uid = os.getuid()
         self.gid = os.getgid()
-        self._handles: dict[int, _DirHandle | _FileHandle] = {}
+        self._handles: dict[int, _Handle] = {}
+        self.attr_timeout = ATTR_TIMEOUT
+        self._last_refresh = 0.0
+        self._misses: dict[str, float] = {}
+        self._scheduled: set[str] = set()
         self._next_fh = 1
         self._refresher = _Refresher(self._fetch)
         self._inval_send, self._inval_recv = trio.open_memory_channel[Changes](1000)
@@ -158,7 +212,16 @@ class DockerFS(pyfuse3.Operations):
     async def refresh(self) -> None:
         """Fetch the container list and make the tree match it."""
         containers = await self._refresher.get()
+        self._last_refresh = time.monotonic()
         self._apply(self.table.set_containers(containers))
+
+    async def refresh_container(self, cid: str) -> None:
+        """Re-read one container (after a ctl command or an event)."""
+        c = await self.source.list_one(cid, all=self.show_all)
+        if c is None:
+            self._apply(self.table.remove_container(cid))
+        else:
+            self._apply(self.table.upsert_container(c))
 
     def load(self, containers: Sequence[Container]) -> None:
         """Fill the tree before mounting (start-up's first listing)."""
@@ -181,11 +244,11 @@ class DockerFS(pyfuse3.Operations):
         to /dev/fuse, done off the trio thread so a request is never waited on.
         """
         async for changes in self._inval_recv:
-            for parent, name, inode in changes.removed:
+            for parent, name, _inode in changes.removed:
                 try:
-                    pyfuse3.invalidate_entry_async(
-                        parent, os.fsencode(name), deleted=inode, ignore_enoent=True
-                    )
+                    # Not notify_delete (deleted=inode): that fails with
+                    # ENOTEMPTY for a directory whose children the kernel caches.
+                    pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)
                 except Exception as exc:
                     log.debug("invalidate_entry_async(%d, %s): %s", parent, name, exc)
             for inode in changes.changed:
@@ -195,6 +258,74 @@ class DockerFS(pyfuse3.Operations):
                     # ENOENT: the kernel already dropped the inode; nothing to do.
                     if exc.errno != errno.ENOENT:
                         log.debug("invalidate_inode(%d): %s", inode, exc)
+
+    # -- Docker's event stream ----------------------------------------------------
+
+    async def run_events(self) -> None:
+        """Keep the tree fresh between listings (a task in the main nursery).
+
+        On each container event, re-read that one container and push the
+        invalidations, so `cat <id>/State` follows Docker without a listing
+        of the root. When the stream drops: log once, shorten the kernel's
+        attribute timeouts, and reconnect with backoff; on reconnect, list
+        everything once to catch what was missed.
+        """
+        backoff = 0.5
+        down = False
+        async with trio.open_nursery() as nursery:
+            while True:
+                stream = self.source.events()
+                try:
+                    await self.refresh()
+                    if down:
+                        log.info("Docker event stream reconnected")
+                    down, backoff = False, 0.5
+                    self.attr_timeout = ATTR_TIMEOUT
+                    async for event in stream:
+                        self._on_event(event, nursery)
+                    problem = "ended"
+                except DockerProblem as exc:
+                    problem = str(exc)
+                finally:
+                    stream.close()
+                self.attr_timeout = FALLBACK_TIMEOUT
+                if not down:
+                    log.warning("Docker event stream %s; retrying, caching less meanwhile", problem)
+                    down = True
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    def _on_event(self, event: dict[str, Any], nursery: trio.Nursery) -> None:
+        action = str(event.get("Action") or event.get("status") or "").split(":")[0]
+        cid = str(event.get("id") or (event.get("Actor") or {}).get("ID") or "")
+        if not cid or not (action in _EVENT_ACTIONS or action.startswith("health_status")):
+            return
+        log.debug("event %s %s", action, cid[:12])
+        if action == "destroy":
+            self._apply(self.table.remove_container(cid))
+            return
+        if cid not in self._scheduled:
+            self._scheduled.add(cid)
+            nursery.start_soon(self._reread_after_event, cid)
+
+    async def _reread_after_event(self, cid: str) -> None:
+        """Re-read a container shortly after its event(s).
+
+        Docker sends some events (pause, for one) just before the state that
+        its list endpoint reads is updated, so read after a short delay (which
+        also folds a burst such as create+start into one request), and once
+        more a little later in case the engine was slow.
+        """
+        try:
+            for i, delay in enumerate(EVENT_REREAD_DELAYS):
+                await trio.sleep(delay)
+                if i == 0:  # later events schedule their own re-read
+                    self._scheduled.discard(cid)
+                await self.refresh_container(cid)
+        except DockerProblem as exc:
+            log.warning("after an event for %s: %s", cid[:12], exc)
+        finally:
+            self._scheduled.discard(cid)
 
     # -- helpers ------------------------------------------------------------------
 
@@ -208,12 +339,14 @@ class DockerFS(pyfuse3.Operations):
         a = pyfuse3.EntryAttributes()
         a.st_ino = pyfuse3.InodeT(node.inode)
         a.generation = 0
-        a.entry_timeout = ENTRY_TIMEOUT
-        a.attr_timeout = ATTR_TIMEOUT
+        a.entry_timeout = a.attr_timeout = self.attr_timeout
         if node.kind is Kind.DIR:
             a.st_mode = pyfuse3.ModeT(stat.S_IFDIR | 0o555)
         elif node.kind is Kind.LINK:
             a.st_mode = pyfuse3.ModeT(stat.S_IFLNK | 0o777)
+            a.entry_timeout = a.attr_timeout = ALIAS_TIMEOUT
+        elif node.special is Special.CTL:
+            a.st_mode = pyfuse3.ModeT(stat.S_IFREG | 0o200)
         else:
             a.st_mode = pyfuse3.ModeT(stat.S_IFREG | 0o444)
         a.st_nlink = node.nlink
@@ -226,7 +359,7 @@ class DockerFS(pyfuse3.Operations):
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = node.mtime_ns
         return a
 
-    def _new_handle(self, handle: _DirHandle | _FileHandle) -> pyfuse3.FileHandleT:
+    def _new_handle(self, handle: _Handle) -> pyfuse3.FileHandleT:
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = handle
@@ -234,11 +367,22 @@ class DockerFS(pyfuse3.Operations):
 
     async def _find(self, parent: Node, name: str) -> Node | None:
         node = self.table.lookup(parent, name)
-        if node is None and parent.inode == ROOT_INODE and _looks_like_full_id(name):
-            # A container started since the last listing: ask Docker once.
-            await self.refresh()
-            node = self.table.lookup(parent, name)
-        return node
+        if node is not None or parent.inode != ROOT_INODE:
+            return node
+        node = self.table.alias(name)
+        if node is not None:
+            return node
+        # A container started since the last listing: ask Docker once. The
+        # same missing name (shells and editors probe) asks at most once per
+        # interval, so a probe loop cannot turn into a request loop.
+        now = time.monotonic()
+        if now - self._misses.get(name, -math.inf) < MISS_REFRESH_INTERVAL:
+            return None
+        if len(self._misses) > 1024:
+            self._misses.clear()
+        self._misses[name] = now
+        await self.refresh()
+        return self.table.lookup(parent, name) or self.table.alias(name)
 
     # -- requests ---------------------------------------------------------------------
 
@@ -320,24 +464,92 @@ class DockerFS(pyfuse3.Operations):
         node = self._node(inode)
         if node.is_dir:
             raise _fail(errno.EISDIR)
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+        writing = flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND)
+        if node.special is Special.CTL:
+            if flags & os.O_ACCMODE != os.O_WRONLY:
+                raise _fail(errno.EACCES)
+            cid = self._container_of(node)
+            return pyfuse3.FileInfo(fh=self._new_handle(_CtlHandle(cid)), direct_io=True)
+        if writing:
             raise _fail(errno.EACCES)
+        if node.special is None:
+            data = node.data
+        elif node.special is Special.FOLLOW:
+            stream = self.source.follow_logs(self._container_of(node))
+            handle = _FollowHandle(stream, ctx.pid, bytearray())
+            fh = self._new_handle(handle)
+            return pyfuse3.FileInfo(fh=fh, direct_io=True, nonseekable=True)
+        else:
+            data = await self._render(node)
         # Direct I/O: the kernel neither caches pages nor clips reads at a
         # cached size, so `cat` gets exactly this snapshot even when the text
         # (Status, say) changed length since the kernel last saw its size.
-        fh = self._new_handle(_FileHandle(node.data))
+        fh = self._new_handle(_FileHandle(data))
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+
+    def _container_of(self, node: Node) -> str:
+        while node.parent is not None and node.parent.inode != ROOT_INODE:
+            node = node.parent
+        if node.parent is None or node.gone:
+            raise _fail(errno.ENOENT)
+        return node.name
+
+    async def _render(self, node: Node) -> bytes:
+        """One API call per open, never per read (lxcfs's model)."""
+        cid = self._container_of(node)
+        if node.special is Special.LOGS:
+            return await self.source.logs(cid)
+        if node.special is Special.INSPECT:
+            info = await self.source.inspect(cid)
+            return (json.dumps(info, indent=4, ensure_ascii=False) + "\n").encode()
+        raise _fail(errno.EIO)
 
     @_guard
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
         handle = self._handles.get(fh)
-        if not isinstance(handle, _FileHandle):
+        if isinstance(handle, _FileHandle):
+            return handle.data[off : off + size]
+        if isinstance(handle, _FollowHandle):
+            return await self._read_follow(handle, size)
+        raise _fail(errno.EBADF)
+
+    async def _read_follow(self, h: _FollowHandle, size: int) -> bytes:
+        while not h.pending and not h.ended:
+            try:
+                item = await h.stream.get(timeout=FOLLOW_POLL)
+            except TooSlow:
+                # pyfuse3 cannot see the kernel's INTERRUPT, and a reader killed
+                # by a signal waits until we answer: look for the signal ourselves.
+                if _signal_pending(h.reader_pid):
+                    raise _fail(errno.EINTR) from None
+                continue
+            if item is None:
+                h.ended = True
+            else:
+                h.pending += item
+        out = bytes(h.pending[:size])
+        del h.pending[:size]
+        return out
+
+    @_guard
+    async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
+        handle = self._handles.get(fh)
+        if not isinstance(handle, _CtlHandle):
             raise _fail(errno.EBADF)
-        return handle.data[off : off + size]
+        command = parse_command(buf)
+        log.info("ctl %s: %s %s", handle.cid[:12], command.action, command.params or "")
+        await self.source.control(handle.cid, command)
+        try:
+            await self.refresh_container(handle.cid)
+        except DockerProblem as exc:  # the command itself succeeded
+            log.warning("after ctl %s: %s", command.action, exc)
+        return len(buf)
 
     @_guard
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
-        self._handles.pop(fh, None)
+        handle = self._handles.pop(fh, None)
+        if isinstance(handle, _FollowHandle):
+            handle.stream.close()
 
     @_guard
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -358,12 +570,13 @@ class DockerFS(pyfuse3.Operations):
         fh: pyfuse3.FileHandleT | None,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        self._node(inode)
+        node = self._node(inode)
+        only_truncate = fields.update_size and not (
+            fields.update_mode or fields.update_uid or fields.update_gid
+        )
+        if node.special is Special.CTL and only_truncate and attr.st_size == 0:
+            return self._attrs(node)  # `echo stop > ctl` truncates first: harmless
         raise _fail(errno.EPERM)
-
-    @_guard
-    async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
-        raise _fail(errno.EBADF)
 
     @_guard
     async def create(
@@ -470,6 +683,21 @@ class DockerFS(pyfuse3.Operations):
     ) -> Sequence[pyfuse3.XAttrNameT]:
         self._node(inode)
         return []
+
+
+def _signal_pending(pid: int) -> bool:
+    """Whether a thread has an unblocked signal waiting (or is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+    except OSError:
+        return True
+    try:
+        pending = int(fields["SigPnd"], 16) | int(fields["ShdPnd"], 16)
+        blocked = int(fields["SigBlk"], 16)
+    except (KeyError, ValueError):
+        return False
+    return bool(pending & ~blocked)
 
 
 def _looks_like_full_id(name: str) -> bool:

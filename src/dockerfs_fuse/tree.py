@@ -11,12 +11,23 @@ rest are the other fields of the same answer, so one API call serves it all.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeAlias
 
-# A directory is a mapping of names to sub-directories or file contents,
-# in the order they are listed.
-Spec: TypeAlias = "dict[str, Spec | bytes]"
+
+class Special(enum.Enum):
+    """Files whose content is not in the list answer: made when opened or written."""
+
+    CTL = "ctl"
+    LOGS = "logs"
+    FOLLOW = "logs.follow"
+    INSPECT = "inspect.json"
+
+
+# A directory is a mapping of names to sub-directories, file contents or
+# special files, in the order they are listed.
+Spec: TypeAlias = "dict[str, Spec | bytes | Special]"
 Container: TypeAlias = Mapping[str, Any]
 
 # Each container directory, in listing order. The sub-directories are fixed,
@@ -24,6 +35,7 @@ Container: TypeAlias = Mapping[str, Any]
 # without building it.
 SCALAR_FIELDS = ("ID", "Image", "ImageID", "Command", "Created", "State", "Status")
 SUBDIRS = ("Names", "Labels", "Ports", "Mounts", "Networks")
+# The control and live views follow the list fields (see Special).
 ORDER = (
     "ID",
     "Names",
@@ -37,6 +49,10 @@ ORDER = (
     "Ports",
     "Mounts",
     "Networks",
+    "ctl",
+    "logs",
+    "logs.follow",
+    "inspect.json",
 )
 
 
@@ -125,6 +141,18 @@ def _listed(items: Any) -> Iterable[Any]:
     return items if isinstance(items, list) else ()
 
 
+def _mappings(items: Any) -> list[Mapping[str, Any]]:
+    return [x for x in _listed(items) if isinstance(x, Mapping)]
+
+
+def _port_key(p: Mapping[str, Any]) -> tuple[str, ...]:
+    return tuple(str(p.get(k, "")).zfill(5) for k in ("PrivatePort", "Type", "IP", "PublicPort"))
+
+
+def _mount_key(m: Mapping[str, Any]) -> tuple[str, ...]:
+    return tuple(str(m.get(k, "")) for k in ("Destination", "Source", "Type"))
+
+
 def container_spec(c: Container) -> Spec:
     """The whole directory of one container."""
     spec: Spec = {"ID": render(container_id(c))}
@@ -140,18 +168,20 @@ def container_spec(c: Container) -> Spec:
         if isinstance(labels, Mapping)
         else {}
     )
-    spec["Ports"] = {
-        str(i): scalar_files(p, skip_empty=False) for i, p in enumerate(_listed(c.get("Ports")))
-    }
-    spec["Mounts"] = {
-        str(i): scalar_files(m, skip_empty=False) for i, m in enumerate(_listed(c.get("Mounts")))
-    }
+    # The engine lists ports and mounts in Go map order, which changes from
+    # one answer to the next; sorted, Mounts/0 stays the same mount.
+    ports = sorted(_mappings(c.get("Ports")), key=_port_key)
+    spec["Ports"] = {str(i): scalar_files(p, skip_empty=False) for i, p in enumerate(ports)}
+    mounts = sorted(_mappings(c.get("Mounts")), key=_mount_key)
+    spec["Mounts"] = {str(i): scalar_files(m, skip_empty=False) for i, m in enumerate(mounts)}
     networks = (c.get("NetworkSettings") or {}).get("Networks") or {}
     spec["Networks"] = (
         {escape_name(str(name)): scalar_files(n, skip_empty=True) for name, n in networks.items()}
         if isinstance(networks, Mapping)
         else {}
     )
+    for special in Special:
+        spec[special.value] = special
     return spec
 
 

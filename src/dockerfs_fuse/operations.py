@@ -78,6 +78,8 @@ _EVENT_ACTIONS = frozenset(
         "update",
     ]
 )
+# `getfattr -n user.dockerfs.stats MOUNT`: Docker request counts, for make bench.
+STATS_XATTR = b"user.dockerfs.stats"
 # readdir offsets start above 2: NFS re-exports treat 1 and 2 specially.
 _OFFSET_BASE = 3
 
@@ -675,6 +677,8 @@ class DockerFS(pyfuse3.Operations):
         self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
     ) -> bytes:
         self._node(inode)
+        if inode == ROOT_INODE and name == STATS_XATTR:
+            return json.dumps(self.stats(), sort_keys=True).encode()
         raise _fail(pyfuse3.ENOATTR)
 
     @_guard
@@ -682,7 +686,11 @@ class DockerFS(pyfuse3.Operations):
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> Sequence[pyfuse3.XAttrNameT]:
         self._node(inode)
-        return []
+        return [pyfuse3.XAttrNameT(STATS_XATTR)] if inode == ROOT_INODE else []
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for the benchmark and the tests: Docker requests by kind, table size."""
+        return {"requests": dict(self.source.requests), "inodes": len(self.table)}
 
 
 def _signal_pending(pid: int) -> bool:

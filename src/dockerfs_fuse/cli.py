@@ -42,6 +42,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-a", "--all", action="store_true", help="list stopped containers too, not only running"
     )
+    p.add_argument(
+        "--9p",
+        dest="ninep",
+        metavar="DIAL",
+        action="append",
+        default=[],
+        help="also serve the mount over 9P on DIAL (tcp!HOST!PORT or unix!PATH; repeatable), "
+        "read-only, with the dockerfs-9p shim",
+    )
+    p.add_argument(
+        "--9p-allow-control",
+        dest="ninep_allow_control",
+        action="store_true",
+        help="let 9P clients write ctl files: whoever reaches the socket controls Docker (root)",
+    )
     p.add_argument("--log-file", metavar="FILE", help="where a detached daemon logs")
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     return p
@@ -68,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         fuse_options=args.options,
         show_all=args.all,
         log_file=args.log_file,
+        ninep=args.ninep,
+        ninep_allow_control=args.ninep_allow_control,
     )
     try:
         return mount(config)

@@ -16,9 +16,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import IO
 
 import pyfuse3
 import trio
@@ -42,9 +46,64 @@ class MountConfig:
     fuse_options: list[str] = field(default_factory=list)
     show_all: bool = False
     log_file: str | None = None
-    # Called once serving, in the child, with the mounted filesystem:
-    # starts companions such as the 9P shim. Returns a stop function.
-    companion: Callable[[], Callable[[], None]] | None = None
+    # Re-export the mount over 9P on these dial strings (the dockerfs-9p shim).
+    ninep: list[str] = field(default_factory=list)
+    ninep_allow_control: bool = False
+
+
+class Shim:
+    """The 9P shim as a child process: started once mounted, stopped with the mount.
+
+    It re-exports the mountpoint, so it is a plain client of the FUSE mount;
+    if it dies, the mount is unmounted too ("both stop together").
+    """
+
+    def __init__(self, dials: list[str], mountpoint: str, allow_control: bool) -> None:
+        from .ninep.cli import shim_command
+
+        argv = shim_command(dials[0], mountpoint, allow_control)
+        for dial in dials[1:]:
+            argv[-1:-1] = ["--listen", dial]
+        self.argv = argv
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start and wait for every "listening" line; a failure is a MountError."""
+        self.proc = subprocess.Popen(
+            self.argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
+        assert self.proc.stderr is not None
+        wanted = self.argv.count("--listen")
+        deadline = time.monotonic() + timeout
+        lines: list[str] = []
+        while sum("listening on" in line for line in lines) < wanted:
+            line = self.proc.stderr.readline().decode(errors="replace")
+            if not line or time.monotonic() > deadline:
+                self.stop()
+                raise MountError(f"9P shim failed: {''.join(lines).strip() or 'no output'}")
+            lines.append(line)
+            log.info("%s", line.strip())
+        # From here on its stderr goes to our log, so the pipe never fills.
+        threading.Thread(target=self._drain, args=(self.proc.stderr,), daemon=True).start()
+
+    @staticmethod
+    def _drain(pipe: IO[bytes]) -> None:
+        for line in pipe:
+            log.info("9p: %s", line.decode(errors="replace").rstrip())
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()  # by its PID: the one process we started
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 def check_mountpoint(path: str) -> None:
@@ -81,14 +140,39 @@ def prepare(config: MountConfig) -> tuple[DockerSource, DockerFS]:
     return source, DockerFS(source, show_all=config.show_all)
 
 
-async def serve(fs: DockerFS) -> None:
+# Told once the mount serves (None) or could not be made whole (a message).
+Ready = Callable[[str | None], None]
+
+
+async def serve(fs: DockerFS, shim: Shim | None, ready: Ready) -> None:
     """Run until unmounted or signalled; signals end the loop, not the process."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(fs.run_invalidator)
         nursery.start_soon(fs.run_events)
         nursery.start_soon(_terminate_on_signals)
+        nursery.start_soon(_start_companions, shim, ready, nursery)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
+
+
+async def _start_companions(shim: Shim | None, ready: Ready, nursery: trio.Nursery) -> None:
+    """The shim reads the mount, so it starts only once the FUSE loop is serving."""
+    if shim is not None:
+        try:
+            await trio.to_thread.run_sync(shim.start)
+        except MountError as exc:
+            ready(str(exc))
+            pyfuse3.terminate()
+            return
+        nursery.start_soon(_terminate_when_shim_exits, shim)
+    ready(None)
+
+
+async def _terminate_when_shim_exits(shim: Shim) -> None:
+    while shim.alive():
+        await trio.sleep(0.5)
+    log.warning("the 9P shim exited: unmounting")
+    pyfuse3.terminate()
 
 
 async def _terminate_on_signals() -> None:
@@ -99,27 +183,35 @@ async def _terminate_on_signals() -> None:
             return
 
 
-def run_mounted(config: MountConfig, ready: Callable[[], None] | None = None) -> int:
+def run_mounted(config: MountConfig, ready: Ready | None = None) -> int:
     """Mount, serve, unmount. Returns the exit status."""
+    failure: list[str] = []
+
+    def on_ready(error: str | None) -> None:
+        if error is not None:
+            failure.append(error)
+        if ready is not None:
+            ready(error)
+
     source, fs = prepare(config)
     try:
         pyfuse3.init(fs, config.mountpoint, fuse_options(config))
     except RuntimeError as exc:
         source.close()
         raise MountError(f"cannot mount {config.mountpoint}: {exc}") from None
-    stop_companion: Callable[[], None] | None = None
+    shim = (
+        Shim(config.ninep, config.mountpoint, config.ninep_allow_control) if config.ninep else None
+    )
     try:
-        if config.companion is not None:
-            stop_companion = config.companion()
-        if ready is not None:
-            ready()
-        trio.run(serve, fs)
+        trio.run(serve, fs, shim, on_ready)
     finally:
-        if stop_companion is not None:
-            stop_companion()
+        if shim is not None:
+            shim.stop()
         pyfuse3.close(unmount=True)
         source.close()
-    return 0
+    if failure and ready is None:
+        raise MountError(failure[0])
+    return 1 if failure else 0
 
 
 def mount(config: MountConfig) -> int:
@@ -147,7 +239,10 @@ def _detached(config: MountConfig) -> int:
         os.write(write_fd, message.encode())
         os.close(write_fd)
 
-    def ready() -> None:
+    def ready(error: str | None) -> None:
+        if error is not None:
+            report(error)
+            return
         _redirect_stdio(config.log_file)
         report("ok")
 

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 MOUNTPOINT ?= $(HOME)/n/dockerfs
 STAMP  := $(VENV)/.installed
 
-.PHONY: run demo test bench lint deps deps-docker clean
+.PHONY: run demo test bench lint deps deps-docker deps-9p clean
 
 $(STAMP): pyproject.toml
 	./scripts/install-system-deps
@@ -19,6 +19,10 @@ deps: $(STAMP)
 deps-docker: $(STAMP)
 	./scripts/install-system-deps --with-docker
 
+# The 9P tests: diod's clients, and qemu with Debian's kernel for the kernel's own client.
+deps-9p: $(STAMP)
+	./scripts/install-qemu-deps
+
 ## make run: mount the containers of your Docker engine at ~/n/dockerfs
 run: deps
 	mkdir -p $(MOUNTPOINT)
@@ -31,7 +35,7 @@ demo: deps-docker
 	$(BIN)/python -m dockerfs_fuse.demo $(MOUNTPOINT)
 
 ## make test: unit, integration (private dockerd, real mount) and interop tests
-test: deps-docker
+test: deps-docker deps-9p
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 ## make bench: figures for 10, 100 and 1000 containers (not part of make test)

@@ -347,6 +347,16 @@ def test_error_unreachable_docker(tmp_path: Path, foreground: bool) -> None:
     assert not os.path.ismount(mp)
 
 
+def test_error_bad_endpoint(tmp_path: Path) -> None:
+    require_fuse()
+    mp = tmp_path / "m"
+    mp.mkdir()
+    _fails_with_one_line(
+        dockerfs_command("-f", "-H", "bogus://nowhere", str(mp)), want="bad Docker endpoint"
+    )
+    assert not os.path.ismount(mp)
+
+
 def test_error_missing_dev_fuse(engine: Engine, tmp_path: Path) -> None:
     require_fuse()
     mp = tmp_path / "m"

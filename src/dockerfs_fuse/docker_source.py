@@ -142,7 +142,16 @@ class DockerSource:
     def start(self) -> None:
         """Start the asyncio thread and create the client in it (synchronous)."""
         self._thread = _AsyncioThread()
-        self._docker = self._thread.submit(self._make_client()).result(self.timeout)
+        try:
+            self._docker = self._thread.submit(self._make_client()).result(self.timeout)
+        except AssertionError:
+            # aiodocker asserts when it finds no endpoint at all
+            raise DockerUnavailable(
+                "no Docker endpoint found (no DOCKER_HOST, docker context or docker.sock); "
+                "is dockerd running? (or pass -H URL)"
+            ) from None
+        except ValueError as exc:
+            raise DockerUnavailable(f"bad Docker endpoint: {exc}") from None
 
     async def _make_client(self) -> aiodocker.Docker:
         return aiodocker.Docker(url=self.host)

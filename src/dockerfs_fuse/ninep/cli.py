@@ -1,0 +1,153 @@
+"""`dockerfs-9p [--listen DIAL]... [--allow-control] [-d|--debug] DIRECTORY`
+
+Parses dial strings, opens the listeners, announces them on stderr, and turns
+SIGINT/SIGTERM into a clean exit.  Everything 9P lives in server.py.
+
+Read-only by default.  --allow-control lets writes through to files that are
+writable in DIRECTORY; over the dockerfs mount that means the containers'
+ctl files, and whoever can reach the socket can then drive Docker, which is
+root on the host.  Creating, removing and renaming stay refused even then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import trio
+
+from .export import Export
+from .server import serve
+
+DEFAULT_DIAL = "tcp!localhost!9999"
+log = logging.getLogger("dockerfs_fuse.ninep")
+
+
+@dataclass(frozen=True)
+class Dial:
+    """A parsed Plan 9 dial string: tcp!HOST!PORT or unix!PATH."""
+
+    network: str
+    address: str
+    port: int = 0
+
+
+def parse_dial(text: str) -> Dial:
+    """`localhost` means loopback only; any other address must be spelled out
+    (`*` or `0.0.0.0` for every interface)."""
+    parts = text.split("!")
+    if parts[0] == "unix" and len(parts) == 2 and parts[1]:
+        return Dial("unix", parts[1])
+    if parts[0] == "tcp" and len(parts) == 3:
+        host, port = parts[1], parts[2]
+        if not port.isdigit() or int(port) > 65535:
+            raise ValueError(f"bad port in dial string {text!r}")
+        host = {"localhost": "127.0.0.1", "*": "0.0.0.0", "": "127.0.0.1"}.get(host, host)
+        return Dial("tcp", host, int(port))
+    raise ValueError(f"bad dial string {text!r}: want tcp!HOST!PORT or unix!PATH")
+
+
+def shim_command(dial: str, directory: str, allow_control: bool = False) -> list[str]:
+    """argv to run the shim as a child process beside the FUSE mount."""
+    argv = [sys.executable, "-m", "dockerfs_fuse.ninep.cli", "--listen", dial]
+    if allow_control:
+        argv.append("--allow-control")
+    return [*argv, directory]
+
+
+async def open_listener(dial: Dial) -> tuple[trio.SocketListener, str]:
+    """A listening socket and the dial string it really got (port 0 → real port)."""
+    if dial.network == "unix":
+        _remove_stale_socket(dial.address)
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        await sock.bind(dial.address)
+        sock.listen(128)
+        return trio.SocketListener(sock), f"unix!{dial.address}"
+    family = socket.AF_INET6 if ":" in dial.address else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    await sock.bind((dial.address, dial.port))
+    sock.listen(128)
+    host, port = sock.getsockname()[:2]
+    return trio.SocketListener(sock), f"tcp!{host}!{port}"
+
+
+def _remove_stale_socket(path: str) -> None:
+    """A socket left by a killed shim would make bind fail; anything that is
+    not a socket is left alone."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+
+
+async def run(export: Export, dials: Sequence[Dial]) -> None:
+    """Listen on every dial and serve until SIGINT or SIGTERM."""
+    listeners = []
+    for dial in dials:
+        listener, name = await open_listener(dial)
+        listeners.append(listener)
+        print(f"dockerfs-9p: listening on {name}", file=sys.stderr, flush=True)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve, export, listeners)
+            async for signum in signals:
+                log.info("signal %d: closing every connection", signum)
+                nursery.cancel_scope.cancel()
+                break
+    for dial in dials:
+        if dial.network == "unix":
+            _remove_stale_socket(dial.address)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="dockerfs-9p",
+        description="Serve DIRECTORY over 9P2000, 9P2000.u and 9P2000.L.",
+    )
+    parser.add_argument(
+        "--listen",
+        action="append",
+        metavar="DIAL",
+        help=f"tcp!HOST!PORT or unix!PATH (repeatable; default {DEFAULT_DIAL})",
+    )
+    parser.add_argument(
+        "--allow-control",
+        action="store_true",
+        help="let writes through to files writable in DIRECTORY "
+        "(whoever reaches the socket can then control Docker, i.e. root)",
+    )
+    parser.add_argument("-d", "--debug", action="store_true", help="log every 9P message")
+    parser.add_argument("directory", metavar="DIRECTORY")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="dockerfs-9p: %(message)s",
+    )
+    try:
+        dials = [parse_dial(d) for d in args.listen or [DEFAULT_DIAL]]
+        export = Export(args.directory, allow_control=args.allow_control)
+    except (ValueError, OSError) as exc:
+        print(f"dockerfs-9p: {exc}", file=sys.stderr)
+        return 2
+    try:
+        trio.run(run, export, dials)
+    except OSError as exc:
+        print(f"dockerfs-9p: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

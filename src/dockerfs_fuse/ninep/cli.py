@@ -90,12 +90,13 @@ def _remove_stale_socket(path: str) -> None:
 
 async def run(export: Export, dials: Sequence[Dial]) -> None:
     """Listen on every dial and serve until SIGINT or SIGTERM."""
-    listeners = []
-    for dial in dials:
-        listener, name = await open_listener(dial)
-        listeners.append(listener)
-        print(f"dockerfs-9p: listening on {name}", file=sys.stderr, flush=True)
+    # Signals first: whoever sees the "listening" line may SIGTERM at once.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        listeners = []
+        for dial in dials:
+            listener, name = await open_listener(dial)
+            listeners.append(listener)
+            print(f"dockerfs-9p: listening on {name}", file=sys.stderr, flush=True)
         async with trio.open_nursery() as nursery:
             await nursery.start(serve, export, listeners)
             async for signum in signals:

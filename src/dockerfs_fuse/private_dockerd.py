@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -75,7 +76,8 @@ class PrivateDockerd:
         dockerd = shutil.which("dockerd")
         if dockerd is None:
             raise DockerdError("dockerd not found (Debian package docker.io)")
-        ns = f"dfs-{self.base.name}"
+        # containerd namespaces allow [A-Za-z0-9] runs joined by single [._-].
+        ns = "dfs" + re.sub(r"[^A-Za-z0-9]", "", self.base.name)
         return [
             dockerd,
             f"--data-root={self.base / 'data'}",

@@ -1,0 +1,863 @@
+"""Benchmark dockerfs-fuse against `docker ps`, the bare API and tmpfs (issue 5).
+
+Everything runs against a private dockerd started here (never the user's
+engine), with N idle busybox containers for each N in --sizes. Each figure is
+the wall time of one subprocess (`ls`, `find`, `grep -r`, `docker ps`, `curl`),
+so all of them pay the same process start-up; ratios are taken within one run
+so that the machine's speed cancels out.
+
+Results: a markdown table on stdout and in RESULTS/latest.md, raw figures in
+RESULTS/latest.json (RESULTS is bench/results unless --out says otherwise).
+Needs root (dockerd, tmpfs), fusermount3, docker, curl, grep, find.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import functools
+import http.client
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from dockerfs_fuse.private_dockerd import IMAGE, PrivateDockerd
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_OUT = HERE / "results"
+STATS_XATTR = "user.dockerfs.stats"
+LIST_KEY = "containers/json"
+# Files outside the core tree: logs.follow blocks like a pipe, and the other
+# three ask Docker when opened (or are write-only). grep skips them everywhere.
+SPECIAL_FILES = ("logs.follow", "logs", "inspect.json", "ctl")
+GREP_EXCLUDES = tuple(f"--exclude={name}" for name in SPECIAL_FILES)
+CREATE_THREADS = 8
+CONCURRENT_LS = 8
+# Issue 5's limits, as multipliers of the reference named next to each.
+TARGET_COLD_LS_VS_PS_Q = 0.5
+TARGET_COLD_LS_VS_CURL = 1.2
+TARGET_WARM_FIND_VS_TMPFS = 3.0
+TARGET_RSS_MB = 80.0
+LINEAR_SLACK = 1.2
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not set up or measure something; the run is void."""
+
+
+# -- the Docker API, spoken directly (fast container set-up, no CLI per container) --
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float = 60) -> None:
+        super().__init__("docker", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+def api(sock: Path, method: str, path: str, body: Any = None) -> Any:
+    conn = _UnixHTTPConnection(str(sock))
+    try:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        conn.request(method, path, body=data, headers=headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+        if resp.status >= 300 and resp.status != 304:
+            raise BenchError(f"{method} {path}: {resp.status} {raw[:200]!r}")
+        return json.loads(raw) if raw.strip() else None
+    finally:
+        conn.close()
+
+
+def start_sleeper(sock: Path) -> str:
+    """What `docker run -d --network=none busybox sleep 1d` does, in two API calls."""
+    spec = {
+        "Image": IMAGE,
+        "Cmd": ["sleep", "86400"],
+        "HostConfig": {"NetworkMode": "none"},
+        "Labels": {"dockerfs.bench": "1"},
+    }
+    cid = str(api(sock, "POST", "/containers/create", spec)["Id"])
+    api(sock, "POST", f"/containers/{cid}/start")
+    return cid
+
+
+def start_sleepers(sock: Path, count: int) -> list[str]:
+    """A thread pool, because one container start is mostly waiting on runc and the shim."""
+    with concurrent.futures.ThreadPoolExecutor(CREATE_THREADS) as pool:
+        return list(pool.map(lambda _: start_sleeper(sock), range(count)))
+
+
+def kill_all(sock: Path, ids: Sequence[str]) -> None:
+    """SIGKILL every container first: dockerd's own shutdown of 1000 may outlast its timeout."""
+
+    def kill(cid: str) -> None:
+        with contextlib.suppress(Exception):
+            api(sock, "POST", f"/containers/{cid}/kill")
+
+    with concurrent.futures.ThreadPoolExecutor(CREATE_THREADS) as pool:
+        list(pool.map(kill, ids))
+
+
+# -- a mount of our own ------------------------------------------------------------------
+
+
+@dataclass
+class Mount:
+    path: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def stats(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(os.getxattr(self.path, STATS_XATTR))
+        return data
+
+    def lists(self) -> int:
+        return int(self.stats()["requests"].get(LIST_KEY, 0))
+
+    def peak_rss_kb(self) -> int:
+        return proc_status_kb(self.proc.pid, "VmHWM")
+
+    def rss_kb(self) -> int:
+        return proc_status_kb(self.proc.pid, "VmRSS")
+
+
+def proc_status_kb(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise BenchError(f"no {key} for PID {pid}")
+
+
+def start_mount(host: str, mountpoint: Path, timeout: float = 30) -> Mount:
+    """The daemon in the foreground, as the tests run it; fail fast if it dies."""
+    mountpoint.mkdir(exist_ok=True)
+    log = mountpoint.parent / f"{mountpoint.name}.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dockerfs_fuse.cli", "-f", "-H", host, str(mountpoint)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            # Our own session: a Ctrl-C reaches us, and we unmount in order.
+            start_new_session=True,
+        )
+    m = Mount(mountpoint, proc, log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(
+                f"dockerfs-fuse exited with {proc.returncode}: {log.read_text(errors='replace')}"
+            )
+        if os.path.ismount(mountpoint):
+            settle(m)
+            return m
+        time.sleep(0.02)
+    stop_mount(m)
+    raise BenchError(f"not mounted after {timeout}s: {log.read_text(errors='replace')}")
+
+
+def cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime, all threads
+
+
+def wait_idle(pid: int, quiet: float = 1.0, timeout: float = 30) -> None:
+    """Let dockerd finish the after-work of a burst of starts before anything is timed."""
+    last, since = cpu_ticks(pid), time.monotonic()
+    deadline = since + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = cpu_ticks(pid)
+        if now - last > 1:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+
+
+def settle(m: Mount, quiet: float = 0.3, timeout: float = 15) -> None:
+    """Wait out the daemon's own start-up listing (event stream connect).
+
+    Otherwise the first `ls` shares that request in flight: it would look
+    faster than a real first listing and count zero requests. A request in
+    flight does not move the counters, so quiet also means no CPU used.
+    """
+    last = (m.stats()["requests"], cpu_ticks(m.proc.pid))
+    since = time.monotonic()
+    deadline = since + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = (m.stats()["requests"], cpu_ticks(m.proc.pid))
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+
+
+def stop_mount(m: Mount) -> None:
+    """Cannot hang: lazy unmount, then TERM, then KILL, by PID."""
+    subprocess.run(["fusermount3", "-u", "-z", str(m.path)], capture_output=True)
+    if m.proc.poll() is None:
+        m.proc.send_signal(signal.SIGTERM)
+        try:
+            m.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            m.proc.kill()
+            m.proc.wait(10)
+
+
+@contextlib.contextmanager
+def mounted(host: str, mountpoint: Path) -> Iterator[Mount]:
+    m = start_mount(host, mountpoint)
+    try:
+        yield m
+    finally:
+        stop_mount(m)
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path) -> Iterator[Path]:
+    path.mkdir(exist_ok=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1g,mode=0755", "bench-tmpfs", str(path)],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield path
+    finally:
+        if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def copy_core_tree(src: Path, dst: Path) -> int:
+    """Copy what grep reads; the special files become empty, so find sees the same names."""
+    files = 0
+    for dirpath, dirnames, filenames in os.walk(src):
+        rel = Path(dirpath).relative_to(src)
+        target = dst / rel
+        target.mkdir(exist_ok=True)
+        for d in dirnames:
+            (target / d).mkdir(exist_ok=True)
+        for name in filenames:
+            data = b"" if name in SPECIAL_FILES else (Path(dirpath) / name).read_bytes()
+            (target / name).write_bytes(data)
+            files += 1
+    return files
+
+
+# -- FUSE requests, counted by the kernel ------------------------------------------------
+
+TRACEFS = Path("/sys/kernel/tracing")
+FUSE_EVENT = "events/fuse/fuse_request_send"
+
+
+@contextlib.contextmanager
+def fuse_tracer() -> Iterator[Callable[[Path, Callable[[], object]], dict[str, int]] | None]:
+    """Count the FUSE requests the kernel sends for one operation, by opcode.
+
+    The figure the Docker counters cannot give: how much of an operation's
+    time is per-request overhead in the daemon. Uses a private tracefs
+    instance (the global trace buffer is left alone); None where the kernel
+    has no fuse tracepoints (before Linux 6.14).
+    """
+    if not (TRACEFS / FUSE_EVENT).exists():
+        yield None
+        return
+    inst = TRACEFS / "instances" / f"dfs-bench-{os.getpid()}"
+    inst.mkdir()
+    try:
+        # A grep of 1000 containers makes ~65000 requests: room for all of them.
+        (inst / "buffer_size_kb").write_text("32768\n")
+
+        def count(mount: Path, fn: Callable[[], object]) -> dict[str, int]:
+            event = inst / FUSE_EVENT
+            (event / "filter").write_text(f"connection == {os.minor(os.stat(mount).st_dev)}\n")
+            (event / "enable").write_text("1\n")
+            (inst / "trace").write_text("")
+            (inst / "tracing_on").write_text("1\n")
+            try:
+                fn()
+            finally:
+                (inst / "tracing_on").write_text("0\n")
+                (event / "enable").write_text("0\n")
+            counts: dict[str, int] = {}
+            for line in (inst / "trace").read_text().splitlines():
+                start = line.find("(FUSE_")
+                if start >= 0:
+                    op = line[start + 6 : line.index(")", start)]
+                    counts[op] = counts.get(op, 0) + 1
+            return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+        yield count
+    finally:
+        with contextlib.suppress(OSError):
+            (inst / "tracing_on").write_text("0\n")
+        inst.rmdir()
+
+
+def loadavg() -> float:
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+# -- timing ------------------------------------------------------------------------------
+
+
+def timed(
+    argv: Sequence[str], env: dict[str, str] | None = None, ok: Sequence[int] = (0,)
+) -> float:
+    """Seconds of one subprocess, output discarded; a failure voids the figure."""
+    t0 = time.perf_counter()
+    res = subprocess.run(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, timeout=600
+    )
+    dt = time.perf_counter() - t0
+    if res.returncode not in ok:
+        raise BenchError(f"{' '.join(argv)} exited {res.returncode}: {res.stderr[:300]!r}")
+    return dt
+
+
+def timed_concurrently(argv: Sequence[str], count: int) -> float:
+    """Wall time of COUNT copies started together (the kernel may merge nothing)."""
+    t0 = time.perf_counter()
+    procs = [
+        subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for _ in range(count)
+    ]
+    codes = [p.wait(600) for p in procs]
+    dt = time.perf_counter() - t0
+    for p, code in zip(procs, codes, strict=True):
+        err = p.stderr.read() if p.stderr else b""
+        if p.stderr:
+            p.stderr.close()
+        if code != 0:
+            raise BenchError(f"{' '.join(argv)} exited {code}: {err[:300]!r}")
+    return dt
+
+
+# How often each tool opens the directory it is given, when strace cannot tell:
+# GNU grep open(2)s its argument before it sees a directory, then opens it again.
+ASSUMED_ROOT_OPENS = {"ls": 1, "find": 1, "grep": 2}
+
+
+def root_opens(argv: Sequence[str], root: Path) -> tuple[int, bool]:
+    """How many times ARGV opens ROOT itself (each open of the root is one listing).
+
+    Counted with strace on the tmpfs copy, so the daemon's request count can be
+    judged against what the tool asks for; (assumed count, False) without strace.
+    """
+    tool = Path(argv[0]).name
+    if shutil.which("strace") is None:
+        return ASSUMED_ROOT_OPENS[tool], False
+    with tempfile.NamedTemporaryFile("r", suffix=".strace") as trace:
+        subprocess.run(
+            ["strace", "-f", "-qq", "-e", "trace=open,openat", "-o", trace.name, *argv],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+            timeout=600,
+        )
+        needle = json.dumps(str(root))
+        count = sum(1 for line in trace if f"{needle}," in line and "= -1" not in line)
+    return count, True
+
+
+@dataclass
+class Series:
+    """Seconds of repeated runs, plus Docker list requests each run made (None: not counted)."""
+
+    seconds: list[float] = field(default_factory=list)
+    lists: list[int] = field(default_factory=list)
+
+    def add(self, seconds: float, lists: int | None = None) -> None:
+        self.seconds.append(seconds)
+        if lists is not None:
+            self.lists.append(lists)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "seconds": self.seconds,
+            "median": self.median,
+            "min": min(self.seconds),
+            "max": max(self.seconds),
+        }
+        if self.lists:
+            out["list_requests"] = self.lists
+        return out
+
+
+def counted(m: Mount, fn: Callable[[], float]) -> tuple[float, int]:
+    """Time FN and count the container-list requests the daemon made meanwhile."""
+    before = m.lists()
+    dt = fn()
+    return dt, m.lists() - before
+
+
+# -- one size ------------------------------------------------------------------------------
+
+
+OPS = (
+    "ls_cold",
+    "ls_warm",
+    "ls_8_concurrent",
+    "find_first",
+    "find_warm",
+    "grep_first",
+    "grep_warm",
+    "docker_ps_q",
+    "docker_ps_json",
+    "curl_api",
+    "tmpfs_find",
+    "tmpfs_grep",
+)
+
+
+def measure(
+    d: PrivateDockerd,
+    n: int,
+    runs: int,
+    work: Path,
+    tracer: Callable[[Path, Callable[[], object]], dict[str, int]] | None,
+) -> dict[str, Any]:
+    """All figures for one N; runs of different tools interleave so drift hits all alike."""
+    load_before = loadavg()
+    env = d.env()
+    s: dict[str, Series] = {op: Series() for op in OPS}
+    ps_q = ["docker", "ps", "--no-trunc", "-q"]
+    ps_json = ["docker", "ps", "--no-trunc", "--format", "{{json .}}"]
+    curl = ["curl", "-sf", "--unix-socket", str(d.socket), "http://docker/containers/json"]
+    curl += ["-o", "/dev/null"]
+    seen = len(api(d.socket, "GET", "/containers/json"))
+    if seen != n:
+        raise BenchError(f"expected {n} running containers, the engine lists {seen}")
+    peak_kb: list[int] = []
+    mount_s: list[float] = []
+
+    # Warm the engine and the CLI binaries once; the figures are steady-state.
+    for argv in (ps_q, ps_json, curl):
+        timed(argv, env)
+
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        with mounted(d.host, work / "cold") as m:
+            mount_s.append(time.perf_counter() - t0)
+            s["ls_cold"].add(*counted(m, functools.partial(timed, ["ls", str(m.path)])))
+            peak_kb.append(m.peak_rss_kb())
+        s["docker_ps_q"].add(timed(ps_q, env))
+        s["docker_ps_json"].add(timed(ps_json, env))
+        s["curl_api"].add(timed(curl, env))
+
+    grep_core = ["grep", "-r", *GREP_EXCLUDES, "."]
+    with mounted(d.host, work / "warm") as m:
+        mp = str(m.path)
+        timed(["ls", mp])
+        for _ in range(runs):
+            s["ls_warm"].add(*counted(m, lambda: timed(["ls", mp])))
+        for _ in range(runs):
+            s["ls_8_concurrent"].add(
+                *counted(m, lambda: timed_concurrently(["ls", mp], CONCURRENT_LS))
+            )
+        s["find_first"].add(*counted(m, lambda: timed(["find", mp])))
+        s["grep_first"].add(*counted(m, lambda: timed([*grep_core, mp])))
+
+        with tmpfs(work / "tmpfs") as floor:
+            files = copy_core_tree(m.path, floor)
+            fl = str(floor)
+            timed(["find", fl])
+            timed([*grep_core, fl])
+            # Mount and tmpfs alternate, so load from elsewhere hits both alike.
+            for _ in range(runs):
+                s["find_warm"].add(*counted(m, lambda: timed(["find", mp])))
+                s["tmpfs_find"].add(timed(["find", fl]))
+                s["grep_warm"].add(*counted(m, lambda: timed([*grep_core, mp])))
+                s["tmpfs_grep"].add(timed([*grep_core, fl]))
+            fuse_requests: dict[str, dict[str, int]] = {}
+            if tracer is not None:
+                for name, argv in (("ls", ["ls"]), ("find", ["find"]), ("grep", grep_core)):
+                    fuse_requests[name] = tracer(m.path, functools.partial(timed, [*argv, mp]))
+            stats_after = m.stats()
+            peak_kb.append(m.peak_rss_kb())
+            rss_now_kb = m.rss_kb()
+            opens = {
+                "ls": root_opens(["ls", fl], floor),
+                "find": root_opens(["find", fl], floor),
+                "grep": root_opens([*grep_core, fl], floor),
+            }
+
+    return {
+        "n": n,
+        "runs": runs,
+        "ops": {op: series.as_json() for op, series in s.items()},
+        "mount_seconds": mount_s,
+        "files_in_tree": files,
+        "root_opens": {tool: count for tool, (count, _) in opens.items()},
+        "root_opens_traced": all(traced for _, traced in opens.values()),
+        "fuse_requests_warm": fuse_requests,
+        "loadavg_1min": [load_before, loadavg()],
+        "peak_rss_kb": max(peak_kb),
+        "rss_after_kb": rss_now_kb,
+        "daemon_stats_after": stats_after,
+    }
+
+
+# -- report ---------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    model = "?"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    docker = subprocess.run(["docker", "--version"], capture_output=True, text=True)
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "docker": docker.stdout.strip(),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),
+    }
+
+
+def ms(x: float) -> str:
+    return f"{x * 1000:.1f}" if x < 10 else f"{x * 1000:.0f}"
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b > 0 else "-"
+
+
+LABELS = {
+    "ls_cold": "`ls` root, cold (fresh mount)",
+    "ls_warm": "`ls` root, warm",
+    "ls_8_concurrent": f"{CONCURRENT_LS} x `ls` root at once (wall)",
+    "find_first": "`find`, first after mount",
+    "find_warm": "`find`, warm",
+    "grep_first": "`grep -r .` core tree, first",
+    "grep_warm": "`grep -r .` core tree, warm",
+    "docker_ps_q": "`docker ps --no-trunc -q`",
+    "docker_ps_json": "`docker ps --no-trunc --format '{{json .}}'`",
+    "curl_api": "`curl --unix-socket` GET /containers/json",
+    "tmpfs_find": "`find` on tmpfs copy",
+    "tmpfs_grep": "`grep -r .` on tmpfs copy",
+}
+TMPFS_OF = {
+    "find_first": "tmpfs_find",
+    "find_warm": "tmpfs_find",
+    "grep_first": "tmpfs_grep",
+    "grep_warm": "tmpfs_grep",
+}
+
+
+def targets(results: Sequence[dict[str, Any]]) -> list[tuple[str, str, str, bool]]:
+    """Issue 5's targets: (what, measured, limit, pass) for each size that has the figures."""
+    by_n = {r["n"]: r for r in results}
+
+    def med(n: int, op: str) -> float:
+        return float(by_n[n]["ops"][op]["median"])
+
+    out: list[tuple[str, str, str, bool]] = []
+    if 100 in by_n:
+        a, b = med(100, "ls_cold"), med(100, "docker_ps_q")
+        out.append(
+            (
+                "N=100 cold `ls` vs `docker ps --no-trunc -q`",
+                f"{ms(a)} / {ms(b)} ms = {a / b:.2f}x",
+                f"<= {TARGET_COLD_LS_VS_PS_Q}x",
+                a <= TARGET_COLD_LS_VS_PS_Q * b,
+            )
+        )
+        a, b = med(100, "grep_warm"), med(100, "docker_ps_json")
+        out.append(
+            (
+                "N=100 `grep -r` (walk + read every file) vs `docker ps --format json`",
+                f"{ms(a)} / {ms(b)} ms = {a / b:.2f}x",
+                "<= 1x",
+                a <= b,
+            )
+        )
+        a = med(100, "find_warm") + med(100, "grep_warm")
+        out.append(
+            (
+                "N=100 `find` + `grep -r` (both) vs `docker ps --format json`",
+                f"{ms(a)} / {ms(b)} ms = {a / b:.2f}x",
+                "<= 1x",
+                a <= b,
+            )
+        )
+    if 1000 in by_n:
+        a, b = med(1000, "ls_cold"), med(1000, "curl_api")
+        out.append(
+            (
+                "N=1000 cold `ls` vs bare `curl` GET /containers/json",
+                f"{ms(a)} / {ms(b)} ms = {a / b:.2f}x",
+                f"<= {TARGET_COLD_LS_VS_CURL}x",
+                a <= TARGET_COLD_LS_VS_CURL * b,
+            )
+        )
+        a, b = med(1000, "find_warm"), med(1000, "tmpfs_find")
+        out.append(
+            (
+                "N=1000 warm `find` vs tmpfs",
+                f"{ms(a)} / {ms(b)} ms = {a / b:.2f}x",
+                f"<= {TARGET_WARM_FIND_VS_TMPFS}x",
+                a <= TARGET_WARM_FIND_VS_TMPFS * b,
+            )
+        )
+        mb = by_n[1000]["peak_rss_kb"] / 1024
+        out.append(
+            (
+                "N=1000 daemon peak RSS (VmHWM)",
+                f"{mb:.1f} MB",
+                f"< {TARGET_RSS_MB} MB",
+                mb < TARGET_RSS_MB,
+            )
+        )
+    for r in results:
+        n, ops = r["n"], r["ops"]
+        opens = r["root_opens"]
+        one = ops["ls_cold"]["list_requests"] + ops["ls_warm"]["list_requests"]
+        out.append(
+            (
+                f"N={n} list requests per root `ls` (cold and warm)",
+                ", ".join(str(x) for x in one),
+                f"exactly 1 each (`ls` opens the root {opens['ls']}x)",
+                all(x == 1 for x in one),
+            )
+        )
+        conc = ops["ls_8_concurrent"]["list_requests"]
+        out.append(
+            (
+                f"N={n} list requests for {CONCURRENT_LS} `ls` at once",
+                ", ".join(str(x) for x in conc),
+                f"1..{CONCURRENT_LS}",
+                all(1 <= x <= CONCURRENT_LS for x in conc),
+            )
+        )
+        for tool, first, warm in (
+            ("find", "find_first", "find_warm"),
+            ("grep", "grep_first", "grep_warm"),
+        ):
+            got = ops[first]["list_requests"] + ops[warm]["list_requests"]
+            out.append(
+                (
+                    f"N={n} list requests per `{tool}` of the core tree",
+                    ", ".join(str(x) for x in got),
+                    f"<= {opens[tool]} (one per open of the root by {tool}; 0 for files)",
+                    all(x <= opens[tool] for x in got),
+                )
+            )
+    sized = sorted(by_n)
+    if len(sized) >= 2:
+        lo, hi = sized[-2], sized[-1]
+        per_lo = med(lo, "ls_cold") / lo
+        per_hi = med(hi, "ls_cold") / hi
+        out.append(
+            (
+                f"linear: cold `ls` per container, N={hi} vs N={lo}",
+                f"{per_hi * 1e6:.0f} / {per_lo * 1e6:.0f} us = {per_hi / per_lo:.2f}x",
+                f"<= {LINEAR_SLACK}x",
+                per_hi <= LINEAR_SLACK * per_lo,
+            )
+        )
+    return out
+
+
+def render(meta: dict[str, Any], results: Sequence[dict[str, Any]]) -> str:
+    lines = [
+        "# dockerfs-fuse benchmark",
+        "",
+        f"Machine: {meta['nproc']} CPUs, {meta['cpu']}, Linux {meta['kernel']}, "
+        f"Python {meta['python']}, {meta['docker']}; {meta['date_utc']}.",
+        "",
+        "Times are wall ms of one subprocess each (process start-up included for all), "
+        "median of the runs with min-max. Ratios are of medians from the same run. "
+        "`grep -r` reads the core tree: it skips "
+        + ", ".join(f"`{x}`" for x in SPECIAL_FILES)
+        + " (logs.follow blocks like a pipe; the others ask Docker when opened or are "
+        "write-only). The tmpfs copy holds the same names, those four empty. "
+        "`req` = container-list requests (GET /containers/json) the daemon made per run.",
+    ]
+    for r in results:
+        ops = r["ops"]
+        ps_q = ops["docker_ps_q"]["median"]
+        curl = ops["curl_api"]["median"]
+        lines += [
+            "",
+            f"## N = {r['n']} containers "
+            f"({r['runs']} runs; {r['files_in_tree']} files in the tree)",
+            "",
+            "| operation | median ms | min-max ms | vs ps -q | vs curl | vs tmpfs | req |",
+            "|---|---:|---:|---:|---:|---:|---|",
+        ]
+        for op in OPS:
+            o = ops[op]
+            tm = TMPFS_OF.get(op)
+            vs_tmpfs = ratio(o["median"], ops[tm]["median"]) if tm else ""
+            req = ",".join(str(x) for x in o.get("list_requests", []))
+            lines.append(
+                f"| {LABELS[op]} | {ms(o['median'])} | {ms(o['min'])}-{ms(o['max'])} "
+                f"| {ratio(o['median'], ps_q)} | {ratio(o['median'], curl)} | {vs_tmpfs} "
+                f"| {req} |"
+            )
+        per = ops["ls_cold"]["median"] / r["n"] * 1e6
+        lines += [
+            "",
+            f"Daemon peak RSS (VmHWM) {r['peak_rss_kb'] / 1024:.1f} MB; "
+            f"cold `ls` per container {per:.0f} us; "
+            f"mount start-up median {ms(statistics.median(r['mount_seconds']))} ms; "
+            f"1-min load average {r['loadavg_1min'][0]:.1f} before, "
+            f"{r['loadavg_1min'][1]:.1f} after.",
+            "",
+        ]
+        for tool, counts in r["fuse_requests_warm"].items():
+            total = sum(counts.values())
+            detail = ", ".join(f"{op} {c}" for op, c in counts.items())
+            lines.append(f"- FUSE requests for one warm `{tool}`: {total} ({detail}).")
+    lines += ["", "## Targets (issue 5)", "", "| target | measured | limit | result |"]
+    lines += ["|---|---|---|---|"]
+    for what, got, limit, ok in targets(results):
+        lines.append(f"| {what} | {got} | {limit} | {'PASS' if ok else 'MISS'} |")
+    return "\n".join(lines) + "\n"
+
+
+# -- main -------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--sizes", help="comma-separated container counts (default 10,100,1000)")
+    p.add_argument("--runs", type=int, help="runs per figure (default 5)")
+    p.add_argument("--quick", action="store_true", help="smoke run: sizes 10,100, runs 3")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory")
+    args = p.parse_args(argv)
+    sizes = args.sizes or ("10,100" if args.quick else "10,100,1000")
+    args.sizes = sorted({int(x) for x in sizes.split(",") if x.strip()})
+    if not args.sizes or min(args.sizes) < 1:
+        p.error("--sizes needs positive counts")
+    args.runs = args.runs or (3 if args.quick else 5)
+    if args.runs < 1:
+        p.error("--runs must be at least 1")
+    return args
+
+
+def check_tools() -> None:
+    if os.geteuid() != 0:
+        raise BenchError("needs root: a private dockerd and a tmpfs mount")
+    missing = [
+        t
+        for t in ("dockerd", "docker", "fusermount3", "curl", "find", "grep", "ls", "busybox")
+        if shutil.which(t) is None
+    ]
+    if missing:
+        raise BenchError(f"missing tools: {', '.join(missing)}")
+    if not os.path.exists("/dev/fuse"):
+        raise BenchError("/dev/fuse is missing")
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    check_tools()
+    meta = machine()
+    started = time.monotonic()
+    d = PrivateDockerd()
+    ids: list[str] = []
+    results: list[dict[str, Any]] = []
+    work = Path(tempfile.mkdtemp(prefix="dfs-bench-"))
+    stack = contextlib.ExitStack()
+    try:
+        tracer = stack.enter_context(fuse_tracer())
+        d.start()
+        d.import_busybox()
+        print(f"private dockerd ready at {d.base}", file=sys.stderr, flush=True)
+        for n in args.sizes:
+            t0 = time.monotonic()
+            ids += start_sleepers(d.socket, n - len(ids))
+            if d.proc is not None:
+                wait_idle(d.proc.pid)
+            print(
+                f"N={n}: containers up in {time.monotonic() - t0:.1f}s", file=sys.stderr, flush=True
+            )
+            t0 = time.monotonic()
+            results.append(measure(d, n, args.runs, work, tracer))
+            print(f"N={n}: measured in {time.monotonic() - t0:.1f}s", file=sys.stderr, flush=True)
+    finally:
+        # A second Ctrl-C must not cut the clean-up short and leave mounts behind.
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            if d.proc is not None and ids:
+                kill_all(d.socket, ids)
+            d.cleanup()
+            stack.close()
+            for sub in ("cold", "warm", "tmpfs"):
+                p = work / sub
+                if os.path.ismount(p):
+                    subprocess.run(["umount", "-l", str(p)], capture_output=True)
+            shutil.rmtree(work, ignore_errors=True)
+        finally:
+            signal.signal(signal.SIGINT, old)
+    meta["seconds_total"] = round(time.monotonic() - started, 1)
+    return {"machine": meta, "sizes": args.sizes, "runs": args.runs, "results": results}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        report = run(args)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted; cleaned up", file=sys.stderr)
+        return 130
+    report["targets"] = [
+        {"target": w, "measured": g, "limit": lim, "pass": ok}
+        for w, g, lim, ok in targets(report["results"])
+    ]
+    md = render(report["machine"], report["results"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "latest.json").write_text(json.dumps(report, indent=1) + "\n")
+    (args.out / "latest.md").write_text(md)
+    print(md)
+    print(
+        f"wrote {args.out / 'latest.json'} and latest.md ({report['machine']['seconds_total']}s)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""A tiny run of bench/bench.py, so the benchmark cannot rot between `make bench` runs.
+
+It is the real script end to end (private dockerd, mounts, tmpfs, report) at
+its smallest size, checked for the shape of its JSON rather than for speed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from conftest import require, require_fuse
+
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "bench.py"
+OPS = (
+    "ls_cold",
+    "ls_warm",
+    "ls_8_concurrent",
+    "find_first",
+    "find_warm",
+    "grep_first",
+    "grep_warm",
+    "docker_ps_q",
+    "docker_ps_json",
+    "curl_api",
+    "tmpfs_find",
+    "tmpfs_grep",
+)
+COUNTED = ("ls_cold", "ls_warm", "ls_8_concurrent", "find_first", "find_warm", "grep_first")
+
+
+def test_bench_quick_run_writes_complete_figures(tmp_path: Path) -> None:
+    require(os.geteuid() == 0, "the benchmark needs root (private dockerd, tmpfs)")
+    require_fuse()
+    for tool in ("dockerd", "docker", "busybox", "curl"):
+        require(shutil.which(tool) is not None, f"{tool} missing")
+    out = tmp_path / "results"
+    res = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--sizes", "10", "--runs", "1", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "## Targets (issue 5)" in res.stdout
+    assert (out / "latest.md").read_text() in res.stdout
+
+    report: dict[str, Any] = json.loads((out / "latest.json").read_text())
+    assert report["sizes"] == [10]
+    assert report["runs"] == 1
+    assert {"nproc", "cpu", "kernel", "seconds_total"} <= report["machine"].keys()
+    (r,) = report["results"]
+    assert r["n"] == 10
+    assert r["peak_rss_kb"] > 0
+    assert r["files_in_tree"] > 10
+    assert set(r["root_opens"]) == {"ls", "find", "grep"}
+    for op in OPS:
+        fig = r["ops"][op]
+        assert len(fig["seconds"]) == 1, op
+        assert 0 < fig["min"] <= fig["median"] <= fig["max"], op
+    for op in COUNTED:
+        # Every root listing asks Docker at least once (none may be served stale).
+        assert r["ops"][op]["list_requests"][0] >= 1, op
+    assert report["targets"], "no targets evaluated"
+    assert all(isinstance(t["pass"], bool) for t in report["targets"])

@@ -233,3 +233,36 @@ def test_bad_input_gets_clean_errnos_and_the_daemon_keeps_serving(
     assert (m / cid / "Image").read_text() == "busybox:latest\n"
     assert os.listdir(m) == [c["Id"] for c in engine.containers()]
     assert "Traceback" not in mounted.log_text()
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids += [int(k) for k in (task / "children").read_text().split()]
+    return kids
+
+
+def test_9p_shim_stops_with_the_mount_even_after_sigkill(engine: Engine, tmp_path: Path) -> None:
+    m = start_mount(engine.host, tmp_path / "n", "--9p", "tcp!127.0.0.1!0")
+    try:
+        deadline = time.monotonic() + 10
+        while "listening on tcp!127.0.0.1!" not in m.log_text():
+            assert time.monotonic() < deadline, m.log_text()
+            time.sleep(0.1)
+        shims = _children(m.proc.pid)
+        assert len(shims) == 1
+        m.proc.send_signal(signal.SIGKILL)
+        m.proc.wait(10)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{shims[0]}").exists() and not _is_zombie(shims[0]):
+            assert time.monotonic() < deadline, "the 9P shim outlived its mount's daemon"
+            time.sleep(0.1)
+    finally:
+        stop_mount(m)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

@@ -57,7 +57,7 @@ def parse_dial(text: str) -> Dial:
 
 def shim_command(dial: str, directory: str, allow_control: bool = False) -> list[str]:
     """argv to run the shim as a child process beside the FUSE mount."""
-    argv = [sys.executable, "-m", "dockerfs_fuse.ninep.cli", "--listen", dial]
+    argv = [sys.executable, "-m", "dockerfs_fuse.ninep.cli", "--exit-with-parent", "--listen", dial]
     if allow_control:
         argv.append("--allow-control")
     return [*argv, directory]
@@ -88,7 +88,16 @@ def _remove_stale_socket(path: str) -> None:
             os.unlink(path)
 
 
-async def run(export: Export, dials: Sequence[Dial]) -> None:
+async def _exit_with_parent(parent: int, cancel_scope: trio.CancelScope) -> None:
+    """Stop when the process that started us is gone (even if it was SIGKILLed):
+    a shim re-exporting a mount must not outlive the mount's daemon."""
+    while os.getppid() == parent:
+        await trio.sleep(1)
+    log.warning("parent %d exited: closing every connection", parent)
+    cancel_scope.cancel()
+
+
+async def run(export: Export, dials: Sequence[Dial], parent: int | None = None) -> None:
     """Listen on every dial and serve until SIGINT or SIGTERM."""
     # Signals first: whoever sees the "listening" line may SIGTERM at once.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -99,6 +108,8 @@ async def run(export: Export, dials: Sequence[Dial]) -> None:
             print(f"dockerfs-9p: listening on {name}", file=sys.stderr, flush=True)
         async with trio.open_nursery() as nursery:
             await nursery.start(serve, export, listeners)
+            if parent is not None:
+                nursery.start_soon(_exit_with_parent, parent, nursery.cancel_scope)
             async for signum in signals:
                 log.info("signal %d: closing every connection", signum)
                 nursery.cancel_scope.cancel()
@@ -126,6 +137,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "(whoever reaches the socket can then control Docker, i.e. root)",
     )
     parser.add_argument("-d", "--debug", action="store_true", help="log every 9P message")
+    parser.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="exit when the process that started this one exits (used by dockerfs-fuse --9p)",
+    )
     parser.add_argument("directory", metavar="DIRECTORY")
     return parser.parse_args(argv)
 
@@ -143,7 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dockerfs-9p: {exc}", file=sys.stderr)
         return 2
     try:
-        trio.run(run, export, dials)
+        parent = os.getppid() if args.exit_with_parent else None
+        trio.run(run, export, dials, parent)
     except OSError as exc:
         print(f"dockerfs-9p: {exc}", file=sys.stderr)
         return 1

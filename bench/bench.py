@@ -35,11 +35,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from dockerfs_fuse import mount_process
+from dockerfs_fuse.mount_process import MountProcess
 from dockerfs_fuse.private_dockerd import IMAGE, PrivateDockerd
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results"
-STATS_XATTR = "user.dockerfs.stats"
 LIST_KEY = "containers/json"
 # Files outside the core tree: logs.follow blocks like a pipe, and the other
 # three ask Docker when opened (or are write-only). grep skips them everywhere.
@@ -123,15 +124,7 @@ def kill_all(sock: Path, ids: Sequence[str]) -> None:
 
 
 @dataclass
-class Mount:
-    path: Path
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def stats(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(os.getxattr(self.path, STATS_XATTR))
-        return data
-
+class Mount(MountProcess):
     def lists(self) -> int:
         return int(self.stats()["requests"].get(LIST_KEY, 0))
 
@@ -151,31 +144,15 @@ def proc_status_kb(pid: int, key: str) -> int:
 
 
 def start_mount(host: str, mountpoint: Path, timeout: float = 30) -> Mount:
-    """The daemon in the foreground, as the tests run it; fail fast if it dies."""
-    mountpoint.mkdir(exist_ok=True)
-    log = mountpoint.parent / f"{mountpoint.name}.log"
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dockerfs_fuse.cli", "-f", "-H", host, str(mountpoint)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            # Our own session: a Ctrl-C reaches us, and we unmount in order.
-            start_new_session=True,
-        )
-    m = Mount(mountpoint, proc, log)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(
-                f"dockerfs-fuse exited with {proc.returncode}: {log.read_text(errors='replace')}"
-            )
-        if os.path.ismount(mountpoint):
-            settle(m)
-            return m
-        time.sleep(0.02)
-    stop_mount(m)
-    raise BenchError(f"not mounted after {timeout}s: {log.read_text(errors='replace')}")
+    """The daemon in the foreground, as the tests run it, in a session of its own
+    (a Ctrl-C reaches us, and we unmount in order); fail fast if it dies."""
+    try:
+        p = mount_process.start_mount(host, mountpoint, new_session=True, timeout=timeout)
+    except mount_process.MountFailed as exc:
+        raise BenchError(str(exc)) from None
+    m = Mount(p.path, p.proc, p.log)
+    settle(m)
+    return m
 
 
 def cpu_ticks(pid: int) -> int:
@@ -216,16 +193,7 @@ def settle(m: Mount, quiet: float = 0.3, timeout: float = 15) -> None:
             return
 
 
-def stop_mount(m: Mount) -> None:
-    """Cannot hang: lazy unmount, then TERM, then KILL, by PID."""
-    subprocess.run(["fusermount3", "-u", "-z", str(m.path)], capture_output=True)
-    if m.proc.poll() is None:
-        m.proc.send_signal(signal.SIGTERM)
-        try:
-            m.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            m.proc.kill()
-            m.proc.wait(10)
+stop_mount = mount_process.stop_mount
 
 
 @contextlib.contextmanager

@@ -12,10 +12,7 @@ import http.client
 import json
 import os
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,7 +21,17 @@ from typing import Any
 
 import pytest
 
+from dockerfs_fuse.mount_process import (
+    MountFailed,
+    MountProcess,
+    dockerfs_command,
+    stop_mount,
+    wait_for_mount,
+)
+from dockerfs_fuse.mount_process import start_mount as _start_mount
 from dockerfs_fuse.private_dockerd import IMAGE, DockerdError, PrivateDockerd
+
+__all__ = ["dockerfs_command", "stop_mount", "wait_for_mount"]
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -69,15 +76,7 @@ class Engine:
         return self.dockerd.host
 
     def api(self, path: str) -> Any:
-        conn = _UnixHTTPConnection(str(self.dockerd.socket))
-        try:
-            conn.request("GET", path)
-            resp = conn.getresponse()
-            body = resp.read()
-            assert resp.status == 200, (path, resp.status, body[:200])
-            return json.loads(body)
-        finally:
-            conn.close()
+        return json.loads(self.api_raw(path))
 
     def api_raw(self, path: str) -> bytes:
         conn = _UnixHTTPConnection(str(self.dockerd.socket))
@@ -142,71 +141,15 @@ def engine(dockerd_session: PrivateDockerd) -> Iterator[Engine]:
 
 # -- a real mount ------------------------------------------------------------------------
 
-
-def dockerfs_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "dockerfs_fuse.cli", *args]
+Mount = MountProcess
 
 
-@dataclass
-class Mount:
-    path: Path
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def unmount(self) -> None:
-        subprocess.run(["fusermount3", "-u", str(self.path)], capture_output=True)
-
-    def wait_exit(self, timeout: float = 15) -> int:
-        return self.proc.wait(timeout)
-
-
-def wait_for_mount(
-    path: Path, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20
-) -> None:
-    """Poll until mounted; fail at once if the daemon died (a hang is worse than a failure)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(
-                f"dockerfs-fuse exited with {proc.returncode}: {log.read_text(errors='replace')}"
-            )
-        if os.path.ismount(path):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not mounted after {timeout}s: {log.read_text(errors='replace')}")
-
-
-def start_mount(
-    host: str, mountpoint: Path, *extra: str, env: dict[str, str] | None = None
-) -> Mount:
+def start_mount(host: str, mountpoint: Path, *extra: str) -> Mount:
     require_fuse()
-    mountpoint.mkdir(exist_ok=True)
-    log = mountpoint.parent / f"{mountpoint.name}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            dockerfs_command("-f", "-H", host, *extra, str(mountpoint)),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
-    wait_for_mount(mountpoint, proc, log)
-    return Mount(mountpoint, proc, log)
-
-
-def stop_mount(m: Mount) -> None:
-    """Teardown that cannot hang: lazy unmount, then TERM, then KILL, by PID."""
-    subprocess.run(["fusermount3", "-u", "-z", str(m.path)], capture_output=True)
-    if m.proc.poll() is None:
-        m.proc.send_signal(signal.SIGTERM)
-        try:
-            m.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            m.proc.kill()
-            m.proc.wait(10)
+    try:
+        return _start_mount(host, mountpoint, *extra)
+    except MountFailed as exc:
+        raise AssertionError(str(exc)) from None
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from .tree import (
     Container,
@@ -292,8 +291,3 @@ class InodeTable:
             n.gone = True
             if n.lookups == 0:
                 self._nodes.pop(n.inode, None)
-
-
-def describe(node: Node) -> dict[str, Any]:
-    """A small dict for log lines and debugging."""
-    return {"inode": node.inode, "name": node.name, "kind": node.kind.value, "gone": node.gone}

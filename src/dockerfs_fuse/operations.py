@@ -33,7 +33,6 @@ from .docker_source import (
     Conflict,
     DockerProblem,
     DockerSource,
-    DockerUnavailable,
     NotFound,
     Stream,
     TooSlow,
@@ -94,9 +93,7 @@ def errno_for(exc: BaseException) -> int:
         return errno.EBUSY
     if isinstance(exc, BadRequest | BadCommand):
         return errno.EINVAL
-    if isinstance(exc, DockerUnavailable | DockerProblem):
-        return errno.EIO
-    return errno.EIO
+    return errno.EIO  # unreachable engine, any other API error, anything unexpected
 
 
 def _guard(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
@@ -199,7 +196,6 @@ class DockerFS(pyfuse3.Operations):
         self.gid = os.getgid()
         self._handles: dict[int, _Handle] = {}
         self.attr_timeout = ATTR_TIMEOUT
-        self._last_refresh = 0.0
         self._misses: dict[str, float] = {}
         self._scheduled: set[str] = set()
         self._next_fh = 1
@@ -214,7 +210,6 @@ class DockerFS(pyfuse3.Operations):
     async def refresh(self) -> None:
         """Fetch the container list and make the tree match it."""
         containers = await self._refresher.get()
-        self._last_refresh = time.monotonic()
         self._apply(self.table.set_containers(containers))
 
     async def refresh_container(self, cid: str) -> None:
@@ -224,10 +219,6 @@ class DockerFS(pyfuse3.Operations):
             self._apply(self.table.remove_container(cid))
         else:
             self._apply(self.table.upsert_container(c))
-
-    def load(self, containers: Sequence[Container]) -> None:
-        """Fill the tree before mounting (start-up's first listing)."""
-        self.table.set_containers(containers)
 
     def _apply(self, changes: Changes) -> None:
         """Hand kernel invalidations to the background task, never blocking a request."""

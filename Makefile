@@ -26,7 +26,8 @@ deps-9p: $(STAMP)
 ## make run: mount the containers of your Docker engine at ~/n/dockerfs
 run: deps
 	mkdir -p $(MOUNTPOINT)
-	$(BIN)/dockerfs-fuse $(MOUNTPOINT)
+	@$(BIN)/dockerfs-fuse $(MOUNTPOINT) || { \
+	  echo "make run needs a reachable Docker engine; 'make demo' starts a private one" >&2; exit 1; }
 	@echo "mounted at $(MOUNTPOINT); unmount with: fusermount3 -u $(MOUNTPOINT)"
 
 ## make demo: a private dockerd with sample containers, mounted at ~/n/dockerfs

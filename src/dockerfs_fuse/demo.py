@@ -40,9 +40,9 @@ def main(argv: list[str]) -> int:
 mounted a private Docker engine (3 containers) at {mountpoint}
   ls {mountpoint}; find {mountpoint}; cat {mountpoint}/*/Names/0
   DOCKER_HOST={d.host} docker ps      # the same engine, with the docker CLI
-stop both:
-  fusermount3 -u {mountpoint}
-  kill {d.proc.pid}      # the private dockerd; then: rm -rf {d.base}
+stop both (the mount, then the private dockerd, then its files):
+  fusermount3 -u {mountpoint}; kill {d.proc.pid}; \\
+  while kill -0 {d.proc.pid} 2>/dev/null; do sleep 0.2; done; rm -rf {d.base}
 """
     )
     return 0

@@ -99,7 +99,7 @@ def test_inode_numbers_are_never_reused() -> None:
     assert len(t) < 200  # and the table does not grow without bound
 
 
-def test_dot_and_dotdot_resolve_without_building() -> None:
+def test_dot_and_dotdot_resolve_to_self_and_parent() -> None:
     t = InodeTable()
     c = dict(RECORDED[0])
     t.set_containers([c])

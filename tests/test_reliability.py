@@ -44,6 +44,7 @@ def test_churn_parallel_find_and_cat(engine: Engine, mounted: Mount) -> None:
     ops = Counter[str]()
     errors = Counter[str]()
     duplicates: list[list[str]] = []
+    missing: list[list[str]] = []
 
     def reader() -> None:
         while not stop.is_set():
@@ -52,6 +53,8 @@ def test_churn_parallel_find_and_cat(engine: Engine, mounted: Mount) -> None:
                 ops["listings"] += 1
                 if len(names) != len(set(names)):
                     duplicates.append(names)
+                if not set(base) <= set(names):
+                    missing.append(sorted(set(base) - set(names)))
             except OSError as exc:
                 errors[f"listdir {errno.errorcode.get(exc.errno or 0)}"] += 1
                 continue
@@ -94,6 +97,7 @@ def test_churn_parallel_find_and_cat(engine: Engine, mounted: Mount) -> None:
     assert churned["cycles"] >= 20
     assert not errors, errors
     assert not duplicates, "a listing repeated an entry"
+    assert not missing, "a listing lost a container that never went away"
     assert ops["finds"] >= 8
     # and the mount still agrees with the engine afterwards
     api = [c["Id"] for c in engine.containers()]

@@ -13,22 +13,20 @@ reported by the parent as one line on stderr with a non-zero exit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
-import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO
 
 import pyfuse3
 import trio
 
 from .docker_source import DockerProblem, DockerSource
-from .operations import DockerFS
+from .ninep.child import Shim, ShimFailed
+from .operations import MAX_WORKERS, DockerFS
 
 log = logging.getLogger(__name__)
 
@@ -49,61 +47,6 @@ class MountConfig:
     # Re-export the mount over 9P on these dial strings (the dockerfs-9p shim).
     ninep: list[str] = field(default_factory=list)
     ninep_allow_control: bool = False
-
-
-class Shim:
-    """The 9P shim as a child process: started once mounted, stopped with the mount.
-
-    It re-exports the mountpoint, so it is a plain client of the FUSE mount;
-    if it dies, the mount is unmounted too ("both stop together").
-    """
-
-    def __init__(self, dials: list[str], mountpoint: str, allow_control: bool) -> None:
-        from .ninep.cli import shim_command
-
-        argv = shim_command(dials[0], mountpoint, allow_control)
-        for dial in dials[1:]:
-            argv[-1:-1] = ["--listen", dial]
-        self.argv = argv
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 10.0) -> None:
-        """Start and wait for every "listening" line; a failure is a MountError."""
-        self.proc = subprocess.Popen(
-            self.argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-        )
-        assert self.proc.stderr is not None
-        wanted = self.argv.count("--listen")
-        deadline = time.monotonic() + timeout
-        lines: list[str] = []
-        while sum("listening on" in line for line in lines) < wanted:
-            line = self.proc.stderr.readline().decode(errors="replace")
-            if not line or time.monotonic() > deadline:
-                self.stop()
-                raise MountError(f"9P shim failed: {''.join(lines).strip() or 'no output'}")
-            lines.append(line)
-            log.info("%s", line.strip())
-        # From here on its stderr goes to our log, so the pipe never fills.
-        threading.Thread(target=self._drain, args=(self.proc.stderr,), daemon=True).start()
-
-    @staticmethod
-    def _drain(pipe: IO[bytes]) -> None:
-        for line in pipe:
-            log.info("9p: %s", line.decode(errors="replace").rstrip())
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()  # by its PID: the one process we started
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def check_mountpoint(path: str) -> None:
@@ -151,7 +94,7 @@ async def serve(fs: DockerFS, shim: Shim | None, ready: Ready) -> None:
         nursery.start_soon(fs.run_events)
         nursery.start_soon(_terminate_on_signals)
         nursery.start_soon(_start_companions, shim, ready, nursery)
-        await pyfuse3.main()
+        await pyfuse3.main(max_tasks=MAX_WORKERS)
         nursery.cancel_scope.cancel()
 
 
@@ -160,7 +103,7 @@ async def _start_companions(shim: Shim | None, ready: Ready, nursery: trio.Nurse
     if shim is not None:
         try:
             await trio.to_thread.run_sync(shim.start)
-        except MountError as exc:
+        except ShimFailed as exc:
             ready(str(exc))
             pyfuse3.terminate()
             return
@@ -235,7 +178,15 @@ def _detached(config: MountConfig) -> int:
     os.close(read_fd)
     os.setsid()
 
+    reported = False
+
     def report(message: str) -> None:
+        # Once only: after that, write_fd's number may belong to another file.
+        nonlocal reported
+        if reported:
+            log.error("%s", message)
+            return
+        reported = True
         os.write(write_fd, message.encode())
         os.close(write_fd)
 
@@ -252,10 +203,9 @@ def _detached(config: MountConfig) -> int:
     except MountError as exc:
         report(str(exc))
     except BaseException as exc:  # the parent must hear of it, or it waits forever
-        try:
+        log.exception("daemon failed")
+        with contextlib.suppress(OSError):
             report(f"{type(exc).__name__}: {exc}")
-        except OSError:
-            log.exception("daemon failed")
     finally:
         os._exit(code)
 

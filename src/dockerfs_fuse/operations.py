@@ -18,6 +18,8 @@ import json
 import logging
 import math
 import os
+import re
+import signal
 import stat
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -58,6 +60,10 @@ ALIAS_TIMEOUT = 1.0
 MISS_REFRESH_INTERVAL = 1.0
 # When to re-read a container after its events (seconds after, cumulative).
 EVENT_REREAD_DELAYS = (0.05, 0.4)
+# pyfuse3 serves at most MAX_WORKERS requests at once; blocked logs.follow
+# reads may hold at most MAX_FOLLOWERS of them (ENFILE beyond).
+MAX_WORKERS = 512
+MAX_FOLLOWERS = 256
 # How often a blocked logs.follow read checks whether its reader was signalled.
 FOLLOW_POLL = 0.2
 # Event actions that change what a container's directory shows.
@@ -151,37 +157,42 @@ class _FollowHandle:
 _Handle = _DirHandle | _FileHandle | _CtlHandle | _FollowHandle
 
 
+class _Shared:
+    """One list request and its outcome, shared by everyone who waited for it."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.result: list[Container] | None = None
+        self.error: Exception | None = None
+
+
 class _Refresher:
     """One container-list request at a time; callers that arrive meanwhile share it."""
 
     def __init__(self, fetch: Callable[[], Awaitable[list[Container]]]) -> None:
         self._fetch = fetch
-        self._pending: trio.Event | None = None
-        self._result: list[Container] | Exception | None = None
+        self._current: _Shared | None = None
 
     async def get(self) -> list[Container]:
         while True:
-            if self._pending is None:
-                self._pending = done = trio.Event()
-                self._result = None
-                try:
-                    result = await self._fetch()
-                except Exception as exc:
-                    self._result = exc
-                    raise
-                else:
-                    self._result = result
-                    return result
-                finally:
-                    self._pending = None
-                    done.set()
-            await self._pending.wait()
-            shared = self._result
+            shared = self._current
             if shared is None:
-                continue  # the request we waited on was cancelled: make our own
-            if isinstance(shared, Exception):
-                raise shared
-            return shared
+                shared = self._current = _Shared()
+                try:
+                    shared.result = await self._fetch()
+                    return shared.result
+                except Exception as exc:
+                    shared.error = exc
+                    raise
+                finally:
+                    self._current = None
+                    shared.done.set()
+            await shared.done.wait()
+            if shared.error is not None:
+                raise shared.error
+            if shared.result is not None:
+                return shared.result
+            # the request we waited on was cancelled: make our own
 
 
 class DockerFS(pyfuse3.Operations):
@@ -198,6 +209,12 @@ class DockerFS(pyfuse3.Operations):
         self.attr_timeout = ATTR_TIMEOUT
         self._misses: dict[str, float] = {}
         self._scheduled: set[str] = set()
+        # Events numbered as they arrive, to catch a list answer that was
+        # fetched before an event but applied after it.
+        self._event_seq = 0
+        self._last_event: dict[str, int] = {}
+        self._reread_send, self._reread_recv = trio.open_memory_channel[str](math.inf)
+        self.followers = 0
         self._next_fh = 1
         self._refresher = _Refresher(self._fetch)
         self._inval_send, self._inval_recv = trio.open_memory_channel[Changes](1000)
@@ -209,8 +226,14 @@ class DockerFS(pyfuse3.Operations):
 
     async def refresh(self) -> None:
         """Fetch the container list and make the tree match it."""
+        seq = self._event_seq
         containers = await self._refresher.get()
         self._apply(self.table.set_containers(containers))
+        # An event that arrived while the list was in flight may be newer than
+        # the list (a `docker rm` the list still shows): read those again.
+        for cid, event_seq in self._last_event.items():
+            if event_seq > seq:
+                self._schedule_reread(cid)
 
     async def refresh_container(self, cid: str) -> None:
         """Re-read one container (after a ctl command or an event)."""
@@ -266,6 +289,7 @@ class DockerFS(pyfuse3.Operations):
         backoff = 0.5
         down = False
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._run_rereads, nursery)
             while True:
                 stream = self.source.events()
                 try:
@@ -275,10 +299,13 @@ class DockerFS(pyfuse3.Operations):
                     down, backoff = False, 0.5
                     self.attr_timeout = ATTR_TIMEOUT
                     async for event in stream:
-                        self._on_event(event, nursery)
+                        self._on_event(event)
                     problem = "ended"
                 except DockerProblem as exc:
                     problem = str(exc)
+                except Exception:  # a bug must not unmount: log it and reconnect
+                    log.exception("Docker event stream")
+                    problem = "failed"
                 finally:
                     stream.close()
                 self.attr_timeout = FALLBACK_TIMEOUT
@@ -288,17 +315,27 @@ class DockerFS(pyfuse3.Operations):
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
 
-    def _on_event(self, event: dict[str, Any], nursery: trio.Nursery) -> None:
+    def _on_event(self, event: dict[str, Any]) -> None:
         action = str(event.get("Action") or event.get("status") or "").split(":")[0]
         cid = str(event.get("id") or (event.get("Actor") or {}).get("ID") or "")
         if not cid or not (action in _EVENT_ACTIONS or action.startswith("health_status")):
             return
         log.debug("event %s %s", action, cid[:12])
+        self._event_seq += 1
+        self._last_event[cid] = self._event_seq
+        if len(self._last_event) > 4096:
+            self._last_event = {cid: self._event_seq}
         if action == "destroy":
             self._apply(self.table.remove_container(cid))
-            return
+        self._schedule_reread(cid)
+
+    def _schedule_reread(self, cid: str) -> None:
         if cid not in self._scheduled:
             self._scheduled.add(cid)
+            self._reread_send.send_nowait(cid)
+
+    async def _run_rereads(self, nursery: trio.Nursery) -> None:
+        async for cid in self._reread_recv:
             nursery.start_soon(self._reread_after_event, cid)
 
     async def _reread_after_event(self, cid: str) -> None:
@@ -317,6 +354,8 @@ class DockerFS(pyfuse3.Operations):
                 await self.refresh_container(cid)
         except DockerProblem as exc:
             log.warning("after an event for %s: %s", cid[:12], exc)
+        except Exception:  # a bug must not unmount
+            log.exception("after an event for %s", cid[:12])
         finally:
             self._scheduled.discard(cid)
 
@@ -363,18 +402,25 @@ class DockerFS(pyfuse3.Operations):
         if node is not None or parent.inode != ROOT_INODE:
             return node
         node = self.table.alias(name)
-        if node is not None:
+        if node is not None or not _could_name_a_container(name):
             return node
-        # A container started since the last listing: ask Docker once. The
-        # same missing name (shells and editors probe) asks at most once per
-        # interval, so a probe loop cannot turn into a request loop.
+        # A container started since the last listing or event: ask Docker
+        # with one filtered request. The same missing name asks at most once
+        # per interval, so a probe loop (shells, editors) cannot become a
+        # request loop; if Docker cannot answer, a miss is just a miss.
         now = time.monotonic()
         if now - self._misses.get(name, -math.inf) < MISS_REFRESH_INTERVAL:
             return None
         if len(self._misses) > 1024:
             self._misses.clear()
         self._misses[name] = now
-        await self.refresh()
+        try:
+            found = await self.source.find(name, all=self.show_all)
+        except DockerProblem as exc:
+            log.debug("lookup of %s: %s", name, exc)
+            return None
+        for c in found:
+            self._apply(self.table.upsert_container(c))
         return self.table.lookup(parent, name) or self.table.alias(name)
 
     # -- requests ---------------------------------------------------------------------
@@ -392,10 +438,13 @@ class DockerFS(pyfuse3.Operations):
         self.table.remember(node)
         return self._attrs(node)
 
-    @_guard
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
-        for inode, count in inode_list:
-            self.table.forget(inode, count)
+        # Not _guard: pyfuse3 lets nothing at all escape forget, not even FUSEError.
+        try:
+            for inode, count in inode_list:
+                self.table.forget(inode, count)
+        except Exception:
+            log.exception("forget")
 
     @_guard
     async def getattr(
@@ -468,7 +517,11 @@ class DockerFS(pyfuse3.Operations):
         if node.special is None:
             data = node.data
         elif node.special is Special.FOLLOW:
+            # Each blocked read holds one of pyfuse3's workers: keep enough free.
+            if self.followers >= MAX_FOLLOWERS:
+                raise _fail(errno.ENFILE)
             stream = self.source.follow_logs(self._container_of(node))
+            self.followers += 1
             handle = _FollowHandle(stream, ctx.pid, bytearray())
             fh = self._new_handle(handle)
             return pyfuse3.FileInfo(fh=fh, direct_io=True, nonseekable=True)
@@ -543,6 +596,7 @@ class DockerFS(pyfuse3.Operations):
         handle = self._handles.pop(fh, None)
         if isinstance(handle, _FollowHandle):
             handle.stream.close()
+            self.followers -= 1
 
     @_guard
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -684,20 +738,46 @@ class DockerFS(pyfuse3.Operations):
         return {"requests": dict(self.source.requests), "inodes": len(self.table)}
 
 
+# Signals whose default action does not end the process: a reader that gets
+# one of these (Ctrl-Z, a window resize) keeps waiting.
+_NOT_FATAL = frozenset(
+    {
+        signal.SIGCHLD,
+        signal.SIGCONT,
+        signal.SIGURG,
+        signal.SIGWINCH,
+        signal.SIGSTOP,
+        signal.SIGTSTP,
+        signal.SIGTTIN,
+        signal.SIGTTOU,
+    }
+)
+_NOT_FATAL_MASK = sum(1 << (s - 1) for s in _NOT_FATAL)
+
+
 def _signal_pending(pid: int) -> bool:
-    """Whether a thread has an unblocked signal waiting (or is gone)."""
+    """Whether the opener has a signal pending that will end it.
+
+    A blocked read that we do not answer keeps a dying process waiting
+    (pyfuse3 cannot see the kernel's INTERRUPT), so look ourselves: pending,
+    not blocked, not caught, not ignored, and fatal by default. A process
+    that is gone (the descriptor was inherited) reads as no signal.
+    """
     try:
         with open(f"/proc/{pid}/status") as f:
             fields = dict(line.split(":", 1) for line in f if ":" in line)
-    except OSError:
-        return True
-    try:
         pending = int(fields["SigPnd"], 16) | int(fields["ShdPnd"], 16)
         blocked = int(fields["SigBlk"], 16)
-    except (KeyError, ValueError):
+        handled = int(fields["SigCgt"], 16) | int(fields["SigIgn"], 16)
+    except (OSError, KeyError, ValueError):
         return False
-    return bool(pending & ~blocked)
+    kill = 1 << (signal.SIGKILL - 1)
+    return bool(pending & kill or pending & ~blocked & ~handled & ~_NOT_FATAL_MASK)
 
 
-def _looks_like_full_id(name: str) -> bool:
-    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+def _could_name_a_container(name: str) -> bool:
+    """Docker names are [a-zA-Z0-9][a-zA-Z0-9_.-]*; IDs and prefixes are hex."""
+    return bool(_NAME.fullmatch(name))
+
+
+_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")

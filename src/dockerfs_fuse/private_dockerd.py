@@ -184,10 +184,3 @@ class PrivateDockerd:
         """`docker run -d ARGS`; return the full container ID."""
         res = self.docker("run", "-d", "--network=none", *args)
         return res.stdout.decode().strip()
-
-    def run_sleepers(self, count: int, prefix: str = "s") -> list[str]:
-        """Start COUNT idle containers, many per CLI call, for large-host tests."""
-        ids = []
-        for i in range(count):
-            ids.append(self.run(f"--name={prefix}{i}", IMAGE, "sleep", "100000"))
-        return ids

@@ -155,6 +155,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         dials = [parse_dial(d) for d in args.listen or [DEFAULT_DIAL]]
         export = Export(args.directory, allow_control=args.allow_control)
+        if args.allow_control and any(d.network == "tcp" for d in dials):
+            # Loopback is still every local user: they would write as us.
+            print(
+                "dockerfs-9p: warning: --allow-control on TCP lets every local user write "
+                "through this shim (prefer unix!PATH in a private directory)",
+                file=sys.stderr,
+            )
     except (ValueError, OSError) as exc:
         print(f"dockerfs-9p: {exc}", file=sys.stderr)
         return 2

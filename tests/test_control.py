@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import json
 import os
@@ -272,8 +273,34 @@ def test_unknown_prefix_is_enoent(engine: Engine, mounted: Mount) -> None:
         os.stat(mounted.path / free)
     with pytest.raises(FileNotFoundError):
         os.stat(mounted.path / "no-such-name")
-    # Ambiguous prefixes need two IDs sharing 4+ hex digits, which real engines give
-    # too rarely to arrange here: see tests/test_inodes.py for that rule.
+
+
+def test_ambiguous_prefix_is_enoent(engine: Engine, all_mounted: Mount) -> None:
+    """Create containers until two IDs share 4 hex digits (the birthday bound
+    says ~320 on average; 2000 without a pair has odds below 1e-13)."""
+    seen: dict[str, str] = {}
+    pair: tuple[str, str] | None = None
+
+    def create(_: int) -> str:
+        return engine.dockerd.docker("create", IMG, "true").stdout.decode().strip()
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        while pair is None:
+            assert len(seen) < 2000, "no two IDs shared a 4-digit prefix"
+            for cid in pool.map(create, range(64)):
+                engine.started.append(cid)
+                if cid[:4] in seen:
+                    pair = (seen[cid[:4]], cid)
+                seen.setdefault(cid[:4], cid)
+    a, b = pair
+    common = a[: next(i for i in range(64) if a[i] != b[i])]
+    print(f"\n{len(engine.started)} containers until {a[:12]} and {b[:12]} shared {common!r}")
+    assert os.listdir(all_mounted.path)  # a listing, so both are known
+    with pytest.raises(FileNotFoundError):
+        os.stat(all_mounted.path / common)
+    for cid in (a, b):  # one more digit tells them apart
+        unique = cid[: len(common) + 1]
+        assert os.readlink(all_mounted.path / unique) == cid
 
 
 def test_all_lists_stopped_containers(engine: Engine, all_mounted: Mount) -> None:

@@ -299,13 +299,24 @@ def test_detaches_once_mounted_and_returns_0(engine: Engine, tmp_path: Path) -> 
     require_fuse()
     mp = tmp_path / "bg"
     mp.mkdir()
+    cid = engine.run(IMG, "sleep", "1d")
+    # Relative paths, as a user types them: the daemon leaves its directory.
     res = subprocess.run(
-        dockerfs_command("-H", engine.host, str(mp)), capture_output=True, text=True, timeout=30
+        dockerfs_command("-H", engine.host, "--log-file", "bg.log", "bg"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
     )
     try:
         assert res.returncode == 0, res.stderr
         assert os.path.ismount(mp)  # ready the moment the command returns
-        assert isinstance(os.listdir(mp), list)
+        assert cid in os.listdir(mp)
+        fd = os.open(mp / cid / "ctl", os.O_WRONLY)
+        with pytest.raises(OSError):
+            os.write(fd, b"bogus\n")
+        os.close(fd)
+        assert "unknown command 'bogus'" in (tmp_path / "bg.log").read_text()
     finally:
         subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True)
     deadline = time.monotonic() + 10

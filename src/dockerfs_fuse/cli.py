@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -76,13 +77,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     setup_logging(args.debug)
     config = MountConfig(
-        mountpoint=args.mountpoint,
+        # Absolute: a detached daemon leaves its working directory.
+        mountpoint=os.path.abspath(args.mountpoint),
         host=args.host,
         foreground=args.foreground or args.debug,
         debug=args.debug,
         fuse_options=args.options,
         show_all=args.all,
-        log_file=args.log_file,
+        log_file=os.path.abspath(args.log_file) if args.log_file else None,
         ninep=args.ninep,
         ninep_allow_control=args.ninep_allow_control,
     )

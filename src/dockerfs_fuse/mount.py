@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import logging.handlers
 import os
 import signal
 import sys
@@ -29,6 +30,8 @@ from .ninep.child import Shim, ShimFailed
 from .operations import MAX_WORKERS, DockerFS
 
 log = logging.getLogger(__name__)
+
+SYSLOG_SOCKET = "/dev/log"
 
 
 class MountError(Exception):
@@ -211,7 +214,10 @@ def _detached(config: MountConfig) -> int:
 
 
 def _redirect_stdio(log_file: str | None) -> None:
-    """A daemon keeps no terminal: stdio to /dev/null, logs to the log file if given."""
+    """A daemon keeps no terminal and no working directory (so it never holds
+    a filesystem busy): stdio to /dev/null, logs to the log file if given,
+    else to syslog where there is one."""
+    os.chdir("/")
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)
@@ -223,6 +229,13 @@ def _redirect_stdio(log_file: str | None) -> None:
         os.dup2(devnull, 2)
     os.close(devnull)
     sys.stderr = os.fdopen(2, "w", buffering=1)
-    for handler in logging.getLogger().handlers:
+    root = logging.getLogger()
+    for handler in root.handlers:
         if isinstance(handler, logging.StreamHandler):
             handler.setStream(sys.stderr)
+    if not log_file and os.path.exists(SYSLOG_SOCKET):
+        syslog = logging.handlers.SysLogHandler(
+            SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_DAEMON
+        )
+        syslog.setFormatter(logging.Formatter(f"dockerfs-fuse[{os.getpid()}]: %(message)s"))
+        root.addHandler(syslog)

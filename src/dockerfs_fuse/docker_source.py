@@ -30,7 +30,7 @@ import aiohttp
 import trio
 
 from .control import Command
-from .tree import Container
+from .tree import Container, all_hex
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,6 @@ T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 4.0
 LOGS_TIMEOUT = 30.0
-
-
-def all_hex(text: str) -> bool:
-    return all(ch in "0123456789abcdef" for ch in text)
 
 
 class DockerProblem(Exception):

@@ -17,13 +17,15 @@ costs a thousand small objects, not twenty thousand.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .tree import (
+    SUBDIRS,
     Container,
     Spec,
     Special,
+    all_hex,
     container_id,
     container_spec,
     created_seconds,
@@ -81,10 +83,6 @@ class Changes:
 
     def __bool__(self) -> bool:
         return bool(self.removed or self.changed)
-
-
-# Every container directory has these sub-directories (see tree.SUBDIRS).
-_CONTAINER_SUBDIRS = 5
 
 
 class InodeTable:
@@ -149,7 +147,7 @@ class InodeTable:
             names = (node.raw or {}).get("Names") or ()
             if slashed in names:
                 return node
-        if len(name) >= 4 and all(ch in "0123456789abcdef" for ch in name):
+        if len(name) >= 4 and all_hex(name):
             matches = [node for cid, node in containers.items() if cid.startswith(name)]
             if len(matches) == 1:
                 return matches[0]
@@ -160,10 +158,6 @@ class InodeTable:
         for node in self._aliases.values():
             self._drop(self.root, node, changes)
         self._aliases.clear()
-
-    def containers(self) -> Iterator[Node]:
-        assert self.root.children is not None
-        return iter(self.root.children.values())
 
     # -- the kernel's lookup counts -------------------------------------------
 
@@ -194,13 +188,9 @@ class InodeTable:
                 continue
             node = old.get(name)
             if node is None:
-                node = self._new_node(self.root, name, Kind.DIR, created_seconds(c) * NS)
-                node.raw = c
-                node.subdirs = _CONTAINER_SUBDIRS
-            elif node.raw != c:
-                node.raw = c
-                if node.children is not None:
-                    self._reconcile(node, container_spec(c), changes)
+                node = self._new_container(name, c)
+            else:
+                self._update_container(node, c, changes)
             new[name] = node
         for name, node in old.items():
             if name not in new:
@@ -217,15 +207,10 @@ class InodeTable:
         name = escape_name(container_id(c))
         node = children.get(name)
         if node is None:
-            node = self._new_node(self.root, name, Kind.DIR, created_seconds(c) * NS)
-            node.raw = c
-            node.subdirs = _CONTAINER_SUBDIRS
-            self.root.children = {name: node, **children}
+            self.root.children = {name: self._new_container(name, c), **children}
             self.root.subdirs = len(self.root.children)
-        elif node.raw != c:
-            node.raw = c
-            if node.children is not None:
-                self._reconcile(node, container_spec(c), changes)
+        else:
+            self._update_container(node, c, changes)
         return changes
 
     def remove_container(self, cid: str) -> Changes:
@@ -245,6 +230,20 @@ class InodeTable:
         self._next += 1
         self._nodes[node.inode] = node
         return node
+
+    def _new_container(self, name: str, c: Container) -> Node:
+        """A container directory, left unbuilt until something inside is asked for."""
+        node = self._new_node(self.root, name, Kind.DIR, created_seconds(c) * NS)
+        node.raw = c
+        node.subdirs = len(SUBDIRS)
+        return node
+
+    def _update_container(self, node: Node, c: Container, changes: Changes) -> None:
+        """New API answer for a listed container: rebuild now only if built."""
+        if node.raw != c:
+            node.raw = c
+            if node.children is not None:
+                self._reconcile(node, container_spec(c), changes)
 
     def _reconcile(self, dirnode: Node, spec: Spec, changes: Changes) -> None:
         """Make dirnode's children match spec, keeping the inodes of kept names."""

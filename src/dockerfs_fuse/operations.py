@@ -50,8 +50,7 @@ R = TypeVar("R")
 # How long the kernel may trust what we told it. Removals and size changes
 # are pushed to the kernel as invalidations, so these bound staleness only
 # for changes nobody has asked us about yet.
-ENTRY_TIMEOUT = 10.0
-ATTR_TIMEOUT = 10.0
+ATTR_TIMEOUT = 10.0  # for entries and attributes alike
 # While Docker's event stream is down nothing tells us of changes: trust less.
 FALLBACK_TIMEOUT = 1.0
 # Names and prefixes can move to another container.

@@ -33,7 +33,6 @@ Container: TypeAlias = Mapping[str, Any]
 # Each container directory, in listing order. The sub-directories are fixed,
 # which lets the inode table give a container directory its link count
 # without building it.
-SCALAR_FIELDS = ("ID", "Image", "ImageID", "Command", "Created", "State", "Status")
 SUBDIRS = ("Names", "Labels", "Ports", "Mounts", "Networks")
 # The control and live views follow the list fields (see Special).
 ORDER = (
@@ -185,5 +184,6 @@ def container_spec(c: Container) -> Spec:
     return spec
 
 
-def count_subdirs(spec: Spec) -> int:
-    return sum(1 for v in spec.values() if isinstance(v, dict))
+def all_hex(text: str) -> bool:
+    """Lower-case hex, as Docker prints IDs (and as ID prefixes are typed)."""
+    return all(ch in "0123456789abcdef" for ch in text)

@@ -148,7 +148,7 @@ class _FollowHandle:
     """A live log stream; reads block like a pipe's until output or the end."""
 
     stream: Stream
-    reader_pid: int
+    opener_pid: int
     pending: bytearray
     ended: bool = False
 
@@ -230,9 +230,10 @@ class DockerFS(pyfuse3.Operations):
         self._apply(self.table.set_containers(containers))
         # An event that arrived while the list was in flight may be newer than
         # the list (a `docker rm` the list still shows): read those again.
-        for cid, event_seq in self._last_event.items():
-            if event_seq > seq:
-                self._schedule_reread(cid)
+        if self._event_seq > seq:
+            for cid, event_seq in self._last_event.items():
+                if event_seq > seq:
+                    self._schedule_reread(cid)
 
     async def refresh_container(self, cid: str) -> None:
         """Re-read one container (after a ctl command or an event)."""
@@ -565,7 +566,7 @@ class DockerFS(pyfuse3.Operations):
             except TooSlow:
                 # pyfuse3 cannot see the kernel's INTERRUPT, and a reader killed
                 # by a signal waits until we answer: look for the signal ourselves.
-                if _signal_pending(h.reader_pid):
+                if _signal_pending(h.opener_pid):
                     raise _fail(errno.EINTR) from None
                 continue
             if item is None:

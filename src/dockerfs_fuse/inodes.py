@@ -74,8 +74,9 @@ class Changes:
     """What a refresh changed that the kernel may have cached.
 
     `removed` holds (parent inode, name, inode) of entries the kernel has
-    looked up and must drop; `changed` holds looked-up inodes whose
-    attributes (size) changed.
+    looked up and must drop; `changed` holds looked-up inodes whose content
+    changed, whatever its length: "Up 5 minutes" becoming "Up 6 minutes" keeps
+    the size, but a kernel that caches pages must still drop the old ones.
     """
 
     removed: list[tuple[int, str, int]] = field(default_factory=list)
@@ -266,7 +267,7 @@ class InodeTable:
             elif isinstance(value, Special):
                 child.special = value
             elif child.data != value:
-                if child.lookups and len(child.data) != len(value):
+                if child.lookups:
                     changes.changed.append(child.inode)
                 child.data = value
             new[name] = child

@@ -255,3 +255,87 @@ def mounted(engine: Engine, mount_factory: Any) -> Mount:
 
 def is_enoent(exc: OSError) -> bool:
     return exc.errno == errno.ENOENT
+
+
+# -- more engines: a Podman service, TLS on TCP, ssh (issue 9) -------------------------
+
+# Imported here, with these fixtures, so that the top of this file stays as it was.
+from dockerfs_fuse.private_engines import PrivatePodman, PrivateSshd, TLSDockerd  # noqa: E402
+
+
+def _start_or_fail(engine: Any, what: str) -> None:
+    try:
+        engine.start()
+        engine.import_busybox()
+    except DockerdError as exc:
+        engine.cleanup()
+        pytest.fail(f"{what}: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def podman_session() -> Iterator[PrivatePodman]:
+    require(os.geteuid() == 0, "the private podman service needs root")
+    require(shutil.which("podman") is not None, "podman missing (Debian podman)")
+    require(shutil.which("docker") is not None, "docker CLI missing (Debian docker.io)")
+    require(shutil.which("busybox") is not None, "busybox missing (Debian busybox-static)")
+    p = PrivatePodman()
+    _start_or_fail(p, "private podman service")
+    try:
+        yield p
+    finally:
+        p.cleanup()
+
+
+@pytest.fixture
+def podman_engine(podman_session: PrivatePodman) -> Iterator[Engine]:
+    """The Podman service as an Engine (it has the same driving interface)."""
+    if podman_session.proc is None or podman_session.proc.poll() is not None:
+        podman_session.start()  # a test stopped it
+    e = Engine(podman_session)  # type: ignore[arg-type]
+    yield e
+    if podman_session.proc is None:
+        podman_session.start()
+    e.remove_started()
+
+
+@pytest.fixture(scope="session")
+def tls_dockerd() -> Iterator[TLSDockerd]:
+    """A second private dockerd, also on a loopback TCP port with --tlsverify."""
+    require(os.geteuid() == 0, "the private dockerd needs root")
+    require(shutil.which("dockerd") is not None, "dockerd missing (Debian docker.io)")
+    require(shutil.which("openssl") is not None, "openssl missing (Debian openssl)")
+    require(shutil.which("busybox") is not None, "busybox missing (Debian busybox-static)")
+    d = TLSDockerd()
+    _start_or_fail(d, "private TLS dockerd")
+    try:
+        yield d
+    finally:
+        d.cleanup()
+
+
+@pytest.fixture
+def tls_engine(tls_dockerd: TLSDockerd) -> Iterator[Engine]:
+    e = Engine(tls_dockerd)
+    yield e
+    e.remove_started()
+
+
+@pytest.fixture(scope="session")
+def sshd_session(dockerd_session: PrivateDockerd) -> Iterator[PrivateSshd]:
+    """sshd on loopback in front of the session's dockerd: its url is ssh://root@127.0.0.1:PORT;
+    a client needs HOME=client_home (its ~/.ssh has the key and knows the host)."""
+    require(
+        shutil.which("sshd", path=os.environ.get("PATH", "") + ":/usr/sbin") is not None,
+        "sshd missing (Debian openssh-server)",
+    )
+    require(shutil.which("ssh-keygen") is not None, "ssh-keygen missing (Debian openssh-client)")
+    s = PrivateSshd(dockerd_session.host)
+    try:
+        s.start()
+    except DockerdError as exc:
+        s.cleanup()
+        pytest.fail(f"private sshd: {exc}", pytrace=False)
+    try:
+        yield s
+    finally:
+        s.cleanup()

@@ -21,6 +21,8 @@ import contextlib
 import json
 import logging
 import math
+import os
+import ssl
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -30,6 +32,7 @@ import aiohttp
 import trio
 
 from .control import Command
+from .endpoints import TLS, Endpoint, EndpointError, default_endpoint, host_endpoint
 from .tree import Container, all_hex
 
 log = logging.getLogger(__name__)
@@ -126,13 +129,24 @@ async def _await_future(fut: concurrent.futures.Future[T]) -> T:
 class DockerSource:
     """Container lists and details from one Docker endpoint.
 
-    `host` None means aiodocker's own resolution (DOCKER_HOST, the docker
-    context, then the usual socket paths). `requests` counts API calls by
-    kind, for the benchmark and for tests that check caching.
+    `endpoint` is resolved by `endpoints` (the docker CLI's rules); a string
+    is taken as a `-H` value, and None as "what the docker CLI would use".
+    `requests` counts API calls by kind, for the benchmark and for tests that
+    check caching.
     """
 
-    def __init__(self, host: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.host = host
+    def __init__(
+        self, endpoint: Endpoint | str | None = None, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
+        try:
+            if endpoint is None:
+                endpoint = default_endpoint(os.environ)
+            elif isinstance(endpoint, str):
+                endpoint = host_endpoint(endpoint, os.environ)
+        except EndpointError as exc:
+            raise DockerUnavailable(str(exc)) from None
+        self.target = endpoint
+        self.host = endpoint.url
         self.timeout = timeout
         self.requests: collections.Counter[str] = collections.Counter()
         self._thread: _AsyncioThread | None = None
@@ -145,17 +159,23 @@ class DockerSource:
         self._thread = _AsyncioThread()
         try:
             self._docker = self._thread.submit(self._make_client()).result(self.timeout)
-        except AssertionError:
-            # aiodocker asserts when it finds no endpoint at all
-            raise DockerUnavailable(
-                "no Docker endpoint found (no DOCKER_HOST, docker context or docker.sock); "
-                "is dockerd running? (or pass -H URL)"
-            ) from None
-        except ValueError as exc:
-            raise DockerUnavailable(f"bad Docker endpoint: {exc}") from None
+        except aiodocker.DockerError as exc:
+            # e.g. ssh:// without asyncssh, or with no ~/.ssh/known_hosts
+            raise DockerUnavailable(str(getattr(exc, "message", exc))) from None
+        except (ValueError, ssl.SSLError) as exc:
+            raise DockerUnavailable(f"bad Docker endpoint {self.host}: {exc}") from None
 
     async def _make_client(self) -> aiodocker.Docker:
-        return aiodocker.Docker(url=self.host)
+        """Always an explicit URL: aiodocker's own resolution order is not the CLI's."""
+        target = self.target
+        if target.scheme == "tcp":
+            rest = target.url.removeprefix("tcp://")
+            if target.tls is None:
+                return aiodocker.Docker(url=f"http://{rest}")
+            return aiodocker.Docker(url=f"https://{rest}", ssl_context=_ssl_context(target.tls))
+        if target.scheme == "ssh":
+            _quiet_ssh_logs()
+        return aiodocker.Docker(url=target.url)
 
     def close(self) -> None:
         if self._thread is None:
@@ -170,7 +190,7 @@ class DockerSource:
 
     @property
     def endpoint(self) -> str:
-        return self.host or getattr(self._docker, "_connection_info", "") or "default"
+        return self.host
 
     # -- calls ---------------------------------------------------------------
 
@@ -369,6 +389,36 @@ class DockerSource:
                         emit(json.loads(line))
 
         return self.stream("events", produce)
+
+
+def _ssl_context(tls: TLS) -> ssl.SSLContext:
+    """TLS as the docker CLI sets it up: the given CA (else the system's), the
+    client key pair when there is one, and no checks at all when told not to verify."""
+    ctx = ssl.create_default_context(cafile=tls.ca)
+    if not tls.verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if tls.cert and tls.key:
+        ctx.load_cert_chain(tls.cert, tls.key)
+    return ctx
+
+
+class _OnlyWhenDebugging(logging.Filter):
+    """aiodocker's ssh connector logs each failure that it also raises; the
+    raised one is reported here once, so its own line is kept for -d."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+def _quiet_ssh_logs() -> None:
+    """asyncssh logs every connection and channel at INFO; a channel is opened
+    per HTTP connection, so only -d shows those."""
+    ssh_log = logging.getLogger("aiodocker.ssh")
+    if not any(isinstance(f, _OnlyWhenDebugging) for f in ssh_log.filters):
+        ssh_log.addFilter(_OnlyWhenDebugging())
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
 
 def _stream_timeout(connect: float) -> aiohttp.ClientTimeout:

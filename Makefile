@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 MOUNTPOINT ?= $(HOME)/n/dockerfs
+SWARM_MOUNTPOINT ?= $(HOME)/n/swarm
 STAMP  := $(VENV)/.installed
 
-.PHONY: run demo test bench lint deps deps-docker deps-9p clean
+.PHONY: run demo demo-swarm test bench lint deps deps-docker deps-9p clean
 
 $(STAMP): pyproject.toml
 	./scripts/install-system-deps
@@ -34,6 +35,12 @@ run: deps
 demo: deps-docker
 	mkdir -p $(MOUNTPOINT)
 	$(BIN)/python -m dockerfs_fuse.demo $(MOUNTPOINT)
+
+## make demo-swarm: a private 3-node Docker Swarm (network namespaces on this host), its
+## manager mounted at ~/n/swarm (the engine's own containers until --swarm lands)
+demo-swarm: deps-docker
+	mkdir -p $(SWARM_MOUNTPOINT)
+	$(BIN)/python -m dockerfs_fuse.demo_swarm $(SWARM_MOUNTPOINT)
 
 ## make test: unit, integration (private dockerd, real mount) and interop tests
 test: deps-docker deps-9p

@@ -339,3 +339,47 @@ def sshd_session(dockerd_session: PrivateDockerd) -> Iterator[PrivateSshd]:
         yield s
     finally:
         s.cleanup()
+
+
+# -- a private multi-node Swarm (issue 11) -------------------------------------------------
+
+SWARM_NODES = 3
+
+
+@pytest.fixture(scope="session")
+def swarm_session() -> Iterator[Any]:
+    """A real 3-node swarm on this host: node1 manages, node2 and node3 work.
+
+    Each node is a private dockerd in a network namespace of its own (see
+    private_swarm); needs root, docker.io, busybox-static, iproute2 and util-linux.
+    """
+    from dockerfs_fuse.private_swarm import PrivateSwarm
+
+    require(os.geteuid() == 0, "the private swarm needs root")
+    for tool, package in (
+        ("dockerd", "docker.io"),
+        ("busybox", "busybox-static"),
+        ("ip", "iproute2"),
+        ("nsenter", "util-linux"),
+        ("unshare", "util-linux"),
+    ):
+        require(shutil.which(tool) is not None, f"{tool} missing (Debian {package})")
+    swarm = PrivateSwarm(SWARM_NODES)
+    try:
+        swarm.start()
+    except DockerdError as exc:
+        pytest.fail(f"private swarm: {exc}", pytrace=False)
+    print(f"\nprivate swarm of {SWARM_NODES} ready in {swarm.start_seconds:.1f}s at {swarm.base}")
+    try:
+        yield swarm
+    finally:
+        swarm.cleanup()
+        print(f"\nprivate swarm stopped in {swarm.stop_seconds:.1f}s")
+
+
+@pytest.fixture
+def swarm(swarm_session: Any) -> Iterator[Any]:
+    """The session's swarm, put back after each test: no services, every node
+    active, node1 the only manager."""
+    yield swarm_session
+    swarm_session.reset()

@@ -91,14 +91,17 @@ def test_spool_shows_size_0_until_the_log_so_far_is_in_then_grows() -> None:
         history.out.write(b"one\ntw")
         await until(lambda: spool.size == 6)
         # A partial size would make `tail` take the first part for the whole.
-        assert spool.shown_size() == 0 and spools.shown_size("c1") == 0
+        assert spool.shown_size() == 0 and spools.polled_size("c1") == 0
         assert spool.read(0, 100) == b"one\ntw" and spool.read(4, 1) == b"t"
         assert not spool.at_eof(follow=False)
         history.out.write(b"o\n")
         history.out.finish(None)
         await until(lambda: spool.history_done)
-        assert spools.shown_size("c1") == 8 and spool.at_eof(follow=False)
-        # Following: Docker replays the log from its start; the replay is skipped.
+        assert spool.shown_size() == 8 and spool.at_eof(follow=False)
+        assert len(docker.requests) == 1  # a one-shot reader costs one request
+        # Polling the size (tail -f) is wanting more: follow. Docker replays the
+        # log from its start; the replay is skipped.
+        assert spools.polled_size("c1") == 8
         follow = docker.requests[1]
         assert follow.follow and not spool.at_eof(follow=True)
         follow.out.write(b"one\n")
@@ -106,12 +109,15 @@ def test_spool_shows_size_0_until_the_log_so_far_is_in_then_grows() -> None:
         follow.out.write(b"ee\n")
         await until(lambda: spool.size == 14)
         assert spool.read(0, 100) == b"one\ntwo\nthree\n"
-        assert spools.shown_size("c1") == 14
+        assert spools.polled_size("c1") == 14
         follow.out.finish(None)  # the container stopped
         await until(lambda: not spool.following)
         assert spool.at_eof(follow=True)
+        # Wanting more again does not replay the log again: only a start event does.
+        spool.want_more()
+        assert len(docker.requests) == 2
         spools.release(spool)
-        assert spool.closed and len(spools) == 0 and spools.shown_size("c1") == 0
+        assert spool.closed and len(spools) == 0 and spools.polled_size("c1") == 0
 
     run(main)
 
@@ -121,6 +127,7 @@ def test_a_stopped_container_is_not_followed_until_it_starts() -> None:
         docker = FakeDocker(running=False)
         spools = docker.spools()
         spool = spools.open("c1")
+        spool.want_more()  # a logs.follow is open, say
         docker.requests[0].out.write(b"old\n")
         docker.requests[0].out.finish(None)
         await until(lambda: spool.history_done)
@@ -178,7 +185,7 @@ def test_a_failed_log_raises_for_its_readers_and_the_next_open_retries() -> None
         second = spools.open("c1")
         assert second is not first and len(docker.requests) == 2
         spools.release(first)  # the failed one's last reader leaves the new one alone
-        assert first.closed and not second.closed and spools.shown_size("c1") == 0
+        assert first.closed and not second.closed and spools.polled_size("c1") == 0
         spools.release(second)
         assert second.closed and docker.requests[1].cancelled
 
@@ -516,8 +523,12 @@ def test_a_50_mb_log_streams_with_bounded_memory(engine: Engine, mounted: Mount)
     assert follow.stdout == want[:1_000_000]
 
     sha = ["sh", "-c", 'cat "$1" | sha256sum', "sh", path]
+    requests = stats(mounted)["requests"]["containers/logs"]
     one = subprocess.run(sha, capture_output=True, timeout=600)
     assert one.stdout.split()[0].decode() == want_sha
+    eventually(lambda: stats(mounted)["logs"]["spools"] == 0, 30, "cat's spool freed")
+    # One request: reading to the end once is not following.
+    assert stats(mounted)["requests"]["containers/logs"] == requests + 1
 
     # Twenty at once: slower, but each gets every byte.
     readers = [subprocess.Popen(sha, stdout=subprocess.PIPE) for _ in range(20)]

@@ -9,14 +9,17 @@ has its `logs` or `logs.follow` open, shared by every reader, each reading
 at its own offset; closing the last one cancels the request and frees the
 file.
 
-A spool is filled by two requests, one after the other. First the log so
-far (`follow=0`): where it ends is where `cat logs` ends, and until it ends
-the size shown is 0, so a `tail` that opens a spool still loading reads it
-as a pipe, to its end, instead of taking a partial size for the whole.
-Then, while the container runs, `follow=1`, which Docker answers by
-replaying the log from its start and going on: the bytes already spooled
-are skipped and the rest appended. Docker's follow stream carries no mark
-where the history ends, which is why this is not one request.
+A spool is filled by up to two requests, one after the other. First the
+log so far (`follow=0`): where it ends is where `cat logs` ends, and until
+it ends the size shown is 0, so a `tail` that opens a spool still loading
+reads it as a pipe, to its end, instead of taking a partial size for the
+whole. Then, once a reader shows it wants more (a `logs.follow` is open, the
+size is polled, or a reader reads at the end again) and while the container
+runs, `follow=1`, which Docker answers by replaying the log from its start
+and going on: the bytes already spooled are skipped and the rest appended.
+Docker's follow stream carries no mark where the history ends, which is why
+this is not one request; and one-shot readers (`cat`, `grep -r`) never cost
+the second.
 
 The producer runs on the Docker module's thread and writes through a
 LogWriter; everything else about a spool lives on trio and changes only
@@ -170,6 +173,11 @@ class LogSpool:
         self.closed = False
         self._writer: LogWriter | None = None
         self._request: Cancellable | None = None
+        # Someone wants new output; a follow request ran (start events aside,
+        # only the first is started by readers: a stale "running" must not
+        # replay the log over and over).
+        self._wanted = False
+        self._followed = False
         self._following = False
         self._follow_again = False
         self._changed = trio.Event()
@@ -219,17 +227,23 @@ class LogSpool:
 
     # -- producers ----------------------------------------------------------------
 
+    def want_more(self) -> None:
+        """A reader wants new output: follow the log (once), if the container may run."""
+        self._wanted = True
+        if not self._followed:
+            self._follow(check_running=True)
+
     def container_started(self) -> None:
         """The container (re)started: follow its new output, now or when the last request ends."""
-        if self.closed or self.failed or not self.history_done:
-            return
         if self._following:
             self._follow_again = True
-        else:
-            self._begin(follow=True)
+        elif self._wanted:
+            self._follow(check_running=False)  # the tree may not know it runs yet
 
-    def follow_if_running(self) -> None:
-        if not self.closed and self.history_done and not self.following and self._running():
+    def _follow(self, check_running: bool) -> None:
+        if self.closed or not self.history_done or self.following:
+            return
+        if not check_running or self._running():
             self._begin(follow=True)
 
     def _begin(self, follow: bool) -> None:
@@ -238,6 +252,7 @@ class LogSpool:
         self._following = follow
         self._follow_again = False
         if follow:
+            self._followed = True
             self.follow_error = None
         try:
             self._request = self._start(self.cid, self._writer, follow)
@@ -257,7 +272,8 @@ class LogSpool:
         if not self.history_done:
             if error is None:
                 self.history_done = True
-                self.follow_if_running()
+                if self._wanted:
+                    self._follow(check_running=True)
             else:
                 self.error = error
         else:
@@ -311,9 +327,6 @@ class LogSpools:
                 raise TooManyLogs(f"{self._limit} containers' logs are open already")
             spool = LogSpool(cid, self._start, lambda: self._running(cid))
             self._spools[cid] = spool
-        else:
-            # Stopped since, and started again with no event seen? Follow anew.
-            spool.follow_if_running()
         spool.handles += 1
         return spool
 
@@ -324,9 +337,15 @@ class LogSpools:
             if self._spools.get(spool.cid) is spool:
                 del self._spools[spool.cid]
 
-    def shown_size(self, cid: str) -> int:
+    def polled_size(self, cid: str) -> int:
+        """`st_size` of the container's `logs`. Asking for it once the log so
+        far is in is how `tail -f` follows: that starts following the log."""
         spool = self._spools.get(cid)
-        return spool.shown_size() if spool is not None else 0
+        if spool is None:
+            return 0
+        if spool.history_done:
+            spool.want_more()
+        return spool.shown_size()
 
     def container_started(self, cid: str) -> None:
         spool = self._spools.get(cid)

@@ -160,6 +160,7 @@ class _LogHandle:
     opener_pid: int
     opener: int  # the opening process (thread group), for the per-process cap
     pos: int = 0
+    eofs: int = 0
     waiting: bool = False
     closed: bool = False
 
@@ -429,7 +430,7 @@ class DockerFS(pyfuse3.Operations):
         a.st_size = len(node.data) if node.kind is not Kind.DIR else 0
         if node.special is Special.LOGS and node.parent is not None:
             # `tail -f` follows by polling this size: never let the kernel cache it.
-            a.st_size = self.logs.shown_size(node.parent.name)
+            a.st_size = self.logs.polled_size(node.parent.name)
             a.attr_timeout = 0
         a.st_blksize = 4096
         a.st_blocks = (a.st_size + 511) // 512
@@ -586,6 +587,8 @@ class DockerFS(pyfuse3.Operations):
                 log.warning("open %s/%s: %s", cid[:12], node.name, exc)
                 raise _fail(errno.ENFILE) from None
             raise
+        if follow:
+            spool.want_more()
         fh = self._new_handle(_LogHandle(spool, follow, pid, opener))
         # Direct I/O: reads are never clipped at a size the kernel cached.
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False, nonseekable=follow)
@@ -634,6 +637,10 @@ class DockerFS(pyfuse3.Operations):
             if off < spool.size:
                 return spool.read(off, size)
             if spool.at_eof(h.follow):
+                # Reading at the end again is how `less +F` follows.
+                h.eofs += 1
+                if h.eofs > 1:
+                    spool.want_more()
                 return b""
             if h.follow and h.waiting:
                 raise _fail(errno.EAGAIN)  # see MAX_FOLLOWERS

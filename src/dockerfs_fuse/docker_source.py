@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 4.0
-# A log of any length streams for as long as it takes; only silence is an error.
+LOGS_TIMEOUT = 30.0
+# A container's log streams for as long as it takes; only silence is an error.
 LOGS_STALL_TIMEOUT = 30.0
 
 

@@ -26,11 +26,11 @@ from .docker_source import (
     LOGS_TIMEOUT,
     ApiError,
     Conflict,
-    Demuxer,
     DockerProblem,
     DockerSource,
     NotFound,
 )
+from .logstream import Demuxer
 from .swarm_control import Request, SwarmCommand, node_request, service_request
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,10 @@ costs a thousand small objects, not twenty thousand.
 from __future__ import annotations
 
 import enum
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .tree import (
     SUBDIRS,
@@ -31,6 +33,9 @@ from .tree import (
     created_seconds,
     escape_name,
 )
+
+if TYPE_CHECKING:
+    from .container_fs import Entry
 
 ROOT_INODE = 1
 NS = 1_000_000_000
@@ -59,6 +64,8 @@ class Node:
     lookups: int = 0
     gone: bool = False
     parent: Node | None = None
+    # Nodes under a container's root/ only: what the engine says the path is.
+    entry: Entry | None = None
 
     @property
     def is_dir(self) -> bool:
@@ -66,7 +73,8 @@ class Node:
 
     @property
     def nlink(self) -> int:
-        return 2 + self.subdirs if self.kind is Kind.DIR else 1
+        # A tar does not count a directory's links: 1, "unknown", for those under root/.
+        return 2 + self.subdirs if self.kind is Kind.DIR and self.entry is None else 1
 
 
 @dataclass
@@ -224,6 +232,54 @@ class InodeTable:
             self.root.subdirs = len(children)
         return changes
 
+    # -- a container's own files (root/) ----------------------------------------------
+
+    def set_listing(self, dirnode: Node, entries: Sequence[Entry]) -> Changes:
+        """Make a directory under root/ hold exactly these entries, keeping the
+        inodes of names whose type did not change."""
+        changes = Changes()
+        old = dirnode.children or {}
+        new: dict[str, Node] = {}
+        for entry in entries:
+            new[entry.name] = self._fs_node(dirnode, entry, old.get(entry.name), changes)
+        for name, child in old.items():
+            if name not in new:
+                self._drop(dirnode, child, changes)
+        dirnode.children = new
+        dirnode.subdirs = sum(1 for e in entries if e.is_dir)
+        return changes
+
+    def set_entry(self, dirnode: Node, entry: Entry) -> tuple[Node, Changes]:
+        """One child of a directory under root/, as a lookup found it."""
+        changes = Changes()
+        children = dirnode.children if dirnode.children is not None else {}
+        node = self._fs_node(dirnode, entry, children.get(entry.name), changes)
+        children[entry.name] = node
+        dirnode.children = children
+        return node, changes
+
+    def remove_entry(self, dirnode: Node, name: str) -> Changes:
+        """A child of a directory under root/ that a lookup found gone."""
+        changes = Changes()
+        node = (dirnode.children or {}).pop(name, None)
+        if node is not None:
+            self._drop(dirnode, node, changes)
+        return changes
+
+    def _fs_node(self, dirnode: Node, entry: Entry, node: Node | None, changes: Changes) -> Node:
+        kind = Kind.DIR if entry.is_dir else Kind.LINK if entry.is_link else Kind.FILE
+        if node is not None and (
+            node.entry is None or stat.S_IFMT(node.entry.mode) != stat.S_IFMT(entry.mode)
+        ):
+            self._drop(dirnode, node, changes)  # another file by that name now
+            node = None
+        if node is None:
+            node = self._new_node(dirnode, entry.name, kind, 0)
+        node.entry = entry
+        node.mtime_ns = entry.mtime * NS
+        node.data = entry.link
+        return node
+
     # -- internals -------------------------------------------------------------------
 
     def _new_node(self, parent: Node, name: str, kind: Kind, mtime_ns: int) -> Node:
@@ -253,7 +309,7 @@ class InodeTable:
         subdirs = 0
         for name, value in spec.items():
             child = old.get(name)
-            wants_dir = isinstance(value, dict)
+            wants_dir = isinstance(value, dict) or value is Special.ROOT
             if child is not None and child.is_dir != wants_dir:
                 self._drop(dirnode, child, changes)
                 child = None
@@ -265,7 +321,9 @@ class InodeTable:
                 self._reconcile(child, value, changes)
                 subdirs += 1
             elif isinstance(value, Special):
+                # root/ keeps its children: they come from the engine, not the list.
                 child.special = value
+                subdirs += wants_dir
             elif child.data != value:
                 if child.lookups:
                     changes.changed.append(child.inode)

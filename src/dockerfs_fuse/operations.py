@@ -12,12 +12,15 @@ unexpected become errnos, logged once with the request that failed.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import errno
 import functools
 import json
 import logging
 import math
 import os
+import posixpath
 import re
 import signal
 import stat
@@ -29,6 +32,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
+from .container_fs import ArchiveError, ContainerFiles, FileReader, PathError
 from .control import BadCommand, parse_command
 from .docker_source import (
     BadRequest,
@@ -40,6 +44,7 @@ from .docker_source import (
 from .inodes import ROOT_INODE, Changes, InodeTable, Kind, Node
 from .logstream import LogSpool, LogSpools, TooManyLogs
 from .tree import Container, Special
+from .views import render_stats, render_top, render_wait
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +76,12 @@ MAX_FOLLOWERS_PER_PROCESS = 64
 MAX_LOG_SPOOLS = 64
 # How often a blocked logs or logs.follow read checks whether its reader was signalled.
 FOLLOW_POLL = 0.2
+# Containers whose `wait` may be read at once: each read waits on one
+# `POST /wait` per container, holding one of aiohttp's connections (ENFILE beyond).
+MAX_EXIT_WAITS = 12
+# Under a container's root/ the kernel may trust entries and attributes this
+# long: the container changes them without telling us.
+ROOT_TIMEOUT = 1.0
 # Event actions that change what a container's directory shows.
 _EVENT_ACTIONS = frozenset(
     [
@@ -104,6 +115,8 @@ def errno_for(exc: BaseException) -> int:
         return errno.EBUSY
     if isinstance(exc, BadRequest | BadCommand):
         return errno.EINVAL
+    if isinstance(exc, PathError):
+        return exc.errno
     return errno.EIO  # unreachable engine, any other API error, anything unexpected
 
 
@@ -116,7 +129,10 @@ def _guard(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any
             return await fn(*args, **kwargs)
         except pyfuse3.FUSEError:
             raise
-        except (DockerProblem, BadCommand) as exc:
+        except PathError as exc:  # ENOENT under root/ and the like: answers, not faults
+            log.debug("%s: %s", fn.__name__, exc)
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except (DockerProblem, BadCommand, ArchiveError) as exc:
             log.warning("%s: %s", fn.__name__, exc)
             raise pyfuse3.FUSEError(errno_for(exc)) from None
         except Exception:
@@ -165,7 +181,47 @@ class _LogHandle:
     closed: bool = False
 
 
-_Handle = _DirHandle | _FileHandle | _CtlHandle | _LogHandle
+@dataclass(slots=True)
+class _RootFileHandle:
+    """An open file under a container's root/: its content, streamed or spooled."""
+
+    reader: FileReader
+    opener_pid: int
+
+
+class _ExitWait:
+    """One `POST /wait` for a container, shared by every reader of its `wait`."""
+
+    def __init__(self, future: Any, on_done: Callable[[], None]) -> None:
+        self.future = future
+        self.done = trio.Event()
+        self.readers = 0
+        token = trio.lowlevel.current_trio_token()
+
+        def finished() -> None:
+            self.done.set()
+            on_done()
+
+        def wake(_: object) -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(finished)
+
+        future.add_done_callback(wake)
+
+
+@dataclass(slots=True)
+class _WaitHandle:
+    """An open `wait`: blocks at its first read until the container stops."""
+
+    cid: str
+    opener_pid: int
+    opener: int  # the opening process, for the follower caps
+    shared: _ExitWait | None = None
+    data: bytes | None = None
+    waiting: bool = False
+
+
+_Handle = _DirHandle | _FileHandle | _CtlHandle | _LogHandle | _RootFileHandle | _WaitHandle
 
 
 class _Followers:
@@ -253,6 +309,8 @@ class DockerFS(pyfuse3.Operations):
         self._reread_send, self._reread_recv = trio.open_memory_channel[str](math.inf)
         self.followers = _Followers(MAX_FOLLOWERS, MAX_FOLLOWERS_PER_PROCESS)
         self.logs = LogSpools(self.source.stream_logs, self._may_be_running, MAX_LOG_SPOOLS)
+        self.files = ContainerFiles(self.source.stream_archive)
+        self._exit_waits: dict[str, _ExitWait] = {}
         self.waiting_reads = 0
         self._next_fh = 1
         self._refresher = _Refresher(self._fetch)
@@ -367,6 +425,7 @@ class DockerFS(pyfuse3.Operations):
             self._last_event = {cid: self._event_seq}
         if action == "destroy":
             self._apply(self.table.remove_container(cid))
+            self.files.forget(cid)
         elif action == "start":
             self.logs.container_started(cid)
         self._schedule_reread(cid)
@@ -410,6 +469,8 @@ class DockerFS(pyfuse3.Operations):
             raise _fail(errno.ENOENT) from None
 
     def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        if node.entry is not None:
+            return self._root_attrs(node)
         a = pyfuse3.EntryAttributes()
         a.st_ino = pyfuse3.InodeT(node.inode)
         a.generation = 0
@@ -437,6 +498,25 @@ class DockerFS(pyfuse3.Operations):
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = node.mtime_ns
         return a
 
+    def _root_attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        """A path under root/: its type, mode, owner, size and times as the engine says."""
+        e = node.entry
+        assert e is not None
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = pyfuse3.InodeT(node.inode)
+        a.generation = 0
+        a.entry_timeout = a.attr_timeout = min(self.attr_timeout, ROOT_TIMEOUT)
+        a.st_mode = pyfuse3.ModeT(e.mode)
+        a.st_nlink = node.nlink
+        a.st_uid = e.uid
+        a.st_gid = e.gid
+        a.st_rdev = e.rdev
+        a.st_size = e.size
+        a.st_blksize = 4096
+        a.st_blocks = (e.size + 511) // 512
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = node.mtime_ns
+        return a
+
     def _new_handle(self, handle: _Handle) -> pyfuse3.FileHandleT:
         fh = self._next_fh
         self._next_fh += 1
@@ -444,6 +524,8 @@ class DockerFS(pyfuse3.Operations):
         return pyfuse3.FileHandleT(fh)
 
     async def _find(self, parent: Node, name: str) -> Node | None:
+        if _in_root(parent) and name not in (".", ".."):
+            return await self._root_lookup(parent, name)
         node = self.table.lookup(parent, name)
         if node is not None or parent.inode != ROOT_INODE:
             return node
@@ -468,6 +550,137 @@ class DockerFS(pyfuse3.Operations):
         for c in found:
             self._apply(self.table.upsert_container(c))
         return self.table.lookup(parent, name) or self.table.alias(name)
+
+    # -- a container's own files (root/) and its exit (wait) ---------------------------
+
+    def _root_path(self, node: Node) -> tuple[str, str]:
+        """The container and the path in it of a node under root/ (root/ itself is "/")."""
+        parts: list[str] = []
+        while node.special is not Special.ROOT:
+            if node.parent is None or node.gone:
+                raise _fail(errno.ENOENT)
+            parts.append(node.name)
+            node = node.parent
+        return self._container_of(node), "/" + "/".join(reversed(parts))
+
+    async def _root_lookup(self, parent: Node, name: str) -> Node | None:
+        cid, path = self._root_path(parent)
+        try:
+            entry = await self.files.stat(cid, posixpath.join(path, name))
+        except (PathError, NotFound):
+            self._apply(self.table.remove_entry(parent, name))
+            return None
+        node, changes = self.table.set_entry(parent, entry)
+        self._apply(changes)
+        return node
+
+    async def _root_opendir(self, node: Node, pid: int) -> _DirHandle:
+        """Opening a directory under root/ re-reads it (container_fs says from where)."""
+        cid, path = self._root_path(node)
+        entries = self.files.listing_now(cid, path)  # a walk goes on: no request, no wait
+        if entries is None:
+            entries = await self._interruptible(pid, self.files.listing, cid, path)
+        self._apply(self.table.set_listing(node, entries))
+        children = node.children or {}
+        return _DirHandle([(e.name, children[e.name].inode) for e in entries])
+
+    async def _root_open(self, node: Node, pid: int) -> pyfuse3.FileInfo:
+        cid, path = self._root_path(node)
+        reader = self.files.open_now(cid, path)
+        if reader is None:
+            reader = await self._interruptible(pid, self.files.open, cid, path)
+        fh = self._new_handle(_RootFileHandle(reader, pid))
+        # Direct I/O: what this open streams, never pages or a size cached earlier.
+        return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+
+    async def _read_root_file(self, h: _RootFileHandle, off: int, size: int) -> bytes:
+        self.files.touch(h.reader.cid)
+        if h.reader.available(off, size):
+            return await h.reader.read(off, size)
+        return await self._interruptible(h.opener_pid, h.reader.read, off, size)
+
+    def _open_wait(self, node: Node, pid: int) -> pyfuse3.FileInfo:
+        opener = _process_of(pid)
+        self.followers.take(opener)  # a read blocks like logs.follow's: the same caps
+        handle = _WaitHandle(self._container_of(node), pid, opener)
+        return pyfuse3.FileInfo(fh=self._new_handle(handle), direct_io=True, keep_cache=False)
+
+    async def _read_wait(self, h: _WaitHandle, off: int, size: int) -> bytes:
+        """The first read blocks until the container is not running; then its exit code."""
+        if h.data is None:
+            if h.waiting:
+                raise _fail(errno.EAGAIN)  # see MAX_FOLLOWERS
+            shared = h.shared = h.shared or self._join_exit_wait(h.cid)
+            h.waiting = True
+            self.waiting_reads += 1
+            try:
+                await self._interruptible(h.opener_pid, shared.done.wait)
+            finally:
+                h.waiting = False
+                self.waiting_reads -= 1
+            try:
+                code = shared.future.result()
+            except concurrent.futures.CancelledError:
+                raise _fail(errno.EIO) from None
+            h.data = render_wait(code)
+        return h.data[off : off + size]
+
+    def _join_exit_wait(self, cid: str) -> _ExitWait:
+        shared = self._exit_waits.get(cid)
+        if shared is None:
+            if len(self._exit_waits) >= MAX_EXIT_WAITS:
+                log.warning("wait %s: %d containers waited on already", cid[:12], MAX_EXIT_WAITS)
+                raise _fail(errno.ENFILE)
+
+            def done() -> None:
+                if self._exit_waits.get(cid) is shared:
+                    del self._exit_waits[cid]
+
+            shared = self._exit_waits[cid] = _ExitWait(self.source.wait(cid), done)
+        shared.readers += 1
+        return shared
+
+    def _release_wait(self, h: _WaitHandle) -> None:
+        self.followers.give_back(h.opener)
+        shared, h.shared = h.shared, None
+        if shared is None:
+            return
+        shared.readers -= 1
+        if shared.readers <= 0 and not shared.done.is_set():
+            shared.future.cancel()  # nobody waits any more: stop asking
+            if self._exit_waits.get(h.cid) is shared:
+                del self._exit_waits[h.cid]
+
+    async def _interruptible(self, pid: int, fn: Callable[..., Awaitable[R]], *args: Any) -> R:
+        """Await fn(*args), or answer EINTR once `pid` has a fatal signal pending.
+
+        pyfuse3 cannot see the kernel's INTERRUPT; a shell's Ctrl-C on a slow
+        read under root/ or on `wait` must not wait for the engine.
+        """
+        scope = trio.CancelScope()
+        failure: Exception | None = None
+        result: list[R] = []
+
+        async def watch() -> None:
+            while True:
+                await trio.sleep(FOLLOW_POLL)
+                if _signal_pending(pid):
+                    scope.cancel()
+                    return
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            try:
+                with scope:
+                    result.append(await fn(*args))
+            except Exception as exc:
+                failure = exc
+            nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        if not result:
+            raise _fail(errno.EINTR)
+        return result[0]
 
     # -- requests ---------------------------------------------------------------------
 
@@ -517,6 +730,8 @@ class DockerFS(pyfuse3.Operations):
         if inode == ROOT_INODE:
             # The contract: reading the root is what refreshes the cache.
             await self.refresh()
+        elif _in_root(node):
+            return self._new_handle(await self._root_opendir(node, ctx.pid))
         entries = [(name, child.inode) for name, child in self.table.children(node).items()]
         return self._new_handle(_DirHandle(entries))
 
@@ -553,6 +768,10 @@ class DockerFS(pyfuse3.Operations):
         if node.is_dir:
             raise _fail(errno.EISDIR)
         writing = flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND)
+        if node.entry is not None:
+            if writing:
+                raise _fail(errno.EROFS)
+            return await self._root_open(node, ctx.pid)
         if node.special is Special.CTL:
             if flags & os.O_ACCMODE != os.O_WRONLY:
                 raise _fail(errno.EACCES)
@@ -564,6 +783,8 @@ class DockerFS(pyfuse3.Operations):
             data = node.data
         elif node.special in (Special.LOGS, Special.FOLLOW):
             return self._open_log(node, ctx.pid)
+        elif node.special is Special.WAIT:
+            return self._open_wait(node, ctx.pid)
         else:
             data = await self._render(node)
         # Direct I/O: the kernel neither caches pages nor clips reads at a
@@ -613,6 +834,13 @@ class DockerFS(pyfuse3.Operations):
         if node.special is Special.INSPECT:
             info = await self.source.inspect(cid)
             return (json.dumps(info, indent=4, ensure_ascii=False) + "\n").encode()
+        try:
+            if node.special is Special.TOP:
+                return render_top(await self.source.top(cid))
+            if node.special is Special.STATS:
+                return render_stats(await self.source.stats(cid))
+        except Conflict:
+            return b""  # not running: no processes, no sample
         raise _fail(errno.EIO)
 
     @_guard
@@ -626,6 +854,10 @@ class DockerFS(pyfuse3.Operations):
             data = await self._read_log(handle, handle.pos, size)
             handle.pos += len(data)
             return data
+        if isinstance(handle, _RootFileHandle):
+            return await self._read_root_file(handle, off, size)
+        if isinstance(handle, _WaitHandle):
+            return await self._read_wait(handle, off, size)
         raise _fail(errno.EBADF)
 
     async def _read_log(self, h: _LogHandle, off: int, size: int) -> bytes:
@@ -680,6 +912,16 @@ class DockerFS(pyfuse3.Operations):
             self.logs.release(handle.spool)
             if handle.follow:
                 self.followers.give_back(handle.opener)
+        elif isinstance(handle, _RootFileHandle):
+            handle.reader.close()
+        elif isinstance(handle, _WaitHandle):
+            self._release_wait(handle)
+
+    def _refuse_under_root(self, *inodes: int) -> None:
+        """A container's files are read-only: EROFS for any change there."""
+        for inode in inodes:
+            if inode in self.table and _in_root(self.table.get(inode)):
+                raise _fail(errno.EROFS)
 
     @_guard
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -701,6 +943,8 @@ class DockerFS(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
+        if _in_root(node):
+            raise _fail(errno.EROFS)
         only_truncate = fields.update_size and not (
             fields.update_mode or fields.update_uid or fields.update_gid
         )
@@ -717,6 +961,7 @@ class DockerFS(pyfuse3.Operations):
         flags: pyfuse3.FlagT,
         ctx: pyfuse3.RequestContext,
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        self._refuse_under_root(parent_inode)
         raise _fail(errno.EACCES)
 
     @_guard
@@ -728,6 +973,7 @@ class DockerFS(pyfuse3.Operations):
         rdev: int,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
+        self._refuse_under_root(parent_inode)
         raise _fail(errno.EACCES)
 
     @_guard
@@ -738,6 +984,7 @@ class DockerFS(pyfuse3.Operations):
         mode: pyfuse3.ModeT,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
+        self._refuse_under_root(parent_inode)
         raise _fail(errno.EACCES)
 
     @_guard
@@ -748,6 +995,7 @@ class DockerFS(pyfuse3.Operations):
         target: pyfuse3.FileNameT,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
+        self._refuse_under_root(parent_inode)
         raise _fail(errno.EACCES)
 
     @_guard
@@ -758,18 +1006,21 @@ class DockerFS(pyfuse3.Operations):
         new_name: pyfuse3.FileNameT,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
+        self._refuse_under_root(new_parent_inode)
         raise _fail(errno.EACCES)
 
     @_guard
     async def unlink(
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
     ) -> None:
+        self._refuse_under_root(parent_inode)
         raise _fail(errno.EACCES)
 
     @_guard
     async def rmdir(
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
     ) -> None:
+        self._refuse_under_root(parent_inode)
         raise _fail(errno.EACCES)
 
     @_guard
@@ -782,6 +1033,7 @@ class DockerFS(pyfuse3.Operations):
         flags: pyfuse3.FlagT,
         ctx: pyfuse3.RequestContext,
     ) -> None:
+        self._refuse_under_root(parent_inode_old, parent_inode_new)
         raise _fail(errno.EACCES)
 
     @_guard
@@ -792,12 +1044,14 @@ class DockerFS(pyfuse3.Operations):
         value: bytes,
         ctx: pyfuse3.RequestContext,
     ) -> None:
+        self._refuse_under_root(inode)
         raise _fail(errno.EACCES)
 
     @_guard
     async def removexattr(
         self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
     ) -> None:
+        self._refuse_under_root(inode)
         raise _fail(errno.EACCES)
 
     @_guard
@@ -826,6 +1080,8 @@ class DockerFS(pyfuse3.Operations):
                 "followers": self.followers.count,
                 "waiting_reads": self.waiting_reads,
             },
+            "root": self.files.stats(),
+            "exit_waits": len(self._exit_waits),
         }
 
 
@@ -876,6 +1132,11 @@ def _process_of(pid: int) -> int:
     except (OSError, ValueError):
         pass
     return pid
+
+
+def _in_root(node: Node) -> bool:
+    """Whether a node is a container's root/ or under it."""
+    return node.entry is not None or node.special is Special.ROOT
 
 
 def _could_name_a_container(name: str) -> bool:

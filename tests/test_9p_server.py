@@ -179,19 +179,26 @@ def test_directory_read_as_stat_records(shim: Shim, tree: Path) -> None:
         assert all(s.length == len(str(int(s.name[4:]))) for s in stats)
         bad = client.rpc(codec.Tread(tag=3, fid=1, offset=17, count=200))
         assert isinstance(bad, codec.Rerror)
-        # Linux tops up its buffer with a read of the few bytes left: a record
-        # that does not fit is an empty read, and the same offset works later.
+        # Linux tops up its buffer with a read of exactly the count the last
+        # read left unused: a record that does not fit is then an empty read,
+        # and the same offset works later with a full count.
         first = client.rpc(codec.Tread(tag=3, fid=1, offset=0, count=100))
         assert (
             isinstance(first, codec.Rread)
             and len(codec.decode_stats(first.data, client.dialect)) == 1
         )
         end = len(first.data)
-        assert client.rpc(codec.Tread(tag=3, fid=1, offset=end, count=10)) == codec.Rread(
-            tag=3, data=b""
-        )
+        top_up = codec.Tread(tag=3, fid=1, offset=end, count=100 - end)
+        assert client.rpc(top_up) == codec.Rread(tag=3, data=b"")
         again = client.rpc(codec.Tread(tag=3, fid=1, offset=end, count=100))
         assert isinstance(again, codec.Rread) and codec.decode_stats(again.data, client.dialect)
+        # Any other read too small for the next record is an error, not an
+        # empty read that a client would take for the end of the listing.
+        short = client.rpc(codec.Tread(tag=3, fid=1, offset=end, count=10))
+        assert (
+            isinstance(short, codec.Rerror)
+            and short.ename == "directory entry larger than the read count"
+        )
     with Client.session(*shim, version="9P2000.u") as client:
         client.walk("", newfid=1)
         by_name = {s.name: s for s in read_dir_9p(client, 1, count=4096)}

@@ -1,0 +1,223 @@
+"""What the shim spends on its clients, and the caps that keep one client from
+spending all of it: threads for blocking calls, bytes of replies not yet
+written, and file descriptors.
+
+A blocking call (a walk, a stat, a file read) runs in a worker thread, and a
+thread blocked inside the kernel cannot be taken back: a read of `logs.follow`
+on the dockerfs mount waits in FUSE until Docker sends a line.  So threads are
+accounted in two lanes.  A call starts in the *fast* lane; once it has run for
+SLOW_AFTER seconds it moves to the *slow* lane, so calls that block never sit
+on the threads that prompt calls need.  Each connection has its own share of
+both lanes (ThreadShare) inside the process-wide one, so no connection holds
+more than its share.  A call whose request is flushed, or whose connection
+ends, gives its connection's share back at once; its thread, still blocked,
+keeps only a process-wide slot until it returns.
+
+Everything here runs in the trio thread; worker threads only run the blocking
+function and hand its outcome back through the trio token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import resource
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import outcome
+import trio
+
+from .export import NinePError
+
+_T = TypeVar("_T")
+
+SLOW_AFTER = 0.2  # seconds before a blocking call counts as blocked
+CONN_FAST_THREADS = 8  # per connection: calls that return promptly
+CONN_SLOW_THREADS = 64  # per connection: calls that block (reads that follow)
+FAST_THREADS = 64  # the whole shim
+SLOW_THREADS = 512  # the whole shim, flushed calls still blocked included
+RESERVE_FDS = 64  # descriptors never given to files: accepts, listings, logging
+
+
+@dataclass
+class ThreadShare:
+    """Slots in the two lanes, for one connection or for the whole process."""
+
+    fast: trio.Semaphore
+    slow: trio.Semaphore
+
+    @classmethod
+    def of(cls, fast: int, slow: int) -> ThreadShare:
+        return cls(trio.Semaphore(fast, max_value=fast), trio.Semaphore(slow, max_value=slow))
+
+
+def connection_share() -> ThreadShare:
+    return ThreadShare.of(CONN_FAST_THREADS, CONN_SLOW_THREADS)
+
+
+@dataclass
+class _Call(Generic[_T]):
+    """One blocking call: the slots it holds, and its outcome once the thread
+    returns.  `held` is what `finish` gives back."""
+
+    held: list[trio.Semaphore]
+    finished: Callable[[outcome.Outcome[_T]], None] | None
+    discard: Callable[[_T], None] | None
+    done: trio.Event = field(default_factory=trio.Event)
+    result: outcome.Outcome[_T] | None = None
+    orphaned: bool = False
+
+    def move(self, old: trio.Semaphore, new: trio.Semaphore) -> None:
+        """Trade a held slot for one in another lane, if that lane has room."""
+        if old not in self.held:
+            return
+        try:
+            new.acquire_nowait()
+        except trio.WouldBlock:
+            return
+        self.held.remove(old)
+        old.release()
+        self.held.append(new)
+
+    def finish(self, result: outcome.Outcome[_T]) -> None:
+        """In the trio thread, when the worker thread returns."""
+        for slot in self.held:
+            slot.release()
+        self.held.clear()
+        self.result = result
+        self.done.set()
+        if self.finished is not None:
+            self.finished(result)
+        if self.orphaned and self.discard is not None and isinstance(result, outcome.Value):
+            self.discard(result.value)
+
+
+class ThreadPool:
+    """Runs blocking calls in worker threads within the lanes' caps."""
+
+    def __init__(self, fast: int = FAST_THREADS, slow: int = SLOW_THREADS) -> None:
+        self.share = ThreadShare.of(fast, slow)
+
+    async def run(
+        self,
+        mine: ThreadShare,
+        fn: Callable[[], _T],
+        *,
+        finished: Callable[[outcome.Outcome[_T]], None] | None = None,
+        discard: Callable[[_T], None] | None = None,
+    ) -> _T:
+        """fn() in a thread, counted against `mine` and the process's share.
+
+        Cancellable at any point: a cancelled call returns at once and its
+        thread is abandoned.  `finished` runs (in the trio thread) when the
+        thread returns, cancelled or not; `discard` gets the result of a call
+        that was cancelled, so that what it made (an open file) is undone."""
+        await mine.fast.acquire()
+        try:
+            await self.share.fast.acquire()
+        except BaseException:
+            mine.fast.release()
+            raise
+        call: _Call[_T] = _Call([mine.fast, self.share.fast], finished, discard)
+        token = trio.lowlevel.current_trio_token()
+
+        def deliver(result: outcome.Outcome[_T]) -> None:
+            with contextlib.suppress(trio.RunFinishedError):  # the shim is exiting
+                token.run_sync_soon(call.finish, result)
+
+        trio.lowlevel.start_thread_soon(fn, deliver)
+        try:
+            with trio.move_on_after(SLOW_AFTER):
+                await call.done.wait()
+            if not call.done.is_set():
+                call.move(mine.fast, mine.slow)
+                call.move(self.share.fast, self.share.slow)
+                await call.done.wait()
+        except BaseException:
+            if not call.done.is_set():
+                self._orphan(call, mine)
+            elif discard is not None and isinstance(call.result, outcome.Value):
+                discard(call.result.value)  # done, but cancelled before we saw it
+            raise
+        assert call.result is not None
+        return call.result.unwrap()
+
+    def _orphan(self, call: _Call[_T], mine: ThreadShare) -> None:
+        """The request is gone: its connection's slots are free again now, and
+        its thread waits out its call on a process-wide slow slot if one is
+        left (otherwise on the fast slot it has)."""
+        call.orphaned = True
+        for slot in (mine.fast, mine.slow):
+            if slot in call.held:
+                call.held.remove(slot)
+                slot.release()
+        call.move(self.share.fast, self.share.slow)
+
+
+class ByteBudget:
+    """Bytes of read data a connection may hold before its replies are
+    written.  A client that does not read its replies stops getting its reads
+    served once the budget is spent: backpressure, not buffering."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.free = total
+        self._lot = trio.lowlevel.ParkingLot()
+
+    async def take(self, size: int) -> int:
+        """Wait until `size` bytes (at most the whole budget) are free; returns
+        what was taken, to be given back with `give`."""
+        size = min(size, self.total)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while self.free < size:
+            await self._lot.park()
+        self.free -= size
+        return size
+
+    def give(self, size: int) -> None:
+        self.free += size
+        self._lot.unpark_all()
+
+
+def raise_fd_limit() -> int:
+    """Lift the soft descriptor limit to the hard one (as Go's runtime does):
+    the caps below are what bound a client, not a low default."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return soft
+
+
+def _descriptors_in_use() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1  # minus listdir's own
+    except OSError:
+        return 16
+
+
+class FdBudget:
+    """Descriptors of the whole process: connections and open files.  Files
+    may use all but RESERVE_FDS of them, so that accepting a new connection
+    and listing a directory for it always find a descriptor."""
+
+    def __init__(self, reserve: int = RESERVE_FDS) -> None:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.limit = soft if soft != resource.RLIM_INFINITY else 1 << 20
+        self.reserve = min(reserve, self.limit // 4)
+        self.baseline = _descriptors_in_use()
+        self.connections = 0
+        self.files = 0
+
+    def take_file(self) -> None:
+        used = self.baseline + self.connections + self.files
+        if used + 1 + self.reserve > self.limit:
+            raise NinePError(errno.ENFILE, "too many open files in the shim")
+        self.files += 1
+
+    def give_file(self) -> None:
+        self.files -= 1

@@ -23,9 +23,9 @@ import contextlib
 import errno
 import os
 import resource
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import outcome
 import trio
@@ -58,103 +58,122 @@ def connection_share() -> ThreadShare:
     return ThreadShare.of(CONN_FAST_THREADS, CONN_SLOW_THREADS)
 
 
-@dataclass
-class _Call(Generic[_T]):
-    """One blocking call: the slots it holds, and its outcome once the thread
-    returns.  `held` is what `finish` gives back."""
-
-    held: list[trio.Semaphore]
-    finished: Callable[[outcome.Outcome[_T]], None] | None
-    discard: Callable[[_T], None] | None
-    done: trio.Event = field(default_factory=trio.Event)
-    result: outcome.Outcome[_T] | None = None
-    orphaned: bool = False
-
-    def move(self, old: trio.Semaphore, new: trio.Semaphore) -> None:
-        """Trade a held slot for one in another lane, if that lane has room."""
-        if old not in self.held:
-            return
-        try:
-            new.acquire_nowait()
-        except trio.WouldBlock:
-            return
-        self.held.remove(old)
-        old.release()
-        self.held.append(new)
-
-    def finish(self, result: outcome.Outcome[_T]) -> None:
-        """In the trio thread, when the worker thread returns."""
-        for slot in self.held:
-            slot.release()
-        self.held.clear()
-        self.result = result
-        self.done.set()
-        if self.finished is not None:
-            self.finished(result)
-        if self.orphaned and self.discard is not None and isinstance(result, outcome.Value):
-            self.discard(result.value)
+def _trade(held: trio.Semaphore | None, old: trio.Semaphore, new: trio.Semaphore) -> Any:
+    """`held` traded for a slot in `new` if it is `old` and `new` has room."""
+    if held is not old:
+        return held
+    try:
+        new.acquire_nowait()
+    except trio.WouldBlock:
+        return held
+    old.release()
+    return new
 
 
-class ThreadPool:
-    """Runs blocking calls in worker threads within the lanes' caps."""
+class ThreadSlot:
+    """A slot for one blocking call, in a connection's share (held until the
+    `async with` block ends, so that what the caller does with the result
+    still counts against the connection) and in the process's share (held by
+    the thread until it returns, even if the call is abandoned)."""
 
-    def __init__(self, fast: int = FAST_THREADS, slow: int = SLOW_THREADS) -> None:
-        self.share = ThreadShare.of(fast, slow)
+    def __init__(self, process: ThreadShare, mine: ThreadShare) -> None:
+        self._process = process
+        self._mine = mine
+        self._conn: trio.Semaphore | None = mine.fast
+        self._global: trio.Semaphore | None = process.fast
+        self._running = False
+
+    def leave(self) -> None:
+        if self._conn is not None:
+            self._conn.release()
+            self._conn = None
+        if self._global is not None and not self._running:
+            self._global.release()
+            self._global = None
+
+    def _thread_returned(self) -> None:
+        self._running = False
+        if self._global is not None:
+            self._global.release()
+            self._global = None
 
     async def run(
         self,
-        mine: ThreadShare,
         fn: Callable[[], _T],
         *,
         finished: Callable[[outcome.Outcome[_T]], None] | None = None,
         discard: Callable[[_T], None] | None = None,
+        blocked: Callable[[], None] | None = None,
     ) -> _T:
-        """fn() in a thread, counted against `mine` and the process's share.
+        """fn() in a worker thread.  Cancellable at any point: a cancelled call
+        returns at once and its thread is abandoned.  `finished` runs (in the
+        trio thread) when the thread returns, cancelled or not; `discard` gets
+        the result of a call that was cancelled, so that what it made (an open
+        file) is undone; `blocked` runs when the call moves to the slow lane."""
+        assert not self._running and self._global is not None, "one call per slot"
+        done = trio.Event()
+        results: list[outcome.Outcome[_T]] = []
+        orphaned = False
 
-        Cancellable at any point: a cancelled call returns at once and its
-        thread is abandoned.  `finished` runs (in the trio thread) when the
-        thread returns, cancelled or not; `discard` gets the result of a call
-        that was cancelled, so that what it made (an open file) is undone."""
+        def finish(result: outcome.Outcome[_T]) -> None:
+            self._thread_returned()
+            results.append(result)
+            done.set()
+            if finished is not None:
+                finished(result)
+            if orphaned and discard is not None and isinstance(result, outcome.Value):
+                discard(result.value)
+
+        token = trio.lowlevel.current_trio_token()
+
+        def deliver(result: outcome.Outcome[_T]) -> None:
+            with contextlib.suppress(trio.RunFinishedError):  # the shim is exiting
+                token.run_sync_soon(finish, result)
+
+        self._running = True
+        trio.lowlevel.start_thread_soon(fn, deliver)
+        try:
+            with trio.move_on_after(SLOW_AFTER):
+                await done.wait()
+            if not done.is_set():
+                self._conn = _trade(self._conn, self._mine.fast, self._mine.slow)
+                self._global = _trade(self._global, self._process.fast, self._process.slow)
+                if blocked is not None:
+                    blocked()
+                await done.wait()
+        except BaseException:
+            if not done.is_set():
+                # The request is gone: the connection's slot is given back as
+                # the block ends; the thread waits out its call on a
+                # process-wide slow slot if one is left.
+                orphaned = True
+                self._global = _trade(self._global, self._process.fast, self._process.slow)
+            elif discard is not None and isinstance(results[0], outcome.Value):
+                discard(results[0].value)  # done, but cancelled before we saw it
+            raise
+        return results[0].unwrap()
+
+
+class ThreadPool:
+    """Worker threads for blocking calls, within the lanes' caps."""
+
+    def __init__(self, fast: int = FAST_THREADS, slow: int = SLOW_THREADS) -> None:
+        self.share = ThreadShare.of(fast, slow)
+
+    @contextlib.asynccontextmanager
+    async def slot(self, mine: ThreadShare) -> AsyncIterator[ThreadSlot]:
+        """Wait for a fast slot in `mine`, then in the process's share."""
         await mine.fast.acquire()
         try:
             await self.share.fast.acquire()
         except BaseException:
             mine.fast.release()
             raise
-        call: _Call[_T] = _Call([mine.fast, self.share.fast], finished, discard)
-        token = trio.lowlevel.current_trio_token()
-
-        def deliver(result: outcome.Outcome[_T]) -> None:
-            with contextlib.suppress(trio.RunFinishedError):  # the shim is exiting
-                token.run_sync_soon(call.finish, result)
-
-        trio.lowlevel.start_thread_soon(fn, deliver)
+        slot = ThreadSlot(self.share, mine)
         try:
-            with trio.move_on_after(SLOW_AFTER):
-                await call.done.wait()
-            if not call.done.is_set():
-                call.move(mine.fast, mine.slow)
-                call.move(self.share.fast, self.share.slow)
-                await call.done.wait()
-        except BaseException:
-            if not call.done.is_set():
-                self._orphan(call, mine)
-            elif discard is not None and isinstance(call.result, outcome.Value):
-                discard(call.result.value)  # done, but cancelled before we saw it
-            raise
-        assert call.result is not None
-        return call.result.unwrap()
-
-    def _orphan(self, call: _Call[_T], mine: ThreadShare) -> None:
-        """The request is gone: its connection's slots are free again now, and
-        its thread waits out its call on a process-wide slow slot if one is
-        left (otherwise on the fast slot it has)."""
-        call.orphaned = True
-        for slot in (mine.fast, mine.slow):
-            if slot in call.held:
-                call.held.remove(slot)
-                slot.release()
-        call.move(self.share.fast, self.share.slow)
+            yield slot
+        finally:
+            slot.leave()
 
 
 class ByteBudget:

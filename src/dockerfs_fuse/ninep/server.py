@@ -51,6 +51,7 @@ MAX_FIDS = 65536  # per connection
 MAX_OPEN = 256  # open files and directories per connection
 MAX_REPLY_BYTES = 8 << 20  # read data per connection not yet written to the socket
 LINGER = 60.0  # seconds a half-closed connection waits for its replies
+_WRITE_BATCH = 64 * 1024  # small replies are joined up to this size per send
 _T = TypeVar("_T")
 
 # 9P2000.L open flags (Linux generic values, as the kernel puts them on the wire).
@@ -214,7 +215,7 @@ class Connection:
         except codec.DecodeError as exc:
             if exc.tag is None or exc.tag in self.pending:
                 raise ConnectionClosed(str(exc)) from exc
-            await self.outstanding.acquire()
+            await self._take_slot()
             self._queue_reply(self.error_reply(exc.tag, NinePError(errno.EINVAL, str(exc))))
             return
         if log.isEnabledFor(logging.DEBUG):
@@ -225,10 +226,10 @@ class Connection:
             # The flush takes effect before it waits for a slot: the slot it
             # waits for may be the one held by the request it flushes.
             self._flush(msg.oldtag)
-            await self.outstanding.acquire()
+            await self._take_slot()
             self._queue_reply(codec.Rflush(tag=msg.tag))
             return
-        await self.outstanding.acquire()
+        await self._take_slot()
         if isinstance(msg, codec.Tversion):
             reply, dialect = self.version(msg)
             self._queue_reply(reply, dialect)
@@ -239,6 +240,14 @@ class Connection:
             pending = Pending()
             self.pending[msg.tag] = pending
             nursery.start_soon(self._serve, msg, pending)
+
+    async def _take_slot(self) -> None:
+        """An outstanding slot for the frame just read; waits only when the
+        client is at MAX_OUTSTANDING (receive_some is the loop's checkpoint)."""
+        try:
+            self.outstanding.acquire_nowait()
+        except trio.WouldBlock:
+            await self.outstanding.acquire()
 
     async def _serve(self, msg: Message, pending: Pending) -> None:
         queued = False
@@ -295,9 +304,22 @@ class Connection:
         return frame
 
     async def _write_loop(self) -> None:
+        """Writes replies in queue order, as many per system call as are waiting."""
         async for frame, held in self._to_write:
-            await self.stream.send_all(frame)
-            self._written(held)
+            await trio.lowlevel.checkpoint()  # let the replies of a pipeline gather
+            frames, helds = [frame], [held]
+            size = len(frame)
+            while size < _WRITE_BATCH:
+                try:
+                    frame, held = self._to_write.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                frames.append(frame)
+                helds.append(held)
+                size += len(frame)
+            await self.stream.send_all(frames[0] if len(frames) == 1 else b"".join(frames))
+            for held in helds:
+                self._written(held)
 
     def _written(self, held: int) -> None:
         """One request is no longer outstanding (answered, or dropped)."""
@@ -353,9 +375,8 @@ class Connection:
         discard: Callable[[_T], None] | None = None,
     ) -> _T:
         """fn(*args) in a worker thread, within this connection's share."""
-        return await self.shared.pool.run(
-            self.threads, partial(fn, *args), finished=finished, discard=discard
-        )
+        async with self.shared.pool.slot(self.threads) as slot:
+            return await slot.run(partial(fn, *args), finished=finished, discard=discard)
 
     # --------------------------------------------------- session messages
 
@@ -528,10 +549,33 @@ class Connection:
     async def _read_file(self, handle: OpenFile, offset: int, count: int) -> bytes:
         """A read in a worker thread: it may block for as long as the file likes
         (a FUSE file waiting on Docker).  A flush abandons the thread, which
-        lets go of the handle when it finally returns."""
-        handle.acquire()
-        data = await self._blocking(handle.read, offset, count, finished=lambda _: handle.release())
-        await self.budget.take(len(data))
+        lets go of the handle when it finally returns.
+
+        The count is taken from the byte budget before reading, so a client
+        that does not read its replies stops its reads; a read that blocks
+        gives it back while it waits (a blocked read holds no data) and takes
+        what it got when it returns, still within its connection's slot."""
+        taken = await self.budget.take(count)
+
+        def blocked() -> None:
+            nonlocal taken
+            self.budget.give(taken)
+            taken = 0
+
+        try:
+            async with self.shared.pool.slot(self.threads) as slot:
+                handle.acquire()
+                data = await slot.run(
+                    partial(handle.read, offset, count),
+                    finished=lambda _: handle.release(),
+                    blocked=blocked,
+                )
+                if not taken:
+                    taken = await self.budget.take(len(data))
+        except BaseException:
+            self.budget.give(taken)
+            raise
+        self.budget.give(taken - len(data))
         return data
 
     async def _read_fifo(self, fid: Fid, handle: OpenFile, count: int) -> bytes:
@@ -635,10 +679,12 @@ class Connection:
         if handle.pollable:
             count = await self._write_fifo(handle, msg.data)
         else:
-            handle.acquire()
-            count = await self._blocking(
-                handle.write, msg.offset, msg.data, finished=lambda _: handle.release()
-            )
+            async with self.shared.pool.slot(self.threads) as slot:
+                handle.acquire()  # released when the thread returns
+                count = await slot.run(
+                    partial(handle.write, msg.offset, msg.data),
+                    finished=lambda _: handle.release(),
+                )
         return codec.Rwrite(tag=msg.tag, count=count)
 
     # ------------------------------------------------------- clunk/remove

@@ -77,4 +77,9 @@ class Shim:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait(5)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                # A thread of it still waits on a file system (ours, being
+                # stopped); it ends when that answers.
+                log.warning("9P shim (pid %d) still exiting", proc.pid)

@@ -29,7 +29,7 @@ import math
 import os
 import re
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -50,7 +50,7 @@ MAX_OUTSTANDING = 256  # per connection, from frame read to reply written
 MAX_FIDS = 65536  # per connection
 MAX_OPEN = 256  # open files and directories per connection
 MAX_REPLY_BYTES = 8 << 20  # read data per connection not yet written to the socket
-LINGER = 60.0  # seconds a half-closed connection waits for its replies
+LINGER = 30.0  # seconds a half-closed connection waits for replies still to come
 _WRITE_BATCH = 64 * 1024  # small replies are joined up to this size per send
 _T = TypeVar("_T")
 
@@ -138,7 +138,8 @@ class Connection:
         self.open_files = 0
         self.pending: dict[int, Pending] = {}
         self.outstanding = trio.Semaphore(MAX_OUTSTANDING, max_value=MAX_OUTSTANDING)
-        self._drained = trio.lowlevel.ParkingLot()
+        self.waiting = 0  # FIFO reads and writes waiting for the other end
+        self._settled = trio.lowlevel.ParkingLot()
         self.budget = ByteBudget(MAX_REPLY_BYTES)
         self.threads: ThreadShare = connection_share()
         self.splitter = codec.FrameSplitter(MAX_MSIZE)
@@ -175,10 +176,8 @@ class Connection:
                 nursery.start_soon(self._write_loop)
                 try:
                     await self._read_loop(nursery)
-                    # The client shut its sending side: it still gets every
-                    # reply in flight, within LINGER.
                     with trio.move_on_after(LINGER):
-                        await self._wait_drained()
+                        await self._wait_settled()
                 except ConnectionClosed as exc:
                     log.info("%s: closing connection: %s", self.peer, exc)
                 finally:
@@ -326,12 +325,34 @@ class Connection:
         if held:
             self.budget.give(held)
         self.outstanding.release()
-        if self.outstanding.value == MAX_OUTSTANDING:
-            self._drained.unpark_all()
+        self._settled.unpark_all()
 
-    async def _wait_drained(self) -> None:
-        while self.outstanding.value < MAX_OUTSTANDING:
-            await self._drained.park()
+    async def _wait_settled(self) -> None:
+        """After end of file (within LINGER): until every reply in flight is
+        written, except those of FIFO reads and writes still waiting.  A
+        half-close cannot be told from a hang-up, and a client that is gone
+        must not keep a FIFO read waiting until data comes."""
+        while MAX_OUTSTANDING - self.outstanding.value > self.waiting:
+            await self._settled.park()
+
+    @contextlib.contextmanager
+    def _may_wait(self) -> Iterator[Callable[[], None]]:
+        """Yields a function to call when the request starts waiting for input;
+        it stops counting as waiting when the block ends."""
+        started = False
+
+        def start() -> None:
+            nonlocal started
+            if not started:
+                started = True
+                self.waiting += 1
+                self._settled.unpark_all()
+
+        try:
+            yield start
+        finally:
+            if started:
+                self.waiting -= 1
 
     def error_reply(self, tag: int, err: NinePError) -> Message:
         if self.dialect is Dialect.L:
@@ -583,38 +604,44 @@ class Connection:
         ends the wait at once."""
         handle.acquire()
         try:
-            async with fid.lock:  # one waiter per descriptor
-                while True:
-                    taken = await self.budget.take(count)
-                    try:
-                        data = handle.read_ready(count)
-                    except BlockingIOError:
-                        self.budget.give(taken)
-                    except BaseException:
-                        self.budget.give(taken)
-                        raise
-                    else:
-                        self.budget.give(taken - len(data))
-                        return data
-                    try:
-                        await trio.lowlevel.wait_readable(handle.fd)
-                    except trio.ClosedResourceError:
-                        raise NinePError(errno.EBADF, "fid clunked during read") from None
+            with self._may_wait() as waiting:
+                if fid.lock.locked():
+                    waiting()  # behind another read of this FIFO
+                async with fid.lock:  # one waiter per descriptor
+                    while True:
+                        taken = await self.budget.take(count)
+                        try:
+                            data = handle.read_ready(count)
+                        except BlockingIOError:
+                            self.budget.give(taken)
+                        except BaseException:
+                            self.budget.give(taken)
+                            raise
+                        else:
+                            self.budget.give(taken - len(data))
+                            return data
+                        waiting()
+                        try:
+                            await trio.lowlevel.wait_readable(handle.fd)
+                        except trio.ClosedResourceError:
+                            raise NinePError(errno.EBADF, "fid clunked during read") from None
         finally:
             handle.release()
 
     async def _write_fifo(self, handle: OpenFile, data: bytes) -> int:
         handle.acquire()
         try:
-            while True:
-                try:
-                    return handle.write_ready(data)
-                except BlockingIOError:
-                    pass
-                try:
-                    await trio.lowlevel.wait_writable(handle.fd)
-                except trio.ClosedResourceError:
-                    raise NinePError(errno.EBADF, "fid clunked during write") from None
+            with self._may_wait() as waiting:
+                while True:
+                    try:
+                        return handle.write_ready(data)
+                    except BlockingIOError:
+                        pass
+                    waiting()
+                    try:
+                        await trio.lowlevel.wait_writable(handle.fd)
+                    except trio.ClosedResourceError:
+                        raise NinePError(errno.EBADF, "fid clunked during write") from None
         finally:
             handle.release()
 

@@ -25,6 +25,7 @@ import pytest
 from conftest import require
 from ninep_support import (
     Client,
+    Usage,
     blocking_fuse,
     fds_to,
     running_shim,
@@ -42,7 +43,7 @@ from ninep_support import (
 from dockerfs_fuse.ninep import codec
 from dockerfs_fuse.ninep.cli import Dial, parse_dial, shim_command
 from dockerfs_fuse.ninep.codec import Dialect
-from dockerfs_fuse.ninep.resources import CONN_FAST_THREADS, CONN_SLOW_THREADS
+from dockerfs_fuse.ninep.resources import CONN_FAST_THREADS, CONN_SLOW_THREADS, FAST_THREADS
 from dockerfs_fuse.ninep.server import MAX_FIDS, MAX_OPEN
 
 Shim = tuple[str, int]
@@ -961,114 +962,228 @@ def test_reused_tag_closes_the_connection(shim: Shim, tree: Path) -> None:
     still_serves(shim)
 
 
-def fuzz_frames(rng: random.Random) -> Iterator[bytes]:
-    """Valid requests, mutated ones, random bodies and the odd broken size
-    field, each with a fresh tag so that most of them reach the handlers
-    instead of tripping the reused-tag rule."""
-    seeds = [
-        codec.Tversion(tag=codec.NOTAG, msize=8192, version="9P2000.L"),
-        codec.Tversion(tag=codec.NOTAG, msize=8192, version="9P2000.u"),
-        codec.Tversion(tag=codec.NOTAG, msize=8192, version="9P2000"),
-        codec.Tcreate(tag=1, fid=0, name="new", perm=0o644, mode=1),
-        codec.Tattach(tag=1, fid=0, afid=codec.NOFID, uname="u", aname="", n_uname=0),
-        codec.Tauth(tag=1, afid=9, uname="u", aname="", n_uname=0),
-        codec.Twalk(tag=2, fid=0, newfid=1, wnames=("sub", "b.txt")),
-        codec.Twalk(tag=2, fid=0, newfid=2, wnames=("sub", "deeper", "..", "nope")),
-        codec.Tlopen(tag=3, fid=1, flags=0),
-        codec.Topen(tag=3, fid=1, mode=0),
-        codec.Tread(tag=4, fid=1, offset=0, count=4096),
-        codec.Treaddir(tag=5, fid=0, offset=0, count=4096),
-        codec.Tgetattr(tag=6, fid=0, request_mask=codec.GETATTR_ALL),
-        codec.Tflush(tag=7, oldtag=4),
-        codec.Tclunk(tag=8, fid=1),
-        codec.Tstat(tag=9, fid=0),
-        codec.Twstat(tag=10, fid=0, stat=codec.Stat(name="x")),
-        codec.Tstatfs(tag=11, fid=0),
-        codec.Treadlink(tag=12, fid=1),
-        codec.Txattrwalk(tag=13, fid=0, newfid=3, name="user.a"),
-        codec.Twrite(tag=14, fid=1, offset=0, data=b"data"),
-        codec.Tsetattr(
-            tag=15,
-            fid=1,
-            valid=codec.SETATTR_SIZE,
-            mode=0,
-            uid=0,
-            gid=0,
-            size=0,
-            atime_sec=0,
-            atime_nsec=0,
-            mtime_sec=0,
-            mtime_nsec=0,
-        ),
-        codec.Tlock(tag=16, fid=1, type=0, flags=0, start=0, length=0, proc_id=1, client_id="c"),
-        codec.Tgetlock(tag=17, fid=1, type=0, start=0, length=0, proc_id=1, client_id="c"),
-        codec.Tfsync(tag=18, fid=1, datasync=0),
-        codec.Tlcreate(tag=19, fid=0, name="n", flags=1, mode=0o644, gid=0),
+FUZZ_PATHS = [(), ("a.txt",), ("sub",), ("sub", "b.txt"), ("big",), ("link",), ("long",)]
+FUZZ_PATHS += [("sub", "deeper", ".."), ("nope",), ("escape", "passwd"), ("ctl",)]
+
+
+def fuzz_request(rng: random.Random, dialect: Dialect, tag: int, msize: int) -> codec.Message:
+    """A well-formed request of `dialect` on a small pool of fids (many of
+    them fail, which is as good: every request must get exactly one answer)."""
+    fid, newfid = rng.randrange(8), rng.randrange(8)
+    count = rng.choice([0, 1, 100, msize, 1 << 20])
+    offset = rng.choice([0, 0, 10, 1 << 40])
+    common: list[codec.Message] = [
+        codec.Twalk(tag=tag, fid=fid, newfid=newfid, wnames=rng.choice(FUZZ_PATHS)),
+        codec.Twalk(tag=tag, fid=0, newfid=newfid, wnames=rng.choice(FUZZ_PATHS)),
+        codec.Tread(tag=tag, fid=fid, offset=offset, count=count),
+        codec.Twrite(tag=tag, fid=fid, offset=0, data=b"x" * rng.randrange(64)),
+        codec.Tclunk(tag=tag, fid=rng.randrange(1, 8)),
     ]
-    frames = [codec.encode(m, Dialect.L) for m in seeds]
-    for tag in itertools.cycle(range(60000)):
+    if dialect is Dialect.L:
+        common += [
+            codec.Tlopen(tag=tag, fid=fid, flags=rng.choice([0, 0, 1, 2, 0o1000])),
+            codec.Treaddir(tag=tag, fid=fid, offset=rng.choice([0, 2, 99]), count=count),
+            codec.Tgetattr(tag=tag, fid=fid, request_mask=codec.GETATTR_ALL),
+            codec.Tstatfs(tag=tag, fid=fid),
+            codec.Treadlink(tag=tag, fid=fid),
+            codec.Tlcreate(tag=tag, fid=fid, name="new", flags=1, mode=0o644, gid=0),
+        ]
+    else:
+        common += [
+            codec.Topen(tag=tag, fid=fid, mode=rng.choice([0, 0, 1, 2, 0x10, 0x40])),
+            codec.Tstat(tag=tag, fid=fid),
+            codec.Twstat(tag=tag, fid=fid, stat=codec.Stat(name="renamed")),
+            codec.Tcreate(tag=tag, fid=fid, name="new", perm=0o644, mode=1),
+        ]
+    return rng.choice(common)
+
+
+def fuzz_junk(rng: random.Random) -> Iterator[bytes]:
+    """Valid requests of a random dialect, mutated ones, random bodies and the
+    odd broken size field, each with a fresh tag so that most reach the
+    handlers instead of tripping the reused-tag rule."""
+    dialect = rng.choice(list(Dialect))
+    yield codec.encode(codec.Tversion(tag=codec.NOTAG, msize=8192, version=dialect.value), dialect)
+    attach = codec.Tattach(tag=1, fid=0, afid=codec.NOFID, uname="u", aname="", n_uname=0)
+    yield codec.encode(attach, dialect)
+    for tag in itertools.count(2):
+        tag %= 60000
         choice = rng.random()
         if choice < 0.01:
             yield struct.pack("<IBH", rng.choice([0, 3, 1 << 30]), 100, tag)
-            continue
-        if choice < 0.1:
+        elif choice < 0.03:
+            version = rng.choice([*[d.value for d in Dialect], "9P2001", "bogus"])
+            yield codec.encode(
+                codec.Tversion(tag=tag, msize=rng.choice([100, 8192]), version=version), dialect
+            )
+        elif choice < 0.1:
             body = rng.randbytes(rng.randint(0, 40))
             yield struct.pack("<IBH", 7 + len(body), rng.randrange(256), tag) + body
+        else:
+            frame = bytearray(codec.encode(fuzz_request(rng, dialect, tag, 8192), dialect))
+            if choice < 0.5:
+                for _ in range(rng.randint(1, 3)):
+                    frame[rng.randrange(4, len(frame))] = rng.randrange(256)
+            yield bytes(frame)
+
+
+def read_until_closed(sock: socket.socket, dialect: Dialect) -> list[codec.Message]:
+    """Every reply until the server closes (the socket's timeout bounds each wait)."""
+    splitter = codec.FrameSplitter(1 << 24)
+    replies = []
+    while data := sock.recv(65536):
+        splitter.feed(data)
+        while (frame := splitter.next_frame()) is not None:
+            replies.append(codec.decode(frame, dialect))
+    return replies
+
+
+def check_answers(sent: list[codec.Message], replies: list[codec.Message]) -> list[str]:
+    """flush(5) and one answer per request: a request gets exactly one reply of
+    its own type (or an error) unless flushed, and a flushed request at most
+    one, before its Rflush; every Tflush gets its Rflush."""
+    problems = []
+    position: dict[int, int] = {}
+    for index, reply in enumerate(replies):
+        if reply.tag in position:
+            problems.append(f"two replies for tag {reply.tag}")
+        position[reply.tag] = index
+    requests = {msg.tag: msg for msg in sent}
+    flushed = {msg.oldtag: msg.tag for msg in sent if isinstance(msg, codec.Tflush)}
+    for tag, msg in requests.items():
+        reply = replies[position[tag]] if tag in position else None
+        if reply is None:
+            if tag not in flushed:
+                problems.append(f"no reply to {msg}")
             continue
-        frame = bytearray(rng.choice(frames))
-        if frame[4] != 100:
-            frame[5:7] = struct.pack("<H", tag)
-        if choice < 0.55:
-            for _ in range(rng.randint(1, 3)):
-                frame[rng.randrange(4, len(frame))] = rng.randrange(256)
-        yield bytes(frame)
+        if not isinstance(reply, codec.Rerror | codec.Rlerror) and reply.TYPE != msg.TYPE + 1:
+            problems.append(f"{reply} answers {msg}")
+        if tag in flushed and flushed[tag] in position and position[flushed[tag]] < position[tag]:
+            problems.append(f"{reply} came after the Rflush for it")
+    return problems
 
 
 def test_fuzz_never_takes_the_server_down(tmp_path: Path) -> None:
+    """Four clients at once, 25 connections each, in random order: 10 of junk
+    (random and mutated frames of a random dialect), 10 of well-formed
+    requests with flushes in every dialect (every answer checked), and, held
+    open to the end, 2 floods of reads whose replies are never read and 3 of
+    FIFO reads that wait.  The shim stays up and serving, answers every well-formed request
+    exactly once, and its memory, threads and descriptors stay bounded."""
     tree = make_tree(tmp_path)
-    (tree / "fifo").unlink()  # a fuzzer that opens it would only park threads
+    writer = os.open(tree / "fifo", os.O_RDWR | os.O_NONBLOCK)  # FIFO reads wait
     proc, host, port = start_shim(tree)
-    sent, answered = [0], [0]
+    idle = usage(proc.pid)
+    problems: list[str] = []
+    holders: list[socket.socket] = []
+    checked = [0]
 
-    def hammer(seed: int) -> None:
+    attach = codec.Tattach(tag=1, fid=0, afid=codec.NOFID, uname="u", aname="", n_uname=0)
+
+    def connect(rng: random.Random, dialect: Dialect, msize: int) -> socket.socket:
+        sock = socket.create_connection((host, port), timeout=10)
+        version = codec.Tversion(tag=codec.NOTAG, msize=msize, version=dialect.value)
+        sock.sendall(codec.encode(version, dialect) + codec.encode(attach, dialect))
+        return sock
+
+    def open_fid_1(path: str, msize: int) -> socket.socket:
+        """A 9P2000.L session with `path` open on fid 1, waiting for each reply
+        (a client may not pipeline requests that depend on each other)."""
+        client = Client.session(host, port, version="9P2000.L", msize=msize)
+        client.walk(path, newfid=1)
+        assert isinstance(client.rpc(codec.Tlopen(tag=3, fid=1, flags=0)), codec.Rlopen)
+        holders.append(client.sock)
+        return client.sock
+
+    def junk(rng: random.Random) -> None:
+        with socket.create_connection((host, port), timeout=10) as sock:
+            frames = fuzz_junk(rng)
+            with contextlib.suppress(ConnectionError):  # the server may hang up: fair
+                for _ in range(rng.randint(10, 1000)):
+                    sock.sendall(next(frames))
+            with contextlib.suppress(OSError):  # not connected: it hung up already
+                sock.shutdown(socket.SHUT_WR)
+            with contextlib.suppress(ConnectionError, codec.FrameError, codec.DecodeError):
+                read_until_closed(sock, Dialect.P2000)  # must end: the server closes
+
+    def well_formed(rng: random.Random) -> None:
+        dialect, msize = rng.choice(list(Dialect)), rng.choice([256, 4096, 65536])
+        sent: list[codec.Message] = [attach]
+        with connect(rng, dialect, msize) as sock:
+            for tag in range(2, rng.randint(10, 300)):
+                if sent and rng.random() < 0.1:
+                    msg: codec.Message = codec.Tflush(tag=tag, oldtag=rng.choice(sent).tag)
+                else:
+                    msg = fuzz_request(rng, dialect, tag, msize)
+                sent.append(msg)
+                sock.sendall(codec.encode(msg, dialect))
+            sock.shutdown(socket.SHUT_WR)
+            replies = read_until_closed(sock, dialect)
+        assert isinstance(replies[0], codec.Rversion), replies[:1]
+        problems.extend(check_answers(sent, replies[1:]))
+        checked[0] += len(sent)
+
+    def silent(rng: random.Random) -> None:
+        """Floods reads and never reads a reply; stays connected to the end."""
+        sock = open_fid_1("big", 65536)
+        reads = b"".join(
+            codec.encode(codec.Tread(tag=tag, fid=1, offset=0, count=65536), Dialect.L)
+            for tag in range(4, 1004)
+        )
+        sock.settimeout(2)
+        with contextlib.suppress(OSError):  # a full pipe: the shim stopped reading us
+            sock.sendall(reads)
+
+    def holder(rng: random.Random) -> None:
+        """50 reads of a FIFO that gets no data, left waiting to the end."""
+        sock = open_fid_1("fifo", 8192)
+        reads = [codec.Tread(tag=tag, fid=1, offset=0, count=100) for tag in range(4, 54)]
+        sock.sendall(b"".join(codec.encode(m, Dialect.L) for m in reads))
+
+    def client(seed: int) -> None:
         rng = random.Random(seed)
-        frames = fuzz_frames(rng)
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:
-            with socket.create_connection((host, port)) as sock:
-                drain = threading.Thread(target=_count_replies, args=(sock, answered))
-                drain.start()
-                with contextlib.suppress(OSError):  # the server may hang up: fair
-                    for _ in range(rng.randint(10, 3000)):
-                        sock.sendall(next(frames))
-                        sent[0] += 1
-                    sock.shutdown(socket.SHUT_WR)
-                drain.join(10)
+        modes = [junk] * 10 + [well_formed] * 10 + [silent] * 2 + [holder] * 3
+        rng.shuffle(modes)
+        try:
+            for mode in modes:
+                mode(rng)
+        except Exception as exc:
+            problems.append(f"client {seed}: {exc!r}")
 
     try:
-        workers = [threading.Thread(target=hammer, args=(i,)) for i in range(4)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-        print(f"fuzz: {sent[0]} frames sent, {answered[0]} replies")
-        assert answered[0] > 5000
+        workers = [threading.Thread(target=client, args=(seed,)) for seed in range(4)]
+        for worker in workers:
+            worker.start()
+        highest = idle
+        while any(worker.is_alive() for worker in workers):
+            now = usage(proc.pid)
+            highest = Usage(
+                rss_mb=max(highest.rss_mb, now.rss_mb),
+                peak_mb=now.peak_mb,
+                threads=max(highest.threads, now.threads),
+                fds=max(highest.fds, now.fds),
+            )
+            time.sleep(0.05)
+        for worker in workers:
+            worker.join()
+        print(f"fuzz: {checked[0]} well-formed requests checked; idle {idle}, highest {highest}")
+        assert not problems, problems[:10]
+        assert checked[0] > 0
         assert proc.poll() is None
         still_serves((host, port))
+        assert highest.peak_mb - idle.rss_mb < 150
+        assert highest.threads < FAST_THREADS + 16  # FIFO waits hold none
+        assert highest.fds < idle.fds + 4 * 25 * 2 + 16  # a socket and a FIFO per connection
+        for sock in holders:
+            sock.close()
+        wait_until(lambda: usage(proc.pid).fds <= idle.fds, "every connection closed")
     finally:
+        for sock in holders:
+            sock.close()
+        os.close(writer)
         assert stop_shim(proc) == 0
     log = shim_log(proc)
     assert "Traceback" not in log, log[log.index("Traceback") - 200 :][:3000]
-
-
-def _count_replies(sock: socket.socket, answered: list[int]) -> None:
-    """Reads replies until the server closes, counting whole frames."""
-    splitter = codec.FrameSplitter(1 << 24)
-    with contextlib.suppress(OSError, codec.FrameError):
-        while data := sock.recv(65536):
-            splitter.feed(data)
-            while splitter.next_frame() is not None:
-                answered[0] += 1
 
 
 # ------------------------------------------------------------- lifecycle

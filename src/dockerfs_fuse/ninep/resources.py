@@ -40,6 +40,8 @@ CONN_SLOW_THREADS = 64  # per connection: calls that block (reads that follow)
 FAST_THREADS = 64  # the whole shim
 SLOW_THREADS = 512  # the whole shim, flushed calls still blocked included
 RESERVE_FDS = 64  # descriptors never given to files: accepts, listings, logging
+CONN_REPLY_BYTES = 4 << 20  # read data per connection not yet written to its socket
+REPLY_BYTES = 256 << 20  # the same, for the whole shim
 
 
 @dataclass
@@ -177,26 +179,39 @@ class ThreadPool:
 
 
 class ByteBudget:
-    """Bytes of read data a connection may hold before its replies are
-    written.  A client that does not read its replies stops getting its reads
-    served once the budget is spent: backpressure, not buffering."""
+    """Bytes of read data that may be held before their replies are written:
+    a connection's, inside the whole shim's (`within`).  A client that does
+    not read its replies stops getting its reads served once its budget is
+    spent: backpressure, not buffering."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, within: ByteBudget | None = None) -> None:
         self.total = total
         self.free = total
+        self.within = within
         self._lot = trio.lowlevel.ParkingLot()
 
     async def take(self, size: int) -> int:
-        """Wait until `size` bytes (at most the whole budget) are free; returns
-        what was taken, to be given back with `give`."""
+        """Wait until `size` bytes (at most the whole budget) are free here and
+        in the enclosing budget; returns what was taken, for `give`."""
         size = min(size, self.total)
         await trio.lowlevel.checkpoint_if_cancelled()
         while self.free < size:
             await self._lot.park()
         self.free -= size
+        if self.within is not None:
+            try:
+                await self.within.take(size)
+            except BaseException:
+                self._give_here(size)
+                raise
         return size
 
     def give(self, size: int) -> None:
+        self._give_here(size)
+        if self.within is not None:
+            self.within.give(size)
+
+    def _give_here(self, size: int) -> None:
         self.free += size
         self._lot.unpark_all()
 

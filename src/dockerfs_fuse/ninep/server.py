@@ -40,7 +40,15 @@ import trio
 from . import codec
 from .codec import Dialect, Message, Qid
 from .export import Export, NinePError, OpenDir, OpenFile, Parts, denied
-from .resources import ByteBudget, FdBudget, ThreadPool, ThreadShare, connection_share
+from .resources import (
+    CONN_REPLY_BYTES,
+    REPLY_BYTES,
+    ByteBudget,
+    FdBudget,
+    ThreadPool,
+    ThreadShare,
+    connection_share,
+)
 
 log = logging.getLogger("dockerfs_fuse.ninep")
 
@@ -49,7 +57,6 @@ MIN_MSIZE = 256
 MAX_OUTSTANDING = 256  # per connection, from frame read to reply written
 MAX_FIDS = 65536  # per connection
 MAX_OPEN = 256  # open files and directories per connection
-MAX_REPLY_BYTES = 8 << 20  # read data per connection not yet written to the socket
 LINGER = 30.0  # seconds a half-closed connection waits for replies still to come
 _WRITE_BATCH = 64 * 1024  # small replies are joined up to this size per send
 _T = TypeVar("_T")
@@ -96,6 +103,7 @@ class Shared:
 
     pool: ThreadPool
     fds: FdBudget
+    reply_bytes: ByteBudget
 
 
 class ConnectionClosed(Exception):
@@ -140,7 +148,7 @@ class Connection:
         self.outstanding = trio.Semaphore(MAX_OUTSTANDING, max_value=MAX_OUTSTANDING)
         self.waiting = 0  # FIFO reads and writes waiting for the other end
         self._settled = trio.lowlevel.ParkingLot()
-        self.budget = ByteBudget(MAX_REPLY_BYTES)
+        self.budget = ByteBudget(CONN_REPLY_BYTES, within=shared.reply_bytes)
         self.threads: ThreadShare = connection_share()
         self.splitter = codec.FrameSplitter(MAX_MSIZE)
         self._replies, self._to_write = trio.open_memory_channel[tuple[bytes, int]](math.inf)
@@ -847,7 +855,7 @@ async def serve(
 ) -> None:
     """Serve every listener until cancelled; cancellation closes every connection."""
     counter = itertools.count(1)
-    shared = Shared(ThreadPool(), FdBudget())
+    shared = Shared(ThreadPool(), FdBudget(), ByteBudget(REPLY_BYTES))
 
     async def handle(stream: trio.SocketStream) -> None:
         peer = f"conn{next(counter)}"

@@ -263,7 +263,9 @@ class Connection:
                 return
             with pending.scope:
                 reply = await self._answer(msg)
-            if pending.scope.cancelled_caught:
+            if pending.flushed:
+                # Flushed after the handler's last checkpoint: handlers change
+                # state only after a cancellation check, so none was made.
                 return
             # No checkpoint from the handler's last state change to here.
             if self.pending.get(msg.tag) is pending:
@@ -521,6 +523,7 @@ class Connection:
         if self.open_files >= MAX_OPEN:
             reason = f"too many open files: at most {MAX_OPEN} per connection"
             raise NinePError(errno.EMFILE, reason)
+        dialect = self._dialect()
         fds = self.shared.fds
         fds.take_file()
 
@@ -532,17 +535,15 @@ class Connection:
                 fds.give_file()
 
         self.open_files += 1
+        started = False  # from then on, `opened` settles the descriptor
         try:
-            handle = await self._blocking(
-                self.export.open,
-                fid.parts,
-                self._dialect(),
-                read,
-                write,
-                truncate,
-                finished=opened,
-                discard=self._close_handle,
-            )
+            async with self.shared.pool.slot(self.threads) as slot:
+                started = True
+                handle = await slot.run(
+                    partial(self.export.open, fid.parts, dialect, read, write, truncate),
+                    finished=opened,
+                    discard=self._close_handle,
+                )
             try:
                 await trio.lowlevel.checkpoint_if_cancelled()
                 if self.fids.get(number) is not fid or fid.handle is not None:
@@ -552,6 +553,8 @@ class Connection:
                 raise
         except BaseException:
             self.open_files -= 1
+            if not started:
+                fds.give_file()
             raise
         fid.handle = handle
         return fid.qid

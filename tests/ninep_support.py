@@ -181,12 +181,22 @@ def usage(pid: int) -> Usage:
     )
 
 
-def threads_in_fuse(pid: int) -> int:
-    """Threads of `pid` waiting in the kernel for a FUSE file system's answer."""
+def threads_in_fuse(pid: int, reading: str | None = None) -> int:
+    """Threads of `pid` waiting in the kernel for a FUSE file system's answer;
+    with `reading`, only those in a read of a file whose path ends so (the
+    descriptor is the system call's first argument)."""
     waiting = 0
     for task in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/wchan") as wchan:
-            waiting += wchan.read() == "request_wait_answer"
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open(f"/proc/{pid}/task/{task}/wchan") as wchan:
+                if wchan.read() != "request_wait_answer":
+                    continue
+            if reading is not None:
+                with open(f"/proc/{pid}/task/{task}/syscall") as syscall:
+                    fd = int(syscall.read().split()[1], 16)
+                if not os.readlink(f"/proc/{pid}/fd/{fd}").endswith(reading):
+                    continue
+            waiting += 1
     return waiting
 
 
@@ -225,12 +235,13 @@ def tcp_queues(port: int) -> list[tuple[int, int]]:
 
 # ------------------------------------------------- a FUSE file system that blocks
 
-BLOCK_INODE, SLOWOPEN_INODE = 2, 3
+BLOCK_INODE, BLOCK2_INODE, SLOWOPEN_INODE = 2, 3, 4
 
 
 def blocking_fs_main(mountpoint: str) -> None:
-    """A FUSE file system with two files: `block`, whose reads never return,
-    and `slowopen`, whose opens wait until the process gets SIGUSR1.  They
+    """A FUSE file system with three files: `block` and `block2`, whose reads
+    never return, and `slowopen`, whose opens wait until the process gets
+    SIGUSR1.  They
     stand for dockerfs's logs.follow and wait: a thread that reads them is
     stuck in the kernel until the file system answers.  SIGTERM unmounts."""
     import errno
@@ -240,7 +251,7 @@ def blocking_fs_main(mountpoint: str) -> None:
     import pyfuse3
     import trio
 
-    names = {b"block": BLOCK_INODE, b"slowopen": SLOWOPEN_INODE}
+    names = {b"block": BLOCK_INODE, b"block2": BLOCK2_INODE, b"slowopen": SLOWOPEN_INODE}
 
     class Blocking(pyfuse3.Operations):
         def __init__(self) -> None:
@@ -287,7 +298,7 @@ def blocking_fs_main(mountpoint: str) -> None:
             return pyfuse3.FileInfo(fh=int(inode), direct_io=True)
 
         async def read(self, fh: int, off: int, size: int) -> bytes:
-            if fh == BLOCK_INODE:
+            if fh in (BLOCK_INODE, BLOCK2_INODE):
                 await trio.sleep_forever()
             return b"s" * max(0, min(size, 4096 - off))
 

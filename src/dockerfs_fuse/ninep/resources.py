@@ -25,7 +25,7 @@ import os
 import resource
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import outcome
 import trio
@@ -60,7 +60,9 @@ def connection_share() -> ThreadShare:
     return ThreadShare.of(CONN_FAST_THREADS, CONN_SLOW_THREADS)
 
 
-def _trade(held: trio.Semaphore | None, old: trio.Semaphore, new: trio.Semaphore) -> Any:
+def _trade(
+    held: trio.Semaphore | None, old: trio.Semaphore, new: trio.Semaphore
+) -> trio.Semaphore | None:
     """`held` traded for a slot in `new` if it is `old` and `new` has room."""
     if held is not old:
         return held

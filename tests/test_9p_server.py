@@ -10,6 +10,7 @@ import itertools
 import os
 import pwd
 import random
+import select
 import signal
 import socket
 import stat
@@ -20,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import require
@@ -40,7 +42,7 @@ from ninep_support import (
     wait_until,
 )
 
-from dockerfs_fuse.ninep import codec
+from dockerfs_fuse.ninep import child, codec
 from dockerfs_fuse.ninep.cli import Dial, parse_dial, shim_command
 from dockerfs_fuse.ninep.codec import Dialect
 from dockerfs_fuse.ninep.resources import CONN_FAST_THREADS, CONN_SLOW_THREADS, FAST_THREADS
@@ -1215,6 +1217,30 @@ def test_sigterm_closes_connections_and_exits_zero(tmp_path: Path) -> None:
     finally:
         os.close(writer)
         stop_shim(proc)
+
+
+def test_child_shim_reads_lines_that_arrive_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dockerfs-fuse --9p waits for the shim's "listening" line.  With
+    --allow-control on TCP a warning comes first; when the parent looks late
+    (a loaded machine), both lines sit in the pipe at once and the second
+    must not be missed."""
+    real_select = select.select
+
+    def late_select(*args: Any) -> Any:
+        time.sleep(1)  # both lines are in the pipe by now
+        return real_select(*args)
+
+    monkeypatch.setattr(child.select, "select", late_select)
+    monkeypatch.setenv("PYTHONPATH", shim_env()["PYTHONPATH"])
+    shim = child.Shim(["tcp!127.0.0.1!0"], str(make_tree(tmp_path)), allow_control=True)
+    shim.start(timeout=20)
+    try:
+        assert shim.alive()
+    finally:
+        shim.stop()
+    assert not shim.alive()
 
 
 def test_dial_strings_and_shim_command() -> None:

@@ -40,7 +40,7 @@ from .docker_source import (
     TooSlow,
 )
 from .inodes import ROOT_INODE, Changes, InodeTable, Kind, Node
-from .tree import Container, Special
+from .tree import NAME_MAX, Container, Special
 
 log = logging.getLogger(__name__)
 
@@ -489,9 +489,17 @@ class DockerFS(pyfuse3.Operations):
             node = self.table.get(inode)
             if node.gone:
                 continue
-            if not pyfuse3.readdir_reply(
-                token, os.fsencode(name), self._attrs(node), index + _OFFSET_BASE
-            ):
+            try:
+                encoded = os.fsencode(name)
+                if len(encoded) > NAME_MAX:
+                    raise ValueError(f"name of {len(encoded)} bytes")
+                attrs = self._attrs(node)
+            except Exception as exc:
+                # One bad entry must not make its directory unlistable (the
+                # tree never makes such a name; this is the last line).
+                log.error("readdir: left out %r: %s", name[:80], exc)
+                continue
+            if not pyfuse3.readdir_reply(token, encoded, attrs, index + _OFFSET_BASE):
                 return
             self.table.remember(node)
 

@@ -7,7 +7,9 @@ Docker comes back.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
+import json
 import os
 import subprocess
 import time
@@ -99,3 +101,87 @@ def test_long_label_keys_are_valid_names_and_the_directory_lists(
     assert {p.name: p.read_bytes() for p in copy.iterdir()} == want
     root = subprocess.run(["ls", str(mounted.path)], capture_output=True, text=True)
     assert root.returncode == 0 and cid in root.stdout.split()
+
+
+# -- 4. an ID prefix is resolved against every container --------------------------------------
+
+
+def two_ids_sharing_a_prefix(engine: Engine) -> tuple[str, str]:
+    """Create containers until two IDs share 4 hex digits (~320 on average, as in
+    test_control's ambiguous-prefix test); remove all the others."""
+    seen: dict[str, str] = {}
+    pair: tuple[str, str] | None = None
+
+    def create(_: int) -> str:
+        return engine.dockerd.docker("create", IMG, "sleep", "1d").stdout.decode().strip()
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        while pair is None:
+            assert len(seen) < 2000, "no two IDs shared a 4-digit prefix"
+            for cid in pool.map(create, range(64)):
+                engine.started.append(cid)
+                if cid[:4] in seen and pair is None:
+                    pair = (seen[cid[:4]], cid)
+                seen.setdefault(cid[:4], cid)
+    others = [c for c in engine.started if c not in pair]
+    for i in range(0, len(others), 100):
+        engine.docker("rm", *others[i : i + 100])
+    engine.started[:] = list(pair)
+    return pair
+
+
+def test_a_prefix_shared_with_a_stopped_container_does_not_resolve(
+    engine: Engine, mounted: Mount
+) -> None:
+    running, stopped = two_ids_sharing_a_prefix(engine)
+    engine.docker("start", running)
+    common = running[: next(i for i in range(64) if running[i] != stopped[i])]
+    print(f"\n{running[:12]} running and {stopped[:12]} created share {common!r}")
+    m = mounted.path
+    # Docker itself refuses the prefix (the premise)
+    refused = engine.dockerd.docker("kill", common, check=False)
+    assert refused.returncode != 0 and b"ultiple IDs found" in refused.stderr, refused.stderr
+    for listed_first in (False, True):
+        if listed_first:
+            assert running in os.listdir(m) and stopped not in os.listdir(m)
+        with pytest.raises(FileNotFoundError):
+            os.readlink(m / common)
+        with pytest.raises(FileNotFoundError):
+            os.open(m / common / "ctl", os.O_WRONLY)
+        sh = subprocess.run(["sh", "-c", f"echo kill > {m}/{common}/ctl"], capture_output=True)
+        assert sh.returncode != 0
+        # one more digit tells them apart; the stopped one is not on this mount
+        assert os.readlink(m / running[: len(common) + 1]) == running
+        with pytest.raises(FileNotFoundError):
+            os.readlink(m / stopped[: len(common) + 1])
+        time.sleep(1.1)  # past the lookup-miss interval, so the next pass asks Docker again
+    assert state(engine, running)["Running"]
+
+
+def test_a_name_of_a_stopped_container_never_resolves_to_another(
+    engine: Engine, mounted: Mount
+) -> None:
+    running = engine.run(IMG, "sleep", "1d")
+    # a stopped container named like the running one's prefix: Docker means the stopped one
+    alias = running[:6]
+    stopped = engine.docker("create", f"--name={alias}", IMG, "true").strip()
+    engine.started.append(stopped)
+    engine.docker("create", "--name=dormant", IMG, "true")
+    engine.started.append("dormant")
+    assert json.loads(engine.docker("inspect", alias))[0]["Id"] == stopped
+    os.listdir(mounted.path)
+    with pytest.raises(FileNotFoundError):
+        os.readlink(mounted.path / alias)
+    with pytest.raises(FileNotFoundError):
+        os.readlink(mounted.path / "dormant")
+    assert os.readlink(mounted.path / running[:7]) == running
+
+
+def test_a_prefix_resolves_on_an_all_mount_as_docker_does(
+    engine: Engine, all_mounted: Mount
+) -> None:
+    stopped = engine.docker("create", "--name=asleep", IMG, "true").strip()
+    engine.started.append(stopped)
+    assert os.readlink(all_mounted.path / "asleep") == stopped
+    assert os.readlink(all_mounted.path / stopped[:8]) == stopped
+    assert (all_mounted.path / stopped[:8] / "State").read_text() == "created\n"

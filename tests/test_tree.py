@@ -19,6 +19,7 @@ from dockerfs_fuse.tree import (
     is_shortened,
     named_entries,
     render,
+    resolve_name,
     unescape_name,
 )
 
@@ -254,3 +255,40 @@ def test_lone_surrogates_are_escaped_and_reversible() -> None:
     name.encode()  # valid UTF-8: the kernel can carry it
     assert unescape_name(name) == key
     assert unescape_name(escape_name("%uD800")) == "%uD800"  # a literal stays literal
+
+
+# -- names and prefixes, resolved as Docker does (issue 14.4) -----------------------------
+
+
+def _c(cid: str, *names: str, state: str = "running") -> dict[str, Any]:
+    return {"Id": cid, "Names": [f"/{n}" for n in names], "State": state}
+
+
+def test_resolve_full_id_then_name_then_unique_prefix() -> None:
+    a = _c("f4c5" + "a" * 60, "web")
+    b = _c("f4c5" + "b" * 60, "f4c5b")  # a name that is also a prefix of its own ID
+    c = _c("beef" + "c" * 60, "f4c5")  # a name equal to a shared prefix
+    everything = [a, b, c]
+    assert resolve_name("web", everything) == a["Id"]
+    assert resolve_name(b["Id"], everything) == b["Id"]
+    # an exact name wins over a prefix, as in Docker's GetContainer
+    assert resolve_name("f4c5", everything) == c["Id"]
+    assert resolve_name("f4c5b", everything) == b["Id"]
+    assert resolve_name("f4c5a", everything) == a["Id"]
+    assert resolve_name("beef", everything) == c["Id"]
+    # ambiguous, unknown, too short, not hex: nothing
+    assert resolve_name("f4c5", [a, b]) == ""
+    assert resolve_name("dead", everything) == ""
+    assert resolve_name("bee", everything) == ""
+    assert resolve_name("BEEF", everything) == ""
+    # names only: a prefix is left to someone who sees every container
+    assert resolve_name("beef", everything, prefixes=False) == ""
+    assert resolve_name("web", everything, prefixes=False) == a["Id"]
+
+
+def test_a_stopped_container_makes_a_prefix_ambiguous() -> None:
+    running = _c("f4c5" + "1" * 60)
+    stopped = _c("f4c5" + "2" * 60, state="exited")
+    assert resolve_name("f4c5", [running]) == running["Id"]
+    assert resolve_name("f4c5", [running, stopped]) == ""
+    assert resolve_name("f4c51", [running, stopped]) == running["Id"]

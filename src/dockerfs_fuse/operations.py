@@ -40,7 +40,7 @@ from .docker_source import (
     TooSlow,
 )
 from .inodes import ROOT_INODE, Changes, InodeTable, Kind, Node
-from .tree import NAME_MAX, Container, Special
+from .tree import NAME_MAX, Container, Special, container_id, escape_name, resolve_name
 
 log = logging.getLogger(__name__)
 
@@ -401,13 +401,17 @@ class DockerFS(pyfuse3.Operations):
         node = self.table.lookup(parent, name)
         if node is not None or parent.inode != ROOT_INODE:
             return node
-        node = self.table.alias(name)
+        # Without -a the table holds running containers only, and a prefix
+        # unique among them may be shared with a stopped one: Docker would
+        # refuse it, so only Docker's answer (below) may resolve a prefix.
+        node = self.table.alias(name, by_prefix=self.show_all)
         if node is not None or not _could_name_a_container(name):
             return node
-        # A container started since the last listing or event: ask Docker
-        # with one filtered request. The same missing name asks at most once
-        # per interval, so a probe loop (shells, editors) cannot become a
-        # request loop; if Docker cannot answer, a miss is just a miss.
+        # A container started since the last listing or event, or a prefix:
+        # ask Docker with filtered requests over all containers (no full
+        # listing). The same missing name asks at most once per interval, so
+        # a probe loop (shells, editors) cannot become a request loop; if
+        # Docker cannot answer, a miss is just a miss.
         now = time.monotonic()
         if now - self._misses.get(name, -math.inf) < MISS_REFRESH_INTERVAL:
             return None
@@ -415,13 +419,30 @@ class DockerFS(pyfuse3.Operations):
             self._misses.clear()
         self._misses[name] = now
         try:
-            found = await self.source.find(name, all=self.show_all)
+            node = await self._ask_docker(parent, name)
         except DockerProblem as exc:
             log.debug("lookup of %s: %s", name, exc)
             return None
-        for c in found:
+        if node is not None:
+            self._misses.pop(name, None)
+        return node
+
+    async def _ask_docker(self, parent: Node, name: str) -> Node | None:
+        """Resolve a name as Docker would, against all containers; None if
+        unknown, ambiguous, or a container this mount does not list."""
+        found = await self.source.find(name, all=True)
+        cid = resolve_name(name, found)
+        if not cid:
+            return None
+        if self.show_all:
+            self._apply(self.table.upsert_container(_entry(found, cid)))
+        elif escape_name(cid) not in self.table.children(self.table.root):
+            # Without -a, a container is listed only if Docker lists it so.
+            c = await self.source.list_one(cid)
+            if c is None:
+                return None
             self._apply(self.table.upsert_container(c))
-        return self.table.lookup(parent, name) or self.table.alias(name)
+        return self.table.lookup(parent, name) or self.table.link(name, cid)
 
     # -- requests ---------------------------------------------------------------------
 
@@ -781,6 +802,10 @@ def _signal_pending(pid: int) -> bool:
         return False
     kill = 1 << (signal.SIGKILL - 1)
     return bool(pending & kill or pending & ~blocked & ~handled & ~_NOT_FATAL_MASK)
+
+
+def _entry(containers: list[Container], cid: str) -> Container:
+    return next(c for c in containers if container_id(c) == cid)
 
 
 def _could_name_a_container(name: str) -> bool:

@@ -259,3 +259,29 @@ def container_spec(c: Container) -> Spec:
 def all_hex(text: str) -> bool:
     """Lower-case hex, as Docker prints IDs (and as ID prefixes are typed)."""
     return all(ch in "0123456789abcdef" for ch in text)
+
+
+# Fewer hex digits are refused as prefixes: `ls` and shells probe short names.
+MIN_PREFIX = 4
+
+
+def resolve_name(name: str, containers: Iterable[Container], *, prefixes: bool = True) -> str:
+    """The ID of the container `name` means to Docker, or "" (unknown or ambiguous).
+
+    Docker's own order (GetContainer): a full ID, then an exact name (the
+    API spells names with a leading "/"), then an ID prefix that matches
+    exactly one container. The answer is only as right as `containers` is
+    whole: Docker compares against all containers, stopped ones included.
+    """
+    listed = [c for c in containers if isinstance(c, Mapping)]
+    if any(container_id(c) == name for c in listed):
+        return name
+    slashed = "/" + name
+    for c in listed:
+        names = c.get("Names")
+        if isinstance(names, list) and slashed in names:
+            return container_id(c)
+    if not prefixes or len(name) < MIN_PREFIX or not all_hex(name):
+        return ""
+    matches = {container_id(c) for c in listed if container_id(c).startswith(name)}
+    return matches.pop() if len(matches) == 1 else ""

@@ -6,8 +6,10 @@ import struct
 
 import pytest
 
-from dockerfs_fuse.control import BadCommand, Command, parse_command
-from dockerfs_fuse.docker_source import Demuxer
+from dockerfs_fuse.control import MAX_COMMAND_BYTES, BadCommand, Command, parse_command
+from dockerfs_fuse.docker_source import (
+    Demuxer,
+)
 
 
 @pytest.mark.parametrize(
@@ -73,3 +75,13 @@ def test_demux_passes_a_tty_stream_through() -> None:
     assert Demuxer("application/vnd.docker.raw-stream").feed(b"\x01\0\0\0ab") == b"\x01\0\0\0ab"
     short = Demuxer()
     assert short.feed(b"hi\n") == b"" and short.flush() == b"hi\n"
+
+
+def test_a_command_longer_than_the_cap_is_refused_whole() -> None:
+    # What the kernel hands us first of a 1 MB write: spaces, and no command to run.
+    with pytest.raises(BadCommand):
+        parse_command(b" " * (1 << 17))
+    with pytest.raises(BadCommand):
+        parse_command(b" " * MAX_COMMAND_BYTES + b"kill 15\n")
+    padded = b"kill 15".ljust(MAX_COMMAND_BYTES)
+    assert parse_command(padded) == Command("kill", {"signal": "15"})

@@ -8,6 +8,7 @@ Docker comes back.
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import hashlib
 import json
 import os
@@ -185,3 +186,46 @@ def test_a_prefix_resolves_on_an_all_mount_as_docker_does(
     assert os.readlink(all_mounted.path / "asleep") == stopped
     assert os.readlink(all_mounted.path / stopped[:8]) == stopped
     assert (all_mounted.path / stopped[:8] / "State").read_text() == "created\n"
+
+
+# -- 5. a ctl write is one whole command, or nothing ----------------------------------------
+
+
+def kill_events(engine: Engine, cid: str, since: int) -> list[str]:
+    """The signals Docker says it sent the container (from its event log)."""
+    until = str(int(time.time()) + 1)
+    out = engine.docker(
+        "events", "--since", str(since), "--until", until, "--filter", f"container={cid}",
+        "--filter", "event=kill", "--format", "{{json .Actor.Attributes.signal}}",
+    )  # fmt: skip
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_an_oversized_or_offset_ctl_write_is_refused_and_runs_nothing(
+    engine: Engine, mounted: Mount
+) -> None:
+    since = int(time.time()) - 1
+    # HUP (what a split "kill 1|5" sent) exits 42; TERM (stop) exits 0.
+    script = "trap 'exit 42' HUP; trap 'exit 0' TERM; while true; do sleep 0.1; done"
+    cid = engine.run(IMG, "sh", "-c", script)
+    fd = os.open(mounted.path / cid / "ctl", os.O_WRONLY)
+    try:
+        with pytest.raises(OSError) as err:
+            os.write(fd, b" " * (1 << 20) + b"kill 15\n")
+        assert err.value.errno == errno.EINVAL
+        with pytest.raises(OSError) as err:
+            os.write(fd, b"kill HUP".ljust(257))
+        assert err.value.errno == errno.EINVAL
+        with pytest.raises(OSError) as err:
+            os.pwrite(fd, b"kill HUP\n", 5)
+        assert err.value.errno == errno.EINVAL
+    finally:
+        os.close(fd)
+    assert state(engine, cid)["Running"]
+    # the plain way still works, and the container stops by TERM, not by a stray HUP
+    sh = subprocess.run(["sh", "-c", f"echo stop > {mounted.path}/{cid}/ctl"], capture_output=True)
+    assert sh.returncode == 0, sh.stderr
+    after = state(engine, cid)
+    assert not after["Running"] and after["ExitCode"] == 0, after
+    assert kill_events(engine, cid, since) == ["15"]  # stop's TERM, and nothing else
+    assert "unknown command" not in mounted.log_text()

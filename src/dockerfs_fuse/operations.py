@@ -611,6 +611,10 @@ class DockerFS(pyfuse3.Operations):
         handle = self._handles.get(fh)
         if not isinstance(handle, _CtlHandle):
             raise _fail(errno.EBADF)
+        if off != 0:
+            # The rest of a write the kernel split, or a second write on one
+            # descriptor: never a whole command, so never run.
+            raise BadCommand(f"one command per open and write, at offset 0 (not {off})")
         command = parse_command(buf)
         log.info("ctl %s: %s %s", handle.cid[:12], command.action, command.params or "")
         await self.source.control(handle.cid, command)

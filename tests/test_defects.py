@@ -13,7 +13,9 @@ import hashlib
 import json
 import os
 import subprocess
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -229,3 +231,93 @@ def test_an_oversized_or_offset_ctl_write_is_refused_and_runs_nothing(
     assert not after["Running"] and after["ExitCode"] == 0, after
     assert kill_events(engine, cid, since) == ["15"]  # stop's TERM, and nothing else
     assert "unknown command" not in mounted.log_text()
+
+
+# -- 7. a container being removed is ENOENT to its readers -------------------------------------
+
+
+def test_readers_of_containers_being_removed_see_only_enoent(
+    engine: Engine, mounted: Mount
+) -> None:
+    def new_victim() -> str:
+        return engine.run(IMG, "sh", "-c", "echo hello; sleep 1d")
+
+    victims = [new_victim() for _ in range(4)]
+    current = [victims[0]]
+    reads = Counter[str]()
+    seen = Counter[str]()
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            cid = current[0]
+            for name in ("logs", "inspect.json"):
+                try:
+                    (mounted.path / cid / name).read_bytes()
+                    seen["ok"] += 1
+                except OSError as exc:
+                    seen[errno.errorcode.get(exc.errno or 0, str(exc.errno))] += 1
+                    time.sleep(0.01)  # gone: no need to spin until the next victim
+            reads[cid] += 1
+
+    threads = [threading.Thread(target=reader) for _ in range(6)]
+    for t in threads:
+        t.start()
+    removed = 0
+    try:
+        while removed < 30:
+            cid = victims.pop(0)
+            victims.append(new_victim())
+            current[0] = cid
+            eventually(lambda c=cid: reads[c] >= 6)  # the readers are on it
+            engine.docker("rm", "-f", cid)
+            removed += 1
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    going = mounted.log_text().count("marked for removal")
+    print(f"\n{removed} removals under 6 readers: {dict(seen)}; 409s seen by the daemon: {going}")
+    assert not any(t.is_alive() for t in threads), "a reader hung"
+    assert seen["ok"] > 0
+    assert set(seen) <= {"ok", "ENOENT"}, seen
+
+
+# -- 11. state conflicts are EBUSY, whatever Docker's status ----------------------------------
+
+
+def test_every_state_conflict_is_ebusy(engine: Engine, all_mounted: Mount) -> None:
+    m = all_mounted
+    running = engine.run(IMG, "sleep", "1d")
+    paused = engine.run(IMG, "sleep", "1d")
+    engine.docker("pause", paused)
+    exited = engine.run(IMG, "true")
+    eventually(lambda: not state(engine, exited)["Running"])
+    created = engine.docker("create", IMG, "sleep", "1d").strip()
+    engine.started.append(created)
+    # A container that keeps failing waits longer each time between restarts
+    # (0.1 s doubling): after five it is "restarting" for 3.2 s at a stretch.
+    restarting = engine.run("--restart=always", IMG, "false")
+
+    def waiting_to_restart() -> bool:
+        info = engine.api(f"/containers/{restarting}/json")
+        return bool(info["State"]["Restarting"] and info["RestartCount"] >= 5)
+
+    cases = {
+        running: ("unpause", "rm"),
+        paused: ("pause", "start", "rm"),
+        exited: ("pause", "unpause", "kill"),
+        created: ("pause", "unpause", "kill"),
+    }
+    os.listdir(m.path)
+    for cid, commands in cases.items():
+        before = state(engine, cid)
+        for command in commands:
+            assert ctl_errno(m, cid, command) == errno.EBUSY, (before["Status"], command)
+        assert state(engine, cid)["Status"] == before["Status"]
+    eventually(waiting_to_restart, within=30)
+    for command in ("pause", "unpause", "rm"):
+        assert ctl_errno(m, restarting, command) == errno.EBUSY, command
+    log = m.log_text()
+    assert "is not paused" in log  # Docker's 500 for unpause, now EBUSY
+    assert "is restarting" in log

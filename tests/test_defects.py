@@ -12,6 +12,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -321,3 +322,46 @@ def test_every_state_conflict_is_ebusy(engine: Engine, all_mounted: Mount) -> No
     log = m.log_text()
     assert "is not paused" in log  # Docker's 500 for unpause, now EBUSY
     assert "is restarting" in log
+
+
+# -- also seen: containers that changed while Docker was down ---------------------------------
+
+
+def test_changes_made_while_docker_was_down_show_once_it_is_back(
+    engine: Engine, all_mounted: Mount
+) -> None:
+    # Docker stops this container when it shuts down and starts it again when
+    # it comes back, before our event stream can reconnect: only a relisting
+    # on reconnect can show that.
+    cid = engine.run("--restart=always", IMG, "sleep", "1d")
+    state_file = all_mounted.path / cid / "State"
+    eventually(lambda: state_file.read_text() == "running\n")
+    engine.dockerd.stop()
+    try:
+        time.sleep(5)  # long enough for the old reconnect backoff to grow to 4 s
+        seen_down = state_file.read_text()
+    finally:
+        engine.dockerd.start()
+    eventually(lambda: state(engine, cid)["Running"], within=30)
+    took = eventually(lambda: state_file.read_text() == "running\n", within=15)
+    pid = state(engine, cid)["Pid"]
+    print(f"\nwhile down the mount said {seen_down!r}; right again {took:.2f}s after Docker was")
+    assert pid and "event stream reconnected" in all_mounted.log_text()
+    assert (all_mounted.path / cid / "Status").read_text().startswith("Up")
+
+
+# -- also seen: grep -r over the mount, as the README says -----------------------------------
+
+
+def test_grep_r_with_the_readme_excludes_exits_0(engine: Engine, mounted: Mount) -> None:
+    cid = engine.run("-l", "role=grep-target", IMG, "sleep", "1d")
+    grep = shutil.which("grep")
+    assert grep is not None
+    res = subprocess.run(
+        [grep, "-r", "--exclude=ctl", "--exclude=logs.follow", "grep-target", str(mounted.path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert f"{mounted.path}/{cid}/Labels/role:grep-target" in res.stdout.splitlines()

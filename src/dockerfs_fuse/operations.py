@@ -53,6 +53,11 @@ R = TypeVar("R")
 ATTR_TIMEOUT = 10.0  # for entries and attributes alike
 # While Docker's event stream is down nothing tells us of changes: trust less.
 FALLBACK_TIMEOUT = 1.0
+# Retries of a dropped event stream: 0.5 s doubling to this. Only an engine
+# that does not answer its list makes the wait grow (a refused connect is
+# cheap), and until the reconnect lists it again the tree shows containers as
+# they were before Docker went away: keep that short.
+RECONNECT_MAX = 1.0
 # Names and prefixes can move to another container.
 ALIAS_TIMEOUT = 1.0
 # A lookup miss of a name asks Docker at most this often.
@@ -284,7 +289,8 @@ class DockerFS(pyfuse3.Operations):
         invalidations, so `cat <id>/State` follows Docker without a listing
         of the root. When the stream drops: log once, shorten the kernel's
         attribute timeouts, and reconnect with backoff; on reconnect, list
-        everything once to catch what was missed.
+        everything once to catch what was missed (what changed while Docker
+        was down sent no event we could see).
         """
         backoff = 0.5
         down = False
@@ -313,7 +319,7 @@ class DockerFS(pyfuse3.Operations):
                     log.warning("Docker event stream %s; retrying, caching less meanwhile", problem)
                     down = True
                 await trio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+                backoff = min(backoff * 2, RECONNECT_MAX)
 
     def _on_event(self, event: dict[str, Any]) -> None:
         action = str(event.get("Action") or event.get("status") or "").split(":")[0]

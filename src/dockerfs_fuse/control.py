@@ -1,6 +1,6 @@
 """The language of a container's `ctl` file, in the style of Plan 9's proc(3).
 
-One command per write: `start`, `stop [SECONDS]`, `restart [SECONDS]`,
+One command per write of at most MAX_COMMAND_BYTES: `start`, `stop [SECONDS]`, `restart [SECONDS]`,
 `kill [SIGNAL]`, `pause`, `unpause`, `rm`. Parsing is pure so that every bad
 input is rejected (EINVAL) before anything is sent to Docker.
 """
@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 
 COMMANDS = ("start", "stop", "restart", "kill", "pause", "unpause", "rm")
 _MAX_SECONDS = 24 * 3600
+# The longest command is some 20 bytes. A longer write is refused whole: the
+# kernel splits a large write, and a piece must never run as a command.
+MAX_COMMAND_BYTES = 256
 
 
 class BadCommand(ValueError):
@@ -47,6 +50,8 @@ def _seconds(text: str) -> str:
 
 
 def parse_command(data: bytes) -> Command:
+    if len(data) > MAX_COMMAND_BYTES:
+        raise BadCommand(f"a command is at most {MAX_COMMAND_BYTES} bytes, not {len(data)}")
     try:
         text = data.decode("ascii")
     except UnicodeDecodeError:

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import re
 import ssl
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -55,11 +56,11 @@ class DockerUnavailable(DockerProblem):
 
 
 class NotFound(DockerProblem):
-    """HTTP 404: the container (or image) is gone."""
+    """HTTP 404, or being removed: the container (or image) is gone or going."""
 
 
 class Conflict(DockerProblem):
-    """HTTP 409: the request conflicts with the container's state."""
+    """HTTP 409, or a state conflict Docker answers otherwise (unpause: 500)."""
 
 
 class BadRequest(DockerProblem):
@@ -70,6 +71,18 @@ class ApiError(DockerProblem):
     """Any other error status."""
 
 
+# Docker's answers for a container that is being removed (or failed to be:
+# "dead"); to a reader, it is going away. Docker 20.10: 409 from logs, start
+# and rm; 500 from restart ("Cannot restart container ...: " + start's).
+_GOING_AWAY = re.compile(r"marked for removal|removal of container .* is already in progress")
+# Docker's answers that a command does not fit the container's state, not all
+# 409: unpause of a container that is not paused is a 500 in Docker 20.10.
+_STATE_CONFLICT = re.compile(
+    r"is not running|is not paused|is already paused|is paused|is restarting"
+    r"|cannot start a paused container|You cannot remove a \w+ container"
+)
+
+
 def _translate(exc: BaseException) -> DockerProblem:
     if isinstance(exc, DockerProblem):
         return exc
@@ -78,9 +91,13 @@ def _translate(exc: BaseException) -> DockerProblem:
         status = getattr(exc, "status", 0)
         if status == 900:  # aiodocker's code for "could not connect"
             return DockerUnavailable(message)
-        kind: type[DockerProblem] = {404: NotFound, 409: Conflict, 400: BadRequest}.get(
-            status, ApiError
-        )
+        kind: type[DockerProblem]
+        if status == 404 or _GOING_AWAY.search(message):
+            kind = NotFound
+        elif status == 409 or _STATE_CONFLICT.search(message):
+            kind = Conflict
+        else:
+            kind = BadRequest if status == 400 else ApiError
         return kind(message)
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
         return DockerUnavailable("Docker did not answer in time")

@@ -39,7 +39,7 @@ from .docker_source import (
 )
 from .inodes import ROOT_INODE, Changes, InodeTable, Kind, Node
 from .logstream import LogSpool, LogSpools, TooManyLogs
-from .tree import Container, Special
+from .tree import NAME_MAX, Container, Special, container_id, escape_name, resolve_name
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,11 @@ R = TypeVar("R")
 ATTR_TIMEOUT = 10.0  # for entries and attributes alike
 # While Docker's event stream is down nothing tells us of changes: trust less.
 FALLBACK_TIMEOUT = 1.0
+# Retries of a dropped event stream: 0.5 s doubling to this. Only an engine
+# that does not answer its list makes the wait grow (a refused connect is
+# cheap), and until the reconnect lists it again the tree shows containers as
+# they were before Docker went away: keep that short.
+RECONNECT_MAX = 1.0
 # Names and prefixes can move to another container.
 ALIAS_TIMEOUT = 1.0
 # A lookup miss of a name asks Docker at most this often.
@@ -324,7 +329,8 @@ class DockerFS(pyfuse3.Operations):
         invalidations, so `cat <id>/State` follows Docker without a listing
         of the root. When the stream drops: log once, shorten the kernel's
         attribute timeouts, and reconnect with backoff; on reconnect, list
-        everything once to catch what was missed.
+        everything once to catch what was missed (what changed while Docker
+        was down sent no event we could see).
         """
         backoff = 0.5
         down = False
@@ -353,7 +359,7 @@ class DockerFS(pyfuse3.Operations):
                     log.warning("Docker event stream %s; retrying, caching less meanwhile", problem)
                     down = True
                 await trio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+                backoff = min(backoff * 2, RECONNECT_MAX)
 
     def _on_event(self, event: dict[str, Any]) -> None:
         action = str(event.get("Action") or event.get("status") or "").split(":")[0]
@@ -447,13 +453,17 @@ class DockerFS(pyfuse3.Operations):
         node = self.table.lookup(parent, name)
         if node is not None or parent.inode != ROOT_INODE:
             return node
-        node = self.table.alias(name)
+        # Without -a the table holds running containers only, and a prefix
+        # unique among them may be shared with a stopped one: Docker would
+        # refuse it, so only Docker's answer (below) may resolve a prefix.
+        node = self.table.alias(name, by_prefix=self.show_all)
         if node is not None or not _could_name_a_container(name):
             return node
-        # A container started since the last listing or event: ask Docker
-        # with one filtered request. The same missing name asks at most once
-        # per interval, so a probe loop (shells, editors) cannot become a
-        # request loop; if Docker cannot answer, a miss is just a miss.
+        # A container started since the last listing or event, or a prefix:
+        # ask Docker with filtered requests over all containers (no full
+        # listing). The same missing name asks at most once per interval, so
+        # a probe loop (shells, editors) cannot become a request loop; if
+        # Docker cannot answer, a miss is just a miss.
         now = time.monotonic()
         if now - self._misses.get(name, -math.inf) < MISS_REFRESH_INTERVAL:
             return None
@@ -461,13 +471,30 @@ class DockerFS(pyfuse3.Operations):
             self._misses.clear()
         self._misses[name] = now
         try:
-            found = await self.source.find(name, all=self.show_all)
+            node = await self._ask_docker(parent, name)
         except DockerProblem as exc:
             log.debug("lookup of %s: %s", name, exc)
             return None
-        for c in found:
+        if node is not None:
+            self._misses.pop(name, None)
+        return node
+
+    async def _ask_docker(self, parent: Node, name: str) -> Node | None:
+        """Resolve a name as Docker would, against all containers; None if
+        unknown, ambiguous, or a container this mount does not list."""
+        found = await self.source.find(name, all=True)
+        cid = resolve_name(name, found)
+        if not cid:
+            return None
+        if self.show_all:
+            self._apply(self.table.upsert_container(_entry(found, cid)))
+        elif escape_name(cid) not in self.table.children(self.table.root):
+            # Without -a, a container is listed only if Docker lists it so.
+            c = await self.source.list_one(cid)
+            if c is None:
+                return None
             self._apply(self.table.upsert_container(c))
-        return self.table.lookup(parent, name) or self.table.alias(name)
+        return self.table.lookup(parent, name) or self.table.link(name, cid)
 
     # -- requests ---------------------------------------------------------------------
 
@@ -535,9 +562,17 @@ class DockerFS(pyfuse3.Operations):
             node = self.table.get(inode)
             if node.gone:
                 continue
-            if not pyfuse3.readdir_reply(
-                token, os.fsencode(name), self._attrs(node), index + _OFFSET_BASE
-            ):
+            try:
+                encoded = os.fsencode(name)
+                if len(encoded) > NAME_MAX:
+                    raise ValueError(f"name of {len(encoded)} bytes")
+                attrs = self._attrs(node)
+            except Exception as exc:
+                # One bad entry must not make its directory unlistable (the
+                # tree never makes such a name; this is the last line).
+                log.error("readdir: left out %r: %s", name[:80], exc)
+                continue
+            if not pyfuse3.readdir_reply(token, encoded, attrs, index + _OFFSET_BASE):
                 return
             self.table.remember(node)
 
@@ -662,6 +697,10 @@ class DockerFS(pyfuse3.Operations):
         handle = self._handles.get(fh)
         if not isinstance(handle, _CtlHandle):
             raise _fail(errno.EBADF)
+        if off != 0:
+            # The rest of a write the kernel split, or a second write on one
+            # descriptor: never a whole command, so never run.
+            raise BadCommand(f"one command per open and write, at offset 0 (not {off})")
         command = parse_command(buf)
         log.info("ctl %s: %s %s", handle.cid[:12], command.action, command.params or "")
         await self.source.control(handle.cid, command)
@@ -876,6 +915,10 @@ def _process_of(pid: int) -> int:
     except (OSError, ValueError):
         pass
     return pid
+
+
+def _entry(containers: list[Container], cid: str) -> Container:
+    return next(c for c in containers if container_id(c) == cid)
 
 
 def _could_name_a_container(name: str) -> bool:

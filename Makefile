@@ -7,10 +7,11 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: run demo test bench lint deps deps-docker deps-9p clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml scripts/build-pyfuse3 $(wildcard patches/pyfuse3/*.patch)
 	./scripts/install-system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	./scripts/build-pyfuse3 $(VENV)
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 

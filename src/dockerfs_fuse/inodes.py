@@ -75,7 +75,7 @@ class Changes:
 
     `removed` holds (parent inode, name, inode) of entries the kernel has
     looked up and must drop; `changed` holds looked-up inodes whose
-    attributes (size) changed.
+    attributes or contents changed (a directory's contents: its listing).
     """
 
     removed: list[tuple[int, str, int]] = field(default_factory=list)
@@ -266,13 +266,15 @@ class InodeTable:
             elif isinstance(value, Special):
                 child.special = value
             elif child.data != value:
-                if child.lookups and len(child.data) != len(value):
+                if child.lookups:
                     changes.changed.append(child.inode)
                 child.data = value
             new[name] = child
         for name, child in old.items():
             if name not in new:
                 self._drop(dirnode, child, changes)
+        if dirnode.lookups and list(new) != list(old):
+            changes.changed.append(dirnode.inode)
         dirnode.children = new
         dirnode.subdirs = subdirs
 

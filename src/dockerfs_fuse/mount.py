@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 
+from . import kernel_cache
 from .docker_source import DockerProblem, DockerSource
 from .ninep.child import Shim, ShimFailed
 from .operations import MAX_WORKERS, DockerFS
@@ -83,7 +84,9 @@ def prepare(config: MountConfig) -> tuple[DockerSource, DockerFS]:
         where = config.host or os.environ.get("DOCKER_HOST") or "the default Docker socket"
         raise MountError(f"cannot reach Docker at {where}: {exc}") from None
     log.info("Docker %s at %s", version, source.endpoint)
-    return source, DockerFS(source, show_all=config.show_all)
+    caching = kernel_cache.detect()
+    log.info("kernel caching of listings and pages %s", caching.why)
+    return source, DockerFS(source, show_all=config.show_all, kernel_cache=caching.enabled)
 
 
 # Told once the mount serves (None) or could not be made whole (a message).

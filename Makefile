@@ -4,6 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 MOUNTPOINT ?= $(HOME)/n/dockerfs
 STAMP  := $(VENV)/.installed
+# Run a second time as on stock pyfuse3 (DOCKERFS_STOCK_PYFUSE3=1).
+STOCK_TESTS := tests/test_mount.py tests/test_control.py tests/test_reliability.py \
+	tests/test_kernel_cache.py
 
 .PHONY: run demo test bench lint deps deps-docker deps-9p clean
 
@@ -36,9 +39,11 @@ demo: deps-docker
 	mkdir -p $(MOUNTPOINT)
 	$(BIN)/python -m dockerfs_fuse.demo $(MOUNTPOINT)
 
-## make test: unit, integration (private dockerd, real mount) and interop tests
+## make test: unit, integration (private dockerd, real mount) and interop tests;
+## then the mount tests again as on stock pyfuse3, without kernel caching
 test: deps-docker deps-9p
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+	DOCKERFS_STOCK_PYFUSE3=1 $(BIN)/pytest -q $(STOCK_TESTS)
 
 ## make bench: figures for 10, 100 and 1000 containers (not part of make test)
 bench: deps-docker

@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 STOCK_TESTS := tests/test_mount.py tests/test_control.py tests/test_reliability.py \
 	tests/test_kernel_cache.py
 
-.PHONY: run demo test bench lint deps deps-docker deps-9p clean
+.PHONY: run demo test test-stock-venv bench lint deps deps-docker deps-9p clean
 
 $(STAMP): pyproject.toml scripts/build-pyfuse3 $(wildcard patches/pyfuse3/*.patch)
 	./scripts/install-system-deps
@@ -44,6 +44,15 @@ demo: deps-docker
 test: deps-docker deps-9p
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 	DOCKERFS_STOCK_PYFUSE3=1 $(BIN)/pytest -q $(STOCK_TESTS)
+	$(MAKE) --no-print-directory test-stock-venv
+
+## make test-stock-venv: mount tests on the stock pyfuse3 release itself, in .venv-stock
+test-stock-venv: deps-docker
+	$(PYTHON) -m venv .venv-stock
+	.venv-stock/bin/pip install -q --upgrade pip
+	./scripts/build-pyfuse3 --stock .venv-stock
+	.venv-stock/bin/pip install -q -e '.[test]'
+	.venv-stock/bin/pytest -q tests/test_kernel_cache.py tests/test_mount.py -k 'not make_built'
 
 ## make bench: figures for 10, 100 and 1000 containers (not part of make test)
 bench: deps-docker
@@ -55,4 +64,4 @@ lint: deps
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-stock build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -542,7 +542,10 @@ class DockerFS(pyfuse3.Operations):
                 await self.refresh()
                 root = self.table.root
                 root.mtime_ns = max(time.time_ns(), root.mtime_ns + 1)
-                await trio.to_thread.run_sync(_invalidate_inodes, [ROOT_INODE], False)
+                # Here, not in a worker thread: a thread hop is slower than this
+                # write to /dev/fuse, which waits for nothing of ours (no
+                # writeback cache), and it must be done before we reply.
+                _invalidate_inodes([ROOT_INODE], False)
             entries = [(name, child.inode) for name, child in self.table.children(node).items()]
             snapshot = hash(tuple(entries)) & 0x7FFF_FFFF
             self._listings.pop((inode, snapshot), None)

@@ -3,12 +3,13 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 MOUNTPOINT ?= $(HOME)/n/dockerfs
+SWARM_MOUNTPOINT ?= $(HOME)/n/swarm
 STAMP  := $(VENV)/.installed
 # Run a second time as on stock pyfuse3 (DOCKERFS_STOCK_PYFUSE3=1).
 STOCK_TESTS := tests/test_mount.py tests/test_control.py tests/test_reliability.py \
 	tests/test_kernel_cache.py
 
-.PHONY: run demo test test-stock-venv bench lint deps deps-docker deps-9p clean
+.PHONY: run demo demo-swarm test test-stock-venv bench lint deps deps-docker deps-9p clean
 
 $(STAMP): pyproject.toml scripts/build-pyfuse3 $(wildcard patches/pyfuse3/*.patch)
 	./scripts/install-system-deps
@@ -38,6 +39,12 @@ run: deps
 demo: deps-docker
 	mkdir -p $(MOUNTPOINT)
 	$(BIN)/python -m dockerfs_fuse.demo $(MOUNTPOINT)
+
+## make demo-swarm: a private 3-node Docker Swarm (network namespaces on this host), its
+## manager mounted at ~/n/swarm (the engine's own containers until --swarm lands)
+demo-swarm: deps-docker
+	mkdir -p $(SWARM_MOUNTPOINT)
+	$(BIN)/python -m dockerfs_fuse.demo_swarm $(SWARM_MOUNTPOINT)
 
 ## make test: unit, integration (private dockerd, real mount) and interop tests;
 ## then the mount tests again as on stock pyfuse3, without kernel caching

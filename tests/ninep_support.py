@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import IN_CI
 
 from dockerfs_fuse.ninep import codec
 from dockerfs_fuse.ninep.codec import Dialect, Message
@@ -123,7 +124,7 @@ def require_tool(name: str) -> str:
     )
     if path is None:
         reason = f"{name} not installed (Debian package: diod)"
-        if os.environ.get("CI") == "true":
+        if IN_CI:
             pytest.fail(reason)
         print(f"skipping: {reason}")
         pytest.skip(reason)

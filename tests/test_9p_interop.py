@@ -4,7 +4,7 @@
 - p9fs (fsspec over a Python 3 py9p), in all three dialects;
 - pyroute2.plan9's asyncio client, 9P2000.
 
-Missing clients fail under CI (CI=true) and skip elsewhere."""
+Missing clients fail under CI (conftest.IN_CI) and skip elsewhere."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from conftest import IN_CI
 from ninep_support import require_tool, running_shim
 
 Shim = tuple[str, int]
@@ -29,7 +30,7 @@ def require_module(name: str) -> ModuleType:
         return importlib.import_module(name)
     except ImportError:
         reason = f"python module {name} not installed (pip install '.[test]')"
-        if os.environ.get("CI") == "true":
+        if IN_CI:
             pytest.fail(reason)
         print(f"skipping: {reason}")
         pytest.skip(reason)

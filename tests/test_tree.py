@@ -111,6 +111,46 @@ def test_ports_from_an_engine_with_port_mapping() -> None:
     assert container_spec(c)["Mounts"] == container_spec(by_name("lab"))["Mounts"]
 
 
+def test_ports_sort_by_number_not_by_text() -> None:
+    # As text, "443" < "80" < "8080" < "9"; as numbers, 9 < 80 < 443 < 8080.
+    c = copy.deepcopy(by_name("lab"))
+    c["Ports"] = [
+        {"IP": "0.0.0.0", "PrivatePort": 8080, "PublicPort": 10080, "Type": "tcp"},
+        {"IP": "0.0.0.0", "PrivatePort": 443, "PublicPort": 9443, "Type": "tcp"},
+        {"PrivatePort": 9, "Type": "udp"},
+        {"IP": "0.0.0.0", "PrivatePort": 80, "PublicPort": 10000, "Type": "tcp"},
+        {"IP": "0.0.0.0", "PrivatePort": 80, "PublicPort": 9000, "Type": "tcp"},
+        {"IP": "::", "PrivatePort": 80, "PublicPort": 9000, "Type": "tcp"},
+    ]
+    ports = container_spec(c)["Ports"]
+    assert isinstance(ports, dict)
+
+    def field(i: int, name: str) -> bytes:
+        entry = ports[str(i)]
+        assert isinstance(entry, dict)
+        value = entry.get(name, b"")
+        assert isinstance(value, bytes)
+        return value
+
+    assert [field(i, "PrivatePort") for i in range(6)] == [
+        b"9\n",
+        b"80\n",
+        b"80\n",
+        b"80\n",
+        b"443\n",
+        b"8080\n",
+    ]
+    # The same private port: by type, then IP, then public port as a number.
+    assert [(field(i, "IP"), field(i, "PublicPort")) for i in (1, 2, 3)] == [
+        (b"0.0.0.0\n", b"9000\n"),
+        (b"0.0.0.0\n", b"10000\n"),
+        (b"::\n", b"9000\n"),
+    ]
+    for _ in range(3):  # whatever order the engine answers in
+        c["Ports"] = c["Ports"][1:] + c["Ports"][:1]
+        assert container_spec(c)["Ports"] == ports
+
+
 def test_stopped_container_and_missing_fields_do_not_break_the_tree() -> None:
     spec = container_spec({"Id": "ab" * 32, "Names": None, "Labels": None})
     assert spec["Names"] == {} and spec["Labels"] == {} and spec["Ports"] == {}

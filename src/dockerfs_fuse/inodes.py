@@ -74,8 +74,10 @@ class Changes:
     """What a refresh changed that the kernel may have cached.
 
     `removed` holds (parent inode, name, inode) of entries the kernel has
-    looked up and must drop; `changed` holds looked-up inodes whose
-    attributes or contents changed (a directory's contents: its listing).
+    looked up and must drop; `changed` holds looked-up inodes whose content
+    changed, whatever its length: "Up 5 minutes" becoming "Up 6 minutes" keeps
+    the size, but a kernel that caches pages must still drop the old ones. A
+    directory's content is its listing, which the kernel may cache too.
     """
 
     removed: list[tuple[int, str, int]] = field(default_factory=list)

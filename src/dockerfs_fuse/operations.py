@@ -36,10 +36,9 @@ from .docker_source import (
     DockerProblem,
     DockerSource,
     NotFound,
-    Stream,
-    TooSlow,
 )
 from .inodes import ROOT_INODE, Changes, InodeTable, Kind, Node
+from .logstream import LogSpool, LogSpools, TooManyLogs
 from .tree import Container, Special
 
 log = logging.getLogger(__name__)
@@ -62,11 +61,18 @@ ALIAS_TIMEOUT = 1.0
 MISS_REFRESH_INTERVAL = 1.0
 # When to re-read a container after its events (seconds after, cumulative).
 EVENT_REREAD_DELAYS = (0.05, 0.4)
-# pyfuse3 serves at most MAX_WORKERS requests at once; blocked logs.follow
-# reads may hold at most MAX_FOLLOWERS of them (ENFILE beyond).
+# pyfuse3 serves at most MAX_WORKERS requests at once. A logs.follow read can
+# block for as long as its container is silent, holding one: opens of
+# logs.follow get at most MAX_FOLLOWERS of them (ENFILE beyond), one process at
+# most MAX_FOLLOWERS_PER_PROCESS (EMFILE beyond), and each open one blocked
+# read at a time (EAGAIN for another), so the rest of the mount is always served.
 MAX_WORKERS = 512
 MAX_FOLLOWERS = 256
-# How often a blocked logs.follow read checks whether its reader was signalled.
+MAX_FOLLOWERS_PER_PROCESS = 64
+# Containers whose logs may be open at once: each holds one of aiohttp's 100
+# connections to Docker while its log loads or grows (ENFILE beyond).
+MAX_LOG_SPOOLS = 64
+# How often a blocked logs or logs.follow read checks whether its reader was signalled.
 FOLLOW_POLL = 0.2
 # Event actions that change what a container's directory shows.
 _EVENT_ACTIONS = frozenset(
@@ -150,16 +156,48 @@ class _CtlHandle:
 
 
 @dataclass(slots=True)
-class _FollowHandle:
-    """A live log stream; reads block like a pipe's until output or the end."""
+class _LogHandle:
+    """An open `logs` (read at the kernel's offsets, ends where the log so far
+    ends) or `logs.follow` (read in order, blocks like a pipe until the
+    container stops), both over the container's shared spool."""
 
-    stream: Stream
+    spool: LogSpool
+    follow: bool
     opener_pid: int
-    pending: bytearray
-    ended: bool = False
+    opener: int  # the opening process (thread group), for the per-process cap
+    pos: int = 0
+    eofs: int = 0
+    waiting: bool = False
+    closed: bool = False
 
 
-_Handle = _DirHandle | _FileHandle | _CtlHandle | _FollowHandle
+_Handle = _DirHandle | _FileHandle | _CtlHandle | _LogHandle
+
+
+class _Followers:
+    """Open logs.follow handles, counted in total and per process."""
+
+    def __init__(self, total: int, per_process: int) -> None:
+        self.total = total
+        self.per_process = per_process
+        self.by_process: dict[int, int] = {}
+        self.count = 0
+
+    def take(self, process: int) -> None:
+        if self.count >= self.total:
+            raise _fail(errno.ENFILE)
+        if self.by_process.get(process, 0) >= self.per_process:
+            raise _fail(errno.EMFILE)
+        self.count += 1
+        self.by_process[process] = self.by_process.get(process, 0) + 1
+
+    def give_back(self, process: int) -> None:
+        self.count -= 1
+        left = self.by_process.get(process, 0) - 1
+        if left > 0:
+            self.by_process[process] = left
+        else:
+            self.by_process.pop(process, None)
 
 
 class _Shared:
@@ -226,7 +264,9 @@ class DockerFS(pyfuse3.Operations):
         self._event_seq = 0
         self._last_event: dict[str, int] = {}
         self._reread_send, self._reread_recv = trio.open_memory_channel[str](math.inf)
-        self.followers = 0
+        self.followers = _Followers(MAX_FOLLOWERS, MAX_FOLLOWERS_PER_PROCESS)
+        self.logs = LogSpools(self.source.stream_logs, self._may_be_running, MAX_LOG_SPOOLS)
+        self.waiting_reads = 0
         self._next_fh = 1
         self._refresher = _Refresher(self._fetch)
         self._inval_send, self._inval_recv = trio.open_memory_channel[Changes](1000)
@@ -340,6 +380,8 @@ class DockerFS(pyfuse3.Operations):
             self._last_event = {cid: self._event_seq}
         if action == "destroy":
             self._apply(self.table.remove_container(cid))
+        elif action == "start":
+            self.logs.container_started(cid)
         self._schedule_reread(cid)
 
     def _schedule_reread(self, cid: str) -> None:
@@ -401,6 +443,10 @@ class DockerFS(pyfuse3.Operations):
         a.st_gid = self.gid
         a.st_rdev = 0
         a.st_size = len(node.data) if node.kind is not Kind.DIR else 0
+        if node.special is Special.LOGS and node.parent is not None:
+            # `tail -f` follows by polling this size: never let the kernel cache it.
+            a.st_size = self.logs.polled_size(node.parent.name)
+            a.attr_timeout = 0
         a.st_blksize = 4096
         a.st_blocks = (a.st_size + 511) // 512
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = node.mtime_ns
@@ -598,15 +644,8 @@ class DockerFS(pyfuse3.Operations):
                 # invalidates them (run_invalidator), so they are never stale.
                 fh = self._new_handle(_FileHandle(data))
                 return pyfuse3.FileInfo(fh=fh, keep_cache=self.keep_pages)
-        elif node.special is Special.FOLLOW:
-            # Each blocked read holds one of pyfuse3's workers: keep enough free.
-            if self.followers >= MAX_FOLLOWERS:
-                raise _fail(errno.ENFILE)
-            stream = self.source.follow_logs(self._container_of(node))
-            self.followers += 1
-            handle = _FollowHandle(stream, ctx.pid, bytearray())
-            fh = self._new_handle(handle)
-            return pyfuse3.FileInfo(fh=fh, direct_io=True, nonseekable=True)
+        elif node.special in (Special.LOGS, Special.FOLLOW):
+            return self._open_log(node, ctx.pid)
         else:
             data = await self._render(node)
         # Direct I/O: the kernel neither caches pages nor clips reads at a
@@ -614,6 +653,34 @@ class DockerFS(pyfuse3.Operations):
         # (Status, say) changed length since the kernel last saw its size.
         fh = self._new_handle(_FileHandle(data))
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+
+    def _open_log(self, node: Node, pid: int) -> pyfuse3.FileInfo:
+        cid = self._container_of(node)
+        follow = node.special is Special.FOLLOW
+        opener = _process_of(pid)
+        if follow:
+            self.followers.take(opener)
+        try:
+            spool = self.logs.open(cid)
+        except BaseException as exc:
+            if follow:
+                self.followers.give_back(opener)
+            if isinstance(exc, TooManyLogs):
+                log.warning("open %s/%s: %s", cid[:12], node.name, exc)
+                raise _fail(errno.ENFILE) from None
+            raise
+        if follow:
+            spool.want_more()
+        fh = self._new_handle(_LogHandle(spool, follow, pid, opener))
+        # Direct I/O: reads are never clipped at a size the kernel cached.
+        return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False, nonseekable=follow)
+
+    def _may_be_running(self, cid: str) -> bool:
+        """Whether following the log may bring more (unknown counts as yes)."""
+        root = self.table.get(ROOT_INODE)
+        node = self.table.lookup(root, cid)
+        state = (node.raw or {}).get("State") if node is not None else None
+        return state not in ("created", "exited", "dead", "removing")
 
     def _container_of(self, node: Node) -> str:
         while node.parent is not None and node.parent.inode != ROOT_INODE:
@@ -625,8 +692,6 @@ class DockerFS(pyfuse3.Operations):
     async def _render(self, node: Node) -> bytes:
         """One API call per open, never per read (lxcfs's model)."""
         cid = self._container_of(node)
-        if node.special is Special.LOGS:
-            return await self.source.logs(cid)
         if node.special is Special.INSPECT:
             info = await self.source.inspect(cid)
             return (json.dumps(info, indent=4, ensure_ascii=False) + "\n").encode()
@@ -640,27 +705,42 @@ class DockerFS(pyfuse3.Operations):
         handle = self._handles.get(fh)
         if isinstance(handle, _FileHandle):
             return handle.data[off : off + size]
-        if isinstance(handle, _FollowHandle):
-            return await self._read_follow(handle, size)
+        if isinstance(handle, _LogHandle):
+            if not handle.follow:
+                return await self._read_log(handle, off, size)
+            data = await self._read_log(handle, handle.pos, size)
+            handle.pos += len(data)
+            return data
         raise _fail(errno.EBADF)
 
-    async def _read_follow(self, h: _FollowHandle, size: int) -> bytes:
-        while not h.pending and not h.ended:
+    async def _read_log(self, h: _LogHandle, off: int, size: int) -> bytes:
+        """What the spool holds at `off`; at its end, EOF or wait for more."""
+        spool = h.spool
+        while True:
+            if h.closed or spool.closed:
+                raise _fail(errno.EBADF)
+            if off < spool.size:
+                return spool.read(off, size)
+            if spool.at_eof(h.follow):
+                # Reading at the end again is how `less +F` follows.
+                h.eofs += 1
+                if h.eofs > 1:
+                    spool.want_more()
+                return b""
+            if h.follow and h.waiting:
+                raise _fail(errno.EAGAIN)  # see MAX_FOLLOWERS
+            h.waiting = True
+            self.waiting_reads += 1
             try:
-                item = await h.stream.get(timeout=FOLLOW_POLL)
-            except TooSlow:
-                # pyfuse3 cannot see the kernel's INTERRUPT, and a reader killed
-                # by a signal waits until we answer: look for the signal ourselves.
-                if _signal_pending(h.opener_pid):
-                    raise _fail(errno.EINTR) from None
-                continue
-            if item is None:
-                h.ended = True
-            else:
-                h.pending += item
-        out = bytes(h.pending[:size])
-        del h.pending[:size]
-        return out
+                with trio.move_on_after(FOLLOW_POLL) as waited:
+                    await spool.changed()
+            finally:
+                h.waiting = False
+                self.waiting_reads -= 1
+            # pyfuse3 cannot see the kernel's INTERRUPT, and a reader killed
+            # by a signal waits until we answer: look for the signal ourselves.
+            if waited.cancelled_caught and _signal_pending(h.opener_pid):
+                raise _fail(errno.EINTR)
 
     @_guard
     async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
@@ -679,9 +759,12 @@ class DockerFS(pyfuse3.Operations):
     @_guard
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
         handle = self._handles.pop(fh, None)
-        if isinstance(handle, _FollowHandle):
-            handle.stream.close()
-            self.followers -= 1
+        if isinstance(handle, _LogHandle):
+            # A read may still wait on this handle (its reader was killed): it ends now.
+            handle.closed = True
+            self.logs.release(handle.spool)
+            if handle.follow:
+                self.followers.give_back(handle.opener)
 
     @_guard
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -824,6 +907,11 @@ class DockerFS(pyfuse3.Operations):
             "requests": dict(self.source.requests),
             "inodes": len(self.table),
             "kernel_cache": self.kernel_cache,
+            "logs": {
+                "spools": len(self.logs),
+                "followers": self.followers.count,
+                "waiting_reads": self.waiting_reads,
+            },
         }
 
 
@@ -873,6 +961,18 @@ def _invalidate_inodes(inodes: Sequence[int], attr_only: bool) -> None:
             # ENOENT: the kernel already dropped the inode; nothing to do.
             if exc.errno != errno.ENOENT:
                 log.debug("invalidate_inode(%d): %s", inode, exc)
+
+
+def _process_of(pid: int) -> int:
+    """The process (thread group) a request's thread belongs to."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return pid
 
 
 def _could_name_a_container(name: str) -> bool:

@@ -76,7 +76,8 @@ class Changes:
     `removed` holds (parent inode, name, inode) of entries the kernel has
     looked up and must drop; `changed` holds looked-up inodes whose content
     changed, whatever its length: "Up 5 minutes" becoming "Up 6 minutes" keeps
-    the size, but a kernel that caches pages must still drop the old ones.
+    the size, but a kernel that caches pages must still drop the old ones. A
+    directory's content is its listing, which the kernel may cache too.
     """
 
     removed: list[tuple[int, str, int]] = field(default_factory=list)
@@ -274,6 +275,8 @@ class InodeTable:
         for name, child in old.items():
             if name not in new:
                 self._drop(dirnode, child, changes)
+        if dirnode.lookups and list(new) != list(old):
+            changes.changed.append(dirnode.inode)
         dirnode.children = new
         dirnode.subdirs = subdirs
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 
+from . import kernel_cache
 from .docker_source import DockerProblem, DockerSource
 from .endpoints import Endpoint
 from .ninep.child import Shim, ShimFailed
@@ -89,7 +90,9 @@ def prepare(config: MountConfig) -> tuple[DockerSource, DockerFS]:
         detail = " ".join(str(exc).split())
         raise MountError(f"cannot reach Docker at {source.endpoint}: {detail}") from None
     log.info("Docker %s at %s", version, source.endpoint)
-    return source, DockerFS(source, show_all=config.show_all)
+    caching = kernel_cache.detect()
+    log.info("kernel caching of listings and pages %s", caching.why)
+    return source, DockerFS(source, show_all=config.show_all, kernel_cache=caching.enabled)
 
 
 # Told once the mount serves (None) or could not be made whole (a message).

@@ -50,6 +50,9 @@ R = TypeVar("R")
 # are pushed to the kernel as invalidations, so these bound staleness only
 # for changes nobody has asked us about yet.
 ATTR_TIMEOUT = 10.0  # for entries and attributes alike
+# With kernel caching (kernel_cache.py) listings are cached too, so entries
+# must outlive a walk: every change is invalidated, this only bounds a lost one.
+KERNEL_CACHE_TIMEOUT = 3600.0
 # While Docker's event stream is down nothing tells us of changes: trust less.
 FALLBACK_TIMEOUT = 1.0
 # Retries of a dropped event stream: 0.5 s doubling to this. Only an engine
@@ -97,6 +100,9 @@ _EVENT_ACTIONS = frozenset(
 STATS_XATTR = b"user.dockerfs.stats"
 # readdir offsets start above 2: NFS re-exports treat 1 and 2 specially.
 _OFFSET_BASE = 3
+# Kernel caching: a listing's offsets carry its snapshot number above this bit.
+_SNAPSHOT_SHIFT = 32
+_SNAPSHOTS_KEPT = 256
 
 
 def errno_for(exc: BaseException) -> int:
@@ -240,10 +246,17 @@ class _Refresher:
 class DockerFS(pyfuse3.Operations):
     """The containers of one Docker engine as a read-only tree."""
 
-    def __init__(self, source: DockerSource, *, show_all: bool = False) -> None:
+    def __init__(
+        self, source: DockerSource, *, show_all: bool = False, kernel_cache: bool = False
+    ) -> None:
         super().__init__()
         self.source = source
         self.show_all = show_all
+        # The pyfuse3 patch (kernel_cache.py): the kernel opens directories
+        # itself and caches listings and core files' pages; readdir gets the inode.
+        self.kernel_cache = self.pass_inode = kernel_cache
+        self.keep_pages = False  # while Docker's event stream is up
+        self._listings: dict[tuple[int, int], list[tuple[str, int]]] = {}
         self.table = InodeTable(root_mtime_ns=time.time_ns())
         self.uid = os.getuid()
         self.gid = os.getgid()
@@ -312,13 +325,11 @@ class DockerFS(pyfuse3.Operations):
                     pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)
                 except Exception as exc:
                     log.debug("invalidate_entry_async(%d, %s): %s", parent, name, exc)
-            for inode in changes.changed:
-                try:
-                    await trio.to_thread.run_sync(pyfuse3.invalidate_inode, inode, True)
-                except OSError as exc:
-                    # ENOENT: the kernel already dropped the inode; nothing to do.
-                    if exc.errno != errno.ENOENT:
-                        log.debug("invalidate_inode(%d): %s", inode, exc)
+            if changes.changed:
+                # Cached pages and listings go too (kernel caching), not only attributes.
+                await trio.to_thread.run_sync(
+                    _invalidate_inodes, changes.changed, not self.kernel_cache
+                )
 
     # -- Docker's event stream ----------------------------------------------------
 
@@ -343,7 +354,8 @@ class DockerFS(pyfuse3.Operations):
                     if down:
                         log.info("Docker event stream reconnected")
                     down, backoff = False, 0.5
-                    self.attr_timeout = ATTR_TIMEOUT
+                    self.attr_timeout = KERNEL_CACHE_TIMEOUT if self.kernel_cache else ATTR_TIMEOUT
+                    self.keep_pages = self.kernel_cache
                     async for event in stream:
                         self._on_event(event)
                     problem = "ended"
@@ -355,6 +367,7 @@ class DockerFS(pyfuse3.Operations):
                 finally:
                     stream.close()
                 self.attr_timeout = FALLBACK_TIMEOUT
+                self.keep_pages = False
                 if not down:
                     log.warning("Docker event stream %s; retrying, caching less meanwhile", problem)
                     down = True
@@ -420,6 +433,8 @@ class DockerFS(pyfuse3.Operations):
         a.st_ino = pyfuse3.InodeT(node.inode)
         a.generation = 0
         a.entry_timeout = a.attr_timeout = self.attr_timeout
+        if node.inode == ROOT_INODE:
+            a.attr_timeout = min(self.attr_timeout, ATTR_TIMEOUT)
         if node.kind is Kind.DIR:
             a.st_mode = pyfuse3.ModeT(stat.S_IFDIR | 0o555)
         elif node.kind is Kind.LINK:
@@ -538,6 +553,10 @@ class DockerFS(pyfuse3.Operations):
     async def opendir(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileHandleT:
+        if self.kernel_cache:
+            # The kernel then stops sending OPENDIR and RELEASEDIR and caches
+            # every listing; readdir gets the inode (see _list_for_kernel).
+            raise _fail(errno.ENOSYS)
         node = self._node(inode)
         if not node.is_dir:
             raise _fail(errno.ENOTDIR)
@@ -549,8 +568,14 @@ class DockerFS(pyfuse3.Operations):
 
     @_guard
     async def readdir(
-        self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken
+        self,
+        fh: pyfuse3.FileHandleT,
+        start_id: int,
+        token: pyfuse3.ReaddirToken,
+        inode: pyfuse3.InodeT | None = None,
     ) -> None:
+        if inode is not None:
+            return await self._list_for_kernel(inode, start_id, token)
         handle = self._handles.get(fh)
         if not isinstance(handle, _DirHandle):
             raise _fail(errno.EBADF)
@@ -576,6 +601,58 @@ class DockerFS(pyfuse3.Operations):
                 return
             self.table.remember(node)
 
+    async def _list_for_kernel(
+        self, inode: pyfuse3.InodeT, start_id: int, token: pyfuse3.ReaddirToken
+    ) -> None:
+        """readdir with kernel caching: no directory handles, the kernel keeps what we list.
+
+        A listing is a snapshot of the directory's entries, numbered by their
+        hash: the number rides in the upper bits of every offset, so the later
+        pages of one listing are served from the same snapshot without a
+        handle, and an unchanged directory always gets the same offsets.
+        Reading the root from its start still asks Docker (the contract); its
+        mtime then moves on and its cached attributes are dropped, so the
+        kernel's auto_inval_data drops the cached root listing at the next
+        read: every `ls` asks Docker exactly once.
+        """
+        node = self._node(inode)
+        if not node.is_dir:
+            raise _fail(errno.ENOTDIR)
+        if start_id == 0:
+            if inode == ROOT_INODE:
+                await self.refresh()
+                root = self.table.root
+                root.mtime_ns = max(time.time_ns(), root.mtime_ns + 1)
+                # Here, not in a worker thread: a thread hop is slower than this
+                # write to /dev/fuse, which waits for nothing of ours (no
+                # writeback cache), and it must be done before we reply.
+                _invalidate_inodes([ROOT_INODE], False)
+            entries = [(name, child.inode) for name, child in self.table.children(node).items()]
+            snapshot = hash(tuple(entries)) & 0x7FFF_FFFF
+            self._listings.pop((inode, snapshot), None)
+            self._listings[inode, snapshot] = entries
+            if len(self._listings) > _SNAPSHOTS_KEPT:
+                del self._listings[next(iter(self._listings))]
+            start = 0
+        else:
+            snapshot, pos = divmod(start_id, 1 << _SNAPSHOT_SHIFT)
+            start = pos - _OFFSET_BASE + 1
+            found = self._listings.get((inode, snapshot))
+            if found is None:  # long forgotten: the directory as it is now
+                found = [(name, child.inode) for name, child in self.table.children(node).items()]
+            entries = found
+        base = snapshot << _SNAPSHOT_SHIFT
+        for index in range(start, len(entries)):
+            name, child_inode = entries[index]
+            child = self.table.get(child_inode) if child_inode in self.table else None
+            if child is None or child.gone:
+                continue  # vanished since the listing began
+            if not pyfuse3.readdir_reply(
+                token, os.fsencode(name), self._attrs(child), base + index + _OFFSET_BASE
+            ):
+                return
+            self.table.remember(child)
+
     @_guard
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
         self._handles.pop(fh, None)
@@ -597,6 +674,11 @@ class DockerFS(pyfuse3.Operations):
             raise _fail(errno.EACCES)
         if node.special is None:
             data = node.data
+            if self.kernel_cache:
+                # Pages stay cached between opens; every change of the content
+                # invalidates them (run_invalidator), so they are never stale.
+                fh = self._new_handle(_FileHandle(data))
+                return pyfuse3.FileInfo(fh=fh, keep_cache=self.keep_pages)
         elif node.special in (Special.LOGS, Special.FOLLOW):
             return self._open_log(node, ctx.pid)
         else:
@@ -651,7 +733,10 @@ class DockerFS(pyfuse3.Operations):
         raise _fail(errno.EIO)
 
     @_guard
-    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
+    async def read(
+        self, fh: pyfuse3.FileHandleT, off: int, size: int, inode: pyfuse3.InodeT | None = None
+    ) -> bytes:
+        # Every open has a handle here; `inode` comes with kernel caching (pass_inode).
         handle = self._handles.get(fh)
         if isinstance(handle, _FileHandle):
             return handle.data[off : off + size]
@@ -860,6 +945,7 @@ class DockerFS(pyfuse3.Operations):
         return {
             "requests": dict(self.source.requests),
             "inodes": len(self.table),
+            "kernel_cache": self.kernel_cache,
             "logs": {
                 "spools": len(self.logs),
                 "followers": self.followers.count,
@@ -903,6 +989,17 @@ def _signal_pending(pid: int) -> bool:
         return False
     kill = 1 << (signal.SIGKILL - 1)
     return bool(pending & kill or pending & ~blocked & ~handled & ~_NOT_FATAL_MASK)
+
+
+def _invalidate_inodes(inodes: Sequence[int], attr_only: bool) -> None:
+    """Drop what the kernel caches for these inodes (in a worker thread: it writes to /dev/fuse)."""
+    for inode in inodes:
+        try:
+            pyfuse3.invalidate_inode(pyfuse3.InodeT(inode), attr_only)
+        except OSError as exc:
+            # ENOENT: the kernel already dropped the inode; nothing to do.
+            if exc.errno != errno.ENOENT:
+                log.debug("invalidate_inode(%d): %s", inode, exc)
 
 
 def _process_of(pid: int) -> int:

@@ -3,14 +3,19 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 MOUNTPOINT ?= $(HOME)/n/dockerfs
+SWARM_MOUNTPOINT ?= $(HOME)/n/swarm
 STAMP  := $(VENV)/.installed
+# Run a second time as on stock pyfuse3 (DOCKERFS_STOCK_PYFUSE3=1).
+STOCK_TESTS := tests/test_mount.py tests/test_control.py tests/test_reliability.py \
+	tests/test_kernel_cache.py
 
-.PHONY: run demo test bench lint deps deps-docker deps-9p clean
+.PHONY: run demo demo-swarm test test-stock-venv bench lint deps deps-docker deps-9p clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml scripts/build-pyfuse3 $(wildcard patches/pyfuse3/*.patch)
 	./scripts/install-system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	./scripts/build-pyfuse3 $(VENV)
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
@@ -35,9 +40,26 @@ demo: deps-docker
 	mkdir -p $(MOUNTPOINT)
 	$(BIN)/python -m dockerfs_fuse.demo $(MOUNTPOINT)
 
-## make test: unit, integration (private dockerd, real mount) and interop tests
+## make demo-swarm: a private 3-node Docker Swarm (network namespaces on this host), its
+## manager mounted at ~/n/swarm (the engine's own containers until --swarm lands)
+demo-swarm: deps-docker
+	mkdir -p $(SWARM_MOUNTPOINT)
+	$(BIN)/python -m dockerfs_fuse.demo_swarm $(SWARM_MOUNTPOINT)
+
+## make test: unit, integration (private dockerd, real mount) and interop tests;
+## then the mount tests again as on stock pyfuse3, without kernel caching
 test: deps-docker deps-9p
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+	DOCKERFS_STOCK_PYFUSE3=1 $(BIN)/pytest -q $(STOCK_TESTS)
+	$(MAKE) --no-print-directory test-stock-venv
+
+## make test-stock-venv: mount tests on the stock pyfuse3 release itself, in .venv-stock
+test-stock-venv: deps-docker
+	$(PYTHON) -m venv .venv-stock
+	.venv-stock/bin/pip install -q --upgrade pip
+	./scripts/build-pyfuse3 --stock .venv-stock
+	.venv-stock/bin/pip install -q -e '.[test]'
+	.venv-stock/bin/pytest -q tests/test_kernel_cache.py tests/test_mount.py -k 'not make_built'
 
 ## make bench: figures for 10, 100 and 1000 containers (not part of make test)
 bench: deps-docker
@@ -49,4 +71,4 @@ lint: deps
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-stock build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

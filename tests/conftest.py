@@ -1,8 +1,12 @@
 """Shared fixtures: a private dockerd, a real mount, and the rule for missing tools.
 
 Everything a user would see is tested against a real engine and a real
-kernel mount. Under CI (CI=true) a missing engine, FUSE device or tool is a
-failure, never a skip: a green run must mean the integration tests ran.
+kernel mount. Under CI (CI = 1, true or yes) a missing engine, FUSE device or
+tool is a failure, never a skip: a green run must mean the integration tests ran.
+`IN_CI` is the one place that decides it; the other helpers import it.
+
+A hang fails the one test that hung, by name: pytest-timeout (configured in
+pyproject.toml) raises in the test, and the hooks below end what SIGALRM cannot.
 """
 
 from __future__ import annotations
@@ -12,9 +16,12 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import socket
+import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +40,7 @@ from dockerfs_fuse.private_dockerd import IMAGE, DockerdError, PrivateDockerd
 
 __all__ = ["dockerfs_command", "stop_mount", "wait_for_mount"]
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
 def require(condition: bool, why: str) -> None:
@@ -48,6 +55,78 @@ def require(condition: bool, why: str) -> None:
 def require_fuse() -> None:
     require(os.path.exists("/dev/fuse"), "/dev/fuse is missing")
     require(shutil.which("fusermount3") is not None, "fusermount3 missing (Debian fuse3)")
+
+
+def eventually(check: Callable[[], bool], within: float = 30.0, what: str = "") -> float:
+    """Poll check until true and return how long it took; fail after `within`.
+
+    The bound is generous on purpose: it is there to end a test that would
+    wait forever, not to measure speed on a loaded machine.
+    """
+    t0 = time.monotonic()
+    while True:
+        if check():
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > within:
+            raise AssertionError(f"not true within {within}s: {what or check}")
+        time.sleep(0.02)
+
+
+# -- a hang fails the test that hung ------------------------------------------------
+
+# The qemu tests boot a guest under TCG (up to 180 s) before their first check.
+QEMU_TIMEOUT = 900.0
+# How long past its timeout a test may stay stuck before its mounts are ended.
+ABORT_GRACE = 10.0
+
+_mounts_of_this_test: list[MountProcess] = []
+_watchdog: threading.Timer | None = None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("qemu") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(QEMU_TIMEOUT))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> None:
+    """Back up pytest-timeout's SIGALRM with a kill of the test's own mounts.
+
+    A syscall waiting on a FUSE daemon that never answers (or a C loop such as
+    os.listdir over a listing that never ends) does not return to Python, so
+    the SIGALRM handler never runs. Killing the daemon (ours, by PID) aborts
+    the connection: the syscall fails with ENOTCONN, the pending SIGALRM
+    fails the test by name, and the fixtures tear down as usual.
+    """
+    global _watchdog
+    _mounts_of_this_test.clear()
+    if settings.timeout:
+        _watchdog = threading.Timer(settings.timeout + ABORT_GRACE, _kill_mounts, (item.nodeid,))
+        _watchdog.name = f"mount watchdog for {item.nodeid}"
+        _watchdog.daemon = True
+        _watchdog.start()
+    # None: pytest-timeout's own implementation sets its timer too.
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_timeout_cancel_timer(item: pytest.Item) -> None:
+    global _watchdog
+    if _watchdog is not None:
+        _watchdog.cancel()
+        _watchdog = None
+
+
+def _kill_mounts(nodeid: str) -> None:
+    for m in list(_mounts_of_this_test):
+        if m.proc.poll() is None:
+            print(
+                f"\n{nodeid}: still stuck {ABORT_GRACE:.0f}s past its timeout; "
+                f"killing its dockerfs-fuse (pid {m.proc.pid}) to end a syscall "
+                f"waiting on {m.path}; daemon log: {m.log}",
+                file=sys.stderr,
+            )
+            m.proc.send_signal(signal.SIGKILL)
 
 
 # -- the Docker API, asked directly (not through the code under test) ---------------
@@ -147,9 +226,11 @@ Mount = MountProcess
 def start_mount(host: str, mountpoint: Path, *extra: str) -> Mount:
     require_fuse()
     try:
-        return _start_mount(host, mountpoint, *extra)
+        m = _start_mount(host, mountpoint, *extra)
     except MountFailed as exc:
         raise AssertionError(str(exc)) from None
+    _mounts_of_this_test.append(m)
+    return m
 
 
 @pytest.fixture
@@ -174,3 +255,131 @@ def mounted(engine: Engine, mount_factory: Any) -> Mount:
 
 def is_enoent(exc: OSError) -> bool:
     return exc.errno == errno.ENOENT
+
+
+# -- more engines: a Podman service, TLS on TCP, ssh (issue 9) -------------------------
+
+# Imported here, with these fixtures, so that the top of this file stays as it was.
+from dockerfs_fuse.private_engines import PrivatePodman, PrivateSshd, TLSDockerd  # noqa: E402
+
+
+def _start_or_fail(engine: Any, what: str) -> None:
+    try:
+        engine.start()
+        engine.import_busybox()
+    except DockerdError as exc:
+        engine.cleanup()
+        pytest.fail(f"{what}: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def podman_session() -> Iterator[PrivatePodman]:
+    require(os.geteuid() == 0, "the private podman service needs root")
+    require(shutil.which("podman") is not None, "podman missing (Debian podman)")
+    require(shutil.which("docker") is not None, "docker CLI missing (Debian docker.io)")
+    require(shutil.which("busybox") is not None, "busybox missing (Debian busybox-static)")
+    p = PrivatePodman()
+    _start_or_fail(p, "private podman service")
+    try:
+        yield p
+    finally:
+        p.cleanup()
+
+
+@pytest.fixture
+def podman_engine(podman_session: PrivatePodman) -> Iterator[Engine]:
+    """The Podman service as an Engine (it has the same driving interface)."""
+    if podman_session.proc is None or podman_session.proc.poll() is not None:
+        podman_session.start()  # a test stopped it
+    e = Engine(podman_session)  # type: ignore[arg-type]
+    yield e
+    if podman_session.proc is None:
+        podman_session.start()
+    e.remove_started()
+
+
+@pytest.fixture(scope="session")
+def tls_dockerd() -> Iterator[TLSDockerd]:
+    """A second private dockerd, also on a loopback TCP port with --tlsverify."""
+    require(os.geteuid() == 0, "the private dockerd needs root")
+    require(shutil.which("dockerd") is not None, "dockerd missing (Debian docker.io)")
+    require(shutil.which("openssl") is not None, "openssl missing (Debian openssl)")
+    require(shutil.which("busybox") is not None, "busybox missing (Debian busybox-static)")
+    d = TLSDockerd()
+    _start_or_fail(d, "private TLS dockerd")
+    try:
+        yield d
+    finally:
+        d.cleanup()
+
+
+@pytest.fixture
+def tls_engine(tls_dockerd: TLSDockerd) -> Iterator[Engine]:
+    e = Engine(tls_dockerd)
+    yield e
+    e.remove_started()
+
+
+@pytest.fixture(scope="session")
+def sshd_session(dockerd_session: PrivateDockerd) -> Iterator[PrivateSshd]:
+    """sshd on loopback in front of the session's dockerd: its url is ssh://root@127.0.0.1:PORT;
+    a client needs HOME=client_home (its ~/.ssh has the key and knows the host)."""
+    require(
+        shutil.which("sshd", path=os.environ.get("PATH", "") + ":/usr/sbin") is not None,
+        "sshd missing (Debian openssh-server)",
+    )
+    require(shutil.which("ssh-keygen") is not None, "ssh-keygen missing (Debian openssh-client)")
+    s = PrivateSshd(dockerd_session.host)
+    try:
+        s.start()
+    except DockerdError as exc:
+        s.cleanup()
+        pytest.fail(f"private sshd: {exc}", pytrace=False)
+    try:
+        yield s
+    finally:
+        s.cleanup()
+
+
+# -- a private multi-node Swarm (issue 11) -------------------------------------------------
+
+SWARM_NODES = 3
+
+
+@pytest.fixture(scope="session")
+def swarm_session() -> Iterator[Any]:
+    """A real 3-node swarm on this host: node1 manages, node2 and node3 work.
+
+    Each node is a private dockerd in a network namespace of its own (see
+    private_swarm); needs root, docker.io, busybox-static, iproute2 and util-linux.
+    """
+    from dockerfs_fuse.private_swarm import PrivateSwarm
+
+    require(os.geteuid() == 0, "the private swarm needs root")
+    for tool, package in (
+        ("dockerd", "docker.io"),
+        ("busybox", "busybox-static"),
+        ("ip", "iproute2"),
+        ("nsenter", "util-linux"),
+        ("unshare", "util-linux"),
+    ):
+        require(shutil.which(tool) is not None, f"{tool} missing (Debian {package})")
+    swarm = PrivateSwarm(SWARM_NODES)
+    try:
+        swarm.start()
+    except DockerdError as exc:
+        pytest.fail(f"private swarm: {exc}", pytrace=False)
+    print(f"\nprivate swarm of {SWARM_NODES} ready in {swarm.start_seconds:.1f}s at {swarm.base}")
+    try:
+        yield swarm
+    finally:
+        swarm.cleanup()
+        print(f"\nprivate swarm stopped in {swarm.stop_seconds:.1f}s")
+
+
+@pytest.fixture
+def swarm(swarm_session: Any) -> Iterator[Any]:
+    """The session's swarm, put back after each test: no services, every node
+    active, node1 the only manager."""
+    yield swarm_session
+    swarm_session.reset()

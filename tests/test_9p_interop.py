@@ -4,7 +4,7 @@
 - p9fs (fsspec over a Python 3 py9p), in all three dialects;
 - pyroute2.plan9's asyncio client, 9P2000.
 
-Missing clients fail under CI (CI=1/true/yes) and skip elsewhere."""
+Missing clients fail under CI (conftest.IN_CI) and skip elsewhere."""
 
 from __future__ import annotations
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import IN_CI
 from ninep_support import running_shim, shim_log
 from qemu9p import (
     GuestError,
@@ -44,7 +45,6 @@ from qemu9p import (
 pytestmark = pytest.mark.qemu
 
 GUEST_TIMEOUT = 180.0  # TCG boots in ~8 s here; leave room for a loaded CI machine.
-IN_CI = os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
 
 
 def require_guest() -> None:

@@ -65,6 +65,29 @@ def test_size_change_of_a_looked_up_file_is_reported_for_invalidation() -> None:
     assert changes.changed == [status.inode]
 
 
+def test_same_length_change_of_a_looked_up_file_is_reported_too() -> None:
+    t = InodeTable()
+    recorded = copy.deepcopy(RECORDED)
+    recorded[0]["Status"] = "Up 5 minutes"
+    t.set_containers(recorded)
+    cid = recorded[0]["Id"]
+    status, image = walk(t, cid, "Status"), walk(t, cid, "Image")
+    t.remember(status)
+    t.remember(image)
+    changed = copy.deepcopy(recorded)
+    changed[0]["Status"] = "Up 6 minutes"  # same length, other bytes
+    changes = t.set_containers(changed)
+    assert changes.changed == [status.inode]  # and not Image, which did not change
+    assert status.data == b"Up 6 minutes\n"
+    # Not looked up by the kernel: nothing to invalidate.
+    other = recorded[1]["Id"]
+    walk(t, other, "Status")
+    again = copy.deepcopy(changed)
+    again[1]["Status"] = again[1]["Status"] + "!"
+    assert t.set_containers(again).changed == []
+    assert t.set_containers(again).changed == []  # no change, no report
+
+
 def test_vanished_container_is_kept_until_the_kernel_forgets_it() -> None:
     t = InodeTable()
     t.set_containers(RECORDED)
@@ -80,6 +103,47 @@ def test_vanished_container_is_kept_until_the_kernel_forgets_it() -> None:
     assert image.inode not in t  # never looked up by the kernel: dropped at once
     t.forget(gone.inode, 1)
     assert gone.inode in t
+    t.forget(gone.inode, 1)
+    assert gone.inode not in t
+
+
+def test_forget_keeps_what_the_kernel_still_looks_up() -> None:
+    t = InodeTable()
+    t.set_containers(RECORDED)
+    cid = RECORDED[0]["Id"]
+    image, labels = walk(t, cid, "Image"), walk(t, cid, "Labels")
+    for _ in range(3):
+        t.remember(image)
+    t.remember(labels)
+    # Live nodes stay whatever the count: the tree still holds them.
+    t.forget(image.inode, 2)
+    assert image.lookups == 1 and t.get(image.inode) is image
+    t.forget(labels.inode, 1)
+    assert labels.lookups == 0 and t.get(labels.inode) is labels
+    assert walk(t, cid, "Labels").inode == labels.inode
+    # Gone, with one lookup left: kept, and readable through the kernel's reference.
+    t.set_containers(RECORDED[1:])
+    assert t.get(image.inode).gone and t.get(image.inode).data == b"busybox:latest\n"
+    assert labels.inode not in t  # gone with no lookup: dropped at once
+    t.forget(image.inode, 0)
+    assert image.inode in t
+    t.forget(image.inode, 5)  # more than it holds: the count stops at zero
+    assert image.lookups == 0 and image.inode not in t
+    t.forget(image.inode, 1)  # and forgetting it again is harmless
+    t.forget(ROOT_INODE, 1)  # as is forgetting the root, which always stays
+    assert t.get(ROOT_INODE) is t.root
+
+
+def test_forget_of_a_batch_counts_each_entry() -> None:
+    t = InodeTable()
+    t.set_containers(RECORDED)
+    gone_id = RECORDED[0]["Id"]
+    gone = walk(t, gone_id)
+    for _ in range(4):
+        t.remember(gone)
+    t.set_containers(RECORDED[1:])
+    t.forget(gone.inode, 3)  # FORGET carries counts above one (a batch of lookups)
+    assert gone.inode in t and gone.lookups == 1
     t.forget(gone.inode, 1)
     assert gone.inode not in t
 

@@ -11,6 +11,7 @@ import errno
 import os
 import signal
 import stat
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Any
 
 import pytest
 from conftest import Engine, Mount, dockerfs_command, require_fuse, start_mount, stop_mount
+
+from dockerfs_fuse.docker_source import DEFAULT_TIMEOUT
 
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 
@@ -112,23 +115,41 @@ def test_root_lists_running_containers_by_full_id_in_api_order(
     assert all(len(i) == 64 for i in api_ids)
 
 
+def statuses(api: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(c["Id"], c["Status"]) for c in api]
+
+
 def test_every_file_matches_the_api_content_and_size(
     engine: Engine, three: list[str], mounted: Mount
 ) -> None:
-    os.listdir(mounted.path)  # refresh, then ask the API: Status text is per-minute
-    api = {c["Id"]: c for c in engine.containers()}
-    for cid, c in api.items():
-        root = mounted.path / cid
-        got = tree_files(root)
-        want = expected_files(c)
-        assert got == want, cid
-        for rel, data in got.items():
-            st = os.stat(root / rel)
+    # Status text ("Up 3 seconds") changes every second in a container's first
+    # minute, so the API is asked before and after the mount is listed and read,
+    # and the two answers are compared with the mount only when no Status moved
+    # in between: then the listing, made in between, must show exactly that.
+    # (At worst that waits for "Up About a minute", which holds for a minute.)
+    deadline = time.monotonic() + 120
+    while True:
+        before = engine.containers()
+        os.listdir(mounted.path)  # the listing refreshes the tree
+        got = {c["Id"]: tree_files(mounted.path / c["Id"]) for c in before}
+        sizes = {
+            cid: {rel: os.stat(mounted.path / cid / rel) for rel in files}
+            for cid, files in got.items()
+        }
+        after = engine.containers()
+        if statuses(after) == statuses(before):
+            break
+        assert time.monotonic() < deadline, "Status changed during every attempt for 120 s"
+    for c in after:
+        cid = c["Id"]
+        assert got[cid] == expected_files(c), cid
+        for rel, data in got[cid].items():
+            st = sizes[cid][rel]
             assert st.st_size == len(data), rel
             assert stat.S_IMODE(st.st_mode) == 0o444
             assert st.st_mtime == c["Created"] and st.st_ctime == c["Created"]
             assert st.st_uid == os.getuid()
-        for dirpath, _d, _f in os.walk(root):
+        for dirpath, _d, _f in os.walk(mounted.path / cid):
             st = os.stat(dirpath)
             assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o555
 
@@ -216,13 +237,19 @@ def test_listing_in_progress_is_a_consistent_snapshot(engine: Engine, mounted: M
         seen: list[str] = []
         chunk = _getdents(fd, 300)  # about three entries per call
         added: list[str] = []
-        while chunk:
+        # Bounded: a listing that never ends (an offset that does not advance)
+        # fails here, by name, instead of growing `seen` until the timeout.
+        for _ in range(100):
+            if not chunk:
+                break
             seen += chunk
             # Containers come and go between the pieces of one listing.
             if len(added) < 3:
                 added.append(engine.run(IMG, "sleep", "1d"))
                 engine.docker("rm", "-f", first.pop())
             chunk = _getdents(fd, 300)
+        else:
+            raise AssertionError(f"getdents64 still returning entries after 100 calls: {chunk}")
     finally:
         os.close(fd)
     assert len(seen) == len(set(seen)), "an entry was repeated"
@@ -233,6 +260,61 @@ def test_listing_in_progress_is_a_consistent_snapshot(engine: Engine, mounted: M
     # and the next listing sees the new state
     now = set(os.listdir(mounted.path))
     assert set(added) <= now and not (removed_during & now)
+
+
+def _statx_forced(fd: int) -> tuple[int, int]:
+    """(inode, size) of an open file, asked of the daemon (AT_STATX_FORCE_SYNC),
+    not answered from the kernel's attribute cache as fstat would be."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(256)
+    sys_statx = {"x86_64": 332, "aarch64": 291}[os.uname().machine]
+    at_empty_path, at_statx_force_sync, statx_basic_stats = 0x1000, 0x2000, 0x7FF
+    flags = at_empty_path | at_statx_force_sync
+    if libc.syscall(sys_statx, fd, b"", flags, statx_basic_stats, buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    ino, size = struct.unpack_from("<QQ", buf.raw, 32)  # stx_ino, stx_size
+    return int(ino), int(size)
+
+
+def _evict_unused_inodes() -> None:
+    """The kernel drops every unused dentry and inode, and so sends FORGET for ours."""
+    Path("/proc/sys/vm/drop_caches").write_text("2\n")
+
+
+def test_forget_drops_only_what_the_kernel_no_longer_holds(engine: Engine, mounted: Mount) -> None:
+    live = engine.run(IMG, "sleep", "1d")
+    os.listdir(mounted.path)
+    image = mounted.path / live / "Image"
+    image_ino = os.stat(image).st_ino
+    inodes_with_live_only = mounted.stats()["inodes"]
+    gone = engine.run("--name=forgotten", IMG, "sleep", "1d")
+    os.listdir(mounted.path)
+    fd = os.open(mounted.path / gone / "Names" / "0", os.O_RDONLY)
+    try:
+        assert (mounted.path / gone / "Image").read_text() == "busybox:latest\n"
+        engine.docker("rm", "-f", gone)
+        assert gone not in os.listdir(mounted.path)
+        # The kernel forgets what nothing holds (Image, and the live container's
+        # nodes); Names/0 is held open, so the daemon must still answer for it.
+        _evict_unused_inodes()
+        assert _statx_forced(fd) == (os.fstat(fd).st_ino, len(b"/forgotten\n"))
+        assert os.read(fd, 100) == b"/forgotten\n"
+    finally:
+        os.close(fd)
+    # Now nothing holds the removed container: every node of it is let go.
+    _evict_unused_inodes()
+    eventually_inodes = time.monotonic() + 30
+    while mounted.stats()["inodes"] != inodes_with_live_only:
+        assert time.monotonic() < eventually_inodes, (
+            f"{mounted.stats()['inodes']} inodes, not {inodes_with_live_only}, "
+            "after the kernel forgot the removed container"
+        )
+        _evict_unused_inodes()
+        time.sleep(0.1)
+    # and what the kernel forgot of a live container is still there, same number
+    assert image.read_text() == "busybox:latest\n"
+    assert os.stat(image).st_ino == image_ino
 
 
 def test_reads_at_offsets_and_writes_are_refused(
@@ -287,8 +369,11 @@ def test_daemon_that_does_not_answer_gives_eio_not_a_hang(
         with pytest.raises(OSError) as err:
             os.listdir(mounted.path)
         took = time.monotonic() - t0
+        print(f"\nls with dockerd stopped failed with {err.value.strerror} after {took:.2f}s")
         assert err.value.errno == errno.EIO
-        assert took < 8, took
+        # The daemon gives up by itself (after DEFAULT_TIMEOUT); a bound this
+        # generous tells that from a hang without racing a loaded machine.
+        assert took < DEFAULT_TIMEOUT + 30, took
         assert (mounted.path / known / "Image").read_bytes() == image  # cached tree still serves
     finally:
         os.kill(proc.pid, signal.SIGCONT)
@@ -319,7 +404,7 @@ def test_detaches_once_mounted_and_returns_0(engine: Engine, tmp_path: Path) -> 
         assert "unknown command 'bogus'" in (tmp_path / "bg.log").read_text()
     finally:
         subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while os.path.ismount(mp) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not os.path.ismount(mp)

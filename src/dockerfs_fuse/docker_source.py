@@ -21,6 +21,9 @@ import contextlib
 import json
 import logging
 import math
+import os
+import re
+import ssl
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -30,6 +33,8 @@ import aiohttp
 import trio
 
 from .control import Command
+from .endpoints import TLS, Endpoint, EndpointError, default_endpoint, host_endpoint
+from .logstream import Demuxer, LogWriter
 from .tree import Container, all_hex
 
 log = logging.getLogger(__name__)
@@ -38,6 +43,8 @@ T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 4.0
 LOGS_TIMEOUT = 30.0
+# A container's log streams for as long as it takes; only silence is an error.
+LOGS_STALL_TIMEOUT = 30.0
 
 
 class DockerProblem(Exception):
@@ -49,11 +56,11 @@ class DockerUnavailable(DockerProblem):
 
 
 class NotFound(DockerProblem):
-    """HTTP 404: the container (or image) is gone."""
+    """HTTP 404, or being removed: the container (or image) is gone or going."""
 
 
 class Conflict(DockerProblem):
-    """HTTP 409: the request conflicts with the container's state."""
+    """HTTP 409, or a state conflict Docker answers otherwise (unpause: 500)."""
 
 
 class BadRequest(DockerProblem):
@@ -64,6 +71,18 @@ class ApiError(DockerProblem):
     """Any other error status."""
 
 
+# Docker's answers for a container that is being removed (or failed to be:
+# "dead"); to a reader, it is going away. Docker 20.10: 409 from logs, start
+# and rm; 500 from restart ("Cannot restart container ...: " + start's).
+_GOING_AWAY = re.compile(r"marked for removal|removal of container .* is already in progress")
+# Docker's answers that a command does not fit the container's state, not all
+# 409: unpause of a container that is not paused is a 500 in Docker 20.10.
+_STATE_CONFLICT = re.compile(
+    r"is not running|is not paused|is already paused|is paused|is restarting"
+    r"|cannot start a paused container|You cannot remove a \w+ container"
+)
+
+
 def _translate(exc: BaseException) -> DockerProblem:
     if isinstance(exc, DockerProblem):
         return exc
@@ -72,9 +91,13 @@ def _translate(exc: BaseException) -> DockerProblem:
         status = getattr(exc, "status", 0)
         if status == 900:  # aiodocker's code for "could not connect"
             return DockerUnavailable(message)
-        kind: type[DockerProblem] = {404: NotFound, 409: Conflict, 400: BadRequest}.get(
-            status, ApiError
-        )
+        kind: type[DockerProblem]
+        if status == 404 or _GOING_AWAY.search(message):
+            kind = NotFound
+        elif status == 409 or _STATE_CONFLICT.search(message):
+            kind = Conflict
+        else:
+            kind = BadRequest if status == 400 else ApiError
         return kind(message)
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
         return DockerUnavailable("Docker did not answer in time")
@@ -126,13 +149,24 @@ async def _await_future(fut: concurrent.futures.Future[T]) -> T:
 class DockerSource:
     """Container lists and details from one Docker endpoint.
 
-    `host` None means aiodocker's own resolution (DOCKER_HOST, the docker
-    context, then the usual socket paths). `requests` counts API calls by
-    kind, for the benchmark and for tests that check caching.
+    `endpoint` is resolved by `endpoints` (the docker CLI's rules); a string
+    is taken as a `-H` value, and None as "what the docker CLI would use".
+    `requests` counts API calls by kind, for the benchmark and for tests that
+    check caching.
     """
 
-    def __init__(self, host: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.host = host
+    def __init__(
+        self, endpoint: Endpoint | str | None = None, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
+        try:
+            if endpoint is None:
+                endpoint = default_endpoint(os.environ)
+            elif isinstance(endpoint, str):
+                endpoint = host_endpoint(endpoint, os.environ)
+        except EndpointError as exc:
+            raise DockerUnavailable(str(exc)) from None
+        self.target = endpoint
+        self.host = endpoint.url
         self.timeout = timeout
         self.requests: collections.Counter[str] = collections.Counter()
         self._thread: _AsyncioThread | None = None
@@ -145,17 +179,23 @@ class DockerSource:
         self._thread = _AsyncioThread()
         try:
             self._docker = self._thread.submit(self._make_client()).result(self.timeout)
-        except AssertionError:
-            # aiodocker asserts when it finds no endpoint at all
-            raise DockerUnavailable(
-                "no Docker endpoint found (no DOCKER_HOST, docker context or docker.sock); "
-                "is dockerd running? (or pass -H URL)"
-            ) from None
-        except ValueError as exc:
-            raise DockerUnavailable(f"bad Docker endpoint: {exc}") from None
+        except aiodocker.DockerError as exc:
+            # e.g. ssh:// without asyncssh, or with no ~/.ssh/known_hosts
+            raise DockerUnavailable(str(getattr(exc, "message", exc))) from None
+        except (ValueError, ssl.SSLError) as exc:
+            raise DockerUnavailable(f"bad Docker endpoint {self.host}: {exc}") from None
 
     async def _make_client(self) -> aiodocker.Docker:
-        return aiodocker.Docker(url=self.host)
+        """Always an explicit URL: aiodocker's own resolution order is not the CLI's."""
+        target = self.target
+        if target.scheme == "tcp":
+            rest = target.url.removeprefix("tcp://")
+            if target.tls is None:
+                return aiodocker.Docker(url=f"http://{rest}")
+            return aiodocker.Docker(url=f"https://{rest}", ssl_context=_ssl_context(target.tls))
+        if target.scheme == "ssh":
+            _quiet_ssh_logs()
+        return aiodocker.Docker(url=target.url)
 
     def close(self) -> None:
         if self._thread is None:
@@ -170,7 +210,7 @@ class DockerSource:
 
     @property
     def endpoint(self) -> str:
-        return self.host or getattr(self._docker, "_connection_info", "") or "default"
+        return self.host
 
     # -- calls ---------------------------------------------------------------
 
@@ -259,17 +299,58 @@ class DockerSource:
 
         return await self._call("containers/inspect", fetch, None)
 
-    async def logs(self, cid: str) -> bytes:
-        """Everything the container wrote so far, both streams, frame headers removed."""
+    def stream_logs(
+        self, cid: str, out: LogWriter, follow: bool
+    ) -> concurrent.futures.Future[None]:
+        """One request for a container's log, both streams, frame headers removed,
+        written into `out` as it arrives; ends with `out.finish(error or None)`.
 
-        async def fetch(d: aiodocker.Docker) -> bytes:
-            params = {"stdout": "1", "stderr": "1"}
-            async with d._query(f"containers/{cid}/logs", params=params) as resp:
+        Without `follow`, the log so far: no overall deadline, but Docker must
+        start answering, and keep sending, within LOGS_STALL_TIMEOUT. With
+        `follow`, the log so far and then new output until the container
+        stops: a silent container is not an error. The result cancels it.
+        """
+        if self._thread is None or self._docker is None:
+            raise DockerUnavailable("Docker client not started")
+        self.requests["containers/logs"] += 1
+        docker = self._docker
+        params = {"stdout": "1", "stderr": "1"}
+        if follow:
+            params["follow"] = "1"
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=self.timeout,
+            sock_connect=self.timeout,
+            sock_read=None if follow else LOGS_STALL_TIMEOUT,
+        )
+
+        async def produce() -> None:
+            async with docker._query(
+                f"containers/{cid}/logs", params=params, timeout=timeout
+            ) as resp:
                 demux = Demuxer(resp.headers.get("Content-Type", ""))
-                return demux.feed(await resp.read()) + demux.flush()
+                async for chunk in resp.content.iter_any():
+                    out.write(demux.feed(chunk))
+                out.write(demux.flush())
 
-        # A chatty container's log is large: a longer, still bounded, deadline.
-        return await self._call("containers/logs", fetch, LOGS_TIMEOUT)
+        async def run() -> None:
+            try:
+                await produce()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                out.finish(_translate(exc))
+            else:
+                out.finish(None)
+            finally:
+                out.close()
+
+        future = self._thread.submit(run())
+        # Cancelled before it ever ran, run() cannot close `out`: do it on the
+        # loop's thread, where it cannot race a write.
+        loop = self._thread.loop
+        future.add_done_callback(lambda _: _call_soon(loop, out.close))
+        return future
 
     async def control(self, cid: str, command: Command) -> None:
         """Run a ctl command; returns once Docker has done it.
@@ -337,25 +418,6 @@ class DockerSource:
         out.future = self._thread.submit(run())
         return out
 
-    def follow_logs(self, cid: str) -> Stream:
-        """Logs so far, then new output until the container stops (bytes items)."""
-
-        async def produce(d: aiodocker.Docker, emit: Callable[[Any], None]) -> None:
-            params = {"stdout": "1", "stderr": "1", "follow": "1"}
-            async with d._query(
-                f"containers/{cid}/logs", params=params, timeout=_stream_timeout(self.timeout)
-            ) as resp:
-                demux = Demuxer(resp.headers.get("Content-Type", ""))
-                async for chunk in resp.content.iter_any():
-                    data = demux.feed(chunk)
-                    if data:
-                        emit(data)
-                tail = demux.flush()
-                if tail:
-                    emit(tail)
-
-        return self.stream("containers/logs", produce)
-
     def events(self) -> Stream:
         """Docker's container events, as decoded JSON objects, until the stream drops."""
 
@@ -369,6 +431,41 @@ class DockerSource:
                         emit(json.loads(line))
 
         return self.stream("events", produce)
+
+
+def _ssl_context(tls: TLS) -> ssl.SSLContext:
+    """TLS as the docker CLI sets it up: the given CA (else the system's), the
+    client key pair when there is one, and no checks at all when told not to verify."""
+    ctx = ssl.create_default_context(cafile=tls.ca)
+    if not tls.verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if tls.cert and tls.key:
+        ctx.load_cert_chain(tls.cert, tls.key)
+    return ctx
+
+
+class _OnlyWhenDebugging(logging.Filter):
+    """aiodocker's ssh connector logs each failure that it also raises; the
+    raised one is reported here once, so its own line is kept for -d."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+def _quiet_ssh_logs() -> None:
+    """asyncssh logs every connection and channel at INFO; a channel is opened
+    per HTTP connection, so only -d shows those."""
+    ssh_log = logging.getLogger("aiodocker.ssh")
+    if not any(isinstance(f, _OnlyWhenDebugging) for f in ssh_log.filters):
+        ssh_log.addFilter(_OnlyWhenDebugging())
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        logging.getLogger("asyncssh").setLevel(logging.WARNING)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop is closed: we are exiting
+        loop.call_soon_threadsafe(fn)
 
 
 def _stream_timeout(connect: float) -> aiohttp.ClientTimeout:
@@ -421,51 +518,3 @@ class Stream:
 
 class TooSlow(Exception):
     """No item arrived within the time asked for."""
-
-
-class Demuxer:
-    """Docker's log stream framing, removed.
-
-    A non-TTY container's log stream is a sequence of frames, each an 8-byte
-    header (stream type, three zero bytes, big-endian length) and a payload.
-    A TTY container's stream is raw. Older engines do not say which in the
-    Content-Type, so the first header is recognised by its shape.
-    """
-
-    def __init__(self, content_type: str = "") -> None:
-        self._buf = bytearray()
-        self._raw: bool | None = None
-        if "raw-stream" in content_type:
-            self._raw = True
-        elif "multiplexed-stream" in content_type:
-            self._raw = False
-
-    def feed(self, data: bytes) -> bytes:
-        if self._raw:
-            return bytes(data)
-        self._buf += data
-        if self._raw is None:
-            if len(self._buf) < 8:
-                return b""
-            head = self._buf[:8]
-            self._raw = not (head[0] in (0, 1, 2) and head[1:4] == b"\0\0\0")
-            if self._raw:
-                whole = bytes(self._buf)
-                self._buf.clear()
-                return whole
-        out = bytearray()
-        while len(self._buf) >= 8:
-            length = int.from_bytes(self._buf[4:8], "big")
-            if len(self._buf) < 8 + length:
-                break
-            out += self._buf[8 : 8 + length]
-            del self._buf[: 8 + length]
-        return bytes(out)
-
-    def flush(self) -> bytes:
-        """Whatever is left at the end: a short raw stream, or a truncated frame."""
-        rest = bytes(self._buf)
-        self._buf.clear()
-        if self._raw is None or self._raw:
-            return rest
-        return rest[8:] if len(rest) > 8 else b""

@@ -25,11 +25,11 @@ from .tree import (
     Container,
     Spec,
     Special,
-    all_hex,
     container_id,
     container_spec,
     created_seconds,
     escape_name,
+    resolve_name,
 )
 
 ROOT_INODE = 1
@@ -74,8 +74,10 @@ class Changes:
     """What a refresh changed that the kernel may have cached.
 
     `removed` holds (parent inode, name, inode) of entries the kernel has
-    looked up and must drop; `changed` holds looked-up inodes whose
-    attributes (size) changed.
+    looked up and must drop; `changed` holds looked-up inodes whose content
+    changed, whatever its length: "Up 5 minutes" becoming "Up 6 minutes" keeps
+    the size, but a kernel that caches pages must still drop the old ones. A
+    directory's content is its listing, which the kernel may cache too.
     """
 
     removed: list[tuple[int, str, int]] = field(default_factory=list)
@@ -122,36 +124,36 @@ class InodeTable:
         assert node.children is not None
         return node.children
 
-    def alias(self, name: str) -> Node | None:
+    def alias(self, name: str, *, by_prefix: bool = True) -> Node | None:
         """A symlink to the container a name or unambiguous ID prefix means.
 
-        Docker's own order: a container name (the API spells names with a
-        leading "/"), then an ID prefix of at least 4 hex digits that matches
-        exactly one container. Ambiguous or unknown: None.
+        Resolved as Docker does (tree.resolve_name) among the containers the
+        table holds. Ambiguous or unknown: None. `by_prefix=False` when the
+        table holds only some containers (no -a): a prefix unique among the
+        running ones may still be ambiguous to Docker, so the caller asks
+        Docker and records its answer with `link`.
         """
         node = self._aliases.get(name)
         if node is not None:
             return node
-        target = self._resolve(name)
-        if target is None:
+        return self._link(name, self._resolve(name, by_prefix))
+
+    def link(self, name: str, cid: str) -> Node | None:
+        """An alias to a listed container that Docker itself resolved `name` to."""
+        return self._aliases.get(name) or self._link(name, cid)
+
+    def _link(self, name: str, cid: str) -> Node | None:
+        target = (self.root.children or {}).get(escape_name(cid)) if cid else None
+        if target is None or target.gone:
             return None
         node = self._new_node(self.root, name, Kind.LINK, target.mtime_ns)
         node.data = target.name.encode()
         self._aliases[name] = node
         return node
 
-    def _resolve(self, name: str) -> Node | None:
-        containers = self.root.children or {}
-        slashed = "/" + name
-        for node in containers.values():
-            names = (node.raw or {}).get("Names") or ()
-            if slashed in names:
-                return node
-        if len(name) >= 4 and all_hex(name):
-            matches = [node for cid, node in containers.items() if cid.startswith(name)]
-            if len(matches) == 1:
-                return matches[0]
-        return None
+    def _resolve(self, name: str, by_prefix: bool) -> str:
+        containers = (node.raw for node in (self.root.children or {}).values() if node.raw)
+        return resolve_name(name, containers, prefixes=by_prefix)
 
     def _drop_aliases(self, changes: Changes) -> None:
         """Names can move to other containers: aliases live until the next change."""
@@ -266,13 +268,15 @@ class InodeTable:
             elif isinstance(value, Special):
                 child.special = value
             elif child.data != value:
-                if child.lookups and len(child.data) != len(value):
+                if child.lookups:
                     changes.changed.append(child.inode)
                 child.data = value
             new[name] = child
         for name, child in old.items():
             if name not in new:
                 self._drop(dirnode, child, changes)
+        if dirnode.lookups and list(new) != list(old):
+            changes.changed.append(dirnode.inode)
         dirnode.children = new
         dirnode.subdirs = subdirs
 

@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 
+from . import kernel_cache
 from .docker_source import DockerProblem, DockerSource
+from .endpoints import Endpoint
 from .ninep.child import Shim, ShimFailed
 from .operations import MAX_WORKERS, DockerFS
 
@@ -41,7 +43,8 @@ class MountError(Exception):
 @dataclass
 class MountConfig:
     mountpoint: str
-    host: str | None = None
+    # None: the engine the docker CLI would use (see endpoints).
+    endpoint: Endpoint | None = None
     foreground: bool = False
     debug: bool = False
     fuse_options: list[str] = field(default_factory=list)
@@ -74,16 +77,22 @@ def fuse_options(config: MountConfig) -> set[str]:
 def prepare(config: MountConfig) -> tuple[DockerSource, DockerFS]:
     """Everything that can fail with a clear message, before mounting."""
     check_mountpoint(config.mountpoint)
-    source = DockerSource(config.host)
+    try:
+        source = DockerSource(config.endpoint)
+    except DockerProblem as exc:
+        raise MountError(str(exc)) from None
     try:
         source.start()
         version = source.ping()
     except (DockerProblem, OSError, ValueError) as exc:
         source.close()
-        where = config.host or os.environ.get("DOCKER_HOST") or "the default Docker socket"
-        raise MountError(f"cannot reach Docker at {where}: {exc}") from None
+        # One line, whatever the engine put in its message (dockerd ends some with "\n").
+        detail = " ".join(str(exc).split())
+        raise MountError(f"cannot reach Docker at {source.endpoint}: {detail}") from None
     log.info("Docker %s at %s", version, source.endpoint)
-    return source, DockerFS(source, show_all=config.show_all)
+    caching = kernel_cache.detect()
+    log.info("kernel caching of listings and pages %s", caching.why)
+    return source, DockerFS(source, show_all=config.show_all, kernel_cache=caching.enabled)
 
 
 # Told once the mount serves (None) or could not be made whole (a message).

@@ -36,11 +36,10 @@ from .docker_source import (
     DockerProblem,
     DockerSource,
     NotFound,
-    Stream,
-    TooSlow,
 )
 from .inodes import ROOT_INODE, Changes, InodeTable, Kind, Node
-from .tree import Container, Special
+from .logstream import LogSpool, LogSpools, TooManyLogs
+from .tree import NAME_MAX, Container, Special, container_id, escape_name, resolve_name
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +50,34 @@ R = TypeVar("R")
 # are pushed to the kernel as invalidations, so these bound staleness only
 # for changes nobody has asked us about yet.
 ATTR_TIMEOUT = 10.0  # for entries and attributes alike
+# With kernel caching (kernel_cache.py) listings are cached too, so entries
+# must outlive a walk: every change is invalidated, this only bounds a lost one.
+KERNEL_CACHE_TIMEOUT = 3600.0
 # While Docker's event stream is down nothing tells us of changes: trust less.
 FALLBACK_TIMEOUT = 1.0
+# Retries of a dropped event stream: 0.5 s doubling to this. Only an engine
+# that does not answer its list makes the wait grow (a refused connect is
+# cheap), and until the reconnect lists it again the tree shows containers as
+# they were before Docker went away: keep that short.
+RECONNECT_MAX = 1.0
 # Names and prefixes can move to another container.
 ALIAS_TIMEOUT = 1.0
 # A lookup miss of a name asks Docker at most this often.
 MISS_REFRESH_INTERVAL = 1.0
 # When to re-read a container after its events (seconds after, cumulative).
 EVENT_REREAD_DELAYS = (0.05, 0.4)
-# pyfuse3 serves at most MAX_WORKERS requests at once; blocked logs.follow
-# reads may hold at most MAX_FOLLOWERS of them (ENFILE beyond).
+# pyfuse3 serves at most MAX_WORKERS requests at once. A logs.follow read can
+# block for as long as its container is silent, holding one: opens of
+# logs.follow get at most MAX_FOLLOWERS of them (ENFILE beyond), one process at
+# most MAX_FOLLOWERS_PER_PROCESS (EMFILE beyond), and each open one blocked
+# read at a time (EAGAIN for another), so the rest of the mount is always served.
 MAX_WORKERS = 512
 MAX_FOLLOWERS = 256
-# How often a blocked logs.follow read checks whether its reader was signalled.
+MAX_FOLLOWERS_PER_PROCESS = 64
+# Containers whose logs may be open at once: each holds one of aiohttp's 100
+# connections to Docker while its log loads or grows (ENFILE beyond).
+MAX_LOG_SPOOLS = 64
+# How often a blocked logs or logs.follow read checks whether its reader was signalled.
 FOLLOW_POLL = 0.2
 # Event actions that change what a container's directory shows.
 _EVENT_ACTIONS = frozenset(
@@ -86,6 +100,9 @@ _EVENT_ACTIONS = frozenset(
 STATS_XATTR = b"user.dockerfs.stats"
 # readdir offsets start above 2: NFS re-exports treat 1 and 2 specially.
 _OFFSET_BASE = 3
+# Kernel caching: a listing's offsets carry its snapshot number above this bit.
+_SNAPSHOT_SHIFT = 32
+_SNAPSHOTS_KEPT = 256
 
 
 def errno_for(exc: BaseException) -> int:
@@ -136,6 +153,8 @@ class _FileHandle:
     """File contents frozen at open: every read of one open sees one version."""
 
     data: bytes
+    # Kernel caching: the node, whose data may since have moved on (see read).
+    node: Node | None = None
 
 
 @dataclass(slots=True)
@@ -144,16 +163,48 @@ class _CtlHandle:
 
 
 @dataclass(slots=True)
-class _FollowHandle:
-    """A live log stream; reads block like a pipe's until output or the end."""
+class _LogHandle:
+    """An open `logs` (read at the kernel's offsets, ends where the log so far
+    ends) or `logs.follow` (read in order, blocks like a pipe until the
+    container stops), both over the container's shared spool."""
 
-    stream: Stream
+    spool: LogSpool
+    follow: bool
     opener_pid: int
-    pending: bytearray
-    ended: bool = False
+    opener: int  # the opening process (thread group), for the per-process cap
+    pos: int = 0
+    eofs: int = 0
+    waiting: bool = False
+    closed: bool = False
 
 
-_Handle = _DirHandle | _FileHandle | _CtlHandle | _FollowHandle
+_Handle = _DirHandle | _FileHandle | _CtlHandle | _LogHandle
+
+
+class _Followers:
+    """Open logs.follow handles, counted in total and per process."""
+
+    def __init__(self, total: int, per_process: int) -> None:
+        self.total = total
+        self.per_process = per_process
+        self.by_process: dict[int, int] = {}
+        self.count = 0
+
+    def take(self, process: int) -> None:
+        if self.count >= self.total:
+            raise _fail(errno.ENFILE)
+        if self.by_process.get(process, 0) >= self.per_process:
+            raise _fail(errno.EMFILE)
+        self.count += 1
+        self.by_process[process] = self.by_process.get(process, 0) + 1
+
+    def give_back(self, process: int) -> None:
+        self.count -= 1
+        left = self.by_process.get(process, 0) - 1
+        if left > 0:
+            self.by_process[process] = left
+        else:
+            self.by_process.pop(process, None)
 
 
 class _Shared:
@@ -197,10 +248,17 @@ class _Refresher:
 class DockerFS(pyfuse3.Operations):
     """The containers of one Docker engine as a read-only tree."""
 
-    def __init__(self, source: DockerSource, *, show_all: bool = False) -> None:
+    def __init__(
+        self, source: DockerSource, *, show_all: bool = False, kernel_cache: bool = False
+    ) -> None:
         super().__init__()
         self.source = source
         self.show_all = show_all
+        # The pyfuse3 patch (kernel_cache.py): the kernel opens directories
+        # itself and caches listings and core files' pages; readdir gets the inode.
+        self.kernel_cache = self.pass_inode = kernel_cache
+        self.keep_pages = False  # while Docker's event stream is up
+        self._listings: dict[tuple[int, int], list[tuple[str, int]]] = {}
         self.table = InodeTable(root_mtime_ns=time.time_ns())
         self.uid = os.getuid()
         self.gid = os.getgid()
@@ -213,7 +271,9 @@ class DockerFS(pyfuse3.Operations):
         self._event_seq = 0
         self._last_event: dict[str, int] = {}
         self._reread_send, self._reread_recv = trio.open_memory_channel[str](math.inf)
-        self.followers = 0
+        self.followers = _Followers(MAX_FOLLOWERS, MAX_FOLLOWERS_PER_PROCESS)
+        self.logs = LogSpools(self.source.stream_logs, self._may_be_running, MAX_LOG_SPOOLS)
+        self.waiting_reads = 0
         self._next_fh = 1
         self._refresher = _Refresher(self._fetch)
         self._inval_send, self._inval_recv = trio.open_memory_channel[Changes](1000)
@@ -267,13 +327,11 @@ class DockerFS(pyfuse3.Operations):
                     pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)
                 except Exception as exc:
                     log.debug("invalidate_entry_async(%d, %s): %s", parent, name, exc)
-            for inode in changes.changed:
-                try:
-                    await trio.to_thread.run_sync(pyfuse3.invalidate_inode, inode, True)
-                except OSError as exc:
-                    # ENOENT: the kernel already dropped the inode; nothing to do.
-                    if exc.errno != errno.ENOENT:
-                        log.debug("invalidate_inode(%d): %s", inode, exc)
+            if changes.changed:
+                # Cached pages and listings go too (kernel caching), not only attributes.
+                await trio.to_thread.run_sync(
+                    _invalidate_inodes, changes.changed, not self.kernel_cache
+                )
 
     # -- Docker's event stream ----------------------------------------------------
 
@@ -284,7 +342,8 @@ class DockerFS(pyfuse3.Operations):
         invalidations, so `cat <id>/State` follows Docker without a listing
         of the root. When the stream drops: log once, shorten the kernel's
         attribute timeouts, and reconnect with backoff; on reconnect, list
-        everything once to catch what was missed.
+        everything once to catch what was missed (what changed while Docker
+        was down sent no event we could see).
         """
         backoff = 0.5
         down = False
@@ -297,7 +356,8 @@ class DockerFS(pyfuse3.Operations):
                     if down:
                         log.info("Docker event stream reconnected")
                     down, backoff = False, 0.5
-                    self.attr_timeout = ATTR_TIMEOUT
+                    self.attr_timeout = KERNEL_CACHE_TIMEOUT if self.kernel_cache else ATTR_TIMEOUT
+                    self.keep_pages = self.kernel_cache
                     async for event in stream:
                         self._on_event(event)
                     problem = "ended"
@@ -309,11 +369,12 @@ class DockerFS(pyfuse3.Operations):
                 finally:
                     stream.close()
                 self.attr_timeout = FALLBACK_TIMEOUT
+                self.keep_pages = False
                 if not down:
                     log.warning("Docker event stream %s; retrying, caching less meanwhile", problem)
                     down = True
                 await trio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+                backoff = min(backoff * 2, RECONNECT_MAX)
 
     def _on_event(self, event: dict[str, Any]) -> None:
         action = str(event.get("Action") or event.get("status") or "").split(":")[0]
@@ -327,6 +388,8 @@ class DockerFS(pyfuse3.Operations):
             self._last_event = {cid: self._event_seq}
         if action == "destroy":
             self._apply(self.table.remove_container(cid))
+        elif action == "start":
+            self.logs.container_started(cid)
         self._schedule_reread(cid)
 
     def _schedule_reread(self, cid: str) -> None:
@@ -372,6 +435,8 @@ class DockerFS(pyfuse3.Operations):
         a.st_ino = pyfuse3.InodeT(node.inode)
         a.generation = 0
         a.entry_timeout = a.attr_timeout = self.attr_timeout
+        if node.inode == ROOT_INODE:
+            a.attr_timeout = min(self.attr_timeout, ATTR_TIMEOUT)
         if node.kind is Kind.DIR:
             a.st_mode = pyfuse3.ModeT(stat.S_IFDIR | 0o555)
         elif node.kind is Kind.LINK:
@@ -386,6 +451,10 @@ class DockerFS(pyfuse3.Operations):
         a.st_gid = self.gid
         a.st_rdev = 0
         a.st_size = len(node.data) if node.kind is not Kind.DIR else 0
+        if node.special is Special.LOGS and node.parent is not None:
+            # `tail -f` follows by polling this size: never let the kernel cache it.
+            a.st_size = self.logs.polled_size(node.parent.name)
+            a.attr_timeout = 0
         a.st_blksize = 4096
         a.st_blocks = (a.st_size + 511) // 512
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = node.mtime_ns
@@ -401,13 +470,17 @@ class DockerFS(pyfuse3.Operations):
         node = self.table.lookup(parent, name)
         if node is not None or parent.inode != ROOT_INODE:
             return node
-        node = self.table.alias(name)
+        # Without -a the table holds running containers only, and a prefix
+        # unique among them may be shared with a stopped one: Docker would
+        # refuse it, so only Docker's answer (below) may resolve a prefix.
+        node = self.table.alias(name, by_prefix=self.show_all)
         if node is not None or not _could_name_a_container(name):
             return node
-        # A container started since the last listing or event: ask Docker
-        # with one filtered request. The same missing name asks at most once
-        # per interval, so a probe loop (shells, editors) cannot become a
-        # request loop; if Docker cannot answer, a miss is just a miss.
+        # A container started since the last listing or event, or a prefix:
+        # ask Docker with filtered requests over all containers (no full
+        # listing). The same missing name asks at most once per interval, so
+        # a probe loop (shells, editors) cannot become a request loop; if
+        # Docker cannot answer, a miss is just a miss.
         now = time.monotonic()
         if now - self._misses.get(name, -math.inf) < MISS_REFRESH_INTERVAL:
             return None
@@ -415,13 +488,30 @@ class DockerFS(pyfuse3.Operations):
             self._misses.clear()
         self._misses[name] = now
         try:
-            found = await self.source.find(name, all=self.show_all)
+            node = await self._ask_docker(parent, name)
         except DockerProblem as exc:
             log.debug("lookup of %s: %s", name, exc)
             return None
-        for c in found:
+        if node is not None:
+            self._misses.pop(name, None)
+        return node
+
+    async def _ask_docker(self, parent: Node, name: str) -> Node | None:
+        """Resolve a name as Docker would, against all containers; None if
+        unknown, ambiguous, or a container this mount does not list."""
+        found = await self.source.find(name, all=True)
+        cid = resolve_name(name, found)
+        if not cid:
+            return None
+        if self.show_all:
+            self._apply(self.table.upsert_container(_entry(found, cid)))
+        elif escape_name(cid) not in self.table.children(self.table.root):
+            # Without -a, a container is listed only if Docker lists it so.
+            c = await self.source.list_one(cid)
+            if c is None:
+                return None
             self._apply(self.table.upsert_container(c))
-        return self.table.lookup(parent, name) or self.table.alias(name)
+        return self.table.lookup(parent, name) or self.table.link(name, cid)
 
     # -- requests ---------------------------------------------------------------------
 
@@ -465,6 +555,10 @@ class DockerFS(pyfuse3.Operations):
     async def opendir(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileHandleT:
+        if self.kernel_cache:
+            # The kernel then stops sending OPENDIR and RELEASEDIR and caches
+            # every listing; readdir gets the inode (see _list_for_kernel).
+            raise _fail(errno.ENOSYS)
         node = self._node(inode)
         if not node.is_dir:
             raise _fail(errno.ENOTDIR)
@@ -476,8 +570,14 @@ class DockerFS(pyfuse3.Operations):
 
     @_guard
     async def readdir(
-        self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken
+        self,
+        fh: pyfuse3.FileHandleT,
+        start_id: int,
+        token: pyfuse3.ReaddirToken,
+        inode: pyfuse3.InodeT | None = None,
     ) -> None:
+        if inode is not None:
+            return await self._list_for_kernel(inode, start_id, token)
         handle = self._handles.get(fh)
         if not isinstance(handle, _DirHandle):
             raise _fail(errno.EBADF)
@@ -489,11 +589,71 @@ class DockerFS(pyfuse3.Operations):
             node = self.table.get(inode)
             if node.gone:
                 continue
-            if not pyfuse3.readdir_reply(
-                token, os.fsencode(name), self._attrs(node), index + _OFFSET_BASE
-            ):
+            try:
+                encoded = os.fsencode(name)
+                if len(encoded) > NAME_MAX:
+                    raise ValueError(f"name of {len(encoded)} bytes")
+                attrs = self._attrs(node)
+            except Exception as exc:
+                # One bad entry must not make its directory unlistable (the
+                # tree never makes such a name; this is the last line).
+                log.error("readdir: left out %r: %s", name[:80], exc)
+                continue
+            if not pyfuse3.readdir_reply(token, encoded, attrs, index + _OFFSET_BASE):
                 return
             self.table.remember(node)
+
+    async def _list_for_kernel(
+        self, inode: pyfuse3.InodeT, start_id: int, token: pyfuse3.ReaddirToken
+    ) -> None:
+        """readdir with kernel caching: no directory handles, the kernel keeps what we list.
+
+        A listing is a snapshot of the directory's entries, numbered by their
+        hash: the number rides in the upper bits of every offset, so the later
+        pages of one listing are served from the same snapshot without a
+        handle, and an unchanged directory always gets the same offsets.
+        Reading the root from its start still asks Docker (the contract); its
+        mtime then moves on and its cached attributes are dropped, so the
+        kernel's auto_inval_data drops the cached root listing at the next
+        read: every `ls` asks Docker exactly once.
+        """
+        node = self._node(inode)
+        if not node.is_dir:
+            raise _fail(errno.ENOTDIR)
+        if start_id == 0:
+            if inode == ROOT_INODE:
+                await self.refresh()
+                root = self.table.root
+                root.mtime_ns = max(time.time_ns(), root.mtime_ns + 1)
+                # Here, not in a worker thread: a thread hop is slower than this
+                # write to /dev/fuse, which waits for nothing of ours (no
+                # writeback cache), and it must be done before we reply.
+                _invalidate_inodes([ROOT_INODE], False)
+            entries = [(name, child.inode) for name, child in self.table.children(node).items()]
+            snapshot = hash(tuple(entries)) & 0x7FFF_FFFF
+            self._listings.pop((inode, snapshot), None)
+            self._listings[inode, snapshot] = entries
+            if len(self._listings) > _SNAPSHOTS_KEPT:
+                del self._listings[next(iter(self._listings))]
+            start = 0
+        else:
+            snapshot, pos = divmod(start_id, 1 << _SNAPSHOT_SHIFT)
+            start = pos - _OFFSET_BASE + 1
+            found = self._listings.get((inode, snapshot))
+            if found is None:  # long forgotten: the directory as it is now
+                found = [(name, child.inode) for name, child in self.table.children(node).items()]
+            entries = found
+        base = snapshot << _SNAPSHOT_SHIFT
+        for index in range(start, len(entries)):
+            name, child_inode = entries[index]
+            child = self.table.get(child_inode) if child_inode in self.table else None
+            if child is None or child.gone:
+                continue  # vanished since the listing began
+            if not pyfuse3.readdir_reply(
+                token, os.fsencode(name), self._attrs(child), base + index + _OFFSET_BASE
+            ):
+                return
+            self.table.remember(child)
 
     @_guard
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
@@ -516,15 +676,13 @@ class DockerFS(pyfuse3.Operations):
             raise _fail(errno.EACCES)
         if node.special is None:
             data = node.data
-        elif node.special is Special.FOLLOW:
-            # Each blocked read holds one of pyfuse3's workers: keep enough free.
-            if self.followers >= MAX_FOLLOWERS:
-                raise _fail(errno.ENFILE)
-            stream = self.source.follow_logs(self._container_of(node))
-            self.followers += 1
-            handle = _FollowHandle(stream, ctx.pid, bytearray())
-            fh = self._new_handle(handle)
-            return pyfuse3.FileInfo(fh=fh, direct_io=True, nonseekable=True)
+            if self.kernel_cache:
+                # Pages stay cached between opens; every change of the content
+                # invalidates them (run_invalidator), so they are never stale.
+                fh = self._new_handle(_FileHandle(data, node))
+                return pyfuse3.FileInfo(fh=fh, keep_cache=self.keep_pages)
+        elif node.special in (Special.LOGS, Special.FOLLOW):
+            return self._open_log(node, ctx.pid)
         else:
             data = await self._render(node)
         # Direct I/O: the kernel neither caches pages nor clips reads at a
@@ -532,6 +690,34 @@ class DockerFS(pyfuse3.Operations):
         # (Status, say) changed length since the kernel last saw its size.
         fh = self._new_handle(_FileHandle(data))
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+
+    def _open_log(self, node: Node, pid: int) -> pyfuse3.FileInfo:
+        cid = self._container_of(node)
+        follow = node.special is Special.FOLLOW
+        opener = _process_of(pid)
+        if follow:
+            self.followers.take(opener)
+        try:
+            spool = self.logs.open(cid)
+        except BaseException as exc:
+            if follow:
+                self.followers.give_back(opener)
+            if isinstance(exc, TooManyLogs):
+                log.warning("open %s/%s: %s", cid[:12], node.name, exc)
+                raise _fail(errno.ENFILE) from None
+            raise
+        if follow:
+            spool.want_more()
+        fh = self._new_handle(_LogHandle(spool, follow, pid, opener))
+        # Direct I/O: reads are never clipped at a size the kernel cached.
+        return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False, nonseekable=follow)
+
+    def _may_be_running(self, cid: str) -> bool:
+        """Whether following the log may bring more (unknown counts as yes)."""
+        root = self.table.get(ROOT_INODE)
+        node = self.table.lookup(root, cid)
+        state = (node.raw or {}).get("State") if node is not None else None
+        return state not in ("created", "exited", "dead", "removing")
 
     def _container_of(self, node: Node) -> str:
         while node.parent is not None and node.parent.inode != ROOT_INODE:
@@ -543,45 +729,70 @@ class DockerFS(pyfuse3.Operations):
     async def _render(self, node: Node) -> bytes:
         """One API call per open, never per read (lxcfs's model)."""
         cid = self._container_of(node)
-        if node.special is Special.LOGS:
-            return await self.source.logs(cid)
         if node.special is Special.INSPECT:
             info = await self.source.inspect(cid)
             return (json.dumps(info, indent=4, ensure_ascii=False) + "\n").encode()
         raise _fail(errno.EIO)
 
     @_guard
-    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
+    async def read(
+        self, fh: pyfuse3.FileHandleT, off: int, size: int, inode: pyfuse3.InodeT | None = None
+    ) -> bytes:
+        # Every open has a handle here; `inode` comes with kernel caching (pass_inode).
         handle = self._handles.get(fh)
         if isinstance(handle, _FileHandle):
+            if handle.node is not None and handle.data is not handle.node.data:
+                # An open from before a change reads its own version, and the
+                # kernel keeps the pages this read fills for every later open:
+                # drop them again. The invalidator runs after this reply is sent.
+                self._apply(Changes(changed=[handle.node.inode]))
             return handle.data[off : off + size]
-        if isinstance(handle, _FollowHandle):
-            return await self._read_follow(handle, size)
+        if isinstance(handle, _LogHandle):
+            if not handle.follow:
+                return await self._read_log(handle, off, size)
+            data = await self._read_log(handle, handle.pos, size)
+            handle.pos += len(data)
+            return data
         raise _fail(errno.EBADF)
 
-    async def _read_follow(self, h: _FollowHandle, size: int) -> bytes:
-        while not h.pending and not h.ended:
+    async def _read_log(self, h: _LogHandle, off: int, size: int) -> bytes:
+        """What the spool holds at `off`; at its end, EOF or wait for more."""
+        spool = h.spool
+        while True:
+            if h.closed or spool.closed:
+                raise _fail(errno.EBADF)
+            if off < spool.size:
+                return spool.read(off, size)
+            if spool.at_eof(h.follow):
+                # Reading at the end again is how `less +F` follows.
+                h.eofs += 1
+                if h.eofs > 1:
+                    spool.want_more()
+                return b""
+            if h.follow and h.waiting:
+                raise _fail(errno.EAGAIN)  # see MAX_FOLLOWERS
+            h.waiting = True
+            self.waiting_reads += 1
             try:
-                item = await h.stream.get(timeout=FOLLOW_POLL)
-            except TooSlow:
-                # pyfuse3 cannot see the kernel's INTERRUPT, and a reader killed
-                # by a signal waits until we answer: look for the signal ourselves.
-                if _signal_pending(h.opener_pid):
-                    raise _fail(errno.EINTR) from None
-                continue
-            if item is None:
-                h.ended = True
-            else:
-                h.pending += item
-        out = bytes(h.pending[:size])
-        del h.pending[:size]
-        return out
+                with trio.move_on_after(FOLLOW_POLL) as waited:
+                    await spool.changed()
+            finally:
+                h.waiting = False
+                self.waiting_reads -= 1
+            # pyfuse3 cannot see the kernel's INTERRUPT, and a reader killed
+            # by a signal waits until we answer: look for the signal ourselves.
+            if waited.cancelled_caught and _signal_pending(h.opener_pid):
+                raise _fail(errno.EINTR)
 
     @_guard
     async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
         handle = self._handles.get(fh)
         if not isinstance(handle, _CtlHandle):
             raise _fail(errno.EBADF)
+        if off != 0:
+            # The rest of a write the kernel split, or a second write on one
+            # descriptor: never a whole command, so never run.
+            raise BadCommand(f"one command per open and write, at offset 0 (not {off})")
         command = parse_command(buf)
         log.info("ctl %s: %s %s", handle.cid[:12], command.action, command.params or "")
         await self.source.control(handle.cid, command)
@@ -594,9 +805,12 @@ class DockerFS(pyfuse3.Operations):
     @_guard
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
         handle = self._handles.pop(fh, None)
-        if isinstance(handle, _FollowHandle):
-            handle.stream.close()
-            self.followers -= 1
+        if isinstance(handle, _LogHandle):
+            # A read may still wait on this handle (its reader was killed): it ends now.
+            handle.closed = True
+            self.logs.release(handle.spool)
+            if handle.follow:
+                self.followers.give_back(handle.opener)
 
     @_guard
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -735,7 +949,16 @@ class DockerFS(pyfuse3.Operations):
 
     def stats(self) -> dict[str, Any]:
         """Counters for the benchmark and the tests: Docker requests by kind, table size."""
-        return {"requests": dict(self.source.requests), "inodes": len(self.table)}
+        return {
+            "requests": dict(self.source.requests),
+            "inodes": len(self.table),
+            "kernel_cache": self.kernel_cache,
+            "logs": {
+                "spools": len(self.logs),
+                "followers": self.followers.count,
+                "waiting_reads": self.waiting_reads,
+            },
+        }
 
 
 # Signals whose default action does not end the process: a reader that gets
@@ -773,6 +996,33 @@ def _signal_pending(pid: int) -> bool:
         return False
     kill = 1 << (signal.SIGKILL - 1)
     return bool(pending & kill or pending & ~blocked & ~handled & ~_NOT_FATAL_MASK)
+
+
+def _invalidate_inodes(inodes: Sequence[int], attr_only: bool) -> None:
+    """Drop what the kernel caches for these inodes (in a worker thread: it writes to /dev/fuse)."""
+    for inode in inodes:
+        try:
+            pyfuse3.invalidate_inode(pyfuse3.InodeT(inode), attr_only)
+        except OSError as exc:
+            # ENOENT: the kernel already dropped the inode; nothing to do.
+            if exc.errno != errno.ENOENT:
+                log.debug("invalidate_inode(%d): %s", inode, exc)
+
+
+def _process_of(pid: int) -> int:
+    """The process (thread group) a request's thread belongs to."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return pid
+
+
+def _entry(containers: list[Container], cid: str) -> Container:
+    return next(c for c in containers if container_id(c) == cid)
 
 
 def _could_name_a_container(name: str) -> bool:

@@ -22,7 +22,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 IMAGE = "busybox:latest"
-BUSYBOX_APPLETS = ("sh", "sleep", "echo", "cat", "ls", "true", "false", "printf", "yes", "env")
+BUSYBOX_APPLETS = (
+    "sh",
+    "sleep",
+    "echo",
+    "cat",
+    "ls",
+    "true",
+    "false",
+    "printf",
+    "yes",
+    "env",
+    "head",
+)
 
 
 class DockerdError(RuntimeError):

@@ -1,0 +1,663 @@
+"""Container logs used as logs are used.
+
+The spool's rules, unit-tested with a fake Docker; then, on a real engine and
+a real mount: `tail -f`, `tail -F`, `tail -n 20 -f`, `less +F` and `cat
+logs.follow` against a container printing a line every half second; a 50 MB
+log streamed with the daemon's memory bounded; and proof that logs.follow
+openers at their cap leave the rest of the mount served.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import shlex
+import shutil
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+import trio
+import trio.testing
+from conftest import Engine, Mount, require
+
+from dockerfs_fuse.docker_source import NotFound
+from dockerfs_fuse.logstream import LogSpools, LogWriter, SpoolError, TooManyLogs
+from dockerfs_fuse.operations import MAX_FOLLOWERS, MAX_FOLLOWERS_PER_PROCESS
+
+IMG = "busybox:latest"
+# Numbered lines: 25 at once (a history for `tail -n 20` to show), then one
+# every half second, for ever.
+TICKER = (
+    'i=0; while [ $i -lt 25 ]; do echo "tick $i"; i=$((i+1)); done; '
+    'while true; do echo "tick $i"; i=$((i+1)); sleep 0.5; done'
+)
+
+
+# -- the spool, with a fake Docker -------------------------------------------------------
+
+
+class FakeRequest:
+    def __init__(self, cid: str, out: LogWriter, follow: bool) -> None:
+        self.cid, self.out, self.follow = cid, out, follow
+        self.cancelled = False
+
+    def cancel(self) -> bool:
+        self.cancelled = True
+        return True
+
+
+class FakeDocker:
+    """Records the log requests a spool makes; the test plays Docker's part."""
+
+    def __init__(self, running: bool = True) -> None:
+        self.requests: list[FakeRequest] = []
+        self.running = running
+
+    def start(self, cid: str, out: LogWriter, follow: bool) -> FakeRequest:
+        self.requests.append(FakeRequest(cid, out, follow))
+        return self.requests[-1]
+
+    def spools(self, limit: int = 8) -> LogSpools:
+        return LogSpools(self.start, lambda cid: self.running, limit)
+
+
+async def until(check: Callable[[], bool]) -> None:
+    """Let trio run the writers' callbacks until check holds (bounded)."""
+    with trio.fail_after(10):
+        while not check():
+            await trio.sleep(0.001)
+
+
+def run(test: Callable[[], Awaitable[None]]) -> None:
+    trio.run(test)
+
+
+def test_spool_shows_size_0_until_the_log_so_far_is_in_then_grows() -> None:
+    async def main() -> None:
+        docker = FakeDocker(running=True)
+        spools = docker.spools()
+        spool = spools.open("c1")
+        history = docker.requests[0]
+        assert (history.cid, history.follow) == ("c1", False)
+        history.out.write(b"one\ntw")
+        await until(lambda: spool.size == 6)
+        # A partial size would make `tail` take the first part for the whole.
+        assert spool.shown_size() == 0 and spools.polled_size("c1") == 0
+        assert spool.read(0, 100) == b"one\ntw" and spool.read(4, 1) == b"t"
+        assert not spool.at_eof(follow=False)
+        history.out.write(b"o\n")
+        history.out.finish(None)
+        await until(lambda: spool.history_done)
+        assert spool.shown_size() == 8 and spool.at_eof(follow=False)
+        assert len(docker.requests) == 1  # a one-shot reader costs one request
+        # Polling the size (tail -f) is wanting more: follow. Docker replays the
+        # log from its start; the replay is skipped.
+        assert spools.polled_size("c1") == 8
+        follow = docker.requests[1]
+        assert follow.follow and not spool.at_eof(follow=True)
+        follow.out.write(b"one\n")
+        follow.out.write(b"two\nthr")
+        follow.out.write(b"ee\n")
+        await until(lambda: spool.size == 14)
+        assert spool.read(0, 100) == b"one\ntwo\nthree\n"
+        assert spools.polled_size("c1") == 14
+        follow.out.finish(None)  # the container stopped
+        await until(lambda: not spool.following)
+        assert spool.at_eof(follow=True)
+        # Wanting more again does not replay the log again: only a start event does.
+        spool.want_more()
+        assert len(docker.requests) == 2
+        spools.release(spool)
+        assert spool.closed and len(spools) == 0 and spools.polled_size("c1") == 0
+
+    run(main)
+
+
+def test_a_stopped_container_is_not_followed_until_it_starts() -> None:
+    async def main() -> None:
+        docker = FakeDocker(running=False)
+        spools = docker.spools()
+        spool = spools.open("c1")
+        spool.want_more()  # a logs.follow is open, say
+        docker.requests[0].out.write(b"old\n")
+        docker.requests[0].out.finish(None)
+        await until(lambda: spool.history_done)
+        assert len(docker.requests) == 1 and spool.at_eof(follow=True)
+        spools.container_started("c1")  # the event
+        assert docker.requests[1].follow and not spool.at_eof(follow=True)
+        # Started again while still following (stop and start in quick
+        # succession): follow anew when this request ends.
+        spools.container_started("c1")
+        assert len(docker.requests) == 2
+        docker.requests[1].out.write(b"old\nnew\n")
+        docker.requests[1].out.finish(None)
+        await until(lambda: len(docker.requests) == 3)
+        assert docker.requests[2].follow and spool.read(0, 100) == b"old\nnew\n"
+        spools.release(spool)
+
+    run(main)
+
+
+def test_a_spool_out_of_descriptors_fails_its_readers_not_the_mount(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A follow request begins in a trio callback (the history's end), where
+    an exception would crash the daemon: out of descriptors, it fails instead."""
+
+    def no_descriptors(fd: int) -> int:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    async def main() -> None:
+        docker = FakeDocker(running=True)
+        spools = docker.spools()
+        spool = spools.open("c1")
+        spool.want_more()  # a logs.follow is open
+        with monkeypatch.context() as m:
+            m.setattr(os, "dup", no_descriptors)
+            docker.requests[0].out.finish(None)  # the follow request begins now
+            await until(lambda: spool.history_done)
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(SpoolError):
+                spool.at_eof(follow=True)
+            other = spools.open("c2")  # the log so far cannot begin either
+            assert other.failed
+            with pytest.raises(SpoolError):
+                other.at_eof(follow=False)
+        assert len(docker.requests) == 1
+        spools.release(other)
+        spools.release(spool)
+        assert len(spools) == 0
+
+    run(main)
+
+
+def test_readers_wait_for_more_and_wake_on_each_change() -> None:
+    async def main() -> None:
+        docker = FakeDocker(running=False)
+        spools = docker.spools()
+        spool = spools.open("c1")
+        woken: list[int] = []
+
+        async def reader() -> None:
+            while not spool.history_done:
+                await spool.changed()
+                woken.append(spool.size)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            docker.requests[0].out.write(b"abc")
+            await until(lambda: woken[-1:] == [3])
+            docker.requests[0].out.finish(None)
+        assert spool.history_done and spool.at_eof(follow=False)
+        spools.release(spool)
+
+    run(main)
+
+
+def test_a_failed_log_raises_for_its_readers_and_the_next_open_retries() -> None:
+    async def main() -> None:
+        docker = FakeDocker()
+        spools = docker.spools()
+        first = spools.open("c1")
+        docker.requests[0].out.write(b"part")
+        docker.requests[0].out.finish(NotFound("gone"))
+        await until(lambda: first.failed)
+        assert first.read(0, 10) == b"part"
+        with pytest.raises(NotFound):
+            first.at_eof(follow=False)
+        second = spools.open("c1")
+        assert second is not first and len(docker.requests) == 2
+        spools.release(first)  # the failed one's last reader leaves the new one alone
+        assert first.closed and not second.closed and spools.polled_size("c1") == 0
+        spools.release(second)
+        assert second.closed and docker.requests[1].cancelled
+
+    run(main)
+
+
+def test_the_last_release_cancels_the_request_and_frees_the_file() -> None:
+    async def main() -> None:
+        docker = FakeDocker()
+        spools = docker.spools()
+        a = spools.open("c1")
+        b = spools.open("c1")
+        assert a is b and len(docker.requests) == 1  # one request, shared
+        spools.release(a)
+        assert not docker.requests[0].cancelled
+        spools.release(b)
+        assert docker.requests[0].cancelled and a.closed
+        # A cancelled producer that still writes (it is unwinding) harms nothing.
+        docker.requests[0].out.write(b"late")
+        docker.requests[0].out.finish(None)
+        await trio.testing.wait_all_tasks_blocked()
+        assert a.size == 0
+
+    run(main)
+
+
+def test_the_number_of_open_logs_is_bounded() -> None:
+    async def main() -> None:
+        docker = FakeDocker()
+        spools = docker.spools(limit=2)
+        a, b = spools.open("c1"), spools.open("c2")
+        with pytest.raises(TooManyLogs):
+            spools.open("c3")
+        assert spools.open("c1") is a  # joining is not another one
+        spools.release(b)
+        c = spools.open("c3")
+        for spool in (a, a, c):
+            spools.release(spool)
+        assert len(spools) == 0
+
+    run(main)
+
+
+def test_a_writer_on_another_thread_spools_everything_in_order() -> None:
+    async def main() -> None:
+        docker = FakeDocker(running=False)
+        spools = docker.spools()
+        spool = spools.open("c1")
+        out = docker.requests[0].out
+        chunks = [f"{i:06d}\n".encode() * (i % 7 + 1) for i in range(2000)]
+
+        def produce() -> None:  # as the Docker module's thread does
+            for chunk in chunks:
+                out.write(chunk)
+            out.finish(None)
+            out.close()
+
+        await trio.to_thread.run_sync(produce)
+        await until(lambda: spool.history_done)
+        want = b"".join(chunks)
+        assert spool.size == len(want) and spool.read(0, len(want)) == want
+        spools.release(spool)
+
+    run(main)
+
+
+# -- a real engine and a real mount -------------------------------------------------------
+
+
+def eventually(check: Callable[[], bool], within: float, what: str = "") -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {within}s: {what}")
+        time.sleep(0.05)
+
+
+def demux(raw: bytes) -> bytes:
+    out, i = bytearray(), 0
+    while i + 8 <= len(raw):
+        (length,) = struct.unpack(">L", raw[i + 4 : i + 8])
+        out += raw[i + 8 : i + 8 + length]
+        i += 8 + length
+    return bytes(out)
+
+
+class Output:
+    """A child's output, gathered by a thread as it comes, so a test can wait on it."""
+
+    def __init__(self, stream: IO[bytes] | None) -> None:
+        assert stream is not None
+        self._data = bytearray()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
+
+    def _pump(self, stream: IO[bytes]) -> None:
+        while chunk := os.read(stream.fileno(), 65536):
+            with self._lock:
+                self._data += chunk
+
+    def text(self) -> str:
+        with self._lock:
+            return self._data.decode(errors="replace")
+
+    def ticks(self) -> list[int]:
+        return [int(n) for n in re.findall(r"tick (\d+)", self.text())]
+
+
+def assert_consecutive(ticks: list[int]) -> None:
+    """No line lost and none repeated, across the log so far and what followed."""
+    assert ticks, "no lines"
+    assert ticks == list(range(ticks[0], ticks[0] + len(ticks))), ticks
+
+
+def last_tick(engine: Engine, cid: str) -> int:
+    text = demux(engine.api_raw(f"/containers/{cid}/logs?stdout=1&tail=1")).decode()
+    found = re.findall(r"tick (\d+)", text)
+    return int(found[-1]) if found else -1
+
+
+def ticker(engine: Engine, at_least: int) -> tuple[str, int]:
+    """A running ticker that has printed at least `at_least` + 1 lines; its last line."""
+    cid = engine.run(IMG, "sh", "-c", TICKER)
+    eventually(lambda: last_tick(engine, cid) >= at_least, 60, "ticker started")
+    return cid, last_tick(engine, cid)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """End a tool we started, by its PID."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(10)
+
+
+def stats(m: Mount) -> dict[str, Any]:
+    return m.stats()
+
+
+@pytest.mark.docker
+@pytest.mark.fuse
+@pytest.mark.parametrize(
+    "args",
+    [["-f"], ["-F"], ["-n", "20", "-f"]],
+    ids=["tail-f", "tail-F", "tail-n20-f"],
+)
+def test_tail_follows_a_container_log(engine: Engine, mounted: Mount, args: list[str]) -> None:
+    cid, seen = ticker(engine, 24)
+    shown = int(args[1]) if args[0] == "-n" else 10
+    proc = subprocess.Popen(
+        ["tail", *args, str(mounted.path / cid / "logs")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        out, err = Output(proc.stdout), Output(proc.stderr)
+        # The last `shown` lines of the log so far, then new lines as they come.
+        eventually(lambda: len(out.ticks()) >= shown + 5, 60, "tail shows new lines")
+        ticks = out.ticks()
+        assert_consecutive(ticks)
+        assert ticks[shown - 1] >= seen  # the log so far was shown whole
+        assert proc.poll() is None  # still following
+        # No "file truncated" (a size that went back), "Illegal seek" or "replaced".
+        assert err.text() == ""
+    finally:
+        stop(proc)
+
+
+@pytest.mark.docker
+@pytest.mark.fuse
+def test_less_F_follows_a_container_log(engine: Engine, mounted: Mount) -> None:
+    require(shutil.which("less") is not None, "less missing (Debian less)")
+    require(shutil.which("script") is not None, "script missing (Debian bsdutils)")
+    cid, seen = ticker(engine, 3)
+    command = f"less +F {shlex.quote(str(mounted.path / cid / 'logs'))}"
+    env = dict(os.environ, TERM="xterm", LESS="", LESSOPEN="", LESSHISTFILE="-")
+    env.update(LINES="24", COLUMNS="80")
+    # less needs a terminal: script gives it one and copies the screen to us.
+    proc = subprocess.Popen(
+        ["script", "-qfc", command, "/dev/null"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    try:
+        out = Output(proc.stdout)
+        eventually(lambda: max(out.ticks(), default=-1) >= seen + 4, 60, "less shows new lines")
+        # The screen ends at the last line there was; then every new line, in order.
+        new = [t for t in out.ticks() if t > seen]
+        assert new[0] == seen + 1
+        assert_consecutive(new)
+        assert "Waiting for data" in out.text()  # in F mode, not at a prompt
+    finally:
+        stop(proc)
+
+
+@pytest.mark.docker
+@pytest.mark.fuse
+def test_cat_logs_follow_streams_until_the_container_stops(engine: Engine, mounted: Mount) -> None:
+    cid, seen = ticker(engine, 3)
+    proc = subprocess.Popen(
+        ["cat", str(mounted.path / cid / "logs.follow")], stdout=subprocess.PIPE
+    )
+    try:
+        out = Output(proc.stdout)
+        eventually(lambda: max(out.ticks(), default=-1) >= seen + 4, 60, "cat shows new lines")
+        engine.docker("stop", "-t", "1", cid)
+        assert proc.wait(30) == 0  # the end of the container is the end of the file
+        ticks = out.ticks()
+        assert ticks[0] == 0
+        assert_consecutive(ticks)
+    finally:
+        stop(proc)
+
+
+@pytest.mark.docker
+@pytest.mark.fuse
+def test_logs_is_a_file_that_grows_while_open(engine: Engine, mounted: Mount) -> None:
+    cid, _ = ticker(engine, 1)
+    path = mounted.path / cid / "logs"
+    assert os.stat(path).st_size == 0  # nobody has it open: not known
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        eventually(lambda: os.fstat(fd).st_size > 0, 30, "the log so far is in")
+        first = os.fstat(fd).st_size
+        head = os.pread(fd, first, 0)
+        assert head.startswith(b"tick 0\ntick 1\n") and head.endswith(b"\n")
+        assert os.stat(path).st_size >= first  # by name too: one file
+        eventually(lambda: os.fstat(fd).st_size > first, 30, "the size grows")
+        grown = os.fstat(fd).st_size
+        more = os.pread(fd, grown - first, first)
+        ticks = [int(n) for n in re.findall(rb"tick (\d+)", head + more)]
+        assert_consecutive(ticks)
+        assert os.pread(fd, 100, grown + 1000) == b""  # beyond the end: EOF, never a wait
+    finally:
+        os.close(fd)
+    eventually(lambda: stats(mounted)["logs"]["spools"] == 0, 30, "the spool is freed")
+    assert os.stat(path).st_size == 0
+
+
+@pytest.mark.docker
+@pytest.mark.fuse
+def test_tail_f_of_a_log_empty_when_opened(engine: Engine, mounted: Mount) -> None:
+    trigger = engine.dockerd.base / f"trigger-{time.monotonic_ns()}"
+    trigger.mkdir()
+    cid = engine.run(
+        "-v",
+        f"{trigger}:/t",
+        IMG,
+        "sh",
+        "-c",
+        "while [ ! -e /t/go ]; do sleep 0.1; done; " + TICKER,
+    )
+    path = mounted.path / cid / "logs"
+    proc = subprocess.Popen(
+        ["tail", "-f", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        out, err = Output(proc.stdout), Output(proc.stderr)
+
+        def tail_has_it_open() -> bool:
+            fds = Path(f"/proc/{proc.pid}/fd")
+            return any(os.readlink(fd) == str(path) for fd in fds.iterdir())
+
+        eventually(tail_has_it_open, 30, "tail opened the log")
+        (trigger / "go").touch()
+        eventually(lambda: len(out.ticks()) >= 4, 60, "tail shows the first lines")
+        assert out.ticks()[0] == 0
+        assert_consecutive(out.ticks())
+        assert err.text() == ""
+    finally:
+        stop(proc)
+
+
+@pytest.mark.docker
+@pytest.mark.fuse
+def test_tail_f_goes_on_across_a_restart(engine: Engine, mounted: Mount) -> None:
+    cid, _ = ticker(engine, 1)
+    proc = subprocess.Popen(
+        ["tail", "-f", str(mounted.path / cid / "logs")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        out, err = Output(proc.stdout), Output(proc.stderr)
+        eventually(lambda: len(out.ticks()) >= 4, 60, "tail follows")
+        engine.docker("stop", "-t", "0", cid)
+        final = last_tick(engine, cid)
+        eventually(lambda: out.ticks()[-1] == final, 60, "tail shows the log up to the stop")
+        count = len(out.ticks())
+        engine.docker("start", cid)
+        # The restarted shell counts from 0 again, in the same log.
+        eventually(lambda: out.ticks()[count:][:3] == [0, 1, 2], 60, "new output after start")
+        assert_consecutive(out.ticks()[:count])
+        assert err.text() == ""
+    finally:
+        stop(proc)
+
+
+def rss_kb(pid: int) -> dict[str, int]:
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return {k: int(fields[k].split()[0]) for k in ("VmRSS", "VmHWM")}
+
+
+# 495,049 lines of 101 bytes, then "END": 49,999,953 bytes, on stdout only.
+BIG_LINE = b"0" * 99 + b"7\n"
+BIG_LINES = 495_049
+BIG_SCRIPT = f'yes "$(printf %0100d 7)" | head -n {BIG_LINES}; echo END; sleep 1d'
+
+
+@pytest.mark.docker
+@pytest.mark.fuse
+def test_a_50_mb_log_streams_with_bounded_memory(engine: Engine, mounted: Mount) -> None:
+    want = BIG_LINE * BIG_LINES + b"END\n"
+    want_sha = hashlib.sha256(want).hexdigest()
+    cid = engine.run(IMG, "sh", "-c", BIG_SCRIPT)
+    last = f"/containers/{cid}/logs?stdout=1&tail=1"
+    eventually(lambda: demux(engine.api_raw(last)) == b"END\n", 300, "the container wrote it all")
+    # What Docker itself says, byte for byte (demultiplexed independently of the code under test).
+    api = demux(engine.api_raw(f"/containers/{cid}/logs?stdout=1&stderr=1"))
+    assert len(api) == len(want) and hashlib.sha256(api).hexdigest() == want_sha
+    del api
+    path = str(mounted.path / cid / "logs")
+    pid = mounted.proc.pid
+
+    # The first bytes without the rest: head ends, and the request with it.
+    head = subprocess.run(["head", "-c", "100", path], capture_output=True, timeout=120)
+    assert head.returncode == 0 and head.stdout == want[:100]
+    eventually(lambda: stats(mounted)["logs"]["spools"] == 0, 30, "head's spool freed")
+    follow = subprocess.run(
+        ["head", "-c", "1000000", path + ".follow"], capture_output=True, timeout=120
+    )
+    assert follow.stdout == want[:1_000_000]
+
+    sha = ["sh", "-c", 'cat "$1" | sha256sum', "sh", path]
+    requests = stats(mounted)["requests"]["containers/logs"]
+    one = subprocess.run(sha, capture_output=True, timeout=600)
+    assert one.stdout.split()[0].decode() == want_sha
+    eventually(lambda: stats(mounted)["logs"]["spools"] == 0, 30, "cat's spool freed")
+    # One request: reading to the end once is not following.
+    assert stats(mounted)["requests"]["containers/logs"] == requests + 1
+
+    # Twenty at once: slower, but each gets every byte.
+    readers = [subprocess.Popen(sha, stdout=subprocess.PIPE) for _ in range(20)]
+    results = []
+    for proc in readers:
+        stdout, _ = proc.communicate(timeout=900)
+        results.append((proc.returncode, stdout.split()[0].decode()))
+    assert results == [(0, want_sha)] * 20
+
+    eventually(lambda: stats(mounted)["logs"]["spools"] == 0, 30, "every spool freed")
+    rss = rss_kb(pid)
+    print(f"\ndaemon RSS after: {rss['VmRSS'] / 1024:.1f} MB, peak {rss['VmHWM'] / 1024:.1f} MB")
+    assert rss["VmHWM"] < 150 * 1024  # 20 readers of 50 MB never held it in memory
+    assert rss["VmRSS"] < 150 * 1024
+    # The spool files are gone with the spools.
+    fds = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+    assert not [f for f in fds if "dockerfs-log" in f], fds
+
+
+# A process that opens PATH up to N times, starts a blocking read on each,
+# and prints how many opens worked and the errno of the first that failed.
+HOLDER = r"""
+import os, sys, threading
+path, n = sys.argv[1], int(sys.argv[2])
+fds, failed = [], 0
+for _ in range(n):
+    try:
+        fds.append(os.open(path, os.O_RDONLY))
+    except OSError as exc:
+        failed = exc.errno
+        break
+for fd in fds:
+    threading.Thread(target=os.read, args=(fd, 1), daemon=True).start()
+print(len(fds), failed, flush=True)
+threading.Event().wait()
+"""
+
+# The rest of the mount, used by another process while the followers are at their cap.
+OTHERS = r"""
+import os, sys
+mount, cid = sys.argv[1], sys.argv[2]
+assert cid in os.listdir(mount)
+assert open(f"{mount}/{cid}/Image").read() == "busybox:latest\n"
+assert open(f"{mount}/{cid}/logs", "rb").read() == b"hello\n"
+os.stat(f"{mount}/{cid}/logs.follow")
+print("served")
+"""
+
+
+@pytest.mark.docker
+@pytest.mark.fuse
+def test_logs_follow_at_its_cap_leaves_the_mount_served(engine: Engine, mounted: Mount) -> None:
+    silent = engine.run(IMG, "sleep", "1d")  # every read of its logs.follow blocks
+    other = engine.run(IMG, "sh", "-c", "echo hello; sleep 1d")
+    eventually(lambda: b"hello" in engine.api_raw(f"/containers/{other}/logs?stdout=1"), 30)
+    path = str(mounted.path / silent / "logs.follow")
+    holders: list[subprocess.Popen[bytes]] = []
+
+    def hold(n: int) -> tuple[int, int]:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, path, str(n)], stdout=subprocess.PIPE
+        )
+        holders.append(proc)
+        assert proc.stdout is not None
+        opened, failed = proc.stdout.readline().split()
+        return int(opened), int(failed)
+
+    try:
+        # One process gets its share, no more...
+        assert hold(MAX_FOLLOWERS_PER_PROCESS + 1) == (MAX_FOLLOWERS_PER_PROCESS, errno.EMFILE)
+        # ...and others still get theirs, up to the cap.
+        for _ in range(MAX_FOLLOWERS // MAX_FOLLOWERS_PER_PROCESS - 1):
+            assert hold(MAX_FOLLOWERS_PER_PROCESS) == (MAX_FOLLOWERS_PER_PROCESS, 0)
+        eventually(
+            lambda: stats(mounted)["logs"]["waiting_reads"] == MAX_FOLLOWERS,
+            60,
+            "every follower blocked in a read",
+        )
+        with pytest.raises(OSError) as err:
+            os.close(os.open(path, os.O_RDONLY))
+        assert err.value.errno == errno.ENFILE
+        # Every follower holds a blocked read, and the rest of the mount is served.
+        others = subprocess.run(
+            [sys.executable, "-c", OTHERS, str(mounted.path), other],
+            capture_output=True,
+            timeout=60,
+        )
+        assert others.returncode == 0 and others.stdout == b"served\n", others.stderr
+        assert stats(mounted)["logs"]["waiting_reads"] == MAX_FOLLOWERS
+    finally:
+        for proc in holders:
+            stop(proc)
+    # Killed readers give back their slots and the workers their reads held.
+    eventually(
+        lambda: stats(mounted)["logs"] == {"spools": 0, "followers": 0, "waiting_reads": 0},
+        60,
+        "followers released",
+    )
+    os.close(os.open(path, os.O_RDONLY))

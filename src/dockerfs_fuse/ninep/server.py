@@ -100,6 +100,7 @@ class Connection:
 
     def __init__(self, export: Export, stream: trio.abc.Stream, peer: str) -> None:
         self.export = export
+        self.whole_export = export  # what an empty attach name gets
         self.stream = stream
         self.peer = peer
         self.dialect: Dialect | None = None
@@ -287,6 +288,11 @@ class Connection:
         if msg.fid in self.fids or msg.fid == codec.NOFID:
             raise NinePError(errno.EBADF, "fid already in use")
         dialect = self._dialect()
+        # The attach name selects a directory of the export: one per connection.
+        export = await in_thread(self.whole_export.subtree, msg.aname)
+        if self.fids and export.root != self.export.root:
+            raise NinePError(errno.EINVAL, "one attach name per connection")
+        self.export = export
         parts, info = await in_thread(self.export.view, (), dialect)
         qid = self.export.qid(info)
         await trio.lowlevel.checkpoint_if_cancelled()

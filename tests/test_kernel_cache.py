@@ -130,3 +130,23 @@ def test_a_same_length_change_replaces_cached_pages(engine: Engine, mounted: Mou
     engine.docker("rename", old, new)
     _eventually(lambda: name.read_text() == f"/{new}\n")
     assert name.stat().st_size == len(f"/{new}\n")
+
+
+@pytest.mark.docker
+@pytest.mark.fuse
+def test_a_read_through_an_older_open_leaves_no_stale_pages(engine: Engine, mounted: Mount) -> None:
+    """An open made before a change still reads its own version; the kernel
+    must not keep that version's pages for the opens made after the change."""
+    cid = engine.run(IMG, "sleep", "1d")
+    state = mounted.path / cid / "State"
+    assert state.read_text() == "running\n"
+    fd = os.open(state, os.O_RDONLY)
+    try:
+        engine.docker("pause", cid)
+        # The change is invalidated (attributes included): stat sees it, and
+        # reads no page, so the older open's next read goes to the daemon.
+        _eventually(lambda: state.stat().st_size == len("paused\n"))
+        assert os.pread(fd, 4096, 0).startswith(b"run")  # one version per open
+    finally:
+        os.close(fd)
+    _eventually(lambda: state.read_text() == "paused\n")

@@ -49,7 +49,8 @@ def _seconds(text: str) -> str:
     return str(int(text))
 
 
-def parse_command(data: bytes) -> Command:
+def split_command(data: bytes, commands: tuple[str, ...]) -> tuple[str, list[str]]:
+    """A write's command word (one of `commands`) and its arguments; bounded, ASCII."""
     if len(data) > MAX_COMMAND_BYTES:
         raise BadCommand(f"a command is at most {MAX_COMMAND_BYTES} bytes, not {len(data)}")
     try:
@@ -59,9 +60,13 @@ def parse_command(data: bytes) -> Command:
     words = text.split()
     if not words:
         raise BadCommand("empty command")
-    action, args = words[0], words[1:]
-    if action not in COMMANDS:
-        raise BadCommand(f"unknown command {action!r}; one of: {', '.join(COMMANDS)}")
+    if words[0] not in commands:
+        raise BadCommand(f"unknown command {words[0]!r}; one of: {', '.join(commands)}")
+    return words[0], words[1:]
+
+
+def parse_command(data: bytes) -> Command:
+    action, args = split_command(data, COMMANDS)
     if len(args) > 1 or (args and action not in ("stop", "restart", "kill")):
         raise BadCommand(f"too many arguments for {action}")
     if action in ("stop", "restart") and args:

@@ -109,6 +109,8 @@ class _FileHandle:
     """File contents frozen at open: every read of one open sees one version."""
 
     data: bytes
+    # Kernel caching: the node, whose data may since have moved on (see read).
+    node: Node | None = None
 
 
 @dataclass(slots=True)
@@ -478,7 +480,7 @@ class DockerFS(pyfuse3.Operations):
             if self.kernel_cache:
                 # Pages stay cached between opens; every change of the content
                 # invalidates them (run_invalidator), so they are never stale.
-                fh = self._new_handle(_FileHandle(data))
+                fh = self._new_handle(_FileHandle(data, node))
                 owner = self._cache_of(node)
                 keep = owner is not None and owner.keep_pages
                 return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
@@ -536,6 +538,11 @@ class DockerFS(pyfuse3.Operations):
         # Every open has a handle here; `inode` comes with kernel caching (pass_inode).
         handle = self._handles.get(fh)
         if isinstance(handle, _FileHandle):
+            if handle.node is not None and handle.data is not handle.node.data:
+                # An open from before a change reads its own version, and the
+                # kernel keeps the pages this read fills for every later open:
+                # drop them again. The invalidator runs after this reply is sent.
+                self._apply(Changes(changed=[handle.node.inode]))
             return handle.data[off : off + size]
         if isinstance(handle, _LogHandle):
             if not handle.follow:

@@ -56,6 +56,12 @@ TARGET_WARM_FIND_VS_TMPFS = 3.0
 TARGET_CACHED_FIND_VS_TMPFS = 2.0
 TARGET_CACHED_GREP_VS_TMPFS = 10.0
 TARGET_RSS_MB = 80.0
+# Issue 9's: a cold `ls` of one engine's directory in a two-engine mount costs
+# what the one-engine root's does, within this much noise.
+TARGET_ENGINE_LS_VS_ROOT_LS = 1.2
+# The two-engine mount: the private dockerd under two names, so the figure
+# isolates what the mount does (the other engine must not be asked at all).
+ENGINE, OTHER_ENGINE = "one", "other"
 LINEAR_SLACK = 1.2
 
 
@@ -146,7 +152,13 @@ def proc_status_kb(pid: int, key: str) -> int:
     raise BenchError(f"no {key} for PID {pid}")
 
 
-def start_mount(host: str, mountpoint: Path, stock: bool = False, timeout: float = 30) -> Mount:
+def start_mount(
+    host: str,
+    mountpoint: Path,
+    stock: bool = False,
+    timeout: float = 30,
+    extra: Sequence[str] = (),
+) -> Mount:
     """The daemon in the foreground, as the tests run it, in a session of its own
     (a Ctrl-C reaches us, and we unmount in order); fail fast if it dies.
 
@@ -154,7 +166,9 @@ def start_mount(host: str, mountpoint: Path, stock: bool = False, timeout: float
     """
     env = {**os.environ, kernel_cache.STOCK_ENV: "1"} if stock else None
     try:
-        p = mount_process.start_mount(host, mountpoint, new_session=True, timeout=timeout, env=env)
+        p = mount_process.start_mount(
+            host, mountpoint, *extra, new_session=True, timeout=timeout, env=env
+        )
     except mount_process.MountFailed as exc:
         raise BenchError(str(exc)) from None
     m = Mount(p.path, p.proc, p.log)
@@ -204,8 +218,10 @@ stop_mount = mount_process.stop_mount
 
 
 @contextlib.contextmanager
-def mounted(host: str, mountpoint: Path, stock: bool = False) -> Iterator[Mount]:
-    m = start_mount(host, mountpoint, stock)
+def mounted(
+    host: str, mountpoint: Path, stock: bool = False, extra: Sequence[str] = ()
+) -> Iterator[Mount]:
+    m = start_mount(host, mountpoint, stock, extra=extra)
     try:
         yield m
     finally:
@@ -433,6 +449,7 @@ OPS = (
     "grep_first",
     "grep_warm",
     "ls_cold_stock",
+    "ls_cold_engine",
     "find_warm_stock",
     "grep_warm_stock",
     "docker_ps_q",
@@ -464,6 +481,8 @@ def measure(
         raise BenchError(f"expected {n} running containers, the engine lists {seen}")
     peak_kb: list[int] = []
     mount_s: list[float] = []
+    other_engine_requests: list[int] = []
+    two_engines = (f"{ENGINE}={d.host}", ["-H", f"{OTHER_ENGINE}={d.host}"])
 
     # Warm the engine and the CLI binaries once; the figures are steady-state.
     for argv in (ps_q, ps_json, curl):
@@ -478,6 +497,12 @@ def measure(
             kernel_caching = bool(m.stats().get("kernel_cache"))
         with mounted(d.host, work / "cold-stock", stock=True) as m:
             s["ls_cold_stock"].add(*counted(m, functools.partial(timed, ["ls", str(m.path)])))
+        with mounted(two_engines[0], work / "cold-two", extra=two_engines[1]) as m:
+            other = m.stats()["engines"][OTHER_ENGINE]["requests"]
+            ls_one = functools.partial(timed, ["ls", str(m.path / ENGINE)])
+            s["ls_cold_engine"].add(*counted(m, ls_one))
+            after = m.stats()["engines"][OTHER_ENGINE]["requests"]
+            other_engine_requests.append(sum(after.values()) - sum(other.values()))
         s["docker_ps_q"].add(timed(ps_q, env))
         s["docker_ps_json"].add(timed(ps_json, env))
         s["curl_api"].add(timed(curl, env))
@@ -549,6 +574,7 @@ def measure(
         "peak_rss_kb": max(peak_kb),
         "rss_after_kb": rss_now_kb,
         "daemon_stats_after": stats_after,
+        "other_engine_requests": other_engine_requests,
     }
 
 
@@ -591,6 +617,7 @@ LABELS = {
     "grep_warm": "`grep -r .` core tree, warm",
     "find_below_root": "`find` of every container directory (root not listed), warm",
     "ls_cold_stock": "stock path: `ls` root, cold",
+    "ls_cold_engine": "two engines: `ls` of one engine's directory, cold",
     "find_warm_stock": "stock path: `find`, warm",
     "grep_warm_stock": "stock path: `grep -r .` core tree, warm",
     "docker_ps_q": "`docker ps --no-trunc -q`",
@@ -709,6 +736,25 @@ def targets(results: Sequence[dict[str, Any]]) -> list[tuple[str, str, str, bool
                     all(x <= opens[tool] for x in got),
                 )
             )
+    for n, r in sorted(by_n.items()):
+        a, b = med(n, "ls_cold_engine"), med(n, "ls_cold")
+        out.append(
+            (
+                f"N={n} two engines: cold `ls` of one engine's directory vs the one-engine root's",
+                f"{ms(a)} / {ms(b)} ms = {a / b:.2f}x",
+                f"<= {TARGET_ENGINE_LS_VS_ROOT_LS}x (noise)",
+                a <= TARGET_ENGINE_LS_VS_ROOT_LS * b,
+            )
+        )
+        other = r.get("other_engine_requests", [])
+        out.append(
+            (
+                f"N={n} two engines: requests to the other engine during that `ls`",
+                ", ".join(str(x) for x in other),
+                "0",
+                all(x == 0 for x in other),
+            )
+        )
     sized = sorted(by_n)
     if len(sized) >= 2:
         lo, hi = sized[-2], sized[-1]
@@ -893,7 +939,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 kill_all(d.socket, ids)
             d.cleanup()
             stack.close()
-            for sub in ("cold", "cold-stock", "warm", "warm-stock", "tmpfs", "tracefs"):
+            for sub in ("cold", "cold-stock", "cold-two", "warm", "warm-stock", "tmpfs", "tracefs"):
                 p = work / sub
                 if os.path.ismount(p):
                     subprocess.run(["umount", "-l", str(p)], capture_output=True)

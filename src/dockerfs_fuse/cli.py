@@ -17,7 +17,8 @@ PROG = "dockerfs-fuse"
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
-        description="Mount the containers of a Docker engine as a filesystem.",
+        description="Mount the containers of Docker engines as a filesystem: one engine's "
+        "containers at the top, or one directory per engine when -H/--context name several.",
         epilog="Unmount with: fusermount3 -u MOUNTPOINT. "
         "Docker access is root-equivalent: anyone who can write this mount's ctl files "
         "or reach its 9P shim with control enabled can control Docker.",
@@ -30,7 +31,8 @@ def parser() -> argparse.ArgumentParser:
         "--host",
         metavar="[NAME=]URL",
         action="append",
-        help="Docker endpoint: unix:///PATH, tcp://HOST:PORT (TLS as DOCKER_TLS_VERIFY and "
+        help="Docker endpoint (repeatable; NAME names its directory): unix:///PATH, "
+        "tcp://HOST:PORT (TLS as DOCKER_TLS_VERIFY and "
         "DOCKER_CERT_PATH say) or ssh://[USER@]HOST[:PORT] "
         "(default: as the docker CLI: DOCKER_HOST, DOCKER_CONTEXT, the current context, "
         "then /var/run/docker.sock)",
@@ -39,7 +41,7 @@ def parser() -> argparse.ArgumentParser:
         "--context",
         metavar="NAME",
         action="append",
-        help="the endpoint of this docker CLI context (~/.docker/contexts)",
+        help="the endpoint of this docker CLI context (~/.docker/contexts; repeatable)",
     )
     p.add_argument(
         "-o",
@@ -86,14 +88,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     setup_logging(args.debug)
     try:
-        endpoint = endpoints.resolve_one(args.host, args.context, os.environ)
+        found = endpoints.resolve(args.host, args.context, os.environ)
     except endpoints.EndpointError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
     config = MountConfig(
         # Absolute: a detached daemon leaves its working directory.
         mountpoint=os.path.abspath(args.mountpoint),
-        endpoint=endpoint,
+        endpoints=found,
         foreground=args.foreground or args.debug,
         debug=args.debug,
         fuse_options=args.options,

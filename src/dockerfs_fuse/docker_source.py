@@ -25,7 +25,7 @@ import os
 import re
 import ssl
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
 import aiodocker
@@ -45,6 +45,16 @@ DEFAULT_TIMEOUT = 4.0
 LOGS_TIMEOUT = 30.0
 # A container's log streams for as long as it takes; only silence is an error.
 LOGS_STALL_TIMEOUT = 30.0
+
+
+# What a mount without -a shows: the containers that have a process, as
+# Docker's default list does (Podman's "stopping" is Docker's "running").
+LISTED_STATES = frozenset(["running", "paused", "restarting", "stopping"])
+
+
+def _is_podman(version: Mapping[str, Any]) -> bool:
+    components = version.get("Components") or []
+    return any("podman" in str(c.get("Name", "")).lower() for c in components)
 
 
 class DockerProblem(Exception):
@@ -171,6 +181,8 @@ class DockerSource:
         self.requests: collections.Counter[str] = collections.Counter()
         self._thread: _AsyncioThread | None = None
         self._docker: aiodocker.Docker | None = None
+        # Whether the engine is Podman (None until it has answered once).
+        self.podman: bool | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -254,28 +266,45 @@ class DockerSource:
     def ping(self) -> str:
         """Check the engine answers; return its version string."""
         info = self.call_sync("version", lambda d: d.version())
+        self.podman = _is_podman(info)
         return str(info.get("Version", "?"))
+
+    async def identify(self) -> None:
+        """Learn whether the engine is Podman, if start-up could not (it was down)."""
+        if self.podman is None:
+            info = await self._call("version", lambda d: d.version(), None)
+            self.podman = _is_podman(info)
+
+    def _lists_all(self, all: bool) -> bool:
+        """Podman leaves paused (and stopping) containers out of its default
+        list, where Docker lists them: ask for all and keep those ourselves."""
+        return all or bool(self.podman)
+
+    def _listed(self, containers: list[Container], all: bool) -> list[Container]:
+        if all or not self.podman:
+            return containers
+        return [c for c in containers if c.get("State") in LISTED_STATES]
 
     async def list_containers(self, all: bool = False) -> list[Container]:
         """One `GET /containers/json`: the whole tree's data."""
 
         async def fetch(d: aiodocker.Docker) -> list[Container]:
-            params = {"all": "1"} if all else {}
+            params = {"all": "1"} if self._lists_all(all) else {}
             data = await d._query_json("containers/json", method="GET", params=params)
             return list(data)
 
-        return await self._call("containers/json", fetch, None)
+        return self._listed(await self._call("containers/json", fetch, None), all)
 
     async def _list_filtered(self, filters: dict[str, list[str]], all: bool) -> list[Container]:
         async def fetch(d: aiodocker.Docker) -> list[Container]:
             params = {"filters": json.dumps(filters)}
-            if all:
+            if self._lists_all(all):
                 params["all"] = "1"
             data = await d._query_json("containers/json", method="GET", params=params)
             return list(data)
 
         # Counted apart from full listings: the benchmark checks those.
-        return await self._call("containers/json?filters", fetch, None)
+        return self._listed(await self._call("containers/json?filters", fetch, None), all)
 
     async def list_one(self, cid: str, all: bool = False) -> Container | None:
         """One container's list entry (the same shape as the tree's), or None."""

@@ -43,8 +43,8 @@ class MountError(Exception):
 @dataclass
 class MountConfig:
     mountpoint: str
-    # None: the engine the docker CLI would use (see endpoints).
-    endpoint: Endpoint | None = None
+    # Empty: the engine the docker CLI would use (see endpoints).
+    endpoints: list[Endpoint] = field(default_factory=list)
     foreground: bool = False
     debug: bool = False
     fuse_options: list[str] = field(default_factory=list)
@@ -74,25 +74,48 @@ def fuse_options(config: MountConfig) -> set[str]:
     return opts
 
 
-def prepare(config: MountConfig) -> tuple[DockerSource, DockerFS]:
-    """Everything that can fail with a clear message, before mounting."""
+def prepare(config: MountConfig) -> tuple[list[DockerSource], DockerFS]:
+    """Everything that can fail with a clear message, before mounting.
+
+    One engine must answer, or nothing is mounted. With several, a bad
+    endpoint (TLS material, an ssh set-up) still refuses the mount, but an
+    engine that does not answer is only logged: its directory answers EIO
+    until it does, and the others serve meanwhile.
+    """
     check_mountpoint(config.mountpoint)
+    targets: list[Endpoint | None] = list(config.endpoints) or [None]
+    sources: list[DockerSource] = []
     try:
-        source = DockerSource(config.endpoint)
-    except DockerProblem as exc:
+        for target in targets:
+            source = DockerSource(target)
+            sources.append(source)
+            source.start()
+        for source in sources:
+            _ping(source, len(sources) > 1)
+    except (DockerProblem, MountError) as exc:
+        for source in sources:
+            source.close()
         raise MountError(str(exc)) from None
-    try:
-        source.start()
-        version = source.ping()
-    except (DockerProblem, OSError, ValueError) as exc:
-        source.close()
-        # One line, whatever the engine put in its message (dockerd ends some with "\n").
-        detail = " ".join(str(exc).split())
-        raise MountError(f"cannot reach Docker at {source.endpoint}: {detail}") from None
-    log.info("Docker %s at %s", version, source.endpoint)
     caching = kernel_cache.detect()
     log.info("kernel caching of listings and pages %s", caching.why)
-    return source, DockerFS(source, show_all=config.show_all, kernel_cache=caching.enabled)
+    engines = {source.target.name: source for source in sources}
+    fs = DockerFS(engines, show_all=config.show_all, kernel_cache=caching.enabled)
+    return sources, fs
+
+
+def _ping(source: DockerSource, several: bool) -> None:
+    try:
+        version = source.ping()
+    except (DockerProblem, OSError, ValueError) as exc:
+        # One line, whatever the engine put in its message (dockerd ends some with "\n").
+        detail = " ".join(str(exc).split())
+        message = f"cannot reach Docker at {source.endpoint}: {detail}"
+        if not several:
+            raise MountError(message) from None
+        log.warning("%s: %s; its directory answers EIO until it does", source.target.name, message)
+        return
+    engine = "Podman" if source.podman else "Docker"
+    log.info("%s: %s %s at %s", source.target.name, engine, version, source.endpoint)
 
 
 # Told once the mount serves (None) or could not be made whole (a message).
@@ -148,11 +171,12 @@ def run_mounted(config: MountConfig, ready: Ready | None = None) -> int:
         if ready is not None:
             ready(error)
 
-    source, fs = prepare(config)
+    sources, fs = prepare(config)
     try:
         pyfuse3.init(fs, config.mountpoint, fuse_options(config))
     except RuntimeError as exc:
-        source.close()
+        for source in sources:
+            source.close()
         raise MountError(f"cannot mount {config.mountpoint}: {exc}") from None
     shim = (
         Shim(config.ninep, config.mountpoint, config.ninep_allow_control) if config.ninep else None
@@ -163,7 +187,8 @@ def run_mounted(config: MountConfig, ready: Ready | None = None) -> int:
         if shim is not None:
             shim.stop()
         pyfuse3.close(unmount=True)
-        source.close()
+        for source in sources:
+            source.close()
     if failure and ready is None:
         raise MountError(failure[0])
     return 1 if failure else 0

@@ -12,60 +12,36 @@ unexpected become errnos, logged once with the request that failed.
 
 from __future__ import annotations
 
+import collections
 import errno
 import functools
 import json
 import logging
-import math
 import os
-import re
 import signal
 import stat
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
 
+from .cache import ATTR_TIMEOUT, EngineCache, Source
 from .control import BadCommand, parse_command
-from .docker_source import (
-    BadRequest,
-    Conflict,
-    DockerProblem,
-    DockerSource,
-    NotFound,
-)
+from .docker_source import BadRequest, Conflict, DockerProblem, NotFound
 from .inodes import ROOT_INODE, Changes, InodeTable, Kind, Node
 from .logstream import LogSpool, LogSpools, TooManyLogs
-from .tree import NAME_MAX, Container, Special, container_id, escape_name, resolve_name
+from .tree import NAME_MAX, Special
 
 log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-# How long the kernel may trust what we told it. Removals and size changes
-# are pushed to the kernel as invalidations, so these bound staleness only
-# for changes nobody has asked us about yet.
-ATTR_TIMEOUT = 10.0  # for entries and attributes alike
-# With kernel caching (kernel_cache.py) listings are cached too, so entries
-# must outlive a walk: every change is invalidated, this only bounds a lost one.
-KERNEL_CACHE_TIMEOUT = 3600.0
-# While Docker's event stream is down nothing tells us of changes: trust less.
-FALLBACK_TIMEOUT = 1.0
-# Retries of a dropped event stream: 0.5 s doubling to this. Only an engine
-# that does not answer its list makes the wait grow (a refused connect is
-# cheap), and until the reconnect lists it again the tree shows containers as
-# they were before Docker went away: keep that short.
-RECONNECT_MAX = 1.0
 # Names and prefixes can move to another container.
 ALIAS_TIMEOUT = 1.0
-# A lookup miss of a name asks Docker at most this often.
-MISS_REFRESH_INTERVAL = 1.0
-# When to re-read a container after its events (seconds after, cumulative).
-EVENT_REREAD_DELAYS = (0.05, 0.4)
 # pyfuse3 serves at most MAX_WORKERS requests at once. A logs.follow read can
 # block for as long as its container is silent, holding one: opens of
 # logs.follow get at most MAX_FOLLOWERS of them (ENFILE beyond), one process at
@@ -74,28 +50,8 @@ EVENT_REREAD_DELAYS = (0.05, 0.4)
 MAX_WORKERS = 512
 MAX_FOLLOWERS = 256
 MAX_FOLLOWERS_PER_PROCESS = 64
-# Containers whose logs may be open at once: each holds one of aiohttp's 100
-# connections to Docker while its log loads or grows (ENFILE beyond).
-MAX_LOG_SPOOLS = 64
 # How often a blocked logs or logs.follow read checks whether its reader was signalled.
 FOLLOW_POLL = 0.2
-# Event actions that change what a container's directory shows.
-_EVENT_ACTIONS = frozenset(
-    [
-        "create",
-        "start",
-        "restart",
-        "die",
-        "stop",
-        "kill",
-        "pause",
-        "unpause",
-        "rename",
-        "destroy",
-        "oom",
-        "update",
-    ]
-)
 # `getfattr -n user.dockerfs.stats MOUNT`: Docker request counts, for make bench.
 STATS_XATTR = b"user.dockerfs.stats"
 # readdir offsets start above 2: NFS re-exports treat 1 and 2 specially.
@@ -159,6 +115,7 @@ class _FileHandle:
 
 @dataclass(slots=True)
 class _CtlHandle:
+    cache: EngineCache
     cid: str
 
 
@@ -172,6 +129,7 @@ class _LogHandle:
     follow: bool
     opener_pid: int
     opener: int  # the opening process (thread group), for the per-process cap
+    spools: LogSpools  # the engine's, which the spool goes back to
     pos: int = 0
     eofs: int = 0
     waiting: bool = False
@@ -207,106 +165,57 @@ class _Followers:
             self.by_process.pop(process, None)
 
 
-class _Shared:
-    """One list request and its outcome, shared by everyone who waited for it."""
-
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self.result: list[Container] | None = None
-        self.error: Exception | None = None
-
-
-class _Refresher:
-    """One container-list request at a time; callers that arrive meanwhile share it."""
-
-    def __init__(self, fetch: Callable[[], Awaitable[list[Container]]]) -> None:
-        self._fetch = fetch
-        self._current: _Shared | None = None
-
-    async def get(self) -> list[Container]:
-        while True:
-            shared = self._current
-            if shared is None:
-                shared = self._current = _Shared()
-                try:
-                    shared.result = await self._fetch()
-                    return shared.result
-                except Exception as exc:
-                    shared.error = exc
-                    raise
-                finally:
-                    self._current = None
-                    shared.done.set()
-            await shared.done.wait()
-            if shared.error is not None:
-                raise shared.error
-            if shared.result is not None:
-                return shared.result
-            # the request we waited on was cancelled: make our own
-
-
 class DockerFS(pyfuse3.Operations):
-    """The containers of one Docker engine as a read-only tree."""
+    """The containers of one or more engines as a read-only tree.
+
+    One engine: its containers are the root's children. Several: the root
+    holds one directory per engine, each the one-engine tree. Either way each
+    engine's `EngineCache` keeps its subtree fresh; this class only answers
+    the kernel from the table.
+    """
 
     def __init__(
-        self, source: DockerSource, *, show_all: bool = False, kernel_cache: bool = False
+        self,
+        engines: Mapping[str, Source],
+        *,
+        show_all: bool = False,
+        kernel_cache: bool = False,
     ) -> None:
         super().__init__()
-        self.source = source
+        if not engines:
+            raise ValueError("no engine")
         self.show_all = show_all
         # The pyfuse3 patch (kernel_cache.py): the kernel opens directories
         # itself and caches listings and core files' pages; readdir gets the inode.
         self.kernel_cache = self.pass_inode = kernel_cache
-        self.keep_pages = False  # while Docker's event stream is up
         self._listings: dict[tuple[int, int], list[tuple[str, int]]] = {}
         self.table = InodeTable(root_mtime_ns=time.time_ns())
         self.uid = os.getuid()
         self.gid = os.getgid()
         self._handles: dict[int, _Handle] = {}
-        self.attr_timeout = ATTR_TIMEOUT
-        self._misses: dict[str, float] = {}
-        self._scheduled: set[str] = set()
-        # Events numbered as they arrive, to catch a list answer that was
-        # fetched before an event but applied after it.
-        self._event_seq = 0
-        self._last_event: dict[str, int] = {}
-        self._reread_send, self._reread_recv = trio.open_memory_channel[str](math.inf)
         self.followers = _Followers(MAX_FOLLOWERS, MAX_FOLLOWERS_PER_PROCESS)
-        self.logs = LogSpools(self.source.stream_logs, self._may_be_running, MAX_LOG_SPOOLS)
         self.waiting_reads = 0
         self._next_fh = 1
-        self._refresher = _Refresher(self._fetch)
         self._inval_send, self._inval_recv = trio.open_memory_channel[Changes](1000)
+        # The engines, by the inode of their top directory.
+        self.several = len(engines) > 1
+        self.caches: dict[int, EngineCache] = {}
+        for name, source in engines.items():
+            top = self.table.add_dir(name) if self.several else self.table.root
+            self.caches[top.inode] = EngineCache(
+                name,
+                source,
+                self.table,
+                top,
+                self._apply,
+                show_all=show_all,
+                kernel_cache=kernel_cache,
+            )
 
-    # -- the cache -------------------------------------------------------------
-
-    async def _fetch(self) -> list[Container]:
-        return await self.source.list_containers(all=self.show_all)
-
-    async def refresh(self) -> None:
-        """Fetch the container list and make the tree match it."""
-        seq = self._event_seq
-        containers = await self._refresher.get()
-        self._apply(self.table.set_containers(containers))
-        # An event that arrived while the list was in flight may be newer than
-        # the list (a `docker rm` the list still shows): read those again.
-        if self._event_seq > seq:
-            for cid, event_seq in self._last_event.items():
-                if event_seq > seq:
-                    self._schedule_reread(cid)
-
-    async def refresh_container(self, cid: str) -> None:
-        """Re-read one container (after a ctl command or an event)."""
-        c = await self.source.list_one(cid, all=self.show_all)
-        if c is None:
-            self._apply(self.table.remove_container(cid))
-        else:
-            self._apply(self.table.upsert_container(c))
+    # -- the caches' changes, pushed to the kernel ---------------------------------
 
     def _apply(self, changes: Changes) -> None:
         """Hand kernel invalidations to the background task, never blocking a request."""
-        if not changes:
-            return
         try:
             self._inval_send.send_nowait(changes)
         except trio.WouldBlock:
@@ -333,94 +242,11 @@ class DockerFS(pyfuse3.Operations):
                     _invalidate_inodes, changes.changed, not self.kernel_cache
                 )
 
-    # -- Docker's event stream ----------------------------------------------------
-
     async def run_events(self) -> None:
-        """Keep the tree fresh between listings (a task in the main nursery).
-
-        On each container event, re-read that one container and push the
-        invalidations, so `cat <id>/State` follows Docker without a listing
-        of the root. When the stream drops: log once, shorten the kernel's
-        attribute timeouts, and reconnect with backoff; on reconnect, list
-        everything once to catch what was missed (what changed while Docker
-        was down sent no event we could see).
-        """
-        backoff = 0.5
-        down = False
+        """Every engine's event stream (a task in the main nursery)."""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._run_rereads, nursery)
-            while True:
-                stream = self.source.events()
-                try:
-                    await self.refresh()
-                    if down:
-                        log.info("Docker event stream reconnected")
-                    down, backoff = False, 0.5
-                    self.attr_timeout = KERNEL_CACHE_TIMEOUT if self.kernel_cache else ATTR_TIMEOUT
-                    self.keep_pages = self.kernel_cache
-                    async for event in stream:
-                        self._on_event(event)
-                    problem = "ended"
-                except DockerProblem as exc:
-                    problem = str(exc)
-                except Exception:  # a bug must not unmount: log it and reconnect
-                    log.exception("Docker event stream")
-                    problem = "failed"
-                finally:
-                    stream.close()
-                self.attr_timeout = FALLBACK_TIMEOUT
-                self.keep_pages = False
-                if not down:
-                    log.warning("Docker event stream %s; retrying, caching less meanwhile", problem)
-                    down = True
-                await trio.sleep(backoff)
-                backoff = min(backoff * 2, RECONNECT_MAX)
-
-    def _on_event(self, event: dict[str, Any]) -> None:
-        action = str(event.get("Action") or event.get("status") or "").split(":")[0]
-        cid = str(event.get("id") or (event.get("Actor") or {}).get("ID") or "")
-        if not cid or not (action in _EVENT_ACTIONS or action.startswith("health_status")):
-            return
-        log.debug("event %s %s", action, cid[:12])
-        self._event_seq += 1
-        self._last_event[cid] = self._event_seq
-        if len(self._last_event) > 4096:
-            self._last_event = {cid: self._event_seq}
-        if action == "destroy":
-            self._apply(self.table.remove_container(cid))
-        elif action == "start":
-            self.logs.container_started(cid)
-        self._schedule_reread(cid)
-
-    def _schedule_reread(self, cid: str) -> None:
-        if cid not in self._scheduled:
-            self._scheduled.add(cid)
-            self._reread_send.send_nowait(cid)
-
-    async def _run_rereads(self, nursery: trio.Nursery) -> None:
-        async for cid in self._reread_recv:
-            nursery.start_soon(self._reread_after_event, cid)
-
-    async def _reread_after_event(self, cid: str) -> None:
-        """Re-read a container shortly after its event(s).
-
-        Docker sends some events (pause, for one) just before the state that
-        its list endpoint reads is updated, so read after a short delay (which
-        also folds a burst such as create+start into one request), and once
-        more a little later in case the engine was slow.
-        """
-        try:
-            for i, delay in enumerate(EVENT_REREAD_DELAYS):
-                await trio.sleep(delay)
-                if i == 0:  # later events schedule their own re-read
-                    self._scheduled.discard(cid)
-                await self.refresh_container(cid)
-        except DockerProblem as exc:
-            log.warning("after an event for %s: %s", cid[:12], exc)
-        except Exception:  # a bug must not unmount
-            log.exception("after an event for %s", cid[:12])
-        finally:
-            self._scheduled.discard(cid)
+            for cache in self.caches.values():
+                nursery.start_soon(cache.run_events)
 
     # -- helpers ------------------------------------------------------------------
 
@@ -434,9 +260,11 @@ class DockerFS(pyfuse3.Operations):
         a = pyfuse3.EntryAttributes()
         a.st_ino = pyfuse3.InodeT(node.inode)
         a.generation = 0
-        a.entry_timeout = a.attr_timeout = self.attr_timeout
-        if node.inode == ROOT_INODE:
-            a.attr_timeout = min(self.attr_timeout, ATTR_TIMEOUT)
+        cache = self._cache_of(node)
+        timeout = cache.attr_timeout if cache is not None else ATTR_TIMEOUT
+        a.entry_timeout = a.attr_timeout = timeout
+        if node.inode == ROOT_INODE or node.inode in self.caches:
+            a.attr_timeout = min(timeout, ATTR_TIMEOUT)
         if node.kind is Kind.DIR:
             a.st_mode = pyfuse3.ModeT(stat.S_IFDIR | 0o555)
         elif node.kind is Kind.LINK:
@@ -451,9 +279,9 @@ class DockerFS(pyfuse3.Operations):
         a.st_gid = self.gid
         a.st_rdev = 0
         a.st_size = len(node.data) if node.kind is not Kind.DIR else 0
-        if node.special is Special.LOGS and node.parent is not None:
+        if node.special is Special.LOGS and node.parent is not None and cache is not None:
             # `tail -f` follows by polling this size: never let the kernel cache it.
-            a.st_size = self.logs.polled_size(node.parent.name)
+            a.st_size = cache.logs.polled_size(node.parent.name)
             a.attr_timeout = 0
         a.st_blksize = 4096
         a.st_blocks = (a.st_size + 511) // 512
@@ -466,52 +294,21 @@ class DockerFS(pyfuse3.Operations):
         self._handles[fh] = handle
         return pyfuse3.FileHandleT(fh)
 
-    async def _find(self, parent: Node, name: str) -> Node | None:
-        node = self.table.lookup(parent, name)
-        if node is not None or parent.inode != ROOT_INODE:
-            return node
-        # Without -a the table holds running containers only, and a prefix
-        # unique among them may be shared with a stopped one: Docker would
-        # refuse it, so only Docker's answer (below) may resolve a prefix.
-        node = self.table.alias(name, by_prefix=self.show_all)
-        if node is not None or not _could_name_a_container(name):
-            return node
-        # A container started since the last listing or event, or a prefix:
-        # ask Docker with filtered requests over all containers (no full
-        # listing). The same missing name asks at most once per interval, so
-        # a probe loop (shells, editors) cannot become a request loop; if
-        # Docker cannot answer, a miss is just a miss.
-        now = time.monotonic()
-        if now - self._misses.get(name, -math.inf) < MISS_REFRESH_INTERVAL:
-            return None
-        if len(self._misses) > 1024:
-            self._misses.clear()
-        self._misses[name] = now
-        try:
-            node = await self._ask_docker(parent, name)
-        except DockerProblem as exc:
-            log.debug("lookup of %s: %s", name, exc)
-            return None
-        if node is not None:
-            self._misses.pop(name, None)
-        return node
+    def _cache_of(self, node: Node) -> EngineCache | None:
+        """The engine a node belongs to (None for the root of several engines)."""
+        n: Node | None = node
+        while n is not None:
+            cache = self.caches.get(n.inode)
+            if cache is not None:
+                return cache
+            n = n.parent
+        return None
 
-    async def _ask_docker(self, parent: Node, name: str) -> Node | None:
-        """Resolve a name as Docker would, against all containers; None if
-        unknown, ambiguous, or a container this mount does not list."""
-        found = await self.source.find(name, all=True)
-        cid = resolve_name(name, found)
-        if not cid:
-            return None
-        if self.show_all:
-            self._apply(self.table.upsert_container(_entry(found, cid)))
-        elif escape_name(cid) not in self.table.children(self.table.root):
-            # Without -a, a container is listed only if Docker lists it so.
-            c = await self.source.list_one(cid)
-            if c is None:
-                return None
-            self._apply(self.table.upsert_container(c))
-        return self.table.lookup(parent, name) or self.table.link(name, cid)
+    async def _find(self, parent: Node, name: str) -> Node | None:
+        cache = self.caches.get(parent.inode)
+        if cache is None:  # inside a container, or the root of several engines
+            return self.table.lookup(parent, name)
+        return await cache.find(name)
 
     # -- requests ---------------------------------------------------------------------
 
@@ -562,9 +359,12 @@ class DockerFS(pyfuse3.Operations):
         node = self._node(inode)
         if not node.is_dir:
             raise _fail(errno.ENOTDIR)
-        if inode == ROOT_INODE:
-            # The contract: reading the root is what refreshes the cache.
-            await self.refresh()
+        cache = self.caches.get(inode)
+        if cache is not None:
+            # The contract: reading an engine's top directory (the root with
+            # one engine) is what refreshes its cache. The root of several
+            # engines lists them and asks none.
+            await cache.refresh()
         entries = [(name, child.inode) for name, child in self.table.children(node).items()]
         return self._new_handle(_DirHandle(entries))
 
@@ -612,23 +412,24 @@ class DockerFS(pyfuse3.Operations):
         hash: the number rides in the upper bits of every offset, so the later
         pages of one listing are served from the same snapshot without a
         handle, and an unchanged directory always gets the same offsets.
-        Reading the root from its start still asks Docker (the contract); its
-        mtime then moves on and its cached attributes are dropped, so the
-        kernel's auto_inval_data drops the cached root listing at the next
-        read: every `ls` asks Docker exactly once.
+        Reading an engine's top directory (the root with one engine) from its
+        start still asks the engine (the contract); its mtime then moves on
+        and its cached attributes are dropped, so the kernel's auto_inval_data
+        drops the cached listing at the next read: every `ls` asks once.
         """
         node = self._node(inode)
         if not node.is_dir:
             raise _fail(errno.ENOTDIR)
         if start_id == 0:
-            if inode == ROOT_INODE:
-                await self.refresh()
-                root = self.table.root
-                root.mtime_ns = max(time.time_ns(), root.mtime_ns + 1)
+            cache = self.caches.get(inode)
+            if cache is not None:
+                await cache.refresh()
+                top = cache.top
+                top.mtime_ns = max(time.time_ns(), top.mtime_ns + 1)
                 # Here, not in a worker thread: a thread hop is slower than this
                 # write to /dev/fuse, which waits for nothing of ours (no
                 # writeback cache), and it must be done before we reply.
-                _invalidate_inodes([ROOT_INODE], False)
+                _invalidate_inodes([inode], False)
             entries = [(name, child.inode) for name, child in self.table.children(node).items()]
             snapshot = hash(tuple(entries)) & 0x7FFF_FFFF
             self._listings.pop((inode, snapshot), None)
@@ -670,8 +471,8 @@ class DockerFS(pyfuse3.Operations):
         if node.special is Special.CTL:
             if flags & os.O_ACCMODE != os.O_WRONLY:
                 raise _fail(errno.EACCES)
-            cid = self._container_of(node)
-            return pyfuse3.FileInfo(fh=self._new_handle(_CtlHandle(cid)), direct_io=True)
+            cache, cid = self._container_of(node)
+            return pyfuse3.FileInfo(fh=self._new_handle(_CtlHandle(cache, cid)), direct_io=True)
         if writing:
             raise _fail(errno.EACCES)
         if node.special is None:
@@ -680,7 +481,9 @@ class DockerFS(pyfuse3.Operations):
                 # Pages stay cached between opens; every change of the content
                 # invalidates them (run_invalidator), so they are never stale.
                 fh = self._new_handle(_FileHandle(data, node))
-                return pyfuse3.FileInfo(fh=fh, keep_cache=self.keep_pages)
+                owner = self._cache_of(node)
+                keep = owner is not None and owner.keep_pages
+                return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
         elif node.special in (Special.LOGS, Special.FOLLOW):
             return self._open_log(node, ctx.pid)
         else:
@@ -692,13 +495,13 @@ class DockerFS(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
 
     def _open_log(self, node: Node, pid: int) -> pyfuse3.FileInfo:
-        cid = self._container_of(node)
+        cache, cid = self._container_of(node)
         follow = node.special is Special.FOLLOW
         opener = _process_of(pid)
         if follow:
             self.followers.take(opener)
         try:
-            spool = self.logs.open(cid)
+            spool = cache.logs.open(cid)
         except BaseException as exc:
             if follow:
                 self.followers.give_back(opener)
@@ -708,29 +511,23 @@ class DockerFS(pyfuse3.Operations):
             raise
         if follow:
             spool.want_more()
-        fh = self._new_handle(_LogHandle(spool, follow, pid, opener))
+        fh = self._new_handle(_LogHandle(spool, follow, pid, opener, cache.logs))
         # Direct I/O: reads are never clipped at a size the kernel cached.
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False, nonseekable=follow)
 
-    def _may_be_running(self, cid: str) -> bool:
-        """Whether following the log may bring more (unknown counts as yes)."""
-        root = self.table.get(ROOT_INODE)
-        node = self.table.lookup(root, cid)
-        state = (node.raw or {}).get("State") if node is not None else None
-        return state not in ("created", "exited", "dead", "removing")
-
-    def _container_of(self, node: Node) -> str:
-        while node.parent is not None and node.parent.inode != ROOT_INODE:
+    def _container_of(self, node: Node) -> tuple[EngineCache, str]:
+        """The engine and container ID of a node inside a container directory."""
+        while node.parent is not None and node.parent.inode not in self.caches:
             node = node.parent
         if node.parent is None or node.gone:
             raise _fail(errno.ENOENT)
-        return node.name
+        return self.caches[node.parent.inode], node.name
 
     async def _render(self, node: Node) -> bytes:
         """One API call per open, never per read (lxcfs's model)."""
-        cid = self._container_of(node)
+        cache, cid = self._container_of(node)
         if node.special is Special.INSPECT:
-            info = await self.source.inspect(cid)
+            info = await cache.inspect(cid)
             return (json.dumps(info, indent=4, ensure_ascii=False) + "\n").encode()
         raise _fail(errno.EIO)
 
@@ -795,11 +592,7 @@ class DockerFS(pyfuse3.Operations):
             raise BadCommand(f"one command per open and write, at offset 0 (not {off})")
         command = parse_command(buf)
         log.info("ctl %s: %s %s", handle.cid[:12], command.action, command.params or "")
-        await self.source.control(handle.cid, command)
-        try:
-            await self.refresh_container(handle.cid)
-        except DockerProblem as exc:  # the command itself succeeded
-            log.warning("after ctl %s: %s", command.action, exc)
+        await handle.cache.control(handle.cid, command)
         return len(buf)
 
     @_guard
@@ -808,7 +601,7 @@ class DockerFS(pyfuse3.Operations):
         if isinstance(handle, _LogHandle):
             # A read may still wait on this handle (its reader was killed): it ends now.
             handle.closed = True
-            self.logs.release(handle.spool)
+            handle.spools.release(handle.spool)
             if handle.follow:
                 self.followers.give_back(handle.opener)
 
@@ -948,13 +741,19 @@ class DockerFS(pyfuse3.Operations):
         return [pyfuse3.XAttrNameT(STATS_XATTR)] if inode == ROOT_INODE else []
 
     def stats(self) -> dict[str, Any]:
-        """Counters for the benchmark and the tests: Docker requests by kind, table size."""
+        """Counters for the benchmark and the tests: requests by kind (all
+        engines' summed, and each engine's), table size."""
+        engines = {cache.name: cache.stats() for cache in self.caches.values()}
+        total: collections.Counter[str] = collections.Counter()
+        for one in engines.values():
+            total.update(one["requests"])
         return {
-            "requests": dict(self.source.requests),
+            "requests": dict(total),
+            "engines": engines,
             "inodes": len(self.table),
             "kernel_cache": self.kernel_cache,
             "logs": {
-                "spools": len(self.logs),
+                "spools": sum(len(cache.logs) for cache in self.caches.values()),
                 "followers": self.followers.count,
                 "waiting_reads": self.waiting_reads,
             },
@@ -1019,15 +818,3 @@ def _process_of(pid: int) -> int:
     except (OSError, ValueError):
         pass
     return pid
-
-
-def _entry(containers: list[Container], cid: str) -> Container:
-    return next(c for c in containers if container_id(c) == cid)
-
-
-def _could_name_a_container(name: str) -> bool:
-    """Docker names are [a-zA-Z0-9][a-zA-Z0-9_.-]*; IDs and prefixes are hex."""
-    return bool(_NAME.fullmatch(name))
-
-
-_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")

@@ -214,6 +214,20 @@ class Export:
             raise NinePError(errno.ENOENT)
         return resolved
 
+    def subtree(self, aname: str) -> Export:
+        """The export an attach name selects: the directory it names inside
+        this one, walked and confined like every walk; "" is the whole export."""
+        parts: Parts = ()
+        for name in aname.split("/"):
+            if name:
+                parts = self._step(parts, name, Dialect.P2000)
+        if not parts:
+            return self
+        parts = self._resolve(parts)
+        if not st.S_ISDIR(self.lstat(parts).st_mode):
+            raise NinePError(errno.ENOTDIR)
+        return Export(self.path(parts), self.allow_control)
+
     def lstat(self, parts: Parts) -> os.stat_result:
         try:
             return os.lstat(self.path(parts))

@@ -137,6 +137,7 @@ class Connection:
 
     def __init__(self, export: Export, stream: trio.abc.Stream, peer: str, shared: Shared) -> None:
         self.export = export
+        self.whole_export = export  # what an empty attach name gets
         self.stream = stream
         self.peer = peer
         self.shared = shared
@@ -437,6 +438,11 @@ class Connection:
         if msg.afid != codec.NOFID:
             raise NinePError(errno.EINVAL, "no authentication required")
         self._check_new_fid(msg.fid)
+        # The attach name selects a directory of the export: one per connection.
+        export = await self._blocking(self.whole_export.subtree, msg.aname)
+        if self.fids and export.root != self.export.root:
+            raise NinePError(errno.EINVAL, "one attach name per connection")
+        self.export = export
         parts, info = await self._blocking(self.export.view, (), self._dialect())
         qid = self.export.qid(info)
         await trio.lowlevel.checkpoint_if_cancelled()

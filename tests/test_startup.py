@@ -230,9 +230,10 @@ def test_relative_mountpoint_holding_the_socket(
 
 
 def _same_device_as_root(tmp_path: Path) -> Path:
-    """A scratch directory on the root filesystem: bound over /run, it leaves /run
-    a directory os.path.ismount does not call a mount point (as /run is on
-    systems without a tmpfs there), so the check under test is the one that speaks."""
+    """A scratch directory on the root filesystem: bound over the socket's
+    directory, it leaves a directory os.path.ismount does not call a mount
+    point (as /run is on systems without a tmpfs there), so the check under
+    test is the one that speaks."""
     root_dev = os.stat("/").st_dev
     for base in (tmp_path, Path("/var/tmp"), Path("/tmp"), Path("/root")):
         if base.is_dir() and os.stat(base).st_dev == root_dev:
@@ -244,15 +245,17 @@ def _same_device_as_root(tmp_path: Path) -> Path:
 
 
 def test_default_docker_socket_under_mountpoint(engine: Engine, tmp_path: Path) -> None:
-    """No -H, no DOCKER_HOST, no context: aiodocker finds /run/docker.sock.
-    In a private mount namespace, /run holds only a link to the engine's
-    socket, and the mountpoint is /run itself."""
+    """No -H, no DOCKER_HOST, no context: the docker CLI's default,
+    /var/run/docker.sock (on Debian /var/run is a link to /run). In a private
+    mount namespace, that directory holds only a link to the engine's socket,
+    and it is the mountpoint."""
     require_fuse()
     require(shutil.which("unshare") is not None, "unshare missing (util-linux)")
+    run_dir = os.path.realpath("/var/run")
     scratch = _same_device_as_root(tmp_path)
     home = tmp_path / "home"  # no ~/.docker: no context
     home.mkdir()
-    script = 'mount --bind "$1" /run && ln -s "$2" /run/docker.sock && shift 2 && exec "$@"'
+    script = 'mount --bind "$1" "$2" && ln -s "$3" "$2/docker.sock" && shift 3 && exec "$@"'
     try:
         refused(
             [
@@ -265,13 +268,15 @@ def test_default_docker_socket_under_mountpoint(engine: Engine, tmp_path: Path) 
                 script,
                 "sh",
                 str(scratch),
+                run_dir,
                 str(engine.dockerd.socket),
-                *dockerfs_command("-f", "/run"),
+                *dockerfs_command("-f", run_dir),
             ],
-            mountpoint=Path("/run"),
+            mountpoint=Path(run_dir),
             own_namespace=True,
             env=clean_env(HOME=str(home)),
-            want="the Docker socket /run/docker.sock is reached through the mountpoint /run",
+            want=f"the Docker socket /var/run/docker.sock is reached through the mountpoint "
+            f"{run_dir}",
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -508,6 +513,7 @@ def demo_leftovers() -> Iterator[list[tuple[int, Path]]]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.mark.timeout(600)  # may install docker.io, then starts a dockerd
 def test_make_run_without_engine_falls_back_to_the_demo(
     tmp_path: Path, demo_leftovers: list[tuple[int, Path]]
 ) -> None:

@@ -21,14 +21,17 @@ from .private_dockerd import IMAGE, DockerdError, PrivateDockerd
 
 
 def engine_problem() -> str | None:
-    """Why the engine dockerfs-fuse would find (DOCKER_HOST, the docker context,
-    the usual sockets) does not answer; None when it does."""
-    source = DockerSource()
+    """Why the engine dockerfs-fuse would use with no -H (the docker CLI's:
+    DOCKER_HOST, the context, /var/run/docker.sock) does not answer; None when it does."""
+    try:
+        source = DockerSource()
+    except DockerProblem as exc:  # an endpoint that does not even parse
+        return str(exc)
     try:
         source.start()
         source.ping()
     except (DockerProblem, OSError, ValueError) as exc:
-        return str(exc) or type(exc).__name__
+        return " ".join(str(exc).split()) or type(exc).__name__
     finally:
         source.close()
     return None

@@ -143,7 +143,7 @@ def _probe_mountpoint(path: str) -> int:
 
 
 def _mount_kind(path: str) -> str:
-    """ "dockerfs" for our own mounts (fuse.dockerfs in mountinfo), else the type's name."""
+    """How mountinfo calls the mount at `path`: ours (fuse.dockerfs) is "dockerfs"."""
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
             lines = f.read().splitlines()
@@ -153,7 +153,6 @@ def _mount_kind(path: str) -> str:
     for line in lines:
         fields, _, rest = line.partition(" - ")
         parts = fields.split()
-        # Octal escapes in mountinfo: space, tab, newline and backslash.
         if len(parts) > 4 and _unescape_mountinfo(parts[4]) == path and rest:
             fstype = rest.split()[0]
             kind = fstype.removeprefix("fuse.") if fstype != "fuse" else "FUSE"
@@ -161,6 +160,7 @@ def _mount_kind(path: str) -> str:
 
 
 def _unescape_mountinfo(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes."""
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 

@@ -43,21 +43,6 @@ IMG = "busybox:latest"
 # -- helpers -------------------------------------------------------------------------
 
 
-def mounts_at(path: Path) -> int:
-    """From mountinfo, never from the path: a stat could wait on a blocked daemon."""
-    count = 0
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            field = line.split()[4]
-            if re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field) == str(path):
-                count += 1
-    return count
-
-
-def mounted(path: Path) -> bool:
-    return mounts_at(path) > 0
-
-
 def refused(
     args: list[str],
     *,
@@ -84,8 +69,11 @@ def refused(
     try:
         out, err = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
+        where = (
+            "in its namespace" if own_namespace else f"mounted: {mounts_at(mountpoint) > before}"
+        )
         abandon(mountpoint, proc, own_namespace)
-        pytest.fail("dockerfs-fuse did not return: blocked on its own mount?")
+        pytest.fail(f"dockerfs-fuse did not return within 60 s ({where})")
     was_mounted = mounts_at(mountpoint) > before
     if was_mounted:
         abandon(mountpoint, proc, own_namespace)
@@ -98,16 +86,54 @@ def refused(
     return lines[0]
 
 
+def unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mounts_at(path: Path) -> int:
+    """From mountinfo, never from the path: a stat could wait on a blocked daemon."""
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+        return sum(unescape(line.split()[4]) == str(path) for line in f)
+
+
+def mounted(path: Path) -> bool:
+    return mounts_at(path) > 0
+
+
+FUSECTL = Path("/sys/fs/fuse/connections")
+
+
+def abort_fuse_connection(pid: int, mountpoint: Path) -> None:
+    """Abort the FUSE connection of the mount at `mountpoint` as process `pid`
+    sees it: a daemon stuck in a request to its own mount survives SIGKILL
+    (a zombie whose thread still waits) and blocks `umount -f`; only this frees it."""
+    try:
+        lines = Path(f"/proc/{pid}/mountinfo").read_text(errors="replace").splitlines()
+    except OSError:
+        return
+    minors = [
+        line.split()[2].split(":")[1]
+        for line in lines
+        if unescape(line.split()[4]) == str(mountpoint) and " - fuse" in line
+    ]
+    if not minors:
+        return
+    ours = "fusectl" not in Path("/proc/self/mountinfo").read_text()
+    if ours:
+        subprocess.run(["mount", "-t", "fusectl", "none", str(FUSECTL)], capture_output=True)
+    for minor in minors:
+        with contextlib.suppress(OSError):
+            (FUSECTL / minor / "abort").write_text("1")
+    if ours:
+        subprocess.run(["umount", str(FUSECTL)], capture_output=True)
+
+
 def abandon(mountpoint: Path, proc: subprocess.Popen[str], own_namespace: bool = False) -> None:
-    """Undo a mount that should not exist, even one whose daemon waits on itself:
-    `umount -f` aborts the FUSE connection (a SIGKILLed daemon stuck in a request
-    to its own mount cannot exit before that), then the daemon is killed by PID."""
-    # In the daemon's own namespace when it has one: never unmount our /run.
-    enter = ["nsenter", "-t", str(proc.pid), "-m"] if own_namespace else []
-    if not own_namespace or proc.poll() is None:
-        umount = [*enter, "umount", "-f", str(mountpoint)]
-        subprocess.run(umount, capture_output=True, timeout=30)
+    """Undo a mount that should not exist, even one whose daemon waits on itself
+    (so never `umount -f`, which then blocks too): abort its FUSE connection,
+    kill the daemon by PID, and lazily unmount what is left in our namespace."""
     if proc.poll() is None:
+        abort_fuse_connection(proc.pid, mountpoint)
         proc.kill()
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.communicate(timeout=30)

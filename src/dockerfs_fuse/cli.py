@@ -1,4 +1,4 @@
-"""`dockerfs-fuse`: parse the command line, set up logging, hand over to mount."""
+"""`dockerfs-fuse`: parse the command line, check it, set up logging, hand over to mount."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__, endpoints
-from .mount import MountConfig, MountError, mount
+from .mount import MountConfig, MountError, check_config, mount
 
 PROG = "dockerfs-fuse"
 
@@ -84,17 +84,15 @@ def setup_logging(debug: bool) -> None:
         logging.getLogger("asyncio").setLevel(logging.WARNING)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    setup_logging(args.debug)
+def config_from(args: argparse.Namespace) -> MountConfig:
     try:
         found = endpoints.resolve(args.host, args.context, os.environ)
     except endpoints.EndpointError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return 1
-    config = MountConfig(
-        # Absolute: a detached daemon leaves its working directory.
-        mountpoint=os.path.abspath(args.mountpoint),
+        raise MountError(str(exc)) from None
+    return MountConfig(
+        # Absolute: a detached daemon leaves its working directory. An empty
+        # MOUNTPOINT stays empty (abspath would make it ".") and is refused.
+        mountpoint=os.path.abspath(args.mountpoint) if args.mountpoint else "",
         endpoints=found,
         foreground=args.foreground or args.debug,
         debug=args.debug,
@@ -104,7 +102,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         ninep=args.ninep,
         ninep_allow_control=args.ninep_allow_control,
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    setup_logging(args.debug)
     try:
+        config = config_from(args)
+        check_config(config)  # every argument, before Docker is asked or anything is mounted
         return mount(config)
     except MountError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)

@@ -5,13 +5,17 @@ BIN    := $(VENV)/bin
 MOUNTPOINT ?= $(HOME)/n/dockerfs
 SWARM_MOUNTPOINT ?= $(HOME)/n/swarm
 STAMP  := $(VENV)/.installed
+# Run a second time as on stock pyfuse3 (DOCKERFS_STOCK_PYFUSE3=1).
+STOCK_TESTS := tests/test_mount.py tests/test_control.py tests/test_reliability.py \
+	tests/test_kernel_cache.py
 
-.PHONY: run demo demo-swarm test bench lint deps deps-docker deps-9p clean
+.PHONY: run demo demo-swarm test test-stock-venv bench lint deps deps-docker deps-9p clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml scripts/build-pyfuse3 $(wildcard patches/pyfuse3/*.patch)
 	./scripts/install-system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	./scripts/build-pyfuse3 $(VENV)
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
@@ -24,16 +28,21 @@ deps-docker: $(STAMP)
 deps-9p: $(STAMP)
 	./scripts/install-qemu-deps
 
-## make run: mount the containers of your Docker engine at ~/n/dockerfs
+## make run: mount the containers of your Docker engine at ~/n/dockerfs; with no engine
+## answering, the demo's private one (which needs docker.io, installed then, and root)
 run: deps
-	mkdir -p $(MOUNTPOINT)
-	@$(BIN)/dockerfs-fuse $(MOUNTPOINT) || { \
-	  echo "make run needs a reachable Docker engine; 'make demo' starts a private one" >&2; exit 1; }
-	@echo "mounted at $(MOUNTPOINT); unmount with: fusermount3 -u $(MOUNTPOINT)"
+	@mkdir -p $(MOUNTPOINT) 2>/dev/null || true  # a dead mount is dockerfs-fuse's to explain
+	@if $(BIN)/python -m dockerfs_fuse.demo --check-engine; then \
+	  $(BIN)/dockerfs-fuse $(MOUNTPOINT) && \
+	  echo "mounted at $(MOUNTPOINT); unmount with: fusermount3 -u $(MOUNTPOINT)"; \
+	else \
+	  ./scripts/install-system-deps --with-docker && \
+	  $(BIN)/python -m dockerfs_fuse.demo $(MOUNTPOINT); \
+	fi
 
 ## make demo: a private dockerd with sample containers, mounted at ~/n/dockerfs
 demo: deps-docker
-	mkdir -p $(MOUNTPOINT)
+	@mkdir -p $(MOUNTPOINT) 2>/dev/null || true
 	$(BIN)/python -m dockerfs_fuse.demo $(MOUNTPOINT)
 
 ## make demo-swarm: a private 3-node Docker Swarm (network namespaces on this host), its
@@ -42,9 +51,20 @@ demo-swarm: deps-docker
 	mkdir -p $(SWARM_MOUNTPOINT)
 	$(BIN)/python -m dockerfs_fuse.demo_swarm $(SWARM_MOUNTPOINT)
 
-## make test: unit, integration (private dockerd, real mount) and interop tests
+## make test: unit, integration (private dockerd, real mount) and interop tests;
+## then the mount tests again as on stock pyfuse3, without kernel caching
 test: deps-docker deps-9p
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+	DOCKERFS_STOCK_PYFUSE3=1 $(BIN)/pytest -q $(STOCK_TESTS)
+	$(MAKE) --no-print-directory test-stock-venv
+
+## make test-stock-venv: mount tests on the stock pyfuse3 release itself, in .venv-stock
+test-stock-venv: deps-docker
+	$(PYTHON) -m venv .venv-stock
+	.venv-stock/bin/pip install -q --upgrade pip
+	./scripts/build-pyfuse3 --stock .venv-stock
+	.venv-stock/bin/pip install -q -e '.[test]'
+	.venv-stock/bin/pytest -q tests/test_kernel_cache.py tests/test_mount.py -k 'not make_built'
 
 ## make bench: figures for 10, 100 and 1000 containers (not part of make test)
 bench: deps-docker
@@ -56,4 +76,4 @@ lint: deps
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-stock build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -35,7 +35,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from dockerfs_fuse import mount_process
+from dockerfs_fuse import kernel_cache, mount_process
 from dockerfs_fuse.mount_process import MountProcess
 from dockerfs_fuse.private_dockerd import IMAGE, PrivateDockerd
 
@@ -56,7 +56,16 @@ CONCURRENT_LS = 8
 TARGET_COLD_LS_VS_PS_Q = 0.5
 TARGET_COLD_LS_VS_CURL = 1.2
 TARGET_WARM_FIND_VS_TMPFS = 3.0
+# Issue 13's, with the kernel caching listings and pages (patches/pyfuse3).
+TARGET_CACHED_FIND_VS_TMPFS = 2.0
+TARGET_CACHED_GREP_VS_TMPFS = 10.0
 TARGET_RSS_MB = 80.0
+# Issue 9's: a cold `ls` of one engine's directory in a two-engine mount costs
+# what the one-engine root's does, within this much noise.
+TARGET_ENGINE_LS_VS_ROOT_LS = 1.2
+# The two-engine mount: the private dockerd under two names, so the figure
+# isolates what the mount does (the other engine must not be asked at all).
+ENGINE, OTHER_ENGINE = "one", "other"
 LINEAR_SLACK = 1.2
 
 
@@ -147,11 +156,23 @@ def proc_status_kb(pid: int, key: str) -> int:
     raise BenchError(f"no {key} for PID {pid}")
 
 
-def start_mount(host: str, mountpoint: Path, timeout: float = 30) -> Mount:
+def start_mount(
+    host: str,
+    mountpoint: Path,
+    stock: bool = False,
+    timeout: float = 30,
+    extra: Sequence[str] = (),
+) -> Mount:
     """The daemon in the foreground, as the tests run it, in a session of its own
-    (a Ctrl-C reaches us, and we unmount in order); fail fast if it dies."""
+    (a Ctrl-C reaches us, and we unmount in order); fail fast if it dies.
+
+    `stock`: as on stock pyfuse3, without kernel caching (kernel_cache.STOCK_ENV).
+    """
+    env = {**os.environ, kernel_cache.STOCK_ENV: "1"} if stock else None
     try:
-        p = mount_process.start_mount(host, mountpoint, new_session=True, timeout=timeout)
+        p = mount_process.start_mount(
+            host, mountpoint, *extra, new_session=True, timeout=timeout, env=env
+        )
     except mount_process.MountFailed as exc:
         raise BenchError(str(exc)) from None
     m = Mount(p.path, p.proc, p.log)
@@ -201,8 +222,10 @@ stop_mount = mount_process.stop_mount
 
 
 @contextlib.contextmanager
-def mounted(host: str, mountpoint: Path) -> Iterator[Mount]:
-    m = start_mount(host, mountpoint)
+def mounted(
+    host: str, mountpoint: Path, stock: bool = False, extra: Sequence[str] = ()
+) -> Iterator[Mount]:
+    m = start_mount(host, mountpoint, stock, extra=extra)
     try:
         yield m
     finally:
@@ -245,11 +268,30 @@ def copy_core_tree(src: Path, dst: Path) -> int:
 # -- FUSE requests, counted by the kernel ------------------------------------------------
 
 TRACEFS = Path("/sys/kernel/tracing")
+# Runs a callable and counts the FUSE requests it made on a mount, by opcode.
+Tracer = Callable[[Path, Callable[[], object]], dict[str, int]]
 FUSE_EVENT = "events/fuse/fuse_request_send"
 
 
 @contextlib.contextmanager
-def fuse_tracer() -> Iterator[Callable[[Path, Callable[[], object]], dict[str, int]] | None]:
+def tracefs(work: Path) -> Iterator[Path]:
+    """The tracing filesystem: where it is mounted, else mounted here until the end."""
+    if (TRACEFS / "instances").is_dir():
+        yield TRACEFS
+        return
+    own = work / "tracefs"
+    own.mkdir(exist_ok=True)
+    if subprocess.run(["mount", "-t", "tracefs", "nodev", str(own)]).returncode != 0:
+        yield TRACEFS  # no tracefs: the caller finds no fuse events
+        return
+    try:
+        yield own
+    finally:
+        subprocess.run(["umount", str(own)], capture_output=True)
+
+
+@contextlib.contextmanager
+def fuse_tracer(work: Path) -> Iterator[Tracer | None]:
     """Count the FUSE requests the kernel sends for one operation, by opcode.
 
     The figure the Docker counters cannot give: how much of an operation's
@@ -257,10 +299,16 @@ def fuse_tracer() -> Iterator[Callable[[Path, Callable[[], object]], dict[str, i
     instance (the global trace buffer is left alone); None where the kernel
     has no fuse tracepoints (before Linux 6.14).
     """
-    if not (TRACEFS / FUSE_EVENT).exists():
+    with tracefs(work) as root, _fuse_tracer(root) as tracer:
+        yield tracer
+
+
+@contextlib.contextmanager
+def _fuse_tracer(root: Path) -> Iterator[Tracer | None]:
+    if not (root / FUSE_EVENT).exists():
         yield None
         return
-    inst = TRACEFS / "instances" / f"dfs-bench-{os.getpid()}"
+    inst = root / "instances" / f"dfs-bench-{os.getpid()}"
     inst.mkdir()
     try:
         # A grep of 1000 containers makes ~65000 requests: room for all of them.
@@ -403,12 +451,18 @@ OPS = (
     "ls_8_concurrent",
     "find_first",
     "find_warm",
+    "find_below_root",
     "grep_first",
     "grep_warm",
+    "ls_cold_stock",
+    "ls_cold_engine",
+    "find_warm_stock",
+    "grep_warm_stock",
     "docker_ps_q",
     "docker_ps_json",
     "curl_api",
     "tmpfs_find",
+    "tmpfs_find_below_root",
     "tmpfs_grep",
 )
 
@@ -418,7 +472,7 @@ def measure(
     n: int,
     runs: int,
     work: Path,
-    tracer: Callable[[Path, Callable[[], object]], dict[str, int]] | None,
+    tracer: Tracer | None,
 ) -> dict[str, Any]:
     """All figures for one N; runs of different tools interleave so drift hits all alike."""
     load_before = loadavg()
@@ -433,6 +487,8 @@ def measure(
         raise BenchError(f"expected {n} running containers, the engine lists {seen}")
     peak_kb: list[int] = []
     mount_s: list[float] = []
+    other_engine_requests: list[int] = []
+    two_engines = (f"{ENGINE}={d.host}", ["-H", f"{OTHER_ENGINE}={d.host}"])
 
     # Warm the engine and the CLI binaries once; the figures are steady-state.
     for argv in (ps_q, ps_json, curl):
@@ -444,6 +500,15 @@ def measure(
             mount_s.append(time.perf_counter() - t0)
             s["ls_cold"].add(*counted(m, functools.partial(timed, ["ls", str(m.path)])))
             peak_kb.append(m.peak_rss_kb())
+            kernel_caching = bool(m.stats().get("kernel_cache"))
+        with mounted(d.host, work / "cold-stock", stock=True) as m:
+            s["ls_cold_stock"].add(*counted(m, functools.partial(timed, ["ls", str(m.path)])))
+        with mounted(two_engines[0], work / "cold-two", extra=two_engines[1]) as m:
+            other = m.stats()["engines"][OTHER_ENGINE]["requests"]
+            ls_one = functools.partial(timed, ["ls", str(m.path / ENGINE)])
+            s["ls_cold_engine"].add(*counted(m, ls_one))
+            after = m.stats()["engines"][OTHER_ENGINE]["requests"]
+            other_engine_requests.append(sum(after.values()) - sum(other.values()))
         s["docker_ps_q"].add(timed(ps_q, env))
         s["docker_ps_json"].add(timed(ps_json, env))
         s["curl_api"].add(timed(curl, env))
@@ -461,25 +526,45 @@ def measure(
         s["find_first"].add(*counted(m, lambda: timed(["find", mp, *CORE_FIND])))
         s["grep_first"].add(*counted(m, lambda: timed([*grep_core, mp])))
 
-        with tmpfs(work / "tmpfs") as floor:
+        with (
+            tmpfs(work / "tmpfs") as floor,
+            mounted(d.host, work / "warm-stock", stock=True) as stock,
+        ):
             files = copy_core_tree(m.path, floor)
-            fl = str(floor)
-            timed(["find", fl, *CORE_FIND])
-            timed([*grep_core, fl])
-            # Mount and tmpfs alternate, so load from elsewhere hits both alike.
+            fl, sp = str(floor), str(stock.path)
+            # The walk alone: every container directory named, the root not listed.
+            below, tmpfs_below = (
+                ["find", *sorted(str(p) for p in top.iterdir()), *CORE_FIND]
+                for top in (m.path, floor)
+            )
+            for argv in (
+                ["find", fl, *CORE_FIND],
+                [*grep_core, fl],
+                ["find", sp, *CORE_FIND],
+                [*grep_core, sp],
+            ):
+                timed(argv)
+            # Mounts and tmpfs alternate, so load from elsewhere hits all alike.
             for _ in range(runs):
                 s["find_warm"].add(*counted(m, lambda: timed(["find", mp, *CORE_FIND])))
                 s["tmpfs_find"].add(timed(["find", fl, *CORE_FIND]))
+                s["find_warm_stock"].add(*counted(stock, lambda: timed(["find", sp, *CORE_FIND])))
+                s["find_below_root"].add(timed(below))
+                s["tmpfs_find_below_root"].add(timed(tmpfs_below))
                 s["grep_warm"].add(*counted(m, lambda: timed([*grep_core, mp])))
                 s["tmpfs_grep"].add(timed([*grep_core, fl]))
+                s["grep_warm_stock"].add(*counted(stock, lambda: timed([*grep_core, sp])))
             fuse_requests: dict[str, dict[str, int]] = {}
+            fuse_requests_stock: dict[str, dict[str, int]] = {}
             if tracer is not None:
-                for name, argv in (
-                    ("ls", ["ls", mp]),
-                    ("find", ["find", mp, *CORE_FIND]),
-                    ("grep", [*grep_core, mp]),
-                ):
-                    fuse_requests[name] = tracer(m.path, functools.partial(timed, argv))
+                for name, argv in (("ls", ["ls"]), ("find", ["find"]), ("grep", grep_core)):
+                    extra = CORE_FIND if name == "find" else ()
+                    fuse_requests[name] = tracer(
+                        m.path, functools.partial(timed, [*argv, mp, *extra])
+                    )
+                    fuse_requests_stock[name] = tracer(
+                        stock.path, functools.partial(timed, [*argv, sp, *extra])
+                    )
             stats_after = m.stats()
             peak_kb.append(m.peak_rss_kb())
             rss_now_kb = m.rss_kb()
@@ -497,11 +582,14 @@ def measure(
         "files_in_tree": files,
         "root_opens": {tool: count for tool, (count, _) in opens.items()},
         "root_opens_traced": all(traced for _, traced in opens.values()),
+        "kernel_cache": kernel_caching,
         "fuse_requests_warm": fuse_requests,
+        "fuse_requests_warm_stock": fuse_requests_stock,
         "loadavg_1min": [load_before, loadavg()],
         "peak_rss_kb": max(peak_kb),
         "rss_after_kb": rss_now_kb,
         "daemon_stats_after": stats_after,
+        "other_engine_requests": other_engine_requests,
     }
 
 
@@ -767,17 +855,26 @@ LABELS = {
     "find_warm": "`find`, warm",
     "grep_first": "`grep -r .` core tree, first",
     "grep_warm": "`grep -r .` core tree, warm",
+    "find_below_root": "`find` of every container directory (root not listed), warm",
+    "ls_cold_stock": "stock path: `ls` root, cold",
+    "ls_cold_engine": "two engines: `ls` of one engine's directory, cold",
+    "find_warm_stock": "stock path: `find`, warm",
+    "grep_warm_stock": "stock path: `grep -r .` core tree, warm",
     "docker_ps_q": "`docker ps --no-trunc -q`",
     "docker_ps_json": "`docker ps --no-trunc --format '{{json .}}'`",
     "curl_api": "`curl --unix-socket` GET /containers/json",
     "tmpfs_find": "`find` on tmpfs copy",
+    "tmpfs_find_below_root": "`find` of every container directory on tmpfs copy",
     "tmpfs_grep": "`grep -r .` on tmpfs copy",
 }
 TMPFS_OF = {
     "find_first": "tmpfs_find",
     "find_warm": "tmpfs_find",
+    "find_below_root": "tmpfs_find_below_root",
     "grep_first": "tmpfs_grep",
     "grep_warm": "tmpfs_grep",
+    "find_warm_stock": "tmpfs_find",
+    "grep_warm_stock": "tmpfs_grep",
 }
 
 
@@ -879,6 +976,25 @@ def targets(results: Sequence[dict[str, Any]]) -> list[tuple[str, str, str, bool
                     all(x <= opens[tool] for x in got),
                 )
             )
+    for n, r in sorted(by_n.items()):
+        a, b = med(n, "ls_cold_engine"), med(n, "ls_cold")
+        out.append(
+            (
+                f"N={n} two engines: cold `ls` of one engine's directory vs the one-engine root's",
+                f"{ms(a)} / {ms(b)} ms = {a / b:.2f}x",
+                f"<= {TARGET_ENGINE_LS_VS_ROOT_LS}x (noise)",
+                a <= TARGET_ENGINE_LS_VS_ROOT_LS * b,
+            )
+        )
+        other = r.get("other_engine_requests", [])
+        out.append(
+            (
+                f"N={n} two engines: requests to the other engine during that `ls`",
+                ", ".join(str(x) for x in other),
+                "0",
+                all(x == 0 for x in other),
+            )
+        )
     sized = sorted(by_n)
     if len(sized) >= 2:
         lo, hi = sized[-2], sized[-1]
@@ -892,6 +1008,38 @@ def targets(results: Sequence[dict[str, Any]]) -> list[tuple[str, str, str, bool
                 per_hi <= LINEAR_SLACK * per_lo,
             )
         )
+    return out
+
+
+def cache_targets(results: Sequence[dict[str, Any]]) -> list[tuple[str, str, str, bool]]:
+    """Issue 13's targets (kernel caching), at N=1000, as ratios within the run."""
+    out: list[tuple[str, str, str, bool]] = []
+    for r in results:
+        out.append(
+            (
+                f"N={r['n']} kernel caching in use (patched pyfuse3)",
+                "on" if r["kernel_cache"] else "off",
+                "on",
+                bool(r["kernel_cache"]),
+            )
+        )
+        if r["n"] != 1000:
+            continue
+        ops = r["ops"]
+        for what, op, ref, limit in (
+            ("warm `find` vs tmpfs", "find_warm", "tmpfs_find", TARGET_CACHED_FIND_VS_TMPFS),
+            ("warm `grep -r` vs tmpfs", "grep_warm", "tmpfs_grep", TARGET_CACHED_GREP_VS_TMPFS),
+            ("cold `ls` vs the stock path's", "ls_cold", "ls_cold_stock", 1.0),
+        ):
+            a, b = ops[op]["median"], ops[ref]["median"]
+            out.append(
+                (
+                    f"N=1000 {what}",
+                    f"{ms(a)} / {ms(b)} ms = {a / b:.2f}x",
+                    f"<= {limit:g}x",
+                    a <= limit * b,
+                )
+            )
     return out
 
 
@@ -944,14 +1092,21 @@ def render(
             f"{r['loadavg_1min'][1]:.1f} after.",
             "",
         ]
-        for tool, counts in r["fuse_requests_warm"].items():
-            total = sum(counts.values())
-            detail = ", ".join(f"{op} {c}" for op, c in counts.items())
-            lines.append(f"- FUSE requests for one warm `{tool}`: {total} ({detail}).")
-    lines += ["", "## Targets (issue 5)", "", "| target | measured | limit | result |"]
-    lines += ["|---|---|---|---|"]
-    for what, got, limit, ok in targets(results):
-        lines.append(f"| {what} | {got} | {limit} | {'PASS' if ok else 'MISS'} |")
+        for key, path in (
+            ("fuse_requests_warm", "kernel caching " + ("on" if r["kernel_cache"] else "OFF")),
+            ("fuse_requests_warm_stock", "stock path"),
+        ):
+            for tool, counts in r[key].items():
+                total = sum(counts.values())
+                detail = ", ".join(f"{op} {c}" for op, c in counts.items())
+                lines.append(
+                    f"- FUSE requests for one warm `{tool}`, {path}: {total} ({detail or '-'})."
+                )
+    for title, rows in (("issue 5", targets(results)), ("issue 13", cache_targets(results))):
+        lines += ["", f"## Targets ({title})", "", "| target | measured | limit | result |"]
+        lines += ["|---|---|---|---|"]
+        for what, got, limit, ok in rows:
+            lines.append(f"| {what} | {got} | {limit} | {'PASS' if ok else 'MISS'} |")
     if inside is not None:
         lines += render_inside(inside)
     return "\n".join(lines) + "\n"
@@ -1016,7 +1171,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="dfs-bench-"))
     stack = contextlib.ExitStack()
     try:
-        tracer = stack.enter_context(fuse_tracer())
+        tracer = stack.enter_context(fuse_tracer(work))
         d.start()
         d.import_busybox()
         print(f"private dockerd ready at {d.base}", file=sys.stderr, flush=True)
@@ -1046,7 +1201,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 kill_all(d.socket, ids)
             d.cleanup()
             stack.close()
-            for sub in ("cold", "warm", "tmpfs", "inside"):
+            for sub in (
+                "cold",
+                "cold-stock",
+                "cold-two",
+                "warm",
+                "warm-stock",
+                "tmpfs",
+                "tracefs",
+                "inside",
+            ):
                 p = work / sub
                 if os.path.ismount(p):
                     subprocess.run(["umount", "-l", str(p)], capture_output=True)
@@ -1076,7 +1240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     report["targets"] = [
         {"target": w, "measured": g, "limit": lim, "pass": ok}
-        for w, g, lim, ok in targets(report["results"])
+        for w, g, lim, ok in [*targets(report["results"]), *cache_targets(report["results"])]
     ]
     if report["inside"] is not None:
         report["inside"]["targets"] = [

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -13,11 +14,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-from conftest import IN_CI
+from conftest import require, require_fuse
 
 from dockerfs_fuse.ninep import codec
 from dockerfs_fuse.ninep.codec import Dialect, Message
@@ -34,23 +35,43 @@ def shim_env() -> dict[str, str]:
 
 
 def start_shim(
-    directory: str | os.PathLike[str], *extra_args: str, timeout: float = 15.0
+    directory: str | os.PathLike[str],
+    *extra_args: str,
+    timeout: float = 15.0,
+    nofile: int | None = None,
 ) -> tuple[subprocess.Popen[bytes], str, int]:
     """Start `python -m dockerfs_fuse.ninep.cli --listen tcp!127.0.0.1!0 DIR` and
     return (process, host, port) once it announces its port.  Fails at once if
-    the child dies first rather than waiting out the timeout."""
-    proc, dial = start_shim_on("tcp!127.0.0.1!0", directory, *extra_args, timeout=timeout)
+    the child dies first rather than waiting out the timeout.  `nofile` sets
+    the child's descriptor limit (soft and hard)."""
+    proc, dial = start_shim_on(
+        "tcp!127.0.0.1!0", directory, *extra_args, timeout=timeout, nofile=nofile
+    )
     _, host, port = dial.split("!")
     return proc, host, int(port)
 
 
 def start_shim_on(
-    dial: str, directory: str | os.PathLike[str], *extra_args: str, timeout: float = 15.0
+    dial: str,
+    directory: str | os.PathLike[str],
+    *extra_args: str,
+    timeout: float = 15.0,
+    nofile: int | None = None,
+    umask: int | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start the shim listening on `dial` and return (process, the dial string it
     announced) once it is accepting connections and handling SIGTERM."""
     argv = [sys.executable, "-m", "dockerfs_fuse.ninep.cli", "--listen", dial, *extra_args]
-    proc = subprocess.Popen([*argv, str(directory)], stderr=subprocess.PIPE, env=shim_env())
+
+    def limits() -> None:  # in the child, before exec
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+        if umask is not None:
+            os.umask(umask)
+
+    proc = subprocess.Popen(
+        [*argv, str(directory)], stderr=subprocess.PIPE, env=shim_env(), preexec_fn=limits
+    )
     assert proc.stderr is not None
     os.set_blocking(proc.stderr.fileno(), False)
     deadline = time.monotonic() + timeout
@@ -95,14 +116,19 @@ def _drain_in_background(proc: subprocess.Popen[bytes], seen: bytes) -> None:
 
 
 def stop_shim(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
-    """SIGTERM by PID, then SIGKILL if it lingers; returns the exit status."""
+    """SIGTERM by PID, then SIGKILL if it lingers; returns the exit status.
+    A process whose threads wait on a FUSE file system cannot end before that
+    file system answers: stop the file system first."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"pid {proc.pid} survives SIGKILL (stuck in FUSE?)") from None
     return proc.returncode
 
 
@@ -122,13 +148,204 @@ def require_tool(name: str) -> str:
     path = shutil.which(name) or next(
         (p for d in ("/usr/sbin", "/sbin") if os.access(p := f"{d}/{name}", os.X_OK)), None
     )
-    if path is None:
-        reason = f"{name} not installed (Debian package: diod)"
-        if IN_CI:
-            pytest.fail(reason)
-        print(f"skipping: {reason}")
-        pytest.skip(reason)
+    require(path is not None, f"{name} not installed (Debian package: diod)")
+    assert path is not None
     return path
+
+
+# ------------------------------------------------------ the shim as seen by /proc
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a process holds: resident memory now and at its peak (VmHWM),
+    threads, open descriptors."""
+
+    rss_mb: float
+    peak_mb: float
+    threads: int
+    fds: int
+
+
+def usage(pid: int) -> Usage:
+    fields = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            fields[key] = value.split()
+    return Usage(
+        rss_mb=int(fields["VmRSS"][0]) / 1024,
+        peak_mb=int(fields["VmHWM"][0]) / 1024,
+        threads=int(fields["Threads"][0]),
+        fds=len(os.listdir(f"/proc/{pid}/fd")),
+    )
+
+
+def threads_in_fuse(pid: int, reading: str | None = None) -> int:
+    """Threads of `pid` waiting in the kernel for a FUSE file system's answer;
+    with `reading`, only those in a read of a file whose path ends so (the
+    descriptor is the system call's first argument)."""
+    waiting = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open(f"/proc/{pid}/task/{task}/wchan") as wchan:
+                if wchan.read() != "request_wait_answer":
+                    continue
+            if reading is not None:
+                with open(f"/proc/{pid}/task/{task}/syscall") as syscall:
+                    fd = int(syscall.read().split()[1], 16)
+                if not os.readlink(f"/proc/{pid}/fd/{fd}").endswith(reading):
+                    continue
+            waiting += 1
+    return waiting
+
+
+def fds_to(pid: int, name: str) -> int:
+    """Descriptors of `pid` open on a path ending in `name`."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/{pid}/fd/{fd}").endswith(name)
+    return count
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    """Poll until `condition()` holds; fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout:.0f}s for: {what}")
+        time.sleep(0.05)
+
+
+def tcp_queues(port: int) -> list[tuple[int, int]]:
+    """(send queue, receive queue) in bytes of every TCP socket whose local port
+    is `port`, from /proc/net/tcp: how much a server has not yet read, and
+    how much of what it wrote its peer has not read."""
+    queues = []
+    with open("/proc/net/tcp") as table:
+        for line in list(table)[1:]:
+            cells = line.split()
+            local, state, queue = cells[1], cells[3], cells[4]
+            if int(local.split(":")[1], 16) == port and state == "01":  # ESTABLISHED
+                tx, rx = (int(x, 16) for x in queue.split(":"))
+                queues.append((tx, rx))
+    return queues
+
+
+# ------------------------------------------------- a FUSE file system that blocks
+
+BLOCK_INODE, BLOCK2_INODE, SLOWOPEN_INODE = 2, 3, 4
+
+
+def blocking_fs_main(mountpoint: str) -> None:
+    """A FUSE file system with three files: `block` and `block2`, whose reads
+    never return, and `slowopen`, whose opens wait until the process gets
+    SIGUSR1.  They
+    stand for dockerfs's logs.follow and wait: a thread that reads them is
+    stuck in the kernel until the file system answers.  SIGTERM unmounts."""
+    import errno
+    import signal
+    import stat
+
+    import pyfuse3
+    import trio
+
+    names = {b"block": BLOCK_INODE, b"block2": BLOCK2_INODE, b"slowopen": SLOWOPEN_INODE}
+
+    class Blocking(pyfuse3.Operations):
+        def __init__(self) -> None:
+            super().__init__()
+            self.opens_released = trio.Event()
+
+        async def getattr(
+            self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext | None = None
+        ) -> pyfuse3.EntryAttributes:
+            attr = pyfuse3.EntryAttributes()
+            if inode == pyfuse3.ROOT_INODE:
+                attr.st_mode, attr.st_nlink = stat.S_IFDIR | 0o755, 2
+            elif inode in names.values():
+                attr.st_mode, attr.st_nlink, attr.st_size = stat.S_IFREG | 0o444, 1, 4096
+            else:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            attr.st_ino = inode
+            attr.st_uid, attr.st_gid = os.getuid(), os.getgid()
+            attr.entry_timeout = attr.attr_timeout = 300
+            return attr
+
+        async def lookup(
+            self, parent: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext | None = None
+        ) -> pyfuse3.EntryAttributes:
+            if parent != pyfuse3.ROOT_INODE or name not in names:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            return await self.getattr(pyfuse3.InodeT(names[name]))
+
+        async def opendir(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> int:
+            return int(inode)
+
+        async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+            for i, (name, inode) in enumerate(names.items()):
+                if i >= start_id:
+                    attr = await self.getattr(pyfuse3.InodeT(inode))
+                    if not pyfuse3.readdir_reply(token, name, attr, i + 1):
+                        return
+
+        async def open(
+            self, inode: pyfuse3.InodeT, flags: int, ctx: pyfuse3.RequestContext
+        ) -> pyfuse3.FileInfo:
+            if inode == SLOWOPEN_INODE:
+                await self.opens_released.wait()
+            return pyfuse3.FileInfo(fh=int(inode), direct_io=True)
+
+        async def read(self, fh: int, off: int, size: int) -> bytes:
+            if fh in (BLOCK_INODE, BLOCK2_INODE):
+                await trio.sleep_forever()
+            return b"s" * max(0, min(size, 4096 - off))
+
+    fs = Blocking()
+
+    async def main() -> None:
+        with trio.open_signal_receiver(signal.SIGUSR1, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pyfuse3.main, 1, 2000)
+                async for signum in signals:
+                    if signum == signal.SIGUSR1:
+                        fs.opens_released.set()
+                    else:
+                        pyfuse3.terminate()
+                        nursery.cancel_scope.cancel()
+
+    pyfuse3.init(fs, mountpoint, {"fsname=ninep-blocking", "ro"})
+    try:
+        trio.run(main)
+    finally:
+        pyfuse3.close(unmount=True)
+
+
+@contextlib.contextmanager
+def blocking_fuse(mountpoint: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """blocking_fs_main mounted at `mountpoint` for the block; unmounted after."""
+    require_fuse()
+    mountpoint.mkdir(exist_ok=True)
+    env = shim_env()
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent) + os.pathsep + env["PYTHONPATH"]
+    code = "import sys, ninep_support; ninep_support.blocking_fs_main(sys.argv[1])"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(mountpoint)], env=env)
+    try:
+        wait_until(lambda: os.path.ismount(mountpoint) or proc.poll() is not None, "the FUSE mount")
+        assert proc.poll() is None, f"blocking FUSE file system exited with {proc.returncode}"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
+                proc.kill()
+                proc.wait()
+        if os.path.ismount(mountpoint):
+            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
 
 
 class Client:
@@ -171,6 +388,21 @@ class Client:
         reply = self.recv()
         assert reply.tag == msg.tag, (msg, reply)
         return reply
+
+    def pipeline(self, requests: Iterable[Message], window: int = 200) -> list[Message]:
+        """Send every request, with at most `window` unanswered at a time (fewer
+        than the shim's outstanding limit, so it never stops reading us); the
+        replies in the order they came.  Tags must differ within a window."""
+        replies: list[Message] = []
+        unanswered = 0
+        for msg in requests:
+            if unanswered >= window:
+                replies.append(self.recv())
+                unanswered -= 1
+            self.send(msg)
+            unanswered += 1
+        replies += [self.recv() for _ in range(unanswered)]
+        return replies
 
     def version(self, version: str = "9P2000", msize: int = 8192) -> codec.Rversion:
         reply = self.rpc(codec.Tversion(tag=codec.NOTAG, msize=msize, version=version))

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import struct
 
+import aiodocker
 import pytest
 
-from dockerfs_fuse.control import BadCommand, Command, parse_command
-from dockerfs_fuse.docker_source import Demuxer
+from dockerfs_fuse.control import MAX_COMMAND_BYTES, BadCommand, Command, parse_command
+from dockerfs_fuse.docker_source import (
+    ApiError,
+    BadRequest,
+    Conflict,
+    Demuxer,
+    DockerUnavailable,
+    NotFound,
+    _translate,
+)
 
 
 @pytest.mark.parametrize(
@@ -73,3 +82,49 @@ def test_demux_passes_a_tty_stream_through() -> None:
     assert Demuxer("application/vnd.docker.raw-stream").feed(b"\x01\0\0\0ab") == b"\x01\0\0\0ab"
     short = Demuxer()
     assert short.feed(b"hi\n") == b"" and short.flush() == b"hi\n"
+
+
+def test_a_command_longer_than_the_cap_is_refused_whole() -> None:
+    # What the kernel hands us first of a 1 MB write: spaces, and no command to run.
+    with pytest.raises(BadCommand):
+        parse_command(b" " * (1 << 17))
+    with pytest.raises(BadCommand):
+        parse_command(b" " * MAX_COMMAND_BYTES + b"kill 15\n")
+    padded = b"kill 15".ljust(MAX_COMMAND_BYTES)
+    assert parse_command(padded) == Command("kill", {"signal": "15"})
+
+
+# Docker 20.10's answers (daemon/*.go at v20.10.24), status and message as sent.
+@pytest.mark.parametrize(
+    ("status", "message", "kind"),
+    [
+        (404, "No such container: f4c5", NotFound),
+        (409, "can not get logs from container which is dead or marked for removal", NotFound),
+        (409, "container is marked for removal and cannot be started", NotFound),
+        (409, "removal of container f4c5 is already in progress", NotFound),
+        (
+            500,
+            "Cannot restart container f4c5: container is marked for removal and cannot be started",
+            NotFound,
+        ),
+        (409, "Container f4c5 is not running", Conflict),
+        (409, "Cannot kill container: f4c5: Container f4c5 is not running", Conflict),
+        (409, "Container f4c5 is already paused", Conflict),
+        (409, "Container f4c5 is restarting, wait until the container is running", Conflict),
+        (500, "Container f4c5 is not paused", Conflict),
+        (409, "cannot start a paused container, try unpause instead", Conflict),
+        (
+            409,
+            "You cannot remove a running container f4c5. Stop the container before "
+            "attempting removal or force remove",
+            Conflict,
+        ),
+        (400, "invalid signal: SIGNOPE", BadRequest),
+        (500, "Cannot pause container f4c5: OCI runtime pause failed", ApiError),
+        (900, "Cannot connect to Docker", DockerUnavailable),
+    ],
+)
+def test_docker_answers_become_the_right_kind(status: int, message: str, kind: type) -> None:
+    got = _translate(aiodocker.DockerError(status, message))
+    assert type(got) is kind
+    assert str(got) == message

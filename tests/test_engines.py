@@ -218,7 +218,7 @@ def test_context_with_tls_material_mounts_without_flags_or_variables(
             stop_mount(m)
 
 
-def test_unknown_context_and_several_engines_fail_with_one_line(
+def test_unknown_context_and_duplicate_names_fail_with_one_line(
     engine: Engine, tmp_path: Path
 ) -> None:
     require_fuse()
@@ -227,10 +227,6 @@ def test_unknown_context_and_several_engines_fail_with_one_line(
     env = {**os.environ, "DOCKER_CONFIG": str(tmp_path / "cfg")}
     fails_with_one_line(
         dockerfs_command("-f", "--context", "nope", str(mp)), "docker context 'nope' not found", env
-    )
-    fails_with_one_line(
-        dockerfs_command("-f", "-H", engine.host, "-H", f"b={engine.host}", str(mp)),
-        "several engines: not yet supported",
     )
     fails_with_one_line(
         dockerfs_command("-f", "-H", "a=unix:///x", "-H", "a=unix:///y", str(mp)),

@@ -30,7 +30,7 @@ import trio.testing
 from conftest import Engine, Mount, require
 
 from dockerfs_fuse.docker_source import NotFound
-from dockerfs_fuse.logstream import LogSpools, LogWriter, TooManyLogs
+from dockerfs_fuse.logstream import LogSpools, LogWriter, SpoolError, TooManyLogs
 from dockerfs_fuse.operations import MAX_FOLLOWERS, MAX_FOLLOWERS_PER_PROCESS
 
 IMG = "busybox:latest"
@@ -143,6 +143,39 @@ def test_a_stopped_container_is_not_followed_until_it_starts() -> None:
         await until(lambda: len(docker.requests) == 3)
         assert docker.requests[2].follow and spool.read(0, 100) == b"old\nnew\n"
         spools.release(spool)
+
+    run(main)
+
+
+def test_a_spool_out_of_descriptors_fails_its_readers_not_the_mount(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A follow request begins in a trio callback (the history's end), where
+    an exception would crash the daemon: out of descriptors, it fails instead."""
+
+    def no_descriptors(fd: int) -> int:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    async def main() -> None:
+        docker = FakeDocker(running=True)
+        spools = docker.spools()
+        spool = spools.open("c1")
+        spool.want_more()  # a logs.follow is open
+        with monkeypatch.context() as m:
+            m.setattr(os, "dup", no_descriptors)
+            docker.requests[0].out.finish(None)  # the follow request begins now
+            await until(lambda: spool.history_done)
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(SpoolError):
+                spool.at_eof(follow=True)
+            other = spools.open("c2")  # the log so far cannot begin either
+            assert other.failed
+            with pytest.raises(SpoolError):
+                other.at_eof(follow=False)
+        assert len(docker.requests) == 1
+        spools.release(other)
+        spools.release(spool)
+        assert len(spools) == 0
 
     run(main)
 

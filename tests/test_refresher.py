@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from dockerfs_fuse.operations import _Refresher
+from dockerfs_fuse.cache import _Refresher
 from dockerfs_fuse.tree import Container
 
 

@@ -75,6 +75,7 @@ def test_service_commands(data: bytes, want: SwarmCommand | None) -> None:
         b"rollback now",
         b"rm -f",
         "scale \u0665".encode(),  # a digit, but not ASCII
+        b"scale 3" + b" " * 300,  # every write is bounded, as ctl's are
     ],
 )
 def test_bad_service_commands(data: bytes) -> None:

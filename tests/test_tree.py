@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from dockerfs_fuse import tree
 from dockerfs_fuse.tree import (
+    NAME_MAX,
     ORDER,
     container_spec,
     escape_name,
+    is_shortened,
+    named_entries,
     render,
+    resolve_name,
     unescape_name,
 )
 
@@ -172,3 +178,117 @@ def test_render_scalars() -> None:
     assert render(0) == b"0\n"
     assert render(None) == b"\n"
     assert render("Up 5 minutes") == b"Up 5 minutes\n"
+
+
+# -- names longer than NAME_MAX (issue 14.3) ----------------------------------------------
+
+
+def _short(key: str) -> str:
+    """The documented mapping, computed independently of the code under test."""
+    return "%~" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+@pytest.mark.parametrize("size", [255, 256, 1000, 4000])
+def test_every_name_fits_name_max_and_long_ones_keep_a_prefix_and_hash(size: int) -> None:
+    key = "k" * size
+    name = escape_name(key)
+    assert len(name.encode()) <= NAME_MAX
+    if size <= NAME_MAX:
+        assert name == key and not is_shortened(name)
+    else:
+        assert name == "k" * 200 + _short(key)
+        assert is_shortened(name)
+        with pytest.raises(ValueError):
+            unescape_name(name)
+
+
+def test_shortening_cuts_between_characters_and_escapes() -> None:
+    # 3-byte characters: 66 of them are 198 bytes, a 67th would pass 200.
+    wide = "€" * 100
+    assert escape_name(wide) == "€" * 66 + _short(wide)
+    # An escape is never cut in half: "%2F" (3 bytes) at bytes 199-201 is dropped whole.
+    slashed = "a" * 198 + "/" + "b" * 100
+    name = escape_name(slashed)
+    assert name == "a" * 198 + _short(slashed)
+    escaped = "a" * 197 + "/" + "b" * 100
+    assert escape_name(escaped) == "a" * 197 + "%2F" + _short(escaped)
+    # the length after escaping is what counts: 100 "/" are 300 bytes escaped
+    assert is_shortened(escape_name("/" * 100))
+    assert escape_name("/" * 85) == "%2F" * 85  # exactly 255
+
+
+def test_keys_sharing_a_long_prefix_get_distinct_names() -> None:
+    a, b = "x" * 300 + "a", "x" * 300 + "b"
+    spec = container_spec({"Id": "ab" * 32, "Labels": {a: "1", b: "2", "short": "3"}})
+    labels = spec["Labels"]
+    assert isinstance(labels, dict)
+    assert labels == {escape_name(a): b"1\n", escape_name(b): b"2\n", "short": b"3\n"}
+    assert len(labels) == 3
+
+
+def test_a_hash_collision_drops_no_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Force every shortened name to one hash: the later keys get ~2, ~3.
+    monkeypatch.setattr(tree, "shorten_name", lambda escaped, key: "same%~000000000000")
+    keys = ["y" * 300, "z" * 300, "w" * 300]
+    got = named_entries((k, k[0]) for k in keys)
+    assert got == {
+        "same%~000000000000": "y",
+        "same%~000000000000~2": "z",
+        "same%~000000000000~3": "w",
+    }
+
+
+def test_network_names_and_fields_are_mapped_too() -> None:
+    net = "n" * 300
+    spec = container_spec(
+        {"Id": "cd" * 32, "NetworkSettings": {"Networks": {net: {"IPAddress": "10.0.0.2"}}}}
+    )
+    networks = spec["Networks"]
+    assert isinstance(networks, dict)
+    assert list(networks) == ["n" * 200 + _short(net)]
+
+
+def test_lone_surrogates_are_escaped_and_reversible() -> None:
+    key = "a\ud800b\udcffc"
+    name = escape_name(key)
+    assert name == "a%uD800b%uDCFFc"
+    name.encode()  # valid UTF-8: the kernel can carry it
+    assert unescape_name(name) == key
+    assert unescape_name(escape_name("%uD800")) == "%uD800"  # a literal stays literal
+
+
+# -- names and prefixes, resolved as Docker does (issue 14.4) -----------------------------
+
+
+def _c(cid: str, *names: str, state: str = "running") -> dict[str, Any]:
+    return {"Id": cid, "Names": [f"/{n}" for n in names], "State": state}
+
+
+def test_resolve_full_id_then_name_then_unique_prefix() -> None:
+    a = _c("f4c5" + "a" * 60, "web")
+    b = _c("f4c5" + "b" * 60, "f4c5b")  # a name that is also a prefix of its own ID
+    c = _c("beef" + "c" * 60, "f4c5")  # a name equal to a shared prefix
+    everything = [a, b, c]
+    assert resolve_name("web", everything) == a["Id"]
+    assert resolve_name(b["Id"], everything) == b["Id"]
+    # an exact name wins over a prefix, as in Docker's GetContainer
+    assert resolve_name("f4c5", everything) == c["Id"]
+    assert resolve_name("f4c5b", everything) == b["Id"]
+    assert resolve_name("f4c5a", everything) == a["Id"]
+    assert resolve_name("beef", everything) == c["Id"]
+    # ambiguous, unknown, too short, not hex: nothing
+    assert resolve_name("f4c5", [a, b]) == ""
+    assert resolve_name("dead", everything) == ""
+    assert resolve_name("bee", everything) == ""
+    assert resolve_name("BEEF", everything) == ""
+    # names only: a prefix is left to someone who sees every container
+    assert resolve_name("beef", everything, prefixes=False) == ""
+    assert resolve_name("web", everything, prefixes=False) == a["Id"]
+
+
+def test_a_stopped_container_makes_a_prefix_ambiguous() -> None:
+    running = _c("f4c5" + "1" * 60)
+    stopped = _c("f4c5" + "2" * 60, state="exited")
+    assert resolve_name("f4c5", [running]) == running["Id"]
+    assert resolve_name("f4c5", [running, stopped]) == ""
+    assert resolve_name("f4c51", [running, stopped]) == running["Id"]

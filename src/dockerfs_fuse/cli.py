@@ -1,4 +1,4 @@
-"""`dockerfs-fuse`: parse the command line, set up logging, hand over to mount."""
+"""`dockerfs-fuse`: parse the command line, check it, set up logging, hand over to mount."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__, endpoints
-from .mount import MountConfig, MountError, mount
+from .mount import MountConfig, MountError, check_config, mount
 
 PROG = "dockerfs-fuse"
 
@@ -17,7 +17,8 @@ PROG = "dockerfs-fuse"
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
-        description="Mount the containers of a Docker engine as a filesystem.",
+        description="Mount the containers of Docker engines as a filesystem: one engine's "
+        "containers at the top, or one directory per engine when -H/--context name several.",
         epilog="Unmount with: fusermount3 -u MOUNTPOINT. "
         "Docker access is root-equivalent: anyone who can write this mount's ctl files "
         "or reach its 9P shim with control enabled can control Docker.",
@@ -30,7 +31,8 @@ def parser() -> argparse.ArgumentParser:
         "--host",
         metavar="[NAME=]URL",
         action="append",
-        help="Docker endpoint: unix:///PATH, tcp://HOST:PORT (TLS as DOCKER_TLS_VERIFY and "
+        help="Docker endpoint (repeatable; NAME names its directory): unix:///PATH, "
+        "tcp://HOST:PORT (TLS as DOCKER_TLS_VERIFY and "
         "DOCKER_CERT_PATH say) or ssh://[USER@]HOST[:PORT] "
         "(default: as the docker CLI: DOCKER_HOST, DOCKER_CONTEXT, the current context, "
         "then /var/run/docker.sock)",
@@ -39,7 +41,7 @@ def parser() -> argparse.ArgumentParser:
         "--context",
         metavar="NAME",
         action="append",
-        help="the endpoint of this docker CLI context (~/.docker/contexts)",
+        help="the endpoint of this docker CLI context (~/.docker/contexts; repeatable)",
     )
     p.add_argument(
         "-o",
@@ -82,18 +84,16 @@ def setup_logging(debug: bool) -> None:
         logging.getLogger("asyncio").setLevel(logging.WARNING)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    setup_logging(args.debug)
+def config_from(args: argparse.Namespace) -> MountConfig:
     try:
-        endpoint = endpoints.resolve_one(args.host, args.context, os.environ)
+        found = endpoints.resolve(args.host, args.context, os.environ)
     except endpoints.EndpointError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return 1
-    config = MountConfig(
-        # Absolute: a detached daemon leaves its working directory.
-        mountpoint=os.path.abspath(args.mountpoint),
-        endpoint=endpoint,
+        raise MountError(str(exc)) from None
+    return MountConfig(
+        # Absolute: a detached daemon leaves its working directory. An empty
+        # MOUNTPOINT stays empty (abspath would make it ".") and is refused.
+        mountpoint=os.path.abspath(args.mountpoint) if args.mountpoint else "",
+        endpoints=found,
         foreground=args.foreground or args.debug,
         debug=args.debug,
         fuse_options=args.options,
@@ -102,7 +102,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         ninep=args.ninep,
         ninep_allow_control=args.ninep_allow_control,
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    setup_logging(args.debug)
     try:
+        config = config_from(args)
+        check_config(config)  # every argument, before Docker is asked or anything is mounted
         return mount(config)
     except MountError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)

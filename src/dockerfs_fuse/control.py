@@ -1,6 +1,6 @@
 """The language of a container's `ctl` file, in the style of Plan 9's proc(3).
 
-One command per write: `start`, `stop [SECONDS]`, `restart [SECONDS]`,
+One command per write of at most MAX_COMMAND_BYTES: `start`, `stop [SECONDS]`, `restart [SECONDS]`,
 `kill [SIGNAL]`, `pause`, `unpause`, `rm`. Parsing is pure so that every bad
 input is rejected (EINVAL) before anything is sent to Docker.
 """
@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 
 COMMANDS = ("start", "stop", "restart", "kill", "pause", "unpause", "rm")
 _MAX_SECONDS = 24 * 3600
+# The longest command is some 20 bytes. A longer write is refused whole: the
+# kernel splits a large write, and a piece must never run as a command.
+MAX_COMMAND_BYTES = 256
 
 
 class BadCommand(ValueError):
@@ -46,7 +49,10 @@ def _seconds(text: str) -> str:
     return str(int(text))
 
 
-def parse_command(data: bytes) -> Command:
+def split_command(data: bytes, commands: tuple[str, ...]) -> tuple[str, list[str]]:
+    """A write's command word (one of `commands`) and its arguments; bounded, ASCII."""
+    if len(data) > MAX_COMMAND_BYTES:
+        raise BadCommand(f"a command is at most {MAX_COMMAND_BYTES} bytes, not {len(data)}")
     try:
         text = data.decode("ascii")
     except UnicodeDecodeError:
@@ -54,9 +60,13 @@ def parse_command(data: bytes) -> Command:
     words = text.split()
     if not words:
         raise BadCommand("empty command")
-    action, args = words[0], words[1:]
-    if action not in COMMANDS:
-        raise BadCommand(f"unknown command {action!r}; one of: {', '.join(COMMANDS)}")
+    if words[0] not in commands:
+        raise BadCommand(f"unknown command {words[0]!r}; one of: {', '.join(commands)}")
+    return words[0], words[1:]
+
+
+def parse_command(data: bytes) -> Command:
+    action, args = split_command(data, COMMANDS)
     if len(args) > 1 or (args and action not in ("stop", "restart", "kill")):
         raise BadCommand(f"too many arguments for {action}")
     if action in ("stop", "restart") and args:

@@ -22,10 +22,11 @@ import json
 import logging
 import math
 import os
+import re
 import ssl
 import threading
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
 import aiodocker
@@ -50,6 +51,16 @@ ARCHIVE_CHUNK = 256 << 10
 LOGS_STALL_TIMEOUT = 30.0
 
 
+# What a mount without -a shows: the containers that have a process, as
+# Docker's default list does (Podman's "stopping" is Docker's "running").
+LISTED_STATES = frozenset(["running", "paused", "restarting", "stopping"])
+
+
+def _is_podman(version: Mapping[str, Any]) -> bool:
+    components = version.get("Components") or []
+    return any("podman" in str(c.get("Name", "")).lower() for c in components)
+
+
 class DockerProblem(Exception):
     """Anything that went wrong talking to Docker; message is Docker's own."""
 
@@ -59,11 +70,11 @@ class DockerUnavailable(DockerProblem):
 
 
 class NotFound(DockerProblem):
-    """HTTP 404: the container (or image) is gone."""
+    """HTTP 404, or being removed: the container (or image) is gone or going."""
 
 
 class Conflict(DockerProblem):
-    """HTTP 409: the request conflicts with the container's state."""
+    """HTTP 409, or a state conflict Docker answers otherwise (unpause: 500)."""
 
 
 class BadRequest(DockerProblem):
@@ -74,6 +85,18 @@ class ApiError(DockerProblem):
     """Any other error status."""
 
 
+# Docker's answers for a container that is being removed (or failed to be:
+# "dead"); to a reader, it is going away. Docker 20.10: 409 from logs, start
+# and rm; 500 from restart ("Cannot restart container ...: " + start's).
+_GOING_AWAY = re.compile(r"marked for removal|removal of container .* is already in progress")
+# Docker's answers that a command does not fit the container's state, not all
+# 409: unpause of a container that is not paused is a 500 in Docker 20.10.
+_STATE_CONFLICT = re.compile(
+    r"is not running|is not paused|is already paused|is paused|is restarting"
+    r"|cannot start a paused container|You cannot remove a \w+ container"
+)
+
+
 def _translate(exc: BaseException) -> DockerProblem:
     if isinstance(exc, DockerProblem):
         return exc
@@ -82,9 +105,13 @@ def _translate(exc: BaseException) -> DockerProblem:
         status = getattr(exc, "status", 0)
         if status == 900:  # aiodocker's code for "could not connect"
             return DockerUnavailable(message)
-        kind: type[DockerProblem] = {404: NotFound, 409: Conflict, 400: BadRequest}.get(
-            status, ApiError
-        )
+        kind: type[DockerProblem]
+        if status == 404 or _GOING_AWAY.search(message):
+            kind = NotFound
+        elif status == 409 or _STATE_CONFLICT.search(message):
+            kind = Conflict
+        else:
+            kind = BadRequest if status == 400 else ApiError
         return kind(message)
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
         return DockerUnavailable("Docker did not answer in time")
@@ -158,6 +185,8 @@ class DockerSource:
         self.requests: collections.Counter[str] = collections.Counter()
         self._thread: _AsyncioThread | None = None
         self._docker: aiodocker.Docker | None = None
+        # Whether the engine is Podman (None until it has answered once).
+        self.podman: bool | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -241,28 +270,45 @@ class DockerSource:
     def ping(self) -> str:
         """Check the engine answers; return its version string."""
         info = self.call_sync("version", lambda d: d.version())
+        self.podman = _is_podman(info)
         return str(info.get("Version", "?"))
+
+    async def identify(self) -> None:
+        """Learn whether the engine is Podman, if start-up could not (it was down)."""
+        if self.podman is None:
+            info = await self._call("version", lambda d: d.version(), None)
+            self.podman = _is_podman(info)
+
+    def _lists_all(self, all: bool) -> bool:
+        """Podman leaves paused (and stopping) containers out of its default
+        list, where Docker lists them: ask for all and keep those ourselves."""
+        return all or bool(self.podman)
+
+    def _listed(self, containers: list[Container], all: bool) -> list[Container]:
+        if all or not self.podman:
+            return containers
+        return [c for c in containers if c.get("State") in LISTED_STATES]
 
     async def list_containers(self, all: bool = False) -> list[Container]:
         """One `GET /containers/json`: the whole tree's data."""
 
         async def fetch(d: aiodocker.Docker) -> list[Container]:
-            params = {"all": "1"} if all else {}
+            params = {"all": "1"} if self._lists_all(all) else {}
             data = await d._query_json("containers/json", method="GET", params=params)
             return list(data)
 
-        return await self._call("containers/json", fetch, None)
+        return self._listed(await self._call("containers/json", fetch, None), all)
 
     async def _list_filtered(self, filters: dict[str, list[str]], all: bool) -> list[Container]:
         async def fetch(d: aiodocker.Docker) -> list[Container]:
             params = {"filters": json.dumps(filters)}
-            if all:
+            if self._lists_all(all):
                 params["all"] = "1"
             data = await d._query_json("containers/json", method="GET", params=params)
             return list(data)
 
         # Counted apart from full listings: the benchmark checks those.
-        return await self._call("containers/json?filters", fetch, None)
+        return self._listed(await self._call("containers/json?filters", fetch, None), all)
 
     async def list_one(self, cid: str, all: bool = False) -> Container | None:
         """One container's list entry (the same shape as the tree's), or None."""

@@ -9,6 +9,12 @@ unit-tested directly:
 - a node that leaves the tree while the kernel still counts lookups on it is
   kept, marked gone, until `forget` brings its count to zero.
 
+Containers live under a "top" directory: the root in a one-engine mount, or
+an engine's directory (a child of the root, made with `add_dir`) when the
+mount shows several engines. Every container operation names its top, so
+each engine's cache owns its subtree and the numbering stays one table's:
+numbers are unique across engines and never reused.
+
 Container directories are built lazily from the API answer the first time
 anything inside them is asked for, so a listing of a thousand containers
 costs a thousand small objects, not twenty thousand.
@@ -27,11 +33,11 @@ from .tree import (
     Container,
     Spec,
     Special,
-    all_hex,
     container_id,
     container_spec,
     created_seconds,
     escape_name,
+    resolve_name,
 )
 
 if TYPE_CHECKING:
@@ -84,7 +90,8 @@ class Changes:
     `removed` holds (parent inode, name, inode) of entries the kernel has
     looked up and must drop; `changed` holds looked-up inodes whose content
     changed, whatever its length: "Up 5 minutes" becoming "Up 6 minutes" keeps
-    the size, but a kernel that caches pages must still drop the old ones.
+    the size, but a kernel that caches pages must still drop the old ones. A
+    directory's content is its listing, which the kernel may cache too.
     """
 
     removed: list[tuple[int, str, int]] = field(default_factory=list)
@@ -99,8 +106,9 @@ class InodeTable:
         self._next = ROOT_INODE + 1
         self.root = Node(ROOT_INODE, "", Kind.DIR, root_mtime_ns, children={})
         self._nodes: dict[int, Node] = {ROOT_INODE: self.root}
-        # Symlinks for names and ID prefixes, made on lookup, never listed.
-        self._aliases: dict[str, Node] = {}
+        # Symlinks for names and ID prefixes, made on lookup, never listed;
+        # per top directory (by its inode).
+        self._aliases: dict[int, dict[str, Node]] = {}
 
     # -- queries -------------------------------------------------------------
 
@@ -131,42 +139,53 @@ class InodeTable:
         assert node.children is not None
         return node.children
 
-    def alias(self, name: str) -> Node | None:
+    def alias(self, name: str, *, by_prefix: bool = True, top: Node | None = None) -> Node | None:
         """A symlink to the container a name or unambiguous ID prefix means.
 
-        Docker's own order: a container name (the API spells names with a
-        leading "/"), then an ID prefix of at least 4 hex digits that matches
-        exactly one container. Ambiguous or unknown: None.
+        Resolved as Docker does (tree.resolve_name) among the containers the
+        table holds under `top` (the root by default). Ambiguous or unknown:
+        None. `by_prefix=False` when the table holds only some containers (no
+        -a): a prefix unique among the running ones may still be ambiguous to
+        Docker, so the caller asks Docker and records its answer with `link`.
         """
-        node = self._aliases.get(name)
+        top = top or self.root
+        node = self._aliases.get(top.inode, {}).get(name)
         if node is not None:
             return node
-        target = self._resolve(name)
-        if target is None:
+        return self._link(top, name, self._resolve(top, name, by_prefix))
+
+    def link(self, name: str, cid: str, top: Node | None = None) -> Node | None:
+        """An alias to a listed container that Docker itself resolved `name` to."""
+        top = top or self.root
+        return self._aliases.get(top.inode, {}).get(name) or self._link(top, name, cid)
+
+    def _link(self, top: Node, name: str, cid: str) -> Node | None:
+        target = (top.children or {}).get(escape_name(cid)) if cid else None
+        if target is None or target.gone:
             return None
-        node = self._new_node(self.root, name, Kind.LINK, target.mtime_ns)
+        node = self._new_node(top, name, Kind.LINK, target.mtime_ns)
+        # Relative, to a sibling: right at any depth (the root or an engine's directory).
         node.data = target.name.encode()
-        self._aliases[name] = node
+        self._aliases.setdefault(top.inode, {})[name] = node
         return node
 
-    def _resolve(self, name: str) -> Node | None:
-        containers = self.root.children or {}
-        slashed = "/" + name
-        for node in containers.values():
-            names = (node.raw or {}).get("Names") or ()
-            if slashed in names:
-                return node
-        if len(name) >= 4 and all_hex(name):
-            matches = [node for cid, node in containers.items() if cid.startswith(name)]
-            if len(matches) == 1:
-                return matches[0]
-        return None
+    def _resolve(self, top: Node, name: str, by_prefix: bool) -> str:
+        containers = (node.raw for node in (top.children or {}).values() if node.raw)
+        return resolve_name(name, containers, prefixes=by_prefix)
 
-    def _drop_aliases(self, changes: Changes) -> None:
+    def _drop_aliases(self, top: Node, changes: Changes) -> None:
         """Names can move to other containers: aliases live until the next change."""
-        for node in self._aliases.values():
-            self._drop(self.root, node, changes)
-        self._aliases.clear()
+        for node in self._aliases.pop(top.inode, {}).values():
+            self._drop(top, node, changes)
+
+    def add_dir(self, name: str, mtime_ns: int = 0) -> Node:
+        """A fixed directory in the root: an engine's, in a several-engine mount."""
+        node = self._new_node(self.root, name, Kind.DIR, mtime_ns or self.root.mtime_ns)
+        node.children = {}
+        assert self.root.children is not None
+        self.root.children[name] = node
+        self.root.subdirs = len(self.root.children)
+        return node
 
     # -- the kernel's lookup counts -------------------------------------------
 
@@ -184,11 +203,12 @@ class InodeTable:
 
     # -- refresh -----------------------------------------------------------------
 
-    def set_containers(self, containers: Sequence[Container]) -> Changes:
-        """Make the root list exactly these containers, keeping known inodes."""
+    def set_containers(self, containers: Sequence[Container], top: Node | None = None) -> Changes:
+        """Make `top` (the root by default) list exactly these containers, keeping known inodes."""
+        top = top or self.root
         changes = Changes()
-        self._drop_aliases(changes)
-        old = self.root.children or {}
+        self._drop_aliases(top, changes)
+        old = top.children or {}
         new: dict[str, Node] = {}
         for c in containers:
             cid = container_id(c)
@@ -197,39 +217,41 @@ class InodeTable:
                 continue
             node = old.get(name)
             if node is None:
-                node = self._new_container(name, c)
+                node = self._new_container(top, name, c)
             else:
                 self._update_container(node, c, changes)
             new[name] = node
         for name, node in old.items():
             if name not in new:
-                self._drop(self.root, node, changes)
-        self.root.children = new
-        self.root.subdirs = len(new)
+                self._drop(top, node, changes)
+        top.children = new
+        top.subdirs = len(new)
         return changes
 
-    def upsert_container(self, c: Container) -> Changes:
+    def upsert_container(self, c: Container, top: Node | None = None) -> Changes:
         """Refresh one container, adding it first in the listing if new (events)."""
+        top = top or self.root
         changes = Changes()
-        self._drop_aliases(changes)
-        children = self.root.children if self.root.children is not None else {}
+        self._drop_aliases(top, changes)
+        children = top.children if top.children is not None else {}
         name = escape_name(container_id(c))
         node = children.get(name)
         if node is None:
-            self.root.children = {name: self._new_container(name, c), **children}
-            self.root.subdirs = len(self.root.children)
+            top.children = {name: self._new_container(top, name, c), **children}
+            top.subdirs = len(top.children)
         else:
             self._update_container(node, c, changes)
         return changes
 
-    def remove_container(self, cid: str) -> Changes:
+    def remove_container(self, cid: str, top: Node | None = None) -> Changes:
+        top = top or self.root
         changes = Changes()
-        self._drop_aliases(changes)
-        children = self.root.children or {}
+        self._drop_aliases(top, changes)
+        children = top.children or {}
         node = children.pop(escape_name(cid), None)
         if node is not None:
-            self._drop(self.root, node, changes)
-            self.root.subdirs = len(children)
+            self._drop(top, node, changes)
+            top.subdirs = len(children)
         return changes
 
     # -- a container's own files (root/) ----------------------------------------------
@@ -276,7 +298,9 @@ class InodeTable:
         if node is None:
             node = self._new_node(dirnode, entry.name, kind, 0)
         node.entry = entry
-        node.mtime_ns = entry.mtime * NS
+        # Whole seconds, as tar says; below the second a count of listings
+        # that the FUSE layer may move on (kernel caching), kept here.
+        node.mtime_ns = entry.mtime * NS + node.mtime_ns % NS
         node.data = entry.link
         return node
 
@@ -288,9 +312,9 @@ class InodeTable:
         self._nodes[node.inode] = node
         return node
 
-    def _new_container(self, name: str, c: Container) -> Node:
+    def _new_container(self, top: Node, name: str, c: Container) -> Node:
         """A container directory, left unbuilt until something inside is asked for."""
-        node = self._new_node(self.root, name, Kind.DIR, created_seconds(c) * NS)
+        node = self._new_node(top, name, Kind.DIR, created_seconds(c) * NS)
         node.raw = c
         node.subdirs = len(SUBDIRS)
         return node
@@ -332,6 +356,8 @@ class InodeTable:
         for name, child in old.items():
             if name not in new:
                 self._drop(dirnode, child, changes)
+        if dirnode.lookups and list(new) != list(old):
+            changes.changed.append(dirnode.inode)
         dirnode.children = new
         dirnode.subdirs = subdirs
 

@@ -247,18 +247,28 @@ class LogSpool:
             self._begin(follow=True)
 
     def _begin(self, follow: bool) -> None:
+        # Runs in trio's run_sync_soon callbacks too (via _finished), where an
+        # exception would crash the whole mount: every failure ends the request.
+        failed: Exception | None = None
+        try:
+            fd = os.dup(self._fd)
+        except OSError as exc:  # EMFILE, say
+            fd, failed = -1, SpoolError(f"opening the log spool: {exc}")
         # A follow request replays the whole log: skip what is already here.
-        self._writer = LogWriter(self, os.dup(self._fd), skip=self.size if follow else 0)
+        self._writer = LogWriter(self, fd, skip=self.size if follow else 0)
         self._following = follow
         self._follow_again = False
         if follow:
             self._followed = True
             self.follow_error = None
-        try:
-            self._request = self._start(self.cid, self._writer, follow)
-        except Exception as exc:
-            self._writer.close()
-            self._finished(self._writer, exc)
+        if failed is None:
+            try:
+                self._request = self._start(self.cid, self._writer, follow)
+                return
+            except Exception as exc:
+                failed = exc
+        self._writer.close()
+        self._finished(self._writer, failed)
 
     def _grew(self, size: int) -> None:
         if not self.closed and size > self.size:

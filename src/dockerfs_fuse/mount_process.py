@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,7 @@ def start_mount(
     *extra: str,
     new_session: bool = False,
     timeout: float = 20,
+    env: Mapping[str, str] | None = None,
 ) -> MountProcess:
     """`dockerfs-fuse -f -H HOST EXTRA... MOUNTPOINT`, logging next to the mountpoint."""
     mountpoint.mkdir(exist_ok=True)
@@ -83,6 +85,7 @@ def start_mount(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=new_session,
+            env=env,
         )
     m = MountProcess(mountpoint, proc, log)
     try:

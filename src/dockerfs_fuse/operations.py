@@ -12,38 +12,32 @@ unexpected become errnos, logged once with the request that failed.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import errno
 import functools
 import json
 import logging
-import math
 import os
 import posixpath
-import re
 import signal
 import stat
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
 
-from .container_fs import ArchiveError, ContainerFiles, FileReader, PathError
+from .cache import ATTR_TIMEOUT, EngineCache, Source
+from .container_fs import ArchiveError, FileReader, PathError
 from .control import BadCommand, parse_command
-from .docker_source import (
-    BadRequest,
-    Conflict,
-    DockerProblem,
-    DockerSource,
-    NotFound,
-)
-from .inodes import ROOT_INODE, Changes, InodeTable, Kind, Node
+from .docker_source import BadRequest, Conflict, DockerProblem, NotFound
+from .inodes import NS, ROOT_INODE, Changes, InodeTable, Kind, Node
 from .logstream import LogSpool, LogSpools, TooManyLogs
-from .tree import Container, Special
+from .tree import NAME_MAX, Special
 from .views import render_stats, render_top, render_wait
 
 log = logging.getLogger(__name__)
@@ -51,18 +45,8 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 
-# How long the kernel may trust what we told it. Removals and size changes
-# are pushed to the kernel as invalidations, so these bound staleness only
-# for changes nobody has asked us about yet.
-ATTR_TIMEOUT = 10.0  # for entries and attributes alike
-# While Docker's event stream is down nothing tells us of changes: trust less.
-FALLBACK_TIMEOUT = 1.0
 # Names and prefixes can move to another container.
 ALIAS_TIMEOUT = 1.0
-# A lookup miss of a name asks Docker at most this often.
-MISS_REFRESH_INTERVAL = 1.0
-# When to re-read a container after its events (seconds after, cumulative).
-EVENT_REREAD_DELAYS = (0.05, 0.4)
 # pyfuse3 serves at most MAX_WORKERS requests at once. A logs.follow read can
 # block for as long as its container is silent, holding one: opens of
 # logs.follow get at most MAX_FOLLOWERS of them (ENFILE beyond), one process at
@@ -71,9 +55,6 @@ EVENT_REREAD_DELAYS = (0.05, 0.4)
 MAX_WORKERS = 512
 MAX_FOLLOWERS = 256
 MAX_FOLLOWERS_PER_PROCESS = 64
-# Containers whose logs may be open at once: each holds one of aiohttp's 100
-# connections to Docker while its log loads or grows (ENFILE beyond).
-MAX_LOG_SPOOLS = 64
 # How often a blocked logs or logs.follow read checks whether its reader was signalled.
 FOLLOW_POLL = 0.2
 # Containers whose `wait` may be read at once: each read waits on one
@@ -82,27 +63,13 @@ MAX_EXIT_WAITS = 12
 # Under a container's root/ the kernel may trust entries and attributes this
 # long: the container changes them without telling us.
 ROOT_TIMEOUT = 1.0
-# Event actions that change what a container's directory shows.
-_EVENT_ACTIONS = frozenset(
-    [
-        "create",
-        "start",
-        "restart",
-        "die",
-        "stop",
-        "kill",
-        "pause",
-        "unpause",
-        "rename",
-        "destroy",
-        "oom",
-        "update",
-    ]
-)
 # `getfattr -n user.dockerfs.stats MOUNT`: Docker request counts, for make bench.
 STATS_XATTR = b"user.dockerfs.stats"
 # readdir offsets start above 2: NFS re-exports treat 1 and 2 specially.
 _OFFSET_BASE = 3
+# Kernel caching: a listing's offsets carry its snapshot number above this bit.
+_SNAPSHOT_SHIFT = 32
+_SNAPSHOTS_KEPT = 256
 
 
 def errno_for(exc: BaseException) -> int:
@@ -158,10 +125,13 @@ class _FileHandle:
     """File contents frozen at open: every read of one open sees one version."""
 
     data: bytes
+    # Kernel caching: the node, whose data may since have moved on (see read).
+    node: Node | None = None
 
 
 @dataclass(slots=True)
 class _CtlHandle:
+    cache: EngineCache
     cid: str
 
 
@@ -175,6 +145,7 @@ class _LogHandle:
     follow: bool
     opener_pid: int
     opener: int  # the opening process (thread group), for the per-process cap
+    spools: LogSpools  # the engine's, which the spool goes back to
     pos: int = 0
     eofs: int = 0
     waiting: bool = False
@@ -187,6 +158,7 @@ class _RootFileHandle:
 
     reader: FileReader
     opener_pid: int
+    cache: EngineCache
 
 
 class _ExitWait:
@@ -213,6 +185,7 @@ class _ExitWait:
 class _WaitHandle:
     """An open `wait`: blocks at its first read until the container stops."""
 
+    cache: EngineCache
     cid: str
     opener_pid: int
     opener: int  # the opening process, for the follower caps
@@ -250,101 +223,58 @@ class _Followers:
             self.by_process.pop(process, None)
 
 
-class _Shared:
-    """One list request and its outcome, shared by everyone who waited for it."""
-
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self.result: list[Container] | None = None
-        self.error: Exception | None = None
-
-
-class _Refresher:
-    """One container-list request at a time; callers that arrive meanwhile share it."""
-
-    def __init__(self, fetch: Callable[[], Awaitable[list[Container]]]) -> None:
-        self._fetch = fetch
-        self._current: _Shared | None = None
-
-    async def get(self) -> list[Container]:
-        while True:
-            shared = self._current
-            if shared is None:
-                shared = self._current = _Shared()
-                try:
-                    shared.result = await self._fetch()
-                    return shared.result
-                except Exception as exc:
-                    shared.error = exc
-                    raise
-                finally:
-                    self._current = None
-                    shared.done.set()
-            await shared.done.wait()
-            if shared.error is not None:
-                raise shared.error
-            if shared.result is not None:
-                return shared.result
-            # the request we waited on was cancelled: make our own
-
-
 class DockerFS(pyfuse3.Operations):
-    """The containers of one Docker engine as a read-only tree."""
+    """The containers of one or more engines as a read-only tree.
 
-    def __init__(self, source: DockerSource, *, show_all: bool = False) -> None:
+    One engine: its containers are the root's children. Several: the root
+    holds one directory per engine, each the one-engine tree. Either way each
+    engine's `EngineCache` keeps its subtree fresh; this class only answers
+    the kernel from the table.
+    """
+
+    def __init__(
+        self,
+        engines: Mapping[str, Source],
+        *,
+        show_all: bool = False,
+        kernel_cache: bool = False,
+    ) -> None:
         super().__init__()
-        self.source = source
+        if not engines:
+            raise ValueError("no engine")
         self.show_all = show_all
+        # The pyfuse3 patch (kernel_cache.py): the kernel opens directories
+        # itself and caches listings and core files' pages; readdir gets the inode.
+        self.kernel_cache = self.pass_inode = kernel_cache
+        self._listings: dict[tuple[int, int], list[tuple[str, int]]] = {}
         self.table = InodeTable(root_mtime_ns=time.time_ns())
         self.uid = os.getuid()
         self.gid = os.getgid()
         self._handles: dict[int, _Handle] = {}
-        self.attr_timeout = ATTR_TIMEOUT
-        self._misses: dict[str, float] = {}
-        self._scheduled: set[str] = set()
-        # Events numbered as they arrive, to catch a list answer that was
-        # fetched before an event but applied after it.
-        self._event_seq = 0
-        self._last_event: dict[str, int] = {}
-        self._reread_send, self._reread_recv = trio.open_memory_channel[str](math.inf)
         self.followers = _Followers(MAX_FOLLOWERS, MAX_FOLLOWERS_PER_PROCESS)
-        self.logs = LogSpools(self.source.stream_logs, self._may_be_running, MAX_LOG_SPOOLS)
-        self.files = ContainerFiles(self.source.stream_archive)
-        self._exit_waits: dict[str, _ExitWait] = {}
         self.waiting_reads = 0
+        self._exit_waits: dict[tuple[str, str], _ExitWait] = {}
         self._next_fh = 1
-        self._refresher = _Refresher(self._fetch)
         self._inval_send, self._inval_recv = trio.open_memory_channel[Changes](1000)
+        # The engines, by the inode of their top directory.
+        self.several = len(engines) > 1
+        self.caches: dict[int, EngineCache] = {}
+        for name, source in engines.items():
+            top = self.table.add_dir(name) if self.several else self.table.root
+            self.caches[top.inode] = EngineCache(
+                name,
+                source,
+                self.table,
+                top,
+                self._apply,
+                show_all=show_all,
+                kernel_cache=kernel_cache,
+            )
 
-    # -- the cache -------------------------------------------------------------
-
-    async def _fetch(self) -> list[Container]:
-        return await self.source.list_containers(all=self.show_all)
-
-    async def refresh(self) -> None:
-        """Fetch the container list and make the tree match it."""
-        seq = self._event_seq
-        containers = await self._refresher.get()
-        self._apply(self.table.set_containers(containers))
-        # An event that arrived while the list was in flight may be newer than
-        # the list (a `docker rm` the list still shows): read those again.
-        if self._event_seq > seq:
-            for cid, event_seq in self._last_event.items():
-                if event_seq > seq:
-                    self._schedule_reread(cid)
-
-    async def refresh_container(self, cid: str) -> None:
-        """Re-read one container (after a ctl command or an event)."""
-        c = await self.source.list_one(cid, all=self.show_all)
-        if c is None:
-            self._apply(self.table.remove_container(cid))
-        else:
-            self._apply(self.table.upsert_container(c))
+    # -- the caches' changes, pushed to the kernel ---------------------------------
 
     def _apply(self, changes: Changes) -> None:
         """Hand kernel invalidations to the background task, never blocking a request."""
-        if not changes:
-            return
         try:
             self._inval_send.send_nowait(changes)
         except trio.WouldBlock:
@@ -365,100 +295,17 @@ class DockerFS(pyfuse3.Operations):
                     pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)
                 except Exception as exc:
                     log.debug("invalidate_entry_async(%d, %s): %s", parent, name, exc)
-            for inode in changes.changed:
-                try:
-                    await trio.to_thread.run_sync(pyfuse3.invalidate_inode, inode, True)
-                except OSError as exc:
-                    # ENOENT: the kernel already dropped the inode; nothing to do.
-                    if exc.errno != errno.ENOENT:
-                        log.debug("invalidate_inode(%d): %s", inode, exc)
-
-    # -- Docker's event stream ----------------------------------------------------
+            if changes.changed:
+                # Cached pages and listings go too (kernel caching), not only attributes.
+                await trio.to_thread.run_sync(
+                    _invalidate_inodes, changes.changed, not self.kernel_cache
+                )
 
     async def run_events(self) -> None:
-        """Keep the tree fresh between listings (a task in the main nursery).
-
-        On each container event, re-read that one container and push the
-        invalidations, so `cat <id>/State` follows Docker without a listing
-        of the root. When the stream drops: log once, shorten the kernel's
-        attribute timeouts, and reconnect with backoff; on reconnect, list
-        everything once to catch what was missed.
-        """
-        backoff = 0.5
-        down = False
+        """Every engine's event stream (a task in the main nursery)."""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._run_rereads, nursery)
-            while True:
-                stream = self.source.events()
-                try:
-                    await self.refresh()
-                    if down:
-                        log.info("Docker event stream reconnected")
-                    down, backoff = False, 0.5
-                    self.attr_timeout = ATTR_TIMEOUT
-                    async for event in stream:
-                        self._on_event(event)
-                    problem = "ended"
-                except DockerProblem as exc:
-                    problem = str(exc)
-                except Exception:  # a bug must not unmount: log it and reconnect
-                    log.exception("Docker event stream")
-                    problem = "failed"
-                finally:
-                    stream.close()
-                self.attr_timeout = FALLBACK_TIMEOUT
-                if not down:
-                    log.warning("Docker event stream %s; retrying, caching less meanwhile", problem)
-                    down = True
-                await trio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
-
-    def _on_event(self, event: dict[str, Any]) -> None:
-        action = str(event.get("Action") or event.get("status") or "").split(":")[0]
-        cid = str(event.get("id") or (event.get("Actor") or {}).get("ID") or "")
-        if not cid or not (action in _EVENT_ACTIONS or action.startswith("health_status")):
-            return
-        log.debug("event %s %s", action, cid[:12])
-        self._event_seq += 1
-        self._last_event[cid] = self._event_seq
-        if len(self._last_event) > 4096:
-            self._last_event = {cid: self._event_seq}
-        if action == "destroy":
-            self._apply(self.table.remove_container(cid))
-            self.files.forget(cid)
-        elif action == "start":
-            self.logs.container_started(cid)
-        self._schedule_reread(cid)
-
-    def _schedule_reread(self, cid: str) -> None:
-        if cid not in self._scheduled:
-            self._scheduled.add(cid)
-            self._reread_send.send_nowait(cid)
-
-    async def _run_rereads(self, nursery: trio.Nursery) -> None:
-        async for cid in self._reread_recv:
-            nursery.start_soon(self._reread_after_event, cid)
-
-    async def _reread_after_event(self, cid: str) -> None:
-        """Re-read a container shortly after its event(s).
-
-        Docker sends some events (pause, for one) just before the state that
-        its list endpoint reads is updated, so read after a short delay (which
-        also folds a burst such as create+start into one request), and once
-        more a little later in case the engine was slow.
-        """
-        try:
-            for i, delay in enumerate(EVENT_REREAD_DELAYS):
-                await trio.sleep(delay)
-                if i == 0:  # later events schedule their own re-read
-                    self._scheduled.discard(cid)
-                await self.refresh_container(cid)
-        except DockerProblem as exc:
-            log.warning("after an event for %s: %s", cid[:12], exc)
-        except Exception:  # a bug must not unmount
-            log.exception("after an event for %s", cid[:12])
-        finally:
-            self._scheduled.discard(cid)
+            for cache in self.caches.values():
+                nursery.start_soon(cache.run_events)
 
     # -- helpers ------------------------------------------------------------------
 
@@ -474,7 +321,11 @@ class DockerFS(pyfuse3.Operations):
         a = pyfuse3.EntryAttributes()
         a.st_ino = pyfuse3.InodeT(node.inode)
         a.generation = 0
-        a.entry_timeout = a.attr_timeout = self.attr_timeout
+        cache = self._cache_of(node)
+        timeout = cache.attr_timeout if cache is not None else ATTR_TIMEOUT
+        a.entry_timeout = a.attr_timeout = timeout
+        if node.inode == ROOT_INODE or node.inode in self.caches:
+            a.attr_timeout = min(timeout, ATTR_TIMEOUT)
         if node.kind is Kind.DIR:
             a.st_mode = pyfuse3.ModeT(stat.S_IFDIR | 0o555)
         elif node.kind is Kind.LINK:
@@ -489,9 +340,9 @@ class DockerFS(pyfuse3.Operations):
         a.st_gid = self.gid
         a.st_rdev = 0
         a.st_size = len(node.data) if node.kind is not Kind.DIR else 0
-        if node.special is Special.LOGS and node.parent is not None:
+        if node.special is Special.LOGS and node.parent is not None and cache is not None:
             # `tail -f` follows by polling this size: never let the kernel cache it.
-            a.st_size = self.logs.polled_size(node.parent.name)
+            a.st_size = cache.logs.polled_size(node.parent.name)
             a.attr_timeout = 0
         a.st_blksize = 4096
         a.st_blocks = (a.st_size + 511) // 512
@@ -505,7 +356,7 @@ class DockerFS(pyfuse3.Operations):
         a = pyfuse3.EntryAttributes()
         a.st_ino = pyfuse3.InodeT(node.inode)
         a.generation = 0
-        a.entry_timeout = a.attr_timeout = min(self.attr_timeout, ROOT_TIMEOUT)
+        a.entry_timeout = a.attr_timeout = ROOT_TIMEOUT
         a.st_mode = pyfuse3.ModeT(e.mode)
         a.st_nlink = node.nlink
         a.st_uid = e.uid
@@ -523,50 +374,41 @@ class DockerFS(pyfuse3.Operations):
         self._handles[fh] = handle
         return pyfuse3.FileHandleT(fh)
 
+    def _cache_of(self, node: Node) -> EngineCache | None:
+        """The engine a node belongs to (None for the root of several engines)."""
+        n: Node | None = node
+        while n is not None:
+            cache = self.caches.get(n.inode)
+            if cache is not None:
+                return cache
+            n = n.parent
+        return None
+
     async def _find(self, parent: Node, name: str) -> Node | None:
         if _in_root(parent) and name not in (".", ".."):
             return await self._root_lookup(parent, name)
-        node = self.table.lookup(parent, name)
-        if node is not None or parent.inode != ROOT_INODE:
-            return node
-        node = self.table.alias(name)
-        if node is not None or not _could_name_a_container(name):
-            return node
-        # A container started since the last listing or event: ask Docker
-        # with one filtered request. The same missing name asks at most once
-        # per interval, so a probe loop (shells, editors) cannot become a
-        # request loop; if Docker cannot answer, a miss is just a miss.
-        now = time.monotonic()
-        if now - self._misses.get(name, -math.inf) < MISS_REFRESH_INTERVAL:
-            return None
-        if len(self._misses) > 1024:
-            self._misses.clear()
-        self._misses[name] = now
-        try:
-            found = await self.source.find(name, all=self.show_all)
-        except DockerProblem as exc:
-            log.debug("lookup of %s: %s", name, exc)
-            return None
-        for c in found:
-            self._apply(self.table.upsert_container(c))
-        return self.table.lookup(parent, name) or self.table.alias(name)
+        cache = self.caches.get(parent.inode)
+        if cache is None:  # inside a container, or the root of several engines
+            return self.table.lookup(parent, name)
+        return await cache.find(name)
 
     # -- a container's own files (root/) and its exit (wait) ---------------------------
 
-    def _root_path(self, node: Node) -> tuple[str, str]:
-        """The container and the path in it of a node under root/ (root/ itself is "/")."""
+    def _root_path(self, node: Node) -> tuple[EngineCache, str, str]:
+        """The engine, container and path in it of a node under root/ (root/ is "/")."""
         parts: list[str] = []
         while node.special is not Special.ROOT:
             if node.parent is None or node.gone:
                 raise _fail(errno.ENOENT)
             parts.append(node.name)
             node = node.parent
-        return self._container_of(node), "/" + "/".join(reversed(parts))
+        cache, cid = self._container_of(node)
+        return cache, cid, "/" + "/".join(reversed(parts))
 
     async def _root_lookup(self, parent: Node, name: str) -> Node | None:
-        cid, path = self._root_path(parent)
+        cache, cid, path = self._root_path(parent)
         try:
-            entry = await self.files.stat(cid, posixpath.join(path, name))
+            entry = await cache.files.stat(cid, posixpath.join(path, name))
         except (PathError, NotFound):
             self._apply(self.table.remove_entry(parent, name))
             return None
@@ -574,35 +416,43 @@ class DockerFS(pyfuse3.Operations):
         self._apply(changes)
         return node
 
-    async def _root_opendir(self, node: Node, pid: int) -> _DirHandle:
-        """Opening a directory under root/ re-reads it (container_fs says from where)."""
-        cid, path = self._root_path(node)
-        entries = self.files.listing_now(cid, path)  # a walk goes on: no request, no wait
+    async def _root_listing(self, node: Node, pid: int | None) -> list[tuple[str, int]]:
+        """Opening a directory under root/ re-reads it (container_fs says from where).
+
+        `pid` is the opener's, so that a signal ends a long wait with EINTR;
+        None where pyfuse3 does not say (readdir with kernel caching).
+        """
+        cache, cid, path = self._root_path(node)
+        entries = cache.files.listing_now(cid, path)  # a walk goes on: no request, no wait
         if entries is None:
-            entries = await self._interruptible(pid, self.files.listing, cid, path)
+            if pid is None:
+                entries = await cache.files.listing(cid, path)
+            else:
+                entries = await self._interruptible(pid, cache.files.listing, cid, path)
         self._apply(self.table.set_listing(node, entries))
         children = node.children or {}
-        return _DirHandle([(e.name, children[e.name].inode) for e in entries])
+        return [(e.name, children[e.name].inode) for e in entries]
 
     async def _root_open(self, node: Node, pid: int) -> pyfuse3.FileInfo:
-        cid, path = self._root_path(node)
-        reader = self.files.open_now(cid, path)
+        cache, cid, path = self._root_path(node)
+        reader = cache.files.open_now(cid, path)
         if reader is None:
-            reader = await self._interruptible(pid, self.files.open, cid, path)
-        fh = self._new_handle(_RootFileHandle(reader, pid))
+            reader = await self._interruptible(pid, cache.files.open, cid, path)
+        fh = self._new_handle(_RootFileHandle(reader, pid, cache))
         # Direct I/O: what this open streams, never pages or a size cached earlier.
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
 
     async def _read_root_file(self, h: _RootFileHandle, off: int, size: int) -> bytes:
-        self.files.touch(h.reader.cid)
+        h.cache.files.touch(h.reader.cid)
         if h.reader.available(off, size):
             return await h.reader.read(off, size)
         return await self._interruptible(h.opener_pid, h.reader.read, off, size)
 
     def _open_wait(self, node: Node, pid: int) -> pyfuse3.FileInfo:
+        cache, cid = self._container_of(node)
         opener = _process_of(pid)
         self.followers.take(opener)  # a read blocks like logs.follow's: the same caps
-        handle = _WaitHandle(self._container_of(node), pid, opener)
+        handle = _WaitHandle(cache, cid, pid, opener)
         return pyfuse3.FileInfo(fh=self._new_handle(handle), direct_io=True, keep_cache=False)
 
     async def _read_wait(self, h: _WaitHandle, off: int, size: int) -> bytes:
@@ -610,7 +460,7 @@ class DockerFS(pyfuse3.Operations):
         if h.data is None:
             if h.waiting:
                 raise _fail(errno.EAGAIN)  # see MAX_FOLLOWERS
-            shared = h.shared = h.shared or self._join_exit_wait(h.cid)
+            shared = h.shared = h.shared or self._join_exit_wait(h.cache, h.cid)
             h.waiting = True
             self.waiting_reads += 1
             try:
@@ -625,18 +475,19 @@ class DockerFS(pyfuse3.Operations):
             h.data = render_wait(code)
         return h.data[off : off + size]
 
-    def _join_exit_wait(self, cid: str) -> _ExitWait:
-        shared = self._exit_waits.get(cid)
+    def _join_exit_wait(self, cache: EngineCache, cid: str) -> _ExitWait:
+        key = (cache.name, cid)
+        shared = self._exit_waits.get(key)
         if shared is None:
             if len(self._exit_waits) >= MAX_EXIT_WAITS:
                 log.warning("wait %s: %d containers waited on already", cid[:12], MAX_EXIT_WAITS)
                 raise _fail(errno.ENFILE)
 
             def done() -> None:
-                if self._exit_waits.get(cid) is shared:
-                    del self._exit_waits[cid]
+                if self._exit_waits.get(key) is shared:
+                    del self._exit_waits[key]
 
-            shared = self._exit_waits[cid] = _ExitWait(self.source.wait(cid), done)
+            shared = self._exit_waits[key] = _ExitWait(cache.source.wait(cid), done)
         shared.readers += 1
         return shared
 
@@ -648,8 +499,9 @@ class DockerFS(pyfuse3.Operations):
         shared.readers -= 1
         if shared.readers <= 0 and not shared.done.is_set():
             shared.future.cancel()  # nobody waits any more: stop asking
-            if self._exit_waits.get(h.cid) is shared:
-                del self._exit_waits[h.cid]
+            key = (h.cache.name, h.cid)
+            if self._exit_waits.get(key) is shared:
+                del self._exit_waits[key]
 
     async def _interruptible(self, pid: int, fn: Callable[..., Awaitable[R]], *args: Any) -> R:
         """Await fn(*args), or answer EINTR once `pid` has a fatal signal pending.
@@ -724,21 +576,34 @@ class DockerFS(pyfuse3.Operations):
     async def opendir(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileHandleT:
+        if self.kernel_cache:
+            # The kernel then stops sending OPENDIR and RELEASEDIR and caches
+            # every listing; readdir gets the inode (see _list_for_kernel).
+            raise _fail(errno.ENOSYS)
         node = self._node(inode)
         if not node.is_dir:
             raise _fail(errno.ENOTDIR)
-        if inode == ROOT_INODE:
-            # The contract: reading the root is what refreshes the cache.
-            await self.refresh()
-        elif _in_root(node):
-            return self._new_handle(await self._root_opendir(node, ctx.pid))
+        if _in_root(node):
+            return self._new_handle(_DirHandle(await self._root_listing(node, ctx.pid)))
+        cache = self.caches.get(inode)
+        if cache is not None:
+            # The contract: reading an engine's top directory (the root with
+            # one engine) is what refreshes its cache. The root of several
+            # engines lists them and asks none.
+            await cache.refresh()
         entries = [(name, child.inode) for name, child in self.table.children(node).items()]
         return self._new_handle(_DirHandle(entries))
 
     @_guard
     async def readdir(
-        self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken
+        self,
+        fh: pyfuse3.FileHandleT,
+        start_id: int,
+        token: pyfuse3.ReaddirToken,
+        inode: pyfuse3.InodeT | None = None,
     ) -> None:
+        if inode is not None:
+            return await self._list_for_kernel(inode, start_id, token)
         handle = self._handles.get(fh)
         if not isinstance(handle, _DirHandle):
             raise _fail(errno.EBADF)
@@ -750,11 +615,81 @@ class DockerFS(pyfuse3.Operations):
             node = self.table.get(inode)
             if node.gone:
                 continue
-            if not pyfuse3.readdir_reply(
-                token, os.fsencode(name), self._attrs(node), index + _OFFSET_BASE
-            ):
+            try:
+                encoded = os.fsencode(name)
+                if len(encoded) > NAME_MAX:
+                    raise ValueError(f"name of {len(encoded)} bytes")
+                attrs = self._attrs(node)
+            except Exception as exc:
+                # One bad entry must not make its directory unlistable (the
+                # tree never makes such a name; this is the last line).
+                log.error("readdir: left out %r: %s", name[:80], exc)
+                continue
+            if not pyfuse3.readdir_reply(token, encoded, attrs, index + _OFFSET_BASE):
                 return
             self.table.remember(node)
+
+    async def _list_for_kernel(
+        self, inode: pyfuse3.InodeT, start_id: int, token: pyfuse3.ReaddirToken
+    ) -> None:
+        """readdir with kernel caching: no directory handles, the kernel keeps what we list.
+
+        A listing is a snapshot of the directory's entries, numbered by their
+        hash: the number rides in the upper bits of every offset, so the later
+        pages of one listing are served from the same snapshot without a
+        handle, and an unchanged directory always gets the same offsets.
+        Reading an engine's top directory (the root with one engine) from its
+        start still asks the engine (the contract); its mtime then moves on
+        and its cached attributes are dropped, so the kernel's auto_inval_data
+        drops the cached listing at the next read: every `ls` asks once.
+        """
+        node = self._node(inode)
+        if not node.is_dir:
+            raise _fail(errno.ENOTDIR)
+        if start_id == 0:
+            cache = self.caches.get(inode)
+            if cache is not None:
+                await cache.refresh()
+                top = cache.top
+                top.mtime_ns = max(time.time_ns(), top.mtime_ns + 1)
+                # Here, not in a worker thread: a thread hop is slower than this
+                # write to /dev/fuse, which waits for nothing of ours (no
+                # writeback cache), and it must be done before we reply.
+                _invalidate_inodes([inode], False)
+            if _in_root(node):
+                # The kernel opens no directory here, so every listing it asks
+                # for is an open: read it again, and move the directory's mtime
+                # on (below the second: tar keeps whole seconds) so the kernel
+                # asks again at the next open instead of using what it cached.
+                entries = await self._root_listing(node, None)
+                node.mtime_ns = node.mtime_ns // NS * NS + (node.mtime_ns + 1) % NS
+                _invalidate_inodes([inode], False)
+            else:
+                entries = [(name, child.inode) for name, child in self.table.children(node).items()]
+            snapshot = hash(tuple(entries)) & 0x7FFF_FFFF
+            self._listings.pop((inode, snapshot), None)
+            self._listings[inode, snapshot] = entries
+            if len(self._listings) > _SNAPSHOTS_KEPT:
+                del self._listings[next(iter(self._listings))]
+            start = 0
+        else:
+            snapshot, pos = divmod(start_id, 1 << _SNAPSHOT_SHIFT)
+            start = pos - _OFFSET_BASE + 1
+            found = self._listings.get((inode, snapshot))
+            if found is None:  # long forgotten: the directory as it is now
+                found = [(name, child.inode) for name, child in self.table.children(node).items()]
+            entries = found
+        base = snapshot << _SNAPSHOT_SHIFT
+        for index in range(start, len(entries)):
+            name, child_inode = entries[index]
+            child = self.table.get(child_inode) if child_inode in self.table else None
+            if child is None or child.gone:
+                continue  # vanished since the listing began
+            if not pyfuse3.readdir_reply(
+                token, os.fsencode(name), self._attrs(child), base + index + _OFFSET_BASE
+            ):
+                return
+            self.table.remember(child)
 
     @_guard
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
@@ -775,12 +710,19 @@ class DockerFS(pyfuse3.Operations):
         if node.special is Special.CTL:
             if flags & os.O_ACCMODE != os.O_WRONLY:
                 raise _fail(errno.EACCES)
-            cid = self._container_of(node)
-            return pyfuse3.FileInfo(fh=self._new_handle(_CtlHandle(cid)), direct_io=True)
+            cache, cid = self._container_of(node)
+            return pyfuse3.FileInfo(fh=self._new_handle(_CtlHandle(cache, cid)), direct_io=True)
         if writing:
             raise _fail(errno.EACCES)
         if node.special is None:
             data = node.data
+            if self.kernel_cache:
+                # Pages stay cached between opens; every change of the content
+                # invalidates them (run_invalidator), so they are never stale.
+                fh = self._new_handle(_FileHandle(data, node))
+                owner = self._cache_of(node)
+                keep = owner is not None and owner.keep_pages
+                return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
         elif node.special in (Special.LOGS, Special.FOLLOW):
             return self._open_log(node, ctx.pid)
         elif node.special is Special.WAIT:
@@ -794,13 +736,13 @@ class DockerFS(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
 
     def _open_log(self, node: Node, pid: int) -> pyfuse3.FileInfo:
-        cid = self._container_of(node)
+        cache, cid = self._container_of(node)
         follow = node.special is Special.FOLLOW
         opener = _process_of(pid)
         if follow:
             self.followers.take(opener)
         try:
-            spool = self.logs.open(cid)
+            spool = cache.logs.open(cid)
         except BaseException as exc:
             if follow:
                 self.followers.give_back(opener)
@@ -810,43 +752,45 @@ class DockerFS(pyfuse3.Operations):
             raise
         if follow:
             spool.want_more()
-        fh = self._new_handle(_LogHandle(spool, follow, pid, opener))
+        fh = self._new_handle(_LogHandle(spool, follow, pid, opener, cache.logs))
         # Direct I/O: reads are never clipped at a size the kernel cached.
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False, nonseekable=follow)
 
-    def _may_be_running(self, cid: str) -> bool:
-        """Whether following the log may bring more (unknown counts as yes)."""
-        root = self.table.get(ROOT_INODE)
-        node = self.table.lookup(root, cid)
-        state = (node.raw or {}).get("State") if node is not None else None
-        return state not in ("created", "exited", "dead", "removing")
-
-    def _container_of(self, node: Node) -> str:
-        while node.parent is not None and node.parent.inode != ROOT_INODE:
+    def _container_of(self, node: Node) -> tuple[EngineCache, str]:
+        """The engine and container ID of a node inside a container directory."""
+        while node.parent is not None and node.parent.inode not in self.caches:
             node = node.parent
         if node.parent is None or node.gone:
             raise _fail(errno.ENOENT)
-        return node.name
+        return self.caches[node.parent.inode], node.name
 
     async def _render(self, node: Node) -> bytes:
         """One API call per open, never per read (lxcfs's model)."""
-        cid = self._container_of(node)
+        cache, cid = self._container_of(node)
         if node.special is Special.INSPECT:
-            info = await self.source.inspect(cid)
+            info = await cache.inspect(cid)
             return (json.dumps(info, indent=4, ensure_ascii=False) + "\n").encode()
         try:
             if node.special is Special.TOP:
-                return render_top(await self.source.top(cid))
+                return render_top(await cache.source.top(cid))
             if node.special is Special.STATS:
-                return render_stats(await self.source.stats(cid))
+                return render_stats(await cache.source.stats(cid))
         except Conflict:
             return b""  # not running: no processes, no sample
         raise _fail(errno.EIO)
 
     @_guard
-    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
+    async def read(
+        self, fh: pyfuse3.FileHandleT, off: int, size: int, inode: pyfuse3.InodeT | None = None
+    ) -> bytes:
+        # Every open has a handle here; `inode` comes with kernel caching (pass_inode).
         handle = self._handles.get(fh)
         if isinstance(handle, _FileHandle):
+            if handle.node is not None and handle.data is not handle.node.data:
+                # An open from before a change reads its own version, and the
+                # kernel keeps the pages this read fills for every later open:
+                # drop them again. The invalidator runs after this reply is sent.
+                self._apply(Changes(changed=[handle.node.inode]))
             return handle.data[off : off + size]
         if isinstance(handle, _LogHandle):
             if not handle.follow:
@@ -894,13 +838,13 @@ class DockerFS(pyfuse3.Operations):
         handle = self._handles.get(fh)
         if not isinstance(handle, _CtlHandle):
             raise _fail(errno.EBADF)
+        if off != 0:
+            # The rest of a write the kernel split, or a second write on one
+            # descriptor: never a whole command, so never run.
+            raise BadCommand(f"one command per open and write, at offset 0 (not {off})")
         command = parse_command(buf)
         log.info("ctl %s: %s %s", handle.cid[:12], command.action, command.params or "")
-        await self.source.control(handle.cid, command)
-        try:
-            await self.refresh_container(handle.cid)
-        except DockerProblem as exc:  # the command itself succeeded
-            log.warning("after ctl %s: %s", command.action, exc)
+        await handle.cache.control(handle.cid, command)
         return len(buf)
 
     @_guard
@@ -909,7 +853,7 @@ class DockerFS(pyfuse3.Operations):
         if isinstance(handle, _LogHandle):
             # A read may still wait on this handle (its reader was killed): it ends now.
             handle.closed = True
-            self.logs.release(handle.spool)
+            handle.spools.release(handle.spool)
             if handle.follow:
                 self.followers.give_back(handle.opener)
         elif isinstance(handle, _RootFileHandle):
@@ -1071,16 +1015,22 @@ class DockerFS(pyfuse3.Operations):
         return [pyfuse3.XAttrNameT(STATS_XATTR)] if inode == ROOT_INODE else []
 
     def stats(self) -> dict[str, Any]:
-        """Counters for the benchmark and the tests: Docker requests by kind, table size."""
+        """Counters for the benchmark and the tests: requests by kind (all
+        engines' summed, and each engine's), table size."""
+        engines = {cache.name: cache.stats() for cache in self.caches.values()}
+        total: collections.Counter[str] = collections.Counter()
+        for one in engines.values():
+            total.update(one["requests"])
         return {
-            "requests": dict(self.source.requests),
+            "requests": dict(total),
+            "engines": engines,
             "inodes": len(self.table),
+            "kernel_cache": self.kernel_cache,
             "logs": {
-                "spools": len(self.logs),
+                "spools": sum(len(cache.logs) for cache in self.caches.values()),
                 "followers": self.followers.count,
                 "waiting_reads": self.waiting_reads,
             },
-            "root": self.files.stats(),
             "exit_waits": len(self._exit_waits),
         }
 
@@ -1122,6 +1072,22 @@ def _signal_pending(pid: int) -> bool:
     return bool(pending & kill or pending & ~blocked & ~handled & ~_NOT_FATAL_MASK)
 
 
+def _invalidate_inodes(inodes: Sequence[int], attr_only: bool) -> None:
+    """Drop what the kernel caches for these inodes (in a worker thread: it writes to /dev/fuse)."""
+    for inode in inodes:
+        try:
+            pyfuse3.invalidate_inode(pyfuse3.InodeT(inode), attr_only)
+        except OSError as exc:
+            # ENOENT: the kernel already dropped the inode; nothing to do.
+            if exc.errno != errno.ENOENT:
+                log.debug("invalidate_inode(%d): %s", inode, exc)
+
+
+def _in_root(node: Node) -> bool:
+    """Whether a node is a container's root/ or under it."""
+    return node.entry is not None or node.special is Special.ROOT
+
+
 def _process_of(pid: int) -> int:
     """The process (thread group) a request's thread belongs to."""
     try:
@@ -1132,16 +1098,3 @@ def _process_of(pid: int) -> int:
     except (OSError, ValueError):
         pass
     return pid
-
-
-def _in_root(node: Node) -> bool:
-    """Whether a node is a container's root/ or under it."""
-    return node.entry is not None or node.special is Special.ROOT
-
-
-def _could_name_a_container(name: str) -> bool:
-    """Docker names are [a-zA-Z0-9][a-zA-Z0-9_.-]*; IDs and prefixes are hex."""
-    return bool(_NAME.fullmatch(name))
-
-
-_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .control import BadCommand
+from .control import BadCommand, split_command
 
 __all__ = [
     "NODE_COMMANDS",
@@ -57,21 +57,8 @@ class Request:
     body: dict[str, Any] | None = None
 
 
-def _words(data: bytes, commands: tuple[str, ...]) -> tuple[str, list[str]]:
-    try:
-        text = data.decode("ascii")
-    except UnicodeDecodeError:
-        raise BadCommand("commands are ASCII") from None
-    words = text.split()
-    if not words:
-        raise BadCommand("empty command")
-    if words[0] not in commands:
-        raise BadCommand(f"unknown command {words[0]!r}; one of: {', '.join(commands)}")
-    return words[0], words[1:]
-
-
 def parse_service_command(data: bytes) -> SwarmCommand:
-    action, args = _words(data, SERVICE_COMMANDS)
+    action, args = split_command(data, SERVICE_COMMANDS)
     wants = 1 if action in ("scale", "image") else 0
     if len(args) != wants:
         usage = {"scale": "scale N", "image": "image REF"}.get(action, action)
@@ -90,7 +77,7 @@ def parse_service_command(data: bytes) -> SwarmCommand:
 
 
 def parse_node_command(data: bytes) -> SwarmCommand:
-    action, args = _words(data, NODE_COMMANDS)
+    action, args = split_command(data, NODE_COMMANDS)
     if args:
         raise BadCommand(f"{action} takes no argument")
     return SwarmCommand(action)

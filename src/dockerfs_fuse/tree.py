@@ -12,8 +12,10 @@ rest are the other fields of the same answer, so one API call serves it all.
 from __future__ import annotations
 
 import enum
+import hashlib
+import re
 from collections.abc import Iterable, Mapping
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 
 class Special(enum.Enum):
@@ -37,6 +39,7 @@ class Special(enum.Enum):
 # special files, in the order they are listed.
 Spec: TypeAlias = "dict[str, Spec | bytes | Special]"
 Container: TypeAlias = Mapping[str, Any]
+T = TypeVar("T")
 
 # Each container directory, in listing order. The sub-directories are fixed,
 # which lets the inode table give a container directory its link count
@@ -79,21 +82,69 @@ def created_seconds(c: Container) -> int:
         return 0
 
 
+# Linux's NAME_MAX: a longer name cannot be looked up, created or copied.
+NAME_MAX = 255
+# A name that would be longer keeps this many bytes of its escaped key...
+SHORT_PREFIX_BYTES = 200
+# ...then SHORT_MARK and this many hex digits of SHA-256 of the whole key.
+SHORT_HASH_HEX = 12
+# Never in an escaped name: every "%" there starts %XX or %uXXXX.
+SHORT_MARK = "%~"
+# One escape or one character: where an escaped name may be cut.
+_TOKEN = re.compile(r"%u[0-9A-F]{4}|%[0-9A-F]{2}|.", re.DOTALL)
+
+
 def escape_name(key: str) -> str:
-    """Make any string a single path component, reversibly.
+    """Make any string a single path component of at most NAME_MAX bytes.
 
     "%" and "/" are escaped as in URLs (the contract names these two). Names
     a directory cannot hold ("", ".", "..") and NUL, which no path can carry,
-    are escaped the same way so that no label is silently dropped.
+    are escaped the same way so that no label is silently dropped; so are
+    lone surrogates (%uXXXX), which no UTF-8 name can carry. A name still
+    longer than NAME_MAX bytes is shortened (see shorten_name).
     """
     escaped = key.replace("%", "%25").replace("/", "%2F").replace("\0", "%00")
+    if any("\ud800" <= ch <= "\udfff" for ch in escaped):
+        escaped = "".join(
+            f"%u{ord(ch):04X}" if "\ud800" <= ch <= "\udfff" else ch for ch in escaped
+        )
     if escaped in ("", ".", ".."):
         return "".join(f"%{ord(ch):02X}" for ch in escaped) or "%"
+    if len(escaped.encode()) > NAME_MAX:
+        return shorten_name(escaped, key)
     return escaped
 
 
+def shorten_name(escaped: str, key: str) -> str:
+    """`<first SHORT_PREFIX_BYTES of the escaped key>%~<12 hex of sha256(key)>`.
+
+    The cut falls between characters and never inside an escape, so the
+    prefix reads as the key begins. The hash is of the whole key's UTF-8
+    bytes (`printf %s "$key" | sha256sum | cut -c1-12`), so a tool holding
+    the keys (inspect.json has them all) can tell which file is which.
+    """
+    prefix, size = [], 0
+    for token in _TOKEN.findall(escaped):
+        size += len(token.encode())
+        if size > SHORT_PREFIX_BYTES:
+            break
+        prefix.append(token)
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    return "".join(prefix) + SHORT_MARK + digest[:SHORT_HASH_HEX]
+
+
+def is_shortened(name: str) -> bool:
+    """Whether escape_name cut this name (the key is then not recoverable from it)."""
+    return SHORT_MARK in name
+
+
 def unescape_name(name: str) -> str:
-    """Inverse of escape_name, for tools that map files back to label keys."""
+    """Inverse of escape_name, for tools that map files back to label keys.
+
+    A shortened name has lost the end of its key: ValueError.
+    """
+    if is_shortened(name):
+        raise ValueError(f"{name[:40]}...: a shortened name; the whole key is in inspect.json")
     if name == "%":
         return ""
     out: list[str] = []
@@ -102,6 +153,9 @@ def unescape_name(name: str) -> str:
         if name[i] == "%" and _is_hex(name[i + 1 : i + 3]):
             out.append(chr(int(name[i + 1 : i + 3], 16)))
             i += 3
+        elif name[i : i + 2] == "%u" and _is_hex(name[i + 2 : i + 6]):
+            out.append(chr(int(name[i + 2 : i + 6], 16)))
+            i += 6
         else:
             out.append(name[i])
             i += 1
@@ -109,7 +163,26 @@ def unescape_name(name: str) -> str:
 
 
 def _is_hex(s: str) -> bool:
-    return len(s) == 2 and all(ch in "0123456789abcdefABCDEF" for ch in s)
+    return len(s) in (2, 4) and all(ch in "0123456789abcdefABCDEF" for ch in s)
+
+
+def named_entries(pairs: Iterable[tuple[Any, T]]) -> dict[str, T]:
+    """Entries named by escape_name of their keys, none dropped.
+
+    Distinct keys escape to distinct names unless both were shortened and
+    their hashes' first digits agree; the later one then gets "~2" ("~3",
+    ...) after the hash, in the API's order (Docker sorts label keys).
+    """
+    out: dict[str, T] = {}
+    for key, value in pairs:
+        name = escape_name(str(key))
+        if name in out:
+            n = 2
+            while f"{name}~{n}" in out:
+                n += 1
+            name = f"{name}~{n}"
+        out[name] = value
+    return out
 
 
 def render(value: Any) -> bytes:
@@ -138,14 +211,13 @@ def scalar_files(obj: Any, *, skip_empty: bool) -> Spec:
     """
     if not isinstance(obj, Mapping):
         return {}
-    files: Spec = {}
-    for key, value in obj.items():
-        if value is None or not _is_scalar(value):
-            continue
-        if skip_empty and value == "" and not isinstance(value, bool):
-            continue
-        files[escape_name(str(key))] = render(value)
-    return files
+    return named_entries(
+        (key, render(value))
+        for key, value in obj.items()
+        if value is not None
+        and _is_scalar(value)
+        and not (skip_empty and value == "" and not isinstance(value, bool))
+    )
 
 
 def _listed(items: Any) -> Iterable[Any]:
@@ -175,7 +247,7 @@ def container_spec(c: Container) -> Spec:
         spec[field] = render(c.get(field, ""))
     labels = c.get("Labels")
     spec["Labels"] = (
-        {escape_name(str(k)): render(v) for k, v in labels.items()}
+        named_entries((k, render(v)) for k, v in labels.items())
         if isinstance(labels, Mapping)
         else {}
     )
@@ -187,7 +259,7 @@ def container_spec(c: Container) -> Spec:
     spec["Mounts"] = {str(i): scalar_files(m, skip_empty=False) for i, m in enumerate(mounts)}
     networks = (c.get("NetworkSettings") or {}).get("Networks") or {}
     spec["Networks"] = (
-        {escape_name(str(name)): scalar_files(n, skip_empty=True) for name, n in networks.items()}
+        named_entries((name, scalar_files(n, skip_empty=True)) for name, n in networks.items())
         if isinstance(networks, Mapping)
         else {}
     )
@@ -199,3 +271,29 @@ def container_spec(c: Container) -> Spec:
 def all_hex(text: str) -> bool:
     """Lower-case hex, as Docker prints IDs (and as ID prefixes are typed)."""
     return all(ch in "0123456789abcdef" for ch in text)
+
+
+# Fewer hex digits are refused as prefixes: `ls` and shells probe short names.
+MIN_PREFIX = 4
+
+
+def resolve_name(name: str, containers: Iterable[Container], *, prefixes: bool = True) -> str:
+    """The ID of the container `name` means to Docker, or "" (unknown or ambiguous).
+
+    Docker's own order (GetContainer): a full ID, then an exact name (the
+    API spells names with a leading "/"), then an ID prefix that matches
+    exactly one container. The answer is only as right as `containers` is
+    whole: Docker compares against all containers, stopped ones included.
+    """
+    listed = [c for c in containers if isinstance(c, Mapping)]
+    if any(container_id(c) == name for c in listed):
+        return name
+    slashed = "/" + name
+    for c in listed:
+        names = c.get("Names")
+        if isinstance(names, list) and slashed in names:
+            return container_id(c)
+    if not prefixes or len(name) < MIN_PREFIX or not all_hex(name):
+        return ""
+    matches = {container_id(c) for c in listed if container_id(c).startswith(name)}
+    return matches.pop() if len(matches) == 1 else ""

@@ -36,12 +36,15 @@ class Shim:
     def start(self, timeout: float = 10.0) -> None:
         """Start and wait for every "listening" line; a failure is a MountError."""
         # stdout too: a caller capturing our output must not wait on the shim.
+        # Unbuffered: select() below must see every line not yet read, and a
+        # buffered reader would hide a second line that came with the first.
         self.proc = subprocess.Popen(
             self.argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            bufsize=0,
         )
         assert self.proc.stderr is not None
         wanted = self.argv.count("--listen")
@@ -77,4 +80,9 @@ class Shim:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait(5)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                # A thread of it still waits on a file system (ours, being
+                # stopped); it ends when that answers.
+                log.warning("9P shim (pid %d) still exiting", proc.pid)

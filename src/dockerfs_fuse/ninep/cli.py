@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import trio
 
 from .export import Export
+from .resources import raise_fd_limit
 from .server import serve
 
 DEFAULT_DIAL = "tcp!localhost!9999"
@@ -68,7 +69,15 @@ async def open_listener(dial: Dial) -> tuple[trio.SocketListener, str]:
     if dial.network == "unix":
         _remove_stale_socket(dial.address)
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        await sock.bind(dial.address)
+        # 0600 whatever the umask: whoever connects reads the tree, and with
+        # --allow-control drives Docker.  bind() creates the file with the
+        # socket's mode less the umask, so narrow both (nothing else runs yet).
+        os.fchmod(sock.fileno(), 0o600)
+        umask = os.umask(0o177)
+        try:
+            await sock.bind(dial.address)
+        finally:
+            os.umask(umask)
         sock.listen(128)
         return trio.SocketListener(sock), f"unix!{dial.address}"
     family = socket.AF_INET6 if ":" in dial.address else socket.AF_INET
@@ -165,6 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"dockerfs-9p: {exc}", file=sys.stderr)
         return 2
+    raise_fd_limit()
     try:
         parent = os.getppid() if args.exit_with_parent else None
         trio.run(run, export, dials, parent)

@@ -779,10 +779,11 @@ def _wire_fields(cls: type[Message], dialect: Dialect) -> list[_Field]:
 
 def encode(msg: Message, dialect: Dialect) -> bytes:
     """The complete frame, size prefix included."""
-    body = b"".join(
+    parts = [
         _KINDS[f.kind][0](getattr(msg, f.name), dialect) for f in _wire_fields(type(msg), dialect)
-    )
-    return struct.pack("<IBH", HEADER_SIZE + len(body), msg.TYPE, msg.tag) + body
+    ]
+    size = HEADER_SIZE + sum(len(part) for part in parts)
+    return b"".join([struct.pack("<IBH", size, msg.TYPE, msg.tag), *parts])
 
 
 def peek_tag(frame: bytes) -> int | None:
@@ -818,28 +819,32 @@ class FrameSplitter:
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
         self._buffer = bytearray()
+        self._start = 0  # frames before this offset were already returned
 
     def feed(self, data: bytes | bytearray) -> None:
+        if self._start:  # drop what was consumed once per feed, not per frame
+            del self._buffer[: self._start]
+            self._start = 0
         self._buffer += data
 
     def next_frame(self) -> bytes | None:
         """The next complete frame, or None until more bytes arrive."""
-        if len(self._buffer) < 4:
+        if self.pending() < 4:
             return None
-        (size,) = struct.unpack_from("<I", self._buffer)
+        (size,) = struct.unpack_from("<I", self._buffer, self._start)
         if size < HEADER_SIZE:
             raise FrameError(f"frame size {size} is shorter than a header")
         if size > self.max_size:
             raise FrameError(f"frame size {size} exceeds msize {self.max_size}")
-        if len(self._buffer) < size:
+        if self.pending() < size:
             return None
-        frame = bytes(self._buffer[:size])
-        del self._buffer[:size]
+        frame = bytes(self._buffer[self._start : self._start + size])
+        self._start += size
         return frame
 
     def pending(self) -> int:
         """Bytes received but not yet returned as a frame."""
-        return len(self._buffer)
+        return len(self._buffer) - self._start
 
 
 def field_names(cls: type[Message]) -> list[str]:

@@ -17,7 +17,7 @@ import grp
 import os
 import pwd
 import stat as st
-import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -97,62 +97,76 @@ def _group_name(gid: int) -> str:
 class OpenFile:
     """An open regular file or FIFO.
 
-    Closing is deferred while a thread still uses the descriptor, so a Tclunk
-    racing a slow Tread can never make that read land on a recycled descriptor
-    number.  The last user closes it, possibly from a worker thread (a read on
-    a FIFO may be abandoned by a flushed request and finish much later)."""
+    A FIFO stays non-blocking (`pollable`): the server waits for it to be
+    readable in trio, where a flush cancels the wait at once, and reads it
+    without a thread.  Other files are read in threads, and closing is
+    deferred while a thread still uses the descriptor, so a Tclunk racing a
+    slow Tread can never make that read land on a recycled descriptor number;
+    the last user closes it.  Only the server's trio thread calls acquire,
+    release and close."""
 
-    def __init__(self, fd: int, writable: bool) -> None:
+    def __init__(self, fd: int, writable: bool, pollable: bool = False) -> None:
         self.fd = fd
         self.writable = writable
+        self.pollable = pollable
+        self.on_close: Callable[[], None] | None = None  # once the fd is really closed
         self._users = 0
         self._closing = False
-        self._lock = threading.Lock()
 
     def acquire(self) -> None:
-        with self._lock:
-            if self._closing:
-                raise NinePError(errno.EBADF)
-            self._users += 1
+        if self._closing:
+            raise NinePError(errno.EBADF)
+        self._users += 1
 
     def release(self) -> None:
-        with self._lock:
-            self._users -= 1
-            if self._closing and self._users == 0:
-                self._close_now()
+        self._users -= 1
+        if self._closing and self._users == 0:
+            self._close_now()
 
     def close(self) -> None:
-        with self._lock:
-            self._closing = True
-            if self._users == 0:
-                self._close_now()
+        self._closing = True
+        if self._users == 0:
+            self._close_now()
 
     def _close_now(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+            if self.on_close is not None:
+                self.on_close()
 
     def read(self, offset: int, count: int) -> bytes:
+        """A positioned read; blocks (call it in a thread)."""
         check_offset(offset)
         try:
             return os.pread(self.fd, count, offset)
         except OSError as exc:
-            if exc.errno != errno.ESPIPE:
-                raise NinePError.from_os(exc) from exc
-        try:
-            return os.read(self.fd, count)  # FIFOs: a stream has no offsets
-        except OSError as exc:
             raise NinePError.from_os(exc) from exc
 
     def write(self, offset: int, data: bytes) -> int:
+        """A positioned write; blocks (call it in a thread)."""
         check_offset(offset)
         try:
-            try:
-                return os.pwrite(self.fd, data, offset)
-            except OSError as exc:
-                if exc.errno != errno.ESPIPE:
-                    raise
-                return os.write(self.fd, data)
+            return os.pwrite(self.fd, data, offset)
+        except OSError as exc:
+            raise NinePError.from_os(exc) from exc
+
+    def read_ready(self, count: int) -> bytes:
+        """A FIFO read that never blocks: BlockingIOError means wait for it to
+        be readable (a stream has no offsets, so the offset is ignored)."""
+        try:
+            return os.read(self.fd, count)
+        except BlockingIOError:
+            raise
+        except OSError as exc:
+            raise NinePError.from_os(exc) from exc
+
+    def write_ready(self, data: bytes) -> int:
+        """A FIFO write that never blocks: BlockingIOError means wait."""
+        try:
+            return os.write(self.fd, data)
+        except BlockingIOError:
+            raise
         except OSError as exc:
             raise NinePError.from_os(exc) from exc
 
@@ -166,6 +180,9 @@ class OpenDir:
     records: list[bytes] = field(default_factory=list)  # 9P2000/.u stat records
     boundaries: list[int] = field(default_factory=list)  # byte offset of each record
     dirents: list[Dirent] = field(default_factory=list)  # 9P2000.L entries
+    # Where the last read ended and how much of its count it left unused:
+    # Linux tops a short read up with a read of exactly that remainder.
+    top_up: tuple[int, int] = (-1, 0)
 
 
 class Export:
@@ -196,6 +213,20 @@ class Export:
         if resolved is None:
             raise NinePError(errno.ENOENT)
         return resolved
+
+    def subtree(self, aname: str) -> Export:
+        """The export an attach name selects: the directory it names inside
+        this one, walked and confined like every walk; "" is the whole export."""
+        parts: Parts = ()
+        for name in aname.split("/"):
+            if name:
+                parts = self._step(parts, name, Dialect.P2000)
+        if not parts:
+            return self
+        parts = self._resolve(parts)
+        if not st.S_ISDIR(self.lstat(parts).st_mode):
+            raise NinePError(errno.ENOTDIR)
+        return Export(self.path(parts), self.allow_control)
 
     def lstat(self, parts: Parts) -> os.stat_result:
         try:
@@ -377,13 +408,19 @@ class Export:
         if truncate and st.S_ISREG(info.st_mode):
             flags |= os.O_TRUNC
         try:
-            # A FIFO open blocks until a writer comes; open without waiting and
-            # let the reads block instead (they run in threads).
+            # A FIFO open blocks until a writer comes: open without waiting,
+            # and keep the FIFO non-blocking so that reads wait in trio.
             fd = os.open(self.path(parts), flags | os.O_NONBLOCK)
-            os.set_blocking(fd, True)
         except OSError as exc:
             raise NinePError.from_os(exc) from exc
-        return OpenFile(fd, writable=write)
+        try:
+            pollable = st.S_ISFIFO(os.fstat(fd).st_mode)
+            if not pollable:
+                os.set_blocking(fd, True)
+        except OSError as exc:
+            os.close(fd)
+            raise NinePError.from_os(exc) from exc
+        return OpenFile(fd, writable=write, pollable=pollable)
 
     def check_writable(self, info: os.stat_result) -> None:
         """--allow-control lets writes through, and only to files that carry a

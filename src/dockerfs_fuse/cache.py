@@ -1,0 +1,383 @@
+"""One engine's container cache: what keeps its part of the tree fresh.
+
+Policy only, no FUSE: each engine of a mount has one `EngineCache`, which
+owns that engine's subtree of the inode table (its "top": the root in a
+one-engine mount, else the engine's directory), its `DockerSource`, its
+event stream, its log spools and the numbering that lets a listing and a
+newer event meet in the right order. What changed is handed to `on_changes`
+(the FUSE adapter pushes it to the kernel), so the whole freshness engine is
+unit-tested under trio with a fake source (tests/test_cache.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+import trio
+
+from .container_fs import ArchiveWriter, ContainerFiles
+from .control import Command
+from .docker_source import DockerProblem
+from .inodes import Changes, InodeTable, Node
+from .logstream import Cancellable, LogSpools, LogWriter
+from .tree import Container, container_id, escape_name, resolve_name
+
+log = logging.getLogger(__name__)
+
+# How long the kernel may trust what we told it. Removals and size changes
+# are pushed to the kernel as invalidations, so these bound staleness only
+# for changes nobody has asked us about yet.
+ATTR_TIMEOUT = 10.0  # for entries and attributes alike
+# With kernel caching (kernel_cache.py) listings are cached too, so entries
+# must outlive a walk: every change is invalidated, this only bounds a lost one.
+KERNEL_CACHE_TIMEOUT = 3600.0
+# While an engine's event stream is down nothing tells us of changes: trust less.
+FALLBACK_TIMEOUT = 1.0
+# Retries of a dropped event stream: 0.5 s doubling to this. Only an engine
+# that does not answer its list makes the wait grow (a refused connect is
+# cheap), and until the reconnect lists it again the tree shows containers as
+# they were before the engine went away: keep that short.
+RECONNECT_MAX = 1.0
+# A lookup miss of a name asks the engine at most this often.
+MISS_REFRESH_INTERVAL = 1.0
+# When to re-read a container after its events (seconds after, cumulative).
+EVENT_REREAD_DELAYS = (0.05, 0.4)
+# Containers whose logs may be open at once, per engine: each holds one of
+# aiohttp's 100 connections to the engine while its log loads or grows
+# (ENFILE beyond).
+MAX_LOG_SPOOLS = 64
+# Event actions that change what a container's directory shows. Podman says
+# `remove` for Docker's `destroy`, and `cleanup` once its container is gone
+# from the process table (after `died` or `die`).
+_EVENT_ACTIONS = frozenset(
+    [
+        "create",
+        "start",
+        "restart",
+        "die",
+        "died",
+        "cleanup",
+        "stop",
+        "kill",
+        "pause",
+        "unpause",
+        "rename",
+        "destroy",
+        "remove",
+        "oom",
+        "update",
+    ]
+)
+_REMOVED_ACTIONS = frozenset(["destroy", "remove"])
+
+
+class Source(Protocol):
+    """What a cache needs of an engine (DockerSource; a fake in unit tests)."""
+
+    @property
+    def requests(self) -> Mapping[str, int]: ...
+
+    async def list_containers(self, all: bool = False) -> list[Container]: ...
+    async def list_one(self, cid: str, all: bool = False) -> Container | None: ...
+    async def find(self, name: str, all: bool = False) -> list[Container]: ...
+    async def inspect(self, cid: str) -> dict[str, Any]: ...
+    async def control(self, cid: str, command: Command) -> None: ...
+    async def identify(self) -> None: ...
+    def events(self) -> Any: ...
+    def stream_logs(self, cid: str, out: LogWriter, follow: bool) -> Cancellable: ...
+    def stream_archive(self, cid: str, path: str, out: ArchiveWriter) -> Cancellable: ...
+    async def top(self, cid: str) -> dict[str, Any]: ...
+    async def stats(self, cid: str) -> dict[str, Any]: ...
+    def wait(self, cid: str) -> Any: ...
+
+
+class _Shared:
+    """One list request and its outcome, shared by everyone who waited for it."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.result: list[Container] | None = None
+        self.error: Exception | None = None
+
+
+class _Refresher:
+    """One container-list request at a time; callers that arrive meanwhile share it."""
+
+    def __init__(self, fetch: Callable[[], Awaitable[list[Container]]]) -> None:
+        self._fetch = fetch
+        self._current: _Shared | None = None
+
+    async def get(self) -> list[Container]:
+        while True:
+            shared = self._current
+            if shared is None:
+                shared = self._current = _Shared()
+                try:
+                    shared.result = await self._fetch()
+                    return shared.result
+                except Exception as exc:
+                    shared.error = exc
+                    raise
+                finally:
+                    self._current = None
+                    shared.done.set()
+            await shared.done.wait()
+            if shared.error is not None:
+                raise shared.error
+            if shared.result is not None:
+                return shared.result
+            # the request we waited on was cancelled: make our own
+
+
+class EngineCache:
+    """The containers of one engine, kept fresh under `top` in `table`."""
+
+    def __init__(
+        self,
+        name: str,
+        source: Source,
+        table: InodeTable,
+        top: Node,
+        on_changes: Callable[[Changes], None],
+        *,
+        show_all: bool = False,
+        kernel_cache: bool = False,
+    ) -> None:
+        self.name = name
+        self.source = source
+        self.table = table
+        self.top = top
+        self.show_all = show_all
+        self.kernel_cache = kernel_cache
+        self._on_changes = on_changes
+        self.attr_timeout = ATTR_TIMEOUT
+        self.keep_pages = False  # while the engine's event stream is up
+        self.events_up = False
+        self._misses: dict[str, float] = {}
+        self._scheduled: set[str] = set()
+        # Events numbered as they arrive, to catch a list answer that was
+        # fetched before an event but applied after it.
+        self._event_seq = 0
+        self._last_event: dict[str, int] = {}
+        self._reread_send, self._reread_recv = trio.open_memory_channel[str](math.inf)
+        self.logs = LogSpools(source.stream_logs, self.may_be_running, MAX_LOG_SPOOLS)
+        # Each container's own files (root/): snapshots of the archive endpoint.
+        self.files = ContainerFiles(source.stream_archive)
+        self._refresher = _Refresher(self._fetch)
+
+    # -- listings ---------------------------------------------------------------
+
+    async def _fetch(self) -> list[Container]:
+        return await self.source.list_containers(all=self.show_all)
+
+    async def refresh(self) -> None:
+        """Fetch the container list and make the subtree match it."""
+        seq = self._event_seq
+        containers = await self._refresher.get()
+        self._apply(self.table.set_containers(containers, self.top))
+        # An event that arrived while the list was in flight may be newer than
+        # the list (a `docker rm` the list still shows): read those again.
+        if self._event_seq > seq:
+            for cid, event_seq in self._last_event.items():
+                if event_seq > seq:
+                    self._schedule_reread(cid)
+
+    async def refresh_container(self, cid: str) -> None:
+        """Re-read one container (after a ctl command or an event)."""
+        c = await self.source.list_one(cid, all=self.show_all)
+        if c is None:
+            self._apply(self.table.remove_container(cid, self.top))
+        else:
+            self._apply(self.table.upsert_container(c, self.top))
+
+    def _apply(self, changes: Changes) -> None:
+        if changes:
+            self._on_changes(changes)
+
+    # -- what a container shows that its list entry does not ------------------------
+
+    async def inspect(self, cid: str) -> dict[str, Any]:
+        return await self.source.inspect(cid)
+
+    async def control(self, cid: str, command: Command) -> None:
+        """Run a ctl command, then show its effect without waiting for the event."""
+        await self.source.control(cid, command)
+        try:
+            await self.refresh_container(cid)
+        except DockerProblem as exc:  # the command itself succeeded
+            log.warning("%s: after ctl %s: %s", self.name, command.action, exc)
+
+    def may_be_running(self, cid: str) -> bool:
+        """Whether following the log may bring more (unknown counts as yes)."""
+        node = self.table.lookup(self.top, escape_name(cid))
+        state = (node.raw or {}).get("State") if node is not None else None
+        return state not in ("created", "exited", "dead", "removing", "stopped")
+
+    # -- lookups of names nobody listed ----------------------------------------------
+
+    async def find(self, name: str) -> Node | None:
+        """A name in the top directory: a container, or an alias to one."""
+        node = self.table.lookup(self.top, name)
+        if node is not None:
+            return node
+        # Without -a the table holds running containers only, and a prefix
+        # unique among them may be shared with a stopped one: the engine would
+        # refuse it, so only its answer (below) may resolve a prefix.
+        node = self.table.alias(name, by_prefix=self.show_all, top=self.top)
+        if node is not None or not could_name_a_container(name):
+            return node
+        # A container started since the last listing or event, or a prefix:
+        # ask the engine with filtered requests over all containers (no full
+        # listing). The same missing name asks at most once per interval, so
+        # a probe loop (shells, editors) cannot become a request loop; if
+        # the engine cannot answer, a miss is just a miss.
+        now = time.monotonic()
+        if now - self._misses.get(name, -math.inf) < MISS_REFRESH_INTERVAL:
+            return None
+        if len(self._misses) > 1024:
+            self._misses.clear()
+        self._misses[name] = now
+        try:
+            node = await self._ask_engine(name)
+        except DockerProblem as exc:
+            log.debug("%s: lookup of %s: %s", self.name, name, exc)
+            return None
+        if node is not None:
+            self._misses.pop(name, None)
+        return node
+
+    async def _ask_engine(self, name: str) -> Node | None:
+        """Resolve a name as the engine would, against all containers; None if
+        unknown, ambiguous, or a container this mount does not list."""
+        found = await self.source.find(name, all=True)
+        cid = resolve_name(name, found)
+        if not cid:
+            return None
+        if self.show_all:
+            self._apply(self.table.upsert_container(_entry(found, cid), self.top))
+        elif escape_name(cid) not in self.table.children(self.top):
+            # Without -a, a container is listed only if the engine lists it so.
+            c = await self.source.list_one(cid)
+            if c is None:
+                return None
+            self._apply(self.table.upsert_container(c, self.top))
+        return self.table.lookup(self.top, name) or self.table.link(name, cid, self.top)
+
+    # -- the event stream ---------------------------------------------------------------
+
+    async def run_events(self) -> None:
+        """Keep the subtree fresh between listings (a task in the main nursery).
+
+        On each container event, re-read that one container and push the
+        invalidations, so `cat <id>/State` follows the engine without a
+        listing. When the stream drops: log once, shorten the kernel's
+        attribute timeouts, and reconnect with backoff; on reconnect, list
+        everything once to catch what was missed (what changed while the
+        engine was down sent no event we could see).
+        """
+        backoff = 0.5
+        down = False
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._run_rereads, nursery)
+            while True:
+                stream = self.source.events()
+                try:
+                    await self.source.identify()
+                    await self.refresh()
+                    if down:
+                        log.info("%s: event stream reconnected", self.name)
+                    down, backoff = False, 0.5
+                    self.events_up = True
+                    self.attr_timeout = KERNEL_CACHE_TIMEOUT if self.kernel_cache else ATTR_TIMEOUT
+                    self.keep_pages = self.kernel_cache
+                    async for event in stream:
+                        self.on_event(event)
+                    problem = "ended"
+                except DockerProblem as exc:
+                    problem = str(exc)
+                except Exception:  # a bug must not unmount: log it and reconnect
+                    log.exception("%s: event stream", self.name)
+                    problem = "failed"
+                finally:
+                    stream.close()
+                self.events_up = False
+                self.attr_timeout = FALLBACK_TIMEOUT
+                self.keep_pages = False
+                if not down:
+                    log.warning(
+                        "%s: event stream %s; retrying, caching less meanwhile", self.name, problem
+                    )
+                    down = True
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, RECONNECT_MAX)
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        action = str(event.get("Action") or event.get("status") or "").split(":")[0]
+        cid = str(event.get("id") or (event.get("Actor") or {}).get("ID") or "")
+        if not cid or not (action in _EVENT_ACTIONS or action.startswith("health_status")):
+            return
+        log.debug("%s: event %s %s", self.name, action, cid[:12])
+        self._event_seq += 1
+        self._last_event[cid] = self._event_seq
+        if len(self._last_event) > 4096:
+            self._last_event = {cid: self._event_seq}
+        if action in _REMOVED_ACTIONS:
+            self._apply(self.table.remove_container(cid, self.top))
+            self.files.forget(cid)
+        elif action == "start":
+            self.logs.container_started(cid)
+        self._schedule_reread(cid)
+
+    def _schedule_reread(self, cid: str) -> None:
+        if cid not in self._scheduled:
+            self._scheduled.add(cid)
+            self._reread_send.send_nowait(cid)
+
+    async def _run_rereads(self, nursery: trio.Nursery) -> None:
+        async for cid in self._reread_recv:
+            nursery.start_soon(self._reread_after_event, cid)
+
+    async def _reread_after_event(self, cid: str) -> None:
+        """Re-read a container shortly after its event(s).
+
+        Docker sends some events (pause, for one) just before the state that
+        its list endpoint reads is updated, so read after a short delay (which
+        also folds a burst such as create+start into one request), and once
+        more a little later in case the engine was slow.
+        """
+        try:
+            for i, delay in enumerate(EVENT_REREAD_DELAYS):
+                await trio.sleep(delay)
+                if i == 0:  # later events schedule their own re-read
+                    self._scheduled.discard(cid)
+                await self.refresh_container(cid)
+        except DockerProblem as exc:
+            log.warning("%s: after an event for %s: %s", self.name, cid[:12], exc)
+        except Exception:  # a bug must not unmount
+            log.exception("%s: after an event for %s", self.name, cid[:12])
+        finally:
+            self._scheduled.discard(cid)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "requests": dict(self.source.requests),
+            "events": self.events_up,
+            "root": self.files.stats(),
+        }
+
+
+def _entry(containers: list[Container], cid: str) -> Container:
+    return next(c for c in containers if container_id(c) == cid)
+
+
+def could_name_a_container(name: str) -> bool:
+    """Docker names are [a-zA-Z0-9][a-zA-Z0-9_.-]*; IDs and prefixes are hex."""
+    return bool(_NAME.fullmatch(name))
+
+
+_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")

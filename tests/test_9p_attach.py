@@ -1,0 +1,89 @@
+"""The shim's attach name selects a directory of the export (issue 9):
+`9mount -a prod ...` gets `prod` alone, confined there like the whole
+export is confined to its root."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from ninep_support import Client, running_shim
+
+from dockerfs_fuse.ninep import codec
+
+Shim = tuple[str, int]
+
+
+@pytest.fixture(scope="module")
+def shim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shim]:
+    root = tmp_path_factory.mktemp("export")
+    (root / "prod" / "web").mkdir(parents=True)
+    (root / "prod" / "web" / "State").write_text("running\n")
+    (root / "prod" / "name").symlink_to("web")
+    (root / "prod" / "up").symlink_to("../secret")
+    (root / "prod" / "out").symlink_to("/etc")
+    (root / "dev").mkdir()
+    (root / "dev" / "State").write_text("exited\n")
+    (root / "secret").write_text("not for prod\n")
+    with running_shim(root) as (_, host, port):
+        yield host, port
+
+
+def attached(shim: Shim, aname: str, version: str = "9P2000") -> Client:
+    client = Client(*shim)
+    client.version(version)
+    client.attach(aname=aname)
+    return client
+
+
+def reaches(client: Client, path: str, fid: int) -> bool:
+    """Whether a walk gets all the way (walk(5) answers a partial walk with fewer qids)."""
+    reply = client.walk(path, newfid=fid)
+    names = [n for n in path.split("/") if n]
+    return isinstance(reply, codec.Rwalk) and len(reply.qids) == len(names)
+
+
+def test_an_attach_name_selects_that_directory(shim: Shim) -> None:
+    with attached(shim, "prod") as prod, attached(shim, "") as whole:
+        assert prod.cat("web/State") == b"running\n"
+        assert prod.cat("name/State") == b"running\n"  # a link inside the subtree
+        assert whole.cat("prod/web/State") == b"running\n"
+        assert whole.cat("dev/State") == b"exited\n"
+        assert not reaches(prod, "dev/State", 1)
+
+
+@pytest.mark.parametrize("version", ["9P2000", "9P2000.L"])
+def test_the_subtree_is_confined(shim: Shim, version: str) -> None:
+    with attached(shim, "prod", version) as prod:
+        top = prod.rpc(codec.Tstat(tag=1, fid=0)) if version == "9P2000" else None
+        up = prod.walk("..", newfid=1)
+        assert isinstance(up, codec.Rwalk)
+        if isinstance(top, codec.Rstat):
+            assert up.qids == (top.stat.qid,)  # `..` of the attach point is itself
+        assert not reaches(prod, "../secret", 2)
+        assert not reaches(prod, "../../secret", 3)
+        # Links that point out of the subtree lead nowhere, in it or out of the export.
+        assert not reaches(prod, "up/x", 4)
+        assert not reaches(prod, "out/passwd", 5)
+        if version == "9P2000":  # followed when walked to: refused
+            assert not reaches(prod, "up", 6)
+
+
+@pytest.mark.parametrize("aname", ["nope", "prod/web/State", "prod/out", "prod/up"])
+def test_bad_attach_names_are_refused(shim: Shim, aname: str) -> None:
+    with Client(*shim) as client:
+        client.version()
+        reply = client.rpc(
+            codec.Tattach(tag=1, fid=0, afid=codec.NOFID, uname="u", aname=aname, n_uname=0)
+        )
+        assert isinstance(reply, codec.Rerror), reply
+
+
+def test_one_attach_name_per_connection(shim: Shim) -> None:
+    with attached(shim, "prod") as client:
+        assert isinstance(client.attach(fid=7, aname="prod"), codec.Qid)
+        reply = client.rpc(
+            codec.Tattach(tag=1, fid=8, afid=codec.NOFID, uname="u", aname="dev", n_uname=0)
+        )
+        assert isinstance(reply, codec.Rerror), reply
+        assert client.cat("web/State") == b"running\n"

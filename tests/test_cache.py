@@ -1,0 +1,245 @@
+"""The per-engine cache under trio with a fake engine (pure, no Docker, no FUSE).
+
+The fake answers from a dict and can hold a listing in flight, so the races
+the cache is built for are played out exactly: a listing and a newer event,
+the re-reads after events, shared listings, and two engines in one table.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import AsyncIterator
+from typing import Any
+
+import trio
+import trio.testing
+
+from dockerfs_fuse.cache import EVENT_REREAD_DELAYS, EngineCache
+from dockerfs_fuse.container_fs import ArchiveWriter
+from dockerfs_fuse.control import Command
+from dockerfs_fuse.docker_source import DockerUnavailable
+from dockerfs_fuse.inodes import Changes, InodeTable
+from dockerfs_fuse.logstream import Cancellable, LogWriter
+from dockerfs_fuse.tree import Container
+
+
+def cid(n: int) -> str:
+    return f"{n:064x}"
+
+
+def entry(n: int, state: str = "running", name: str = "") -> Container:
+    return {"Id": cid(n), "Names": [f"/{name or f'c{n}'}"], "State": state, "Created": n}
+
+
+class FakeStream:
+    def __init__(self, recv: trio.MemoryReceiveChannel[dict[str, Any]]) -> None:
+        self.recv = recv
+
+    def close(self) -> None:
+        pass
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        async for event in self.recv:
+            yield event
+
+
+class FakeEngine:
+    """Containers in a dict; a listing can be held in flight with `hold`."""
+
+    def __init__(self, *containers: Container) -> None:
+        self.containers = {str(c["Id"]): c for c in containers}
+        self.requests: collections.Counter[str] = collections.Counter()
+        self.hold: trio.Event | None = None
+        self.listing = trio.Event()  # set when a listing has been asked for
+        self.down = False
+        self.send, recv = trio.open_memory_channel[dict[str, Any]](100)
+        self.stream = FakeStream(recv)
+
+    async def list_containers(self, all: bool = False) -> list[Container]:
+        self.requests["containers/json"] += 1
+        if self.down:
+            raise DockerUnavailable("engine down")
+        answer = list(self.containers.values())  # what the engine said when asked
+        self.listing.set()
+        if self.hold is not None:
+            await self.hold.wait()
+        return answer
+
+    async def list_one(self, id_: str, all: bool = False) -> Container | None:
+        self.requests["containers/json?filters"] += 1
+        if self.down:
+            raise DockerUnavailable("engine down")
+        return self.containers.get(id_)
+
+    async def find(self, name: str, all: bool = False) -> list[Container]:
+        self.requests["containers/json?filters"] += 1
+        return [c for c in self.containers.values() if f"/{name}" in c["Names"]]
+
+    async def inspect(self, id_: str) -> dict[str, Any]:
+        return dict(self.containers[id_])
+
+    async def control(self, id_: str, command: Command) -> None:
+        self.requests["control"] += 1
+
+    async def identify(self) -> None:
+        pass
+
+    def events(self) -> FakeStream:
+        return self.stream
+
+    def stream_logs(self, id_: str, out: LogWriter, follow: bool) -> Cancellable:
+        raise AssertionError("no logs here")
+
+    def stream_archive(self, id_: str, path: str, out: ArchiveWriter) -> Cancellable:
+        raise AssertionError("no container files here (test_container_fs_unit.py)")
+
+    async def top(self, id_: str) -> dict[str, Any]:
+        raise AssertionError("no top here")
+
+    async def stats(self, id_: str) -> dict[str, Any]:
+        raise AssertionError("no stats here")
+
+    def wait(self, id_: str) -> Any:
+        raise AssertionError("no wait here")
+
+    def event(self, action: str, n: int) -> None:
+        self.send.send_nowait({"Type": "container", "Action": action, "Actor": {"ID": cid(n)}})
+
+
+def make_cache(
+    engine: FakeEngine, table: InodeTable | None = None, top_name: str = ""
+) -> tuple[EngineCache, list[Changes]]:
+    table = table or InodeTable()
+    top = table.add_dir(top_name) if top_name else table.root
+    changes: list[Changes] = []
+    return EngineCache(top_name or "local", engine, table, top, changes.append), changes
+
+
+def listed(cache: EngineCache) -> set[str]:
+    return set(cache.table.children(cache.top))
+
+
+def test_an_event_newer_than_a_listing_in_flight_wins() -> None:
+    """`docker rm` while a slow listing that still shows it is in flight, and
+    the event's own re-reads done before that listing lands: the listing puts
+    the container back, so the cache reads it again and it goes."""
+    engine = FakeEngine(entry(1), entry(2))
+    cache, _ = make_cache(engine)
+
+    async def main() -> None:
+        engine.hold = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cache._run_rereads, nursery)
+            nursery.start_soon(cache.refresh)
+            await engine.listing.wait()
+            del engine.containers[cid(2)]
+            cache.on_event({"Action": "destroy", "Actor": {"ID": cid(2)}})
+            await trio.sleep(sum(EVENT_REREAD_DELAYS) + 1)  # the event's re-reads are done
+            rereads = engine.requests["containers/json?filters"]
+            assert rereads == len(EVENT_REREAD_DELAYS)
+            engine.hold.set()  # the stale listing lands
+            await trio.testing.wait_all_tasks_blocked()
+            assert cid(2) in listed(cache)
+            await trio.sleep(sum(EVENT_REREAD_DELAYS) + 1)
+            assert engine.requests["containers/json?filters"] > rereads
+            assert listed(cache) == {cid(1)}
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_burst_of_events_is_read_twice_not_per_event() -> None:
+    engine = FakeEngine(entry(1))
+    cache, _ = make_cache(engine)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cache.run_events)
+            await engine.listing.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            assert listed(cache) == {cid(1)}
+            engine.containers[cid(3)] = entry(3, "created")
+            engine.event("create", 3)
+            engine.containers[cid(3)] = entry(3, "running")
+            engine.event("start", 3)
+            await trio.sleep(sum(EVENT_REREAD_DELAYS) + 1)
+            # Folded into one re-read after the first delay, plus the late one.
+            assert engine.requests["containers/json?filters"] == len(EVENT_REREAD_DELAYS)
+            assert cache.table.children(cache.top)[cid(3)].raw == entry(3, "running")
+            # Podman says `remove` where Docker says `destroy`: gone at once.
+            del engine.containers[cid(3)]
+            engine.event("remove", 3)
+            await trio.testing.wait_all_tasks_blocked()
+            assert listed(cache) == {cid(1)}
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_concurrent_refreshes_share_one_listing() -> None:
+    engine = FakeEngine(entry(1))
+    cache, _ = make_cache(engine)
+
+    async def main() -> None:
+        engine.hold = trio.Event()
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(cache.refresh)
+            await trio.testing.wait_all_tasks_blocked()
+            engine.hold.set()
+        assert engine.requests["containers/json"] == 1
+        await cache.refresh()
+        assert engine.requests["containers/json"] == 2
+
+    trio.run(main)
+
+
+def test_a_dropped_stream_lists_again_on_reconnect_and_marks_the_engine_down() -> None:
+    engine = FakeEngine(entry(1))
+    cache, _ = make_cache(engine)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            engine.down = True
+            nursery.start_soon(cache.run_events)
+            await trio.sleep(3)
+            assert not cache.events_up and listed(cache) == set()
+            engine.down = False
+            await trio.sleep(2)
+            assert cache.events_up and listed(cache) == {cid(1)}
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_two_engines_share_a_table_and_keep_apart() -> None:
+    """Each engine's containers, names and aliases live under its own directory;
+    refreshing one asks nothing of the other; inode numbers never collide."""
+    table = InodeTable()
+    prod_engine = FakeEngine(entry(1, name="web"))
+    dev_engine = FakeEngine(entry(1, name="web"), entry(2, name="db"))
+    prod, _ = make_cache(prod_engine, table, "prod")
+    dev, _ = make_cache(dev_engine, table, "dev")
+
+    async def main() -> None:
+        await prod.refresh()
+        assert dev_engine.requests["containers/json"] == 0
+        await dev.refresh()
+        assert set(table.children(table.root)) == {"prod", "dev"}
+        assert listed(prod) == {cid(1)} and listed(dev) == {cid(1), cid(2)}
+        p1, d1 = table.children(prod.top)[cid(1)], table.children(dev.top)[cid(1)]
+        assert p1.inode != d1.inode and p1.parent is prod.top and d1.parent is dev.top
+        web = await prod.find("web")
+        assert web is not None and web.parent is prod.top and web.data == cid(1).encode()
+        assert await prod.find("db") is None  # dev's name, not prod's
+        db = await dev.find("db")
+        assert db is not None and db.parent is dev.top
+        # `..` of a container is its engine's directory; of that, the root.
+        assert table.lookup(p1, "..") is prod.top and table.lookup(prod.top, "..") is table.root
+        before = dev_engine.requests.copy()
+        prod_engine.containers.clear()
+        await prod.refresh()
+        assert listed(prod) == set() and listed(dev) == {cid(1), cid(2)}
+        assert dev_engine.requests == before
+
+    trio.run(main)

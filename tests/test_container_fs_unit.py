@@ -227,11 +227,15 @@ class FakeEngine:
 
     def files(self, clock: Callable[[], float] | None = None, streams: int = 8) -> ContainerFiles:
         if clock is None:
-            return ContainerFiles(self.start, streams=streams)
-        return ContainerFiles(self.start, clock=clock, streams=streams)
+            return ContainerFiles(self.start, streams=streams, is_gone=gone)
+        return ContainerFiles(self.start, clock=clock, streams=streams, is_gone=gone)
 
     def kinds(self, files: ContainerFiles) -> dict[str, int]:
         return {k: v for k, v in files.requests.items() if v}
+
+
+def gone(exc: Exception) -> bool:
+    return isinstance(exc, NotFound | NotThere)
 
 
 def run(test: Callable[[], Awaitable[None]]) -> None:
@@ -380,6 +384,31 @@ def test_a_listing_goes_stale_after_a_pause_in_the_walk() -> None:
     run(main)
 
 
+def test_a_walk_that_paused_snapshots_a_directory_again_not_each_file() -> None:
+    async def main() -> None:
+        now = [0.0]
+        e = engine_with_a_tree()
+        for name in ("a", "b", "c", "d"):
+            e.add(f"/etc/{name}", data=name.encode())
+        files = e.files(clock=lambda: now[0])
+        await files.listing("c", "/")
+        await files.listing("c", "/etc")
+        now[0] += container_fs.WALK_IDLE * 2  # the walk's consumer was slow
+        for name in ("a", "b", "c", "d"):
+            reader = await files.open("c", f"/etc/{name}", size_hint=1)
+            assert await reader.read(0, 10) == name.encode()
+            reader.close()
+        # One file by itself; at the second, the directory again; the rest from there.
+        assert e.kinds(files) == {"listing": 2, "file": 1}
+        # Without a size (never looked up) or a large one: the file by itself.
+        now[0] += container_fs.WALK_IDLE * 2
+        for name in ("a", "b"):
+            (await files.open("c", f"/etc/{name}")).close()
+        assert e.kinds(files) == {"listing": 2, "file": 3}
+
+    run(main)
+
+
 def test_vanished_and_wrong_kinds_of_paths() -> None:
     async def main() -> None:
         e = engine_with_a_tree()
@@ -399,6 +428,34 @@ def test_vanished_and_wrong_kinds_of_paths() -> None:
         e.remove("/newdir")
         with pytest.raises((NotFound, NotThere)):
             await files.listing("c", "/newdir")
+
+    run(main)
+
+
+def test_newer_news_wins_over_an_older_snapshot() -> None:
+    async def main() -> None:
+        e = engine_with_a_tree()
+        files = e.files()
+        await files.listing("c", "/")
+        e.remove("/etc/hosts")
+        # The walk's snapshot still has it: a walk sees one moment, once.
+        reader = await files.open("c", "/etc/hosts")
+        reader.close()
+        assert names(await files.listing("c", "/bin")) == ["busybox", "sh"]  # the walk
+        e.remove("/bin")
+        with pytest.raises(NotFound):
+            await files.listing("c", "/bin")  # opened again: asked again, and gone
+        # The failed listing is news: the older snapshot no longer answers for /bin.
+        with pytest.raises(NotFound):
+            await files.stat("c", "/bin/sh")
+        with pytest.raises(NotFound):
+            await files.open("c", "/bin/busybox")
+        # A newer listing of /etc supersedes the walk's view of it, claimed or not.
+        e.add("/etc/fresh", data=b"f")
+        await files.listing("c", "/etc")
+        assert (await files.stat("c", "/etc/fresh")).size == 1
+        with pytest.raises(NotFound):
+            await files.open("c", "/etc/hosts")
 
     run(main)
 

@@ -20,9 +20,9 @@ from typing import Any, Protocol
 
 import trio
 
-from .container_fs import ArchiveWriter, ContainerFiles
+from .container_fs import ArchiveWriter, ContainerFiles, NotThere
 from .control import Command
-from .docker_source import DockerProblem
+from .docker_source import DockerProblem, NotFound
 from .inodes import Changes, InodeTable, Node
 from .logstream import Cancellable, LogSpools, LogWriter
 from .tree import Container, container_id, escape_name, resolve_name
@@ -167,7 +167,9 @@ class EngineCache:
         self._reread_send, self._reread_recv = trio.open_memory_channel[str](math.inf)
         self.logs = LogSpools(source.stream_logs, self.may_be_running, MAX_LOG_SPOOLS)
         # Each container's own files (root/): snapshots of the archive endpoint.
-        self.files = ContainerFiles(source.stream_archive)
+        self.files = ContainerFiles(
+            source.stream_archive, is_gone=lambda exc: isinstance(exc, NotFound | NotThere)
+        )
         self._refresher = _Refresher(self._fetch)
 
     # -- listings ---------------------------------------------------------------

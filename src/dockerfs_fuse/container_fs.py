@@ -16,7 +16,9 @@ answers what:
   serves all of it; the next `ls` of a directory takes a new snapshot and
   shows what the container wrote since.
 - A snapshot serves while it is in use (WALK_IDLE without use ends it) and
-  for at most MAX_AGE.
+  for at most MAX_AGE. A walk that pauses longer and then reads small files
+  of one directory one by one gets that directory snapshotted again (at the
+  second such file within WALK_IDLE), not a request per file.
 - Snapshots keep the bodies of small regular files, spooled to an unlinked
   temporary file, so a walk that reads files costs no more requests. A body
   is served once per snapshot too: the next open of that file reads it anew.
@@ -76,7 +78,7 @@ PROBE_BODY_MAX = 64 << 10
 INDEX_MAX = 100_000
 # A snapshot unused this long (seconds) serves no more; nor one this old.
 WALK_IDLE = 1.0
-MAX_AGE = 30.0
+MAX_AGE = 600.0
 SNAPSHOTS_PER_CONTAINER = 4
 # Archive requests in flight at once (each holds one of aiohttp's connections
 # to Docker); a new one waits up to STREAM_WAIT for a slot, then ENFILE.
@@ -352,7 +354,7 @@ class ArchiveSpool:
         kind: Kind,
         start: Starter,
         now: float,
-        on_done: Callable[[], None] = lambda: None,
+        on_done: Callable[[ArchiveSpool], None] = lambda spool: None,
     ) -> None:
         self.cid = cid
         self.path = path
@@ -368,6 +370,9 @@ class ArchiveSpool:
         self.done = False
         self.error: Exception | None = None
         self.claimed: set[str] = set()
+        # What newer requests have said since: subtrees listed anew, paths found gone.
+        self.superseded: list[str] = []
+        self.gone: set[str] = set()
         self.started = self.last_used = now
         self.readers = 0
         self.waiters = 0
@@ -403,7 +408,19 @@ class ArchiveSpool:
             self.kind is Kind.LISTING
             and covers(self.path, path)
             and not (self.truncated and path != self.path)
+            and not self.superseded_at(path)
         )
+
+    def answers_for(self, path: str) -> bool:
+        """Whether this snapshot can say if `path` is there (and what it is)."""
+        if self.error is not None or self.superseded_at(path):
+            return False
+        if self.kind is Kind.PROBE:
+            return path == self.path
+        return path == self.path or self.knows_listing_of(posixpath.dirname(path))
+
+    def superseded_at(self, path: str) -> bool:
+        return path in self.gone or any(covers(root, path) for root in self.superseded)
 
     def read(self, offset: int, size: int) -> bytes:
         size = min(size, self.spooled - offset)
@@ -450,7 +467,7 @@ class ArchiveSpool:
     def _finish(self, error: Exception | None) -> None:
         self.done = True
         self.error = error
-        self._on_done()
+        self._on_done(self)
         self._wake()
 
     def _wake(self) -> None:
@@ -505,12 +522,17 @@ class ContainerFiles:
         start: Starter,
         clock: Callable[[], float] = time.monotonic,
         streams: int = MAX_STREAMS,
+        is_gone: Callable[[Exception], bool] = lambda exc: isinstance(exc, NotThere),
     ) -> None:
         self._start = start
         self._clock = clock
+        # Which request errors mean "not there" (the engine's 404), as opposed to trouble.
+        self._is_gone = is_gone
         self._snapshots: dict[str, list[ArchiveSpool]] = {}
         self._limiter = trio.CapacityLimiter(streams)
         self._sweeping = False
+        # When a small file of a directory was last fetched by itself.
+        self._alone: dict[tuple[str, str], float] = {}
         self.requests: dict[str, int] = {kind.value: 0 for kind in Kind}
 
     # -- what the FUSE layer asks --------------------------------------------------
@@ -553,13 +575,11 @@ class ContainerFiles:
     async def stat(self, cid: str, path: str) -> Entry:
         """One path's entry (a lookup). Raises NotThere."""
         self._prune()
-        parent = posixpath.dirname(path)
-        for spool in self._live(cid):
-            if spool.done and spool.error is None and spool.knows_listing_of(parent):
-                entry = spool.entries.get(path)
-                if entry is not None:
-                    spool.last_used = self._clock()
-                    return entry
+        for spool in self._candidates(cid, path):
+            entry = spool.entries.get(path)
+            if spool.done and entry is not None:
+                spool.last_used = self._clock()
+                return entry
         probe = await self._snapshot(cid, path, Kind.PROBE)
         await self._wait(probe, lambda: bool(probe.entries) or probe.done)
         entry = probe.entries.get(path)
@@ -570,8 +590,8 @@ class ContainerFiles:
     def open_now(self, cid: str, path: str) -> FileReader | None:
         """The content of a file that a live snapshot holds and has not served yet."""
         self._prune()
-        for spool in self._live(cid):
-            if path in spool.claimed or spool.error is not None:
+        for spool in self._candidates(cid, path):
+            if path in spool.claimed:
                 continue
             entry = spool.entries.get(path)
             if entry is not None and entry.is_regular and entry.body >= 0:
@@ -580,11 +600,22 @@ class ContainerFiles:
                 return FileReader(self, spool, entry)
         return None
 
-    async def open(self, cid: str, path: str) -> FileReader:
-        """A regular file's content for one open. Raises NotThere, NotAFile."""
+    async def open(self, cid: str, path: str, size_hint: int = -1) -> FileReader:
+        """A regular file's content for one open. Raises NotThere, NotAFile.
+
+        `size_hint` is the size last seen, if any: small files read one after
+        another in one directory are taken as a walk (see the module doc).
+        """
         reader = self.open_now(cid, path)
         if reader is not None:
             return reader
+        parent = posixpath.dirname(path)
+        if 0 <= size_hint <= SPOOL_FILE_MAX and self._walking(cid, parent):
+            with contextlib.suppress(Exception):  # the file by itself, then
+                await self.listing(cid, parent)
+                reader = self.open_now(cid, path)
+                if reader is not None:
+                    return reader
         spool = await self._snapshot(cid, path, Kind.FILE)
         try:
             await self._wait(spool, lambda: bool(spool.entries) or spool.done)
@@ -597,6 +628,17 @@ class ContainerFiles:
             spool.close()
             raise
         return FileReader(self, spool, entry)
+
+    def _walking(self, cid: str, directory: str) -> bool:
+        """Whether a small file of `directory` was fetched alone within WALK_IDLE
+        (and note that one is now)."""
+        now = self._clock()
+        key = (cid, directory)
+        recent = now - self._alone.get(key, -WALK_IDLE * 2) <= WALK_IDLE
+        if len(self._alone) > 1024:
+            self._alone.clear()
+        self._alone[key] = now
+        return recent
 
     def touch(self, cid: str) -> None:
         """The container's files are being read: its snapshots serve on."""
@@ -623,15 +665,23 @@ class ContainerFiles:
         return reversed([s for s in self._snapshots.get(cid, ()) if not s.retired])
 
     def _claimable(self, cid: str, path: str) -> ArchiveSpool | None:
-        for spool in self._live(cid):
-            if spool.error is not None or path in spool.claimed:
-                continue
-            if not spool.knows_listing_of(path):
+        for spool in self._candidates(cid, path):
+            if path in spool.claimed or not spool.knows_listing_of(path):
                 continue
             if spool.done and spool.listing(path) is None:
-                continue  # not there: new since, maybe; take a new snapshot
+                return None  # not a directory there (any more)
             return spool
         return None
+
+    def _candidates(self, cid: str, path: str) -> Iterator[ArchiveSpool]:
+        """Live snapshots that can answer for `path`, newest first, up to the
+        first finished one that says it is not there: newer news wins."""
+        for spool in self._live(cid):
+            if not spool.answers_for(path):
+                continue
+            if spool.done and path not in spool.entries:
+                return
+            yield spool
 
     async def _snapshot(self, cid: str, path: str, kind: Kind) -> ArchiveSpool:
         token = object()
@@ -649,7 +699,7 @@ class ContainerFiles:
                 kind,
                 self._start,
                 self._clock(),
-                on_done=lambda: self._limiter.release_on_behalf_of(token),
+                on_done=lambda spool: self._finished(spool, token),
             )
         except BaseException:  # no spool file (a full $TMPDIR, no descriptors left)
             self._limiter.release_on_behalf_of(token)
@@ -661,6 +711,20 @@ class ContainerFiles:
                 self._retire(spools.pop(0))
             self._start_sweeper()
         return spool
+
+    def _finished(self, spool: ArchiveSpool, token: object) -> None:
+        """A request ended: its slot is free, and what it learnt overrides older snapshots."""
+        self._limiter.release_on_behalf_of(token)
+        newer_news = spool.error is None or self._is_gone(spool.error)
+        if spool.kind is Kind.PROBE or not newer_news:
+            return
+        for other in self._snapshots.get(spool.cid, ()):
+            if other is spool or other.started > spool.started:
+                continue
+            if spool.kind is Kind.LISTING:
+                other.superseded.append(spool.path)
+            elif spool.error is not None:
+                other.gone.add(spool.path)  # a file found gone
 
     async def _wait(self, spool: ArchiveSpool, ready: Callable[[], bool]) -> None:
         spool.waiters += 1

@@ -32,7 +32,7 @@ import pyfuse3
 import trio
 
 from .cache import ATTR_TIMEOUT, EngineCache, Source
-from .container_fs import ArchiveError, FileReader, PathError
+from .container_fs import ArchiveError, FileReader, NotThere, PathError
 from .control import BadCommand, parse_command
 from .docker_source import BadRequest, Conflict, DockerProblem, NotFound
 from .inodes import NS, ROOT_INODE, Changes, InodeTable, Kind, Node
@@ -423,12 +423,17 @@ class DockerFS(pyfuse3.Operations):
         None where pyfuse3 does not say (readdir with kernel caching).
         """
         cache, cid, path = self._root_path(node)
-        entries = cache.files.listing_now(cid, path)  # a walk goes on: no request, no wait
-        if entries is None:
-            if pid is None:
-                entries = await cache.files.listing(cid, path)
-            else:
-                entries = await self._interruptible(pid, cache.files.listing, cid, path)
+        try:
+            entries = cache.files.listing_now(cid, path)  # a walk goes on: no request, no wait
+            if entries is None:
+                if pid is None:
+                    entries = await cache.files.listing(cid, path)
+                else:
+                    entries = await self._interruptible(pid, cache.files.listing, cid, path)
+        except (NotThere, NotFound):
+            if node.parent is not None and node.entry is not None:
+                self._apply(self.table.remove_entry(node.parent, node.name))  # gone
+            raise
         self._apply(self.table.set_listing(node, entries))
         children = node.children or {}
         return [(e.name, children[e.name].inode) for e in entries]
@@ -437,7 +442,8 @@ class DockerFS(pyfuse3.Operations):
         cache, cid, path = self._root_path(node)
         reader = cache.files.open_now(cid, path)
         if reader is None:
-            reader = await self._interruptible(pid, cache.files.open, cid, path)
+            size = node.entry.size if node.entry is not None else -1
+            reader = await self._interruptible(pid, cache.files.open, cid, path, size)
         fh = self._new_handle(_RootFileHandle(reader, pid, cache))
         # Direct I/O: what this open streams, never pages or a size cached earlier.
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)

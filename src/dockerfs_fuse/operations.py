@@ -406,6 +406,8 @@ class DockerFS(pyfuse3.Operations):
         return cache, cid, "/" + "/".join(reversed(parts))
 
     async def _root_lookup(self, parent: Node, name: str) -> Node | None:
+        if len(os.fsencode(name)) > NAME_MAX:
+            raise _fail(errno.ENAMETOOLONG)  # no container file has such a name
         cache, cid, path = self._root_path(parent)
         try:
             entry = await cache.files.stat(cid, posixpath.join(path, name))

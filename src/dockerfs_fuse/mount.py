@@ -17,7 +17,9 @@ import contextlib
 import logging
 import logging.handlers
 import os
+import re
 import signal
+import stat
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 
-from . import kernel_cache
+from . import kernel_cache, sd_notify
 from .docker_source import DockerProblem, DockerSource
 from .endpoints import Endpoint
 from .ninep.child import Shim, ShimFailed
@@ -34,6 +36,11 @@ from .operations import MAX_WORKERS, DockerFS
 log = logging.getLogger(__name__)
 
 SYSLOG_SOCKET = "/dev/log"
+
+# A mountpoint given as an open /dev/fuse descriptor, already mounted:
+# mount.fuse3 -o drop_privileges mounts itself and passes /dev/fd/N
+# (libfuse >= 3.3 serves such a descriptor in fuse_session_mount).
+FD_MOUNTPOINT = re.compile(r"/dev/fd/(\d{1,9})")
 
 
 class MountError(Exception):
@@ -53,9 +60,15 @@ class MountConfig:
     # Re-export the mount over 9P on these dial strings (the dockerfs-9p shim).
     ninep: list[str] = field(default_factory=list)
     ninep_allow_control: bool = False
+    # What mount tables show: SOURCE fuse.SUBTYPE (mount.fuse3 runs SUBTYPE for fstab).
+    fsname: str = "dockerfs-fuse"
+    subtype: str = "dockerfs-fuse"
 
 
 def check_mountpoint(path: str) -> None:
+    if FD_MOUNTPOINT.fullmatch(path):
+        _check_fuse_fd(path)
+        return
     if not os.path.exists("/dev/fuse"):
         raise MountError("/dev/fuse is missing: is the fuse kernel module loaded?")
     if not os.path.isdir(path):
@@ -64,14 +77,33 @@ def check_mountpoint(path: str) -> None:
         raise MountError(f"{path} is already a mount point (unmount it with fusermount3 -u)")
 
 
+def _check_fuse_fd(path: str) -> None:
+    match = FD_MOUNTPOINT.fullmatch(path)
+    assert match is not None
+    try:
+        st = os.fstat(int(match.group(1)))
+    except OSError:
+        raise MountError(f"{path}: no such open file descriptor") from None
+    if not stat.S_ISCHR(st.st_mode):
+        raise MountError(f"{path} is not an open /dev/fuse (mount.fuse3 -o drop_privileges)")
+
+
 def fuse_options(config: MountConfig) -> set[str]:
     opts = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
-    opts |= {"fsname=dockerfs", "subtype=dockerfs"}
-    for opt in config.fuse_options:
-        opts |= {o for o in opt.split(",") if o}
+    given = [o for opt in config.fuse_options for o in opt.split(",") if o]
+    if not any(o.startswith("fsname=") for o in given):
+        opts.add("fsname=" + _escape(config.fsname))
+    if not any(o.startswith("subtype=") for o in given):
+        opts.add("subtype=" + config.subtype)
+    opts |= set(given)
     if config.debug:
         opts.add("debug")
     return opts
+
+
+def _escape(value: str) -> str:
+    """libfuse splits -o at commas; a backslash keeps one (fuse_opt.c)."""
+    return value.replace("\\", "\\\\").replace(",", "\\,")
 
 
 def prepare(config: MountConfig) -> tuple[list[DockerSource], DockerFS]:
@@ -83,6 +115,8 @@ def prepare(config: MountConfig) -> tuple[list[DockerSource], DockerFS]:
     until it does, and the others serve meanwhile.
     """
     check_mountpoint(config.mountpoint)
+    if config.ninep and FD_MOUNTPOINT.fullmatch(config.mountpoint):
+        raise MountError("--9p needs the mountpoint's path; it cannot serve a /dev/fd/N mount")
     targets: list[Endpoint | None] = list(config.endpoints) or [None]
     sources: list[DockerSource] = []
     try:
@@ -164,14 +198,19 @@ async def _terminate_on_signals() -> None:
 def run_mounted(config: MountConfig, ready: Ready | None = None) -> int:
     """Mount, serve, unmount. Returns the exit status."""
     failure: list[str] = []
+    notifier = sd_notify.Notifier.from_environ()
+
+    sources, fs = prepare(config)
+    status = _status(sources, config.mountpoint)
 
     def on_ready(error: str | None) -> None:
         if error is not None:
             failure.append(error)
+        else:
+            notifier.ready(f"serving {status}")
         if ready is not None:
             ready(error)
 
-    sources, fs = prepare(config)
     try:
         pyfuse3.init(fs, config.mountpoint, fuse_options(config))
     except RuntimeError as exc:
@@ -184,6 +223,7 @@ def run_mounted(config: MountConfig, ready: Ready | None = None) -> int:
     try:
         trio.run(serve, fs, shim, on_ready)
     finally:
+        notifier.stopping(f"unmounting {status}")
         if shim is not None:
             shim.stop()
         pyfuse3.close(unmount=True)
@@ -192,6 +232,12 @@ def run_mounted(config: MountConfig, ready: Ready | None = None) -> int:
     if failure and ready is None:
         raise MountError(failure[0])
     return 1 if failure else 0
+
+
+def _status(sources: list[DockerSource], mountpoint: str) -> str:
+    """systemd's STATUS line: which engines, mounted where."""
+    engines = ", ".join(f"{s.target.name} ({s.endpoint})" for s in sources)
+    return f"{engines} at {mountpoint}"
 
 
 def mount(config: MountConfig) -> int:

@@ -28,16 +28,21 @@ deps-docker: $(STAMP)
 deps-9p: $(STAMP)
 	./scripts/install-qemu-deps
 
-## make run: mount the containers of your Docker engine at ~/n/dockerfs
+## make run: mount the containers of your Docker engine at ~/n/dockerfs; with no engine
+## answering, the demo's private one (which needs docker.io, installed then, and root)
 run: deps
-	mkdir -p $(MOUNTPOINT)
-	@$(BIN)/dockerfs-fuse $(MOUNTPOINT) || { \
-	  echo "make run needs a reachable Docker engine; 'make demo' starts a private one" >&2; exit 1; }
-	@echo "mounted at $(MOUNTPOINT); unmount with: fusermount3 -u $(MOUNTPOINT)"
+	@mkdir -p $(MOUNTPOINT) 2>/dev/null || true  # a dead mount is dockerfs-fuse's to explain
+	@if $(BIN)/python -m dockerfs_fuse.demo --check-engine; then \
+	  $(BIN)/dockerfs-fuse $(MOUNTPOINT) && \
+	  echo "mounted at $(MOUNTPOINT); unmount with: fusermount3 -u $(MOUNTPOINT)"; \
+	else \
+	  ./scripts/install-system-deps --with-docker && \
+	  $(BIN)/python -m dockerfs_fuse.demo $(MOUNTPOINT); \
+	fi
 
 ## make demo: a private dockerd with sample containers, mounted at ~/n/dockerfs
 demo: deps-docker
-	mkdir -p $(MOUNTPOINT)
+	@mkdir -p $(MOUNTPOINT) 2>/dev/null || true
 	$(BIN)/python -m dockerfs_fuse.demo $(MOUNTPOINT)
 
 ## make demo-swarm: a private 3-node Docker Swarm (network namespaces on this host), its

@@ -1,4 +1,4 @@
-"""`dockerfs-fuse`: parse the command line, set up logging, hand over to mount.
+"""`dockerfs-fuse`: parse the command line, check it, set up logging, hand over to mount.
 
 Two ways to call it: `dockerfs-fuse [options] MOUNTPOINT`, and mount.fuse3's
 `dockerfs-fuse SOURCE MOUNTPOINT -o OPTS` (what fstab, `mount -t
@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__, endpoints, options
-from .mount import FD_MOUNTPOINT, MountConfig, MountError, mount
+from .mount import FD_MOUNTPOINT, MountConfig, MountError, check_config, mount
 
 PROG = "dockerfs-fuse"
 SUBTYPE = PROG  # fuse.dockerfs-fuse: mount.fuse3 runs the program named by the subtype
@@ -185,18 +185,17 @@ def fsname_for(source: str | None, found: Sequence[endpoints.Endpoint]) -> str:
     return PROG
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    setup_logging(args.debug)
+def config_from(args: argparse.Namespace) -> MountConfig:
     try:
         found = endpoints.resolve(args.host, args.context, os.environ)
     except endpoints.EndpointError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return 1
-    config = MountConfig(
-        # Absolute: a detached daemon leaves its working directory.
+        raise MountError(str(exc)) from None
+    return MountConfig(
+        # Absolute: a detached daemon leaves its working directory. An empty
+        # MOUNTPOINT stays empty (abspath would make it ".") and is refused.
+        # /dev/fd/N (mount.fuse3 -o drop_privileges) is a descriptor, not a path.
         mountpoint=args.mountpoint
-        if FD_MOUNTPOINT.fullmatch(args.mountpoint)
+        if not args.mountpoint or FD_MOUNTPOINT.fullmatch(args.mountpoint)
         else os.path.abspath(args.mountpoint),
         endpoints=found,
         foreground=args.foreground or args.debug,
@@ -209,7 +208,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         fsname=fsname_for(args.fsname, found),
         subtype=SUBTYPE,
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.debug)
     try:
+        config = config_from(args)
+        check_config(config)  # every argument, before Docker is asked or anything is mounted
         return mount(config)
     except MountError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)

@@ -44,6 +44,10 @@ def _ours(name: str, dest: str, help: str, value: str | None = None) -> Option:
     return Option(name, Kind.OURS, value, dest, help)
 
 
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
 OURS: tuple[Option, ...] = (
     _ours("all", "all", "list stopped containers too (-a)"),
     _ours("host", "host", "a Docker engine, [NAME=]URL; repeatable (-H)", "[NAME=]URL"),
@@ -57,28 +61,12 @@ OURS: tuple[Option, ...] = (
 
 # Kernel mount flags libfuse knows (lib/mount.c, mount_flags[]): it turns them
 # into mount(2) flags. mount.fuse3 adds `dev` and `suid` unless told nodev/nosuid.
+# libfuse 3.14 (Debian 12) knows the first line only; it refuses the others when
+# mounting, with its own message ("unknown option(s)").
 KERNEL_FLAGS = [
-    "ro",
-    "rw",
-    "dev",
-    "nodev",
-    "suid",
-    "nosuid",
-    "exec",
-    "noexec",
-    "async",
-    "sync",
-    "dirsync",
-    "atime",
-    "noatime",
-    "diratime",
-    "nodiratime",
-    "relatime",
-    "norelatime",
-    "strictatime",
-    "nostrictatime",
-    "lazytime",
-    "nolazytime",
+    *_words("ro rw dev nodev suid nosuid exec noexec async sync dirsync atime noatime"),
+    *_words("diratime nodiratime relatime norelatime strictatime nostrictatime"),
+    *_words("lazytime nolazytime symfollow nosymfollow"),
 ]
 
 # FUSE options libfuse takes (lib/mount.c fuse_mount_opts[], lib/fuse_lowlevel.c).
@@ -92,6 +80,7 @@ FUSE_OPTIONS: tuple[Option, ...] = (
     Option("subtype", Kind.FUSE, "TYPE", help="the type shown as fuse.TYPE"),
     Option("max_read", Kind.FUSE, "N", help="largest read request, bytes"),
     Option("blksize", Kind.FUSE, "N", help="block size reported (fuseblk only)"),
+    Option("blkdev", Kind.FUSE, help="a block-device filesystem (fuseblk; not for this one)"),
     Option("fscontext", Kind.FUSE, "CONTEXT", help="SELinux context of the filesystem"),
     Option("defcontext", Kind.FUSE, "CONTEXT", help="SELinux context of unlabelled files"),
     Option("rootcontext", Kind.FUSE, "CONTEXT", help="SELinux context of the root"),
@@ -101,18 +90,7 @@ FUSE_OPTIONS: tuple[Option, ...] = (
 IGNORED: tuple[Option, ...] = (
     *(
         Option(n, Kind.IGNORED)
-        for n in [
-            "defaults",
-            "auto",
-            "noauto",
-            "user",
-            "nouser",
-            "users",
-            "owner",
-            "group",
-            "_netdev",
-            "nofail",
-        ]
+        for n in _words("defaults auto noauto user nouser users owner group _netdev nofail")
     ),
     Option("user", Kind.IGNORED, "NAME"),  # libmount's record of a user mount
     Option("comment", Kind.IGNORED, "TEXT"),
@@ -127,6 +105,14 @@ HELPER: tuple[Option, ...] = (
         help="mount.fuse3 mounts, then runs the daemon without privileges on /dev/fd/N",
     ),
 )
+
+
+# What mount.check_fuse_options accepts: the libfuse options by the kind of value.
+LIBFUSE_FLAGS = frozenset(
+    [*KERNEL_FLAGS, "debug", *(o.name for o in FUSE_OPTIONS if o.value is None)]
+)
+LIBFUSE_NUMBERS = frozenset(o.name for o in FUSE_OPTIONS if o.value == "N")
+LIBFUSE_TEXTS = frozenset(o.name for o in FUSE_OPTIONS if o.value not in (None, "N"))
 
 
 def table() -> list[Option]:
@@ -197,7 +183,7 @@ def _unknown(name: str, has_value: bool) -> str:
             if opt.value is None:
                 return f"-o {name} takes no value"
             return f"-o {name} needs a value ({name}={opt.value})"
-    return f"unknown -o option {name!r} (see dockerfs-fuse --help)"
+    return f"-o {name}: unknown option (dockerfs-fuse --help lists them)"
 
 
 def help_text() -> str:

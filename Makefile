@@ -80,9 +80,9 @@ bench: deps-docker
 man: deps
 	$(BIN)/python scripts/gen-man $(MAN_DIR)
 
-## make install: link dockerfs-fuse and dockerfs-9p into $(PREFIX)/bin (on root's and
-## systemd's PATH, where mount.fuse3 finds the program of fuse.dockerfs-fuse), pointing
-## at this checkout's .venv, and install the man pages; PREFIX=/usr/local, DESTDIR honoured
+## make install: link dockerfs-fuse and dockerfs-9p into $(PREFIX)/bin (mount(8) drops PATH,
+## and mount.fuse3's /bin/sh finds the program of fuse.dockerfs-fuse in its default path),
+## pointing at this checkout's .venv, and install the man pages; PREFIX=/usr/local, DESTDIR honoured
 install: man
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1
 	ln -sf $(CURDIR)/$(BIN)/dockerfs-fuse $(DESTDIR)$(PREFIX)/bin/dockerfs-fuse

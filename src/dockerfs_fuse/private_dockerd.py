@@ -148,16 +148,57 @@ class PrivateProcess:
         return " | ".join(text.strip().splitlines()[-lines:])
 
 
-class PrivateDockerd(PrivateProcess):
+class PrivateEngine(PrivateProcess):
+    """A daemon of ours serving Docker's API on a unix socket in its directory,
+    driven with the docker CLI as users drive it."""
+
+    def __init__(self, base: Path, socket_name: str, log_name: str) -> None:
+        super().__init__(base, log_name)
+        self.socket = self.base / socket_name
+        self.host = f"unix://{self.socket}"
+
+    def answers(self) -> bool:
+        return self.socket.exists() and self.docker("version", check=False).returncode == 0
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["DOCKER_HOST"] = self.host
+        env.pop("DOCKER_CONTEXT", None)
+        return env
+
+    def docker(
+        self, *args: str, input: bytes | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[bytes]:
+        docker = shutil.which("docker")
+        if docker is None:
+            raise DockerdError("docker CLI not found (Debian package docker.io)")
+        res = subprocess.run(
+            [docker, *args],
+            input=input,
+            capture_output=True,
+            env=self.env(),
+            timeout=timeout,
+        )
+        if check and res.returncode != 0:
+            raise DockerdError(f"docker {' '.join(args)}: {res.stderr.decode(errors='replace')}")
+        return res
+
+    def run(self, *args: str) -> str:
+        """`docker run -d ARGS`; return the full container ID."""
+        res = self.docker("run", "-d", "--network=none", *args)
+        return res.stdout.decode().strip()
+
+
+class PrivateDockerd(PrivateEngine):
     """One dockerd process we started, and everything it needs, in one temp dir."""
 
     name = "dockerd"
 
     def __init__(self, base: Path | None = None) -> None:
         # Short paths: containerd puts unix sockets under the exec root.
-        super().__init__(Path(base or tempfile.mkdtemp(prefix="dfs-")), "dockerd.log")
-        self.socket = self.base / "docker.sock"
-        self.host = f"unix://{self.socket}"
+        super().__init__(
+            Path(base or tempfile.mkdtemp(prefix="dfs-")), "docker.sock", "dockerd.log"
+        )
 
     # -- lifecycle --------------------------------------------------------
 
@@ -190,9 +231,6 @@ class PrivateDockerd(PrivateProcess):
         self.spawn(self.command())
         self.wait_until(self.answers, timeout, f"dockerd did not answer within {timeout}s")
 
-    def answers(self) -> bool:
-        return self.socket.exists() and self.docker("version", check=False).returncode == 0
-
     def cleanup(self) -> None:
         self.stop()
         subprocess.run(["umount", "-R", "-l", str(self.base / "exec")], capture_output=True)
@@ -200,38 +238,10 @@ class PrivateDockerd(PrivateProcess):
 
     # -- driving it with the docker CLI -----------------------------------
 
-    def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["DOCKER_HOST"] = self.host
-        env.pop("DOCKER_CONTEXT", None)
-        return env
-
-    def docker(
-        self, *args: str, input: bytes | None = None, check: bool = True, timeout: float = 60
-    ) -> subprocess.CompletedProcess[bytes]:
-        docker = shutil.which("docker")
-        if docker is None:
-            raise DockerdError("docker CLI not found (Debian package docker.io)")
-        res = subprocess.run(
-            [docker, *args],
-            input=input,
-            capture_output=True,
-            env=self.env(),
-            timeout=timeout,
-        )
-        if check and res.returncode != 0:
-            raise DockerdError(f"docker {' '.join(args)}: {res.stderr.decode(errors='replace')}")
-        return res
-
     def import_busybox(self, changes: Sequence[str] = ()) -> str:
         """Make IMAGE from busybox-static; return its ID."""
         args = ["import"]
         for change in changes:
             args += ["--change", change]
         res = self.docker(*args, "-", IMAGE, input=busybox_rootfs_tar())
-        return res.stdout.decode().strip()
-
-    def run(self, *args: str) -> str:
-        """`docker run -d ARGS`; return the full container ID."""
-        res = self.docker("run", "-d", "--network=none", *args)
         return res.stdout.decode().strip()

@@ -24,6 +24,7 @@ from .private_dockerd import (
     IMAGE,
     DockerdError,
     PrivateDockerd,
+    PrivateEngine,
     PrivateProcess,
     busybox_rootfs_tar,
 )
@@ -161,7 +162,7 @@ netns = "none"
 """
 
 
-class PrivatePodman(PrivateProcess):
+class PrivatePodman(PrivateEngine):
     """`podman system service` on a socket of ours, with its own storage.
 
     The compatible (Docker) API is served on `host`; it is driven with the
@@ -173,9 +174,7 @@ class PrivatePodman(PrivateProcess):
     name = "podman service"
 
     def __init__(self, base: Path | None = None) -> None:
-        super().__init__(Path(base or tempfile.mkdtemp(prefix="dfp-")), "podman.log")
-        self.socket = self.base / "podman.sock"
-        self.host = f"unix://{self.socket}"
+        super().__init__(Path(base or tempfile.mkdtemp(prefix="dfp-")), "podman.sock", "podman.log")
         self.conf = self.base / "containers.conf"
 
     def podman_command(self, *args: str) -> list[str]:
@@ -215,11 +214,7 @@ class PrivatePodman(PrivateProcess):
         self.spawn(
             self.podman_command("system", "service", "--time=0", self.host), self.podman_env()
         )
-
-        def answers() -> bool:
-            return self.socket.exists() and self.docker("version", check=False).returncode == 0
-
-        self.wait_until(answers, timeout, f"podman service did not answer within {timeout}s")
+        self.wait_until(self.answers, timeout, f"podman service did not answer within {timeout}s")
 
     def cleanup(self) -> None:
         # Stopping the service (by PID) leaves its containers running;
@@ -229,34 +224,10 @@ class PrivatePodman(PrivateProcess):
         _unmount_under(self.base)
         super().cleanup()
 
-    # The same driving interface as PrivateDockerd, through the compatible API.
-
-    def docker(
-        self, *args: str, input: bytes | None = None, check: bool = True, timeout: float = 60
-    ) -> subprocess.CompletedProcess[bytes]:
-        env = dict(os.environ)
-        env["DOCKER_HOST"] = self.host
-        env.pop("DOCKER_CONTEXT", None)
-        res = subprocess.run(
-            [_find("docker", "docker.io"), *args],
-            input=input,
-            capture_output=True,
-            env=env,
-            timeout=timeout,
-        )
-        if check and res.returncode != 0:
-            raise DockerdError(f"docker {' '.join(args)}: {res.stderr.decode(errors='replace')}")
-        return res
-
     def import_busybox(self) -> str:
         """Make IMAGE (as localhost/busybox:latest, Podman's spelling) with `podman import`."""
         self.podman("import", "-", IMAGE, input=busybox_rootfs_tar())
         return self.podman("image", "inspect", "--format", "{{.Id}}", IMAGE).strip()
-
-    def run(self, *args: str) -> str:
-        """`docker run -d ARGS` against the service; return the full container ID."""
-        res = self.docker("run", "-d", "--network=none", *args)
-        return res.stdout.decode().strip()
 
 
 # -- sshd in front of an engine ------------------------------------------------------

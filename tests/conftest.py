@@ -261,6 +261,26 @@ def is_enoent(exc: OSError) -> bool:
     return exc.errno == errno.ENOENT
 
 
+def state(engine: Engine, cid: str) -> dict[str, Any]:
+    result: dict[str, Any] = engine.api(f"/containers/{cid}/json")["State"]
+    return result
+
+
+def ctl(m: Mount, name: str, command: str) -> None:
+    """One open, one write(2), as `echo command > ctl` does (no stdio buffering)."""
+    fd = os.open(m.path / name / "ctl", os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, command.encode() + b"\n")
+    finally:
+        os.close(fd)
+
+
+def ctl_errno(m: Mount, name: str, command: str) -> int:
+    with pytest.raises(OSError) as err:
+        ctl(m, name, command)
+    return err.value.errno or 0
+
+
 # -- more engines: a Podman service, TLS on TCP, ssh (issue 9) -------------------------
 
 # Imported here, with these fixtures, so that the top of this file stays as it was.

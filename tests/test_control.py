@@ -16,33 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Engine, Mount, eventually, start_mount, stop_mount
+from conftest import Engine, Mount, ctl, ctl_errno, eventually, start_mount, state, stop_mount
 
 from dockerfs_fuse.operations import ATTR_TIMEOUT
 
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 
 IMG = "busybox:latest"
-
-
-def ctl(m: Mount, cid: str, command: str) -> None:
-    """One open, one write(2), as `echo command > ctl` does (no stdio buffering)."""
-    fd = os.open(m.path / cid / "ctl", os.O_WRONLY | os.O_TRUNC)
-    try:
-        os.write(fd, command.encode() + b"\n")
-    finally:
-        os.close(fd)
-
-
-def ctl_errno(m: Mount, cid: str, command: str) -> int:
-    with pytest.raises(OSError) as err:
-        ctl(m, cid, command)
-    return err.value.errno or 0
-
-
-def state(engine: Engine, cid: str) -> dict[str, Any]:
-    result: dict[str, Any] = engine.api(f"/containers/{cid}/json")["State"]
-    return result
 
 
 def demux(raw: bytes) -> bytes:

@@ -72,6 +72,18 @@ def eventually(check: Callable[[], bool], within: float = 30.0, what: str = "") 
         time.sleep(0.02)
 
 
+def wait_for(check: Callable[[], str | None], timeout: float = 30) -> None:
+    """Poll until check() returns None (no difference left); fail with the last one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        problem = check()
+        if problem is None:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(problem)
+        time.sleep(0.2)
+
+
 # -- a hang fails the test that hung ------------------------------------------------
 
 # The qemu tests boot a guest under TCG (up to 180 s) before their first check.

@@ -273,6 +273,19 @@ def is_enoent(exc: OSError) -> bool:
     return exc.errno == errno.ENOENT
 
 
+# A container started by run_held waits at this point until the test says go.
+WAIT_FOR_GO = "while [ ! -e /t/go ]; do sleep 0.1; done"
+
+
+def run_held(engine: Engine, script: str) -> tuple[str, Path]:
+    """Run shell SCRIPT in a container whose /t is a fresh directory of ours;
+    return its ID and the path whose creation lets it past WAIT_FOR_GO."""
+    gate = engine.dockerd.base / f"trigger-{time.monotonic_ns()}"
+    gate.mkdir()
+    cid = engine.run("-v", f"{gate}:/t", IMAGE, "sh", "-c", script)
+    return cid, gate / "go"
+
+
 def state(engine: Engine, cid: str) -> dict[str, Any]:
     result: dict[str, Any] = engine.api(f"/containers/{cid}/json")["State"]
     return result

@@ -273,6 +273,12 @@ def is_enoent(exc: OSError) -> bool:
     return exc.errno == errno.ENOENT
 
 
+def in_private_mount_namespace(script: str, *args: str) -> list[str]:
+    """A command that runs shell SCRIPT (ARGS are $1...) in a mount namespace
+    of its own, so that what it mounts is seen by nobody else."""
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *args]
+
+
 # A container started by run_held waits at this point until the test says go.
 WAIT_FOR_GO = "while [ ! -e /t/go ]; do sleep 0.1; done"
 

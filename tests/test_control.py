@@ -16,33 +16,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Engine, Mount, eventually, start_mount, stop_mount
+from conftest import (
+    WAIT_FOR_GO,
+    Engine,
+    Mount,
+    ctl,
+    ctl_errno,
+    eventually,
+    run_held,
+    start_mount,
+    state,
+    stop_mount,
+)
 
 from dockerfs_fuse.cache import ATTR_TIMEOUT_ENV
 
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 
 IMG = "busybox:latest"
-
-
-def ctl(m: Mount, cid: str, command: str) -> None:
-    """One open, one write(2), as `echo command > ctl` does (no stdio buffering)."""
-    fd = os.open(m.path / cid / "ctl", os.O_WRONLY | os.O_TRUNC)
-    try:
-        os.write(fd, command.encode() + b"\n")
-    finally:
-        os.close(fd)
-
-
-def ctl_errno(m: Mount, cid: str, command: str) -> int:
-    with pytest.raises(OSError) as err:
-        ctl(m, cid, command)
-    return err.value.errno or 0
-
-
-def state(engine: Engine, cid: str) -> dict[str, Any]:
-    result: dict[str, Any] = engine.api(f"/containers/{cid}/json")["State"]
-    return result
 
 
 def demux(raw: bytes) -> bytes:
@@ -191,22 +182,13 @@ def test_logs_of_a_tty_container_are_raw(engine: Engine, mounted: Mount) -> None
 
 
 def test_logs_follow_delivers_a_line_written_after_open(engine: Engine, mounted: Mount) -> None:
-    trigger = engine.dockerd.base / f"trigger-{time.monotonic_ns()}"
-    trigger.mkdir()
-    cid = engine.run(
-        "-v",
-        f"{trigger}:/t",
-        IMG,
-        "sh",
-        "-c",
-        "echo before; while [ ! -e /t/go ]; do sleep 0.1; done; echo after; sleep 0.5",
-    )
+    cid, go = run_held(engine, f"echo before; {WAIT_FOR_GO}; echo after; sleep 0.5")
     eventually(lambda: b"before" in engine.api_raw(f"/containers/{cid}/logs?stdout=1"))
     proc = subprocess.Popen(["cat", f"{mounted.path}/{cid}/logs.follow"], stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline() == b"before\n"
-        (trigger / "go").touch()
+        go.touch()
         assert proc.stdout.readline() == b"after\n"
         # the container exits: the stream ends and cat with it
         assert proc.wait(30) == 0

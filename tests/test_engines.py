@@ -12,12 +12,19 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Engine, Mount, dockerfs_command, require_fuse, stop_mount, wait_for_mount
+from conftest import (
+    Engine,
+    Mount,
+    dockerfs_command,
+    require_fuse,
+    stop_mount,
+    wait_for,
+    wait_for_mount,
+)
 from test_mount import expected_files, tree_files
 
 from dockerfs_fuse.private_engines import PrivateSshd, TLSDockerd
@@ -26,18 +33,6 @@ pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 
 IMG = "busybox:latest"
 TLS_VARS = ("DOCKER_TLS_VERIFY", "DOCKER_TLS", "DOCKER_CERT_PATH")
-
-
-def wait_for(check: Callable[[], str | None], timeout: float = 30) -> None:
-    """Poll until check() returns None (no difference left); fail with the last one."""
-    deadline = time.monotonic() + timeout
-    while True:
-        problem = check()
-        if problem is None:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(problem)
-        time.sleep(0.2)
 
 
 def tree_vs_api(engine: Engine, mount: Mount, all: bool = False) -> str | None:

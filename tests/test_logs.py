@@ -27,7 +27,7 @@ from typing import IO, Any
 import pytest
 import trio
 import trio.testing
-from conftest import Engine, Mount, require
+from conftest import WAIT_FOR_GO, Engine, Mount, require, run_held
 
 from dockerfs_fuse.docker_source import NotFound
 from dockerfs_fuse.logstream import LogSpools, LogWriter, SpoolError, TooManyLogs
@@ -462,16 +462,7 @@ def test_logs_is_a_file_that_grows_while_open(engine: Engine, mounted: Mount) ->
 @pytest.mark.docker
 @pytest.mark.fuse
 def test_tail_f_of_a_log_empty_when_opened(engine: Engine, mounted: Mount) -> None:
-    trigger = engine.dockerd.base / f"trigger-{time.monotonic_ns()}"
-    trigger.mkdir()
-    cid = engine.run(
-        "-v",
-        f"{trigger}:/t",
-        IMG,
-        "sh",
-        "-c",
-        "while [ ! -e /t/go ]; do sleep 0.1; done; " + TICKER,
-    )
+    cid, go = run_held(engine, f"{WAIT_FOR_GO}; " + TICKER)
     path = mounted.path / cid / "logs"
     proc = subprocess.Popen(
         ["tail", "-f", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -483,7 +474,7 @@ def test_tail_f_of_a_log_empty_when_opened(engine: Engine, mounted: Mount) -> No
             return str(path) in open_paths(proc.pid)
 
         eventually(tail_has_it_open, 30, "tail opened the log")
-        (trigger / "go").touch()
+        go.touch()
         eventually(lambda: len(out.ticks()) >= 4, 60, "tail shows the first lines")
         assert out.ticks()[0] == 0
         assert_consecutive(out.ticks())

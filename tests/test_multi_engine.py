@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Engine, Mount
+from conftest import Engine, Mount, wait_for
 from test_mount import expected_files, tree_files
 
 from dockerfs_fuse.docker_source import LISTED_STATES
@@ -20,18 +20,6 @@ from dockerfs_fuse.docker_source import LISTED_STATES
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 
 IMG = "busybox:latest"
-
-
-def wait_for(check: Callable[[], str | None], timeout: float = 30) -> None:
-    """Poll until check() returns None (no difference left); fail with the last one."""
-    deadline = time.monotonic() + timeout
-    while True:
-        problem = check()
-        if problem is None:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(problem)
-        time.sleep(0.2)
 
 
 def listed_by_engine(e: Engine) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ import pytest
 from conftest import (
     Engine,
     dockerfs_command,
+    in_private_mount_namespace,
     require,
     require_fuse,
     start_mount,
@@ -284,20 +285,13 @@ def test_default_docker_socket_under_mountpoint(engine: Engine, tmp_path: Path) 
     script = 'mount --bind "$1" "$2" && ln -s "$3" "$2/docker.sock" && shift 3 && exec "$@"'
     try:
         refused(
-            [
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
+            in_private_mount_namespace(
                 script,
-                "sh",
                 str(scratch),
                 run_dir,
                 str(engine.dockerd.socket),
                 *dockerfs_command("-f", run_dir),
-            ],
+            ),
             mountpoint=Path(run_dir),
             own_namespace=True,
             env=clean_env(HOME=str(home)),

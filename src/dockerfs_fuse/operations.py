@@ -21,7 +21,7 @@ import os
 import signal
 import stat
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
@@ -50,6 +50,8 @@ ALIAS_TIMEOUT = 1.0
 MAX_WORKERS = 512
 MAX_FOLLOWERS = 256
 MAX_FOLLOWERS_PER_PROCESS = 64
+# Invalidation batches waiting for the invalidator; beyond, they are merged (_Backlog).
+INVALIDATION_QUEUE = 1000
 # How often a blocked logs or logs.follow read checks whether its reader was signalled.
 FOLLOW_POLL = 0.2
 # `getfattr -n user.dockerfs.stats MOUNT`: Docker request counts, for make bench.
@@ -139,6 +141,35 @@ class _LogHandle:
 _Handle = _DirHandle | _FileHandle | _CtlHandle | _LogHandle
 
 
+class _Backlog:
+    """Invalidations that found the queue full, merged until the invalidator takes them.
+
+    Each entry and inode is held once, so memory grows with what changed
+    (bounded by the tree), not with how often it changed.
+    """
+
+    def __init__(self) -> None:
+        self._removed: dict[tuple[int, str], int] = {}
+        self._changed: dict[int, None] = {}  # a dict keeps the order they came in
+
+    def __bool__(self) -> bool:
+        return bool(self._removed or self._changed)
+
+    def add(self, changes: Changes) -> None:
+        for parent, name, inode in changes.removed:
+            self._removed[parent, name] = inode
+        self._changed.update(dict.fromkeys(changes.changed))
+
+    def take(self) -> Changes:
+        """Everything merged so far, leaving the backlog empty."""
+        taken = Changes(
+            removed=[(parent, name, inode) for (parent, name), inode in self._removed.items()],
+            changed=list(self._changed),
+        )
+        self._removed, self._changed = {}, {}
+        return taken
+
+
 class _Followers:
     """Open logs.follow handles, counted in total and per process."""
 
@@ -196,7 +227,8 @@ class DockerFS(pyfuse3.Operations):
         self.followers = _Followers(MAX_FOLLOWERS, MAX_FOLLOWERS_PER_PROCESS)
         self.waiting_reads = 0
         self._next_fh = 1
-        self._inval_send, self._inval_recv = trio.open_memory_channel[Changes](1000)
+        self._inval_send, self._inval_recv = trio.open_memory_channel[Changes](INVALIDATION_QUEUE)
+        self._backlog = _Backlog()
         # The engines, by the inode of their top directory.
         self.several = len(engines) > 1
         self.caches: dict[int, EngineCache] = {}
@@ -215,11 +247,18 @@ class DockerFS(pyfuse3.Operations):
     # -- the caches' changes, pushed to the kernel ---------------------------------
 
     def _apply(self, changes: Changes) -> None:
-        """Hand kernel invalidations to the background task, never blocking a request."""
+        """Hand kernel invalidations to the background task, never blocking a request.
+
+        A lost invalidation is stale for up to the kernel's timeout (an hour
+        with kernel caching), so when the queue is full the batch is merged
+        into the backlog, which the invalidator drains after each item.
+        """
         try:
             self._inval_send.send_nowait(changes)
         except trio.WouldBlock:
-            log.warning("invalidation queue full; the kernel may show stale entries briefly")
+            if not self._backlog:
+                log.warning("invalidation queue full; merging invalidations until it drains")
+            self._backlog.add(changes)
 
     async def run_invalidator(self) -> None:
         """Push cache invalidations to the kernel (a task in the main nursery).
@@ -228,7 +267,7 @@ class DockerFS(pyfuse3.Operations):
         (`invalidate_entry_async`); attribute invalidation is a quick write
         to /dev/fuse, done off the trio thread so a request is never waited on.
         """
-        async for changes in self._inval_recv:
+        async for changes in self._invalidations():
             for parent, name, _inode in changes.removed:
                 try:
                     # Not notify_delete (deleted=inode): that fails with
@@ -241,6 +280,14 @@ class DockerFS(pyfuse3.Operations):
                 await trio.to_thread.run_sync(
                     _invalidate_inodes, changes.changed, not self.kernel_cache
                 )
+
+    async def _invalidations(self) -> AsyncIterator[Changes]:
+        """The queue's batches, each followed by the backlog if there is one
+        (it fills only while the queue is full, so another batch always comes)."""
+        async for changes in self._inval_recv:
+            yield changes
+            if self._backlog:
+                yield self._backlog.take()
 
     async def run_events(self) -> None:
         """Every engine's event stream (a task in the main nursery)."""

@@ -24,14 +24,22 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, Any
 
+import pyfuse3
 import pytest
 import trio
 import trio.testing
 from conftest import Engine, Mount, require
 
-from dockerfs_fuse.docker_source import NotFound
-from dockerfs_fuse.logstream import LogSpools, LogWriter, SpoolError, TooManyLogs
-from dockerfs_fuse.operations import MAX_FOLLOWERS, MAX_FOLLOWERS_PER_PROCESS
+from dockerfs_fuse.docker_source import DockerUnavailable, NotFound
+from dockerfs_fuse.inodes import Node
+from dockerfs_fuse.logstream import (
+    FOLLOW_RETRY_INTERVAL,
+    LogSpools,
+    LogWriter,
+    SpoolError,
+    TooManyLogs,
+)
+from dockerfs_fuse.operations import MAX_FOLLOWERS, MAX_FOLLOWERS_PER_PROCESS, DockerFS
 
 IMG = "busybox:latest"
 # Numbered lines: 25 at once (a history for `tail -n 20` to show), then one
@@ -145,6 +153,107 @@ def test_a_stopped_container_is_not_followed_until_it_starts() -> None:
         spools.release(spool)
 
     run(main)
+
+
+def test_a_follow_cut_short_is_made_again_at_most_once_a_second() -> None:
+    """Docker restarted under a follow: the next reader that wants more
+    follows again (not more than once a second), as long as the container runs."""
+
+    async def main() -> None:
+        docker = FakeDocker(running=True)
+        spools = docker.spools()
+        spool = spools.open("c1")
+        docker.requests[0].out.write(b"old\n")
+        docker.requests[0].out.finish(None)
+        await until(lambda: spool.history_done)
+        spool.want_more()
+        docker.requests[1].out.write(b"old\nnew\n")
+        await until(lambda: spool.size == 8)
+        await trio.sleep(FOLLOW_RETRY_INTERVAL)  # it followed for a while
+        docker.requests[1].out.finish(DockerUnavailable("connection reset"))
+        await until(lambda: spool.follow_error is not None)
+        with pytest.raises(DockerUnavailable):
+            spool.at_eof(follow=True)
+        spool.want_more()  # a reader wants more: follow again
+        assert len(docker.requests) == 3 and docker.requests[2].follow
+        assert spool.following and not spool.at_eof(follow=True)
+        docker.requests[2].out.finish(DockerUnavailable("still down"))
+        await until(lambda: spool.follow_error is not None)
+        spool.want_more()
+        assert len(docker.requests) == 3  # not again within the interval
+        await trio.sleep(FOLLOW_RETRY_INTERVAL)
+        spool.want_more()
+        assert len(docker.requests) == 4
+        docker.requests[3].out.write(b"old\nnew\nnewer\n")  # the replay, skipped
+        await until(lambda: spool.size == 14)
+        assert spool.read(0, 100) == b"old\nnew\nnewer\n"
+        # Cut short again, and the container has stopped meanwhile: no retry.
+        docker.requests[3].out.finish(DockerUnavailable("connection reset"))
+        await until(lambda: spool.follow_error is not None)
+        docker.running = False
+        await trio.sleep(FOLLOW_RETRY_INTERVAL)
+        spool.want_more()
+        assert len(docker.requests) == 4
+        spools.release(spool)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+class LogsEngine:
+    """What DockerFS asks of an engine to open logs: the fake Docker's requests."""
+
+    def __init__(self, docker: FakeDocker) -> None:
+        self.requests: dict[str, int] = {}
+        self.stream_logs = docker.start
+
+
+CID = "c" * 64
+
+
+def log_fs(docker: FakeDocker) -> tuple[DockerFS, Node, Node]:
+    """A DockerFS over the fake Docker with one container: it, its logs and logs.follow."""
+    fs = DockerFS({"local": LogsEngine(docker)})  # type: ignore[dict-item]
+    container = {"Id": CID, "Names": ["/c1"], "State": "running", "Created": 1}
+    fs.table.set_containers([container], fs.table.root)
+    cdir = fs.table.lookup(fs.table.root, CID)
+    assert cdir is not None
+    logs, follow = fs.table.lookup(cdir, "logs"), fs.table.lookup(cdir, "logs.follow")
+    assert logs is not None and follow is not None
+    return fs, logs, follow
+
+
+def test_a_logs_follow_reader_follows_again_after_docker_went_away() -> None:
+    """A follow cut short fails the read at that moment (EIO); the reader's
+    next read, a second later, follows again instead of failing for ever."""
+
+    async def main() -> None:
+        docker = FakeDocker(running=True)
+        fs, _, follow = log_fs(docker)
+        fh = fs._open_log(follow, os.getpid()).fh
+        docker.requests[0].out.finish(None)  # an empty history; the follow begins
+        await until(lambda: len(docker.requests) == 2)
+        docker.requests[1].out.write(b"one\n")
+        assert await fs.read(fh, 0, 100) == b"one\n"
+        docker.requests[1].out.finish(DockerUnavailable("connection reset"))
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(pyfuse3.FUSEError) as err:
+            await fs.read(fh, 0, 100)
+        assert err.value.errno == errno.EIO and len(docker.requests) == 2
+        await trio.sleep(FOLLOW_RETRY_INTERVAL)
+        got: list[bytes] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: read_into(fs, fh, got))
+            await until(lambda: len(docker.requests) == 3)
+            assert docker.requests[2].follow
+            docker.requests[2].out.write(b"one\ntwo\n")
+        assert got == [b"two\n"]
+        await fs.release(fh)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def read_into(fs: DockerFS, fh: int, got: list[bytes]) -> None:
+    got.append(await fs.read(pyfuse3.FileHandleT(fh), 0, 100))
 
 
 def test_a_spool_out_of_descriptors_fails_its_readers_not_the_mount(

@@ -607,6 +607,8 @@ class DockerFS(pyfuse3.Operations):
                 raise _fail(errno.EBADF)
             if off < spool.size:
                 return spool.read(off, size)
+            if h.follow and spool.follow_error is not None:
+                spool.want_more()  # following was cut short (Docker restarted, say): again
             if spool.at_eof(h.follow):
                 # Reading at the end again is how `less +F` follows.
                 h.eofs += 1

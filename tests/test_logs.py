@@ -252,6 +252,36 @@ def test_a_logs_follow_reader_follows_again_after_docker_went_away() -> None:
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
+@pytest.mark.parametrize("name", ["logs", "logs.follow"])
+def test_each_open_of_a_log_has_one_blocked_read_at_most(name: str) -> None:
+    """A read waiting for more holds one of pyfuse3's workers: a second read
+    on the same open gets EAGAIN, for logs (still loading) as for logs.follow."""
+
+    async def main() -> None:
+        docker = FakeDocker(running=True)
+        fs, logs, follow = log_fs(docker)
+        fh = fs._open_log(logs if name == "logs" else follow, os.getpid()).fh
+        other = fs._open_log(logs if name == "logs" else follow, os.getpid()).fh
+        if name == "logs.follow":
+            docker.requests[0].out.finish(None)  # followed now, and silent
+            await until(lambda: len(docker.requests) == 2)
+        got: list[bytes] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: read_into(fs, fh, got))
+            await until(lambda: fs.waiting_reads == 1)
+            with pytest.raises(pyfuse3.FUSEError) as err, trio.fail_after(10):
+                await fs.read(fh, 0, 100)
+            assert err.value.errno == errno.EAGAIN
+            nursery.start_soon(lambda: read_into(fs, other, got))  # another open may wait
+            await until(lambda: fs.waiting_reads == 2)
+            docker.requests[-1].out.write(b"line\n")
+        assert got == [b"line\n", b"line\n"] and fs.waiting_reads == 0
+        await fs.release(fh)
+        await fs.release(other)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
 async def read_into(fs: DockerFS, fh: int, got: list[bytes]) -> None:
     got.append(await fs.read(pyfuse3.FileHandleT(fh), 0, 100))
 

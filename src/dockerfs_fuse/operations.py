@@ -46,7 +46,8 @@ ALIAS_TIMEOUT = 1.0
 # block for as long as its container is silent, holding one: opens of
 # logs.follow get at most MAX_FOLLOWERS of them (ENFILE beyond), one process at
 # most MAX_FOLLOWERS_PER_PROCESS (EMFILE beyond), and each open one blocked
-# read at a time (EAGAIN for another), so the rest of the mount is always served.
+# read at a time (EAGAIN for another; for logs too, whose reads block while
+# the log so far loads), so the rest of the mount is always served.
 MAX_WORKERS = 512
 MAX_FOLLOWERS = 256
 MAX_FOLLOWERS_PER_PROCESS = 64
@@ -615,8 +616,8 @@ class DockerFS(pyfuse3.Operations):
                 if h.eofs > 1:
                     spool.want_more()
                 return b""
-            if h.follow and h.waiting:
-                raise _fail(errno.EAGAIN)  # see MAX_FOLLOWERS
+            if h.waiting:
+                raise _fail(errno.EAGAIN)  # one blocked read per open: see MAX_FOLLOWERS
             h.waiting = True
             self.waiting_reads += 1
             try:

@@ -18,6 +18,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -280,6 +281,44 @@ def test_each_open_of_a_log_has_one_blocked_read_at_most(name: str) -> None:
         await fs.release(other)
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+@pytest.mark.parametrize(
+    ("raised", "seen"),
+    [(errno.ENOSPC, errno.ENOSPC), (errno.EMFILE, errno.ENFILE), (errno.EDQUOT, errno.EDQUOT)],
+)
+def test_a_spool_file_that_cannot_be_made_is_its_errno(
+    raised: int, seen: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full disk or the daemon out of descriptors: the open says so (not
+    EIO), in one log line without a traceback, and nothing is held."""
+
+    def cannot(*args: object, **kwargs: object) -> None:
+        raise OSError(raised, os.strerror(raised))
+
+    async def main() -> None:
+        docker = FakeDocker(running=True)
+        fs, logs, follow = log_fs(docker)
+        with monkeypatch.context() as m:
+            m.setattr(tempfile, "TemporaryFile", cannot)
+            for node in (logs, follow):
+                with pytest.raises(pyfuse3.FUSEError) as err:
+                    await fs.open(node.inode, os.O_RDONLY, Context())  # type: ignore[arg-type]
+                assert err.value.errno == seen
+        assert docker.requests == [] and fs.followers.count == 0
+        assert [r.exc_info for r in caplog.records] == [None, None]
+        assert os.strerror(raised) in caplog.text
+        fh = fs._open_log(logs, os.getpid()).fh  # the disk has room again
+        assert len(docker.requests) == 1
+        await fs.release(fh)
+
+    trio.run(main)
+
+
+class Context:
+    """The part of pyfuse3.RequestContext that open reads."""
+
+    pid = os.getpid()
 
 
 async def read_into(fs: DockerFS, fh: int, got: list[bytes]) -> None:

@@ -556,6 +556,9 @@ class DockerFS(pyfuse3.Operations):
             if isinstance(exc, TooManyLogs):
                 log.warning("open %s/%s: %s", cid[:12], node.name, exc)
                 raise _fail(errno.ENFILE) from None
+            if isinstance(exc, OSError):  # the spool file could not be made
+                log.warning("open %s/%s: the log spool: %s", cid[:12], node.name, exc)
+                raise _fail(_spool_errno(exc)) from None
             raise
         if follow:
             spool.want_more()
@@ -856,6 +859,14 @@ def _invalidate_inodes(inodes: Sequence[int], attr_only: bool) -> None:
             # ENOENT: the kernel already dropped the inode; nothing to do.
             if exc.errno != errno.ENOENT:
                 log.debug("invalidate_inode(%d): %s", inode, exc)
+
+
+def _spool_errno(exc: OSError) -> int:
+    """The reader's errno when the daemon cannot make a spool file: the
+    daemon's own descriptor limit (EMFILE) is not the reader's, so ENFILE."""
+    if exc.errno == errno.EMFILE:
+        return errno.ENFILE
+    return exc.errno or errno.EIO
 
 
 def _process_of(pid: int) -> int:

@@ -17,7 +17,13 @@ import trio
 import trio.testing
 
 from dockerfs_fuse import operations
-from dockerfs_fuse.cache import EVENT_REREAD_DELAYS, EngineCache
+from dockerfs_fuse.cache import (
+    ATTR_TIMEOUT_ENV,
+    DEFAULT_ATTR_TIMEOUT,
+    EVENT_REREAD_DELAYS,
+    EngineCache,
+    attr_timeout_from,
+)
 from dockerfs_fuse.control import Command
 from dockerfs_fuse.docker_source import DockerUnavailable
 from dockerfs_fuse.inodes import Changes, InodeTable
@@ -273,3 +279,11 @@ def test_invalidations_beyond_a_full_queue_are_merged_not_lost(
     # Nothing lost, and the merged burst pushed once per inode and entry.
     assert sorted(inodes) == list(range(INVALIDATION_QUEUE + extra))
     assert sorted(entries) == sorted((1, f"c{k}") for k in range(extra))
+
+
+def test_the_attribute_timeout_tests_may_set_is_bounded() -> None:
+    assert attr_timeout_from({}) == DEFAULT_ATTR_TIMEOUT
+    assert attr_timeout_from({ATTR_TIMEOUT_ENV: " 120 "}) == 120.0
+    assert attr_timeout_from({ATTR_TIMEOUT_ENV: "0.5"}) == 0.5
+    for bad in ("0", "-1", "nan", "inf", "1e9", "soon"):
+        assert attr_timeout_from({ATTR_TIMEOUT_ENV: bad}) == DEFAULT_ATTR_TIMEOUT, bad

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from conftest import Engine, Mount, eventually, start_mount, stop_mount
 
-from dockerfs_fuse.operations import ATTR_TIMEOUT
+from dockerfs_fuse.cache import ATTR_TIMEOUT_ENV
 
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 
@@ -329,32 +329,42 @@ def wait_for_events(engine: Engine, m: Mount) -> None:
             assert time.monotonic() < deadline, "no event was followed for 60 s"
 
 
+# The daemon's attribute and entry timeout in the test below (ATTR_TIMEOUT_ENV;
+# with kernel caching they are longer still): what the kernel caches stays
+# until an invalidation comes or this runs out.
+PUSH_TEST_ATTR_TIMEOUT = 120.0
+
+
 def pushed_before_the_kernel_timeout(asked: float, check: Callable[[], bool], what: str) -> float:
     """Wait for `check`, which looks at something the kernel caches (a size, an
     entry) and last asked the daemon about at `asked`, and return when it held.
 
-    The kernel trusts what it cached for ATTR_TIMEOUT; a change seen well before
-    that ran out can only have been pushed (an invalidation). The bound is still
-    many times what an event takes on a loaded machine.
+    The kernel trusts what it cached for PUSH_TEST_ATTR_TIMEOUT; a change seen
+    before that ran out can only have been pushed (an invalidation). The bound
+    is many times what an event takes on a loaded machine.
     """
     while True:
         t = time.monotonic()
         if check():
             return t
-        assert t < asked + ATTR_TIMEOUT - 1, (
-            f"{what}: not seen {t - asked:.1f}s after the kernel cached it; "
-            f"no invalidation reached the kernel before its {ATTR_TIMEOUT}s timeout"
+        assert t < asked + PUSH_TEST_ATTR_TIMEOUT - 1, (
+            f"{what}: not seen {t - asked:.1f}s after the kernel cached it; no "
+            f"invalidation reached the kernel before its {PUSH_TEST_ATTR_TIMEOUT}s timeout"
         )
         time.sleep(0.02)
 
 
-def test_state_changes_and_removals_are_pushed_by_events(engine: Engine, mounted: Mount) -> None:
+def test_state_changes_and_removals_are_pushed_by_events(
+    engine: Engine, mount_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Docker's events, not listings, keep what `cat` and `stat` show fresh.
 
     Every wait is generous (an event can take seconds on a loaded machine); what
     shows the events did it is that no listing is made, and that what the kernel
     caches changes long before the kernel would have asked again by itself.
     """
+    monkeypatch.setenv(ATTR_TIMEOUT_ENV, str(PUSH_TEST_ATTR_TIMEOUT))
+    mounted = mount_factory(engine.host)
     wait_for_events(engine, mounted)
     listings = requests_of(mounted, "containers/json")
     cid = engine.run(IMG, "sleep", "1d")

@@ -298,7 +298,9 @@ def test_podman_api_differs_from_docker_as_recorded(podman_engine: Engine, engin
     wait_state(podman_engine, "fact-stopping", "exited")
 
     # Events: a removal is "remove" (Docker: "destroy"); "init" comes before
-    # "start" and "cleanup" after "die"; no "stop" or "kill" for `docker stop`.
+    # "start", and "cleanup" once the process is gone. Whether `docker stop`
+    # also sends "stop" varies (Podman 4.3 sometimes does): not asserted, the
+    # cache re-reads on "die" and "cleanup" either way.
     since = str(int(time.time()) - 1)
     podman_engine.run("--name=fact-events", IMG, "sleep", "1d")
     podman_engine.docker("stop", "-t", "1", "fact-events")
@@ -308,4 +310,4 @@ def test_podman_api_differs_from_docker_as_recorded(podman_engine: Engine, engin
     actions = podman_engine.docker("events", *window, "--format", "{{.Action}}").split()
     assert actions[:3] == ["create", "init", "start"], actions
     assert "remove" in actions and "destroy" not in actions, actions
-    assert "cleanup" in actions and "stop" not in actions and "kill" not in actions, actions
+    assert "cleanup" in actions, actions

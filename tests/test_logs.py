@@ -658,8 +658,7 @@ def test_tail_f_of_a_log_empty_when_opened(engine: Engine, mounted: Mount) -> No
         out, err = Output(proc.stdout), Output(proc.stderr)
 
         def tail_has_it_open() -> bool:
-            fds = Path(f"/proc/{proc.pid}/fd")
-            return any(os.readlink(fd) == str(path) for fd in fds.iterdir())
+            return str(path) in open_paths(proc.pid)
 
         eventually(tail_has_it_open, 30, "tail opened the log")
         (trigger / "go").touch()
@@ -839,3 +838,14 @@ def test_logs_follow_at_its_cap_leaves_the_mount_served(engine: Engine, mounted:
         "followers released",
     )
     os.close(os.open(path, os.O_RDONLY))
+
+
+def open_paths(pid: int) -> set[str]:
+    """What a process has open; a descriptor closed while we look is skipped."""
+    paths = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            paths.add(os.readlink(fd))
+        except FileNotFoundError:
+            continue
+    return paths

@@ -9,7 +9,12 @@ STAMP  := $(VENV)/.installed
 STOCK_TESTS := tests/test_mount.py tests/test_control.py tests/test_reliability.py \
 	tests/test_kernel_cache.py tests/test_container_fs.py
 
-.PHONY: run demo demo-swarm test test-stock-venv bench lint deps deps-docker deps-9p clean
+PREFIX ?= /usr/local
+DESTDIR ?=
+MAN_DIR := build/man
+
+.PHONY: run demo demo-swarm test test-stock-venv bench lint deps deps-docker deps-9p clean \
+	man install uninstall
 
 $(STAMP): pyproject.toml scripts/build-pyfuse3 $(wildcard patches/pyfuse3/*.patch)
 	./scripts/install-system-deps
@@ -69,6 +74,26 @@ test-stock-venv: deps-docker
 ## make bench: figures for 10, 100 and 1000 containers (not part of make test)
 bench: deps-docker
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
+
+## make man: dockerfs-fuse(1) and dockerfs-9p(1) in build/man, from the argument
+## parsers and README.md (scripts/gen-man); `man -l build/man/dockerfs-fuse.1`
+man: deps
+	$(BIN)/python scripts/gen-man $(MAN_DIR)
+
+## make install: link dockerfs-fuse and dockerfs-9p into $(PREFIX)/bin (mount(8) drops PATH,
+## and mount.fuse3's /bin/sh finds the program of fuse.dockerfs-fuse in its default path),
+## pointing at this checkout's .venv, and install the man pages; PREFIX=/usr/local, DESTDIR honoured
+install: man
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1
+	ln -sf $(CURDIR)/$(BIN)/dockerfs-fuse $(DESTDIR)$(PREFIX)/bin/dockerfs-fuse
+	ln -sf $(CURDIR)/$(BIN)/dockerfs-9p $(DESTDIR)$(PREFIX)/bin/dockerfs-9p
+	install -m 644 $(MAN_DIR)/dockerfs-fuse.1 $(MAN_DIR)/dockerfs-9p.1 \
+	  $(DESTDIR)$(PREFIX)/share/man/man1/
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/dockerfs-fuse $(DESTDIR)$(PREFIX)/bin/dockerfs-9p \
+	  $(DESTDIR)$(PREFIX)/share/man/man1/dockerfs-fuse.1 \
+	  $(DESTDIR)$(PREFIX)/share/man/man1/dockerfs-9p.1
 
 lint: deps
 	$(BIN)/ruff check src tests bench

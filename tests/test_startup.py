@@ -26,6 +26,7 @@ import pytest
 from conftest import (
     Engine,
     dockerfs_command,
+    in_private_mount_namespace,
     require,
     require_fuse,
     start_mount,
@@ -284,20 +285,13 @@ def test_default_docker_socket_under_mountpoint(engine: Engine, tmp_path: Path) 
     script = 'mount --bind "$1" "$2" && ln -s "$3" "$2/docker.sock" && shift 3 && exec "$@"'
     try:
         refused(
-            [
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
+            in_private_mount_namespace(
                 script,
-                "sh",
                 str(scratch),
                 run_dir,
                 str(engine.dockerd.socket),
                 *dockerfs_command("-f", run_dir),
-            ],
+            ),
             mountpoint=Path(run_dir),
             own_namespace=True,
             env=clean_env(HOME=str(home)),
@@ -328,7 +322,7 @@ def test_9p_socket_under_mountpoint(engine: Engine, mp: Path) -> None:
 
 
 BAD_ARGUMENTS = [
-    (["-o", "bogusopt"], "-o bogusopt: unknown FUSE mount option"),
+    (["-o", "bogusopt"], "-o bogusopt: unknown option"),
     (["-o", "ro,max_read=lots"], "-o max_read=lots: max_read takes a number"),
     (["--9p", "bad dial"], "--9p: bad dial string 'bad dial'"),
     (["--9p", "tcp!localhost!99999"], "--9p: bad port in dial string 'tcp!localhost!99999'"),
@@ -451,7 +445,7 @@ def test_dead_mount_is_named_with_its_cure(engine: Engine, tmp_path: Path) -> No
             dockerfs_command("-H", engine.host, str(mp)),
             mountpoint=mp,  # its dead mount stays; nothing new on top
             want=(
-                f"{mp}: dead dockerfs mount (Transport endpoint is not connected); "
+                f"{mp}: dead dockerfs-fuse mount (Transport endpoint is not connected); "
                 f"clear it with: fusermount3 -u {mp}"
             ),
         )

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 
-from . import kernel_cache
+from . import kernel_cache, options, sd_notify
 from .docker_source import DockerProblem, DockerSource
 from .endpoints import Endpoint, EndpointError, default_endpoint
 from .ninep.child import Shim, ShimFailed
@@ -46,6 +46,11 @@ from .operations import MAX_WORKERS, DockerFS
 log = logging.getLogger(__name__)
 
 SYSLOG_SOCKET = "/dev/log"
+
+# A mountpoint given as an open /dev/fuse descriptor, already mounted:
+# mount.fuse3 -o drop_privileges mounts itself and passes /dev/fd/N
+# (libfuse >= 3.3 serves such a descriptor in fuse_session_mount).
+FD_MOUNTPOINT = re.compile(r"/dev/fd/(\d{1,9})")
 
 
 class MountError(Exception):
@@ -65,6 +70,9 @@ class MountConfig:
     # Re-export the mount over 9P on these dial strings (the dockerfs-9p shim).
     ninep: list[str] = field(default_factory=list)
     ninep_allow_control: bool = False
+    # What mount tables show: SOURCE fuse.SUBTYPE (mount.fuse3 runs SUBTYPE for fstab).
+    fsname: str = "dockerfs-fuse"
+    subtype: str = "dockerfs-fuse"
 
 
 # -- checks: every argument, before Docker is asked or anything is mounted ----------
@@ -86,6 +94,8 @@ def check_config(config: MountConfig) -> None:
     check_fuse_options(config.fuse_options)
     if config.log_file is not None:
         check_log_file(config.log_file, config.mountpoint)
+    if config.ninep and FD_MOUNTPOINT.fullmatch(config.mountpoint):
+        raise MountError("--9p needs the mountpoint's path; it cannot serve a /dev/fd/N mount")
     for dial in config.ninep:
         check_ninep_dial(dial, config.mountpoint)
 
@@ -93,6 +103,9 @@ def check_config(config: MountConfig) -> None:
 def check_mountpoint(path: str) -> None:
     if not path:
         raise MountError("MOUNTPOINT is empty")
+    if FD_MOUNTPOINT.fullmatch(path):
+        _check_fuse_fd(path)
+        return
     if not os.path.exists("/dev/fuse"):
         raise MountError("/dev/fuse is missing: is the fuse kernel module loaded?")
     problem = _probe_mountpoint(path)
@@ -113,6 +126,17 @@ def check_mountpoint(path: str) -> None:
         raise MountError(f"mountpoint {path} is not a directory")
     if os.path.ismount(path):
         raise MountError(f"{path} is already a mount point (unmount it with fusermount3 -u)")
+
+
+def _check_fuse_fd(path: str) -> None:
+    match = FD_MOUNTPOINT.fullmatch(path)
+    assert match is not None
+    try:
+        st = os.fstat(int(match.group(1)))
+    except OSError:
+        raise MountError(f"{path}: no such open file descriptor") from None
+    if not stat.S_ISCHR(st.st_mode):
+        raise MountError(f"{path} is not an open /dev/fuse (mount.fuse3 -o drop_privileges)")
 
 
 PROBE_SECONDS = 5.0
@@ -144,7 +168,7 @@ def _probe_mountpoint(path: str) -> int:
 
 
 def _mount_kind(path: str) -> str:
-    """How mountinfo calls the mount at `path`: ours (fuse.dockerfs) is "dockerfs"."""
+    """How mountinfo calls the mount at `path`: ours (fuse.dockerfs-fuse) is "dockerfs-fuse"."""
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
             lines = f.read().splitlines()
@@ -165,42 +189,14 @@ def _unescape_mountinfo(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
-# What libfuse 3 accepts at fuse_session_new (3.14 to 3.17: its low-level options
-# and its mount options). Anything else libfuse would refuse only after Docker was
-# asked, with a message of its own; an option that a given libfuse version lacks
-# is still one line, with libfuse's message, when mounting (see _init_fuse).
-FUSE_FLAGS = frozenset(
-    {
-        "allow_other",
-        "allow_root",
-        "auto_unmount",
-        "blkdev",
-        "debug",
-        "default_permissions",
-        "ro",
-        "rw",
-        "suid",
-        "nosuid",
-        "dev",
-        "nodev",
-        "exec",
-        "noexec",
-        "async",
-        "sync",
-        "dirsync",
-        "atime",
-        "noatime",
-        "nodiratime",
-        "norelatime",
-        "nostrictatime",
-        "symfollow",
-        "nosymfollow",
-    }
-)
-FUSE_NUMBERS = frozenset({"max_read", "blksize"})
-FUSE_TEXTS = frozenset(
-    {"fsname", "subtype", "user", "context", "fscontext", "defcontext", "rootcontext"}
-)
+# What libfuse 3 accepts at fuse_session_new (its low-level and mount options),
+# from the -o table (options.py). Anything else libfuse would refuse only after
+# Docker was asked, with a message of its own; an option that a given libfuse
+# version lacks is still one line, with libfuse's message, when mounting (see
+# _init_fuse).
+FUSE_FLAGS = options.LIBFUSE_FLAGS
+FUSE_NUMBERS = options.LIBFUSE_NUMBERS
+FUSE_TEXTS = options.LIBFUSE_TEXTS
 
 
 def check_fuse_options(options: list[str]) -> None:
@@ -223,12 +219,20 @@ def check_fuse_options(options: list[str]) -> None:
 
 def fuse_options(config: MountConfig) -> set[str]:
     opts = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
-    opts |= {"fsname=dockerfs", "subtype=dockerfs"}
-    for opt in config.fuse_options:
-        opts |= {o for o in opt.split(",") if o}
+    given = [o for opt in config.fuse_options for o in opt.split(",") if o]
+    if not any(o.startswith("fsname=") for o in given):
+        opts.add("fsname=" + _escape(config.fsname))
+    if not any(o.startswith("subtype=") for o in given):
+        opts.add("subtype=" + config.subtype)
+    opts |= set(given)
     if config.debug:
         opts.add("debug")
     return opts
+
+
+def _escape(value: str) -> str:
+    """libfuse splits -o at commas; a backslash keeps one (fuse_opt.c)."""
+    return value.replace("\\", "\\\\").replace(",", "\\,")
 
 
 def check_log_file(path: str, mountpoint: str) -> None:
@@ -431,6 +435,7 @@ async def _terminate_on_signals() -> None:
 def run_mounted(config: MountConfig, ready: Ready | None = None) -> int:
     """Mount, serve, unmount. Returns the exit status."""
     failure: list[str] = []
+    notifier = sd_notify.Notifier.from_environ()
 
     def on_ready(error: str | None) -> None:
         if error is not None:
@@ -440,10 +445,12 @@ def run_mounted(config: MountConfig, ready: Ready | None = None) -> int:
             log.info("%s, mounted at %s", notes[0], config.mountpoint)
             for line in notes[1:]:
                 log.info("%s", line)
+            notifier.ready(f"serving {status}")  # systemd Type=notify: the mount serves
         if ready is not None:
             ready(error)
 
     sources, fs, notes = prepare(config)
+    status = _status(sources, config.mountpoint)
     try:
         _init_fuse(fs, config.mountpoint, fuse_options(config))
     except MountError:
@@ -456,6 +463,7 @@ def run_mounted(config: MountConfig, ready: Ready | None = None) -> int:
     try:
         trio.run(serve, fs, shim, on_ready)
     finally:
+        notifier.stopping(f"unmounting {status}")
         if shim is not None:
             shim.stop()
         pyfuse3.close(unmount=True)
@@ -464,6 +472,12 @@ def run_mounted(config: MountConfig, ready: Ready | None = None) -> int:
     if failure and ready is None:
         raise MountError(failure[0])
     return 1 if failure else 0
+
+
+def _status(sources: list[DockerSource], mountpoint: str) -> str:
+    """systemd's STATUS line: which engines, mounted where."""
+    engines = ", ".join(f"{s.target.name} ({s.endpoint})" for s in sources)
+    return f"{engines} at {mountpoint}"
 
 
 def _init_fuse(fs: DockerFS, mountpoint: str, options: set[str]) -> None:

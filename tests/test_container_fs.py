@@ -426,6 +426,11 @@ def test_a_directory_is_as_fresh_as_its_last_open(
     assert os.listdir(tmp) == []
     with pytest.raises(FileNotFoundError):
         (tmp / "written-later").read_bytes()
+    # A file that grew since the kernel learnt its size is read whole.
+    engine.docker("exec", inside, "sh", "-c", "head -c 2000000 /data/big.bin > /tmp/grows")
+    assert (tmp / "grows").stat().st_size == 2_000_000
+    engine.docker("exec", inside, "sh", "-c", "head -c 1000000 /data/big.bin >> /tmp/grows")
+    assert len((tmp / "grows").read_bytes()) == 3_000_000
     # A directory opened while the container changes it lists what it held when
     # opened, each name once, in pages at stable offsets.
     many = mounted.path / inside / "root" / MANY.lstrip("/")

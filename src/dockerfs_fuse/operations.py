@@ -66,6 +66,8 @@ MAX_EXIT_WAITS = 12
 # Under a container's root/ the kernel may trust entries and attributes this
 # long: the container changes them without telling us.
 ROOT_TIMEOUT = 1.0
+# A root/ file at least this large may be read through the page cache (see _root_open).
+ROOT_PAGED_MIN = 1 << 20
 # `getfattr -n user.dockerfs.stats MOUNT`: Docker request counts, for make bench.
 STATS_XATTR = b"user.dockerfs.stats"
 # readdir offsets start above 2: NFS re-exports treat 1 and 2 specially.
@@ -495,8 +497,13 @@ class DockerFS(pyfuse3.Operations):
             size = node.entry.size if node.entry is not None else -1
             reader = await self._interruptible(pid, cache.files.open, cid, path, size)
         fh = self._new_handle(_RootFileHandle(reader, pid, cache))
-        # Direct I/O: what this open streams, never pages or a size cached earlier.
-        return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+        # Never pages cached before this open (keep_cache off). A large file
+        # whose size is the one the kernel was told goes through the page
+        # cache, so the kernel reads ahead in large pieces (tar asks 10 KiB at
+        # a time); any other with direct I/O, never clipped at a stale size.
+        told = node.entry.size if node.entry is not None else -1
+        paged = reader.entry.size == told and told >= ROOT_PAGED_MIN
+        return pyfuse3.FileInfo(fh=fh, direct_io=not paged, keep_cache=False)
 
     async def _read_root_file(self, h: _RootFileHandle, off: int, size: int) -> bytes:
         h.cache.files.touch(h.reader.cid)

@@ -44,6 +44,7 @@ import os
 import posixpath
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -234,6 +235,11 @@ class ArchiveWriter:
         self._count = 0
         self._truncated = False
         self._posted = (0, False)
+        # Parsed, not yet taken by trio (see _flush): guarded by _lock.
+        self._lock = threading.Lock()
+        self._pending: list[Entry] = []
+        self._pending_state = (0, False)
+        self._scheduled = False
         # Regular files by path, for the hard links that name them later.
         self._regular: dict[str, Entry] = {}
         self._token = trio.lowlevel.current_trio_token()
@@ -333,11 +339,26 @@ class ArchiveWriter:
         )
 
     def _flush(self) -> None:
+        """Hand what was parsed to trio, coalesced: while one hand-over waits to
+        run there, later ones join it (each wakes trio with a syscall)."""
         state = (self._offset, self._truncated)
-        if self._batch or state != self._posted:
-            batch, self._batch = self._batch, []
-            self._posted = state
-            self._post(self._spool._grew, batch, self._offset, self._truncated)
+        if not self._batch and state == self._posted:
+            return
+        with self._lock:
+            self._pending.extend(self._batch)
+            self._pending_state = state
+            scheduled, self._scheduled = self._scheduled, True
+        self._batch = []
+        self._posted = state
+        if not scheduled:
+            self._post(self._spool._grew, self)
+
+    def take(self) -> tuple[list[Entry], int, bool]:
+        """What was parsed since the last take (called on trio by the spool)."""
+        with self._lock:
+            entries, self._pending = self._pending, []
+            self._scheduled = False
+            return entries, *self._pending_state
 
     def _post(self, fn: Callable[..., None], *args: object) -> None:
         with contextlib.suppress(trio.RunFinishedError):  # the daemon is exiting
@@ -444,9 +465,10 @@ class ArchiveSpool:
 
     # -- from the producer (on trio) ---------------------------------------------
 
-    def _grew(self, entries: list[Entry], spooled: int, truncated: bool) -> None:
+    def _grew(self, writer: ArchiveWriter) -> None:
         if self.closed:
             return
+        entries, spooled, truncated = writer.take()
         for entry in entries:
             if entry.path not in self.entries and entry.path != self.path:
                 parent = posixpath.dirname(entry.path)

@@ -288,6 +288,7 @@ class DockerFS(pyfuse3.Operations):
         self.followers = _Followers(MAX_FOLLOWERS, MAX_FOLLOWERS_PER_PROCESS)
         self.waiting_reads = 0
         self._exit_waits: dict[tuple[str, str], _ExitWait] = {}
+        self._root_askers: dict[int, int] = {}  # see _note_asker
         self._next_fh = 1
         self._inval_send, self._inval_recv = trio.open_memory_channel[Changes](INVALIDATION_QUEUE)
         self._backlog = _Backlog()
@@ -472,7 +473,7 @@ class DockerFS(pyfuse3.Operations):
         """Opening a directory under root/ re-reads it (container_fs says from where).
 
         `pid` is the opener's, so that a signal ends a long wait with EINTR;
-        None where pyfuse3 does not say (readdir with kernel caching).
+        None where nobody is known (readdir with kernel caching: see _note_asker).
         """
         cache, cid, path = self._root_path(node)
         try:
@@ -610,6 +611,7 @@ class DockerFS(pyfuse3.Operations):
         if node is None or node.gone:
             raise _fail(errno.ENOENT)
         self.table.remember(node)
+        self._note_asker(node, ctx)
         return self._attrs(node)
 
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
@@ -624,7 +626,19 @@ class DockerFS(pyfuse3.Operations):
     async def getattr(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        return self._attrs(self._node(inode))
+        node = self._node(inode)
+        self._note_asker(node, ctx)
+        return self._attrs(node)
+
+    def _note_asker(self, node: Node, ctx: pyfuse3.RequestContext) -> None:
+        """With kernel caching readdir comes with no process; a directory under
+        root/ is read by the one that last looked it up or stat'ed it (the
+        kernel stats a directory before reading it from the start), so that
+        its signal can end a long wait."""
+        if self.kernel_cache and node.is_dir and _in_root(node):
+            if len(self._root_askers) > 4096:
+                self._root_askers.clear()
+            self._root_askers[node.inode] = ctx.pid
 
     @_guard
     async def readlink(
@@ -724,7 +738,7 @@ class DockerFS(pyfuse3.Operations):
                 # for is an open: read it again, and move the directory's mtime
                 # on (below the second: tar keeps whole seconds) so the kernel
                 # asks again at the next open instead of using what it cached.
-                entries = await self._root_listing(node, None)
+                entries = await self._root_listing(node, self._root_askers.get(inode))
                 node.mtime_ns = node.mtime_ns // NS * NS + (node.mtime_ns + 1) % NS
                 _invalidate_inodes([inode], False)
             else:

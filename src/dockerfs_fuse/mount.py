@@ -49,6 +49,8 @@ class MountConfig:
     debug: bool = False
     fuse_options: list[str] = field(default_factory=list)
     show_all: bool = False
+    # The Swarm cluster the engine manages, instead of its containers.
+    swarm: bool = False
     log_file: str | None = None
     # Re-export the mount over 9P on these dial strings (the dockerfs-9p shim).
     ninep: list[str] = field(default_factory=list)
@@ -99,7 +101,9 @@ def prepare(config: MountConfig) -> tuple[list[DockerSource], DockerFS]:
     caching = kernel_cache.detect()
     log.info("kernel caching of listings and pages %s", caching.why)
     engines = {source.target.name: source for source in sources}
-    fs = DockerFS(engines, show_all=config.show_all, kernel_cache=caching.enabled)
+    fs = DockerFS(
+        engines, show_all=config.show_all, kernel_cache=caching.enabled, swarm=config.swarm
+    )
     return sources, fs
 
 

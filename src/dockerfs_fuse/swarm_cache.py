@@ -113,7 +113,7 @@ class SwarmCache:
         await self.refresh(self.kind_of[inode])
 
     def _rebuild(self) -> None:
-        services, tasks, nodes = (self.objects[k] for k in TOP)
+        services, tasks, nodes = (self.objects[k] for k in ("services", "tasks", "nodes"))
         nnames = node_names(nodes)
         snames = {object_id(s): service_name(s) for s in services}
         changes = Changes()
@@ -133,6 +133,14 @@ class SwarmCache:
             "nodes": {nnames[object_id(n)]: object_id(n) for n in nodes},
             "tasks": {object_id(t): object_id(t) for t in tasks},
         }
+        # The kernel keeps a listing it cached until the directory's mtime
+        # moves (invalidating its inode alone does not drop it): a directory
+        # whose entries changed shows the time of the change.
+        now = time.time_ns()
+        for inode in changes.changed:
+            node = self.table.get(inode) if inode in self.table else None
+            if node is not None and node.is_dir:
+                node.mtime_ns = max(now, node.mtime_ns + 1)
         if changes:
             self._on_changes(changes)
 

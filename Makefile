@@ -41,7 +41,7 @@ demo: deps-docker
 	$(BIN)/python -m dockerfs_fuse.demo $(MOUNTPOINT)
 
 ## make demo-swarm: a private 3-node Docker Swarm (network namespaces on this host), its
-## manager mounted at ~/n/swarm (the engine's own containers until --swarm lands)
+## cluster mounted with --swarm at ~/n/swarm (services/, nodes/, tasks/)
 demo-swarm: deps-docker
 	mkdir -p $(SWARM_MOUNTPOINT)
 	$(BIN)/python -m dockerfs_fuse.demo_swarm $(SWARM_MOUNTPOINT)

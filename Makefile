@@ -61,9 +61,11 @@ test-stock-venv: deps-docker
 	.venv-stock/bin/pip install -q -e '.[test]'
 	.venv-stock/bin/pytest -q tests/test_kernel_cache.py tests/test_mount.py -k 'not make_built'
 
-## make bench: figures for 10, 100 and 1000 containers (not part of make test)
+## make bench: figures for 10, 100 and 1000 containers, then a 3-node swarm's
+## 50 services x 4 replicas (bench_swarm.py; not part of make test)
 bench: deps-docker
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
+	$(BIN)/python bench/bench_swarm.py $(BENCH_SWARM_ARGS)
 
 lint: deps
 	$(BIN)/ruff check src tests bench

@@ -273,3 +273,7 @@ def test_service_logs(swarm: PrivateSwarm, swarm_mount: Path) -> None:
     logs = m / "services" / "talk" / "logs"
     text = wait_for("both lines", lambda: (t := logs.read_text()).count("hello\n") == 2 and t)
     assert text == "hello\nhello\n"
+    # Spooled like a container's logs: while open, the size is what it holds so far.
+    with logs.open("rb") as f:
+        wait_for("its size", lambda: os.fstat(f.fileno()).st_size == len(text))
+        assert f.read() == text.encode()

@@ -300,10 +300,12 @@ class DockerFS(pyfuse3.Operations):
         a.st_gid = self.gid
         a.st_rdev = 0
         a.st_size = len(node.data) if node.kind is not Kind.DIR else 0
-        if node.special is Special.LOGS and node.parent is not None and cache is not None:
-            # `tail -f` follows by polling this size: never let the kernel cache it.
-            a.st_size = cache.logs.polled_size(node.parent.name)
-            a.attr_timeout = 0
+        if node.special is Special.LOGS and node.parent is not None:
+            logs = cache.logs if cache is not None else self._swarm_logs(node)
+            if logs is not None:
+                # `tail -f` follows by polling this size: never let the kernel cache it.
+                a.st_size = logs.polled_size(node.parent.name)
+                a.attr_timeout = 0
         a.st_blksize = 4096
         a.st_blocks = (a.st_size + 511) // 512
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = node.mtime_ns
@@ -530,7 +532,7 @@ class DockerFS(pyfuse3.Operations):
                 owner = self._cache_of(node)
                 keep = owner is not None and owner.keep_pages
                 return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
-        elif node.special in (Special.LOGS, Special.FOLLOW) and self._swarm_of(node) is None:
+        elif node.special in (Special.LOGS, Special.FOLLOW):
             return self._open_log(node, ctx.pid)
         else:
             data = await self._render(node)
@@ -540,14 +542,23 @@ class DockerFS(pyfuse3.Operations):
         fh = self._new_handle(_FileHandle(data))
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
 
+    def _swarm_logs(self, node: Node) -> LogSpools | None:
+        view = self._swarm_of(node)
+        return view.logs if view is not None else None
+
     def _open_log(self, node: Node, pid: int) -> pyfuse3.FileInfo:
-        cache, cid = self._container_of(node)
+        view = self._swarm_of(node)
+        if view is not None:
+            spools, cid = view.logs, view.log_key(node)
+        else:
+            cache, cid = self._container_of(node)
+            spools = cache.logs
         follow = node.special is Special.FOLLOW
         opener = _process_of(pid)
         if follow:
             self.followers.take(opener)
         try:
-            spool = cache.logs.open(cid)
+            spool = spools.open(cid)
         except BaseException as exc:
             if follow:
                 self.followers.give_back(opener)
@@ -557,7 +568,7 @@ class DockerFS(pyfuse3.Operations):
             raise
         if follow:
             spool.want_more()
-        fh = self._new_handle(_LogHandle(spool, follow, pid, opener, cache.logs))
+        fh = self._new_handle(_LogHandle(spool, follow, pid, opener, spools))
         # Direct I/O: reads are never clipped at a size the kernel cached.
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False, nonseekable=follow)
 
@@ -574,8 +585,6 @@ class DockerFS(pyfuse3.Operations):
         view = self._swarm_of(node)
         if view is not None:
             kind, oid = view.locate(node)
-            if node.special is Special.LOGS:
-                return await view.logs(oid)
             if node.special is Special.INSPECT:
                 info = await view.inspect(kind, oid)
                 return (json.dumps(info, indent=4, ensure_ascii=False) + "\n").encode()

@@ -33,9 +33,17 @@ from typing import Any
 import trio
 
 from . import docker_swarm as api
-from .cache import ATTR_TIMEOUT, FALLBACK_TIMEOUT, MISS_REFRESH_INTERVAL, RECONNECT_MAX, _Refresher
+from .cache import (
+    ATTR_TIMEOUT,
+    FALLBACK_TIMEOUT,
+    MAX_LOG_SPOOLS,
+    MISS_REFRESH_INTERVAL,
+    RECONNECT_MAX,
+    _Refresher,
+)
 from .docker_source import DockerProblem, DockerSource, NotFound
 from .inodes import NS, Changes, InodeTable, Node
+from .logstream import Cancellable, LogSpools, LogWriter
 from .swarm_control import parse_node_command, parse_service_command
 from .swarm_tree import (
     TOP,
@@ -57,8 +65,6 @@ POLL_INTERVAL = 1.0
 BUSY_SECONDS = 30.0
 # Events come in bursts (a service update sends one per task it replaces): fold them.
 EVENT_DELAY = 0.05
-# A service's whole log, read at open: the bound on what one open holds.
-MAX_SERVICE_LOG = 64 << 20
 _SETTLING = ("updating", "rollback_started", "rollback_paused", "paused")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
 
@@ -91,6 +97,8 @@ class SwarmCache:
         self._pending: set[str] = set()
         self._wake = trio.Event()
         self._busy_until = 0.0
+        # services/<name>/logs: spooled as a container's logs are, by directory name.
+        self.logs = LogSpools(self._stream_logs, self._service_listed, MAX_LOG_SPOOLS)
 
     def _fetcher(self, kind: str) -> Any:
         calls = {"services": api.list_services, "nodes": api.list_nodes, "tasks": api.list_tasks}
@@ -201,12 +209,21 @@ class SwarmCache:
         calls = {"services": api.inspect_service, "nodes": api.inspect_node}
         return await calls.get(kind, api.inspect_task)(self.source, oid)
 
-    async def logs(self, oid: str) -> bytes:
-        data = await api.service_logs(self.source, oid)
-        if len(data) > MAX_SERVICE_LOG:
-            # The newest part: what `docker service logs | tail` would show.
-            data = data[-MAX_SERVICE_LOG:]
-        return data
+    def _stream_logs(self, name: str, out: LogWriter, follow: bool) -> Cancellable:
+        sid = self._ids["services"].get(name) or name
+        return self.source.stream_logs(sid, out, follow, kind="services")
+
+    def _service_listed(self, name: str) -> bool:
+        """Whether following its log may bring more: a service's tasks may
+        always start again, so while the service is there."""
+        return name in self._ids["services"]
+
+    def log_key(self, node: Node) -> str:
+        """The spool key of a services/<name>/logs node: the service's name."""
+        kind, _ = self.locate(node)
+        if kind != "services" or node.parent is None:
+            raise NotFound("only a service has logs")
+        return node.parent.name
 
     async def control(self, kind: str, oid: str, data: bytes) -> str:
         """Carry out one ctl write; returns the command's action, for the log.

@@ -113,8 +113,10 @@ class SwarmCache:
 
     async def refresh(self, kind: str) -> None:
         """List one kind again (one request) and rebuild what shows it."""
-        found = await self._refreshers[kind].get()
-        self.objects[kind] = [o for o in found if object_id(o)]
+        found = [o for o in await self._refreshers[kind].get() if object_id(o)]
+        if found == self.objects[kind]:
+            return  # the usual answer in a settled cluster: nothing to rebuild
+        self.objects[kind] = found
         self._rebuild()
 
     async def refresh_dir(self, inode: int) -> None:

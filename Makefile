@@ -9,7 +9,12 @@ STAMP  := $(VENV)/.installed
 STOCK_TESTS := tests/test_mount.py tests/test_control.py tests/test_reliability.py \
 	tests/test_kernel_cache.py
 
-.PHONY: run demo demo-swarm test test-stock-venv bench lint deps deps-docker deps-9p clean
+PREFIX ?= /usr/local
+DESTDIR ?=
+MAN_DIR := build/man
+
+.PHONY: run demo demo-swarm test test-stock-venv bench lint deps deps-docker deps-9p clean \
+	man install uninstall
 
 $(STAMP): pyproject.toml scripts/build-pyfuse3 $(wildcard patches/pyfuse3/*.patch)
 	./scripts/install-system-deps
@@ -28,16 +33,21 @@ deps-docker: $(STAMP)
 deps-9p: $(STAMP)
 	./scripts/install-qemu-deps
 
-## make run: mount the containers of your Docker engine at ~/n/dockerfs
+## make run: mount the containers of your Docker engine at ~/n/dockerfs; with no engine
+## answering, the demo's private one (which needs docker.io, installed then, and root)
 run: deps
-	mkdir -p $(MOUNTPOINT)
-	@$(BIN)/dockerfs-fuse $(MOUNTPOINT) || { \
-	  echo "make run needs a reachable Docker engine; 'make demo' starts a private one" >&2; exit 1; }
-	@echo "mounted at $(MOUNTPOINT); unmount with: fusermount3 -u $(MOUNTPOINT)"
+	@mkdir -p $(MOUNTPOINT) 2>/dev/null || true  # a dead mount is dockerfs-fuse's to explain
+	@if $(BIN)/python -m dockerfs_fuse.demo --check-engine; then \
+	  $(BIN)/dockerfs-fuse $(MOUNTPOINT) && \
+	  echo "mounted at $(MOUNTPOINT); unmount with: fusermount3 -u $(MOUNTPOINT)"; \
+	else \
+	  ./scripts/install-system-deps --with-docker && \
+	  $(BIN)/python -m dockerfs_fuse.demo $(MOUNTPOINT); \
+	fi
 
 ## make demo: a private dockerd with sample containers, mounted at ~/n/dockerfs
 demo: deps-docker
-	mkdir -p $(MOUNTPOINT)
+	@mkdir -p $(MOUNTPOINT) 2>/dev/null || true
 	$(BIN)/python -m dockerfs_fuse.demo $(MOUNTPOINT)
 
 ## make demo-swarm: a private 3-node Docker Swarm (network namespaces on this host), its
@@ -66,6 +76,26 @@ test-stock-venv: deps-docker
 bench: deps-docker
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
 	$(BIN)/python bench/bench_swarm.py $(BENCH_SWARM_ARGS)
+
+## make man: dockerfs-fuse(1) and dockerfs-9p(1) in build/man, from the argument
+## parsers and README.md (scripts/gen-man); `man -l build/man/dockerfs-fuse.1`
+man: deps
+	$(BIN)/python scripts/gen-man $(MAN_DIR)
+
+## make install: link dockerfs-fuse and dockerfs-9p into $(PREFIX)/bin (mount(8) drops PATH,
+## and mount.fuse3's /bin/sh finds the program of fuse.dockerfs-fuse in its default path),
+## pointing at this checkout's .venv, and install the man pages; PREFIX=/usr/local, DESTDIR honoured
+install: man
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1
+	ln -sf $(CURDIR)/$(BIN)/dockerfs-fuse $(DESTDIR)$(PREFIX)/bin/dockerfs-fuse
+	ln -sf $(CURDIR)/$(BIN)/dockerfs-9p $(DESTDIR)$(PREFIX)/bin/dockerfs-9p
+	install -m 644 $(MAN_DIR)/dockerfs-fuse.1 $(MAN_DIR)/dockerfs-9p.1 \
+	  $(DESTDIR)$(PREFIX)/share/man/man1/
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/dockerfs-fuse $(DESTDIR)$(PREFIX)/bin/dockerfs-9p \
+	  $(DESTDIR)$(PREFIX)/share/man/man1/dockerfs-fuse.1 \
+	  $(DESTDIR)$(PREFIX)/share/man/man1/dockerfs-9p.1
 
 lint: deps
 	$(BIN)/ruff check src tests bench

@@ -72,6 +72,18 @@ def eventually(check: Callable[[], bool], within: float = 30.0, what: str = "") 
         time.sleep(0.02)
 
 
+def wait_for(check: Callable[[], str | None], timeout: float = 30) -> None:
+    """Poll until check() returns None (no difference left); fail with the last one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        problem = check()
+        if problem is None:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(problem)
+        time.sleep(0.2)
+
+
 # -- a hang fails the test that hung ------------------------------------------------
 
 # The qemu tests boot a guest under TCG (up to 180 s) before their first check.
@@ -209,12 +221,16 @@ def dockerd_session() -> Iterator[PrivateDockerd]:
 @pytest.fixture
 def engine(dockerd_session: PrivateDockerd) -> Iterator[Engine]:
     """The session's engine; containers a test starts are removed after it."""
-    if dockerd_session.proc is None or dockerd_session.proc.poll() is not None:
-        dockerd_session.start()  # a test stopped it; bring it back for the next
-    e = Engine(dockerd_session)
+    yield from _engine_of(dockerd_session)
+
+
+def _engine_of(daemon: Any) -> Iterator[Engine]:
+    if daemon.proc is None or daemon.proc.poll() is not None:
+        daemon.start()  # a test stopped it; bring it back for the next
+    e = Engine(daemon)
     yield e
-    if dockerd_session.proc is None:
-        dockerd_session.start()
+    if daemon.proc is None:
+        daemon.start()
     e.remove_started()
 
 
@@ -257,19 +273,65 @@ def is_enoent(exc: OSError) -> bool:
     return exc.errno == errno.ENOENT
 
 
+def in_private_mount_namespace(script: str, *args: str) -> list[str]:
+    """A command that runs shell SCRIPT (ARGS are $1...) in a mount namespace
+    of its own, so that what it mounts is seen by nobody else."""
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *args]
+
+
+# A container started by run_held waits at this point until the test says go.
+WAIT_FOR_GO = "while [ ! -e /t/go ]; do sleep 0.1; done"
+
+
+def run_held(engine: Engine, script: str) -> tuple[str, Path]:
+    """Run shell SCRIPT in a container whose /t is a fresh directory of ours;
+    return its ID and the path whose creation lets it past WAIT_FOR_GO."""
+    gate = engine.dockerd.base / f"trigger-{time.monotonic_ns()}"
+    gate.mkdir()
+    cid = engine.run("-v", f"{gate}:/t", IMAGE, "sh", "-c", script)
+    return cid, gate / "go"
+
+
+def state(engine: Engine, cid: str) -> dict[str, Any]:
+    result: dict[str, Any] = engine.api(f"/containers/{cid}/json")["State"]
+    return result
+
+
+def ctl(m: Mount, name: str, command: str) -> None:
+    """One open, one write(2), as `echo command > ctl` does (no stdio buffering)."""
+    fd = os.open(m.path / name / "ctl", os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, command.encode() + b"\n")
+    finally:
+        os.close(fd)
+
+
+def ctl_errno(m: Mount, name: str, command: str) -> int:
+    with pytest.raises(OSError) as err:
+        ctl(m, name, command)
+    return err.value.errno or 0
+
+
 # -- more engines: a Podman service, TLS on TCP, ssh (issue 9) -------------------------
 
 # Imported here, with these fixtures, so that the top of this file stays as it was.
 from dockerfs_fuse.private_engines import PrivatePodman, PrivateSshd, TLSDockerd  # noqa: E402
 
 
-def _start_or_fail(engine: Any, what: str) -> None:
+def _session(daemon: Any, what: str, image: bool = True) -> Iterator[Any]:
+    """A session fixture's daemon: started (with IMAGE imported), failing the
+    test in one line if it cannot start, and cleaned up either way."""
     try:
-        engine.start()
-        engine.import_busybox()
+        daemon.start()
+        if image:
+            daemon.import_busybox()
     except DockerdError as exc:
-        engine.cleanup()
+        daemon.cleanup()
         pytest.fail(f"{what}: {exc}", pytrace=False)
+    try:
+        yield daemon
+    finally:
+        daemon.cleanup()
 
 
 @pytest.fixture(scope="session")
@@ -278,24 +340,13 @@ def podman_session() -> Iterator[PrivatePodman]:
     require(shutil.which("podman") is not None, "podman missing (Debian podman)")
     require(shutil.which("docker") is not None, "docker CLI missing (Debian docker.io)")
     require(shutil.which("busybox") is not None, "busybox missing (Debian busybox-static)")
-    p = PrivatePodman()
-    _start_or_fail(p, "private podman service")
-    try:
-        yield p
-    finally:
-        p.cleanup()
+    yield from _session(PrivatePodman(), "private podman service")
 
 
 @pytest.fixture
 def podman_engine(podman_session: PrivatePodman) -> Iterator[Engine]:
     """The Podman service as an Engine (it has the same driving interface)."""
-    if podman_session.proc is None or podman_session.proc.poll() is not None:
-        podman_session.start()  # a test stopped it
-    e = Engine(podman_session)  # type: ignore[arg-type]
-    yield e
-    if podman_session.proc is None:
-        podman_session.start()
-    e.remove_started()
+    yield from _engine_of(podman_session)
 
 
 @pytest.fixture(scope="session")
@@ -305,12 +356,7 @@ def tls_dockerd() -> Iterator[TLSDockerd]:
     require(shutil.which("dockerd") is not None, "dockerd missing (Debian docker.io)")
     require(shutil.which("openssl") is not None, "openssl missing (Debian openssl)")
     require(shutil.which("busybox") is not None, "busybox missing (Debian busybox-static)")
-    d = TLSDockerd()
-    _start_or_fail(d, "private TLS dockerd")
-    try:
-        yield d
-    finally:
-        d.cleanup()
+    yield from _session(TLSDockerd(), "private TLS dockerd")
 
 
 @pytest.fixture
@@ -329,16 +375,7 @@ def sshd_session(dockerd_session: PrivateDockerd) -> Iterator[PrivateSshd]:
         "sshd missing (Debian openssh-server)",
     )
     require(shutil.which("ssh-keygen") is not None, "ssh-keygen missing (Debian openssh-client)")
-    s = PrivateSshd(dockerd_session.host)
-    try:
-        s.start()
-    except DockerdError as exc:
-        s.cleanup()
-        pytest.fail(f"private sshd: {exc}", pytrace=False)
-    try:
-        yield s
-    finally:
-        s.cleanup()
+    yield from _session(PrivateSshd(dockerd_session.host), "private sshd", image=False)
 
 
 # -- a private multi-node Swarm (issue 11) -------------------------------------------------

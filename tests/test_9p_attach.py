@@ -1,12 +1,16 @@
 """The shim's attach name selects a directory of the export (issue 9):
 `9mount -a prod ...` gets `prod` alone, confined there like the whole
-export is confined to its root."""
+export is confined to its root. Checked on a made-up export, and on a real
+two-engine dockerfs mount, where an attach name is an engine."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from conftest import Engine, eventually
 from ninep_support import Client, running_shim
 
 from dockerfs_fuse.ninep import codec
@@ -87,3 +91,39 @@ def test_one_attach_name_per_connection(shim: Shim) -> None:
         )
         assert isinstance(reply, codec.Rerror), reply
         assert client.cat("web/State") == b"running\n"
+
+
+def root_names(client: Client, fid: int = 50) -> list[str]:
+    """The names a 9P2000 read of the attach point lists."""
+    assert isinstance(client.walk("", newfid=fid), codec.Rwalk)
+    opened = client.rpc(codec.Topen(tag=1, fid=fid, mode=codec.OREAD))
+    assert isinstance(opened, codec.Ropen), opened
+    stats = codec.decode_stats(client.read_all(fid), client.dialect)
+    client.rpc(codec.Tclunk(tag=5, fid=fid))
+    return sorted(s.name for s in stats)
+
+
+@pytest.mark.docker
+@pytest.mark.fuse
+def test_an_engine_of_a_dockerfs_mount_by_attach_name(engine: Engine, mount_factory: Any) -> None:
+    """`dockerfs-9p` over a mount of two engines (the private dockerd named
+    twice): attach name `a` is engine a's directory, its containers at the
+    root, and `..` does not lead out of it to b."""
+    cid = engine.run("--name=attach-a", "busybox:latest", "sleep", "1d")
+    m = mount_factory(f"a={engine.host}", "-H", f"b={engine.host}")
+    assert sorted(os.listdir(m.path)) == ["a", "b"]
+    eventually(lambda: cid in os.listdir(m.path / "a"), what="a lists the container")
+    with running_shim(m.path) as (_, host, port):
+        a, whole = attached((host, port), "a"), attached((host, port), "")
+        with a, whole:
+            assert root_names(a) == sorted(os.listdir(m.path / "a"))
+            assert cid in root_names(a) and "a" not in root_names(a)
+            assert a.cat(f"{cid}/State") == b"running\n"
+            assert a.cat("attach-a/ID") == cid.encode() + b"\n"  # a name link, inside a
+            assert whole.cat(f"b/{cid}/State") == b"running\n"  # b is there to reach
+            top = a.rpc(codec.Tstat(tag=1, fid=0))
+            up = a.walk("..", newfid=1)
+            assert isinstance(top, codec.Rstat) and isinstance(up, codec.Rwalk)
+            assert up.qids == (top.stat.qid,)  # `..` of the attach point is itself
+            assert not reaches(a, f"../b/{cid}/State", 2)
+            assert not reaches(a, "../b", 3)

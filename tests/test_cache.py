@@ -11,14 +11,24 @@ import collections
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pyfuse3
+import pytest
 import trio
 import trio.testing
 
-from dockerfs_fuse.cache import EVENT_REREAD_DELAYS, EngineCache
+from dockerfs_fuse import operations
+from dockerfs_fuse.cache import (
+    ATTR_TIMEOUT_ENV,
+    DEFAULT_ATTR_TIMEOUT,
+    EVENT_REREAD_DELAYS,
+    EngineCache,
+    attr_timeout_from,
+)
 from dockerfs_fuse.control import Command
 from dockerfs_fuse.docker_source import DockerUnavailable
 from dockerfs_fuse.inodes import Changes, InodeTable
 from dockerfs_fuse.logstream import Cancellable, LogWriter
+from dockerfs_fuse.operations import INVALIDATION_QUEUE, DockerFS
 from dockerfs_fuse.tree import Container
 
 
@@ -230,3 +240,50 @@ def test_two_engines_share_a_table_and_keep_apart() -> None:
         assert dev_engine.requests == before
 
     trio.run(main)
+
+
+def test_invalidations_beyond_a_full_queue_are_merged_not_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With kernel caching a lost invalidation is stale for an hour: a burst
+    that fills the queue is merged (each entry and inode once) and pushed."""
+    fs = DockerFS({"local": FakeEngine()}, kernel_cache=True)
+    entries: list[tuple[int, str]] = []
+    inodes: list[int] = []
+
+    def invalidate_entry(parent: int, name: bytes, ignore_enoent: bool = False) -> None:
+        entries.append((parent, name.decode()))
+
+    def invalidate_inodes(changed: list[int], attr_only: bool) -> None:
+        inodes.extend(changed)
+
+    monkeypatch.setattr(pyfuse3, "invalidate_entry_async", invalidate_entry)
+    monkeypatch.setattr(operations, "_invalidate_inodes", invalidate_inodes)
+    for i in range(INVALIDATION_QUEUE):  # the queue, full
+        fs._apply(Changes(changed=[i]))
+    extra = 50
+    for j in range(10 * extra):  # a burst beyond it, each change ten times
+        k = j % extra
+        fs._apply(Changes(removed=[(1, f"c{k}", 5000 + k)], changed=[INVALIDATION_QUEUE + k]))
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fs.run_invalidator)
+            with trio.fail_after(30):
+                while len(inodes) < INVALIDATION_QUEUE + extra:
+                    await trio.sleep(0.01)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    # Nothing lost, and the merged burst pushed once per inode and entry.
+    assert sorted(inodes) == list(range(INVALIDATION_QUEUE + extra))
+    assert sorted(entries) == sorted((1, f"c{k}") for k in range(extra))
+
+
+def test_the_attribute_timeout_tests_may_set_is_bounded() -> None:
+    assert attr_timeout_from({}) == DEFAULT_ATTR_TIMEOUT
+    assert attr_timeout_from({ATTR_TIMEOUT_ENV: " 120 "}) == 120.0
+    assert attr_timeout_from({ATTR_TIMEOUT_ENV: "0.5"}) == 0.5
+    for bad in ("0", "-1", "nan", "inf", "1e9", "soon"):
+        assert attr_timeout_from({ATTR_TIMEOUT_ENV: bad}) == DEFAULT_ATTR_TIMEOUT, bad

@@ -16,33 +16,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Engine, Mount, eventually, start_mount, stop_mount
+from conftest import (
+    WAIT_FOR_GO,
+    Engine,
+    Mount,
+    ctl,
+    ctl_errno,
+    eventually,
+    run_held,
+    start_mount,
+    state,
+    stop_mount,
+)
 
-from dockerfs_fuse.operations import ATTR_TIMEOUT
+from dockerfs_fuse.cache import ATTR_TIMEOUT_ENV
 
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 
 IMG = "busybox:latest"
-
-
-def ctl(m: Mount, cid: str, command: str) -> None:
-    """One open, one write(2), as `echo command > ctl` does (no stdio buffering)."""
-    fd = os.open(m.path / cid / "ctl", os.O_WRONLY | os.O_TRUNC)
-    try:
-        os.write(fd, command.encode() + b"\n")
-    finally:
-        os.close(fd)
-
-
-def ctl_errno(m: Mount, cid: str, command: str) -> int:
-    with pytest.raises(OSError) as err:
-        ctl(m, cid, command)
-    return err.value.errno or 0
-
-
-def state(engine: Engine, cid: str) -> dict[str, Any]:
-    result: dict[str, Any] = engine.api(f"/containers/{cid}/json")["State"]
-    return result
 
 
 def demux(raw: bytes) -> bytes:
@@ -191,22 +182,13 @@ def test_logs_of_a_tty_container_are_raw(engine: Engine, mounted: Mount) -> None
 
 
 def test_logs_follow_delivers_a_line_written_after_open(engine: Engine, mounted: Mount) -> None:
-    trigger = engine.dockerd.base / f"trigger-{time.monotonic_ns()}"
-    trigger.mkdir()
-    cid = engine.run(
-        "-v",
-        f"{trigger}:/t",
-        IMG,
-        "sh",
-        "-c",
-        "echo before; while [ ! -e /t/go ]; do sleep 0.1; done; echo after; sleep 0.5",
-    )
+    cid, go = run_held(engine, f"echo before; {WAIT_FOR_GO}; echo after; sleep 0.5")
     eventually(lambda: b"before" in engine.api_raw(f"/containers/{cid}/logs?stdout=1"))
     proc = subprocess.Popen(["cat", f"{mounted.path}/{cid}/logs.follow"], stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline() == b"before\n"
-        (trigger / "go").touch()
+        go.touch()
         assert proc.stdout.readline() == b"after\n"
         # the container exits: the stream ends and cat with it
         assert proc.wait(30) == 0
@@ -329,32 +311,42 @@ def wait_for_events(engine: Engine, m: Mount) -> None:
             assert time.monotonic() < deadline, "no event was followed for 60 s"
 
 
+# The daemon's attribute and entry timeout in the test below (ATTR_TIMEOUT_ENV;
+# with kernel caching they are longer still): what the kernel caches stays
+# until an invalidation comes or this runs out.
+PUSH_TEST_ATTR_TIMEOUT = 120.0
+
+
 def pushed_before_the_kernel_timeout(asked: float, check: Callable[[], bool], what: str) -> float:
     """Wait for `check`, which looks at something the kernel caches (a size, an
     entry) and last asked the daemon about at `asked`, and return when it held.
 
-    The kernel trusts what it cached for ATTR_TIMEOUT; a change seen well before
-    that ran out can only have been pushed (an invalidation). The bound is still
-    many times what an event takes on a loaded machine.
+    The kernel trusts what it cached for PUSH_TEST_ATTR_TIMEOUT; a change seen
+    before that ran out can only have been pushed (an invalidation). The bound
+    is many times what an event takes on a loaded machine.
     """
     while True:
         t = time.monotonic()
         if check():
             return t
-        assert t < asked + ATTR_TIMEOUT - 1, (
-            f"{what}: not seen {t - asked:.1f}s after the kernel cached it; "
-            f"no invalidation reached the kernel before its {ATTR_TIMEOUT}s timeout"
+        assert t < asked + PUSH_TEST_ATTR_TIMEOUT - 1, (
+            f"{what}: not seen {t - asked:.1f}s after the kernel cached it; no "
+            f"invalidation reached the kernel before its {PUSH_TEST_ATTR_TIMEOUT}s timeout"
         )
         time.sleep(0.02)
 
 
-def test_state_changes_and_removals_are_pushed_by_events(engine: Engine, mounted: Mount) -> None:
+def test_state_changes_and_removals_are_pushed_by_events(
+    engine: Engine, mount_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Docker's events, not listings, keep what `cat` and `stat` show fresh.
 
     Every wait is generous (an event can take seconds on a loaded machine); what
     shows the events did it is that no listing is made, and that what the kernel
     caches changes long before the kernel would have asked again by itself.
     """
+    monkeypatch.setenv(ATTR_TIMEOUT_ENV, str(PUSH_TEST_ATTR_TIMEOUT))
+    mounted = mount_factory(engine.host)
     wait_for_events(engine, mounted)
     listings = requests_of(mounted, "containers/json")
     cid = engine.run(IMG, "sleep", "1d")

@@ -17,6 +17,7 @@ from dockerfs_fuse.docker_source import (
     NotFound,
     _translate,
 )
+from dockerfs_fuse.logstream import MAX_FRAME
 
 
 @pytest.mark.parametrize(
@@ -82,6 +83,25 @@ def test_demux_passes_a_tty_stream_through() -> None:
     assert Demuxer("application/vnd.docker.raw-stream").feed(b"\x01\0\0\0ab") == b"\x01\0\0\0ab"
     short = Demuxer()
     assert short.feed(b"hi\n") == b"" and short.flush() == b"hi\n"
+
+
+def test_demux_buffers_no_more_than_a_frame_can_hold() -> None:
+    """A raw stream that looks framed declares up to 4 GiB: beyond MAX_FRAME
+    it is raw from that header on, and passes through instead of buffering."""
+    biggest = frame(1, b"y" * MAX_FRAME)
+    d = Demuxer("application/vnd.docker.multiplexed-stream")
+    out = b"".join(d.feed(biggest[i : i + 65536]) for i in range(0, len(biggest), 65536))
+    assert out == b"y" * MAX_FRAME  # the largest frame is still a frame
+    fake = struct.pack(">BxxxL", 1, MAX_FRAME + 1)
+    for content_type in ("", "application/vnd.docker.multiplexed-stream"):
+        d = Demuxer(content_type)
+        assert d.feed(frame(2, b"err\n") + fake[:6]) == b"err\n"
+        assert d.feed(fake[6:] + b"raw text") == fake + b"raw text"
+        assert d.feed(b"\x01\0\0\0\0\0\0\x01x") == b"\x01\0\0\0\0\0\0\x01x"  # raw for good
+        assert d.flush() == b""
+    # The first header: raw from the start.
+    d = Demuxer()
+    assert d.feed(b"\x01\0\0\0\xff\xff\xff\xff and on") == b"\x01\0\0\0\xff\xff\xff\xff and on"
 
 
 def test_a_command_longer_than_the_cap_is_refused_whole() -> None:

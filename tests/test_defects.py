@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Engine, Mount
+from conftest import Engine, Mount, ctl_errno, state
 
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 
@@ -39,26 +39,6 @@ def eventually(check: Callable[[], bool], within: float = 15.0) -> float:
             raise AssertionError(f"not true within {within}s")
         time.sleep(0.05)
     return time.monotonic() - t0
-
-
-def state(engine: Engine, cid: str) -> dict[str, Any]:
-    result: dict[str, Any] = engine.api(f"/containers/{cid}/json")["State"]
-    return result
-
-
-def ctl(m: Mount, name: str, command: str) -> None:
-    """One open, one write(2), as `echo command > ctl` does."""
-    fd = os.open(m.path / name / "ctl", os.O_WRONLY | os.O_TRUNC)
-    try:
-        os.write(fd, command.encode() + b"\n")
-    finally:
-        os.close(fd)
-
-
-def ctl_errno(m: Mount, name: str, command: str) -> int:
-    with pytest.raises(OSError) as err:
-        ctl(m, name, command)
-    return err.value.errno or 0
 
 
 @pytest.fixture

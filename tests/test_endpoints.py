@@ -28,10 +28,15 @@ from dockerfs_fuse.endpoints import (
     default_endpoint,
     host_endpoint,
     resolve,
-    resolve_one,
 )
 
 TLS_FILES = ("ca.pem", "cert.pem", "key.pem")
+
+
+def only(found: list[Endpoint]) -> Endpoint:
+    """The one engine resolved, where the command line names exactly one."""
+    [ep] = found
+    return ep
 
 
 @pytest.fixture
@@ -181,7 +186,7 @@ def test_context_flag_default_follows_docker_host(env: dict[str, str]) -> None:
 
 def test_context_without_host_is_the_default_socket(env: dict[str, str], home: Path) -> None:
     write_context(home / ".docker", "bare", None)
-    assert resolve_one(None, ["bare"], env).url == DEFAULT_HOST
+    assert only(resolve(None, ["bare"], env)).url == DEFAULT_HOST
 
 
 def test_context_json_keys_match_case_insensitively(env: dict[str, str], home: Path) -> None:
@@ -189,7 +194,7 @@ def test_context_json_keys_match_case_insensitively(env: dict[str, str], home: P
     meta = home / ".docker" / "contexts" / "meta" / context_id("odd")
     meta.mkdir(parents=True)
     (meta / "meta.json").write_text('{"name":"odd","endpoints":{"docker":{"host":"tcp://o:1"}}}')
-    assert resolve_one(None, ["odd"], env).url == "tcp://o:1"
+    assert only(resolve(None, ["odd"], env)).url == "tcp://o:1"
 
 
 def test_several_engines_in_order_with_names(env: dict[str, str], home: Path) -> None:
@@ -200,11 +205,6 @@ def test_several_engines_in_order_with_names(env: dict[str, str], home: Path) ->
         ("b", "ssh://me@b.example"),
         ("prod", "tcp://10.1.1.1:2375"),
     ]
-
-
-def test_resolve_one_refuses_several_engines(env: dict[str, str]) -> None:
-    with pytest.raises(EndpointError, match="several engines: not yet supported"):
-        resolve_one(["a=unix:///a", "b=unix:///b"], None, env)
 
 
 # -- URLs and names --------------------------------------------------------------------
@@ -401,30 +401,30 @@ def test_tls_variables_move_the_default_to_the_tls_port(
 
 def test_context_tls_material(env: dict[str, str], home: Path) -> None:
     tls_dir = write_context(home / ".docker", "secure", "tcp://s:2376", tls_files=TLS_FILES)
-    ep = resolve_one(None, ["secure"], env)
+    ep = only(resolve(None, ["secure"], env))
     assert ep.tls == TLS(*(str(tls_dir / f) for f in TLS_FILES), verify=True)
 
 
 def test_context_ca_only_and_skip_verify(env: dict[str, str], home: Path) -> None:
     cfg = home / ".docker"
     tls_dir = write_context(cfg, "ca-only", "tcp://s:2376", tls_files=("ca.pem",))
-    assert resolve_one(None, ["ca-only"], env).tls == TLS(str(tls_dir / "ca.pem"), None, None)
+    assert only(resolve(None, ["ca-only"], env)).tls == TLS(str(tls_dir / "ca.pem"), None, None)
     write_context(cfg, "skip", "tcp://s:2376", skip_verify=True)
-    assert resolve_one(None, ["skip"], env).tls == TLS(None, None, None, verify=False)
+    assert only(resolve(None, ["skip"], env)).tls == TLS(None, None, None, verify=False)
     write_context(cfg, "plain", "tcp://s:2375")
-    assert resolve_one(None, ["plain"], env).tls is None
+    assert only(resolve(None, ["plain"], env)).tls is None
 
 
 def test_context_tls_ignores_the_environment(env: dict[str, str], home: Path) -> None:
     """As the CLI: DOCKER_TLS_VERIFY and DOCKER_CERT_PATH are for the default context only."""
     write_context(home / ".docker", "plain", "tcp://s:2375")
     env.update(DOCKER_TLS_VERIFY="1", DOCKER_CERT_PATH="/nonexistent")
-    assert resolve_one(None, ["plain"], env).tls is None
+    assert only(resolve(None, ["plain"], env)).tls is None
 
 
 def test_context_over_unix_or_ssh_carries_no_tls(env: dict[str, str], home: Path) -> None:
     write_context(home / ".docker", "sshctx", "ssh://me@box", tls_files=TLS_FILES)
-    assert resolve_one(None, ["sshctx"], env).tls is None
+    assert only(resolve(None, ["sshctx"], env)).tls is None
 
 
 # -- the docker CLI gives the same answers -------------------------------------------------
@@ -513,7 +513,7 @@ def test_context_made_by_the_docker_cli_with_tls(env: dict[str, str], home: Path
         f"host=tcp://127.0.0.1:2376,ca={c / 'ca.pem'},cert={c / 'cert.pem'},key={c / 'key.pem'}",
     )
     assert cli_answer(env, "--context", "secure") == ("secure", "tcp://127.0.0.1:2376")
-    ep = resolve_one(None, ["secure"], env)
+    ep = only(resolve(None, ["secure"], env))
     assert ep.url == "tcp://127.0.0.1:2376" and ep.tls is not None and ep.tls.verify
     for path, original in zip((ep.tls.ca, ep.tls.cert, ep.tls.key), TLS_FILES, strict=True):
         assert path is not None

@@ -12,12 +12,19 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Engine, Mount, dockerfs_command, require_fuse, stop_mount, wait_for_mount
+from conftest import (
+    Engine,
+    Mount,
+    dockerfs_command,
+    require_fuse,
+    stop_mount,
+    wait_for,
+    wait_for_mount,
+)
 from test_mount import expected_files, tree_files
 
 from dockerfs_fuse.private_engines import PrivateSshd, TLSDockerd
@@ -26,18 +33,6 @@ pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 
 IMG = "busybox:latest"
 TLS_VARS = ("DOCKER_TLS_VERIFY", "DOCKER_TLS", "DOCKER_CERT_PATH")
-
-
-def wait_for(check: Callable[[], str | None], timeout: float = 30) -> None:
-    """Poll until check() returns None (no difference left); fail with the last one."""
-    deadline = time.monotonic() + timeout
-    while True:
-        problem = check()
-        if problem is None:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(problem)
-        time.sleep(0.2)
 
 
 def tree_vs_api(engine: Engine, mount: Mount, all: bool = False) -> str | None:
@@ -298,7 +293,9 @@ def test_podman_api_differs_from_docker_as_recorded(podman_engine: Engine, engin
     wait_state(podman_engine, "fact-stopping", "exited")
 
     # Events: a removal is "remove" (Docker: "destroy"); "init" comes before
-    # "start" and "cleanup" after "die"; no "stop" or "kill" for `docker stop`.
+    # "start", and "cleanup" once the process is gone. Whether `docker stop`
+    # also sends "stop" varies (Podman 4.3 sometimes does): not asserted, the
+    # cache re-reads on "die" and "cleanup" either way.
     since = str(int(time.time()) - 1)
     podman_engine.run("--name=fact-events", IMG, "sleep", "1d")
     podman_engine.docker("stop", "-t", "1", "fact-events")
@@ -308,4 +305,4 @@ def test_podman_api_differs_from_docker_as_recorded(podman_engine: Engine, engin
     actions = podman_engine.docker("events", *window, "--format", "{{.Action}}").split()
     assert actions[:3] == ["create", "init", "start"], actions
     assert "remove" in actions and "destroy" not in actions, actions
-    assert "cleanup" in actions and "stop" not in actions and "kill" not in actions, actions
+    assert "cleanup" in actions, actions

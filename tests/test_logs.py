@@ -18,20 +18,29 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, Any
 
+import pyfuse3
 import pytest
 import trio
 import trio.testing
-from conftest import Engine, Mount, require
+from conftest import WAIT_FOR_GO, Engine, Mount, require, run_held
 
-from dockerfs_fuse.docker_source import NotFound
-from dockerfs_fuse.logstream import LogSpools, LogWriter, SpoolError, TooManyLogs
-from dockerfs_fuse.operations import MAX_FOLLOWERS, MAX_FOLLOWERS_PER_PROCESS
+from dockerfs_fuse.docker_source import DockerUnavailable, NotFound
+from dockerfs_fuse.inodes import Node
+from dockerfs_fuse.logstream import (
+    FOLLOW_RETRY_INTERVAL,
+    LogSpools,
+    LogWriter,
+    SpoolError,
+    TooManyLogs,
+)
+from dockerfs_fuse.operations import MAX_FOLLOWERS, MAX_FOLLOWERS_PER_PROCESS, DockerFS
 
 IMG = "busybox:latest"
 # Numbered lines: 25 at once (a history for `tail -n 20` to show), then one
@@ -145,6 +154,175 @@ def test_a_stopped_container_is_not_followed_until_it_starts() -> None:
         spools.release(spool)
 
     run(main)
+
+
+def test_a_follow_cut_short_is_made_again_at_most_once_a_second() -> None:
+    """Docker restarted under a follow: the next reader that wants more
+    follows again (not more than once a second), as long as the container runs."""
+
+    async def main() -> None:
+        docker = FakeDocker(running=True)
+        spools = docker.spools()
+        spool = spools.open("c1")
+        docker.requests[0].out.write(b"old\n")
+        docker.requests[0].out.finish(None)
+        await until(lambda: spool.history_done)
+        spool.want_more()
+        docker.requests[1].out.write(b"old\nnew\n")
+        await until(lambda: spool.size == 8)
+        await trio.sleep(FOLLOW_RETRY_INTERVAL)  # it followed for a while
+        docker.requests[1].out.finish(DockerUnavailable("connection reset"))
+        await until(lambda: spool.follow_error is not None)
+        with pytest.raises(DockerUnavailable):
+            spool.at_eof(follow=True)
+        spool.want_more()  # a reader wants more: follow again
+        assert len(docker.requests) == 3 and docker.requests[2].follow
+        assert spool.following and not spool.at_eof(follow=True)
+        docker.requests[2].out.finish(DockerUnavailable("still down"))
+        await until(lambda: spool.follow_error is not None)
+        spool.want_more()
+        assert len(docker.requests) == 3  # not again within the interval
+        await trio.sleep(FOLLOW_RETRY_INTERVAL)
+        spool.want_more()
+        assert len(docker.requests) == 4
+        docker.requests[3].out.write(b"old\nnew\nnewer\n")  # the replay, skipped
+        await until(lambda: spool.size == 14)
+        assert spool.read(0, 100) == b"old\nnew\nnewer\n"
+        # Cut short again, and the container has stopped meanwhile: no retry.
+        docker.requests[3].out.finish(DockerUnavailable("connection reset"))
+        await until(lambda: spool.follow_error is not None)
+        docker.running = False
+        await trio.sleep(FOLLOW_RETRY_INTERVAL)
+        spool.want_more()
+        assert len(docker.requests) == 4
+        spools.release(spool)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+class LogsEngine:
+    """What DockerFS asks of an engine to open logs: the fake Docker's requests."""
+
+    def __init__(self, docker: FakeDocker) -> None:
+        self.requests: dict[str, int] = {}
+        self.stream_logs = docker.start
+
+
+CID = "c" * 64
+
+
+def log_fs(docker: FakeDocker) -> tuple[DockerFS, Node, Node]:
+    """A DockerFS over the fake Docker with one container: it, its logs and logs.follow."""
+    fs = DockerFS({"local": LogsEngine(docker)})  # type: ignore[dict-item]
+    container = {"Id": CID, "Names": ["/c1"], "State": "running", "Created": 1}
+    fs.table.set_containers([container], fs.table.root)
+    cdir = fs.table.lookup(fs.table.root, CID)
+    assert cdir is not None
+    logs, follow = fs.table.lookup(cdir, "logs"), fs.table.lookup(cdir, "logs.follow")
+    assert logs is not None and follow is not None
+    return fs, logs, follow
+
+
+def test_a_logs_follow_reader_follows_again_after_docker_went_away() -> None:
+    """A follow cut short fails the read at that moment (EIO); the reader's
+    next read, a second later, follows again instead of failing for ever."""
+
+    async def main() -> None:
+        docker = FakeDocker(running=True)
+        fs, _, follow = log_fs(docker)
+        fh = fs._open_log(follow, os.getpid()).fh
+        docker.requests[0].out.finish(None)  # an empty history; the follow begins
+        await until(lambda: len(docker.requests) == 2)
+        docker.requests[1].out.write(b"one\n")
+        assert await fs.read(fh, 0, 100) == b"one\n"
+        docker.requests[1].out.finish(DockerUnavailable("connection reset"))
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(pyfuse3.FUSEError) as err:
+            await fs.read(fh, 0, 100)
+        assert err.value.errno == errno.EIO and len(docker.requests) == 2
+        await trio.sleep(FOLLOW_RETRY_INTERVAL)
+        got: list[bytes] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: read_into(fs, fh, got))
+            await until(lambda: len(docker.requests) == 3)
+            assert docker.requests[2].follow
+            docker.requests[2].out.write(b"one\ntwo\n")
+        assert got == [b"two\n"]
+        await fs.release(fh)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+@pytest.mark.parametrize("name", ["logs", "logs.follow"])
+def test_each_open_of_a_log_has_one_blocked_read_at_most(name: str) -> None:
+    """A read waiting for more holds one of pyfuse3's workers: a second read
+    on the same open gets EAGAIN, for logs (still loading) as for logs.follow."""
+
+    async def main() -> None:
+        docker = FakeDocker(running=True)
+        fs, logs, follow = log_fs(docker)
+        fh = fs._open_log(logs if name == "logs" else follow, os.getpid()).fh
+        other = fs._open_log(logs if name == "logs" else follow, os.getpid()).fh
+        if name == "logs.follow":
+            docker.requests[0].out.finish(None)  # followed now, and silent
+            await until(lambda: len(docker.requests) == 2)
+        got: list[bytes] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: read_into(fs, fh, got))
+            await until(lambda: fs.waiting_reads == 1)
+            with pytest.raises(pyfuse3.FUSEError) as err, trio.fail_after(10):
+                await fs.read(fh, 0, 100)
+            assert err.value.errno == errno.EAGAIN
+            nursery.start_soon(lambda: read_into(fs, other, got))  # another open may wait
+            await until(lambda: fs.waiting_reads == 2)
+            docker.requests[-1].out.write(b"line\n")
+        assert got == [b"line\n", b"line\n"] and fs.waiting_reads == 0
+        await fs.release(fh)
+        await fs.release(other)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+@pytest.mark.parametrize(
+    ("raised", "seen"),
+    [(errno.ENOSPC, errno.ENOSPC), (errno.EMFILE, errno.ENFILE), (errno.EDQUOT, errno.EDQUOT)],
+)
+def test_a_spool_file_that_cannot_be_made_is_its_errno(
+    raised: int, seen: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full disk or the daemon out of descriptors: the open says so (not
+    EIO), in one log line without a traceback, and nothing is held."""
+
+    def cannot(*args: object, **kwargs: object) -> None:
+        raise OSError(raised, os.strerror(raised))
+
+    async def main() -> None:
+        docker = FakeDocker(running=True)
+        fs, logs, follow = log_fs(docker)
+        with monkeypatch.context() as m:
+            m.setattr(tempfile, "TemporaryFile", cannot)
+            for node in (logs, follow):
+                with pytest.raises(pyfuse3.FUSEError) as err:
+                    await fs.open(node.inode, os.O_RDONLY, Context())  # type: ignore[arg-type]
+                assert err.value.errno == seen
+        assert docker.requests == [] and fs.followers.count == 0
+        assert [r.exc_info for r in caplog.records] == [None, None]
+        assert os.strerror(raised) in caplog.text
+        fh = fs._open_log(logs, os.getpid()).fh  # the disk has room again
+        assert len(docker.requests) == 1
+        await fs.release(fh)
+
+    trio.run(main)
+
+
+class Context:
+    """The part of pyfuse3.RequestContext that open reads."""
+
+    pid = os.getpid()
+
+
+async def read_into(fs: DockerFS, fh: int, got: list[bytes]) -> None:
+    got.append(await fs.read(pyfuse3.FileHandleT(fh), 0, 100))
 
 
 def test_a_spool_out_of_descriptors_fails_its_readers_not_the_mount(
@@ -462,16 +640,7 @@ def test_logs_is_a_file_that_grows_while_open(engine: Engine, mounted: Mount) ->
 @pytest.mark.docker
 @pytest.mark.fuse
 def test_tail_f_of_a_log_empty_when_opened(engine: Engine, mounted: Mount) -> None:
-    trigger = engine.dockerd.base / f"trigger-{time.monotonic_ns()}"
-    trigger.mkdir()
-    cid = engine.run(
-        "-v",
-        f"{trigger}:/t",
-        IMG,
-        "sh",
-        "-c",
-        "while [ ! -e /t/go ]; do sleep 0.1; done; " + TICKER,
-    )
+    cid, go = run_held(engine, f"{WAIT_FOR_GO}; " + TICKER)
     path = mounted.path / cid / "logs"
     proc = subprocess.Popen(
         ["tail", "-f", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -480,11 +649,10 @@ def test_tail_f_of_a_log_empty_when_opened(engine: Engine, mounted: Mount) -> No
         out, err = Output(proc.stdout), Output(proc.stderr)
 
         def tail_has_it_open() -> bool:
-            fds = Path(f"/proc/{proc.pid}/fd")
-            return any(os.readlink(fd) == str(path) for fd in fds.iterdir())
+            return str(path) in open_paths(proc.pid)
 
         eventually(tail_has_it_open, 30, "tail opened the log")
-        (trigger / "go").touch()
+        go.touch()
         eventually(lambda: len(out.ticks()) >= 4, 60, "tail shows the first lines")
         assert out.ticks()[0] == 0
         assert_consecutive(out.ticks())
@@ -661,3 +829,14 @@ def test_logs_follow_at_its_cap_leaves_the_mount_served(engine: Engine, mounted:
         "followers released",
     )
     os.close(os.open(path, os.O_RDONLY))
+
+
+def open_paths(pid: int) -> set[str]:
+    """What a process has open; a descriptor closed while we look is skipped."""
+    paths = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            paths.add(os.readlink(fd))
+        except FileNotFoundError:
+            continue
+    return paths

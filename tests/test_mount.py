@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Engine, Mount, dockerfs_command, require_fuse, start_mount, stop_mount
+from conftest import (
+    Engine,
+    Mount,
+    dockerfs_command,
+    in_private_mount_namespace,
+    require_fuse,
+    start_mount,
+    stop_mount,
+)
 
 from dockerfs_fuse.docker_source import DEFAULT_TIMEOUT
 
@@ -460,17 +468,7 @@ def test_error_missing_dev_fuse(engine: Engine, tmp_path: Path) -> None:
     # A private mount namespace whose /dev is an empty tmpfs: no /dev/fuse there.
     script = 'mount -t tmpfs none /dev && exec "$@"'
     _fails_with_one_line(
-        [
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            script,
-            "sh",
-            *dockerfs_command("-f", "-H", engine.host, str(mp)),
-        ],
+        in_private_mount_namespace(script, *dockerfs_command("-f", "-H", engine.host, str(mp))),
         want="/dev/fuse",
     )
     assert not os.path.ismount(mp)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Engine, Mount
+from conftest import Engine, Mount, wait_for
 from test_mount import expected_files, tree_files
 
 from dockerfs_fuse.docker_source import LISTED_STATES
@@ -20,18 +20,6 @@ from dockerfs_fuse.docker_source import LISTED_STATES
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 
 IMG = "busybox:latest"
-
-
-def wait_for(check: Callable[[], str | None], timeout: float = 30) -> None:
-    """Poll until check() returns None (no difference left); fail with the last one."""
-    deadline = time.monotonic() + timeout
-    while True:
-        problem = check()
-        if problem is None:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(problem)
-        time.sleep(0.2)
 
 
 def listed_by_engine(e: Engine) -> list[dict[str, Any]]:
@@ -188,3 +176,26 @@ def test_an_engine_down_at_start_up_mounts_the_others(
         os.listdir(m.path / "down")
     assert caught.value.errno == errno.EIO
     assert "down: cannot reach Docker at" in m.log_text()
+
+
+def test_an_engine_over_ssh_beside_a_local_one(
+    engine: Engine, sshd_session: Any, mount_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`-H local=unix://... -H remote=ssh://...`: the ssh engine (sshd in front
+    of the same private dockerd) gets its own tree, read through the tunnel."""
+    cid = engine.run("--name=over-ssh", IMG, "sh", "-c", "echo via-ssh; sleep 1d")
+    # The client's ~/.ssh holds the key and knows the host, as a user's would.
+    monkeypatch.setenv("HOME", str(sshd_session.client_home))
+    m = mount_factory(f"local={engine.host}", "-H", f"remote={sshd_session.url}")
+    assert sorted(os.listdir(m.path)) == ["local", "remote"]
+    local, remote = m.path / "local", m.path / "remote"
+    wait_for(lambda: subtree_vs_api(engine, local))
+    wait_for(lambda: subtree_vs_api(engine, remote))
+    assert (remote / "over-ssh" / "ID").read_text() == cid + "\n"
+    log = (remote / cid / "logs").read_bytes  # a stream through the tunnel
+    wait_for(lambda: None if log() == b"via-ssh\n" else f"log {log()!r}")
+    assert requests_of(m, "remote")["containers/json"] >= 1
+    # A container started now reaches both trees, the remote one over ssh.
+    later = engine.run("--name=over-ssh-2", IMG, "sleep", "1d")
+    wait_for(lambda: None if later in os.listdir(remote) else "not listed over ssh yet")
+    wait_for(lambda: None if later in os.listdir(local) else "not listed locally yet")

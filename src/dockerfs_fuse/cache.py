@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -28,13 +29,42 @@ from .tree import Container, container_id, escape_name, resolve_name
 
 log = logging.getLogger(__name__)
 
-# How long the kernel may trust what we told it. Removals and size changes
-# are pushed to the kernel as invalidations, so these bound staleness only
-# for changes nobody has asked us about yet.
-ATTR_TIMEOUT = 10.0  # for entries and attributes alike
 # With kernel caching (kernel_cache.py) listings are cached too, so entries
 # must outlive a walk: every change is invalidated, this only bounds a lost one.
 KERNEL_CACHE_TIMEOUT = 3600.0
+# For tests only, ATTR_TIMEOUT in seconds (read once, at start-up): a test that
+# shows a change was pushed to the kernel sets it long, so that "seen before
+# the kernel would have asked again" leaves a loaded machine plenty of time.
+ATTR_TIMEOUT_ENV = "DOCKERFS_ATTR_TIMEOUT"
+DEFAULT_ATTR_TIMEOUT = 10.0
+
+
+def attr_timeout_from(environ: Mapping[str, str]) -> float:
+    """ATTR_TIMEOUT_ENV's seconds, (0, KERNEL_CACHE_TIMEOUT]; unset or out of
+    bounds is the default (the latter with a warning)."""
+    value = environ.get(ATTR_TIMEOUT_ENV, "").strip()
+    if not value:
+        return DEFAULT_ATTR_TIMEOUT
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if 0 < seconds <= KERNEL_CACHE_TIMEOUT:
+        return seconds
+    log.warning(
+        "%s=%r is not seconds in (0, %g]; using %g",
+        ATTR_TIMEOUT_ENV,
+        value,
+        KERNEL_CACHE_TIMEOUT,
+        DEFAULT_ATTR_TIMEOUT,
+    )
+    return DEFAULT_ATTR_TIMEOUT
+
+
+# How long the kernel may trust what we told it. Removals and size changes
+# are pushed to the kernel as invalidations, so these bound staleness only
+# for changes nobody has asked us about yet.
+ATTR_TIMEOUT = attr_timeout_from(os.environ)  # for entries and attributes alike
 # While an engine's event stream is down nothing tells us of changes: trust less.
 FALLBACK_TIMEOUT = 1.0
 # Retries of a dropped event stream: 0.5 s doubling to this. Only an engine

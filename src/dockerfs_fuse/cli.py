@@ -1,17 +1,28 @@
-"""`dockerfs-fuse`: parse the command line, set up logging, hand over to mount."""
+"""`dockerfs-fuse`: parse the command line, check it, set up logging, hand over to mount.
+
+Two ways to call it: `dockerfs-fuse [options] MOUNTPOINT`, and mount.fuse3's
+`dockerfs-fuse SOURCE MOUNTPOINT -o OPTS` (what fstab, `mount -t
+fuse.dockerfs-fuse` and systemd `.mount` units run). Every option is also an
+`-o` option (options.py); both spellings end up in one argparse namespace.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import pwd
 import sys
 from collections.abc import Sequence
 
-from . import __version__, endpoints
-from .mount import MountConfig, MountError, mount
+from . import __version__, endpoints, options
+from .mount import FD_MOUNTPOINT, MountConfig, MountError, check_config, mount
 
 PROG = "dockerfs-fuse"
+SUBTYPE = PROG  # fuse.dockerfs-fuse: mount.fuse3 runs the program named by the subtype
+
+# SOURCE that means "the engine the docker CLI would pick" (nothing from SOURCE).
+DEFAULT_SOURCE = "default"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -19,11 +30,25 @@ def parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Mount the containers of Docker engines as a filesystem: one engine's "
         "containers at the top, or one directory per engine when -H/--context name several.",
-        epilog="Unmount with: fusermount3 -u MOUNTPOINT. "
-        "Docker access is root-equivalent: anyone who can write this mount's ctl files "
+        epilog=options.help_text() + "\n\n"
+        "Unmount with: fusermount3 -u MOUNTPOINT (or umount).\n"
+        "Docker access is root-equivalent: anyone who can write this mount's ctl files\n"
         "or reach its 9P shim with control enabled can control Docker.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument(
+        "source",
+        metavar="SOURCE",
+        nargs="?",
+        help="the engine, as mount.fuse3 passes it: a URL as for -H, a docker context name, "
+        f"or {DEFAULT_SOURCE!r} for the engine the docker CLI would use",
+    )
+    p.add_argument(
+        "mountpoint",
+        metavar="MOUNTPOINT",
+        help="an empty directory (or /dev/fd/N: a /dev/fuse descriptor already mounted, "
+        "as mount.fuse3 -o drop_privileges passes)",
+    )
     p.add_argument("-f", "--foreground", action="store_true", help="do not detach")
     p.add_argument("-d", "--debug", action="store_true", help="log every request (implies -f)")
     p.add_argument(
@@ -49,7 +74,9 @@ def parser() -> argparse.ArgumentParser:
         metavar="OPT[,OPT...]",
         action="append",
         default=[],
-        help="FUSE mount options, e.g. allow_other",
+        help="options, comma-separated: every option of dockerfs-fuse (all, host=URL, ...), "
+        "FUSE options (allow_other, ...) and kernel mount flags (ro, noexec, ...); "
+        "the list follows",
     )
     p.add_argument(
         "-a", "--all", action="store_true", help="list stopped containers too, not only running"
@@ -90,17 +117,92 @@ def setup_logging(debug: bool) -> None:
         logging.getLogger("asyncio").setLevel(logging.WARNING)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    setup_logging(args.debug)
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line with SOURCE and the -o options folded into the long options."""
+    p = parser()
+    args = p.parse_intermixed_args(argv)
+    try:
+        apply_mount_options(args)
+    except options.OptionError as exc:
+        p.exit(1, f"{PROG}: {exc}\n")
+    return args
+
+
+def apply_mount_options(args: argparse.Namespace) -> None:
+    """`-o all,host=URL` as `--all -H URL`; SOURCE as a first -H or --context.
+
+    Afterwards args.options holds only what goes to libfuse.
+    """
+    parsed = options.parse(args.options)
+    for dest, value in parsed.ours.items():
+        if isinstance(value, bool):
+            setattr(args, dest, True)
+        elif dest == "log_file":
+            args.log_file = value[-1]
+        else:
+            setattr(args, dest, (getattr(args, dest) or []) + value)
+    for item in parsed.helper:
+        _check_helper_option(item)
+    args.options = parsed.fuse
+    source = args.source
+    args.fsname = source
+    if source is None or source == DEFAULT_SOURCE:
+        return
+    if not source:
+        raise options.OptionError("empty SOURCE: give a URL, a context name or 'default'")
+    # A docker context name never holds ':' (the CLI allows [a-zA-Z0-9][a-zA-Z0-9_.+-]*).
+    if ":" in source:
+        args.host = [source, *(args.host or [])]
+    else:
+        args.context = [source, *(args.context or [])]
+
+
+def _check_helper_option(item: str) -> None:
+    """mount.fuse3 acts on these and never passes them on; seen here, the
+    daemon was run by hand (or by mount(8) without mount.fuse3), and cannot
+    do what they ask, so it says so rather than run as the wrong user."""
+    name, _, value = item.partition("=")
+    if name == "setuid":
+        if value in (_user_name(), str(os.getuid())):
+            return  # already that user: nothing to do
+        raise options.OptionError(
+            f"-o setuid={value}: only mount.fuse3 switches user "
+            "(mount -t fuse.dockerfs-fuse); or run dockerfs-fuse as that user"
+        )
+    raise options.OptionError(
+        f"-o {name}: only mount.fuse3 does that (mount -t fuse.dockerfs-fuse), "
+        "then runs dockerfs-fuse on /dev/fd/N"
+    )
+
+
+def _user_name() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return ""
+
+
+def fsname_for(source: str | None, found: Sequence[endpoints.Endpoint]) -> str:
+    """What `findmnt` shows as SOURCE: what the user wrote, else the engine's URL."""
+    if source:
+        return source
+    if len(found) == 1:
+        return found[0].url
+    return PROG
+
+
+def config_from(args: argparse.Namespace) -> MountConfig:
     try:
         found = endpoints.resolve(args.host, args.context, os.environ)
     except endpoints.EndpointError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return 1
-    config = MountConfig(
-        # Absolute: a detached daemon leaves its working directory.
-        mountpoint=os.path.abspath(args.mountpoint),
+        raise MountError(str(exc)) from None
+    return MountConfig(
+        # Absolute: a detached daemon leaves its working directory. An empty
+        # MOUNTPOINT stays empty (abspath would make it ".") and is refused.
+        # /dev/fd/N (mount.fuse3 -o drop_privileges) is a descriptor, not a path.
+        mountpoint=args.mountpoint
+        if not args.mountpoint or FD_MOUNTPOINT.fullmatch(args.mountpoint)
+        else os.path.abspath(args.mountpoint),
         endpoints=found,
         foreground=args.foreground or args.debug,
         debug=args.debug,
@@ -110,8 +212,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_file=os.path.abspath(args.log_file) if args.log_file else None,
         ninep=args.ninep,
         ninep_allow_control=args.ninep_allow_control,
+        fsname=fsname_for(args.fsname, found),
+        subtype=SUBTYPE,
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.debug)
     try:
+        config = config_from(args)
+        check_config(config)  # every argument, before Docker is asked or anything is mounted
         return mount(config)
     except MountError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)

@@ -1,22 +1,62 @@
-"""`make demo`: try dockerfs-fuse without a Docker engine of your own.
+"""`make demo`, and `make run` with no engine: dockerfs-fuse over a private Docker engine.
 
-Starts the tests' private dockerd with a few sample containers, mounts it,
-and prints how to stop both. Needs root (dockerd does).
+`python -m dockerfs_fuse.demo MOUNTPOINT` starts the tests' private dockerd
+with a few sample containers, mounts it, and prints how to stop both. Needs
+root (dockerd does).
+
+`python -m dockerfs_fuse.demo --check-engine` is how `make run` chooses:
+exit 0 when the engine dockerfs-fuse would use answers; otherwise one line
+saying why, that the demo engine is used instead, and exit 1.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
+from .docker_source import DockerProblem, DockerSource
+from .mount import MountConfig, MountError, check_config
 from .private_dockerd import IMAGE, DockerdError, PrivateDockerd
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m dockerfs_fuse.demo MOUNTPOINT", file=sys.stderr)
-        return 2
-    mountpoint = argv[0]
+def engine_problem() -> str | None:
+    """Why the engine dockerfs-fuse would use with no -H (the docker CLI's:
+    DOCKER_HOST, the context, /var/run/docker.sock) does not answer; None when it does."""
+    try:
+        source = DockerSource()
+    except DockerProblem as exc:  # an endpoint that does not even parse
+        return str(exc)
+    try:
+        source.start()
+        source.ping()
+    except (DockerProblem, OSError, ValueError) as exc:
+        return " ".join(str(exc).split()) or type(exc).__name__
+    finally:
+        source.close()
+    return None
+
+
+def check_engine() -> int:
+    problem = engine_problem()
+    if problem is None:
+        return 0
+    print(
+        f"no Docker engine answers ({problem}): "
+        "mounting a private one with sample containers instead, as `make demo` does",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def demo(mountpoint: str) -> int:
+    mountpoint = os.path.abspath(mountpoint)
+    try:
+        # Before starting an engine: a bad or dead mountpoint costs one line, not a dockerd.
+        check_config(MountConfig(mountpoint=mountpoint))
+    except MountError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
     d = PrivateDockerd()
     try:
         d.start()
@@ -46,6 +86,15 @@ stop both (the mount, then the private dockerd, then its files):
 """
     )
     return 0
+
+
+def main(argv: list[str]) -> int:
+    if argv == ["--check-engine"]:
+        return check_engine()
+    if len(argv) != 1 or argv[0].startswith("-"):
+        print("usage: python -m dockerfs_fuse.demo MOUNTPOINT | --check-engine", file=sys.stderr)
+        return 2
+    return demo(argv[0])
 
 
 if __name__ == "__main__":

@@ -1,10 +1,9 @@
 """The Docker Engine, as seen from trio: the only module that knows aiodocker.
 
-aiodocker is asyncio; the filesystem runs on trio. Rather than mixing event
-loops in one thread, aiodocker lives on an asyncio loop in a thread of its
-own and trio awaits its results through a thread-safe future. That keeps the
-bridge in this one file, so it can be swapped (for trio-asyncio, say) without
-touching anything else.
+aiodocker is asyncio; the filesystem runs on trio. aiodocker lives on the
+asyncio loop of a thread of its own (bridge.py, which knows no Docker), and
+this module hands it its requests and turns its answers and errors into what
+the rest of the program uses.
 
 Every request has a deadline: an engine that does not answer becomes
 `DockerUnavailable` within `timeout` seconds, never a hung `ls`. Errors from
@@ -20,18 +19,17 @@ import concurrent.futures
 import contextlib
 import json
 import logging
-import math
 import os
 import re
 import ssl
-import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import aiodocker
 import aiohttp
 import trio
 
+from .bridge import AsyncioThread, Stream, await_future, call_soon
 from .control import Command
 from .endpoints import TLS, Endpoint, EndpointError, default_endpoint, host_endpoint
 from .logstream import Demuxer, LogWriter
@@ -116,46 +114,6 @@ def _translate(exc: BaseException) -> DockerProblem:
     return ApiError(f"{type(exc).__name__}: {exc}")
 
 
-class _AsyncioThread:
-    """An asyncio event loop running in a daemon thread of its own."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name="aiodocker", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
-    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)
-        if not self._thread.is_alive():
-            self.loop.close()
-
-
-async def _await_future(fut: concurrent.futures.Future[T]) -> T:
-    """Wait in trio for a future completed on another thread; cancel it if we are."""
-    token = trio.lowlevel.current_trio_token()
-    done = trio.Event()
-
-    def wake(_: object) -> None:
-        with contextlib.suppress(trio.RunFinishedError):
-            token.run_sync_soon(done.set)
-
-    fut.add_done_callback(wake)
-    try:
-        await done.wait()
-    except BaseException:
-        fut.cancel()
-        raise
-    return fut.result()
-
-
 class DockerSource:
     """Container lists and details from one Docker endpoint.
 
@@ -179,7 +137,7 @@ class DockerSource:
         self.host = endpoint.url
         self.timeout = timeout
         self.requests: collections.Counter[str] = collections.Counter()
-        self._thread: _AsyncioThread | None = None
+        self._thread: AsyncioThread | None = None
         self._docker: aiodocker.Docker | None = None
         # Whether the engine is Podman (None until it has answered once).
         self.podman: bool | None = None
@@ -188,7 +146,7 @@ class DockerSource:
 
     def start(self) -> None:
         """Start the asyncio thread and create the client in it (synchronous)."""
-        self._thread = _AsyncioThread()
+        self._thread = AsyncioThread("aiodocker")
         try:
             self._docker = self._thread.submit(self._make_client()).result(self.timeout)
         except aiodocker.DockerError as exc:
@@ -243,7 +201,7 @@ class DockerSource:
                     raise
                 raise _translate(exc) from exc
 
-        return await _await_future(self._thread.submit(run()))
+        return await await_future(self._thread.submit(run()))
 
     def call_sync(self, what: str, fn: Callable[[aiodocker.Docker], Awaitable[T]]) -> T:
         """The same as `_call`, from plain (non-trio) code such as start-up checks."""
@@ -377,7 +335,7 @@ class DockerSource:
         # Cancelled before it ever ran, run() cannot close `out`: do it on the
         # loop's thread, where it cannot race a write.
         loop = self._thread.loop
-        future.add_done_callback(lambda _: _call_soon(loop, out.close))
+        future.add_done_callback(lambda _: call_soon(loop, out.close))
         return future
 
     async def control(self, cid: str, command: Command) -> None:
@@ -491,58 +449,6 @@ def _quiet_ssh_logs() -> None:
         logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
 
-def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
-    with contextlib.suppress(RuntimeError):  # the loop is closed: we are exiting
-        loop.call_soon_threadsafe(fn)
-
-
 def _stream_timeout(connect: float) -> aiohttp.ClientTimeout:
     """No overall deadline for a stream, but a bounded connect."""
     return aiohttp.ClientTimeout(total=None, sock_read=None, connect=connect, sock_connect=connect)
-
-
-class Stream:
-    """Items produced on the asyncio thread, read from trio. Unbounded: the
-    producers here (log output, events) are paced by Docker, not by us."""
-
-    def __init__(self) -> None:
-        self.future: concurrent.futures.Future[None] | None = None
-        self._items: collections.deque[Any] = collections.deque()
-        self._ready = trio.Event()
-        self._done = False
-        self._error: DockerProblem | None = None
-
-    def put(self, item: Any) -> None:
-        self._items.append(item)
-        self._ready.set()
-
-    def finish(self, error: DockerProblem | None) -> None:
-        self._done = True
-        self._error = error
-        self._ready.set()
-
-    async def get(self, timeout: float = math.inf) -> Any:
-        """The next item; None at the end; raises the producer's error; TooSlow on timeout."""
-        with trio.move_on_after(timeout):
-            while not self._items and not self._done:
-                self._ready = trio.Event()
-                await self._ready.wait()
-        if self._items:
-            return self._items.popleft()
-        if self._done:
-            if self._error is not None:
-                raise self._error
-            return None
-        raise TooSlow
-
-    def close(self) -> None:
-        if self.future is not None:
-            self.future.cancel()
-
-    async def __aiter__(self) -> AsyncIterator[Any]:
-        while (item := await self.get()) is not None:
-            yield item
-
-
-class TooSlow(Exception):
-    """No item arrived within the time asked for."""

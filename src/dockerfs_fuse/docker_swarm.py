@@ -22,6 +22,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from .bridge import Stream
 from .docker_source import (
     LOGS_TIMEOUT,
     ApiError,
@@ -29,7 +30,6 @@ from .docker_source import (
     DockerProblem,
     DockerSource,
     NotFound,
-    Stream,
 )
 from .docker_source import _stream_timeout as stream_timeout
 from .logstream import Demuxer

@@ -424,15 +424,3 @@ def resolve(
             )
         seen[ep.name] = ep
     return found
-
-
-def resolve_one(
-    hosts: Sequence[str] | None, contexts: Sequence[str] | None, env: Mapping[str, str]
-) -> Endpoint:
-    """The single engine of a one-engine mount (several come with the per-engine cache)."""
-    found = resolve(hosts, contexts, env)
-    if len(found) > 1:
-        raise EndpointError(
-            f"several engines: not yet supported ({', '.join(ep.name for ep in found)})"
-        )
-    return found[0]

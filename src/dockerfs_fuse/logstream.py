@@ -19,7 +19,8 @@ runs, `follow=1`, which Docker answers by replaying the log from its start
 and going on: the bytes already spooled are skipped and the rest appended.
 Docker's follow stream carries no mark where the history ends, which is why
 this is not one request; and one-shot readers (`cat`, `grep -r`) never cost
-the second.
+the second. A follow request that fails (Docker restarted, say) is made
+again when a reader next wants more, at most once a second.
 
 The producer runs on the Docker module's thread and writes through a
 LogWriter; everything else about a spool lives on trio and changes only
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -39,6 +41,17 @@ import trio
 
 log = logging.getLogger(__name__)
 
+# The largest frame taken for a frame. Docker's stdcopy writes each log
+# message as one frame, with no limit of its own; the engine's copier cuts
+# messages at 16 KiB, or at the log driver's buffer size (awslogs: 256 KiB).
+# A longer declared length is a header guessed wrong, in a raw stream that
+# happens to look framed, and would buffer up to 4 GiB.
+MAX_FRAME = 1 << 20
+
+# A follow request that failed (Docker restarted, say) is started again when
+# a reader wants more, at most this often per spool.
+FOLLOW_RETRY_INTERVAL = 1.0
+
 
 class Demuxer:
     """Docker's log stream framing, removed.
@@ -46,7 +59,8 @@ class Demuxer:
     A non-TTY container's log stream is a sequence of frames, each an 8-byte
     header (stream type, three zero bytes, big-endian length) and a payload.
     A TTY container's stream is raw. Older engines do not say which in the
-    Content-Type, so the first header is recognised by its shape.
+    Content-Type, so the first header is recognised by its shape. A header
+    declaring more than MAX_FRAME is no header: the stream is raw from there.
     """
 
     def __init__(self, content_type: str = "") -> None:
@@ -65,7 +79,8 @@ class Demuxer:
             if len(self._buf) < 8:
                 return b""
             head = self._buf[:8]
-            self._raw = not (head[0] in (0, 1, 2) and head[1:4] == b"\0\0\0")
+            framed = head[0] in (0, 1, 2) and head[1:4] == b"\0\0\0"
+            self._raw = not (framed and int.from_bytes(head[4:8], "big") <= MAX_FRAME)
             if self._raw:
                 whole = bytes(self._buf)
                 self._buf.clear()
@@ -73,6 +88,11 @@ class Demuxer:
         out = bytearray()
         while len(self._buf) >= 8:
             length = int.from_bytes(self._buf[4:8], "big")
+            if length > MAX_FRAME:
+                self._raw = True
+                out += self._buf
+                self._buf.clear()
+                break
             if len(self._buf) < 8 + length:
                 break
             out += self._buf[8 : 8 + length]
@@ -178,6 +198,8 @@ class LogSpool:
         # replay the log over and over).
         self._wanted = False
         self._followed = False
+        self._followed_at = -math.inf  # trio.current_time() of the last follow request
+        self._retrying = False  # the follow request is a retry that has brought nothing yet
         self._following = False
         self._follow_again = False
         self._changed = trio.Event()
@@ -228,10 +250,18 @@ class LogSpool:
     # -- producers ----------------------------------------------------------------
 
     def want_more(self) -> None:
-        """A reader wants new output: follow the log (once), if the container may run."""
+        """A reader wants new output: follow the log (once, or again after a
+        failed follow, at most once per FOLLOW_RETRY_INTERVAL), if the container may run."""
         self._wanted = True
         if not self._followed:
             self._follow(check_running=True)
+        elif (
+            self.follow_error is not None
+            and trio.current_time() - self._followed_at >= FOLLOW_RETRY_INTERVAL
+        ):
+            self._retrying = True
+            self._follow(check_running=True)
+            self._retrying = self._following  # not begun: a later start is no retry
 
     def container_started(self) -> None:
         """The container (re)started: follow its new output, now or when the last request ends."""
@@ -260,6 +290,7 @@ class LogSpool:
         self._follow_again = False
         if follow:
             self._followed = True
+            self._followed_at = trio.current_time()
             self.follow_error = None
         if failed is None:
             try:
@@ -273,6 +304,7 @@ class LogSpool:
     def _grew(self, size: int) -> None:
         if not self.closed and size > self.size:
             self.size = size
+            self._retrying = False
             self._wake()
 
     def _finished(self, writer: LogWriter, error: Exception | None) -> None:
@@ -289,7 +321,9 @@ class LogSpool:
         else:
             self._following = False
             if error is not None:
-                log.warning("following the log of %s: %s", self.cid[:12], error)
+                # Logged once, not at each retry while Docker stays away.
+                level = logging.DEBUG if self._retrying else logging.WARNING
+                log.log(level, "following the log of %s: %s", self.cid[:12], error)
                 self.follow_error = error
             if self._follow_again:
                 self._begin(follow=True)

@@ -21,7 +21,7 @@ import os
 import signal
 import stat
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
@@ -47,10 +47,13 @@ ALIAS_TIMEOUT = 1.0
 # block for as long as its container is silent, holding one: opens of
 # logs.follow get at most MAX_FOLLOWERS of them (ENFILE beyond), one process at
 # most MAX_FOLLOWERS_PER_PROCESS (EMFILE beyond), and each open one blocked
-# read at a time (EAGAIN for another), so the rest of the mount is always served.
+# read at a time (EAGAIN for another; for logs too, whose reads block while
+# the log so far loads), so the rest of the mount is always served.
 MAX_WORKERS = 512
 MAX_FOLLOWERS = 256
 MAX_FOLLOWERS_PER_PROCESS = 64
+# Invalidation batches waiting for the invalidator; beyond, they are merged (_Backlog).
+INVALIDATION_QUEUE = 1000
 # How often a blocked logs or logs.follow read checks whether its reader was signalled.
 FOLLOW_POLL = 0.2
 # `getfattr -n user.dockerfs.stats MOUNT`: Docker request counts, for make bench.
@@ -147,6 +150,35 @@ class _LogHandle:
 _Handle = _DirHandle | _FileHandle | _CtlHandle | _SwarmCtlHandle | _LogHandle
 
 
+class _Backlog:
+    """Invalidations that found the queue full, merged until the invalidator takes them.
+
+    Each entry and inode is held once, so memory grows with what changed
+    (bounded by the tree), not with how often it changed.
+    """
+
+    def __init__(self) -> None:
+        self._removed: dict[tuple[int, str], int] = {}
+        self._changed: dict[int, None] = {}  # a dict keeps the order they came in
+
+    def __bool__(self) -> bool:
+        return bool(self._removed or self._changed)
+
+    def add(self, changes: Changes) -> None:
+        for parent, name, inode in changes.removed:
+            self._removed[parent, name] = inode
+        self._changed.update(dict.fromkeys(changes.changed))
+
+    def take(self) -> Changes:
+        """Everything merged so far, leaving the backlog empty."""
+        taken = Changes(
+            removed=[(parent, name, inode) for (parent, name), inode in self._removed.items()],
+            changed=list(self._changed),
+        )
+        self._removed, self._changed = {}, {}
+        return taken
+
+
 class _Followers:
     """Open logs.follow handles, counted in total and per process."""
 
@@ -205,7 +237,8 @@ class DockerFS(pyfuse3.Operations):
         self.followers = _Followers(MAX_FOLLOWERS, MAX_FOLLOWERS_PER_PROCESS)
         self.waiting_reads = 0
         self._next_fh = 1
-        self._inval_send, self._inval_recv = trio.open_memory_channel[Changes](1000)
+        self._inval_send, self._inval_recv = trio.open_memory_channel[Changes](INVALIDATION_QUEUE)
+        self._backlog = _Backlog()
         # The engines, by the inode of their top directory.
         self.several = len(engines) > 1
         self.caches: dict[int, EngineCache] = {}
@@ -234,11 +267,18 @@ class DockerFS(pyfuse3.Operations):
     # -- the caches' changes, pushed to the kernel ---------------------------------
 
     def _apply(self, changes: Changes) -> None:
-        """Hand kernel invalidations to the background task, never blocking a request."""
+        """Hand kernel invalidations to the background task, never blocking a request.
+
+        A lost invalidation is stale for up to the kernel's timeout (an hour
+        with kernel caching), so when the queue is full the batch is merged
+        into the backlog, which the invalidator drains after each item.
+        """
         try:
             self._inval_send.send_nowait(changes)
         except trio.WouldBlock:
-            log.warning("invalidation queue full; the kernel may show stale entries briefly")
+            if not self._backlog:
+                log.warning("invalidation queue full; merging invalidations until it drains")
+            self._backlog.add(changes)
 
     async def run_invalidator(self) -> None:
         """Push cache invalidations to the kernel (a task in the main nursery).
@@ -247,7 +287,7 @@ class DockerFS(pyfuse3.Operations):
         (`invalidate_entry_async`); attribute invalidation is a quick write
         to /dev/fuse, done off the trio thread so a request is never waited on.
         """
-        async for changes in self._inval_recv:
+        async for changes in self._invalidations():
             for parent, name, _inode in changes.removed:
                 try:
                     # Not notify_delete (deleted=inode): that fails with
@@ -260,6 +300,14 @@ class DockerFS(pyfuse3.Operations):
                 await trio.to_thread.run_sync(
                     _invalidate_inodes, changes.changed, not self.kernel_cache
                 )
+
+    async def _invalidations(self) -> AsyncIterator[Changes]:
+        """The queue's batches, each followed by the backlog if there is one
+        (it fills only while the queue is full, so another batch always comes)."""
+        async for changes in self._inval_recv:
+            yield changes
+            if self._backlog:
+                yield self._backlog.take()
 
     async def run_events(self) -> None:
         """Every engine's event stream (a task in the main nursery)."""
@@ -565,6 +613,9 @@ class DockerFS(pyfuse3.Operations):
             if isinstance(exc, TooManyLogs):
                 log.warning("open %s/%s: %s", cid[:12], node.name, exc)
                 raise _fail(errno.ENFILE) from None
+            if isinstance(exc, OSError):  # the spool file could not be made
+                log.warning("open %s/%s: the log spool: %s", cid[:12], node.name, exc)
+                raise _fail(_spool_errno(exc)) from None
             raise
         if follow:
             spool.want_more()
@@ -624,14 +675,16 @@ class DockerFS(pyfuse3.Operations):
                 raise _fail(errno.EBADF)
             if off < spool.size:
                 return spool.read(off, size)
+            if h.follow and spool.follow_error is not None:
+                spool.want_more()  # following was cut short (Docker restarted, say): again
             if spool.at_eof(h.follow):
                 # Reading at the end again is how `less +F` follows.
                 h.eofs += 1
                 if h.eofs > 1:
                     spool.want_more()
                 return b""
-            if h.follow and h.waiting:
-                raise _fail(errno.EAGAIN)  # see MAX_FOLLOWERS
+            if h.waiting:
+                raise _fail(errno.EAGAIN)  # one blocked read per open: see MAX_FOLLOWERS
             h.waiting = True
             self.waiting_reads += 1
             try:
@@ -875,6 +928,14 @@ def _invalidate_inodes(inodes: Sequence[int], attr_only: bool) -> None:
             # ENOENT: the kernel already dropped the inode; nothing to do.
             if exc.errno != errno.ENOENT:
                 log.debug("invalidate_inode(%d): %s", inode, exc)
+
+
+def _spool_errno(exc: OSError) -> int:
+    """The reader's errno when the daemon cannot make a spool file: the
+    daemon's own descriptor limit (EMFILE) is not the reader's, so ENFILE."""
+    if exc.errno == errno.EMFILE:
+        return errno.ENFILE
+    return exc.errno or errno.EIO
 
 
 def _process_of(pid: int) -> int:

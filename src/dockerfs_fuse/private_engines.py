@@ -13,16 +13,21 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .private_dockerd import IMAGE, DockerdError, PrivateDockerd, busybox_rootfs_tar
+from .private_dockerd import (
+    IMAGE,
+    DockerdError,
+    PrivateDockerd,
+    PrivateEngine,
+    PrivateProcess,
+    busybox_rootfs_tar,
+)
 
 LOOPBACK = "127.0.0.1"
 
@@ -50,24 +55,12 @@ def _run(args: Sequence[str | os.PathLike[str]], what: str) -> None:
         raise DockerdError(f"{what}: {res.stderr.decode(errors='replace').strip()}")
 
 
-def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 30) -> None:
-    """SIGTERM a process we started, then SIGKILL if it lingers."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
+def _listens(port: int) -> bool:
     try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-
-
-def _log_tail(path: Path, lines: int = 5) -> str:
-    try:
-        text = path.read_text(errors="replace")
+        socket.create_connection((LOOPBACK, port), timeout=1).close()
     except OSError:
-        return ""
-    return " | ".join(text.strip().splitlines()[-lines:])
+        return False
+    return True
 
 
 def _unmount_under(base: Path) -> None:
@@ -153,15 +146,9 @@ class TLSDockerd(PrivateDockerd):
 
     def start(self, timeout: float = 30.0) -> None:
         super().start(timeout)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection((LOOPBACK, self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise DockerdError(f"dockerd did not listen on {self.tcp_url}: {self.log_tail()}")
+        self.wait_until(
+            lambda: _listens(self.port), timeout, f"dockerd did not listen on {self.tcp_url}"
+        )
 
 
 # -- Podman -------------------------------------------------------------------------
@@ -175,7 +162,7 @@ netns = "none"
 """
 
 
-class PrivatePodman:
+class PrivatePodman(PrivateEngine):
     """`podman system service` on a socket of ours, with its own storage.
 
     The compatible (Docker) API is served on `host`; it is driven with the
@@ -184,12 +171,10 @@ class PrivatePodman:
     `cleanup` removes the containers before the files.
     """
 
+    name = "podman service"
+
     def __init__(self, base: Path | None = None) -> None:
-        self.base = Path(base or tempfile.mkdtemp(prefix="dfp-"))
-        self.socket = self.base / "podman.sock"
-        self.host = f"unix://{self.socket}"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = self.base / "podman.log"
+        super().__init__(Path(base or tempfile.mkdtemp(prefix="dfp-")), "podman.sock", "podman.log")
         self.conf = self.base / "containers.conf"
 
     def podman_command(self, *args: str) -> list[str]:
@@ -226,83 +211,29 @@ class PrivatePodman:
             raise DockerdError("a private podman service needs root")
         self.conf.write_text(PODMAN_CONTAINERS_CONF)
         self.socket.unlink(missing_ok=True)
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                self.podman_command("system", "service", "--time=0", self.host),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=self.podman_env(),
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise DockerdError(
-                    f"podman service exited with {self.proc.returncode}: {self.log_tail()}"
-                )
-            if self.socket.exists() and self.docker("version", check=False).returncode == 0:
-                return
-            time.sleep(0.1)
-        self.stop()
-        raise DockerdError(f"podman service did not answer within {timeout}s: {self.log_tail()}")
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop the service (by PID); its containers keep running."""
-        proc, self.proc = self.proc, None
-        _stop(proc, timeout)
+        self.spawn(
+            self.podman_command("system", "service", "--time=0", self.host), self.podman_env()
+        )
+        self.wait_until(self.answers, timeout, f"podman service did not answer within {timeout}s")
 
     def cleanup(self) -> None:
+        # Stopping the service (by PID) leaves its containers running;
+        # their conmon processes end with them.
         self.stop()
-        # The containers' conmon processes end with their containers.
         self.podman("rm", "--force", "--all", "--time=0", check=False)
         _unmount_under(self.base)
-        shutil.rmtree(self.base, ignore_errors=True)
-
-    def __enter__(self) -> PrivatePodman:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()
-
-    def log_tail(self, lines: int = 5) -> str:
-        return _log_tail(self.log_path, lines)
-
-    # The same driving interface as PrivateDockerd, through the compatible API.
-
-    def docker(
-        self, *args: str, input: bytes | None = None, check: bool = True, timeout: float = 60
-    ) -> subprocess.CompletedProcess[bytes]:
-        env = dict(os.environ)
-        env["DOCKER_HOST"] = self.host
-        env.pop("DOCKER_CONTEXT", None)
-        res = subprocess.run(
-            [_find("docker", "docker.io"), *args],
-            input=input,
-            capture_output=True,
-            env=env,
-            timeout=timeout,
-        )
-        if check and res.returncode != 0:
-            raise DockerdError(f"docker {' '.join(args)}: {res.stderr.decode(errors='replace')}")
-        return res
+        super().cleanup()
 
     def import_busybox(self) -> str:
         """Make IMAGE (as localhost/busybox:latest, Podman's spelling) with `podman import`."""
         self.podman("import", "-", IMAGE, input=busybox_rootfs_tar())
         return self.podman("image", "inspect", "--format", "{{.Id}}", IMAGE).strip()
 
-    def run(self, *args: str) -> str:
-        """`docker run -d ARGS` against the service; return the full container ID."""
-        res = self.docker("run", "-d", "--network=none", *args)
-        return res.stdout.decode().strip()
-
 
 # -- sshd in front of an engine ------------------------------------------------------
 
 
-class PrivateSshd:
+class PrivateSshd(PrivateProcess):
     """A real sshd on a loopback port, whose sessions see `docker_host` as DOCKER_HOST.
 
     That is what an ssh:// engine is: the client runs `docker system
@@ -312,16 +243,16 @@ class PrivateSshd:
     key and knows the host, for the client process.
     """
 
+    name = "sshd"
+
     def __init__(self, docker_host: str, base: Path | None = None) -> None:
-        self.base = Path(base or tempfile.mkdtemp(prefix="dfs-ssh-"))
+        super().__init__(Path(base or tempfile.mkdtemp(prefix="dfs-ssh-")), "sshd.log")
         self.docker_host = docker_host
         self.port = free_port()
         self.user = pwd.getpwuid(os.getuid()).pw_name
         self.url = f"ssh://{self.user}@{LOOPBACK}:{self.port}"
         self.client_home = self.base / "home"
         self.config = self.base / "sshd_config"
-        self.log_path = self.base / "sshd.log"
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def _prepare(self) -> None:
         keygen = _find("ssh-keygen", "openssh-client")
@@ -361,43 +292,10 @@ class PrivateSshd:
         self._prepare()
         # sshd refuses to start without its privilege separation directory.
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sshd, "-D", "-e", "-f", str(self.config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise DockerdError(f"sshd exited with {self.proc.returncode}: {self.log_tail()}")
-            try:
-                socket.create_connection((LOOPBACK, self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise DockerdError(f"sshd did not listen on port {self.port}: {self.log_tail()}")
-
-    def stop(self, timeout: float = 30.0) -> None:
-        proc, self.proc = self.proc, None
-        _stop(proc, timeout)
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.base, ignore_errors=True)
-
-    def __enter__(self) -> PrivateSshd:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()
-
-    def log_tail(self, lines: int = 5) -> str:
-        return _log_tail(self.log_path, lines)
+        self.spawn([sshd, "-D", "-e", "-f", str(self.config)])
+        self.wait_until(
+            lambda: _listens(self.port), timeout, f"sshd did not listen on port {self.port}"
+        )
 
     def client_env(self) -> dict[str, str]:
         """The environment of a client that has the key and knows the host."""

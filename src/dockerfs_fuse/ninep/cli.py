@@ -128,7 +128,8 @@ async def run(export: Export, dials: Sequence[Dial], parent: int | None = None) 
             _remove_stale_socket(dial.address)
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
+    """The command line, also read by scripts/gen-man for dockerfs-9p(1)."""
     parser = argparse.ArgumentParser(
         prog="dockerfs-9p",
         description="Serve DIRECTORY over 9P2000, 9P2000.u and 9P2000.L.",
@@ -152,7 +153,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="exit when the process that started this one exits (used by dockerfs-fuse --9p)",
     )
     parser.add_argument("directory", metavar="DIRECTORY")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    return parser().parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -42,10 +42,14 @@ from dockerfs_fuse.private_dockerd import IMAGE, PrivateDockerd
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results"
 LIST_KEY = "containers/json"
-# Files outside the core tree: logs.follow blocks like a pipe, and the other
-# three ask Docker when opened (or are write-only). grep skips them everywhere.
-SPECIAL_FILES = ("logs.follow", "logs", "inspect.json", "ctl")
-GREP_EXCLUDES = tuple(f"--exclude={name}" for name in SPECIAL_FILES)
+# Files outside the core tree: logs.follow and wait block like a pipe, and the
+# others ask Docker when opened (or are write-only). grep skips them everywhere.
+SPECIAL_FILES = ("logs.follow", "logs", "inspect.json", "ctl", "top", "stats", "wait")
+# Each container's own filesystem (issue 10) is measured on its own, below: the
+# core-tree walks leave it out.
+ROOT_DIR = "root"
+GREP_EXCLUDES = (*(f"--exclude={name}" for name in SPECIAL_FILES), f"--exclude-dir={ROOT_DIR}")
+CORE_FIND = ("-path", f"*/{ROOT_DIR}", "-prune", "-o", "-print")
 CREATE_THREADS = 8
 CONCURRENT_LS = 8
 # Issue 5's limits, as multipliers of the reference named next to each.
@@ -248,6 +252,8 @@ def copy_core_tree(src: Path, dst: Path) -> int:
     files = 0
     for dirpath, dirnames, filenames in os.walk(src):
         rel = Path(dirpath).relative_to(src)
+        if ROOT_DIR in dirnames:
+            dirnames.remove(ROOT_DIR)
         target = dst / rel
         target.mkdir(exist_ok=True)
         for d in dirnames:
@@ -517,7 +523,7 @@ def measure(
             s["ls_8_concurrent"].add(
                 *counted(m, lambda: timed_concurrently(["ls", mp], CONCURRENT_LS))
             )
-        s["find_first"].add(*counted(m, lambda: timed(["find", mp])))
+        s["find_first"].add(*counted(m, lambda: timed(["find", mp, *CORE_FIND])))
         s["grep_first"].add(*counted(m, lambda: timed([*grep_core, mp])))
 
         with (
@@ -528,15 +534,21 @@ def measure(
             fl, sp = str(floor), str(stock.path)
             # The walk alone: every container directory named, the root not listed.
             below, tmpfs_below = (
-                ["find", *sorted(str(p) for p in top.iterdir())] for top in (m.path, floor)
+                ["find", *sorted(str(p) for p in top.iterdir()), *CORE_FIND]
+                for top in (m.path, floor)
             )
-            for argv in (["find", fl], [*grep_core, fl], ["find", sp], [*grep_core, sp]):
+            for argv in (
+                ["find", fl, *CORE_FIND],
+                [*grep_core, fl],
+                ["find", sp, *CORE_FIND],
+                [*grep_core, sp],
+            ):
                 timed(argv)
             # Mounts and tmpfs alternate, so load from elsewhere hits all alike.
             for _ in range(runs):
-                s["find_warm"].add(*counted(m, lambda: timed(["find", mp])))
-                s["tmpfs_find"].add(timed(["find", fl]))
-                s["find_warm_stock"].add(*counted(stock, lambda: timed(["find", sp])))
+                s["find_warm"].add(*counted(m, lambda: timed(["find", mp, *CORE_FIND])))
+                s["tmpfs_find"].add(timed(["find", fl, *CORE_FIND]))
+                s["find_warm_stock"].add(*counted(stock, lambda: timed(["find", sp, *CORE_FIND])))
                 s["find_below_root"].add(timed(below))
                 s["tmpfs_find_below_root"].add(timed(tmpfs_below))
                 s["grep_warm"].add(*counted(m, lambda: timed([*grep_core, mp])))
@@ -546,16 +558,19 @@ def measure(
             fuse_requests_stock: dict[str, dict[str, int]] = {}
             if tracer is not None:
                 for name, argv in (("ls", ["ls"]), ("find", ["find"]), ("grep", grep_core)):
-                    fuse_requests[name] = tracer(m.path, functools.partial(timed, [*argv, mp]))
+                    extra = CORE_FIND if name == "find" else ()
+                    fuse_requests[name] = tracer(
+                        m.path, functools.partial(timed, [*argv, mp, *extra])
+                    )
                     fuse_requests_stock[name] = tracer(
-                        stock.path, functools.partial(timed, [*argv, sp])
+                        stock.path, functools.partial(timed, [*argv, sp, *extra])
                     )
             stats_after = m.stats()
             peak_kb.append(m.peak_rss_kb())
             rss_now_kb = m.rss_kb()
             opens = {
                 "ls": root_opens(["ls", fl], floor),
-                "find": root_opens(["find", fl], floor),
+                "find": root_opens(["find", fl, *CORE_FIND], floor),
                 "grep": root_opens([*grep_core, fl], floor),
             }
 
@@ -576,6 +591,231 @@ def measure(
         "daemon_stats_after": stats_after,
         "other_engine_requests": other_engine_requests,
     }
+
+
+# -- inside one container (issue 10) -------------------------------------------------------
+
+INSIDE_IMAGE = "dfs-bench-inside:latest"
+INSIDE_BIG = "/big/file"
+# Issue 10's limits, as multipliers of the reference named next to each.
+TARGET_FIND_VS_EXPORT = 1.5
+TARGET_TAR_VS_EXPORT = 3.0
+TARGET_CAT_VS_CP = 1.5
+TARGET_CAT_RSS_GROWTH_MB = 64.0
+INSIDE_OPS = ("find_root", "tar_root", "docker_export", "cat_big", "docker_cp_big")
+
+
+def inside_image_tar(path: Path, files: int, big_mb: int) -> int:
+    """A root filesystem: busybox, FILES small files in 50 directories, and one
+    BIG_MB MB file (a repeated random MiB: quick to make, not compressible by
+    chance). Written to PATH; returns the bytes of the files."""
+    import io
+    import tarfile
+
+    from dockerfs_fuse.private_dockerd import busybox_binary
+
+    total = 0
+    block = os.urandom(1 << 20)
+    with tarfile.open(path, "w") as tar:
+
+        def add(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, **kw: Any) -> None:
+            info = tarfile.TarInfo(name)
+            info.type, info.size, info.mode = kind, len(data), kw.pop("mode", 0o644)
+            for k, v in kw.items():
+                setattr(info, k, v)
+            tar.addfile(info, io.BytesIO(data) if data else None)
+
+        for d in ("bin", "tmp", "big", "data"):
+            add(d, kind=tarfile.DIRTYPE, mode=0o755)
+        busybox = busybox_binary().read_bytes()
+        add("bin/busybox", busybox, mode=0o755)
+        for applet in ("sh", "sleep"):
+            add(f"bin/{applet}", kind=tarfile.SYMTYPE, linkname="busybox", mode=0o777)
+        for i in range(files):
+            if i % max(1, files // 50) == 0:
+                add(f"data/d{i:05}", kind=tarfile.DIRTYPE, mode=0o755)
+                where = f"data/d{i:05}"
+            size = 200 + (i * 7919) % 3800
+            add(f"{where}/f{i:05}", block[i : i + size])
+            total += size
+        info = tarfile.TarInfo(INSIDE_BIG.lstrip("/"))
+        info.size, info.mode = big_mb << 20, 0o644
+
+        class Repeated(io.RawIOBase):
+            def __init__(self) -> None:
+                self.left = big_mb << 20
+
+            def readable(self) -> bool:
+                return True
+
+            def readinto(self, b: Any) -> int:
+                n = min(len(b), self.left, len(block))
+                b[:n] = block[:n]
+                self.left -= n
+                return n
+
+        tar.addfile(info, io.BufferedReader(Repeated(), 1 << 20))
+        total += info.size + len(busybox)
+    return total
+
+
+def timed_shell(cmd: str, env: dict[str, str] | None = None) -> float:
+    return timed(["sh", "-c", "set -e; " + cmd], env)
+
+
+def measure_inside(
+    d: PrivateDockerd, runs: int, work: Path, files: int, big_mb: int
+) -> dict[str, Any]:
+    """`find` and `tar -c` of a container's root/ against `docker export`, and `cat`
+    of a large file against `docker cp`, all piped to `wc -c`; interleaved."""
+    load_before = loadavg()
+    env = d.env()
+    image_tar = work / "inside.tar"
+    content = inside_image_tar(image_tar, files, big_mb)
+    d.docker("import", str(image_tar), INSIDE_IMAGE, timeout=600)
+    image_tar.unlink()
+    cid = d.docker("run", "-d", "--network=none", INSIDE_IMAGE, "sleep", "1d").stdout.decode()
+    cid = cid.strip()
+    s: dict[str, Series] = {op: Series() for op in INSIDE_OPS}
+    archive: dict[str, list[int]] = {"find_root": [], "tar_root": [], "cat_big": []}
+    try:
+        with mounted(d.host, work / "inside") as m:
+            root = m.path / cid / "root"
+
+            def requests() -> int:
+                return int(m.stats()["requests"].get("containers/archive", 0))
+
+            def counted_archive(op: str, fn: Callable[[], float]) -> float:
+                before = requests()
+                dt = fn()
+                archive[op].append(requests() - before)
+                return dt
+
+            commands = {
+                "find_root": lambda: timed(["find", str(root)]),
+                "tar_root": lambda: timed_shell(f"tar -c -C {root} . | wc -c > /dev/null"),
+                "docker_export": lambda: timed_shell(
+                    f"docker export {cid} | wc -c > /dev/null", env
+                ),
+                "cat_big": lambda: timed_shell(f"cat {root}{INSIDE_BIG} | wc -c > /dev/null"),
+                "docker_cp_big": lambda: timed_shell(
+                    f"docker cp {cid}:{INSIDE_BIG} - | wc -c > /dev/null", env
+                ),
+            }
+            for op in INSIDE_OPS:  # once untimed: binaries and the engine warm
+                commands[op]()
+            time.sleep(1.5)  # no snapshot of the warm-up left to serve the first run
+            rss_growth: list[int] = []
+            for _ in range(runs):
+                for op in INSIDE_OPS:
+                    if op in archive:
+                        before_kb = m.rss_kb()
+                        s[op].add(counted_archive(op, commands[op]))
+                        if op == "cat_big":
+                            rss_growth.append(m.peak_rss_kb() - before_kb)
+                    else:
+                        s[op].add(commands[op]())
+                    time.sleep(1.5)  # each walk starts from nothing (WALK_IDLE)
+            peak_kb = m.peak_rss_kb()
+            stats_after = m.stats()
+            listed = sum(1 for _ in root.rglob("*"))
+    finally:
+        d.docker("rm", "-f", cid, check=False)
+    return {
+        "runs": runs,
+        "files": files,
+        "big_mb": big_mb,
+        "content_bytes": content,
+        "entries_listed": listed,
+        "ops": {op: series.as_json() for op, series in s.items()},
+        "archive_requests": archive,
+        "cat_peak_rss_growth_kb": rss_growth,
+        "peak_rss_kb": peak_kb,
+        "loadavg_1min": [load_before, loadavg()],
+        "daemon_stats_after": stats_after,
+    }
+
+
+INSIDE_LABELS = {
+    "find_root": "`find <id>/root`",
+    "tar_root": "`tar -c -C <id>/root . | wc -c`",
+    "docker_export": "`docker export <id> | wc -c`",
+    "cat_big": f"`cat <id>/root{INSIDE_BIG} | wc -c`",
+    "docker_cp_big": f"`docker cp <id>:{INSIDE_BIG} - | wc -c`",
+}
+
+
+def inside_targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
+    """Issue 10's targets: (what, measured, limit, pass)."""
+    ops = r["ops"]
+
+    def med(op: str) -> float:
+        return float(ops[op]["median"])
+
+    out = []
+    for op, ref, limit in (
+        ("find_root", "docker_export", TARGET_FIND_VS_EXPORT),
+        ("tar_root", "docker_export", TARGET_TAR_VS_EXPORT),
+        ("cat_big", "docker_cp_big", TARGET_CAT_VS_CP),
+    ):
+        a, b = med(op), med(ref)
+        out.append(
+            (
+                f"{INSIDE_LABELS[op]} vs {INSIDE_LABELS[ref]}",
+                f"{ms(a)} / {ms(b)} ms = {a / b:.2f}x",
+                f"<= {limit}x",
+                a <= limit * b,
+            )
+        )
+    got = r["archive_requests"]["find_root"]
+    out.append(
+        (
+            "archive requests per `find` of root/ (a few per walk)",
+            ", ".join(str(x) for x in got),
+            "<= 3",
+            all(x <= 3 for x in got),
+        )
+    )
+    growth = [kb / 1024 for kb in r["cat_peak_rss_growth_kb"]]
+    out.append(
+        (
+            f"daemon peak RSS growth while reading the {r['big_mb']} MB file",
+            ", ".join(f"{mb:.1f} MB" for mb in growth),
+            f"< {TARGET_CAT_RSS_GROWTH_MB} MB",
+            all(mb < TARGET_CAT_RSS_GROWTH_MB for mb in growth),
+        )
+    )
+    return out
+
+
+def render_inside(r: dict[str, Any]) -> list[str]:
+    ops = r["ops"]
+    lines = [
+        "",
+        f"## Inside one container (issue 10): {r['files']} small files and a "
+        f"{r['big_mb']} MB file, {r['content_bytes'] / 1e6:.0f} MB in all "
+        f"({r['entries_listed']} entries under root/; {r['runs']} runs)",
+        "",
+        "| operation | median ms | min-max ms | archive requests |",
+        "|---|---:|---:|---|",
+    ]
+    for op in INSIDE_OPS:
+        o = ops[op]
+        req = ",".join(str(x) for x in r["archive_requests"].get(op, []))
+        lines.append(
+            f"| {INSIDE_LABELS[op]} | {ms(o['median'])} | {ms(o['min'])}-{ms(o['max'])} | {req} |"
+        )
+    lines += [
+        "",
+        f"Daemon peak RSS (VmHWM) {r['peak_rss_kb'] / 1024:.1f} MB; 1-min load average "
+        f"{r['loadavg_1min'][0]:.1f} before, {r['loadavg_1min'][1]:.1f} after.",
+        "",
+        "| target (issue 10) | measured | limit | result |",
+        "|---|---|---|---|",
+    ]
+    for what, got, limit, ok in inside_targets(r):
+        lines.append(f"| {what} | {got} | {limit} | {'PASS' if ok else 'MISS'} |")
+    return lines
 
 
 # -- report ---------------------------------------------------------------------------------
@@ -803,7 +1043,9 @@ def cache_targets(results: Sequence[dict[str, Any]]) -> list[tuple[str, str, str
     return out
 
 
-def render(meta: dict[str, Any], results: Sequence[dict[str, Any]]) -> str:
+def render(
+    meta: dict[str, Any], results: Sequence[dict[str, Any]], inside: dict[str, Any] | None = None
+) -> str:
     lines = [
         "# dockerfs-fuse benchmark",
         "",
@@ -865,6 +1107,8 @@ def render(meta: dict[str, Any], results: Sequence[dict[str, Any]]) -> str:
         lines += ["|---|---|---|---|"]
         for what, got, limit, ok in rows:
             lines.append(f"| {what} | {got} | {limit} | {'PASS' if ok else 'MISS'} |")
+    if inside is not None:
+        lines += render_inside(inside)
     return "\n".join(lines) + "\n"
 
 
@@ -877,25 +1121,35 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, help="runs per figure (default 5)")
     p.add_argument("--quick", action="store_true", help="smoke run: sizes 10,100, runs 3")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory")
+    p.add_argument(
+        "--inside-files", type=int, help="small files in the issue-10 container (default 3000)"
+    )
+    p.add_argument("--inside-mb", type=int, help="its large file, in MB (default 200)")
+    p.add_argument("--no-inside", action="store_true", help="skip the issue-10 figures")
     args = p.parse_args(argv)
     sizes = args.sizes or ("10,100" if args.quick else "10,100,1000")
     args.sizes = sorted({int(x) for x in sizes.split(",") if x.strip()})
     if not args.sizes or min(args.sizes) < 1:
         p.error("--sizes needs positive counts")
     args.runs = args.runs or (3 if args.quick else 5)
+    if args.inside_files is None:
+        args.inside_files = 300 if args.quick else 3000
+    if args.inside_mb is None:
+        args.inside_mb = 8 if args.quick else 200
+    if args.inside_files < 1 or args.inside_mb < 1:
+        p.error("--inside-files and --inside-mb must be at least 1")
     if args.runs < 1:
         p.error("--runs must be at least 1")
     return args
 
 
+TOOLS = ("dockerd", "docker", "fusermount3", "curl", "find", "grep", "ls", "busybox", "tar")
+
+
 def check_tools() -> None:
     if os.geteuid() != 0:
         raise BenchError("needs root: a private dockerd and a tmpfs mount")
-    missing = [
-        t
-        for t in ("dockerd", "docker", "fusermount3", "curl", "find", "grep", "ls", "busybox")
-        if shutil.which(t) is None
-    ]
+    missing = [t for t in TOOLS if shutil.which(t) is None]
     if missing:
         raise BenchError(f"missing tools: {', '.join(missing)}")
     if not os.path.exists("/dev/fuse"):
@@ -913,6 +1167,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     d = PrivateDockerd()
     ids: list[str] = []
     results: list[dict[str, Any]] = []
+    inside: dict[str, Any] | None = None
     work = Path(tempfile.mkdtemp(prefix="dfs-bench-"))
     stack = contextlib.ExitStack()
     try:
@@ -931,6 +1186,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             t0 = time.monotonic()
             results.append(measure(d, n, args.runs, work, tracer))
             print(f"N={n}: measured in {time.monotonic() - t0:.1f}s", file=sys.stderr, flush=True)
+        if not args.no_inside:
+            if d.proc is not None and ids:
+                kill_all(d.socket, ids)  # the walks alone on the engine
+                wait_idle(d.proc.pid)
+            t0 = time.monotonic()
+            inside = measure_inside(d, args.runs, work, args.inside_files, args.inside_mb)
+            print(f"inside: measured in {time.monotonic() - t0:.1f}s", file=sys.stderr, flush=True)
     finally:
         # A second Ctrl-C must not cut the clean-up short and leave mounts behind.
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -939,7 +1201,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 kill_all(d.socket, ids)
             d.cleanup()
             stack.close()
-            for sub in ("cold", "cold-stock", "cold-two", "warm", "warm-stock", "tmpfs", "tracefs"):
+            for sub in (
+                "cold",
+                "cold-stock",
+                "cold-two",
+                "warm",
+                "warm-stock",
+                "tmpfs",
+                "tracefs",
+                "inside",
+            ):
                 p = work / sub
                 if os.path.ismount(p):
                     subprocess.run(["umount", "-l", str(p)], capture_output=True)
@@ -947,7 +1218,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             signal.signal(signal.SIGINT, old)
     meta["seconds_total"] = round(time.monotonic() - started, 1)
-    return {"machine": meta, "sizes": args.sizes, "runs": args.runs, "results": results}
+    return {
+        "machine": meta,
+        "sizes": args.sizes,
+        "runs": args.runs,
+        "results": results,
+        "inside": inside,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -965,7 +1242,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         {"target": w, "measured": g, "limit": lim, "pass": ok}
         for w, g, lim, ok in [*targets(report["results"]), *cache_targets(report["results"])]
     ]
-    md = render(report["machine"], report["results"])
+    if report["inside"] is not None:
+        report["inside"]["targets"] = [
+            {"target": w, "measured": g, "limit": lim, "pass": ok}
+            for w, g, lim, ok in inside_targets(report["inside"])
+        ]
+    md = render(report["machine"], report["results"], report["inside"])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latest.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / "latest.md").write_text(md)

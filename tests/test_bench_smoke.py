@@ -31,6 +31,7 @@ def _bench_module() -> ModuleType:
 
 
 OPS: tuple[str, ...] = _bench_module().OPS
+INSIDE_OPS: tuple[str, ...] = _bench_module().INSIDE_OPS
 COUNTED = ("ls_cold", "ls_warm", "ls_8_concurrent", "find_first", "find_warm", "grep_first")
 
 
@@ -68,3 +69,12 @@ def test_bench_quick_run_writes_complete_figures(tmp_path: Path) -> None:
         assert r["ops"][op]["list_requests"][0] >= 1, op
     assert report["targets"], "no targets evaluated"
     assert all(isinstance(t["pass"], bool) for t in report["targets"])
+    # Issue 10: inside one container, at --quick's small size.
+    inside = report["inside"]
+    assert "## Inside one container (issue 10)" in res.stdout
+    assert inside["peak_rss_kb"] > 0 and inside["entries_listed"] > inside["files"]
+    for op in INSIDE_OPS:
+        fig = inside["ops"][op]
+        assert len(fig["seconds"]) == 1 and fig["median"] > 0, op
+    assert inside["archive_requests"]["find_root"][0] >= 1  # a walk asks at least once
+    assert all(isinstance(t["pass"], bool) for t in inside["targets"])

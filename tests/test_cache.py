@@ -24,6 +24,7 @@ from dockerfs_fuse.cache import (
     EngineCache,
     attr_timeout_from,
 )
+from dockerfs_fuse.container_fs import ArchiveWriter
 from dockerfs_fuse.control import Command
 from dockerfs_fuse.docker_source import DockerUnavailable
 from dockerfs_fuse.inodes import Changes, InodeTable
@@ -98,6 +99,18 @@ class FakeEngine:
 
     def stream_logs(self, id_: str, out: LogWriter, follow: bool) -> Cancellable:
         raise AssertionError("no logs here")
+
+    def stream_archive(self, id_: str, path: str, out: ArchiveWriter) -> Cancellable:
+        raise AssertionError("no container files here (test_container_fs_unit.py)")
+
+    async def top(self, id_: str) -> dict[str, Any]:
+        raise AssertionError("no top here")
+
+    async def stats(self, id_: str) -> dict[str, Any]:
+        raise AssertionError("no stats here")
+
+    def wait(self, id_: str) -> Any:
+        raise AssertionError("no wait here")
 
     def event(self, action: str, n: int) -> None:
         self.send.send_nowait({"Type": "container", "Action": action, "Actor": {"ID": cid(n)}})

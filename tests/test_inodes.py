@@ -37,7 +37,8 @@ def test_container_directories_are_built_only_when_entered() -> None:
     cid = RECORDED[0]["Id"]
     assert walk(t, cid, "Image").data.endswith(b"\n")
     assert len(t) > 1 + len(RECORDED)
-    assert walk(t, cid).nlink == 2 + 5
+    # Names, Labels, Ports, Mounts, Networks and root
+    assert walk(t, cid).nlink == 2 + 6
 
 
 def test_inodes_are_stable_across_refreshes_and_status_changes() -> None:

@@ -76,14 +76,19 @@ def expected_files(c: dict[str, Any]) -> dict[str, bytes]:
     return files
 
 
-# Made on open or write, not from the list answer: tested in test_control.py.
-LIVE_FILES = {"ctl", "logs", "logs.follow", "inspect.json"}
+# Made on open or write, not from the list answer: tested in test_control.py
+# and test_container_fs.py.
+LIVE_FILES = {"ctl", "logs", "logs.follow", "inspect.json", "top", "stats", "wait"}
+# The container's own filesystem: tested in test_container_fs.py.
+ROOT_DIR = "root"
 
 
 def tree_files(root: Path) -> dict[str, bytes]:
     """The core tree of one container directory, as paths and contents."""
     out = {}
-    for dirpath, _dirs, names in os.walk(root):
+    for dirpath, dirs, names in os.walk(root):
+        if dirpath == str(root):
+            dirs.remove(ROOT_DIR)
         for n in names:
             if dirpath == str(root) and n in LIVE_FILES:
                 continue
@@ -157,7 +162,9 @@ def test_every_file_matches_the_api_content_and_size(
             assert stat.S_IMODE(st.st_mode) == 0o444
             assert st.st_mtime == c["Created"] and st.st_ctime == c["Created"]
             assert st.st_uid == os.getuid()
-        for dirpath, _d, _f in os.walk(mounted.path / cid):
+        for dirpath, dirs, _f in os.walk(mounted.path / cid):
+            if dirpath == str(mounted.path / cid):
+                dirs.remove(ROOT_DIR)  # the container's own directories, their own modes
             st = os.stat(dirpath)
             assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o555
 

@@ -21,8 +21,9 @@ from typing import Any, Protocol
 
 import trio
 
+from .container_fs import ArchiveWriter, ContainerFiles, NotThere
 from .control import Command
-from .docker_source import DockerProblem
+from .docker_source import DockerProblem, NotFound
 from .inodes import Changes, InodeTable, Node
 from .logstream import Cancellable, LogSpools, LogWriter
 from .tree import Container, container_id, escape_name, resolve_name
@@ -119,6 +120,10 @@ class Source(Protocol):
     async def identify(self) -> None: ...
     def events(self) -> Any: ...
     def stream_logs(self, cid: str, out: LogWriter, follow: bool) -> Cancellable: ...
+    def stream_archive(self, cid: str, path: str, out: ArchiveWriter) -> Cancellable: ...
+    async def top(self, cid: str) -> dict[str, Any]: ...
+    async def stats(self, cid: str) -> dict[str, Any]: ...
+    def wait(self, cid: str) -> Any: ...
 
 
 class _Shared:
@@ -191,6 +196,10 @@ class EngineCache:
         self._last_event: dict[str, int] = {}
         self._reread_send, self._reread_recv = trio.open_memory_channel[str](math.inf)
         self.logs = LogSpools(source.stream_logs, self.may_be_running, MAX_LOG_SPOOLS)
+        # Each container's own files (root/): snapshots of the archive endpoint.
+        self.files = ContainerFiles(
+            source.stream_archive, is_gone=lambda exc: isinstance(exc, NotFound | NotThere)
+        )
         self._refresher = _Refresher(self._fetch)
 
     # -- listings ---------------------------------------------------------------
@@ -351,6 +360,7 @@ class EngineCache:
             self._last_event = {cid: self._event_seq}
         if action in _REMOVED_ACTIONS:
             self._apply(self.table.remove_container(cid, self.top))
+            self.files.forget(cid)
         elif action == "start":
             self.logs.container_started(cid)
         self._schedule_reread(cid)
@@ -386,7 +396,11 @@ class EngineCache:
             self._scheduled.discard(cid)
 
     def stats(self) -> dict[str, Any]:
-        return {"requests": dict(self.source.requests), "events": self.events_up}
+        return {
+            "requests": dict(self.source.requests),
+            "events": self.events_up,
+            "root": self.files.stats(),
+        }
 
 
 def _entry(containers: list[Container], cid: str) -> Container:

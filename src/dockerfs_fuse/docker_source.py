@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import ssl
+import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -30,6 +31,7 @@ import aiohttp
 import trio
 
 from .bridge import AsyncioThread, Stream, await_future, call_soon
+from .container_fs import ArchiveWriter
 from .control import Command
 from .endpoints import TLS, Endpoint, EndpointError, default_endpoint, host_endpoint
 from .logstream import Demuxer, LogWriter
@@ -41,6 +43,8 @@ T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 4.0
 LOGS_TIMEOUT = 30.0
+# Bytes read from an archive response at a time.
+ARCHIVE_CHUNK = 256 << 10
 # A container's log streams for as long as it takes; only silence is an error.
 LOGS_STALL_TIMEOUT = 30.0
 
@@ -337,6 +341,110 @@ class DockerSource:
         loop = self._thread.loop
         future.add_done_callback(lambda _: call_soon(loop, out.close))
         return future
+
+    def stream_archive(
+        self, cid: str, path: str, out: ArchiveWriter
+    ) -> concurrent.futures.Future[None]:
+        """One `GET /containers/{id}/archive?path=PATH` (a tar of PATH's subtree),
+        fed to `out.write` as it arrives until that returns False; ends with
+        `out.finish(error or None)`. The result cancels it.
+
+        No overall deadline (a subtree can be large), but Docker must start
+        answering, and keep sending, within the usual deadline.
+        """
+        if self._thread is None or self._docker is None:
+            raise DockerUnavailable("Docker client not started")
+        self.requests["containers/archive"] += 1
+        docker = self._docker
+        # Paths are bytes in the container: percent-encoded as such, not as UTF-8 text.
+        query = urllib.parse.quote(os.fsencode(path), safe="/")
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=self.timeout, sock_connect=self.timeout, sock_read=self.timeout
+        )
+
+        async def produce() -> None:
+            async with docker._query(
+                f"containers/{cid}/archive?path={query}",
+                timeout=timeout,
+                # aiohttp asks for gzip by default, and the engine then compresses
+                # the tar, which makes it several times slower over a socket.
+                headers={"Accept-Encoding": "identity"},
+            ) as resp:
+                try:
+                    async for chunk in resp.content.iter_chunked(ARCHIVE_CHUNK):
+                        if not out.write(chunk):
+                            break
+                finally:
+                    # Unread, the connection must be closed (aiodocker leaves that
+                    # to us): the engine holds the container's lock until it is.
+                    resp.close()
+
+        async def run() -> None:
+            try:
+                await produce()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                out.finish(_translate(exc))
+            else:
+                out.finish(None)
+            finally:
+                out.close()
+
+        future = self._thread.submit(run())
+        loop = self._thread.loop
+        future.add_done_callback(lambda _: call_soon(loop, out.close))
+        return future
+
+    async def top(self, cid: str) -> dict[str, Any]:
+        """`GET /containers/{id}/top`: Titles and Processes (409 Conflict when not running)."""
+
+        async def fetch(d: aiodocker.Docker) -> dict[str, Any]:
+            data = await d._query_json(f"containers/{cid}/top")
+            if not isinstance(data, dict):
+                raise ApiError(f"top: unexpected answer {str(data)[:80]!r}")
+            return data
+
+        return await self._call("containers/top", fetch, None)
+
+    async def stats(self, cid: str) -> dict[str, Any]:
+        """One sample of `GET /containers/{id}/stats` (one-shot: no second sample to wait for)."""
+
+        async def fetch(d: aiodocker.Docker) -> dict[str, Any]:
+            params = {"stream": "false", "one-shot": "true"}
+            data = await d._query_json(f"containers/{cid}/stats", params=params)
+            if not isinstance(data, dict):
+                raise ApiError(f"stats: unexpected answer {str(data)[:80]!r}")
+            return data
+
+        return await self._call("containers/stats", fetch, None)
+
+    def wait(self, cid: str) -> concurrent.futures.Future[int]:
+        """`POST /containers/{id}/wait`: its result is the exit code, once the
+        container is not running (at once if it is not). No deadline but the
+        connect's: it waits as long as the container runs. The future cancels it;
+        it fails with a DockerProblem."""
+        if self._thread is None or self._docker is None:
+            raise DockerUnavailable("Docker client not started")
+        self.requests["containers/wait"] += 1
+        docker = self._docker
+
+        async def run() -> int:
+            try:
+                async with docker._query(
+                    f"containers/{cid}/wait", method="POST", timeout=_stream_timeout(self.timeout)
+                ) as resp:
+                    try:
+                        answer = await resp.json(content_type=None)
+                    finally:
+                        resp.close()  # cancelled unread: close, as aiodocker does not
+                return int(answer["StatusCode"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                raise _translate(exc) from exc
+
+        return self._thread.submit(run())
 
     async def control(self, cid: str, command: Command) -> None:
         """Run a ctl command; returns once Docker has done it.

@@ -23,8 +23,10 @@ costs a thousand small objects, not twenty thousand.
 from __future__ import annotations
 
 import enum
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .swarm_tree import Link, Tree
 from .tree import (
@@ -38,6 +40,9 @@ from .tree import (
     escape_name,
     resolve_name,
 )
+
+if TYPE_CHECKING:
+    from .container_fs import Entry
 
 ROOT_INODE = 1
 NS = 1_000_000_000
@@ -66,6 +71,8 @@ class Node:
     lookups: int = 0
     gone: bool = False
     parent: Node | None = None
+    # Nodes under a container's root/ only: what the engine says the path is.
+    entry: Entry | None = None
 
     @property
     def is_dir(self) -> bool:
@@ -73,7 +80,8 @@ class Node:
 
     @property
     def nlink(self) -> int:
-        return 2 + self.subdirs if self.kind is Kind.DIR else 1
+        # A tar does not count a directory's links: 1, "unknown", for those under root/.
+        return 2 + self.subdirs if self.kind is Kind.DIR and self.entry is None else 1
 
 
 @dataclass
@@ -277,6 +285,56 @@ class InodeTable:
             top.subdirs = len(children)
         return changes
 
+    # -- a container's own files (root/) ----------------------------------------------
+
+    def set_listing(self, dirnode: Node, entries: Sequence[Entry]) -> Changes:
+        """Make a directory under root/ hold exactly these entries, keeping the
+        inodes of names whose type did not change."""
+        changes = Changes()
+        old = dirnode.children or {}
+        new: dict[str, Node] = {}
+        for entry in entries:
+            new[entry.name] = self._fs_node(dirnode, entry, old.get(entry.name), changes)
+        for name, child in old.items():
+            if name not in new:
+                self._drop(dirnode, child, changes)
+        dirnode.children = new
+        dirnode.subdirs = sum(1 for e in entries if e.is_dir)
+        return changes
+
+    def set_entry(self, dirnode: Node, entry: Entry) -> tuple[Node, Changes]:
+        """One child of a directory under root/, as a lookup found it."""
+        changes = Changes()
+        children = dirnode.children if dirnode.children is not None else {}
+        node = self._fs_node(dirnode, entry, children.get(entry.name), changes)
+        children[entry.name] = node
+        dirnode.children = children
+        return node, changes
+
+    def remove_entry(self, dirnode: Node, name: str) -> Changes:
+        """A child of a directory under root/ that a lookup found gone."""
+        changes = Changes()
+        node = (dirnode.children or {}).pop(name, None)
+        if node is not None:
+            self._drop(dirnode, node, changes)
+        return changes
+
+    def _fs_node(self, dirnode: Node, entry: Entry, node: Node | None, changes: Changes) -> Node:
+        kind = Kind.DIR if entry.is_dir else Kind.LINK if entry.is_link else Kind.FILE
+        if node is not None and (
+            node.entry is None or stat.S_IFMT(node.entry.mode) != stat.S_IFMT(entry.mode)
+        ):
+            self._drop(dirnode, node, changes)  # another file by that name now
+            node = None
+        if node is None:
+            node = self._new_node(dirnode, entry.name, kind, 0)
+        node.entry = entry
+        # Whole seconds, as tar says; below the second a count of listings
+        # that the FUSE layer may move on (kernel caching), kept here.
+        node.mtime_ns = entry.mtime * NS + node.mtime_ns % NS
+        node.data = entry.link
+        return node
+
     # -- internals -------------------------------------------------------------------
 
     def _new_node(self, parent: Node, name: str, kind: Kind, mtime_ns: int) -> Node:
@@ -308,7 +366,7 @@ class InodeTable:
             child = old.get(name)
             kind = (
                 Kind.DIR
-                if isinstance(value, Mapping)
+                if isinstance(value, Mapping) or value is Special.ROOT
                 else Kind.LINK
                 if isinstance(value, Link)
                 else Kind.FILE
@@ -322,7 +380,9 @@ class InodeTable:
                 self._reconcile(child, value, changes)
                 subdirs += 1
             elif isinstance(value, Special):
+                # root/ keeps its children: they come from the engine, not the list.
                 child.special = value
+                subdirs += kind is Kind.DIR
             elif isinstance(value, Link):
                 target = value.target.encode()
                 if child.data != target:

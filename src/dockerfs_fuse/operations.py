@@ -13,15 +13,18 @@ unexpected become errnos, logged once with the request that failed.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
+import contextlib
 import errno
 import functools
 import json
 import logging
 import os
+import posixpath
 import signal
 import stat
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
@@ -29,12 +32,14 @@ import pyfuse3
 import trio
 
 from .cache import ATTR_TIMEOUT, EngineCache, Source
+from .container_fs import ArchiveError, FileReader, NotThere, PathError
 from .control import BadCommand, parse_command
 from .docker_source import BadRequest, Conflict, DockerProblem, DockerSource, NotFound
-from .inodes import ROOT_INODE, Changes, InodeTable, Kind, Node
+from .inodes import NS, ROOT_INODE, Changes, InodeTable, Kind, Node
 from .logstream import LogSpool, LogSpools, TooManyLogs
 from .swarm_cache import SwarmCache
 from .tree import NAME_MAX, Special
+from .views import render_stats, render_top, render_wait
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +61,14 @@ MAX_FOLLOWERS_PER_PROCESS = 64
 INVALIDATION_QUEUE = 1000
 # How often a blocked logs or logs.follow read checks whether its reader was signalled.
 FOLLOW_POLL = 0.2
+# Containers whose `wait` may be read at once: each read waits on one
+# `POST /wait` per container, holding one of aiohttp's connections (ENFILE beyond).
+MAX_EXIT_WAITS = 12
+# Under a container's root/ the kernel may trust entries and attributes this
+# long: the container changes them without telling us.
+ROOT_TIMEOUT = 1.0
+# A root/ file at least this large may be read through the page cache (see _root_open).
+ROOT_PAGED_MIN = 1 << 20
 # `getfattr -n user.dockerfs.stats MOUNT`: Docker request counts, for make bench.
 STATS_XATTR = b"user.dockerfs.stats"
 # readdir offsets start above 2: NFS re-exports treat 1 and 2 specially.
@@ -75,6 +88,8 @@ def errno_for(exc: BaseException) -> int:
         return errno.EBUSY
     if isinstance(exc, BadRequest | BadCommand):
         return errno.EINVAL
+    if isinstance(exc, PathError):
+        return exc.errno
     return errno.EIO  # unreachable engine, any other API error, anything unexpected
 
 
@@ -87,7 +102,10 @@ def _guard(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any
             return await fn(*args, **kwargs)
         except pyfuse3.FUSEError:
             raise
-        except (DockerProblem, BadCommand) as exc:
+        except PathError as exc:  # ENOENT under root/ and the like: answers, not faults
+            log.debug("%s: %s", fn.__name__, exc)
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except (DockerProblem, BadCommand, ArchiveError) as exc:
             log.warning("%s: %s", fn.__name__, exc)
             raise pyfuse3.FUSEError(errno_for(exc)) from None
         except Exception:
@@ -147,7 +165,57 @@ class _LogHandle:
     closed: bool = False
 
 
-_Handle = _DirHandle | _FileHandle | _CtlHandle | _SwarmCtlHandle | _LogHandle
+@dataclass(slots=True)
+class _RootFileHandle:
+    """An open file under a container's root/: its content, streamed or spooled."""
+
+    reader: FileReader
+    opener_pid: int
+    cache: EngineCache
+
+
+class _ExitWait:
+    """One `POST /wait` for a container, shared by every reader of its `wait`."""
+
+    def __init__(self, future: Any, on_done: Callable[[], None]) -> None:
+        self.future = future
+        self.done = trio.Event()
+        self.readers = 0
+        token = trio.lowlevel.current_trio_token()
+
+        def finished() -> None:
+            self.done.set()
+            on_done()
+
+        def wake(_: object) -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(finished)
+
+        future.add_done_callback(wake)
+
+
+@dataclass(slots=True)
+class _WaitHandle:
+    """An open `wait`: blocks at its first read until the container stops."""
+
+    cache: EngineCache
+    cid: str
+    opener_pid: int
+    opener: int  # the opening process, for the follower caps
+    shared: _ExitWait | None = None
+    data: bytes | None = None
+    waiting: bool = False
+
+
+_Handle = (
+    _DirHandle
+    | _FileHandle
+    | _CtlHandle
+    | _SwarmCtlHandle
+    | _LogHandle
+    | _RootFileHandle
+    | _WaitHandle
+)
 
 
 class _Backlog:
@@ -236,6 +304,7 @@ class DockerFS(pyfuse3.Operations):
         self._handles: dict[int, _Handle] = {}
         self.followers = _Followers(MAX_FOLLOWERS, MAX_FOLLOWERS_PER_PROCESS)
         self.waiting_reads = 0
+        self._exit_waits: dict[tuple[str, str], _ExitWait] = {}
         self._next_fh = 1
         self._inval_send, self._inval_recv = trio.open_memory_channel[Changes](INVALIDATION_QUEUE)
         self._backlog = _Backlog()
@@ -326,6 +395,8 @@ class DockerFS(pyfuse3.Operations):
             raise _fail(errno.ENOENT) from None
 
     def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        if node.entry is not None:
+            return self._root_attrs(node)
         a = pyfuse3.EntryAttributes()
         a.st_ino = pyfuse3.InodeT(node.inode)
         a.generation = 0
@@ -359,6 +430,25 @@ class DockerFS(pyfuse3.Operations):
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = node.mtime_ns
         return a
 
+    def _root_attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        """A path under root/: its type, mode, owner, size and times as the engine says."""
+        e = node.entry
+        assert e is not None
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = pyfuse3.InodeT(node.inode)
+        a.generation = 0
+        a.entry_timeout = a.attr_timeout = ROOT_TIMEOUT
+        a.st_mode = pyfuse3.ModeT(e.mode)
+        a.st_nlink = node.nlink
+        a.st_uid = e.uid
+        a.st_gid = e.gid
+        a.st_rdev = e.rdev
+        a.st_size = e.size
+        a.st_blksize = 4096
+        a.st_blocks = (e.size + 511) // 512
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = node.mtime_ns
+        return a
+
     def _new_handle(self, handle: _Handle) -> pyfuse3.FileHandleT:
         fh = self._next_fh
         self._next_fh += 1
@@ -388,10 +478,167 @@ class DockerFS(pyfuse3.Operations):
         view = self._swarm_lists.get(parent.inode)
         if view is not None:
             return await view.find(parent, name)
+        if _in_root(parent) and name not in (".", ".."):
+            return await self._root_lookup(parent, name)
         cache = self.caches.get(parent.inode)
         if cache is None:  # inside a container, or the root of several engines
             return self.table.lookup(parent, name)
         return await cache.find(name)
+
+    # -- a container's own files (root/) and its exit (wait) ---------------------------
+
+    def _root_path(self, node: Node) -> tuple[EngineCache, str, str]:
+        """The engine, container and path in it of a node under root/ (root/ is "/")."""
+        parts: list[str] = []
+        while node.special is not Special.ROOT:
+            if node.parent is None or node.gone:
+                raise _fail(errno.ENOENT)
+            parts.append(node.name)
+            node = node.parent
+        cache, cid = self._container_of(node)
+        return cache, cid, "/" + "/".join(reversed(parts))
+
+    async def _root_lookup(self, parent: Node, name: str) -> Node | None:
+        if len(os.fsencode(name)) > NAME_MAX:
+            raise _fail(errno.ENAMETOOLONG)  # no container file has such a name
+        cache, cid, path = self._root_path(parent)
+        try:
+            entry = await cache.files.stat(cid, posixpath.join(path, name))
+        except (PathError, NotFound):
+            self._apply(self.table.remove_entry(parent, name))
+            return None
+        node, changes = self.table.set_entry(parent, entry)
+        self._apply(changes)
+        return node
+
+    async def _root_listing(self, node: Node, pid: int | None) -> list[tuple[str, int]]:
+        """Opening a directory under root/ re-reads it (container_fs says from where).
+
+        `pid` is the opener's, so that a signal ends a long wait with EINTR;
+        None where pyfuse3 does not say (readdir with kernel caching).
+        """
+        cache, cid, path = self._root_path(node)
+        try:
+            entries = cache.files.listing_now(cid, path)  # a walk goes on: no request, no wait
+            if entries is None:
+                if pid is None:
+                    entries = await cache.files.listing(cid, path)
+                else:
+                    entries = await self._interruptible(pid, cache.files.listing, cid, path)
+        except (NotThere, NotFound):
+            if node.parent is not None and node.entry is not None:
+                self._apply(self.table.remove_entry(node.parent, node.name))  # gone
+            raise
+        self._apply(self.table.set_listing(node, entries))
+        children = node.children or {}
+        return [(e.name, children[e.name].inode) for e in entries]
+
+    async def _root_open(self, node: Node, pid: int) -> pyfuse3.FileInfo:
+        cache, cid, path = self._root_path(node)
+        reader = cache.files.open_now(cid, path)
+        if reader is None:
+            size = node.entry.size if node.entry is not None else -1
+            reader = await self._interruptible(pid, cache.files.open, cid, path, size)
+        fh = self._new_handle(_RootFileHandle(reader, pid, cache))
+        # Never pages cached before this open (keep_cache off). A large file
+        # whose size is the one the kernel was told goes through the page
+        # cache, so the kernel reads ahead in large pieces (tar asks 10 KiB at
+        # a time); any other with direct I/O, never clipped at a stale size.
+        told = node.entry.size if node.entry is not None else -1
+        paged = reader.entry.size == told and told >= ROOT_PAGED_MIN
+        return pyfuse3.FileInfo(fh=fh, direct_io=not paged, keep_cache=False)
+
+    async def _read_root_file(self, h: _RootFileHandle, off: int, size: int) -> bytes:
+        h.cache.files.touch(h.reader.cid)
+        if h.reader.available(off, size):
+            return await h.reader.read(off, size)
+        return await self._interruptible(h.opener_pid, h.reader.read, off, size)
+
+    def _open_wait(self, node: Node, pid: int) -> pyfuse3.FileInfo:
+        cache, cid = self._container_of(node)
+        opener = _process_of(pid)
+        self.followers.take(opener)  # a read blocks like logs.follow's: the same caps
+        handle = _WaitHandle(cache, cid, pid, opener)
+        return pyfuse3.FileInfo(fh=self._new_handle(handle), direct_io=True, keep_cache=False)
+
+    async def _read_wait(self, h: _WaitHandle, off: int, size: int) -> bytes:
+        """The first read blocks until the container is not running; then its exit code."""
+        if h.data is None:
+            if h.waiting:
+                raise _fail(errno.EAGAIN)  # see MAX_FOLLOWERS
+            shared = h.shared = h.shared or self._join_exit_wait(h.cache, h.cid)
+            h.waiting = True
+            self.waiting_reads += 1
+            try:
+                await self._interruptible(h.opener_pid, shared.done.wait)
+            finally:
+                h.waiting = False
+                self.waiting_reads -= 1
+            try:
+                code = shared.future.result()
+            except concurrent.futures.CancelledError:
+                raise _fail(errno.EIO) from None
+            h.data = render_wait(code)
+        return h.data[off : off + size]
+
+    def _join_exit_wait(self, cache: EngineCache, cid: str) -> _ExitWait:
+        key = (cache.name, cid)
+        shared = self._exit_waits.get(key)
+        if shared is None:
+            if len(self._exit_waits) >= MAX_EXIT_WAITS:
+                log.warning("wait %s: %d containers waited on already", cid[:12], MAX_EXIT_WAITS)
+                raise _fail(errno.ENFILE)
+
+            def done() -> None:
+                if self._exit_waits.get(key) is shared:
+                    del self._exit_waits[key]
+
+            shared = self._exit_waits[key] = _ExitWait(cache.source.wait(cid), done)
+        shared.readers += 1
+        return shared
+
+    def _release_wait(self, h: _WaitHandle) -> None:
+        self.followers.give_back(h.opener)
+        shared, h.shared = h.shared, None
+        if shared is None:
+            return
+        shared.readers -= 1
+        if shared.readers <= 0 and not shared.done.is_set():
+            shared.future.cancel()  # nobody waits any more: stop asking
+            key = (h.cache.name, h.cid)
+            if self._exit_waits.get(key) is shared:
+                del self._exit_waits[key]
+
+    async def _interruptible(self, pid: int, fn: Callable[..., Awaitable[R]], *args: Any) -> R:
+        """Await fn(*args), or answer EINTR once `pid` has a fatal signal pending.
+
+        pyfuse3 cannot see the kernel's INTERRUPT; a shell's Ctrl-C on a slow
+        read under root/ or on `wait` must not wait for the engine.
+        """
+        scope = trio.CancelScope()
+        failure: Exception | None = None
+        result: list[R] = []
+
+        async def watch() -> None:
+            while True:
+                await trio.sleep(FOLLOW_POLL)
+                if _signal_pending(pid):
+                    scope.cancel()
+                    return
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            try:
+                with scope:
+                    result.append(await fn(*args))
+            except Exception as exc:
+                failure = exc
+            nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        if not result:
+            raise _fail(errno.EINTR)
+        return result[0]
 
     # -- requests ---------------------------------------------------------------------
 
@@ -442,6 +689,8 @@ class DockerFS(pyfuse3.Operations):
         node = self._node(inode)
         if not node.is_dir:
             raise _fail(errno.ENOTDIR)
+        if _in_root(node):
+            return self._new_handle(_DirHandle(await self._root_listing(node, ctx.pid)))
         cache = self.caches.get(inode)
         if cache is not None:
             # The contract: reading an engine's top directory (the root with
@@ -521,7 +770,16 @@ class DockerFS(pyfuse3.Operations):
                 await view.refresh_dir(inode)
                 node.mtime_ns = max(time.time_ns(), node.mtime_ns + 1)
                 _invalidate_inodes([inode], False)
-            entries = [(name, child.inode) for name, child in self.table.children(node).items()]
+            if _in_root(node):
+                # The kernel opens no directory here, so every listing it asks
+                # for is an open: read it again, and move the directory's mtime
+                # on (below the second: tar keeps whole seconds) so the kernel
+                # asks again at the next open instead of using what it cached.
+                entries = await self._root_listing(node, None)
+                node.mtime_ns = node.mtime_ns // NS * NS + (node.mtime_ns + 1) % NS
+                _invalidate_inodes([inode], False)
+            else:
+                entries = [(name, child.inode) for name, child in self.table.children(node).items()]
             snapshot = hash(tuple(entries)) & 0x7FFF_FFFF
             self._listings.pop((inode, snapshot), None)
             self._listings[inode, snapshot] = entries
@@ -559,6 +817,10 @@ class DockerFS(pyfuse3.Operations):
         if node.is_dir:
             raise _fail(errno.EISDIR)
         writing = flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND)
+        if node.entry is not None:
+            if writing:
+                raise _fail(errno.EROFS)
+            return await self._root_open(node, ctx.pid)
         if node.special is Special.CTL:
             if flags & os.O_ACCMODE != os.O_WRONLY:
                 raise _fail(errno.EACCES)
@@ -582,6 +844,8 @@ class DockerFS(pyfuse3.Operations):
                 return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
         elif node.special in (Special.LOGS, Special.FOLLOW):
             return self._open_log(node, ctx.pid)
+        elif node.special is Special.WAIT:
+            return self._open_wait(node, ctx.pid)
         else:
             data = await self._render(node)
         # Direct I/O: the kernel neither caches pages nor clips reads at a
@@ -644,6 +908,13 @@ class DockerFS(pyfuse3.Operations):
         if node.special is Special.INSPECT:
             info = await cache.inspect(cid)
             return (json.dumps(info, indent=4, ensure_ascii=False) + "\n").encode()
+        try:
+            if node.special is Special.TOP:
+                return render_top(await cache.source.top(cid))
+            if node.special is Special.STATS:
+                return render_stats(await cache.source.stats(cid))
+        except Conflict:
+            return b""  # not running: no processes, no sample
         raise _fail(errno.EIO)
 
     @_guard
@@ -665,6 +936,10 @@ class DockerFS(pyfuse3.Operations):
             data = await self._read_log(handle, handle.pos, size)
             handle.pos += len(data)
             return data
+        if isinstance(handle, _RootFileHandle):
+            return await self._read_root_file(handle, off, size)
+        if isinstance(handle, _WaitHandle):
+            return await self._read_wait(handle, off, size)
         raise _fail(errno.EBADF)
 
     async def _read_log(self, h: _LogHandle, off: int, size: int) -> bytes:
@@ -725,6 +1000,16 @@ class DockerFS(pyfuse3.Operations):
             handle.spools.release(handle.spool)
             if handle.follow:
                 self.followers.give_back(handle.opener)
+        elif isinstance(handle, _RootFileHandle):
+            handle.reader.close()
+        elif isinstance(handle, _WaitHandle):
+            self._release_wait(handle)
+
+    def _refuse_under_root(self, *inodes: int) -> None:
+        """A container's files are read-only: EROFS for any change there."""
+        for inode in inodes:
+            if inode in self.table and _in_root(self.table.get(inode)):
+                raise _fail(errno.EROFS)
 
     @_guard
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -746,6 +1031,8 @@ class DockerFS(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
+        if _in_root(node):
+            raise _fail(errno.EROFS)
         only_truncate = fields.update_size and not (
             fields.update_mode or fields.update_uid or fields.update_gid
         )
@@ -762,6 +1049,7 @@ class DockerFS(pyfuse3.Operations):
         flags: pyfuse3.FlagT,
         ctx: pyfuse3.RequestContext,
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        self._refuse_under_root(parent_inode)
         raise _fail(errno.EACCES)
 
     @_guard
@@ -773,6 +1061,7 @@ class DockerFS(pyfuse3.Operations):
         rdev: int,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
+        self._refuse_under_root(parent_inode)
         raise _fail(errno.EACCES)
 
     @_guard
@@ -783,6 +1072,7 @@ class DockerFS(pyfuse3.Operations):
         mode: pyfuse3.ModeT,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
+        self._refuse_under_root(parent_inode)
         raise _fail(errno.EACCES)
 
     @_guard
@@ -793,6 +1083,7 @@ class DockerFS(pyfuse3.Operations):
         target: pyfuse3.FileNameT,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
+        self._refuse_under_root(parent_inode)
         raise _fail(errno.EACCES)
 
     @_guard
@@ -803,18 +1094,21 @@ class DockerFS(pyfuse3.Operations):
         new_name: pyfuse3.FileNameT,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
+        self._refuse_under_root(new_parent_inode)
         raise _fail(errno.EACCES)
 
     @_guard
     async def unlink(
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
     ) -> None:
+        self._refuse_under_root(parent_inode)
         raise _fail(errno.EACCES)
 
     @_guard
     async def rmdir(
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
     ) -> None:
+        self._refuse_under_root(parent_inode)
         raise _fail(errno.EACCES)
 
     @_guard
@@ -827,6 +1121,7 @@ class DockerFS(pyfuse3.Operations):
         flags: pyfuse3.FlagT,
         ctx: pyfuse3.RequestContext,
     ) -> None:
+        self._refuse_under_root(parent_inode_old, parent_inode_new)
         raise _fail(errno.EACCES)
 
     @_guard
@@ -837,12 +1132,14 @@ class DockerFS(pyfuse3.Operations):
         value: bytes,
         ctx: pyfuse3.RequestContext,
     ) -> None:
+        self._refuse_under_root(inode)
         raise _fail(errno.EACCES)
 
     @_guard
     async def removexattr(
         self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
     ) -> None:
+        self._refuse_under_root(inode)
         raise _fail(errno.EACCES)
 
     @_guard
@@ -879,6 +1176,7 @@ class DockerFS(pyfuse3.Operations):
                 "followers": self.followers.count,
                 "waiting_reads": self.waiting_reads,
             },
+            "exit_waits": len(self._exit_waits),
         }
 
 
@@ -928,6 +1226,11 @@ def _invalidate_inodes(inodes: Sequence[int], attr_only: bool) -> None:
             # ENOENT: the kernel already dropped the inode; nothing to do.
             if exc.errno != errno.ENOENT:
                 log.debug("invalidate_inode(%d): %s", inode, exc)
+
+
+def _in_root(node: Node) -> bool:
+    """Whether a node is a container's root/ or under it."""
+    return node.entry is not None or node.special is Special.ROOT
 
 
 def _spool_errno(exc: OSError) -> int:

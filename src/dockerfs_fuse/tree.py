@@ -19,12 +19,20 @@ from typing import Any, TypeAlias, TypeVar
 
 
 class Special(enum.Enum):
-    """Files whose content is not in the list answer: made when opened or written."""
+    """Entries whose content is not in the list answer: made when opened or written.
+
+    ROOT is a directory (the container's own filesystem, read through the
+    engine); the others are files.
+    """
 
     CTL = "ctl"
     LOGS = "logs"
     FOLLOW = "logs.follow"
     INSPECT = "inspect.json"
+    ROOT = "root"
+    TOP = "top"
+    STATS = "stats"
+    WAIT = "wait"
 
 
 # A directory is a mapping of names to sub-directories, file contents or
@@ -36,7 +44,7 @@ T = TypeVar("T")
 # Each container directory, in listing order. The sub-directories are fixed,
 # which lets the inode table give a container directory its link count
 # without building it.
-SUBDIRS = ("Names", "Labels", "Ports", "Mounts", "Networks")
+SUBDIRS = ("Names", "Labels", "Ports", "Mounts", "Networks", "root")
 # The control and live views follow the list fields (see Special).
 ORDER = (
     "ID",
@@ -55,6 +63,10 @@ ORDER = (
     "logs",
     "logs.follow",
     "inspect.json",
+    "root",
+    "top",
+    "stats",
+    "wait",
 )
 
 

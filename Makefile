@@ -51,7 +51,7 @@ demo: deps-docker
 	$(BIN)/python -m dockerfs_fuse.demo $(MOUNTPOINT)
 
 ## make demo-swarm: a private 3-node Docker Swarm (network namespaces on this host), its
-## manager mounted at ~/n/swarm (the engine's own containers until --swarm lands)
+## cluster mounted with --swarm at ~/n/swarm (services/, nodes/, tasks/)
 demo-swarm: deps-docker
 	mkdir -p $(SWARM_MOUNTPOINT)
 	$(BIN)/python -m dockerfs_fuse.demo_swarm $(SWARM_MOUNTPOINT)
@@ -71,9 +71,11 @@ test-stock-venv: deps-docker
 	.venv-stock/bin/pip install -q -e '.[test]'
 	.venv-stock/bin/pytest -q tests/test_kernel_cache.py tests/test_mount.py -k 'not make_built'
 
-## make bench: figures for 10, 100 and 1000 containers (not part of make test)
+## make bench: figures for 10, 100 and 1000 containers, then a 3-node swarm's
+## 50 services x 4 replicas (bench_swarm.py; not part of make test)
 bench: deps-docker
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
+	$(BIN)/python bench/bench_swarm.py $(BENCH_SWARM_ARGS)
 
 ## make man: dockerfs-fuse(1) and dockerfs-9p(1) in build/man, from the argument
 ## parsers and README.md (scripts/gen-man); `man -l build/man/dockerfs-fuse.1`

@@ -82,6 +82,12 @@ def parser() -> argparse.ArgumentParser:
         "-a", "--all", action="store_true", help="list stopped containers too, not only running"
     )
     p.add_argument(
+        "--swarm",
+        action="store_true",
+        help="show the Swarm cluster the engine manages (services/, nodes/, tasks/) "
+        "instead of its containers",
+    )
+    p.add_argument(
         "--9p",
         dest="ninep",
         metavar="DIAL",
@@ -202,6 +208,7 @@ def config_from(args: argparse.Namespace) -> MountConfig:
         debug=args.debug,
         fuse_options=args.options,
         show_all=args.all,
+        swarm=args.swarm,
         log_file=os.path.abspath(args.log_file) if args.log_file else None,
         ninep=args.ninep,
         ninep_allow_control=args.ninep_allow_control,

@@ -1,12 +1,10 @@
 """`make demo-swarm`: a private three-node Docker Swarm to try, and its teardown.
 
 `python -m dockerfs_fuse.demo_swarm MOUNTPOINT` starts the cluster (see
-private_swarm) with two sample services and mounts the manager engine;
+private_swarm) with two sample services and mounts its view through the
+manager engine (`dockerfs-fuse --swarm`);
 `python -m dockerfs_fuse.demo_swarm --stop DIR` tears a cluster down again,
 by the PIDs and namespaces it saved in DIR. Needs root (dockerd does).
-
-The swarm view (`--swarm`) is not there yet: for now the mount shows the
-manager engine's own containers, which are its share of the tasks.
 """
 
 from __future__ import annotations
@@ -39,7 +37,8 @@ def start(mountpoint: str) -> int:
         return 1
     m = swarm.manager
     res = subprocess.run(
-        [sys.executable, "-m", "dockerfs_fuse.cli", "-H", m.host, mountpoint], check=False
+        [sys.executable, "-m", "dockerfs_fuse.cli", "--swarm", "-H", m.host, mountpoint],
+        check=False,
     )
     if res.returncode != 0:
         swarm.cleanup()
@@ -49,7 +48,9 @@ def start(mountpoint: str) -> int:
         f"""
 a private {NODES}-node swarm is running: {nodes}
 services web (4 replicas) and ticker (global), started in {swarm.start_seconds:.1f}s
-mounted its manager engine (node1's own containers; the swarm view is to come) at {mountpoint}
+mounted the cluster (services/, nodes/, tasks/) at {mountpoint}; try:
+  ls {mountpoint}/services/web/tasks; cat {mountpoint}/services/web/Running
+  echo scale 6 > {mountpoint}/services/web/ctl; echo drain > {mountpoint}/nodes/node2/ctl
   DOCKER_HOST={m.host} docker service ps web     # the cluster, with the docker CLI
 stop both (the mount, then the cluster, its namespaces and files):
   fusermount3 -u {mountpoint}; {sys.executable} -m dockerfs_fuse.demo_swarm --stop {swarm.base}

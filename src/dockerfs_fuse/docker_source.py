@@ -291,7 +291,7 @@ class DockerSource:
         return await self._call("containers/inspect", fetch, None)
 
     def stream_logs(
-        self, cid: str, out: LogWriter, follow: bool
+        self, cid: str, out: LogWriter, follow: bool, kind: str = "containers"
     ) -> concurrent.futures.Future[None]:
         """One request for a container's log, both streams, frame headers removed,
         written into `out` as it arrives; ends with `out.finish(error or None)`.
@@ -300,10 +300,11 @@ class DockerSource:
         start answering, and keep sending, within LOGS_STALL_TIMEOUT. With
         `follow`, the log so far and then new output until the container
         stops: a silent container is not an error. The result cancels it.
+        `kind="services"`: a Swarm service's log (every task's), the same way.
         """
         if self._thread is None or self._docker is None:
             raise DockerUnavailable("Docker client not started")
-        self.requests["containers/logs"] += 1
+        self.requests[f"{kind}/logs"] += 1
         docker = self._docker
         params = {"stdout": "1", "stderr": "1"}
         if follow:
@@ -316,9 +317,7 @@ class DockerSource:
         )
 
         async def produce() -> None:
-            async with docker._query(
-                f"containers/{cid}/logs", params=params, timeout=timeout
-            ) as resp:
+            async with docker._query(f"{kind}/{cid}/logs", params=params, timeout=timeout) as resp:
                 demux = Demuxer(resp.headers.get("Content-Type", ""))
                 async for chunk in resp.content.iter_any():
                     out.write(demux.feed(chunk))

@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from .bridge import Stream
 from .docker_source import (
     LOGS_TIMEOUT,
     ApiError,
@@ -30,6 +31,7 @@ from .docker_source import (
     DockerSource,
     NotFound,
 )
+from .docker_source import _stream_timeout as stream_timeout
 from .logstream import Demuxer
 from .swarm_control import Request, SwarmCommand, node_request, service_request
 
@@ -197,3 +199,26 @@ async def control_node(source: DockerSource, ref: str, command: SwarmCommand) ->
             if attempt == UPDATE_ATTEMPTS:
                 raise
             log.info("node %s changed while we updated it; reading it again", ref)
+
+
+# -- events ---------------------------------------------------------------------------
+
+
+def events(source: DockerSource) -> Stream:
+    """Docker's service, node and container events, as decoded JSON, until the stream drops.
+
+    Container events are the manager engine's own: a task's state on another
+    node sends none here, which is why the swarm cache also polls while the
+    cluster converges.
+    """
+
+    async def produce(d: Any, emit: Callable[[Any], None]) -> None:
+        params = {"filters": json.dumps({"type": ["service", "node", "container"]})}
+        async with d._query(
+            "events", params=params, timeout=stream_timeout(source.timeout)
+        ) as resp:
+            async for line in resp.content:
+                if line.strip():
+                    emit(json.loads(line))
+
+    return source.stream("swarm events", produce)

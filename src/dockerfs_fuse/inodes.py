@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import enum
 import stat
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .swarm_tree import Link, Tree
 from .tree import (
     SUBDIRS,
     Container,
@@ -178,14 +179,44 @@ class InodeTable:
         for node in self._aliases.pop(top.inode, {}).values():
             self._drop(top, node, changes)
 
-    def add_dir(self, name: str, mtime_ns: int = 0) -> Node:
-        """A fixed directory in the root: an engine's, in a several-engine mount."""
-        node = self._new_node(self.root, name, Kind.DIR, mtime_ns or self.root.mtime_ns)
+    def drop_aliases(self, top: Node) -> Changes:
+        """Forget the aliases made under `top` (its entries changed)."""
+        changes = Changes()
+        self._drop_aliases(top, changes)
+        return changes
+
+    def add_dir(self, name: str, mtime_ns: int = 0, parent: Node | None = None) -> Node:
+        """A fixed directory: an engine's in the root, in a several-engine mount,
+        or a swarm view's services/, nodes/ and tasks/."""
+        parent = parent or self.root
+        node = self._new_node(parent, name, Kind.DIR, mtime_ns or parent.mtime_ns)
         node.children = {}
-        assert self.root.children is not None
-        self.root.children[name] = node
-        self.root.subdirs = len(self.root.children)
+        if parent.children is None:
+            parent.children = {}
+        parent.children[name] = node
+        parent.subdirs = sum(1 for c in parent.children.values() if c.is_dir)
         return node
+
+    def set_objects(
+        self, parent: Node, objects: Mapping[str, tuple[int, Tree]], changes: Changes
+    ) -> None:
+        """Make `parent` list exactly these directories (name -> mtime, contents),
+        keeping the inodes of kept names: the swarm view's services, nodes, tasks."""
+        old = parent.children or {}
+        new: dict[str, Node] = {}
+        for name, (mtime_ns, spec) in objects.items():
+            node = old.get(name)
+            if node is None:
+                node = self._new_node(parent, name, Kind.DIR, mtime_ns)
+            self._reconcile(node, spec, changes)
+            new[name] = node
+        for name, node in old.items():
+            if name not in new:
+                self._drop(parent, node, changes)
+        if parent.lookups and list(new) != list(old):
+            changes.changed.append(parent.inode)
+        parent.children = new
+        parent.subdirs = len(new)
 
     # -- the kernel's lookup counts -------------------------------------------
 
@@ -326,28 +357,38 @@ class InodeTable:
             if node.children is not None:
                 self._reconcile(node, container_spec(c), changes)
 
-    def _reconcile(self, dirnode: Node, spec: Spec, changes: Changes) -> None:
+    def _reconcile(self, dirnode: Node, spec: Spec | Tree, changes: Changes) -> None:
         """Make dirnode's children match spec, keeping the inodes of kept names."""
         old = dirnode.children or {}
         new: dict[str, Node] = {}
         subdirs = 0
         for name, value in spec.items():
             child = old.get(name)
-            wants_dir = isinstance(value, dict) or value is Special.ROOT
-            if child is not None and child.is_dir != wants_dir:
+            kind = (
+                Kind.DIR
+                if isinstance(value, Mapping) or value is Special.ROOT
+                else Kind.LINK
+                if isinstance(value, Link)
+                else Kind.FILE
+            )
+            if child is not None and child.kind is not kind:
                 self._drop(dirnode, child, changes)
                 child = None
             if child is None:
-                child = self._new_node(
-                    dirnode, name, Kind.DIR if wants_dir else Kind.FILE, dirnode.mtime_ns
-                )
-            if isinstance(value, dict):
+                child = self._new_node(dirnode, name, kind, dirnode.mtime_ns)
+            if isinstance(value, Mapping):
                 self._reconcile(child, value, changes)
                 subdirs += 1
             elif isinstance(value, Special):
                 # root/ keeps its children: they come from the engine, not the list.
                 child.special = value
-                subdirs += wants_dir
+                subdirs += kind is Kind.DIR
+            elif isinstance(value, Link):
+                target = value.target.encode()
+                if child.data != target:
+                    if child.lookups:
+                        changes.changed.append(child.inode)
+                    child.data = target
             elif child.data != value:
                 if child.lookups:
                     changes.changed.append(child.inode)

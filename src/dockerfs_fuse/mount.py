@@ -66,6 +66,8 @@ class MountConfig:
     debug: bool = False
     fuse_options: list[str] = field(default_factory=list)
     show_all: bool = False
+    # The Swarm cluster the engine manages, instead of its containers.
+    swarm: bool = False
     log_file: str | None = None
     # Re-export the mount over 9P on these dial strings (the dockerfs-9p shim).
     ninep: list[str] = field(default_factory=list)
@@ -369,7 +371,9 @@ def prepare(config: MountConfig) -> tuple[list[DockerSource], DockerFS, list[str
     notes = [_ping(source, len(sources) > 1) for source in sources]
     notes.append(f"kernel caching of listings and pages {caching.why}")
     engines = {source.target.name: source for source in sources}
-    fs = DockerFS(engines, show_all=config.show_all, kernel_cache=caching.enabled)
+    fs = DockerFS(
+        engines, show_all=config.show_all, kernel_cache=caching.enabled, swarm=config.swarm
+    )
     return sources, fs, notes
 
 

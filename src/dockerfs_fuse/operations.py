@@ -34,9 +34,10 @@ import trio
 from .cache import ATTR_TIMEOUT, EngineCache, Source
 from .container_fs import ArchiveError, FileReader, NotThere, PathError
 from .control import BadCommand, parse_command
-from .docker_source import BadRequest, Conflict, DockerProblem, NotFound
+from .docker_source import BadRequest, Conflict, DockerProblem, DockerSource, NotFound
 from .inodes import NS, ROOT_INODE, Changes, InodeTable, Kind, Node
 from .logstream import LogSpool, LogSpools, TooManyLogs
+from .swarm_cache import SwarmCache
 from .tree import NAME_MAX, Special
 from .views import render_stats, render_top, render_wait
 
@@ -141,6 +142,13 @@ class _CtlHandle:
 
 
 @dataclass(slots=True)
+class _SwarmCtlHandle:
+    swarm: SwarmCache
+    kind: str
+    oid: str
+
+
+@dataclass(slots=True)
 class _LogHandle:
     """An open `logs` (read at the kernel's offsets, ends where the log so far
     ends) or `logs.follow` (read in order, blocks like a pipe until the
@@ -199,7 +207,15 @@ class _WaitHandle:
     waiting: bool = False
 
 
-_Handle = _DirHandle | _FileHandle | _CtlHandle | _LogHandle | _RootFileHandle | _WaitHandle
+_Handle = (
+    _DirHandle
+    | _FileHandle
+    | _CtlHandle
+    | _SwarmCtlHandle
+    | _LogHandle
+    | _RootFileHandle
+    | _WaitHandle
+)
 
 
 class _Backlog:
@@ -272,6 +288,7 @@ class DockerFS(pyfuse3.Operations):
         *,
         show_all: bool = False,
         kernel_cache: bool = False,
+        swarm: bool = False,
     ) -> None:
         super().__init__()
         if not engines:
@@ -295,8 +312,18 @@ class DockerFS(pyfuse3.Operations):
         # The engines, by the inode of their top directory.
         self.several = len(engines) > 1
         self.caches: dict[int, EngineCache] = {}
+        # --swarm: each engine's cluster view, by its top directory's inode and
+        # by those of its services/, nodes/ and tasks/.
+        self.swarms: dict[int, SwarmCache] = {}
+        self._swarm_lists: dict[int, SwarmCache] = {}
         for name, source in engines.items():
             top = self.table.add_dir(name) if self.several else self.table.root
+            if swarm:
+                assert isinstance(source, DockerSource)
+                view = SwarmCache(name, source, self.table, top, self._apply)
+                self.swarms[top.inode] = view
+                self._swarm_lists.update(dict.fromkeys(view.kind_of, view))
+                continue
             self.caches[top.inode] = EngineCache(
                 name,
                 source,
@@ -357,6 +384,8 @@ class DockerFS(pyfuse3.Operations):
         async with trio.open_nursery() as nursery:
             for cache in self.caches.values():
                 nursery.start_soon(cache.run_events)
+            for view in self.swarms.values():
+                nursery.start_soon(view.run_events)
 
     # -- helpers ------------------------------------------------------------------
 
@@ -391,10 +420,12 @@ class DockerFS(pyfuse3.Operations):
         a.st_gid = self.gid
         a.st_rdev = 0
         a.st_size = len(node.data) if node.kind is not Kind.DIR else 0
-        if node.special is Special.LOGS and node.parent is not None and cache is not None:
-            # `tail -f` follows by polling this size: never let the kernel cache it.
-            a.st_size = cache.logs.polled_size(node.parent.name)
-            a.attr_timeout = 0
+        if node.special is Special.LOGS and node.parent is not None:
+            logs = cache.logs if cache is not None else self._swarm_logs(node)
+            if logs is not None:
+                # `tail -f` follows by polling this size: never let the kernel cache it.
+                a.st_size = logs.polled_size(node.parent.name)
+                a.attr_timeout = 0
         a.st_blksize = 4096
         a.st_blocks = (a.st_size + 511) // 512
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = node.mtime_ns
@@ -435,7 +466,19 @@ class DockerFS(pyfuse3.Operations):
             n = n.parent
         return None
 
+    def _swarm_of(self, node: Node) -> SwarmCache | None:
+        n: Node | None = node
+        while n is not None:
+            view = self.swarms.get(n.inode)
+            if view is not None:
+                return view
+            n = n.parent
+        return None
+
     async def _find(self, parent: Node, name: str) -> Node | None:
+        view = self._swarm_lists.get(parent.inode)
+        if view is not None:
+            return await view.find(parent, name)
         if _in_root(parent) and name not in (".", ".."):
             return await self._root_lookup(parent, name)
         cache = self.caches.get(parent.inode)
@@ -668,6 +711,9 @@ class DockerFS(pyfuse3.Operations):
             # one engine) is what refreshes its cache. The root of several
             # engines lists them and asks none.
             await cache.refresh()
+        view = self._swarm_lists.get(inode)
+        if view is not None:  # so does reading services/, nodes/ or tasks/
+            await view.refresh_dir(inode)
         entries = [(name, child.inode) for name, child in self.table.children(node).items()]
         return self._new_handle(_DirHandle(entries))
 
@@ -733,6 +779,11 @@ class DockerFS(pyfuse3.Operations):
                 # write to /dev/fuse, which waits for nothing of ours (no
                 # writeback cache), and it must be done before we reply.
                 _invalidate_inodes([inode], False)
+            view = self._swarm_lists.get(inode)
+            if view is not None:
+                await view.refresh_dir(inode)
+                node.mtime_ns = max(time.time_ns(), node.mtime_ns + 1)
+                _invalidate_inodes([inode], False)
             if _in_root(node):
                 # The kernel opens no directory here, so every listing it asks
                 # for is an open: read it again, and move the directory's mtime
@@ -787,6 +838,11 @@ class DockerFS(pyfuse3.Operations):
         if node.special is Special.CTL:
             if flags & os.O_ACCMODE != os.O_WRONLY:
                 raise _fail(errno.EACCES)
+            view = self._swarm_of(node)
+            if view is not None:
+                kind, oid = view.locate(node)
+                handle = _SwarmCtlHandle(view, kind, oid)
+                return pyfuse3.FileInfo(fh=self._new_handle(handle), direct_io=True)
             cache, cid = self._container_of(node)
             return pyfuse3.FileInfo(fh=self._new_handle(_CtlHandle(cache, cid)), direct_io=True)
         if writing:
@@ -812,14 +868,23 @@ class DockerFS(pyfuse3.Operations):
         fh = self._new_handle(_FileHandle(data))
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
 
+    def _swarm_logs(self, node: Node) -> LogSpools | None:
+        view = self._swarm_of(node)
+        return view.logs if view is not None else None
+
     def _open_log(self, node: Node, pid: int) -> pyfuse3.FileInfo:
-        cache, cid = self._container_of(node)
+        view = self._swarm_of(node)
+        if view is not None:
+            spools, cid = view.logs, view.log_key(node)
+        else:
+            cache, cid = self._container_of(node)
+            spools = cache.logs
         follow = node.special is Special.FOLLOW
         opener = _process_of(pid)
         if follow:
             self.followers.take(opener)
         try:
-            spool = cache.logs.open(cid)
+            spool = spools.open(cid)
         except BaseException as exc:
             if follow:
                 self.followers.give_back(opener)
@@ -832,7 +897,7 @@ class DockerFS(pyfuse3.Operations):
             raise
         if follow:
             spool.want_more()
-        fh = self._new_handle(_LogHandle(spool, follow, pid, opener, cache.logs))
+        fh = self._new_handle(_LogHandle(spool, follow, pid, opener, spools))
         # Direct I/O: reads are never clipped at a size the kernel cached.
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False, nonseekable=follow)
 
@@ -846,6 +911,13 @@ class DockerFS(pyfuse3.Operations):
 
     async def _render(self, node: Node) -> bytes:
         """One API call per open, never per read (lxcfs's model)."""
+        view = self._swarm_of(node)
+        if view is not None:
+            kind, oid = view.locate(node)
+            if node.special is Special.INSPECT:
+                info = await view.inspect(kind, oid)
+                return (json.dumps(info, indent=4, ensure_ascii=False) + "\n").encode()
+            raise _fail(errno.EIO)
         cache, cid = self._container_of(node)
         if node.special is Special.INSPECT:
             info = await cache.inspect(cid)
@@ -918,12 +990,16 @@ class DockerFS(pyfuse3.Operations):
     @_guard
     async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
         handle = self._handles.get(fh)
-        if not isinstance(handle, _CtlHandle):
+        if not isinstance(handle, _CtlHandle | _SwarmCtlHandle):
             raise _fail(errno.EBADF)
         if off != 0:
             # The rest of a write the kernel split, or a second write on one
             # descriptor: never a whole command, so never run.
             raise BadCommand(f"one command per open and write, at offset 0 (not {off})")
+        if isinstance(handle, _SwarmCtlHandle):
+            action = await handle.swarm.control(handle.kind, handle.oid, buf)
+            log.info("ctl %s %s: %s", handle.kind, handle.oid[:12], action)
+            return len(buf)
         command = parse_command(buf)
         log.info("ctl %s: %s %s", handle.cid[:12], command.action, command.params or "")
         await handle.cache.control(handle.cid, command)
@@ -1100,6 +1176,7 @@ class DockerFS(pyfuse3.Operations):
         """Counters for the benchmark and the tests: requests by kind (all
         engines' summed, and each engine's), table size."""
         engines = {cache.name: cache.stats() for cache in self.caches.values()}
+        engines.update((view.name, view.stats()) for view in self.swarms.values())
         total: collections.Counter[str] = collections.Counter()
         for one in engines.values():
             total.update(one["requests"])

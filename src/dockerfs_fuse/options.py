@@ -50,6 +50,7 @@ def _words(text: str) -> list[str]:
 
 OURS: tuple[Option, ...] = (
     _ours("all", "all", "list stopped containers too (-a)"),
+    _ours("swarm", "swarm", "show the Swarm cluster the engine manages (--swarm)"),
     _ours("host", "host", "a Docker engine, [NAME=]URL; repeatable (-H)", "[NAME=]URL"),
     _ours("context", "context", "the engine of a docker CLI context; repeatable", "NAME"),
     _ours("9p", "ninep", "also serve the mount over 9P on DIAL; repeatable (--9p)", "DIAL"),

@@ -1,0 +1,371 @@
+"""One engine's Swarm view (`--swarm`): what keeps services/, nodes/ and tasks/ fresh.
+
+The sibling of cache.EngineCache for a cluster: it owns the engine's top
+directory in the inode table, the three lists under it, the last answer of
+each list, and the event stream. What changed goes to `on_changes`, as with
+containers, so the FUSE adapter only answers the kernel.
+
+Freshness, as the contract asks (at most about a second behind Docker):
+
+- reading services/, nodes/ or tasks/ lists that one kind again (one
+  request; readers that arrive meanwhile share it);
+- service and node events re-read their list; container events of the
+  manager's own tasks re-read the tasks;
+- a task's state on another node sends no event to this engine, so while
+  the cluster converges (a service's running count is not its desired
+  count, a task is being stopped, or an event came in the last
+  BUSY_SECONDS) services and tasks are re-listed every POLL_INTERVAL; a
+  settled cluster costs no request at all.
+
+Every directory is rebuilt from the three lists (swarm_tree, pure); the
+table keeps the inodes of the names that stay.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import trio
+
+from . import docker_swarm as api
+from .cache import (
+    ATTR_TIMEOUT,
+    FALLBACK_TIMEOUT,
+    MAX_LOG_SPOOLS,
+    MISS_REFRESH_INTERVAL,
+    RECONNECT_MAX,
+    _Refresher,
+)
+from .docker_source import DockerProblem, DockerSource, NotFound
+from .inodes import NS, Changes, InodeTable, Node
+from .logstream import Cancellable, LogSpools, LogWriter
+from .swarm_control import parse_node_command, parse_service_command
+from .swarm_tree import (
+    TOP,
+    Obj,
+    created_seconds,
+    node_aliases,
+    node_names,
+    node_spec,
+    object_id,
+    service_aliases,
+    service_name,
+    service_spec,
+    task_spec,
+)
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL = 1.0
+BUSY_SECONDS = 30.0
+# Events come in bursts (a service update sends one per task it replaces): fold them.
+EVENT_DELAY = 0.05
+_SETTLING = ("updating", "rollback_started", "rollback_paused", "paused")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
+
+
+class SwarmCache:
+    """The cluster one engine manages, kept fresh under `top` in `table`."""
+
+    def __init__(
+        self,
+        name: str,
+        source: DockerSource,
+        table: InodeTable,
+        top: Node,
+        on_changes: Any,
+    ) -> None:
+        self.name = name
+        self.source = source
+        self.table = table
+        self.top = top
+        self._on_changes = on_changes
+        self.attr_timeout = ATTR_TIMEOUT
+        self.events_up = False
+        self.dirs: dict[str, Node] = {kind: table.add_dir(kind, parent=top) for kind in TOP}
+        self.kind_of = {node.inode: kind for kind, node in self.dirs.items()}
+        self.objects: dict[str, list[Obj]] = {kind: [] for kind in TOP}
+        # Directory name -> object ID, per kind, as of the last rebuild.
+        self._ids: dict[str, dict[str, str]] = {kind: {} for kind in TOP}
+        self._refreshers = {kind: _Refresher(self._fetcher(kind)) for kind in TOP}
+        self._misses: dict[tuple[str, str], float] = {}
+        self._pending: set[str] = set()
+        self._wake = trio.Event()
+        self._busy_until = 0.0
+        # services/<name>/logs: spooled as a container's logs are, by directory name.
+        self.logs = LogSpools(self._stream_logs, self._service_listed, MAX_LOG_SPOOLS)
+
+    def _fetcher(self, kind: str) -> Any:
+        calls = {"services": api.list_services, "nodes": api.list_nodes, "tasks": api.list_tasks}
+        call = calls[kind]
+
+        async def fetch() -> list[Obj]:
+            return list(await call(self.source))
+
+        return fetch
+
+    # -- listings ------------------------------------------------------------------
+
+    async def refresh(self, kind: str) -> None:
+        """List one kind again (one request) and rebuild what shows it."""
+        found = [o for o in await self._refreshers[kind].get() if object_id(o)]
+        if found == self.objects[kind]:
+            return  # the usual answer in a settled cluster: nothing to rebuild
+        self.objects[kind] = found
+        self._rebuild()
+
+    async def refresh_dir(self, inode: int) -> None:
+        await self.refresh(self.kind_of[inode])
+
+    def _rebuild(self) -> None:
+        services, tasks, nodes = (self.objects[k] for k in ("services", "tasks", "nodes"))
+        nnames = node_names(nodes)
+        snames = {object_id(s): service_name(s) for s in services}
+        changes = Changes()
+        trees = {
+            "services": {
+                service_name(s): (_mtime(s), service_spec(s, tasks, nnames)) for s in services
+            },
+            "nodes": {nnames[object_id(n)]: (_mtime(n), node_spec(n)) for n in nodes},
+            "tasks": {object_id(t): (_mtime(t), task_spec(t, snames, nnames)) for t in tasks},
+        }
+        for kind, objects in trees.items():
+            self.table.set_objects(self.dirs[kind], objects, changes)
+            aliases = self.table.drop_aliases(self.dirs[kind])
+            changes.removed += aliases.removed
+        self._ids = {
+            "services": {service_name(s): object_id(s) for s in services},
+            "nodes": {nnames[object_id(n)]: object_id(n) for n in nodes},
+            "tasks": {object_id(t): object_id(t) for t in tasks},
+        }
+        # The kernel keeps a listing it cached until the directory's mtime
+        # moves (invalidating its inode alone does not drop it): a directory
+        # whose entries changed shows the time of the change.
+        now = time.time_ns()
+        for inode in changes.changed:
+            node = self.table.get(inode) if inode in self.table else None
+            if node is not None and node.is_dir:
+                node.mtime_ns = max(now, node.mtime_ns + 1)
+        if changes:
+            self._on_changes(changes)
+
+    # -- names ----------------------------------------------------------------------
+
+    async def find(self, parent: Node, name: str) -> Node | None:
+        """An entry of services/, nodes/ or tasks/, or the unlisted alias of one;
+        a name nobody listed yet lists its kind again, at most once a second."""
+        kind = self.kind_of[parent.inode]
+        node = self._lookup(kind, name)
+        if node is not None or not _NAME.fullmatch(name):
+            return node
+        now = time.monotonic()
+        if now - self._misses.get((kind, name), -math.inf) < MISS_REFRESH_INTERVAL:
+            return None
+        if len(self._misses) > 1024:
+            self._misses.clear()
+        self._misses[kind, name] = now
+        try:
+            await self.refresh(kind)
+        except DockerProblem as exc:
+            log.debug("%s: lookup of %s/%s: %s", self.name, kind, name, exc)
+            return None
+        return self._lookup(kind, name)
+
+    def _lookup(self, kind: str, name: str) -> Node | None:
+        parent = self.dirs[kind]
+        node = self.table.lookup(parent, name)
+        if node is not None:
+            return node
+        aliases = self._aliases(kind)
+        target = aliases.get(name)
+        return self.table.link(name, target, parent) if target else None
+
+    def _aliases(self, kind: str) -> dict[str, str]:
+        if kind == "services":
+            return service_aliases(self.objects["services"])
+        if kind == "nodes":
+            return node_aliases(self.objects["nodes"])
+        return {}
+
+    def locate(self, node: Node) -> tuple[str, str]:
+        """(kind, object ID) of the object a node is inside of; NotFound if gone."""
+        n: Node | None = node
+        while n is not None and n.parent is not None and n.parent.inode not in self.kind_of:
+            n = n.parent
+        if n is None or n.parent is None or n.gone:
+            raise NotFound("no longer in the cluster")
+        kind = self.kind_of[n.parent.inode]
+        oid = self._ids[kind].get(n.name)
+        if oid is None:
+            raise NotFound(f"{kind}/{n.name} is no longer in the cluster")
+        return kind, oid
+
+    # -- what an object shows that its list entry does not ---------------------------
+
+    async def inspect(self, kind: str, oid: str) -> dict[str, Any]:
+        calls = {"services": api.inspect_service, "nodes": api.inspect_node}
+        return await calls.get(kind, api.inspect_task)(self.source, oid)
+
+    def _stream_logs(self, name: str, out: LogWriter, follow: bool) -> Cancellable:
+        sid = self._ids["services"].get(name) or name
+        return self.source.stream_logs(sid, out, follow, kind="services")
+
+    def _service_listed(self, name: str) -> bool:
+        """Whether following its log may bring more: a service's tasks may
+        always start again, so while the service is there."""
+        return name in self._ids["services"]
+
+    def log_key(self, node: Node) -> str:
+        """The spool key of a services/<name>/logs node: the service's name."""
+        kind, _ = self.locate(node)
+        if kind != "services" or node.parent is None:
+            raise NotFound("only a service has logs")
+        return node.parent.name
+
+    async def control(self, kind: str, oid: str, data: bytes) -> str:
+        """Carry out one ctl write; returns the command's action, for the log.
+        The change is shown at once (a re-list), and the cluster polled while
+        it converges."""
+        if kind == "services":
+            command = parse_service_command(data)
+            await api.control_service(self.source, oid, command)
+            again: Iterable[str] = ("services", "tasks")
+        elif kind == "nodes":
+            command = parse_node_command(data)
+            await api.control_node(self.source, oid, command)
+            again = ("nodes", "services", "tasks")
+        else:
+            raise NotFound("a task has no ctl")
+        self._busy_until = time.monotonic() + BUSY_SECONDS
+        for k in again:
+            try:
+                await self.refresh(k)
+            except DockerProblem as exc:  # the command itself succeeded
+                log.warning("%s: after ctl %s: %s", self.name, command.action, exc)
+        self._wake.set()
+        return command.action
+
+    # -- the event stream ----------------------------------------------------------
+
+    async def run_events(self) -> None:
+        """Keep the view fresh between listings (a task in the main nursery)."""
+        try:
+            local = await api.local_node(self.source)
+        except DockerProblem as exc:
+            local = {}
+            log.warning("%s: cannot ask whether this engine manages a swarm: %s", self.name, exc)
+        if local and not local.get("ControlAvailable"):
+            log.warning(
+                "%s: this engine is not a swarm manager (swarm state %r): its cluster "
+                "cannot be listed here, and ctl writes fail with EIO",
+                self.name,
+                local.get("LocalNodeState") or "inactive",
+            )
+        backoff = 0.5
+        down = False
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._keep_fresh)
+            while True:
+                stream = api.events(self.source)
+                try:
+                    for kind in TOP:
+                        await self.refresh(kind)
+                    if down:
+                        log.info("%s: swarm event stream reconnected", self.name)
+                    down, backoff = False, 0.5
+                    self.events_up = True
+                    self.attr_timeout = ATTR_TIMEOUT
+                    async for event in stream:
+                        self.on_event(event)
+                    problem = "ended"
+                except DockerProblem as exc:
+                    problem = str(exc)
+                except Exception:  # a bug must not unmount
+                    log.exception("%s: swarm event stream", self.name)
+                    problem = "failed"
+                finally:
+                    stream.close()
+                self.events_up = False
+                self.attr_timeout = FALLBACK_TIMEOUT
+                if not down:
+                    log.warning("%s: swarm view: %s; retrying", self.name, problem)
+                    down = True
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, RECONNECT_MAX * 4)
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        etype = event.get("Type")
+        action = str(event.get("Action") or "")
+        actor = event.get("Actor") or {}
+        oid = str(actor.get("ID") or "")
+        if etype == "service":
+            if action == "remove" and oid:
+                # Gone at once, without waiting for the list.
+                self.objects["services"] = [
+                    s for s in self.objects["services"] if object_id(s) != oid
+                ]
+                self._rebuild()
+            self._pending |= {"services", "tasks"}
+        elif etype == "node":
+            self._pending |= {"nodes", "services", "tasks"}
+        elif etype == "container":
+            if not (actor.get("Attributes") or {}).get("com.docker.swarm.task.id"):
+                return
+            self._pending |= {"services", "tasks"}
+        else:
+            return
+        log.debug("%s: event %s %s %s", self.name, etype, action, oid[:12])
+        self._busy_until = time.monotonic() + BUSY_SECONDS
+        self._wake.set()
+
+    def _busy(self) -> bool:
+        return time.monotonic() < self._busy_until or not _settled(
+            self.objects["services"], self.objects["tasks"]
+        )
+
+    async def _keep_fresh(self) -> None:
+        while True:
+            with trio.move_on_after(POLL_INTERVAL if self._busy() else math.inf):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            await trio.sleep(EVENT_DELAY)
+            kinds = self._pending or ({"services", "tasks"} if self._busy() else set())
+            self._pending = set()
+            for kind in TOP:
+                if kind in kinds:
+                    try:
+                        await self.refresh(kind)
+                    except DockerProblem as exc:
+                        log.debug("%s: re-reading %s: %s", self.name, kind, exc)
+                    except Exception:  # a bug must not unmount
+                        log.exception("%s: re-reading %s", self.name, kind)
+
+    def stats(self) -> dict[str, Any]:
+        return {"requests": dict(self.source.requests), "events": self.events_up}
+
+
+def _mtime(obj: Obj) -> int:
+    return created_seconds(obj) * NS
+
+
+def _settled(services: list[Obj], tasks: list[Obj]) -> bool:
+    """Nothing the orchestrator is still doing that no event would tell us of."""
+    for s in services:
+        status = s.get("ServiceStatus") or {}
+        if status.get("RunningTasks") != status.get("DesiredTasks"):
+            return False
+        if (s.get("UpdateStatus") or {}).get("State") in _SETTLING:
+            return False
+    for t in tasks:
+        state = (t.get("Status") or {}).get("State")
+        desired = t.get("DesiredState")
+        if desired == "running" and state != "running":
+            return False
+        if desired in ("shutdown", "remove") and state in ("running", "starting"):
+            return False
+    return True

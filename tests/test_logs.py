@@ -9,12 +9,14 @@ openers at their cap leave the rest of the mount served.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 import re
 import shlex
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -528,10 +530,24 @@ def ticker(engine: Engine, at_least: int) -> tuple[str, int]:
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    """End a tool we started, by its PID."""
-    if proc.poll() is None:
-        proc.kill()
+    """End a tool we started, and what it started (less under script), by PID:
+    killing script alone leaves less spinning on a terminal that is gone."""
+    for pid in [*descendants(proc.pid), proc.pid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     proc.wait(10)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below pid (deepest first), from /proc."""
+    found: list[int] = []
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return found
+    for child in map(int, children):
+        found += [*descendants(child), child]
+    return found
 
 
 def stats(m: Mount) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import re
 import ssl
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiodocker
 import aiohttp
@@ -38,6 +38,14 @@ from .logstream import Demuxer, LogWriter
 from .tree import Container, all_hex
 
 log = logging.getLogger(__name__)
+
+
+class _Sink(Protocol):
+    """The producer's end of a spool (log or archive), written on the asyncio thread."""
+
+    def finish(self, error: Exception | None) -> None: ...
+    def close(self) -> None: ...
+
 
 T = TypeVar("T")
 
@@ -290,6 +298,32 @@ class DockerSource:
 
         return await self._call("containers/inspect", fetch, None)
 
+    def _produce_into(
+        self, produce: Callable[[], Awaitable[None]], out: _Sink
+    ) -> concurrent.futures.Future[None]:
+        """Run a streaming request on the asyncio thread; `out` hears how it
+        ended (finish) and is closed whatever happens. The result cancels it."""
+        assert self._thread is not None
+
+        async def run() -> None:
+            try:
+                await produce()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                out.finish(_translate(exc))
+            else:
+                out.finish(None)
+            finally:
+                out.close()
+
+        future = self._thread.submit(run())
+        # Cancelled before it ever ran, run() cannot close `out`: do it on the
+        # loop's thread, where it cannot race a write.
+        loop = self._thread.loop
+        future.add_done_callback(lambda _: call_soon(loop, out.close))
+        return future
+
     def stream_logs(
         self, cid: str, out: LogWriter, follow: bool, kind: str = "containers"
     ) -> concurrent.futures.Future[None]:
@@ -323,24 +357,7 @@ class DockerSource:
                     out.write(demux.feed(chunk))
                 out.write(demux.flush())
 
-        async def run() -> None:
-            try:
-                await produce()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                out.finish(_translate(exc))
-            else:
-                out.finish(None)
-            finally:
-                out.close()
-
-        future = self._thread.submit(run())
-        # Cancelled before it ever ran, run() cannot close `out`: do it on the
-        # loop's thread, where it cannot race a write.
-        loop = self._thread.loop
-        future.add_done_callback(lambda _: call_soon(loop, out.close))
-        return future
+        return self._produce_into(produce, out)
 
     def stream_archive(
         self, cid: str, path: str, out: ArchiveWriter
@@ -379,22 +396,7 @@ class DockerSource:
                     # to us): the engine holds the container's lock until it is.
                     resp.close()
 
-        async def run() -> None:
-            try:
-                await produce()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                out.finish(_translate(exc))
-            else:
-                out.finish(None)
-            finally:
-                out.close()
-
-        future = self._thread.submit(run())
-        loop = self._thread.loop
-        future.add_done_callback(lambda _: call_soon(loop, out.close))
-        return future
+        return self._produce_into(produce, out)
 
     async def top(self, cid: str) -> dict[str, Any]:
         """`GET /containers/{id}/top`: Titles and Processes (409 Conflict when not running)."""

@@ -23,7 +23,7 @@ import os
 import re
 import ssl
 import urllib.parse
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 import aiodocker
@@ -514,11 +514,12 @@ class DockerSource:
         out.future = self._thread.submit(run())
         return out
 
-    def events(self) -> Stream:
-        """Docker's container events, as decoded JSON objects, until the stream drops."""
+    def events(self, types: Sequence[str] = ("container",), what: str = "events") -> Stream:
+        """Docker's events of these types (containers by default), as decoded
+        JSON objects, until the stream drops; counted as `what`."""
 
         async def produce(d: aiodocker.Docker, emit: Callable[[Any], None]) -> None:
-            params = {"filters": json.dumps({"type": ["container"]})}
+            params = {"filters": json.dumps({"type": list(types)})}
             async with d._query(
                 "events", params=params, timeout=_stream_timeout(self.timeout)
             ) as resp:
@@ -526,7 +527,7 @@ class DockerSource:
                     if line.strip():
                         emit(json.loads(line))
 
-        return self.stream("events", produce)
+        return self.stream(what, produce)
 
 
 def _ssl_context(tls: TLS) -> ssl.SSLContext:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from .bridge import Stream
@@ -31,7 +31,6 @@ from .docker_source import (
     DockerSource,
     NotFound,
 )
-from .docker_source import _stream_timeout as stream_timeout
 from .logstream import Demuxer
 from .swarm_control import Request, SwarmCommand, node_request, service_request
 
@@ -212,13 +211,4 @@ def events(source: DockerSource) -> Stream:
     cluster converges.
     """
 
-    async def produce(d: Any, emit: Callable[[Any], None]) -> None:
-        params = {"filters": json.dumps({"type": ["service", "node", "container"]})}
-        async with d._query(
-            "events", params=params, timeout=stream_timeout(source.timeout)
-        ) as resp:
-            async for line in resp.content:
-                if line.strip():
-                    emit(json.loads(line))
-
-    return source.stream("swarm events", produce)
+    return source.events(("service", "node", "container"), "swarm events")

@@ -351,11 +351,15 @@ class InodeTable:
         return node
 
     def _update_container(self, node: Node, c: Container, changes: Changes) -> None:
-        """New API answer for a listed container: rebuild now only if built."""
-        if node.raw != c:
+        """New API answer for a listed container: rebuild now only if built.
+
+        Only a built one is compared (a deep compare of every container is a
+        large part of a root listing's cost at a thousand containers)."""
+        if node.children is None:
             node.raw = c
-            if node.children is not None:
-                self._reconcile(node, container_spec(c), changes)
+        elif node.raw != c:
+            node.raw = c
+            self._reconcile(node, container_spec(c), changes)
 
     def _reconcile(self, dirnode: Node, spec: Spec | Tree, changes: Changes) -> None:
         """Make dirnode's children match spec, keeping the inodes of kept names."""

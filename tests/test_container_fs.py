@@ -443,6 +443,22 @@ def test_a_directory_is_as_fresh_as_its_last_open(
     assert "zz" in now and "f09999" not in now and len(now) == MANY_COUNT - 100 + 1
 
 
+def test_tar_sees_no_directory_change(inside: str, mounted: Mount) -> None:
+    """Re-reading each directory at each open must not look like a change to
+    the tools that check: GNU tar compares a directory's ctime before and
+    after reading it (and exits 1 with "file changed as we read it")."""
+    data = mounted.path / inside / "root" / "data"
+    for _ in range(2):  # the second walk lists every directory anew
+        p = subprocess.run(
+            ["tar", "-c", "--exclude=./many", "-C", str(data), "."],
+            capture_output=True,
+            timeout=120,
+        )
+        assert (p.returncode, p.stderr) == (0, b"")
+        with tarfile.open(fileobj=io.BytesIO(p.stdout)) as tar:
+            assert tar.getmember("./nested/a/b/c/deep.txt").size == 1000
+
+
 def test_writes_are_refused_with_erofs(inside: str, mounted: Mount) -> None:
     root = mounted.path / inside / "root"
     f = root / "data" / "owned"

@@ -19,9 +19,10 @@ answers what:
   for at most MAX_AGE. A walk that pauses longer and then reads small files
   of one directory one by one gets that directory snapshotted again (at the
   second such file within WALK_IDLE), not a request per file.
-- Snapshots keep the bodies of small regular files, spooled to an unlinked
-  temporary file, so a walk that reads files costs no more requests. A body
-  is served once per snapshot too: the next open of that file reads it anew.
+- Snapshots keep the bodies of regular files (within a budget, see
+  SPOOL_TOTAL_MAX), spooled to an unlinked temporary file, so a walk that
+  reads files costs no more requests. A body is served once per snapshot
+  too: the next open of that file reads it anew.
 - A lookup is answered by a live snapshot that lists the name, else by a
   probe: a GET of that one path read up to its first header (and the body
   of a small file, for the open that usually follows), then dropped.
@@ -68,11 +69,15 @@ from .tarstream import (
 
 log = logging.getLogger(__name__)
 
-# Bodies a snapshot keeps: files up to SPOOL_FILE_MAX, SPOOL_TOTAL_MAX in all
-# (on disk, in $TMPDIR). A larger file is fetched by itself when opened: its
-# transfer then outweighs the request.
-SPOOL_FILE_MAX = 4 << 20
+# Bodies a snapshot keeps, on disk in $TMPDIR: files up to SPOOL_FILE_MAX while
+# the snapshot holds at most SPOOL_TOTAL_MAX in all. A walk's request carries
+# every byte of the subtree anyway (as `docker export` does), so keeping large
+# bodies too spares a copying walk (`tar -c`, `cp -r`) a second transfer of
+# each; a file beyond the budget is fetched by itself when opened.
+SPOOL_FILE_MAX = 256 << 20
 SPOOL_TOTAL_MAX = 256 << 20
+# Small files read one by one in one directory are taken as a walk (open()).
+WALK_FILE_MAX = 4 << 20
 # A probe of a regular file keeps its body up to this size.
 PROBE_BODY_MAX = 64 << 10
 # Entries a snapshot indexes; beyond, only the directory it was taken for.
@@ -632,7 +637,7 @@ class ContainerFiles:
         if reader is not None:
             return reader
         parent = posixpath.dirname(path)
-        if 0 <= size_hint <= SPOOL_FILE_MAX and self._walking(cid, parent):
+        if 0 <= size_hint <= WALK_FILE_MAX and self._walking(cid, parent):
             with contextlib.suppress(Exception):  # the file by itself, then
                 await self.listing(cid, parent)
                 reader = self.open_now(cid, path)

@@ -429,6 +429,9 @@ class DockerFS(pyfuse3.Operations):
         a.st_blksize = 4096
         a.st_blocks = (a.st_size + 511) // 512
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = node.mtime_ns
+        if node.special is Special.ROOT:
+            # As for the directories below it (see _root_attrs): tar checks ctime.
+            a.st_atime_ns = a.st_ctime_ns = node.mtime_ns // NS * NS
         return a
 
     def _root_attrs(self, node: Node) -> pyfuse3.EntryAttributes:
@@ -447,7 +450,12 @@ class DockerFS(pyfuse3.Operations):
         a.st_size = e.size
         a.st_blksize = 4096
         a.st_blocks = (e.size + 511) // 512
-        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = node.mtime_ns
+        # The mtime carries, below the second, the count of listings that
+        # makes the kernel drop a cached one (_list_for_kernel). ctime stays
+        # put: GNU tar takes a directory whose ctime moved while it read it for
+        # changed ("file changed as we read it", exit 1).
+        a.st_mtime_ns = node.mtime_ns
+        a.st_atime_ns = a.st_ctime_ns = e.mtime * NS
         return a
 
     def _new_handle(self, handle: _Handle) -> pyfuse3.FileHandleT:

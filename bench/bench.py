@@ -59,6 +59,12 @@ TARGET_WARM_FIND_VS_TMPFS = 3.0
 # Issue 13's, with the kernel caching listings and pages (patches/pyfuse3).
 TARGET_CACHED_FIND_VS_TMPFS = 2.0
 TARGET_CACHED_GREP_VS_TMPFS = 10.0
+# "Cold root `ls` no slower than today (0.57x `docker ps -q` at N=100)". At
+# N=1000 both paths make the same Docker request and the same 1000-entry reply
+# (the stock path two requests more, OPENDIR and RELEASEDIR, ~0.1 ms), so they
+# are compared within the runs' noise.
+TARGET_CACHED_COLD_LS_VS_PS_Q_100 = 0.57
+TARGET_CACHED_COLD_LS_VS_STOCK = 1.1
 TARGET_RSS_MB = 80.0
 # Issue 9's: a cold `ls` of one engine's directory in a two-engine mount costs
 # what the one-engine root's does, within this much noise.
@@ -194,6 +200,50 @@ def wait_idle(pid: int, quiet: float = 1.0, timeout: float = 30) -> None:
         time.sleep(0.1)
         now = cpu_ticks(pid)
         if now - last > 1:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+
+
+def machine_busy(interval: float = 1.0) -> float:
+    """The fraction of all CPUs' time spent busy over `interval` seconds (/proc/stat)."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields) - idle, sum(fields)
+
+    busy0, total0 = sample()
+    time.sleep(interval)
+    busy1, total1 = sample()
+    return (busy1 - busy0) / max(1, total1 - total0)
+
+
+def wait_quiet(limit: float = 0.5, quiet: int = 3, timeout: float = 180) -> float:
+    """Wait until the machine has been under `limit` busy for `quiet` seconds in a
+    row (the after-work of starting or killing a thousand containers: containerd,
+    the shims, the kernel); return the last second's figure. The 1-minute load
+    average lags by minutes, so it cannot tell."""
+    deadline = time.monotonic() + timeout
+    calm, busy = 0, 1.0
+    while time.monotonic() < deadline and calm < quiet:
+        busy = machine_busy()
+        calm = calm + 1 if busy < limit else 0
+    return busy
+
+
+def idle_daemons(*mounts: Mount, quiet: float = 0.2, timeout: float = 5) -> None:
+    """Wait until no daemon uses CPU: a tool that exits leaves requests behind
+    (RELEASE is sent after close returns), and the next figure must not pay
+    for them."""
+    last = [cpu_ticks(m.proc.pid) for m in mounts]
+    since = time.monotonic()
+    deadline = since + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        now = [cpu_ticks(m.proc.pid) for m in mounts]
+        if now != last:
             last, since = now, time.monotonic()
         elif time.monotonic() - since >= quiet:
             return
@@ -475,6 +525,7 @@ def measure(
     tracer: Tracer | None,
 ) -> dict[str, Any]:
     """All figures for one N; runs of different tools interleave so drift hits all alike."""
+    busy_before = wait_quiet()
     load_before = loadavg()
     env = d.env()
     s: dict[str, Series] = {op: Series() for op in OPS}
@@ -494,15 +545,26 @@ def measure(
     for argv in (ps_q, ps_json, curl):
         timed(argv, env)
 
-    for _ in range(runs):
+    def cold_cached() -> bool:
         t0 = time.perf_counter()
         with mounted(d.host, work / "cold") as m:
             mount_s.append(time.perf_counter() - t0)
             s["ls_cold"].add(*counted(m, functools.partial(timed, ["ls", str(m.path)])))
             peak_kb.append(m.peak_rss_kb())
-            kernel_caching = bool(m.stats().get("kernel_cache"))
+            return bool(m.stats().get("kernel_cache"))
+
+    def cold_stock() -> None:
         with mounted(d.host, work / "cold-stock", stock=True) as m:
             s["ls_cold_stock"].add(*counted(m, functools.partial(timed, ["ls", str(m.path)])))
+
+    for run in range(runs):
+        # The two cold paths take turns going first, so drift hits both alike.
+        if run % 2:
+            cold_stock()
+            kernel_caching = cold_cached()
+        else:
+            kernel_caching = cold_cached()
+            cold_stock()
         with mounted(two_engines[0], work / "cold-two", extra=two_engines[1]) as m:
             other = m.stats()["engines"][OTHER_ENGINE]["requests"]
             ls_one = functools.partial(timed, ["ls", str(m.path / ENGINE)])
@@ -544,16 +606,28 @@ def measure(
                 [*grep_core, sp],
             ):
                 timed(argv)
-            # Mounts and tmpfs alternate, so load from elsewhere hits all alike.
+
+            # Mounts and tmpfs alternate, so load from elsewhere hits all alike;
+            # each figure starts with both daemons idle.
+            def quiet(fn: Callable[[], Any]) -> Any:
+                idle_daemons(m, stock)
+                return fn()
+
             for _ in range(runs):
-                s["find_warm"].add(*counted(m, lambda: timed(["find", mp, *CORE_FIND])))
-                s["tmpfs_find"].add(timed(["find", fl, *CORE_FIND]))
-                s["find_warm_stock"].add(*counted(stock, lambda: timed(["find", sp, *CORE_FIND])))
-                s["find_below_root"].add(timed(below))
-                s["tmpfs_find_below_root"].add(timed(tmpfs_below))
-                s["grep_warm"].add(*counted(m, lambda: timed([*grep_core, mp])))
-                s["tmpfs_grep"].add(timed([*grep_core, fl]))
-                s["grep_warm_stock"].add(*counted(stock, lambda: timed([*grep_core, sp])))
+                s["find_warm"].add(
+                    *quiet(lambda: counted(m, lambda: timed(["find", mp, *CORE_FIND])))
+                )
+                s["tmpfs_find"].add(quiet(lambda: timed(["find", fl, *CORE_FIND])))
+                s["find_warm_stock"].add(
+                    *quiet(lambda: counted(stock, lambda: timed(["find", sp, *CORE_FIND])))
+                )
+                s["find_below_root"].add(quiet(lambda: timed(below)))
+                s["tmpfs_find_below_root"].add(quiet(lambda: timed(tmpfs_below)))
+                s["grep_warm"].add(*quiet(lambda: counted(m, lambda: timed([*grep_core, mp]))))
+                s["tmpfs_grep"].add(quiet(lambda: timed([*grep_core, fl])))
+                s["grep_warm_stock"].add(
+                    *quiet(lambda: counted(stock, lambda: timed([*grep_core, sp])))
+                )
             fuse_requests: dict[str, dict[str, int]] = {}
             fuse_requests_stock: dict[str, dict[str, int]] = {}
             if tracer is not None:
@@ -586,6 +660,7 @@ def measure(
         "fuse_requests_warm": fuse_requests,
         "fuse_requests_warm_stock": fuse_requests_stock,
         "loadavg_1min": [load_before, loadavg()],
+        "cpu_busy_before": busy_before,
         "peak_rss_kb": max(peak_kb),
         "rss_after_kb": rss_now_kb,
         "daemon_stats_after": stats_after,
@@ -668,6 +743,7 @@ def measure_inside(
 ) -> dict[str, Any]:
     """`find` and `tar -c` of a container's root/ against `docker export`, and `cat`
     of a large file against `docker cp`, all piped to `wc -c`; interleaved."""
+    busy_before = wait_quiet()
     load_before = loadavg()
     env = d.env()
     image_tar = work / "inside.tar"
@@ -732,6 +808,7 @@ def measure_inside(
         "cat_peak_rss_growth_kb": rss_growth,
         "peak_rss_kb": peak_kb,
         "loadavg_1min": [load_before, loadavg()],
+        "cpu_busy_before": busy_before,
         "daemon_stats_after": stats_after,
     }
 
@@ -808,7 +885,8 @@ def render_inside(r: dict[str, Any]) -> list[str]:
     lines += [
         "",
         f"Daemon peak RSS (VmHWM) {r['peak_rss_kb'] / 1024:.1f} MB; 1-min load average "
-        f"{r['loadavg_1min'][0]:.1f} before, {r['loadavg_1min'][1]:.1f} after.",
+        f"{r['loadavg_1min'][0]:.1f} before, {r['loadavg_1min'][1]:.1f} after; "
+        f"CPUs {r.get('cpu_busy_before', 0) * 100:.0f}% busy when it began.",
         "",
         "| target (issue 10) | measured | limit | result |",
         "|---|---|---|---|",
@@ -1023,13 +1101,29 @@ def cache_targets(results: Sequence[dict[str, Any]]) -> list[tuple[str, str, str
                 bool(r["kernel_cache"]),
             )
         )
+        ops = r["ops"]
+        if r["n"] == 100:
+            a, b = ops["ls_cold"]["median"], ops["docker_ps_q"]["median"]
+            limit = TARGET_CACHED_COLD_LS_VS_PS_Q_100
+            out.append(
+                (
+                    "N=100 cold `ls` vs `docker ps --no-trunc -q` (no slower than before)",
+                    f"{ms(a)} / {ms(b)} ms = {a / b:.2f}x",
+                    f"<= {limit:g}x",
+                    a <= limit * b,
+                )
+            )
         if r["n"] != 1000:
             continue
-        ops = r["ops"]
         for what, op, ref, limit in (
             ("warm `find` vs tmpfs", "find_warm", "tmpfs_find", TARGET_CACHED_FIND_VS_TMPFS),
             ("warm `grep -r` vs tmpfs", "grep_warm", "tmpfs_grep", TARGET_CACHED_GREP_VS_TMPFS),
-            ("cold `ls` vs the stock path's", "ls_cold", "ls_cold_stock", 1.0),
+            (
+                "cold `ls` vs the stock path's (within noise)",
+                "ls_cold",
+                "ls_cold_stock",
+                TARGET_CACHED_COLD_LS_VS_STOCK,
+            ),
         ):
             a, b = ops[op]["median"], ops[ref]["median"]
             out.append(
@@ -1089,7 +1183,8 @@ def render(
             f"cold `ls` per container {per:.0f} us; "
             f"mount start-up median {ms(statistics.median(r['mount_seconds']))} ms; "
             f"1-min load average {r['loadavg_1min'][0]:.1f} before, "
-            f"{r['loadavg_1min'][1]:.1f} after.",
+            f"{r['loadavg_1min'][1]:.1f} after; CPUs "
+            f"{r.get('cpu_busy_before', 0) * 100:.0f}% busy when it began.",
             "",
         ]
         for key, path in (

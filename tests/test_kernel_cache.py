@@ -7,6 +7,7 @@ pyfuse3. The tests here hold on both paths.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -102,6 +103,23 @@ def test_mount_runs_the_path_it_detects(mounted: Mount) -> None:
     assert mounted.stats()["kernel_cache"] is expected
     if IN_CI and kernel_cache.patched() and not os.environ.get(kernel_cache.STOCK_ENV):
         assert expected, kernel_cache.detect().why
+
+
+@pytest.mark.docker
+@pytest.mark.fuse
+def test_the_fuse_fd_is_non_blocking_exactly_with_the_patched_pyfuse3(mounted: Mount) -> None:
+    """patches/pyfuse3/0002 makes the fd non-blocking, so that pyfuse3's loop can
+    take queued requests without waiting in trio first; the stock release keeps
+    it blocking (it always waits). Both patches are applied or neither is."""
+    pid = mounted.proc.pid
+    flags = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == "/dev/fuse":
+                info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+                flags.append(int(info.split("flags:")[1].split()[0], 8))
+    assert flags, "no /dev/fuse among the daemon's descriptors"
+    assert [bool(f & os.O_NONBLOCK) for f in flags] == [kernel_cache.patched()] * len(flags)
 
 
 @pytest.mark.docker

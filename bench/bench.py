@@ -613,7 +613,10 @@ def measure(
                 idle_daemons(m, stock)
                 return fn()
 
-            for _ in range(runs):
+            # The warm walks take a fraction of a second each and their
+            # ratios are the targets: twice the runs (plus one, for an odd
+            # count) so a median is less at the mercy of one noisy run.
+            for _ in range(2 * runs + 1):
                 s["find_warm"].add(
                     *quiet(lambda: counted(m, lambda: timed(["find", mp, *CORE_FIND])))
                 )
@@ -1161,7 +1164,8 @@ def render(
         lines += [
             "",
             f"## N = {r['n']} containers "
-            f"({r['runs']} runs; {r['files_in_tree']} files in the tree)",
+            f"({r['runs']} runs, warm walks {2 * r['runs'] + 1}; "
+            f"{r['files_in_tree']} files in the tree)",
             "",
             "| operation | median ms | min-max ms | vs ps -q | vs curl | vs tmpfs | req |",
             "|---|---:|---:|---:|---:|---:|---|",
@@ -1213,7 +1217,7 @@ def render(
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--sizes", help="comma-separated container counts (default 10,100,1000)")
-    p.add_argument("--runs", type=int, help="runs per figure (default 5)")
+    p.add_argument("--runs", type=int, help="runs per figure (default 5; the warm walks 2x+1)")
     p.add_argument("--quick", action="store_true", help="smoke run: sizes 10,100, runs 3")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory")
     p.add_argument(

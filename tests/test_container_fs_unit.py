@@ -343,6 +343,30 @@ def test_large_bodies_are_not_kept_by_a_walk(monkeypatch: pytest.MonkeyPatch) ->
     run(main)
 
 
+def test_a_walk_keeps_large_bodies_within_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copying walk (tar -c) must not fetch a large file a second time: its
+    body came with the walk's request. Only what exceeds the budget is fetched."""
+    monkeypatch.setattr(container_fs, "SPOOL_TOTAL_MAX", 6 << 20)
+
+    async def main() -> None:
+        e = engine_with_a_tree()
+        large = bytes(range(256)) * (5 << 12)  # 5 MiB: more than a small file
+        e.add("/bin/large", data=large)
+        e.add("/bin/zz", data=b"z" * (2 << 20))  # after it in the tar: over the budget
+        files = e.files()
+        await files.listing("c", "/bin")
+        reader = await files.open("c", "/bin/large")
+        assert await reader.read(0, len(large) + 1) == large
+        assert e.kinds(files) == {"listing": 1}
+        late = await files.open("c", "/bin/zz")
+        assert await late.read(0, 10) == b"z" * 10
+        assert e.kinds(files) == {"listing": 1, "file": 1}
+        reader.close()
+        late.close()
+
+    run(main)
+
+
 def test_lookups_use_a_live_listing_and_otherwise_probe() -> None:
     async def main() -> None:
         e = engine_with_a_tree()

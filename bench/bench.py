@@ -75,6 +75,25 @@ ENGINE, OTHER_ENGINE = "one", "other"
 LINEAR_SLACK = 1.2
 
 
+# Figures of the warm walks (interleaved in one loop): they take a fraction of
+# a second each and their ratios are targets, so they run warm_runs(runs)
+# times, an odd count, and a median is less at the mercy of one noisy run.
+WARM_WALK_OPS = (
+    "find_warm",
+    "tmpfs_find",
+    "find_warm_stock",
+    "find_below_root",
+    "tmpfs_find_below_root",
+    "grep_warm",
+    "tmpfs_grep",
+    "grep_warm_stock",
+)
+
+
+def warm_runs(runs: int) -> int:
+    return 2 * runs + 1
+
+
 class BenchError(RuntimeError):
     """The benchmark could not set up or measure something; the run is void."""
 
@@ -613,10 +632,7 @@ def measure(
                 idle_daemons(m, stock)
                 return fn()
 
-            # The warm walks take a fraction of a second each and their
-            # ratios are the targets: twice the runs (plus one, for an odd
-            # count) so a median is less at the mercy of one noisy run.
-            for _ in range(2 * runs + 1):
+            for _ in range(warm_runs(runs)):
                 s["find_warm"].add(
                     *quiet(lambda: counted(m, lambda: timed(["find", mp, *CORE_FIND])))
                 )
@@ -1164,7 +1180,7 @@ def render(
         lines += [
             "",
             f"## N = {r['n']} containers "
-            f"({r['runs']} runs, warm walks {2 * r['runs'] + 1}; "
+            f"({r['runs']} runs, warm walks {warm_runs(r['runs'])}; "
             f"{r['files_in_tree']} files in the tree)",
             "",
             "| operation | median ms | min-max ms | vs ps -q | vs curl | vs tmpfs | req |",

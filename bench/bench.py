@@ -211,14 +211,23 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # utime + stime, all threads
 
 
-def wait_idle(pid: int, quiet: float = 1.0, timeout: float = 30) -> None:
-    """Let dockerd finish the after-work of a burst of starts before anything is timed."""
-    last, since = cpu_ticks(pid), time.monotonic()
+def wait_idle(
+    *pids: int, quiet: float = 1.0, timeout: float = 30, poll: float = 0.1, slack: int = 1
+) -> None:
+    """Wait until these processes, together, have used at most `slack` CPU ticks
+    per `poll` for `quiet` seconds: dockerd's after-work of a burst of starts,
+    or a daemon still answering the requests a tool left behind when it exited
+    (RELEASE is sent after close returns), before the next figure is timed."""
+
+    def ticks() -> int:
+        return sum(cpu_ticks(pid) for pid in pids)
+
+    last, since = ticks(), time.monotonic()
     deadline = since + timeout
     while time.monotonic() < deadline:
-        time.sleep(0.1)
-        now = cpu_ticks(pid)
-        if now - last > 1:
+        time.sleep(poll)
+        now = ticks()
+        if now - last > slack:
             last, since = now, time.monotonic()
         elif time.monotonic() - since >= quiet:
             return
@@ -250,22 +259,6 @@ def wait_quiet(limit: float = 0.5, quiet: int = 3, timeout: float = 180) -> floa
         busy = machine_busy()
         calm = calm + 1 if busy < limit else 0
     return busy
-
-
-def idle_daemons(*mounts: Mount, quiet: float = 0.2, timeout: float = 5) -> None:
-    """Wait until no daemon uses CPU: a tool that exits leaves requests behind
-    (RELEASE is sent after close returns), and the next figure must not pay
-    for them."""
-    last = [cpu_ticks(m.proc.pid) for m in mounts]
-    since = time.monotonic()
-    deadline = since + timeout
-    while time.monotonic() < deadline:
-        time.sleep(0.02)
-        now = [cpu_ticks(m.proc.pid) for m in mounts]
-        if now != last:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since >= quiet:
-            return
 
 
 def settle(m: Mount, quiet: float = 0.3, timeout: float = 15) -> None:
@@ -626,27 +619,24 @@ def measure(
             ):
                 timed(argv)
 
+            # Each warm walk, as (seconds, list requests) or (seconds,).
+            walks: dict[str, Callable[[], tuple[float, ...]]] = {
+                "find_warm": lambda: counted(m, lambda: timed(["find", mp, *CORE_FIND])),
+                "tmpfs_find": lambda: (timed(["find", fl, *CORE_FIND]),),
+                "find_warm_stock": lambda: counted(stock, lambda: timed(["find", sp, *CORE_FIND])),
+                "find_below_root": lambda: (timed(below),),
+                "tmpfs_find_below_root": lambda: (timed(tmpfs_below),),
+                "grep_warm": lambda: counted(m, lambda: timed([*grep_core, mp])),
+                "tmpfs_grep": lambda: (timed([*grep_core, fl]),),
+                "grep_warm_stock": lambda: counted(stock, lambda: timed([*grep_core, sp])),
+            }
+            assert tuple(walks) == WARM_WALK_OPS
             # Mounts and tmpfs alternate, so load from elsewhere hits all alike;
             # each figure starts with both daemons idle.
-            def quiet(fn: Callable[[], Any]) -> Any:
-                idle_daemons(m, stock)
-                return fn()
-
             for _ in range(warm_runs(runs)):
-                s["find_warm"].add(
-                    *quiet(lambda: counted(m, lambda: timed(["find", mp, *CORE_FIND])))
-                )
-                s["tmpfs_find"].add(quiet(lambda: timed(["find", fl, *CORE_FIND])))
-                s["find_warm_stock"].add(
-                    *quiet(lambda: counted(stock, lambda: timed(["find", sp, *CORE_FIND])))
-                )
-                s["find_below_root"].add(quiet(lambda: timed(below)))
-                s["tmpfs_find_below_root"].add(quiet(lambda: timed(tmpfs_below)))
-                s["grep_warm"].add(*quiet(lambda: counted(m, lambda: timed([*grep_core, mp]))))
-                s["tmpfs_grep"].add(quiet(lambda: timed([*grep_core, fl])))
-                s["grep_warm_stock"].add(
-                    *quiet(lambda: counted(stock, lambda: timed([*grep_core, sp])))
-                )
+                for op, walk in walks.items():
+                    wait_idle(m.proc.pid, stock.proc.pid, quiet=0.2, timeout=5, poll=0.02, slack=0)
+                    s[op].add(*walk())
             fuse_requests: dict[str, dict[str, int]] = {}
             fuse_requests_stock: dict[str, dict[str, int]] = {}
             if tracer is not None:
@@ -884,6 +874,15 @@ def inside_targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
     return out
 
 
+def machine_load(r: dict[str, Any]) -> str:
+    """How busy the machine was around one set of figures."""
+    before, after = r["loadavg_1min"]
+    return (
+        f"1-min load average {before:.1f} before, {after:.1f} after; "
+        f"CPUs {r['cpu_busy_before'] * 100:.0f}% busy when it began."
+    )
+
+
 def render_inside(r: dict[str, Any]) -> list[str]:
     ops = r["ops"]
     lines = [
@@ -903,9 +902,7 @@ def render_inside(r: dict[str, Any]) -> list[str]:
         )
     lines += [
         "",
-        f"Daemon peak RSS (VmHWM) {r['peak_rss_kb'] / 1024:.1f} MB; 1-min load average "
-        f"{r['loadavg_1min'][0]:.1f} before, {r['loadavg_1min'][1]:.1f} after; "
-        f"CPUs {r.get('cpu_busy_before', 0) * 100:.0f}% busy when it began.",
+        f"Daemon peak RSS (VmHWM) {r['peak_rss_kb'] / 1024:.1f} MB; {machine_load(r)}",
         "",
         "| target (issue 10) | measured | limit | result |",
         "|---|---|---|---|",
@@ -1202,9 +1199,7 @@ def render(
             f"Daemon peak RSS (VmHWM) {r['peak_rss_kb'] / 1024:.1f} MB; "
             f"cold `ls` per container {per:.0f} us; "
             f"mount start-up median {ms(statistics.median(r['mount_seconds']))} ms; "
-            f"1-min load average {r['loadavg_1min'][0]:.1f} before, "
-            f"{r['loadavg_1min'][1]:.1f} after; CPUs "
-            f"{r.get('cpu_busy_before', 0) * 100:.0f}% busy when it began.",
+            + machine_load(r),
             "",
         ]
         for key, path in (

@@ -327,8 +327,8 @@ def test_file_contents_come_from_the_walk_once_then_by_a_request_of_their_own() 
     run(main)
 
 
-def test_large_bodies_are_not_kept_by_a_walk(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(container_fs, "SPOOL_FILE_MAX", 1000)
+def test_bodies_beyond_the_budget_are_not_kept_by_a_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(container_fs, "SPOOL_TOTAL_MAX", 1000)
 
     async def main() -> None:
         e = engine_with_a_tree()

@@ -69,12 +69,11 @@ from .tarstream import (
 
 log = logging.getLogger(__name__)
 
-# Bodies a snapshot keeps, on disk in $TMPDIR: files up to SPOOL_FILE_MAX while
+# Bodies a snapshot keeps, on disk in $TMPDIR: every file, of any size, while
 # the snapshot holds at most SPOOL_TOTAL_MAX in all. A walk's request carries
 # every byte of the subtree anyway (as `docker export` does), so keeping large
 # bodies too spares a copying walk (`tar -c`, `cp -r`) a second transfer of
 # each; a file beyond the budget is fetched by itself when opened.
-SPOOL_FILE_MAX = 256 << 20
 SPOOL_TOTAL_MAX = 256 << 20
 # Small files read one by one in one directory are taken as a walk (open()).
 WALK_FILE_MAX = 4 << 20
@@ -322,7 +321,7 @@ class ArchiveWriter:
             return True
         if self._kind is Kind.PROBE:
             return m.size <= PROBE_BODY_MAX
-        return m.size <= SPOOL_FILE_MAX and self._spooled_total + m.size <= SPOOL_TOTAL_MAX
+        return self._spooled_total + m.size <= SPOOL_TOTAL_MAX
 
     def _entry(self, m: Member, path: str, body: int) -> Entry | None:
         if m.type != HARDLINK:

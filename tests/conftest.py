@@ -239,6 +239,14 @@ def _engine_of(daemon: Any) -> Iterator[Engine]:
 Mount = MountProcess
 
 
+def wait_for_start_line(m: Mount, host: str) -> None:
+    """The daemon's start-up line names the engine and the mountpoint. The
+    mountpoint appears when the kernel mounts; the line follows once the
+    daemon serves, so it is waited for (a bound, not a timing claim)."""
+    line = f"at {host}, mounted at {m.path}"
+    eventually(lambda: line in m.log_text(), what=line)
+
+
 def start_mount(host: str, mountpoint: Path, *extra: str) -> Mount:
     require_fuse()
     try:

@@ -24,6 +24,7 @@ from conftest import (
     stop_mount,
     wait_for,
     wait_for_mount,
+    wait_for_start_line,
 )
 from test_mount import expected_files, tree_files
 
@@ -86,7 +87,7 @@ def test_ssh_mount_reads_the_same_tree_as_the_unix_socket(
     # The client's ~/.ssh holds the key and knows the host, as a user's would.
     monkeypatch.setenv("HOME", str(sshd_session.client_home))
     ssh = mount_factory(sshd_session.url, name="ssh")
-    assert f"at {sshd_session.url}" in ssh.log_text()
+    wait_for_start_line(ssh, sshd_session.url)
     wait_for(lambda: tree_vs_api(engine, ssh))
     wait_for(lambda: tree_vs_api(engine, unix))
     assert sorted(os.listdir(ssh.path)) == sorted(os.listdir(unix.path))
@@ -138,7 +139,7 @@ def test_tls_mount_with_the_cert_environment(
     monkeypatch.setenv("DOCKER_TLS_VERIFY", "1")
     monkeypatch.setenv("DOCKER_CERT_PATH", str(d.tls.client_dir))
     m = mount_factory(d.tcp_url)
-    assert f"at {d.tcp_url}" in m.log_text()
+    wait_for_start_line(m, d.tcp_url)
     wait_for(lambda: tree_vs_api(tls_engine, m))
     assert len(os.listdir(m.path)) >= 1
 
@@ -207,7 +208,7 @@ def test_context_with_tls_material_mounts_without_flags_or_variables(
         m = Mount(mp, proc, log)
         try:
             wait_for_mount(mp, proc, log)
-            assert f"at {d.tcp_url}" in m.log_text()
+            wait_for_start_line(m, d.tcp_url)
             wait_for(lambda: tree_vs_api(tls_engine, m))  # noqa: B023 - called at once
         finally:
             stop_mount(m)

@@ -26,12 +26,12 @@ import pytest
 from conftest import (
     Engine,
     dockerfs_command,
-    eventually,
     in_private_mount_namespace,
     require,
     require_fuse,
     start_mount,
     stop_mount,
+    wait_for_start_line,
 )
 
 from dockerfs_fuse.mount import MountError, check_fuse_options, passes_through
@@ -425,10 +425,7 @@ def test_detached_start_prints_nothing(
 def test_foreground_start_logs_the_engine(engine: Engine, tmp_path: Path) -> None:
     m = start_mount(engine.host, tmp_path / "fg")
     try:
-        # The mountpoint appears when the kernel mounts; the line follows once
-        # the daemon serves (the wait is a bound, not a timing claim).
-        line = f"at {engine.host}, mounted at {m.path}"
-        eventually(lambda: line in m.log_text(), what=line)
+        wait_for_start_line(m, engine.host)
     finally:
         stop_mount(m)
 

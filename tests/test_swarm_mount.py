@@ -42,9 +42,17 @@ def cli(swarm: PrivateSwarm, *args: str) -> list[str]:
 
 
 def read(path: Path) -> str:
-    data = path.read_bytes()
+    """A file's content, whose size must be what stat says. A file of a task
+    can change between the read and the stat (its State while the swarm
+    converges): then read it again, until two reads around the stat agree."""
+    deadline = time.monotonic() + 30
+    while True:
+        data = path.read_bytes()
+        size = os.stat(path).st_size
+        if path.read_bytes() == data or time.monotonic() > deadline:
+            break
     assert data.endswith(b"\n"), path
-    assert os.stat(path).st_size == len(data), path
+    assert size == len(data), path
     return data.decode()[:-1]
 
 

@@ -5,6 +5,13 @@ BIN    := $(VENV)/bin
 MOUNTPOINT ?= $(HOME)/n/dockerfs
 SWARM_MOUNTPOINT ?= $(HOME)/n/swarm
 STAMP  := $(VENV)/.installed
+LOCK   := requirements.lock
+# Exact versions and hashes of every Python package, from the lock (scripts/lock writes
+# it); then pyfuse3 and the project itself, built with the locked tools.
+define install_locked # VENV
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/pip install -q --require-hashes --no-deps -r $(LOCK)
+endef
 # Run a second time as on stock pyfuse3 (DOCKERFS_STOCK_PYFUSE3=1).
 STOCK_TESTS := tests/test_mount.py tests/test_control.py tests/test_reliability.py \
 	tests/test_kernel_cache.py tests/test_container_fs.py
@@ -13,15 +20,14 @@ PREFIX ?= /usr/local
 DESTDIR ?=
 MAN_DIR := build/man
 
-.PHONY: run demo demo-swarm test test-stock-venv bench lint deps deps-docker deps-9p clean \
+.PHONY: run demo demo-swarm test test-stock-venv bench lint lock deps deps-docker deps-9p clean \
 	man install uninstall
 
-$(STAMP): pyproject.toml scripts/build-pyfuse3 $(wildcard patches/pyfuse3/*.patch)
+$(STAMP): pyproject.toml $(LOCK) scripts/build-pyfuse3 $(wildcard patches/pyfuse3/*.patch)
 	./scripts/install-system-deps
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(call install_locked,$(VENV))
 	./scripts/build-pyfuse3 $(VENV)
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 deps: $(STAMP)
@@ -65,10 +71,9 @@ test: deps-docker deps-9p
 
 ## make test-stock-venv: mount tests on the stock pyfuse3 release itself, in .venv-stock
 test-stock-venv: deps-docker
-	$(PYTHON) -m venv .venv-stock
-	.venv-stock/bin/pip install -q --upgrade pip
+	$(call install_locked,.venv-stock)
 	./scripts/build-pyfuse3 --stock .venv-stock
-	.venv-stock/bin/pip install -q -e '.[test]'
+	.venv-stock/bin/pip install -q --no-deps --no-build-isolation -e .
 	.venv-stock/bin/pytest -q tests/test_kernel_cache.py tests/test_mount.py -k 'not make_built'
 
 ## make bench: figures for 10, 100 and 1000 containers, then a 3-node swarm's
@@ -96,6 +101,11 @@ uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/dockerfs-fuse $(DESTDIR)$(PREFIX)/bin/dockerfs-9p \
 	  $(DESTDIR)$(PREFIX)/share/man/man1/dockerfs-fuse.1 \
 	  $(DESTDIR)$(PREFIX)/share/man/man1/dockerfs-9p.1
+
+## make lock: resolve pyproject's ranges again into requirements.lock (newest allowed
+## versions, with hashes); `make test` then checks it
+lock:
+	./scripts/lock
 
 lint: deps
 	$(BIN)/ruff check src tests bench

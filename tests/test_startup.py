@@ -594,3 +594,36 @@ def test_check_engine_passes_with_an_engine(engine: Engine, tmp_path: Path) -> N
         timeout=60,
     )
     assert (res.returncode, res.stderr) == (0, "")
+
+
+# A library's warning at start-up, as cryptography's "DSA is deprecated" is when asyncssh
+# loads: raised while the mount is being checked, after logging is set up.
+WARNING_AT_STARTUP = """
+import sys, warnings
+from dockerfs_fuse import cli
+checked = cli.check_config
+def check_config(config):
+    warnings.warn("DSA is deprecated", UserWarning, stacklevel=1)
+    return checked(config)
+cli.check_config = check_config
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_library_warnings_never_reach_the_terminal(mp: Path) -> None:
+    # Nothing listens on port 1 of loopback: the start-up error is one line, the warning
+    # is not printed at all (refused() wants exactly one line on stderr).
+    args = [sys.executable, "-c", WARNING_AT_STARTUP, "-f", "-H", "tcp://127.0.0.1:1", str(mp)]
+    line = refused(args, mountpoint=mp, want="cannot reach Docker", env=clean_env())
+    assert "DSA" not in line
+
+
+def test_library_warnings_are_logged_at_debug(mp: Path) -> None:
+    args = [sys.executable, "-c", WARNING_AT_STARTUP, "-d", "-H", "tcp://127.0.0.1:1", str(mp)]
+    proc = subprocess.run(
+        args, capture_output=True, text=True, timeout=60, env=clean_env(), stdin=subprocess.DEVNULL
+    )
+    assert proc.returncode == 1, proc.stderr
+    logged = [line for line in proc.stderr.splitlines() if "DSA is deprecated" in line]
+    assert len(logged) == 1, proc.stderr
+    assert "DEBUG dockerfs_fuse.warnings" in logged[0] and "UserWarning" in logged[0]

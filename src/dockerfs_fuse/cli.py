@@ -15,8 +15,11 @@ import pwd
 import sys
 from collections.abc import Sequence
 
-from . import __version__, endpoints, options
-from .mount import FD_MOUNTPOINT, MountConfig, MountError, check_config, mount
+from . import __version__, endpoints, library_warnings, options
+
+library_warnings.route_to_log()  # before .mount imports aiodocker and its dependencies
+
+from .mount import FD_MOUNTPOINT, MountConfig, MountError, check_config, mount  # noqa: E402
 
 PROG = "dockerfs-fuse"
 SUBTYPE = PROG  # fuse.dockerfs-fuse: mount.fuse3 runs the program named by the subtype

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import trio
 
+from ..library_warnings import route_to_log
 from .export import Export
 from .resources import raise_fd_limit
 from .server import serve
@@ -161,6 +162,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    route_to_log()
     args = parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,

@@ -12,6 +12,10 @@ under TCG (no KVM needed) in seconds, so a test can:
    port given, and so on) and nothing else is reachable;
 3. read the serial console and return what the script printed.
 
+The guest has no libc, so a dynamically linked host program (9mount, 9umount) goes in
+with the libraries ``ldd`` names, at the same paths, and the few /etc files glibc
+reads: see :func:`ninemount_userland`.
+
 Everything is discovered at run time from the standard Debian locations (``/boot``,
 ``/lib/modules``, ``$PATH``) so nothing machine-specific is baked in.
 ``scripts/install-qemu-deps`` installs the packages.
@@ -28,7 +32,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,9 +57,20 @@ DONE = "==QEMU9P-DONE=="
 BOOT_DIR = Path("/boot")
 MODULES_ROOT = Path("/lib/modules")
 
+# 9mount is for users (it is setuid root and mounts only where its caller may write),
+# so the guest has one, and runs it as the README does: the shim on localhost:9999 and
+# the mount under the user's home, the one place Debian's 9umount lets a user unmount
+# (elsewhere it looks for a name= option that the kernel never shows in /proc/mounts).
+GUEST_USER = "user"
+GUEST_UID = 1000
+GUEST_HOME = f"/home/{GUEST_USER}"
+NINEMOUNT_DIAL = "tcp!localhost!9999"
+NINEMOUNT_LOOPBACK_PORT = 9999
+NINEMOUNT_DIR = "n/9dockerfs"  # under the user's home
+
 
 class QemuUnavailable(RuntimeError):
-    """A prerequisite (qemu, kernel, modules, static busybox) is missing on this host.
+    """A prerequisite (qemu, kernel, modules, static busybox, 9mount) is missing here.
 
     Kept apart from :class:`GuestError` so tests can skip on it (or fail under CI)
     without ever hiding a real failure of the guest or the server.
@@ -88,6 +103,15 @@ class GuestResult:
     dmesg: str
     console: str
     seconds: float
+
+
+@dataclass(frozen=True)
+class GuestFile:
+    """A file to put into the initramfs besides busybox: its bytes and mode bits
+    (setuid included); it belongs to root."""
+
+    data: bytes
+    mode: int = 0o644
 
 
 def guest_server_port(index: int) -> int:
@@ -207,6 +231,79 @@ def missing_prerequisites() -> str | None:
     except QemuUnavailable as exc:
         return str(exc)
     return None
+
+
+def find_9mount() -> tuple[Path, Path]:
+    """Locate the 9mount and 9umount programs the guest runs."""
+    ninemount, ninemount_u = shutil.which("9mount"), shutil.which("9umount")
+    if ninemount is None or ninemount_u is None:
+        raise QemuUnavailable(
+            "9mount or 9umount not found (Debian package 9mount; "
+            "run scripts/install-qemu-deps as root)"
+        )
+    return Path(ninemount), Path(ninemount_u)
+
+
+def missing_9mount() -> str | None:
+    """Why the guest cannot run 9mount, or None when it can; for skip messages."""
+    try:
+        for program in find_9mount():
+            shared_libraries(program)
+    except QemuUnavailable as exc:
+        return str(exc)
+    return None
+
+
+# A line of ldd's output that names a file: "libc.so.6 => /lib/.../libc.so.6 (0x...)" or
+# the loader's "/lib64/ld-linux-x86-64.so.2 (0x...)"; the vDSO has no path.
+LDD_PATH = re.compile(r"^\s*(?:\S+ => )?(/\S+) \(0x[0-9a-f]+\)$", re.MULTILINE)
+
+
+def shared_libraries(program: Path) -> list[str]:
+    """The loader and the libraries PROGRAM loads, as the paths the loader looks for.
+
+    The guest gets each at the very path ldd names (the loader's own path is written
+    into the program), which is also where a setuid program's loader looks: it
+    ignores LD_LIBRARY_PATH.
+    """
+    ldd = shutil.which("ldd")
+    if ldd is None:
+        raise QemuUnavailable("ldd not found (Debian package libc-bin)")
+    done = subprocess.run([ldd, str(program)], capture_output=True, text=True, check=False)
+    libraries = LDD_PATH.findall(done.stdout)
+    if done.returncode != 0 or not libraries:
+        raise QemuUnavailable(f"ldd {program} failed: {done.stdout.strip()} {done.stderr.strip()}")
+    return libraries
+
+
+def dynamic_executable(program: Path) -> dict[str, GuestFile]:
+    """PROGRAM at its own path with its mode (setuid kept), and what it links to."""
+    files = {str(program): GuestFile(program.read_bytes(), program.stat().st_mode & 0o7777)}
+    for library in shared_libraries(program):
+        files[library] = GuestFile(Path(library).read_bytes(), 0o755)
+    return files
+
+
+def ninemount_userland() -> dict[str, GuestFile]:
+    """9mount, 9umount, their libraries, and what glibc reads for them in the guest.
+
+    Both call getpwuid (9mount names the user to the server, 9umount lets a user
+    unmount only under their home), and 9mount resolves the dial string's host with
+    getaddrinfo; glibc's "files" lookups are part of libc itself, so /etc/passwd,
+    /etc/group and /etc/hosts, with an nsswitch.conf that names only them, are enough.
+    """
+    files: dict[str, GuestFile] = {}
+    for program in find_9mount():
+        files.update(dynamic_executable(program))
+    uid = GUEST_UID
+    files["/etc/passwd"] = GuestFile(
+        f"root:x:0:0:root:/root:/bin/sh\n"
+        f"{GUEST_USER}:x:{uid}:{uid}:{GUEST_USER}:{GUEST_HOME}:/bin/sh\n".encode()
+    )
+    files["/etc/group"] = GuestFile(f"root:x:0:\n{GUEST_USER}:x:{uid}:\n".encode())
+    files["/etc/hosts"] = GuestFile(b"127.0.0.1 localhost\n")
+    files["/etc/nsswitch.conf"] = GuestFile(b"passwd: files\ngroup: files\nhosts: files\n")
+    return files
 
 
 def _builtin_modules(modules_dir: Path) -> set[str]:
@@ -364,18 +461,30 @@ poweroff -f
 """
 
 
-def build_initramfs(tmpdir: Path, script: str, kernel: Kernel | None = None) -> Path:
+def build_initramfs(
+    tmpdir: Path,
+    script: str,
+    kernel: Kernel | None = None,
+    files: Mapping[str, GuestFile] | None = None,
+) -> Path:
     """Write an initramfs that runs SCRIPT (busybox sh) once the 9P client can reach the host.
 
     SCRIPT runs as root with /mnt free for mounting (and a writable root to mkdir
     more mountpoints in); the Nth server is at ``GUEST_SERVER_ADDR`` port
-    ``guest_server_port(N)``.  Returns the image path.
+    ``guest_server_port(N)``.  FILES ({absolute guest path: file}) are added, with
+    their directories.  Returns the image path.
     """
     kernel = kernel or find_kernel()
     busybox = find_busybox()
     cpio = _Cpio()
-    for d in ("bin", "dev", "proc", "sys", "tmp", "mnt", "modules"):
+    directories = ["bin", "dev", "proc", "sys", "tmp", "mnt", "modules"]
+    for path in sorted(files or {}):
+        parents = Path(path.lstrip("/")).parents
+        directories += [str(d) for d in reversed(parents) if str(d) not in (".", *directories)]
+    for d in directories:
         cpio.directory(d)
+    for path, extra in sorted((files or {}).items()):
+        cpio.file(path.lstrip("/"), extra.data, extra.mode)
     cpio.chardev("dev/console", 5, 1)
     cpio.chardev("dev/null", 1, 3)
     cpio.file("bin/busybox", busybox.read_bytes(), 0o755)
@@ -445,7 +554,12 @@ def _parse(console: str) -> tuple[str, int, str] | None:
     return output, int(end.group(1)), dmesg
 
 
-def run_guest_full(ports: int | Sequence[int], script: str, timeout: float = 60.0) -> GuestResult:
+def run_guest_full(
+    ports: int | Sequence[int],
+    script: str,
+    timeout: float = 60.0,
+    files: Mapping[str, GuestFile] | None = None,
+) -> GuestResult:
     """Boot the guest, run SCRIPT against the servers on 127.0.0.1:PORTS, and collect it all.
 
     Every server must already be listening: qemu connects each guestfwd rule at
@@ -453,13 +567,14 @@ def run_guest_full(ports: int | Sequence[int], script: str, timeout: float = 60.
     each ``guest_server_port(i)`` at most once (a second mount would continue on the
     same stream).  Passing one server's port several times gives several mounts of
     it in one boot, which is what keeps the suite fast: a boot costs seconds, a
-    mount milliseconds.  qemu is killed (by its own PID) when TIMEOUT seconds pass.
+    mount milliseconds.  FILES go into the initramfs (see build_initramfs).  qemu is
+    killed (by its own PID) when TIMEOUT seconds pass.
     """
     ports = [ports] if isinstance(ports, int) else list(ports)
     kernel = find_kernel()
     with tempfile.TemporaryDirectory(prefix="qemu9p-") as tmp:
         tmpdir = Path(tmp)
-        initrd = build_initramfs(tmpdir, script, kernel)
+        initrd = build_initramfs(tmpdir, script, kernel, files)
         console_log = tmpdir / "console.log"
         cmd = qemu_command(kernel, initrd, ports, console_log)
         started = time.monotonic()
@@ -557,6 +672,57 @@ if mount -t 9p -o {options} {GUEST_SERVER_ADDR} {mnt}; then
 else
     echo "@@mountfailed rc=$?"
 fi
+echo "@@@uptime $(cut -d' ' -f1 /proc/uptime)"
+echo '{VARIANT_END}{name}'
+"""
+
+
+def guest_9mount_script(index: int, name: str, body: str) -> str:
+    """Mount guestfwd INDEX with the real 9mount as the guest's user, run BODY, 9umount.
+
+    Run as the README says, ``9mount 'tcp!localhost!9999' ~/n/9dockerfs``, from a
+    login shell of GUEST_USER, with the mountpoint in their home.  qemu can forward
+    only the guest's network, never its loopback, so a busybox ``nc`` in the guest
+    listens on localhost:9999 and relays the one connection, byte for byte, to
+    guestfwd INDEX.  BODY runs as the user too, with ``$mnt`` the mountpoint; the
+    sections are those of guest_variant_script plus @@umount (9umount's verdict,
+    then whether /proc/mounts still has the mount).
+    """
+    port = guest_server_port(index)
+    mnt = f"{GUEST_HOME}/{NINEMOUNT_DIR}"
+    # A listening socket in /proc/net/tcp or tcp6 (busybox nc binds [::] where it can).
+    listening = f":{NINEMOUNT_LOOPBACK_PORT:04X} [0-9A-F]*:0000 0A "
+    user_script = f"""
+mnt=$HOME/{NINEMOUNT_DIR}
+if 9mount '{NINEMOUNT_DIAL}' "$mnt"; then
+    echo @@mounts
+    grep " $mnt " /proc/mounts
+{body}
+    echo @@umount
+    if 9umount "$mnt"; then echo 9umount ok; else echo "9umount failed rc=$?"; fi
+    grep -q " $mnt " /proc/mounts && echo 'still mounted'
+    echo @@end
+else
+    echo "@@mountfailed rc=$?"
+fi
+"""
+    return f"""
+echo '{VARIANT_BEGIN}{name}'
+echo "@@@uptime $(cut -d' ' -f1 /proc/uptime)"
+mkdir -p {mnt}
+chown -R {GUEST_UID}:{GUEST_UID} {GUEST_HOME}
+nc -l -p {NINEMOUNT_LOOPBACK_PORT} -e nc {GUEST_SERVER_ADDR} {port} &
+relay=$!
+i=0
+while ! cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | grep -q '{listening}' && [ $i -lt 100 ]; do
+    sleep 0.05
+    i=$((i + 1))
+done
+cat > /tmp/9mount-{index}.sh <<'EOF_9MOUNT'
+{user_script}
+EOF_9MOUNT
+su - {GUEST_USER} -c 'sh /tmp/9mount-{index}.sh'
+kill $relay 2>/dev/null
 echo "@@@uptime $(cut -d' ' -f1 /proc/uptime)"
 echo '{VARIANT_END}{name}'
 """

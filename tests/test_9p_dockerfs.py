@@ -6,12 +6,13 @@ label names, sizes the FUSE side computes.  Checked with clients nobody here wro
 
 - diod's ``diodls``/``diodcat`` on the host (9P2000.L), read against the FUSE view;
 - the Linux kernel under qemu with 9mount's options, ``find`` and ``cat``, in ONE boot
-  that also drives the ctl files: a write refused by the read-only shim, and a
-  ``pause`` let through by a second mount started with ``--9p-allow-control``.
+  that also runs Debian's own ``9mount`` and ``9umount`` as a user, exactly as the
+  README does, and drives the ctl files: a write refused by the read-only shim, and
+  a ``pause`` let through by a second mount started with ``--9p-allow-control``.
 
 Everything is set up once per module (engine containers, two mounts, one boot), since
-a boot costs seconds under TCG.  Missing qemu, kernel or diod skips outside CI and
-fails under CI=true.
+a boot costs seconds under TCG.  Missing qemu, kernel, 9mount or diod skips outside CI
+and fails under CI=true.
 """
 
 from __future__ import annotations
@@ -30,14 +31,21 @@ from pathlib import Path
 import pytest
 from conftest import Engine, Mount, require, start_mount, stop_mount
 from qemu9p import (
+    GUEST_HOME,
+    GUEST_USER,
+    NINEMOUNT_DIR,
+    NINEMOUNT_LOOPBACK_PORT,
     GuestError,
     GuestResult,
     Listing,
+    guest_9mount_script,
     guest_listing,
     guest_timeline,
     guest_variant_script,
+    missing_9mount,
     missing_prerequisites,
     negotiated,
+    ninemount_userland,
     run_guest_full,
     sections,
     split_variants,
@@ -63,6 +71,12 @@ ROOT_DIR = "root"
 # read between two FUSE reads); the guest, seconds later, keeps Status in the path
 # list and reads it, but only checks that it still says "Up ...".
 VOLATILE = ("Status",)
+# The entries of a container that may be symlinks into a part of the tree no directory
+# lists, and that a 9P2000 directory read may then leave out: the 9mount check does not
+# count on them. Every other path of the FUSE view must be in its `find`.
+MAYBE_LINKS = ("ctl", "logs", "logs.follow", "wait", "stats", ROOT_DIR)
+# The container fields the 9mount check reads, as the seed's README example does.
+FIELDS = ("ID", "Image", "State", "Names/0")
 
 
 def _diod_tool(name: str) -> str | None:
@@ -155,10 +169,12 @@ class World:
     ctl: Mount  # --9p --9p-allow-control
     ctl_port: int
     before: Listing  # the FUSE view, taken just before the boot
+    fields: dict[str, str]  # {"<id>/<field>": content} of FIELDS on FUSE, just before it
     boot: GuestResult | None
     outputs: dict[str, str]
     boot_error: str
     qemu_missing: str | None  # why the guest cannot run here, for the skip
+    ninemount_missing: str | None  # why the guest cannot run 9mount, for the skip
 
 
 # The guest's side of each mount, in the order they run: reads, then the refused
@@ -176,6 +192,16 @@ cat */Status
 echo @@write
 if echo pause > {target}/ctl; then echo allowed; else echo refused; fi
 """
+# Run as the guest's user on the 9mount'ed tree ($mnt): the README's `find`, then each
+# container's fields, one `path=content` line each.
+NINEMOUNT_BODY = f"""
+    echo @@find
+    find ~/{NINEMOUNT_DIR}
+    echo @@fields
+    for d in "$mnt"/*/; do
+        for f in {" ".join(FIELDS)}; do echo "${{d#$mnt/}}$f=$(cat "$d$f")"; done
+    done
+"""
 CONTROL_BODY = """
 echo @@write
 if echo pause > {target}/ctl; then echo allowed; else echo refused; fi
@@ -187,6 +213,7 @@ def world(
     dockerd_session: PrivateDockerd, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[World]:
     qemu_missing = missing_prerequisites()  # only the kernel checks need it
+    ninemount_missing = qemu_missing or missing_9mount()
     if dockerd_session.proc is None or dockerd_session.proc.poll() is not None:
         dockerd_session.start()  # an earlier test stopped it (as the engine fixture does)
     engine = Engine(dockerd_session)
@@ -207,17 +234,28 @@ def world(
         ctl, ctl_port = mount_with_9p(engine.host, base / "ctl", "--9p-allow-control")
         mounts.append(ctl)
 
+        # One boot: the reads, the real 9mount (on the read-only shim too), then the pause.
+        ports = [ro_port, ro_port, ctl_port]
         script = guest_variant_script(
             0, "read-only", NINE_MOUNT, READ_BODY.replace("{target}", ids["web"])
-        ) + guest_variant_script(
-            1, "allow-control", NINE_MOUNT, CONTROL_BODY.replace("{target}", ids["plain"])
+        )
+        if ninemount_missing is None:
+            script += guest_9mount_script(1, "9mount", NINEMOUNT_BODY)
+        script += guest_variant_script(
+            2, "allow-control", NINE_MOUNT, CONTROL_BODY.replace("{target}", ids["plain"])
         )
         before = fuse_listing(ro.path)
+        fields = {
+            f"{cid}/{name}": (ro.path / cid / name).read_text().rstrip("\n")
+            for cid in ids.values()
+            for name in FIELDS
+        }
         boot: GuestResult | None = None
         boot_error = qemu_missing or ""
         try:
             if qemu_missing is None:
-                boot = run_guest_full([ro_port, ctl_port], script, GUEST_TIMEOUT)
+                files = ninemount_userland() if ninemount_missing is None else None
+                boot = run_guest_full(ports, script, GUEST_TIMEOUT, files)
                 print(
                     f"\ndockerfs over 9P: one boot {boot.seconds:.1f}s "
                     f"(guest uptime per mount: {guest_timeline(boot.output)})"
@@ -232,10 +270,12 @@ def world(
             ctl=ctl,
             ctl_port=ctl_port,
             before=before,
+            fields=fields,
             boot=boot,
             outputs=split_variants(boot.output) if boot else {},
             boot_error=boot_error,
             qemu_missing=qemu_missing,
+            ninemount_missing=ninemount_missing,
         )
     finally:
         for m in mounts:
@@ -353,7 +393,39 @@ def test_kernel_find_and_cat_match_fuse(world: World) -> None:
     assert len(labels) == 1, f"the escaped label is not there\n{context}"
 
 
-# --- (c) control: refused by default, let through with --9p-allow-control -------------
+# --- (c) the seed's own client: Debian's 9mount and 9umount, run by a user ------------
+
+
+def test_9mount_as_the_readme_says(world: World) -> None:
+    """`9mount 'tcp!localhost!9999' ~/n/9dockerfs` run by a user mounts the shim in
+    plain 9P2000; `find ~/n/9dockerfs` lists every container with its fields (and
+    every other path of the FUSE view but the entries that may be links), their
+    contents are FUSE's, and `9umount` takes the mount away again."""
+    require(world.ninemount_missing is None, world.ninemount_missing or "")
+    parts, context = variant(world, "9mount")
+    mnt = f"{GUEST_HOME}/{NINEMOUNT_DIR}"
+    mounts = parts.get("mounts", [])
+    assert len(mounts) == 1, f"9mount left no single /proc/mounts line\n{context}"
+    columns = mounts[0].split()
+    assert columns[:3] == ["127.0.0.1", mnt, "9p"], f"not localhost's shim on {mnt}\n{context}"
+    assert negotiated(mounts[0]) == "9P2000", f"not plain 9P2000\n{context}"
+    options = columns[3].split(",")
+    assert f"uname={GUEST_USER}" in options, f"not mounted as {GUEST_USER}\n{context}"
+    assert f"port={NINEMOUNT_LOOPBACK_PORT}" in options, context
+
+    found = {"." + line.removeprefix(mnt) for line in parts.get("find", []) if line.startswith(mnt)}
+    core = {p for p in world.before if not set(p.split("/")) & set(MAYBE_LINKS)}
+    assert not core - found, f"find misses {sorted(core - found)[:10]}\n{context}"
+    for cid in world.ids.values():
+        for name in FIELDS:
+            assert f"./{cid}/{name}" in found, f"find misses {cid[:12]}/{name}\n{context}"
+
+    got = dict(line.split("=", 1) for line in parts.get("fields", []) if "=" in line)
+    assert got == world.fields, context
+    assert parts.get("umount") == ["9umount ok"], f"9umount did not unmount\n{context}"
+
+
+# --- (d) control: refused by default, let through with --9p-allow-control -------------
 
 
 def test_ctl_write_refused_when_read_only(world: World) -> None:

@@ -20,15 +20,21 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pwd
 import random
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI
+from conftest import IN_CI, require
 from ninep_support import running_shim, shim_log
 from qemu9p import (
+    GUEST_SERVER_ADDR,
+    GUEST_SERVER_PORT,
     GuestError,
     GuestResult,
     Listing,
@@ -67,15 +73,17 @@ class Variant:
     msize: int | None = None  # an msize the kernel must end up with, when it asks for one
 
 
-# What `9mount -n 'tcp!10.0.2.100!564' /mnt` printed (Debian 9mount 1.3+hg20170412-1):
+# What `9mount -n 'tcp!10.0.2.100!564' DIR` prints (Debian 9mount 1.3+hg20170412-1):
 #   as root:
-#     mount -t 9p -o tcp,trans=tcp,name=root,uname=root,noextend,nodev,port=564 10.0.2.100 /mnt
+#     mount -t 9p -o tcp,trans=tcp,name=root,uname=root,noextend,nodev,port=564 10.0.2.100 DIR
 #   as nobody, -m 65536 (9mount caps msize at 8192 for non-root users):
 #     mount -t 9p -o tcp,trans=tcp,msize=8192,name=nobody,uname=nobody,noextend,nodev,nosuid,...
 # `noextend` makes the kernel speak plain 9P2000; 9mount -u drops it and the kernel then
 # picks its default, 9P2000.L, which the version=9p2000.L variant covers, and 9P2000.u
-# gets an explicit version= variant.  The options are written out so the test does not
-# need 9mount installed.
+# gets an explicit version= variant.  Busybox's mount takes the options here, so one boot
+# mounts them all; test_9mount_prints_these_options holds them to 9mount -n, and
+# test_9p_dockerfs.py runs 9mount itself in the guest.  One difference: 9mount passes
+# nodev and nosuid to the 9p driver, which ignores them, not as mount flags.
 VARIANTS = [
     Variant("9mount", "tcp,trans=tcp,name=root,uname=root,noextend,nodev,port=564", "9P2000"),
     Variant(
@@ -267,6 +275,38 @@ def test_kernel_mounts_shim(boot: Boot, variant: Variant, tree: Path) -> None:
     assert len(parts.get("writes", [])) == 8 and not allowed, (
         f"{variant.name}: read-only export let these through: {allowed}\n{context}"
     )
+
+
+@pytest.mark.parametrize(
+    ("variant", "user", "flags"),
+    [(VARIANTS[0], "root", []), (VARIANTS[1], "nobody", ["-m", "65536"])],
+    ids=["root", "nobody"],
+)
+def test_9mount_prints_these_options(variant: Variant, user: str, flags: list[str]) -> None:
+    """The options the 9mount variants mount with are what 9mount itself asks for,
+    as root and as a user (who must be able to write to the mountpoint)."""
+    ninemount = shutil.which("9mount")
+    require(ninemount is not None, "9mount not installed (Debian package 9mount)")
+    assert ninemount is not None
+    account = pwd.getpwnam(user)
+    dial = f"tcp!{GUEST_SERVER_ADDR}!{GUEST_SERVER_PORT}"
+    with tempfile.TemporaryDirectory(prefix="9mount-") as mountpoint:
+        os.chown(mountpoint, account.pw_uid, account.pw_gid)
+        done = subprocess.run(
+            [ninemount, "-n", *flags, dial, mountpoint],
+            user=account.pw_uid,
+            group=account.pw_gid,
+            extra_groups=[],
+            env={"PATH": os.defpath, "USER": user},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.split() == [
+        "mount", "-t", "9p", "-o", variant.options, GUEST_SERVER_ADDR, mountpoint
+    ]  # fmt: skip
 
 
 # /proc/mounts lines as the Debian 6.1 guest printed them for the four variants.

@@ -78,7 +78,7 @@ def expected_files(c: dict[str, Any]) -> dict[str, bytes]:
 
 # Made on open or write, not from the list answer: tested in test_control.py
 # and test_container_fs.py.
-LIVE_FILES = {"ctl", "logs", "logs.follow", "inspect.json", "top", "stats", "wait"}
+LIVE_FILES = {"ctl", "err", "logs", "logs.follow", "inspect.json", "top", "stats", "wait"}
 # The container's own filesystem: tested in test_container_fs.py.
 ROOT_DIR = "root"
 

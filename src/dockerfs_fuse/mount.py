@@ -384,7 +384,8 @@ def _ping(source: DockerSource, several: bool) -> str:
     except (DockerProblem, OSError, ValueError) as exc:
         # One line, whatever the engine put in its message (dockerd ends some with "\n").
         detail = " ".join(str(exc).split())
-        message = f"cannot reach Docker at {source.endpoint}: {detail}"
+        prefix = f"cannot reach Docker at {source.endpoint}: "
+        message = detail if detail.startswith(prefix) else prefix + detail
         if not several:
             raise MountError(message) from None
         log.warning("%s: %s; its directory answers EIO until it does", source.target.name, message)

@@ -198,6 +198,20 @@ class Engine:
             self.started.clear()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A detached daemon with no syslog logs under $XDG_STATE_HOME: the test
+    session's own directory, never the user's ~/.local/state."""
+    path = tmp_path_factory.mktemp("state")
+    before = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(path)
+    yield path
+    if before is None:
+        del os.environ["XDG_STATE_HOME"]
+    else:
+        os.environ["XDG_STATE_HOME"] = before
+
+
 @pytest.fixture(scope="session")
 def dockerd_session() -> Iterator[PrivateDockerd]:
     require(os.geteuid() == 0, "the private dockerd needs root")

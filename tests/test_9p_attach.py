@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -81,6 +82,26 @@ def test_bad_attach_names_are_refused(shim: Shim, aname: str) -> None:
             codec.Tattach(tag=1, fid=0, afid=codec.NOFID, uname="u", aname=aname, n_uname=0)
         )
         assert isinstance(reply, codec.Rerror), reply
+        # What an attach name means here, for the user who typed one.
+        assert reply.ename.startswith(f"unknown attach name {aname!r} ("), reply.ename
+        assert reply.ename.endswith(
+            'an attach name is a directory of the export, "" the whole export'
+        )
+
+
+def test_diods_default_attach_name_is_the_whole_export(shim: Shim) -> None:
+    """diodls and diodcat attach with "ctl" unless given -a (diod's own
+    control file system): here the whole export, since it has no ctl directory."""
+    with attached(shim, "ctl") as ctl, attached(shim, "") as whole:
+        assert root_names(ctl) == root_names(whole) == ["dev", "prod", "secret"]
+        assert ctl.cat("prod/web/State") == b"running\n"
+
+
+def test_a_ctl_directory_is_what_ctl_attaches_to(tmp_path: Path) -> None:
+    (tmp_path / "ctl").mkdir()
+    (tmp_path / "ctl" / "inside").write_text("yes\n")
+    with running_shim(tmp_path) as (_, host, port), attached((host, port), "ctl") as ctl:
+        assert ctl.cat("inside") == b"yes\n"
 
 
 def test_one_attach_name_per_connection(shim: Shim) -> None:

@@ -79,6 +79,24 @@ def test_diodls_lists_directories(shim: Shim, tree: Path) -> None:
         assert listed == expected
 
 
+def test_diod_tools_work_without_an_attach_name(shim: Shim, tree: Path) -> None:
+    """diodls and diodcat attach with "ctl" unless given -a: the whole export here,
+    so the README's plain `diodls -s HOST:PORT` lists it."""
+    host, port = shim
+    done = subprocess.run(
+        [require_tool("diodls"), "-s", f"{host}:{port}"], capture_output=True, timeout=20
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.decode().split()) == sorted(os.listdir(tree))
+    done = subprocess.run(
+        [require_tool("diodcat"), "-s", f"{host}:{port}", "c0ffee/Image"],
+        capture_output=True,
+        timeout=20,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (tree / "c0ffee" / "Image").read_bytes()
+
+
 def test_diodls_long_shows_stat(shim: Shim, tree: Path) -> None:
     done = diod("diodls", shim, "-l", "c0ffee")
     assert done.returncode == 0, done.stderr

@@ -1256,19 +1256,47 @@ def test_dial_strings_and_shim_command() -> None:
     assert argv[1:] == [*want.split(), "--allow-control", "/n/dockerfs"]
 
 
-def test_bad_command_lines_exit_nonzero(tmp_path: Path) -> None:
-    for args in (
-        [str(tmp_path / "missing")],
-        ["--listen", "bogus", str(tmp_path)],
+def shim_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dockerfs_fuse.ninep.cli", *args],
+        env=shim_env(),
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+
+
+def test_bad_command_lines_say_what_is_wrong_in_one_line(tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.write_text("x\n")
+    for args, said in (
+        ([str(tmp_path / "missing")], f"{tmp_path / 'missing'}: no such directory"),
+        ([str(plain)], f"{plain}: not a directory"),
+        (["--listen", "bogus", str(tmp_path)], "bad dial string 'bogus'"),
+        ([], "the following arguments are required: DIRECTORY"),
     ):
-        done = subprocess.run(
-            [sys.executable, "-m", "dockerfs_fuse.ninep.cli", *args],
-            env=shim_env(),
-            capture_output=True,
-            timeout=20,
-            check=False,
-        )
-        assert done.returncode == 2 and b"dockerfs-9p:" in done.stderr
+        done = shim_cli(*args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert done.stderr.startswith("dockerfs-9p: ") and said in done.stderr, done.stderr
+        assert done.stderr.count("\n") == 1, done.stderr
+
+
+def test_a_port_in_use_is_named(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        done = shim_cli("--listen", f"tcp!127.0.0.1!{port}", str(tmp_path))
+    assert done.returncode == 1
+    assert done.stderr == f"dockerfs-9p: 127.0.0.1:{port}: address already in use\n"
+
+
+def test_help_describes_directory_and_hides_internal_options() -> None:
+    done = shim_cli("--help")
+    assert done.returncode == 0
+    assert "DIRECTORY" in done.stdout and "the directory to serve" in done.stdout
+    assert "--exit-with-parent" not in done.stdout
 
 
 @pytest.mark.parametrize("umask", [0o000, 0o022, 0o077])

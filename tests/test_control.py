@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import calendar
 import concurrent.futures
 import errno
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -114,6 +116,41 @@ def test_ctl_errors_reach_the_writer_as_errno(engine: Engine, all_mounted: Mount
         os.close(fd)
     assert err.value.errno == errno.ENOENT
     assert "No such container" in m.log_text() or "no such container" in m.log_text().lower()
+
+
+# One line per refused write: when (UTC), the command as written, why.
+ERR_LINE = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ) (.+?): (.+)\n")
+
+
+def test_err_says_why_the_last_ctl_write_was_refused(engine: Engine, mounted: Mount) -> None:
+    """The writer gets EBUSY; `err` keeps Docker's reason, where a user with no
+    daemon log (a detached mount, no syslog) can read it."""
+    cid = engine.run(IMG, "sleep", "1d")
+    err = mounted.path / cid / "err"
+    assert err.read_bytes() == b"" and os.stat(err).st_size == 0  # nothing refused yet
+    assert os.stat(err).st_mode & 0o777 == 0o444
+    ctl(mounted, cid, "pause")
+    before = time.time()
+    assert ctl_errno(mounted, cid, "pause") == errno.EBUSY
+    text = err.read_text()
+    match = ERR_LINE.fullmatch(text)
+    assert match, text
+    stamp = calendar.timegm(time.strptime(match.group(1), "%Y-%m-%dT%H:%M:%SZ"))
+    assert before - 1 <= stamp <= time.time() + 1
+    assert match.group(2) == "pause"
+    assert "already paused" in match.group(3), text
+    assert os.stat(err).st_size == len(text.encode())  # `cat` and `stat` agree
+    # A success leaves it; the next refusal replaces it, our own refusals included.
+    ctl(mounted, cid, "unpause")
+    assert err.read_text() == text
+    assert ctl_errno(mounted, cid, "kill NOSUCHSIG") == errno.EINVAL
+    match = ERR_LINE.fullmatch(err.read_text())
+    assert match and match.group(2) == "kill NOSUCHSIG", err.read_text()
+    assert "unknown signal" in match.group(3)
+    # Each container has its own.
+    other = engine.run(IMG, "sleep", "1d")
+    assert (mounted.path / other / "err").read_bytes() == b""
+    assert "err" in os.listdir(mounted.path / cid)
 
 
 def test_ctl_is_write_only_and_other_files_refuse_writes(engine: Engine, mounted: Mount) -> None:

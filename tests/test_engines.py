@@ -10,6 +10,7 @@ engine's API, asked directly over its unix socket.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -99,32 +100,65 @@ def test_ssh_mount_reads_the_same_tree_as_the_unix_socket(
     wait_for(lambda: None if third in os.listdir(ssh.path) else "not listed yet")
 
 
+@pytest.mark.parametrize("known_hosts", [None, ""], ids=["no-known-hosts-file", "host-not-in-it"])
 def test_ssh_without_a_known_host_fails_with_one_line(
-    sshd_session: PrivateSshd, tmp_path: Path
+    sshd_session: PrivateSshd,
+    tmp_path: Path,
+    mount_factory: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    known_hosts: str | None,
 ) -> None:
+    """The cause (the host key is unknown) and its fix, as a command to run;
+    not aiodocker's advice to set an option our command line does not have.
+    Then the fix, run as it is printed, makes the same mount work."""
     require_fuse()
     mp = tmp_path / "m"
     mp.mkdir()
-    empty_home = tmp_path / "home"
-    empty_home.mkdir()
-    env = {**os.environ, "HOME": str(empty_home)}
-    fails_with_one_line(
-        dockerfs_command("-f", "-H", sshd_session.url, str(mp)), "known_hosts", env=env
+    home = tmp_path / "home"
+    ssh_dir = home / ".ssh"
+    ssh_dir.mkdir(parents=True, mode=0o700)
+    key = sshd_session.client_home / ".ssh" / "id_ed25519"  # a key sshd accepts
+    shutil.copy(key, ssh_dir)
+    shutil.copy(key.with_suffix(".pub"), ssh_dir)
+    if known_hosts is not None:
+        (ssh_dir / "known_hosts").write_text(known_hosts)
+    env = {**os.environ, "HOME": str(home)}
+    port = sshd_session.port
+    fix = f"ssh-keyscan -p {port} 127.0.0.1 >> ~/.ssh/known_hosts"
+    line = fails_with_one_line(
+        dockerfs_command("-f", "-H", sshd_session.url, str(mp)),
+        f"cannot reach Docker at {sshd_session.url}: ssh host key of 127.0.0.1 port {port} unknown",
+        env=env,
     )
+    assert line.endswith(f"add it with: {fix}"), line
+    assert "strict_host_keys" not in line
     assert not os.path.ismount(mp)
+    subprocess.run(["sh", "-c", fix], env=env, check=True, capture_output=True, timeout=60)
+    monkeypatch.setenv("HOME", str(home))
+    m = mount_factory(sshd_session.url, name="fixed")
+    wait_for_start_line(m, sshd_session.url)
 
 
-def test_ssh_to_nothing_fails_with_one_line(tmp_path: Path, sshd_session: PrivateSshd) -> None:
+@pytest.mark.parametrize("knows_the_host", [True, False])
+def test_ssh_to_nothing_fails_with_one_line(
+    tmp_path: Path, sshd_session: PrivateSshd, knows_the_host: bool
+) -> None:
+    """Nothing listens on the port: said as such, whether or not ~/.ssh knows
+    the host (without known_hosts, aiodocker refuses before connecting)."""
     require_fuse()
     mp = tmp_path / "m"
     mp.mkdir()
-    env = {**os.environ, "HOME": str(sshd_session.client_home)}
+    home = sshd_session.client_home if knows_the_host else tmp_path / "empty-home"
+    home.mkdir(exist_ok=True)
+    env = {**os.environ, "HOME": str(home)}
     # The same user and keys, but a port where no sshd listens.
     url = sshd_session.url.rsplit(":", 1)[0] + ":1"
     line = fails_with_one_line(
-        dockerfs_command("-f", "-H", url, str(mp)), "cannot reach Docker", env=env
+        dockerfs_command("-f", "-H", url, str(mp)),
+        f"cannot reach Docker at {url}: connection refused: nothing listens on 127.0.0.1 port 1",
+        env=env,
     )
-    assert "SSH" in line
+    assert "strict_host_keys" not in line and "known_hosts" not in line, line
     assert not os.path.ismount(mp)
 
 

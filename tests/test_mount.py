@@ -10,6 +10,7 @@ import ctypes
 import errno
 import os
 import signal
+import socket
 import stat
 import struct
 import subprocess
@@ -78,7 +79,7 @@ def expected_files(c: dict[str, Any]) -> dict[str, bytes]:
 
 # Made on open or write, not from the list answer: tested in test_control.py
 # and test_container_fs.py.
-LIVE_FILES = {"ctl", "logs", "logs.follow", "inspect.json", "top", "stats", "wait"}
+LIVE_FILES = {"ctl", "err", "logs", "logs.follow", "inspect.json", "top", "stats", "wait"}
 # The container's own filesystem: tested in test_container_fs.py.
 ROOT_DIR = "root"
 
@@ -425,11 +426,12 @@ def test_detaches_once_mounted_and_returns_0(engine: Engine, tmp_path: Path) -> 
     assert not os.path.ismount(mp)
 
 
-def _fails_with_one_line(args: list[str], *, want: str, env: dict[str, str] | None = None) -> None:
+def _fails_with_one_line(args: list[str], *, want: str, env: dict[str, str] | None = None) -> str:
     res = subprocess.run(args, capture_output=True, text=True, timeout=30, env=env)
     assert res.returncode != 0
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and want in lines[0], res.stderr
+    return lines[0]
 
 
 def test_error_missing_mountpoint(engine: Engine, tmp_path: Path) -> None:
@@ -446,15 +448,31 @@ def test_error_already_mounted(engine: Engine, mounted: Mount) -> None:
 
 
 @pytest.mark.parametrize("foreground", [True, False])
-def test_error_unreachable_docker(tmp_path: Path, foreground: bool) -> None:
+@pytest.mark.parametrize(
+    ("socket_file", "why"),
+    [
+        (False, "no such socket (is dockerd running? set -H or DOCKER_HOST)"),
+        (True, "connection refused: no daemon behind the socket (is dockerd running?"),
+    ],
+)
+def test_error_unreachable_docker(
+    tmp_path: Path, foreground: bool, socket_file: bool, why: str
+) -> None:
+    """The cause in a user's words, with what to try: no library's wording
+    ("Cannot connect to unix socket ... ssl:default [...]")."""
     require_fuse()
     mp = tmp_path / "m"
     mp.mkdir()
+    path = tmp_path / "no.sock"
+    if socket_file:  # a socket file nobody listens on: a dockerd that died
+        with socket.socket(socket.AF_UNIX) as dead:
+            dead.bind(str(path))
     flags = ["-f"] if foreground else []
-    _fails_with_one_line(
-        dockerfs_command(*flags, "-H", f"unix://{tmp_path}/no.sock", str(mp)),
-        want="cannot reach Docker",
+    line = _fails_with_one_line(
+        dockerfs_command(*flags, "-H", f"unix://{path}", str(mp)),
+        want=f"dockerfs-fuse: cannot reach Docker at unix://{path}: {why}",
     )
+    assert "ssl:default" not in line and "Cannot connect" not in line
     assert not os.path.ismount(mp)
 
 

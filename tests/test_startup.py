@@ -34,7 +34,15 @@ from conftest import (
     wait_for_start_line,
 )
 
-from dockerfs_fuse.mount import MountError, check_fuse_options, passes_through
+from dockerfs_fuse.mount import (
+    MountConfig,
+    MountError,
+    check_fuse_options,
+    passes_through,
+    security_warnings,
+    state_log_path,
+    syslog_reachable,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 
@@ -395,6 +403,15 @@ def test_libfuse_refusal_is_one_line(engine: Engine, mp: Path) -> None:
     )
 
 
+def where_the_log_goes(env: dict[str, str] | None = None) -> str:
+    """What a detached start without --log-file prints: nothing when syslog
+    listens, else the one line naming the file it logs to instead."""
+    if syslog_reachable():
+        return ""
+    path = state_log_path(os.environ if env is None else env)
+    return f"dockerfs-fuse: no syslog here (/dev/log): logging to {path}\n"
+
+
 @pytest.mark.parametrize("log_file", [True, False])
 def test_detached_start_prints_nothing(
     engine: Engine, mp: Path, tmp_path: Path, log_file: bool
@@ -410,7 +427,7 @@ def test_detached_start_prints_nothing(
     )
     try:
         assert res.returncode == 0, res.stderr
-        assert (res.stdout, res.stderr) == ("", "")
+        assert (res.stdout, res.stderr) == ("", "" if log_file else where_the_log_goes())
         assert cid in os.listdir(mp)
         if log_file:  # what the terminal did not get, the log did
             assert f"at {engine.host}, mounted at {mp}" in log.read_text()
@@ -430,7 +447,155 @@ def test_foreground_start_logs_the_engine(engine: Engine, tmp_path: Path) -> Non
         stop_mount(m)
 
 
-# -- item 10: a dead mount, or one that does not answer --------------------------------------
+# -- what a detached start tells the terminal, and where its log goes --------------------------
+
+
+def test_no_syslog_logs_under_xdg_state_home_and_says_so(
+    engine: Engine, mp: Path, tmp_path: Path
+) -> None:
+    """No syslog listening (in a mount namespace of its own, /dev/log is
+    covered if this machine has one): the daemon logs to
+    $XDG_STATE_HOME/dockerfs-fuse/dockerfs-fuse.log, or ~/.local/state/...,
+    and the start says so in one line."""
+    require(shutil.which("unshare") is not None, "unshare missing (util-linux)")
+    state = tmp_path / "state"
+    home = tmp_path / "home"
+    home.mkdir()
+    script = (
+        '[ ! -e /dev/log ] || mount --bind /dev/null /dev/log || exit 99; "$@" || exit $?; '
+        'ls -1 "$MP" > "$OUT"; fusermount3 -u "$MP"'
+    )
+    for env, log in [
+        (clean_env(XDG_STATE_HOME=str(state)), state / "dockerfs-fuse" / "dockerfs-fuse.log"),
+        (
+            {**clean_env(HOME=str(home)), "XDG_STATE_HOME": ""},
+            home / ".local" / "state" / "dockerfs-fuse" / "dockerfs-fuse.log",
+        ),
+    ]:
+        cid = engine.run(IMG, "sleep", "1d")
+        listing = tmp_path / "listing"
+        res = subprocess.run(
+            in_private_mount_namespace(script, *dockerfs_command("-H", engine.host, str(mp))),
+            env={**env, "MP": str(mp), "OUT": str(listing)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.returncode == 0, res.stderr
+        assert res.stderr == f"dockerfs-fuse: no syslog here (/dev/log): logging to {log}\n"
+        assert cid in listing.read_text().split()
+        assert os.stat(log.parent).st_mode & 0o777 == 0o700
+        # Timestamped, with the daemon's PID: one file serves every mount.
+        stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ dockerfs-fuse\[\d+\]: INFO "
+        started = f"^{stamp}.*mounted at {re.escape(str(mp))}$"
+        assert re.search(started, log.read_text(), re.M), log.read_text()
+        assert not mounted(mp)
+
+
+def test_security_warning_reaches_the_terminal_before_detaching(
+    engine: Engine, mp: Path, tmp_path: Path
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dial = f"tcp!127.0.0.1!{port}"
+    log = tmp_path / "d.log"
+    res = subprocess.run(
+        dockerfs_command(
+            "-H", engine.host, "--9p", dial, "--9p-allow-control", "--log-file", str(log), str(mp)
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    try:
+        assert res.returncode == 0, res.stderr
+        lines = res.stderr.splitlines()
+        assert len(lines) == 1, res.stderr
+        assert lines[0].startswith(f"dockerfs-fuse: warning: --9p-allow-control on {dial}: ")
+        assert "every local user" in lines[0] and "control Docker" in lines[0]
+        # The log has it too, as a warning, not as information.
+        assert f"WARNING dockerfs_fuse.mount: --9p-allow-control on {dial}" in log.read_text()
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True)
+    deadline = time.monotonic() + 30
+    while mounted(mp) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not mounted(mp)
+
+
+def test_which_settings_are_warned_about() -> None:
+    def warned(*dials: str, control: bool = False) -> list[str]:
+        return security_warnings(MountConfig("/m", ninep=list(dials), ninep_allow_control=control))
+
+    assert warned("tcp!localhost!9999") == []
+    assert warned("unix!/run/user/1000/9p.sock", control=True) == []  # 0600: only us
+    assert ["every local user" in w for w in warned("tcp!127.0.0.1!9999", control=True)] == [True]
+    (exposed,) = warned("tcp!0.0.0.0!9999")
+    assert "reachable from other machines" in exposed
+    assert len(warned("tcp!*!9999", control=True)) == 2
+
+
+# -- arguments a user gets wrong ---------------------------------------------------------------
+
+
+def test_an_extra_argument_is_a_usage_error(engine: Engine, mp: Path, tmp_path: Path) -> None:
+    """`-H URL MNT extra`: not "docker context 'MNT' not found", but a usage
+    error, one line and exit 2 as argparse's, before anything is asked or mounted."""
+    res = subprocess.run(
+        dockerfs_command("-H", engine.host, str(mp), "extra"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1, res.stderr
+    said = f"dockerfs-fuse: too many arguments: {mp} extra: give one MOUNTPOINT; "
+    assert lines[0].startswith(said), lines[0]
+    assert "not found" not in lines[0]
+    assert not mounted(mp) and not mounted(tmp_path / "extra")
+
+
+def test_usage_errors_are_one_line() -> None:
+    res = subprocess.run(dockerfs_command(), capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1 and "MOUNTPOINT" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("foreground", [False, True])
+def test_nonempty_mountpoint_is_refused(engine: Engine, mp: Path, foreground: bool) -> None:
+    """A mount would hide the files there: refused, with the way to insist."""
+    (mp / "notes.txt").write_text("mine\n")
+    flags = ["-f"] if foreground else []
+    line = refused(
+        dockerfs_command(*flags, "-H", engine.host, str(mp)),
+        mountpoint=mp,
+        want=f"mountpoint {mp} is not empty ('notes.txt'",
+    )
+    assert line.endswith("empty it, or mount over it anyway with -o nonempty")
+    assert (mp / "notes.txt").read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("spelled", [["-o", "nonempty"], ["--nonempty"]])
+def test_nonempty_mounts_over_files_when_asked(
+    engine: Engine, tmp_path: Path, spelled: list[str]
+) -> None:
+    mp = tmp_path / "full"
+    mp.mkdir()
+    (mp / "notes.txt").write_text("mine\n")
+    cid = engine.run(IMG, "sleep", "1d")
+    m = start_mount(engine.host, mp, *spelled)
+    try:
+        listed = os.listdir(mp)
+        assert cid in listed and "notes.txt" not in listed
+    finally:
+        stop_mount(m)
+    assert (mp / "notes.txt").read_text() == "mine\n"
+
+
+# -- a dead mount, or one that does not answer ----------------------------------------------
 
 
 def test_dead_mount_is_named_with_its_cure(engine: Engine, tmp_path: Path) -> None:
@@ -496,10 +661,11 @@ def test_make_run_mounts_a_reachable_engine(engine: Engine, tmp_path: Path) -> N
     require_fuse()
     cid = engine.run(IMG, "sleep", "1d")
     mp = tmp_path / "run"
-    res = make_run(mp, clean_env(DOCKER_HOST=engine.host, HOME=str(tmp_path)))
+    env = clean_env(DOCKER_HOST=engine.host, HOME=str(tmp_path))
+    res = make_run(mp, env)
     try:
         assert res.returncode == 0, res.stdout + res.stderr
-        assert res.stderr == ""
+        assert res.stderr == where_the_log_goes(env)
         assert res.stdout.strip() == f"mounted at {mp}; unmount with: fusermount3 -u {mp}"
         assert os.listdir(mp) == [c["Id"] for c in engine.containers()]
         assert cid in os.listdir(mp)

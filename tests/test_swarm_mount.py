@@ -262,8 +262,14 @@ def test_bad_commands_are_einval(swarm: PrivateSwarm, swarm_mount: Path) -> None
     node = m / "nodes" / swarm.workers[0].hostname
     for bad in ("drain now", "up", "promote\ndemote"):
         assert ctl_errno(node / "ctl", bad) == errno.EINVAL, bad
+    # Each refusal's reason is in the object's err file, the last one kept.
+    assert read(web / "err").endswith(" rm now: usage: rm"), read(web / "err")
+    assert " promote demote: " in read(node / "err")
     # A command that Docker refuses as a conflict: demoting the only manager.
-    assert ctl_errno(m / "nodes" / swarm.manager.hostname / "ctl", "demote") == errno.EBUSY
+    manager = m / "nodes" / swarm.manager.hostname
+    assert (manager / "err").read_bytes() == b""
+    assert ctl_errno(manager / "ctl", "demote") == errno.EBUSY
+    assert " demote: " in read(manager / "err")
     # ctl of a service removed meanwhile: ENOENT.
     fd = os.open(web / "ctl", os.O_WRONLY)
     try:

@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import pwd
+import re
 import sys
 from collections.abc import Sequence
 
@@ -20,16 +21,19 @@ from . import __version__, endpoints, library_warnings, options
 library_warnings.route_to_log()  # before .mount imports aiodocker and its dependencies
 
 from .mount import FD_MOUNTPOINT, MountConfig, MountError, check_config, mount  # noqa: E402
+from .usage import OneLineParser  # noqa: E402
 
 PROG = "dockerfs-fuse"
 SUBTYPE = PROG  # fuse.dockerfs-fuse: mount.fuse3 runs the program named by the subtype
 
 # SOURCE that means "the engine the docker CLI would pick" (nothing from SOURCE).
 DEFAULT_SOURCE = "default"
+# What the docker CLI accepts as a context name (cli/context/store).
+CONTEXT_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.+-]*")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog=PROG,
         description="Mount the containers of Docker engines as a filesystem: one engine's "
         "containers at the top, or one directory per engine when -H/--context name several.",
@@ -105,7 +109,17 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let 9P clients write ctl files: whoever reaches the socket controls Docker (root)",
     )
-    p.add_argument("--log-file", metavar="FILE", help="where a detached daemon logs")
+    p.add_argument(
+        "--nonempty",
+        action="store_true",
+        help="mount over a directory that holds files (hidden while mounted)",
+    )
+    p.add_argument(
+        "--log-file",
+        metavar="FILE",
+        help="where a detached daemon logs (default: syslog, else "
+        "$XDG_STATE_HOME/dockerfs-fuse/dockerfs-fuse.log)",
+    )
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     return p
 
@@ -124,11 +138,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line with SOURCE and the -o options folded into the long options."""
     p = parser()
     args = p.parse_intermixed_args(argv)
+    if args.source is not None and not could_be_source(args.source):
+        # `-H URL MNT extra`: two positionals are SOURCE MOUNTPOINT, and a path is no SOURCE.
+        p.error(
+            f"too many arguments: {args.source} {args.mountpoint}: give one MOUNTPOINT; "
+            "a SOURCE before it is a URL, a docker context name or 'default'"
+        )
     try:
         apply_mount_options(args)
     except options.OptionError as exc:
         p.exit(1, f"{PROG}: {exc}\n")
     return args
+
+
+def could_be_source(text: str) -> bool:
+    """Whether SOURCE names an engine at all: a URL (`:`), a context name, or 'default'."""
+    return not text or ":" in text or bool(CONTEXT_NAME.fullmatch(text))
 
 
 def apply_mount_options(args: argparse.Namespace) -> None:
@@ -215,6 +240,7 @@ def config_from(args: argparse.Namespace) -> MountConfig:
         log_file=os.path.abspath(args.log_file) if args.log_file else None,
         ninep=args.ninep,
         ninep_allow_control=args.ninep_allow_control,
+        nonempty=args.nonempty,
         fsname=fsname_for(args.fsname, found),
         subtype=SUBTYPE,
     )

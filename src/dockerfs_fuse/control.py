@@ -3,11 +3,18 @@
 One command per write of at most MAX_COMMAND_BYTES: `start`, `stop [SECONDS]`, `restart [SECONDS]`,
 `kill [SIGNAL]`, `pause`, `unpause`, `rm`. Parsing is pure so that every bad
 input is rejected (EINVAL) before anything is sent to Docker.
+
+A refused write tells its writer only an errno; the reason (Docker's
+message) is kept per object for its `err` file (`Refusals`), where a user
+without the daemon's log can read it.
 """
 
 from __future__ import annotations
 
+import collections
 import signal
+import time
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 COMMANDS = ("start", "stop", "restart", "kill", "pause", "unpause", "rm")
@@ -74,3 +81,40 @@ def parse_command(data: bytes) -> Command:
     if action == "kill" and args:
         return Command(action, {"signal": parse_signal(args[0])})
     return Command(action)
+
+
+# Objects whose last refusal is kept; the oldest is forgotten beyond (a
+# container removed long ago needs no err file).
+MAX_REFUSALS = 4096
+# How much of the text written an err line repeats.
+ERR_COMMAND_CHARS = 64
+
+
+class Refusals:
+    """The last refused ctl write of each object, as its `err` file shows it:
+    one line, `2026-12-07T01:02:03Z pause: <why>`, in UTC; empty until a
+    write is refused. In memory and bounded (MAX_REFUSALS objects)."""
+
+    def __init__(self, limit: int = MAX_REFUSALS) -> None:
+        self._last: collections.OrderedDict[Hashable, bytes] = collections.OrderedDict()
+        self._limit = limit
+
+    def note(self, key: Hashable, written: bytes, why: str) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        line = f"{stamp} {_shown(written)}: {' '.join(why.split())}\n"
+        self._last[key] = line.encode("utf-8", "backslashreplace")
+        self._last.move_to_end(key)
+        while len(self._last) > self._limit:
+            self._last.popitem(last=False)
+
+    def text(self, key: Hashable) -> bytes:
+        return self._last.get(key, b"")
+
+
+def _shown(written: bytes) -> str:
+    """The command as written, on one line and short: what the writer would recognise."""
+    text = " ".join(written.decode("ascii", "backslashreplace").split())
+    text = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
+    if len(text) > ERR_COMMAND_CHARS:
+        text = text[: ERR_COMMAND_CHARS - 3] + "..."
+    return text or "(empty)"

@@ -31,6 +31,7 @@ import aiohttp
 import orjson
 import trio
 
+from . import unreachable
 from .bridge import AsyncioThread, Stream, await_future, call_soon
 from .container_fs import ArchiveWriter
 from .control import Command
@@ -73,7 +74,12 @@ class DockerProblem(Exception):
 
 
 class DockerUnavailable(DockerProblem):
-    """The engine cannot be reached or did not answer in time."""
+    """The engine cannot be reached or did not answer in time; `cause` is
+    what the connection failed on, when known (see unreachable.py)."""
+
+    def __init__(self, message: str, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class NotFound(DockerProblem):
@@ -111,7 +117,9 @@ def _translate(exc: BaseException) -> DockerProblem:
         message = str(getattr(exc, "message", exc))
         status = getattr(exc, "status", 0)
         if status == 900:  # aiodocker's code for "could not connect"
-            return DockerUnavailable(message)
+            cause = unreachable.root_cause(exc)
+            words = unreachable.reason(cause)
+            return DockerUnavailable(f"cannot reach Docker: {words}" if words else message, cause)
         kind: type[DockerProblem]
         if status == 404 or _GOING_AWAY.search(message):
             kind = NotFound
@@ -123,7 +131,8 @@ def _translate(exc: BaseException) -> DockerProblem:
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
         return DockerUnavailable("Docker did not answer in time")
     if isinstance(exc, aiohttp.ClientError | OSError):
-        return DockerUnavailable(f"cannot reach Docker: {exc}")
+        cause = unreachable.root_cause(exc)
+        return DockerUnavailable(f"cannot reach Docker: {unreachable.reason(cause) or exc}", cause)
     return ApiError(f"{type(exc).__name__}: {exc}")
 
 
@@ -180,9 +189,21 @@ class DockerSource:
             self._docker = self._thread.submit(self._make_client()).result(self.timeout)
         except aiodocker.DockerError as exc:
             # e.g. ssh:// without asyncssh, or with no ~/.ssh/known_hosts
-            raise DockerUnavailable(str(getattr(exc, "message", exc))) from None
+            message = str(getattr(exc, "message", exc))
+            if self.target.scheme == "ssh" and "known_hosts" in message:
+                message = self._no_known_hosts()
+            raise DockerUnavailable(message) from None
         except (ValueError, ssl.SSLError) as exc:
             raise DockerUnavailable(f"bad Docker endpoint {self.host}: {exc}") from None
+
+    def _no_known_hosts(self) -> str:
+        """aiodocker's ssh client refuses before connecting when there is no
+        ~/.ssh/known_hosts at all (and its message names an option we do not
+        have): connect once to tell "nothing listens" from "key unknown"."""
+        where = unreachable.Where.of(self.host)
+        failed = unreachable.probe(where, self.timeout)
+        why = unreachable.explain(self.host, failed) if failed is not None else None
+        return f"cannot reach Docker at {self.host}: {why or unreachable.host_key_unknown(where)}"
 
     async def _make_client(self) -> aiodocker.Docker:
         """Always an explicit URL: aiodocker's own resolution order is not the CLI's."""
@@ -251,8 +272,15 @@ class DockerSource:
             raise DockerUnavailable("Docker did not answer in time") from exc
 
     def ping(self) -> str:
-        """Check the engine answers; return its version string."""
-        info = self.call_sync("version", lambda d: d.version())
+        """Check the engine answers; return its version string. Refusals say
+        why in the user's words: "cannot reach Docker at URL: no such socket"."""
+        try:
+            info = self.call_sync("version", lambda d: d.version())
+        except DockerUnavailable as exc:
+            said = str(exc).removeprefix("cannot reach Docker: ")
+            why = unreachable.explain(self.host, exc.cause) or said
+            message = f"cannot reach Docker at {self.host}: {why}"
+            raise DockerUnavailable(message, exc.cause) from None
         self.podman = _is_podman(info)
         return str(info.get("Version", "?"))
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import logging
 import logging.handlers
 import os
@@ -30,7 +31,7 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import pyfuse3
@@ -46,6 +47,10 @@ from .operations import MAX_WORKERS, DockerFS
 log = logging.getLogger(__name__)
 
 SYSLOG_SOCKET = "/dev/log"
+# Where a detached daemon logs without --log-file and without syslog, under
+# $XDG_STATE_HOME (default ~/.local/state), as the XDG base directory spec says.
+STATE_DIR = "dockerfs-fuse"
+STATE_LOG = "dockerfs-fuse.log"
 
 # A mountpoint given as an open /dev/fuse descriptor, already mounted:
 # mount.fuse3 -o drop_privileges mounts itself and passes /dev/fd/N
@@ -72,6 +77,8 @@ class MountConfig:
     # Re-export the mount over 9P on these dial strings (the dockerfs-9p shim).
     ninep: list[str] = field(default_factory=list)
     ninep_allow_control: bool = False
+    # Mount over a directory that holds files (hiding them while mounted).
+    nonempty: bool = False
     # What mount tables show: SOURCE fuse.SUBTYPE (mount.fuse3 runs SUBTYPE for fstab).
     fsname: str = "dockerfs-fuse"
     subtype: str = "dockerfs-fuse"
@@ -100,6 +107,9 @@ def check_config(config: MountConfig) -> None:
         raise MountError("--9p needs the mountpoint's path; it cannot serve a /dev/fd/N mount")
     for dial in config.ninep:
         check_ninep_dial(dial, config.mountpoint)
+    if not config.nonempty:
+        # Last: a more specific refusal (a socket reached through it) names its cause.
+        check_empty(config.mountpoint)
 
 
 def check_mountpoint(path: str) -> None:
@@ -128,6 +138,23 @@ def check_mountpoint(path: str) -> None:
         raise MountError(f"mountpoint {path} is not a directory")
     if os.path.ismount(path):
         raise MountError(f"{path} is already a mount point (unmount it with fusermount3 -u)")
+
+
+def check_empty(path: str) -> None:
+    """A mount hides what the directory holds until it is unmounted: refuse,
+    unless asked (-o nonempty), rather than make files seem to vanish."""
+    if FD_MOUNTPOINT.fullmatch(path):
+        return
+    try:
+        with os.scandir(path) as entries:
+            first = next(entries, None)
+    except OSError as exc:
+        raise MountError(f"mountpoint {path}: {exc.strerror}") from None
+    if first is not None:
+        raise MountError(
+            f"mountpoint {path} is not empty ({first.name!r} and maybe more would be hidden); "
+            "empty it, or mount over it anyway with -o nonempty"
+        )
 
 
 def _check_fuse_fd(path: str) -> None:
@@ -345,6 +372,35 @@ def passes_through(path: str, directory: str) -> bool:
     return inside(current)
 
 
+def security_warnings(config: MountConfig) -> list[str]:
+    """What the user must hear before the daemon leaves the terminal: who else
+    gets in. Printed by the detaching parent, and logged once mounted."""
+    warnings = []
+    for text in config.ninep:
+        dial = parse_dial(text)
+        if dial.network != "tcp":
+            continue  # a socket file, 0600
+        if config.ninep_allow_control:
+            warnings.append(
+                f"--9p-allow-control on {text}: every local user who connects can write "
+                "ctl files, that is, control Docker (root-equivalent); prefer unix!PATH "
+                "in a directory only you can enter"
+            )
+        if not _loopback(dial.address):
+            warnings.append(
+                f"--9p {text} is reachable from other machines: anyone who connects "
+                "reads every container's files, without authentication"
+            )
+    return warnings
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
 def prepare(config: MountConfig) -> tuple[list[DockerSource], DockerFS, list[str]]:
     """Everything about Docker that can fail with a clear message, before mounting.
     Returns the sources, the filesystem and what to log once the mount serves.
@@ -384,7 +440,8 @@ def _ping(source: DockerSource, several: bool) -> str:
     except (DockerProblem, OSError, ValueError) as exc:
         # One line, whatever the engine put in its message (dockerd ends some with "\n").
         detail = " ".join(str(exc).split())
-        message = f"cannot reach Docker at {source.endpoint}: {detail}"
+        prefix = f"cannot reach Docker at {source.endpoint}: "
+        message = detail if detail.startswith(prefix) else prefix + detail
         if not several:
             raise MountError(message) from None
         log.warning("%s: %s; its directory answers EIO until it does", source.target.name, message)
@@ -449,6 +506,8 @@ def run_mounted(config: MountConfig, ready: Ready | None = None) -> int:
             log.info("%s, mounted at %s", notes[0], config.mountpoint)
             for line in notes[1:]:
                 log.info("%s", line)
+            for warning in security_warnings(config):
+                log.warning("%s", warning)
             notifier.ready(f"serving {status}")  # systemd Type=notify: the mount serves
         if ready is not None:
             ready(error)
@@ -518,10 +577,12 @@ def mount(config: MountConfig) -> int:
 def _detached(config: MountConfig) -> int:
     """Fork; the child mounts and reports through a pipe; the parent waits for that.
 
-    The child leaves the terminal at once (logs go to the log file or
-    syslog), so a detached start that works prints nothing, and one that
-    fails prints the one line the parent gets through the pipe."""
-    log_fd = _open_log_file(config.log_file)
+    The child leaves the terminal at once (logs go to the log file, syslog,
+    or a file under $XDG_STATE_HOME), so a detached start that fails prints
+    the one line the parent gets through the pipe, and one that works prints
+    only what the user must know: security warnings, and where the log goes
+    when that is not where they would look."""
+    log_fd, notes = _log_destination(config)
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid:
@@ -531,6 +592,8 @@ def _detached(config: MountConfig) -> int:
         with os.fdopen(read_fd, "rb") as pipe:
             message = pipe.read().decode(errors="replace")
         if message == "ok":
+            for line in [*(f"warning: {w}" for w in security_warnings(config)), *notes]:
+                print(f"dockerfs-fuse: {line}", file=sys.stderr)
             return 0
         _, status = os.waitpid(pid, 0)
         raise MountError(message.strip() or f"daemon exited with status {status}")
@@ -571,14 +634,61 @@ def _detached(config: MountConfig) -> int:
         os._exit(code)
 
 
-def _open_log_file(path: str | None) -> int | None:
-    """Opened before anything is mounted (checked already by check_log_file)."""
-    if path is None:
-        return None
+def _log_destination(config: MountConfig) -> tuple[int | None, list[str]]:
+    """The log file a detached daemon writes (None: syslog), opened before
+    anything is mounted, and what to tell the user about it.
+
+    --log-file wins (checked already by check_log_file). Without it, syslog
+    where a syslog daemon listens; else a file under $XDG_STATE_HOME, so a
+    refused ctl write's reason or a warning is never logged nowhere.
+    """
+    if config.log_file is not None:
+        try:
+            return open_log(config.log_file), []
+        except OSError as exc:
+            raise MountError(
+                f"--log-file {config.log_file}: cannot open for append: {exc.strerror}"
+            ) from None
+    if syslog_reachable():
+        return None, []
+    path = state_log_path(os.environ)
     try:
-        return open_log(path)
+        if passes_through(path, config.mountpoint):
+            raise OSError(errno.ELOOP, "it is reached through the mountpoint")
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = open_log(path)
     except OSError as exc:
-        raise MountError(f"--log-file {path}: cannot open for append: {exc.strerror}") from None
+        return None, [
+            f"no syslog here ({SYSLOG_SOCKET}) and {path} cannot be written "
+            f"({exc.strerror}): the daemon logs nowhere; use --log-file FILE"
+        ]
+    return fd, [f"no syslog here ({SYSLOG_SOCKET}): logging to {path}"]
+
+
+def syslog_reachable(path: str = SYSLOG_SOCKET) -> bool:
+    """Whether a syslog daemon reads `path`: a missing socket, or one nobody
+    listens on, would swallow every line (SysLogHandler tries both kinds)."""
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        try:
+            with socket.socket(socket.AF_UNIX, kind) as sock:
+                sock.connect(path)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def state_log_path(env: Mapping[str, str]) -> str:
+    """$XDG_STATE_HOME/dockerfs-fuse/dockerfs-fuse.log; the spec says a relative
+    XDG_STATE_HOME is ignored, and the default is ~/.local/state."""
+    base = env.get("XDG_STATE_HOME", "")
+    if not os.path.isabs(base):
+        base = os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, STATE_DIR, STATE_LOG)
+
+
+FILE_LOG_FORMAT = "%(asctime)s dockerfs-fuse[%(process)d]: %(levelname)s %(name)s: %(message)s"
+FILE_LOG_TIME = "%Y-%m-%dT%H:%M:%SZ"
 
 
 def _leave_terminal(log_fd: int | None) -> None:
@@ -596,7 +706,11 @@ def _leave_terminal(log_fd: int | None) -> None:
     for handler in root.handlers:
         if isinstance(handler, logging.StreamHandler):
             handler.setStream(sys.stderr)
-    if log_fd is None and os.path.exists(SYSLOG_SOCKET):
+            if log_fd is not None:  # a file, perhaps shared: say when, and which daemon
+                stamped = logging.Formatter(FILE_LOG_FORMAT, FILE_LOG_TIME)
+                stamped.converter = time.gmtime
+                handler.setFormatter(stamped)
+    if log_fd is None and syslog_reachable():
         syslog = logging.handlers.SysLogHandler(
             SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_DAEMON
         )

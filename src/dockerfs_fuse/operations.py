@@ -33,7 +33,7 @@ import trio
 
 from .cache import ATTR_TIMEOUT, EngineCache, Source
 from .container_fs import ArchiveError, FileReader, NotThere, PathError
-from .control import BadCommand, parse_command
+from .control import BadCommand, Refusals, parse_command
 from .docker_source import BadRequest, Conflict, DockerProblem, DockerSource, NotFound
 from .inodes import NS, ROOT_INODE, Changes, InodeTable, Kind, Node
 from .logstream import LogSpool, LogSpools, TooManyLogs
@@ -140,12 +140,20 @@ class _CtlHandle:
     cache: EngineCache
     cid: str
 
+    @property
+    def refusal_key(self) -> tuple[str, ...]:  # see DockerFS._refusal_key
+        return (self.cache.name, self.cid)
+
 
 @dataclass(slots=True)
 class _SwarmCtlHandle:
     swarm: SwarmCache
     kind: str
     oid: str
+
+    @property
+    def refusal_key(self) -> tuple[str, ...]:
+        return (self.swarm.name, self.kind, self.oid)
 
 
 @dataclass(slots=True)
@@ -305,6 +313,7 @@ class DockerFS(pyfuse3.Operations):
         self.followers = _Followers(MAX_FOLLOWERS, MAX_FOLLOWERS_PER_PROCESS)
         self.waiting_reads = 0
         self._exit_waits: dict[tuple[str, str], _ExitWait] = {}
+        self.refusals = Refusals()  # what each `err` file says
         self._root_askers: dict[int, int] = {}  # see _note_asker
         self._next_fh = 1
         self._inval_send, self._inval_recv = trio.open_memory_channel[Changes](INVALIDATION_QUEUE)
@@ -426,6 +435,10 @@ class DockerFS(pyfuse3.Operations):
                 # `tail -f` follows by polling this size: never let the kernel cache it.
                 a.st_size = logs.polled_size(node.parent.name)
                 a.attr_timeout = 0
+        if node.special is Special.ERR:
+            # Changes with every refused write, and nothing invalidates it.
+            a.st_size = len(self._refusal_text(node))
+            a.attr_timeout = 0
         a.st_blksize = 4096
         a.st_blocks = (a.st_size + 511) // 512
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = node.mtime_ns
@@ -917,8 +930,25 @@ class DockerFS(pyfuse3.Operations):
             raise _fail(errno.ENOENT)
         return self.caches[node.parent.inode], node.name
 
+    def _refusal_key(self, node: Node) -> tuple[str, ...]:
+        """Whose ctl a node in an object's directory belongs to (its `err`):
+        an engine's container, or a Swarm service or node."""
+        view = self._swarm_of(node)
+        if view is not None:
+            return (view.name, *view.locate(node))
+        cache, cid = self._container_of(node)
+        return (cache.name, cid)
+
+    def _refusal_text(self, node: Node) -> bytes:
+        try:
+            return self.refusals.text(self._refusal_key(node))
+        except (pyfuse3.FUSEError, DockerProblem):
+            return b""  # its object is gone: so is the file
+
     async def _render(self, node: Node) -> bytes:
         """One API call per open, never per read (lxcfs's model)."""
+        if node.special is Special.ERR:
+            return self.refusals.text(self._refusal_key(node))
         view = self._swarm_of(node)
         if view is not None:
             kind, oid = view.locate(node)
@@ -1000,18 +1030,23 @@ class DockerFS(pyfuse3.Operations):
         handle = self._handles.get(fh)
         if not isinstance(handle, _CtlHandle | _SwarmCtlHandle):
             raise _fail(errno.EBADF)
-        if off != 0:
-            # The rest of a write the kernel split, or a second write on one
-            # descriptor: never a whole command, so never run.
-            raise BadCommand(f"one command per open and write, at offset 0 (not {off})")
-        if isinstance(handle, _SwarmCtlHandle):
-            action = await handle.swarm.control(handle.kind, handle.oid, buf)
-            log.info("ctl %s %s: %s", handle.kind, handle.oid[:12], action)
+        try:
+            if off != 0:
+                # The rest of a write the kernel split, or a second write on one
+                # descriptor: never a whole command, so never run.
+                raise BadCommand(f"one command per open and write, at offset 0 (not {off})")
+            if isinstance(handle, _SwarmCtlHandle):
+                action = await handle.swarm.control(handle.kind, handle.oid, buf)
+                log.info("ctl %s %s: %s", handle.kind, handle.oid[:12], action)
+                return len(buf)
+            command = parse_command(buf)
+            log.info("ctl %s: %s %s", handle.cid[:12], command.action, command.params or "")
+            await handle.cache.control(handle.cid, command)
             return len(buf)
-        command = parse_command(buf)
-        log.info("ctl %s: %s %s", handle.cid[:12], command.action, command.params or "")
-        await handle.cache.control(handle.cid, command)
-        return len(buf)
+        except Exception as exc:
+            # The writer gets an errno; its `err` file says why.
+            self.refusals.note(handle.refusal_key, buf, _refusal_reason(exc))
+            raise
 
     @_guard
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
@@ -1217,6 +1252,15 @@ _NOT_FATAL = frozenset(
     }
 )
 _NOT_FATAL_MASK = sum(1 << (s - 1) for s in _NOT_FATAL)
+
+
+def _refusal_reason(exc: Exception) -> str:
+    """What an `err` file says of a refused write: Docker's message or ours."""
+    if isinstance(exc, DockerProblem | BadCommand) and str(exc):
+        return str(exc)
+    if isinstance(exc, pyfuse3.FUSEError):
+        return os.strerror(exc.errno)
+    return f"internal error: {type(exc).__name__} (see the daemon's log)"
 
 
 def _signal_pending(pid: int) -> bool:

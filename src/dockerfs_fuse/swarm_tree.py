@@ -221,11 +221,11 @@ def running_count(service: Obj, tasks: Iterable[Obj]) -> int:
 
 SERVICE_ORDER = (
     "ID", "Name", "Image", "Mode", "Replicas", "Running", "CreatedAt", "UpdatedAt",
-    "UpdateStatus", "Labels", "Ports", "ctl", "logs", "inspect.json", "tasks",
+    "UpdateStatus", "Labels", "Ports", "ctl", "err", "logs", "inspect.json", "tasks",
 )  # fmt: skip
 NODE_ORDER = (
     "ID", "Hostname", "Role", "Availability", "State", "Addr", "EngineVersion", "Leader",
-    "Labels", "ctl", "inspect.json",
+    "Labels", "ctl", "err", "inspect.json",
 )  # fmt: skip
 TASK_ORDER = (
     "ID", "Service", "Slot", "Node", "DesiredState", "State", "Message", "Error",
@@ -267,6 +267,7 @@ def service_spec(service: Obj, tasks: Iterable[Obj], names: Mapping[str, str]) -
         for i, p in enumerate(p for p in ports or () if isinstance(p, Mapping))
     }
     spec["ctl"] = Special.CTL
+    spec["err"] = Special.ERR
     spec["logs"] = Special.LOGS
     spec["inspect.json"] = Special.INSPECT
     spec["tasks"] = {
@@ -292,6 +293,7 @@ def node_spec(node: Obj) -> Tree:
         spec["Leader"] = render(manager.get("Leader") is True)
     spec["Labels"] = _labels(_get(node, "Spec", "Labels"))
     spec["ctl"] = Special.CTL
+    spec["err"] = Special.ERR
     spec["inspect.json"] = Special.INSPECT
     return spec
 

@@ -26,6 +26,7 @@ class Special(enum.Enum):
     """
 
     CTL = "ctl"
+    ERR = "err"
     LOGS = "logs"
     FOLLOW = "logs.follow"
     INSPECT = "inspect.json"
@@ -60,6 +61,7 @@ ORDER = (
     "Mounts",
     "Networks",
     "ctl",
+    "err",
     "logs",
     "logs.follow",
     "inspect.json",

@@ -59,7 +59,8 @@ class Shim:
                 why = "".join(lines).strip() or f"nothing said within {timeout:.0f}s"
                 raise ShimFailed(f"9P shim failed: {why}")
             lines.append(line)
-            log.info("%s", line.strip())
+            # Its security warning, too, reaches the user's terminal: see mount.security_warnings.
+            log.log(logging.WARNING if "warning:" in line else logging.INFO, "%s", line.strip())
         # From here on its stderr goes to our log, so the pipe never fills.
         threading.Thread(target=self._drain, args=(self.proc.stderr,), daemon=True).start()
 

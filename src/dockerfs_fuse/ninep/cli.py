@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import trio
 
 from ..library_warnings import route_to_log
+from ..usage import USAGE_EXIT, OneLineParser
 from .export import Export
 from .resources import raise_fd_limit
 from .server import serve
@@ -65,8 +66,30 @@ def shim_command(dial: str, directory: str, allow_control: bool = False) -> list
     return [*argv, directory]
 
 
+class ListenError(Exception):
+    """A dial the shim cannot listen on; the message names the address."""
+
+
+def _address(dial: Dial) -> str:
+    """How the address is written in messages: 127.0.0.1:9999, [::1]:9999, or the path."""
+    if dial.network == "unix":
+        return dial.address
+    host = f"[{dial.address}]" if ":" in dial.address else dial.address
+    return f"{host}:{dial.port}"
+
+
 async def open_listener(dial: Dial) -> tuple[trio.SocketListener, str]:
-    """A listening socket and the dial string it really got (port 0 → real port)."""
+    """A listening socket and the dial string it really got (port 0 → real port).
+    A failure is a ListenError naming the address ("127.0.0.1:9999: address
+    already in use"), not the bare errno the socket call raised."""
+    try:
+        return await _open_listener(dial)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        raise ListenError(f"{_address(dial)}: {why[:1].lower()}{why[1:]}") from None
+
+
+async def _open_listener(dial: Dial) -> tuple[trio.SocketListener, str]:
     if dial.network == "unix":
         _remove_stale_socket(dial.address)
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -131,7 +154,7 @@ async def run(export: Export, dials: Sequence[Dial], parent: int | None = None) 
 
 def parser() -> argparse.ArgumentParser:
     """The command line, also read by scripts/gen-man for dockerfs-9p(1)."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="dockerfs-9p",
         description="Serve DIRECTORY over 9P2000, 9P2000.u and 9P2000.L.",
     )
@@ -148,17 +171,33 @@ def parser() -> argparse.ArgumentParser:
         "(whoever reaches the socket can then control Docker, i.e. root)",
     )
     parser.add_argument("-d", "--debug", action="store_true", help="log every 9P message")
+    # Internal: dockerfs-fuse --9p runs the shim with it (exit when the parent exits).
+    parser.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
-        "--exit-with-parent",
-        action="store_true",
-        help="exit when the process that started this one exits (used by dockerfs-fuse --9p)",
+        "directory",
+        metavar="DIRECTORY",
+        help="the directory to serve, usually a dockerfs-fuse mountpoint; "
+        "nothing outside it is reachable",
     )
-    parser.add_argument("directory", metavar="DIRECTORY")
     return parser
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser().parse_args(argv)
+
+
+def directory_problem(path: str) -> str | None:
+    """Why DIRECTORY cannot be served, in words ("no such directory"), or None."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "no such directory"
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        return why[:1].lower() + why[1:]
+    if not stat.S_ISDIR(info.st_mode):
+        return "not a directory"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -168,6 +207,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="dockerfs-9p: %(message)s",
     )
+    problem = directory_problem(args.directory)
+    if problem is not None:
+        print(f"dockerfs-9p: {args.directory}: {problem}", file=sys.stderr)
+        return USAGE_EXIT
     try:
         dials = [parse_dial(d) for d in args.listen or [DEFAULT_DIAL]]
         export = Export(args.directory, allow_control=args.allow_control)
@@ -180,12 +223,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     except (ValueError, OSError) as exc:
         print(f"dockerfs-9p: {exc}", file=sys.stderr)
-        return 2
+        return USAGE_EXIT
     raise_fd_limit()
     try:
         parent = os.getppid() if args.exit_with_parent else None
         trio.run(run, export, dials, parent)
-    except OSError as exc:
+    except (ListenError, OSError) as exc:
         print(f"dockerfs-9p: {exc}", file=sys.stderr)
         return 1
     return 0

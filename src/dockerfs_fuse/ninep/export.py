@@ -53,6 +53,10 @@ _PLAN9_ERRORS = {
 }
 
 
+# The attach name diod's clients send when not given one (see Export.subtree).
+DIOD_DEFAULT_ANAME = "ctl"
+
+
 class NinePError(Exception):
     """A request that fails: an errno for 9P2000.u/.L and a string for 9P2000."""
 
@@ -216,7 +220,24 @@ class Export:
 
     def subtree(self, aname: str) -> Export:
         """The export an attach name selects: the directory it names inside
-        this one, walked and confined like every walk; "" is the whole export."""
+        this one, walked and confined like every walk; "" is the whole export.
+
+        diod's clients (diodls, diodcat) attach with "ctl" unless given -a:
+        diod's own control file system. Here that is the whole export, unless
+        the export has a directory of that name, so they work with no -a.
+        """
+        try:
+            return self._subtree(aname)
+        except NinePError as exc:
+            if aname == DIOD_DEFAULT_ANAME:
+                return self
+            raise NinePError(
+                exc.errno,
+                f"unknown attach name {aname!r} ({exc.ename}): an attach name is a "
+                'directory of the export, "" the whole export',
+            ) from None
+
+    def _subtree(self, aname: str) -> Export:
         parts: Parts = ()
         for name in aname.split("/"):
             if name:

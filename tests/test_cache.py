@@ -8,7 +8,7 @@ the re-reads after events, shared listings, and two engines in one table.
 from __future__ import annotations
 
 import collections
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pyfuse3
@@ -26,8 +26,8 @@ from dockerfs_fuse.cache import (
 )
 from dockerfs_fuse.container_fs import ArchiveWriter
 from dockerfs_fuse.control import Command
-from dockerfs_fuse.docker_source import DockerUnavailable
-from dockerfs_fuse.inodes import Changes, InodeTable
+from dockerfs_fuse.docker_source import LISTED_STATES, DockerUnavailable
+from dockerfs_fuse.inodes import Changes, InodeTable, Kind, Node
 from dockerfs_fuse.logstream import Cancellable, LogWriter
 from dockerfs_fuse.operations import INVALIDATION_QUEUE, DockerFS
 from dockerfs_fuse.tree import Container
@@ -69,7 +69,8 @@ class FakeEngine:
         self.requests["containers/json"] += 1
         if self.down:
             raise DockerUnavailable("engine down")
-        answer = list(self.containers.values())  # what the engine said when asked
+        # what the engine said when asked
+        answer = [c for c in self.containers.values() if all or c["State"] in LISTED_STATES]
         self.listing.set()
         if self.hold is not None:
             await self.hold.wait()
@@ -81,9 +82,17 @@ class FakeEngine:
             raise DockerUnavailable("engine down")
         return self.containers.get(id_)
 
+    async def list_ids(self, ids: Sequence[str], all: bool = False) -> list[Container]:
+        self.requests["containers/json?filters"] += 1
+        return [self.containers[i] for i in ids if i in self.containers]
+
     async def find(self, name: str, all: bool = False) -> list[Container]:
         self.requests["containers/json?filters"] += 1
-        return [c for c in self.containers.values() if f"/{name}" in c["Names"]]
+        return [
+            c
+            for c in self.containers.values()
+            if f"/{name}" in c["Names"] or (len(name) >= 4 and str(c["Id"]).startswith(name))
+        ]
 
     async def inspect(self, id_: str) -> dict[str, Any]:
         return dict(self.containers[id_])
@@ -253,6 +262,108 @@ def test_two_engines_share_a_table_and_keep_apart() -> None:
         assert dev_engine.requests == before
 
     trio.run(main)
+
+
+def held(cache: EngineCache, name: str) -> Node:
+    """The node the kernel reaches by `name` in the top directory, now held by it."""
+
+    async def find() -> Node | None:
+        return await cache.find(name)
+
+    node = trio.run(find)
+    assert node is not None, name
+    if node.kind is Kind.LINK:
+        node = cache.table.lookup(cache.top, node.data.decode())
+        assert node is not None, name
+    cache.table.remember(node)
+    return node
+
+
+def state_of(cache: EngineCache, node: Node) -> bytes:
+    return cache.table.children(node)["State"].data
+
+
+def test_a_listing_that_drops_a_held_container_keeps_it_reachable_as_it_is_now() -> None:
+    """A container the kernel holds and a listing leaves out is re-read in that
+    listing's time: stopped, it stays (same inode, State `exited`, unlisted);
+    removed, it goes. One filtered request for all of them; none for the rest."""
+    engine = FakeEngine(entry(1), entry(2), entry(3), entry(4))
+    cache, _ = make_cache(engine)
+    trio.run(cache.refresh)
+    one, two = held(cache, cid(1)), held(cache, cid(2))
+    state_of(cache, one)  # built
+    engine.containers[cid(1)] = entry(1, "exited")
+    del engine.containers[cid(2)]
+    engine.containers[cid(3)] = entry(3, "exited")  # nobody holds it
+    reads = engine.requests["containers/json?filters"]
+    trio.run(cache.refresh)
+    assert engine.requests["containers/json?filters"] == reads + 1
+    assert listed(cache) == {cid(4)}
+    assert cache.table.lookup(cache.top, cid(1)) is one and not one.gone
+    assert state_of(cache, one) == b"exited\n"
+    assert two.gone and cache.table.lookup(cache.top, cid(2)) is None
+    assert cache.table.lookup(cache.top, cid(3)) is None
+    # Started again: listed again, under the same inode.
+    engine.containers[cid(1)] = entry(1)
+    trio.run(cache.refresh)
+    assert listed(cache) == {cid(1), cid(4)} and cache.table.children(cache.top)[cid(1)] is one
+    assert state_of(cache, one) == b"running\n"
+
+
+def test_a_stopped_container_is_reached_by_name_id_and_prefix_without_being_listed() -> None:
+    engine = FakeEngine(entry(1, name="web"), entry(0x1234 << 240, "exited", name="job"))
+    stopped = cid(0x1234 << 240)
+    cache, _ = make_cache(engine)
+
+    async def main() -> None:
+        await cache.refresh()
+        assert listed(cache) == {cid(1)}
+        job = await cache.find("job")
+        assert job is not None and job.kind is Kind.LINK and job.data == stopped.encode()
+        node = cache.table.lookup(cache.top, stopped)
+        assert node is not None and state_of(cache, node) == b"exited\n"
+        assert await cache.find(stopped) is node
+        prefix = await cache.find(stopped[:6])
+        assert prefix is not None and prefix.data == stopped.encode()
+        await cache.refresh()
+        assert listed(cache) == {cid(1)}
+
+    trio.run(main)
+
+
+def test_a_held_container_that_stops_leaves_the_listing_not_the_tree() -> None:
+    """`echo stop > web/ctl`, then `start` and `rm` through the same name."""
+    engine = FakeEngine(entry(1, name="web"))
+    cache, _ = make_cache(engine)
+    trio.run(cache.refresh)
+    web = held(cache, "web")
+    engine.containers[cid(1)] = entry(1, "exited", name="web")
+    trio.run(cache.refresh_container, cid(1))
+    assert listed(cache) == set()
+    assert held(cache, "web") is web and state_of(cache, web) == b"exited\n"
+    engine.containers[cid(1)] = entry(1, name="web")
+    trio.run(cache.refresh_container, cid(1))
+    assert listed(cache) == {cid(1)} and cache.table.children(cache.top)[cid(1)] is web
+    engine.containers[cid(1)] = entry(1, "exited", name="web")
+    trio.run(cache.refresh_container, cid(1))
+    del engine.containers[cid(1)]
+    trio.run(cache.refresh_container, cid(1))
+    assert web.gone and cache.table.lookup(cache.top, cid(1)) is None
+    # One nobody holds that stops just leaves.
+    engine.containers[cid(2)] = entry(2)
+    trio.run(cache.refresh)
+    engine.containers[cid(2)] = entry(2, "exited")
+    trio.run(cache.refresh_container, cid(2))
+    assert cache.table.lookup(cache.top, cid(2)) is None
+
+
+def test_an_unlisted_container_goes_when_the_kernel_forgets_it() -> None:
+    engine = FakeEngine(entry(1, "exited"))
+    cache, _ = make_cache(engine)
+    trio.run(cache.refresh)
+    node = held(cache, cid(1))
+    cache.table.forget(node.inode, 1)
+    assert cache.table.lookup(cache.top, cid(1)) is None and node.inode not in cache.table
 
 
 def test_invalidations_beyond_a_full_queue_are_merged_not_lost(

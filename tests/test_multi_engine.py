@@ -110,6 +110,10 @@ def ctl_logs_and_events(e: Engine, top: Path) -> None:
     wait_for(state_is(top / cid / "State", "running"))
     (top / f"talk-{name}" / "ctl").write_text("kill\n")
     wait_for(lambda: None if cid not in os.listdir(top) else f"{cid[:12]} still listed")
+    # Stopped: not listed, still reachable by its name, whose ctl removes it.
+    wait_for(state_is(top / f"talk-{name}" / "State", "exited"))
+    (top / f"talk-{name}" / "ctl").write_text("rm\n")
+    assert cid not in [c["Id"] for c in e.containers(all=True)]
 
 
 def test_ctl_logs_and_events_under_both(engine: Engine, podman_engine: Engine, both: Mount) -> None:

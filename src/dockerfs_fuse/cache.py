@@ -16,19 +16,22 @@ import math
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
 
 import trio
 
 from .container_fs import ArchiveWriter, ContainerFiles, NotThere
 from .control import Command
-from .docker_source import DockerProblem, NotFound
+from .docker_source import LISTED_STATES, DockerProblem, NotFound
 from .inodes import Changes, InodeTable, Node
 from .logstream import Cancellable, LogSpools, LogWriter
 from .tree import Container, container_id, escape_name, resolve_name
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # With kernel caching (kernel_cache.py) listings are cached too, so entries
 # must outlive a walk: every change is invalidated, this only bounds a lost one.
@@ -75,6 +78,8 @@ FALLBACK_TIMEOUT = 1.0
 RECONNECT_MAX = 1.0
 # A lookup miss of a name asks the engine at most this often.
 MISS_REFRESH_INTERVAL = 1.0
+# Containers re-read by one filtered request (their IDs go in its URL).
+IDS_PER_REQUEST = 100
 # When to re-read a container after its events (seconds after, cumulative).
 EVENT_REREAD_DELAYS = (0.05, 0.4)
 # Containers whose logs may be open at once, per engine: each holds one of
@@ -114,6 +119,7 @@ class Source(Protocol):
 
     async def list_containers(self, all: bool = False) -> list[Container]: ...
     async def list_one(self, cid: str, all: bool = False) -> Container | None: ...
+    async def list_ids(self, cids: Sequence[str], all: bool = False) -> list[Container]: ...
     async def find(self, name: str, all: bool = False) -> list[Container]: ...
     async def inspect(self, cid: str) -> dict[str, Any]: ...
     async def control(self, cid: str, command: Command) -> None: ...
@@ -126,27 +132,37 @@ class Source(Protocol):
     def wait(self, cid: str) -> Any: ...
 
 
-class _Shared:
+@dataclass(frozen=True, slots=True)
+class _Listing:
+    """A root listing: the containers it lists, and fresh answers for those
+    the kernel holds that it leaves out (by ID; None for one the engine no
+    longer has)."""
+
+    listed: list[Container]
+    unlisted: Mapping[str, Container | None] = field(default_factory=dict)
+
+
+class _Shared(Generic[T]):
     """One list request and its outcome, shared by everyone who waited for it."""
 
     def __init__(self) -> None:
         self.done = trio.Event()
-        self.result: list[Container] | None = None
+        self.result: T | None = None
         self.error: Exception | None = None
 
 
-class _Refresher:
+class _Refresher(Generic[T]):
     """One container-list request at a time; callers that arrive meanwhile share it."""
 
-    def __init__(self, fetch: Callable[[], Awaitable[list[Container]]]) -> None:
+    def __init__(self, fetch: Callable[[], Awaitable[T]]) -> None:
         self._fetch = fetch
-        self._current: _Shared | None = None
+        self._current: _Shared[T] | None = None
 
-    async def get(self) -> list[Container]:
+    async def get(self) -> T:
         while True:
             shared = self._current
             if shared is None:
-                shared = self._current = _Shared()
+                shared = self._current = _Shared[T]()
                 try:
                     shared.result = await self._fetch()
                     return shared.result
@@ -204,14 +220,44 @@ class EngineCache:
 
     # -- listings ---------------------------------------------------------------
 
-    async def _fetch(self) -> list[Container]:
-        return await self.source.list_containers(all=self.show_all)
+    async def _fetch(self) -> _Listing:
+        listed = await self.source.list_containers(all=self.show_all)
+        if self.show_all:
+            return _Listing(listed)
+        # Without -a, a container the kernel holds and the listing leaves out
+        # has stopped or gone: ask which, in this listing's time, so that what
+        # the kernel reaches under it once `ls` returns is what it is now.
+        # While events were down (a reconnect), ask about every unlisted one.
+        ids = {container_id(c) for c in listed}
+        held = self.table.held(self.top)
+        if not self.events_up:
+            held += [container_id(n.raw) for n in self.table.unlisted(self.top).values() if n.raw]
+        asked = [cid for cid in held if cid and cid not in ids]
+        return _Listing(listed, await self._answers(asked))
+
+    async def _answers(self, cids: list[str]) -> dict[str, Container | None]:
+        """Each container's list entry now, by ID (None: gone); {} if the engine
+        cannot say (those the listing dropped go, as removed ones do)."""
+        if not cids:
+            return {}
+        answers: dict[str, Container | None] = dict.fromkeys(cids)
+        try:
+            for i in range(0, len(cids), IDS_PER_REQUEST):
+                for c in await self.source.list_ids(cids[i : i + IDS_PER_REQUEST], all=True):
+                    if container_id(c) in answers:
+                        answers[container_id(c)] = c
+        except DockerProblem as exc:
+            log.warning(
+                "%s: re-reading %d containers a listing left out: %s", self.name, len(cids), exc
+            )
+            return {}
+        return answers
 
     async def refresh(self) -> None:
         """Fetch the container list and make the subtree match it."""
         seq = self._event_seq
-        containers = await self._refresher.get()
-        self._apply(self.table.set_containers(containers, self.top))
+        listing = await self._refresher.get()
+        self._apply(self.table.set_containers(listing.listed, self.top, listing.unlisted))
         # An event that arrived while the list was in flight may be newer than
         # the list (a `docker rm` the list still shows): read those again.
         if self._event_seq > seq:
@@ -220,12 +266,23 @@ class EngineCache:
                     self._schedule_reread(cid)
 
     async def refresh_container(self, cid: str) -> None:
-        """Re-read one container (after a ctl command or an event)."""
-        c = await self.source.list_one(cid, all=self.show_all)
+        """Re-read one container (after a ctl command or an event).
+
+        Without -a, a stopped one leaves the listing but stays reachable
+        while the kernel holds it (a ctl of `web` holds it), so that
+        `echo start > web/ctl` after `stop` finds it.
+        """
+        c = await self.source.list_one(cid, all=True)
         if c is None:
             self._apply(self.table.remove_container(cid, self.top))
-        else:
+        elif self.show_all or c.get("State") in LISTED_STATES:
             self._apply(self.table.upsert_container(c, self.top))
+        else:
+            node = self.table.lookup(self.top, escape_name(cid))
+            if node is not None and node.lookups:
+                self._apply(self.table.unlist_container(c, self.top))
+            elif node is not None:
+                self._apply(self.table.remove_container(cid, self.top))
 
     def _apply(self, changes: Changes) -> None:
         if changes:
@@ -253,12 +310,12 @@ class EngineCache:
     # -- lookups of names nobody listed ----------------------------------------------
 
     async def find(self, name: str) -> Node | None:
-        """A name in the top directory: a container, or an alias to one."""
+        """A name in the top directory: a container (listed or not), or an alias to one."""
         node = self.table.lookup(self.top, name)
         if node is not None:
             return node
-        # Without -a the table holds running containers only, and a prefix
-        # unique among them may be shared with a stopped one: the engine would
+        # Without -a the table holds some containers only, and a prefix
+        # unique among them may be shared with another: the engine would
         # refuse it, so only its answer (below) may resolve a prefix.
         node = self.table.alias(name, by_prefix=self.show_all, top=self.top)
         if node is not None or not could_name_a_container(name):
@@ -285,19 +342,17 @@ class EngineCache:
 
     async def _ask_engine(self, name: str) -> Node | None:
         """Resolve a name as the engine would, against all containers; None if
-        unknown, ambiguous, or a container this mount does not list."""
+        unknown or ambiguous. One the mount does not list (a stopped one,
+        without -a) is reachable all the same, unlisted."""
         found = await self.source.find(name, all=True)
         cid = resolve_name(name, found)
         if not cid:
             return None
-        if self.show_all:
-            self._apply(self.table.upsert_container(_entry(found, cid), self.top))
-        elif escape_name(cid) not in self.table.children(self.top):
-            # Without -a, a container is listed only if the engine lists it so.
-            c = await self.source.list_one(cid)
-            if c is None:
-                return None
+        c = _entry(found, cid)
+        if self.show_all or c.get("State") in LISTED_STATES:
             self._apply(self.table.upsert_container(c, self.top))
+        else:
+            self._apply(self.table.unlist_container(c, self.top))
         return self.table.lookup(self.top, name) or self.table.link(name, cid, self.top)
 
     # -- the event stream ---------------------------------------------------------------

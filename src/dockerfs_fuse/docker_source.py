@@ -326,6 +326,13 @@ class DockerSource:
                 return c
         return None
 
+    async def list_ids(self, cids: Sequence[str], all: bool = False) -> list[Container]:
+        """The list entries of these containers (full IDs), in one request;
+        those the engine does not have are left out."""
+        wanted = set(cids)
+        found = await self._list_filtered({"id": list(cids)}, all)
+        return [c for c in found if c.get("Id") in wanted]
+
     async def find(self, name: str, all: bool = False) -> list[Container]:
         """Containers a name or ID prefix may mean (Docker's filters match loosely;
         the caller decides which, if any, is meant)."""

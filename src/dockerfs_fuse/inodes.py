@@ -18,6 +18,11 @@ numbers are unique across engines and never reused.
 Container directories are built lazily from the API answer the first time
 anything inside them is asked for, so a listing of a thousand containers
 costs a thousand small objects, not twenty thousand.
+
+A top directory lists some containers (the running ones, without -a) and
+can reach others by name: a stopped container's directory is "unlisted",
+found by `lookup` and by aliases but never in `children`, so that
+`echo start > web/ctl` works on the mount that stopped it.
 """
 
 from __future__ import annotations
@@ -110,6 +115,9 @@ class InodeTable:
         # Symlinks for names and ID prefixes, made on lookup, never listed;
         # per top directory (by its inode).
         self._aliases: dict[int, dict[str, Node]] = {}
+        # Container directories reachable but not listed, per top directory:
+        # kept while the kernel holds them (see `forget`), or until a listing.
+        self._unlisted: dict[int, dict[str, Node]] = {}
 
     # -- queries -------------------------------------------------------------
 
@@ -128,7 +136,18 @@ class InodeTable:
             return parent
         if name == "..":
             return parent.parent or self.root
-        return self.children(parent).get(name)
+        node = self.children(parent).get(name)
+        if node is None and parent.inode in self._unlisted:
+            return self._unlisted[parent.inode].get(name)
+        return node
+
+    def unlisted(self, top: Node) -> dict[str, Node]:
+        """The container directories under `top` that lookups reach and listings do not show."""
+        return self._unlisted.get(top.inode, {})
+
+    def held(self, top: Node) -> list[str]:
+        """IDs of the listed containers under `top` that the kernel holds."""
+        return [container_id(n.raw) for n in self.children(top).values() if n.lookups and n.raw]
 
     def children(self, node: Node) -> dict[str, Node]:
         """A directory's children, building a container directory on first use."""
@@ -161,7 +180,7 @@ class InodeTable:
         return self._aliases.get(top.inode, {}).get(name) or self._link(top, name, cid)
 
     def _link(self, top: Node, name: str, cid: str) -> Node | None:
-        target = (top.children or {}).get(escape_name(cid)) if cid else None
+        target = self.lookup(top, escape_name(cid)) if cid else None
         if target is None or target.gone:
             return None
         node = self._new_node(top, name, Kind.LINK, target.mtime_ns)
@@ -171,8 +190,8 @@ class InodeTable:
         return node
 
     def _resolve(self, top: Node, name: str, by_prefix: bool) -> str:
-        containers = (node.raw for node in (top.children or {}).values() if node.raw)
-        return resolve_name(name, containers, prefixes=by_prefix)
+        nodes = [*(top.children or {}).values(), *self.unlisted(top).values()]
+        return resolve_name(name, (node.raw for node in nodes if node.raw), prefixes=by_prefix)
 
     def _drop_aliases(self, top: Node, changes: Changes) -> None:
         """Names can move to other containers: aliases live until the next change."""
@@ -229,32 +248,62 @@ class InodeTable:
         if node is None or inode == ROOT_INODE:
             return
         node.lookups = max(0, node.lookups - count)
-        if node.lookups == 0 and node.gone:
+        if node.lookups:
+            return
+        if node.gone:
             del self._nodes[inode]
+        elif node.parent is not None and self.unlisted(node.parent).get(node.name) is node:
+            # Nobody holds an unlisted container any more: a lookup asks again.
+            del self._unlisted[node.parent.inode][node.name]
+            self._drop(node.parent, node, Changes())
 
     # -- refresh -----------------------------------------------------------------
 
-    def set_containers(self, containers: Sequence[Container], top: Node | None = None) -> Changes:
-        """Make `top` (the root by default) list exactly these containers, keeping known inodes."""
+    def set_containers(
+        self,
+        containers: Sequence[Container],
+        top: Node | None = None,
+        unlisted: Mapping[str, Container | None] | None = None,
+    ) -> Changes:
+        """Make `top` (the root by default) list exactly these containers, keeping known inodes.
+
+        `unlisted` holds fresh answers, by ID, for containers the listing
+        leaves out (None: the engine no longer has it). A held container
+        that the listing drops stays reachable, unlisted, if it has an
+        answer (so its State says `exited`, never what it said while
+        running), and goes if not. An unlisted container whose answer is
+        None goes, and so does one that nobody holds.
+        """
         top = top or self.root
+        answers = unlisted or {}
         changes = Changes()
         self._drop_aliases(top, changes)
         old = top.children or {}
+        kept = self._unlisted.pop(top.inode, {})
         new: dict[str, Node] = {}
         for c in containers:
             cid = container_id(c)
             name = escape_name(cid)
             if not cid or name in new:
                 continue
-            node = old.get(name)
+            node = old.get(name) or kept.pop(name, None)
             if node is None:
                 node = self._new_container(top, name, c)
             else:
                 self._update_container(node, c, changes)
             new[name] = node
-        for name, node in old.items():
-            if name not in new:
+        still: dict[str, Node] = {}
+        dropped = [(node, True) for name, node in old.items() if name not in new]
+        for node, was_listed in [*dropped, *((node, False) for node in kept.values())]:
+            cid = container_id(node.raw or {})
+            answer = answers.get(cid) if cid in answers or was_listed else node.raw
+            if answer is not None and node.lookups:
+                self._update_container(node, answer, changes)
+                still[node.name] = node
+            else:
                 self._drop(top, node, changes)
+        if still:
+            self._unlisted[top.inode] = still
         top.children = new
         top.subdirs = len(new)
         return changes
@@ -266,12 +315,29 @@ class InodeTable:
         self._drop_aliases(top, changes)
         children = top.children if top.children is not None else {}
         name = escape_name(container_id(c))
-        node = children.get(name)
-        if node is None:
-            top.children = {name: self._new_container(top, name, c), **children}
+        node = children.get(name) or self._unlisted.get(top.inode, {}).pop(name, None)
+        if node is None or name not in children:
+            node = node or self._new_container(top, name, c)
+            top.children = {name: node, **children}
             top.subdirs = len(top.children)
+        self._update_container(node, c, changes)
+        return changes
+
+    def unlist_container(self, c: Container, top: Node | None = None) -> Changes:
+        """Keep one container reachable by lookups but out of the listing (a
+        stopped one without -a), adding it if new (a lookup found it)."""
+        top = top or self.root
+        changes = Changes()
+        self._drop_aliases(top, changes)
+        name = escape_name(container_id(c))
+        unlisted = self._unlisted.setdefault(top.inode, {})
+        node = (top.children or {}).pop(name, None) or unlisted.get(name)
+        if node is None:
+            node = self._new_container(top, name, c)
         else:
             self._update_container(node, c, changes)
+            top.subdirs = len(top.children or {})
+        unlisted[name] = node
         return changes
 
     def remove_container(self, cid: str, top: Node | None = None) -> Changes:
@@ -279,7 +345,8 @@ class InodeTable:
         changes = Changes()
         self._drop_aliases(top, changes)
         children = top.children or {}
-        node = children.pop(escape_name(cid), None)
+        name = escape_name(cid)
+        node = children.pop(name, None) or self._unlisted.get(top.inode, {}).pop(name, None)
         if node is not None:
             self._drop(top, node, changes)
             top.subdirs = len(children)

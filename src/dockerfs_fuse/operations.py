@@ -24,7 +24,7 @@ import posixpath
 import signal
 import stat
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
@@ -59,6 +59,9 @@ MAX_FOLLOWERS = 256
 MAX_FOLLOWERS_PER_PROCESS = 64
 # Invalidation batches waiting for the invalidator; beyond, they are merged (_Backlog).
 INVALIDATION_QUEUE = 1000
+# A reply that waits for the kernel to be told of changes (_told_kernel) waits
+# at most this long: a bound, never reached unless the kernel stalls.
+TOLD_KERNEL_WAIT = 5.0
 # How often a blocked logs or logs.follow read checks whether its reader was signalled.
 FOLLOW_POLL = 0.2
 # Containers whose `wait` may be read at once: each read waits on one
@@ -316,7 +319,10 @@ class DockerFS(pyfuse3.Operations):
         self.refusals = Refusals()  # what each `err` file says
         self._root_askers: dict[int, int] = {}  # see _note_asker
         self._next_fh = 1
-        self._inval_send, self._inval_recv = trio.open_memory_channel[Changes](INVALIDATION_QUEUE)
+        # Changes to push, and markers (_told_kernel) set once all before them are pushed.
+        self._inval_send, self._inval_recv = trio.open_memory_channel[Changes | trio.Event](
+            INVALIDATION_QUEUE
+        )
         self._backlog = _Backlog()
         # The engines, by the inode of their top directory.
         self.several = len(engines) > 1
@@ -365,28 +371,44 @@ class DockerFS(pyfuse3.Operations):
         Entry invalidation goes through pyfuse3's own notification thread
         (`invalidate_entry_async`); attribute invalidation is a quick write
         to /dev/fuse, done off the trio thread so a request is never waited on.
+        The backlog (filled only while the queue is full, so another item
+        always comes) is pushed after each item.
         """
-        async for changes in self._invalidations():
-            for parent, name, _inode in changes.removed:
-                try:
-                    # Not notify_delete (deleted=inode): that fails with
-                    # ENOTEMPTY for a directory whose children the kernel caches.
-                    pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)
-                except Exception as exc:
-                    log.debug("invalidate_entry_async(%d, %s): %s", parent, name, exc)
-            if changes.changed:
-                # Cached pages and listings go too (kernel caching), not only attributes.
-                await trio.to_thread.run_sync(
-                    _invalidate_inodes, changes.changed, not self.kernel_cache
-                )
-
-    async def _invalidations(self) -> AsyncIterator[Changes]:
-        """The queue's batches, each followed by the backlog if there is one
-        (it fills only while the queue is full, so another batch always comes)."""
-        async for changes in self._inval_recv:
-            yield changes
+        async for item in self._inval_recv:
+            if not isinstance(item, trio.Event):
+                await self._push(item)
             if self._backlog:
-                yield self._backlog.take()
+                await self._push(self._backlog.take())
+            if isinstance(item, trio.Event):
+                item.set()
+
+    async def _push(self, changes: Changes) -> None:
+        for parent, name, _inode in changes.removed:
+            try:
+                # Not notify_delete (deleted=inode): that fails with
+                # ENOTEMPTY for a directory whose children the kernel caches.
+                pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)
+            except Exception as exc:
+                log.debug("invalidate_entry_async(%d, %s): %s", parent, name, exc)
+        if changes.changed:
+            # Cached pages and listings go too (kernel caching), not only attributes.
+            await trio.to_thread.run_sync(
+                _invalidate_inodes, changes.changed, not self.kernel_cache
+            )
+
+    async def _told_kernel(self) -> None:
+        """Wait until what changed so far has been pushed to the kernel, so
+        that no read after a reply (a root listing, a ctl write) sees what the
+        kernel cached before it: attributes and pages are dropped by then.
+        Dropped entries are only queued (pyfuse3's thread drops them): the
+        kernel holds a directory's lock while our listing of it is pending.
+        """
+        told = trio.Event()
+        with trio.move_on_after(TOLD_KERNEL_WAIT) as waited:
+            await self._inval_send.send(told)
+            await told.wait()
+        if waited.cancelled_caught:
+            log.warning("invalidations not pushed within %gs; replying anyway", TOLD_KERNEL_WAIT)
 
     async def run_events(self) -> None:
         """Every engine's event stream (a task in the main nursery)."""
@@ -732,6 +754,7 @@ class DockerFS(pyfuse3.Operations):
             # one engine) is what refreshes its cache. The root of several
             # engines lists them and asks none.
             await cache.refresh()
+            await self._told_kernel()
         view = self._swarm_lists.get(inode)
         if view is not None:  # so does reading services/, nodes/ or tasks/
             await view.refresh_dir(inode)
@@ -794,6 +817,7 @@ class DockerFS(pyfuse3.Operations):
             cache = self.caches.get(inode)
             if cache is not None:
                 await cache.refresh()
+                await self._told_kernel()
                 top = cache.top
                 top.mtime_ns = max(time.time_ns(), top.mtime_ns + 1)
                 # Here, not in a worker thread: a thread hop is slower than this
@@ -849,6 +873,8 @@ class DockerFS(pyfuse3.Operations):
         self, inode: pyfuse3.InodeT, flags: pyfuse3.FlagT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileInfo:
         node = self._node(inode)
+        if node.gone:
+            raise _fail(errno.ENOENT)  # the kernel has yet to drop its entry
         if node.is_dir:
             raise _fail(errno.EISDIR)
         writing = flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND)
@@ -1042,6 +1068,7 @@ class DockerFS(pyfuse3.Operations):
             command = parse_command(buf)
             log.info("ctl %s: %s %s", handle.cid[:12], command.action, command.params or "")
             await handle.cache.control(handle.cid, command)
+            await self._told_kernel()  # `cat State` right after `stop` reads `exited`
             return len(buf)
         except Exception as exc:
             # The writer gets an errno; its `err` file says why.

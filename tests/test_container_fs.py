@@ -3,7 +3,8 @@
 root/ is compared with what the engine itself exports (`docker export`, read
 with Python's tarfile) and copies (`docker cp`), for a container made here
 (`docker import` of a tar built below) that holds nested directories,
-symlinks (absolute, relative, dangling, looping), an empty directory, a FIFO,
+symlinks (absolute, relative, dangling, looping, climbing above "/", to
+paths the host has with other content), an empty directory, a FIFO,
 a character device, unicode and space-containing names, a hard link, odd
 owners and modes, a 10,000-entry directory and a 200 MB file; then the same
 for a stopped container (`-a`), a file written after a listing, writes
@@ -48,6 +49,8 @@ NETWORK_FILES = ("/etc/hostname", "/etc/hosts", "/etc/resolv.conf")
 
 # (path, kind, content or link target, mode, uid, gid, mtime)
 Row = tuple[str, str, str | bytes, int, int, int, int]
+# The image's /etc/os-release, unlike the host's.
+CONTAINER_OS = b"CONTAINER OS\n"
 
 
 def big_block(i: int) -> bytes:
@@ -75,6 +78,16 @@ def inside_rows() -> list[Row]:
         ("data/links/loop1", "link", "loop2", 0o777, 0, 0, t),
         ("data/links/loop2", "link", "loop1", 0o777, 0, 0, t),
         ("data/links/self", "link", "self", 0o777, 0, 0, t),
+        ("data/links/up", "link", "../../../..", 0o777, 0, 0, t),
+        # Links that, followed from the host's "/", would read the host's files.
+        ("etc/os-release", "file", CONTAINER_OS, 0o644, 0, 0, t),
+        ("data/osr", "link", "/etc/os-release", 0o777, 0, 0, t),
+        ("data/out", "dir", b"", 0o755, 0, 0, t),
+        ("data/out/osr", "link", "/etc/os-release", 0o777, 0, 0, t),
+        ("data/out/climb", "link", "../../../../etc/os-release", 0o777, 0, 0, t),
+        ("data/out/above", "link", "/../etc/os-release", 0o777, 0, 0, t),
+        ("data/out/mine", "link", "/data/nested/a/b/c/deep.txt", 0o777, 0, 0, t),
+        ("data/out/etc", "link", "/etc", 0o777, 0, 0, t),
         ("data/empty", "dir", b"", 0o700, 1000, 1000, t),
         ("data/fifo", "fifo", b"", 0o644, 0, 0, t),
         ("data/null", "char", b"", 0o666, 0, 0, t),
@@ -288,9 +301,34 @@ def mounted_tree(root: Path) -> Tree:
     return tree
 
 
+def lands(path: str, target: str) -> str:
+    """Where a link leads in the container, as its kernel resolves `..`
+    (at "/" it stays there); the links between are not followed."""
+    names = [] if target.startswith("/") else path.split("/")[1:-1]
+    for part in target.split("/"):
+        if part == "..":
+            names = names[:-1]
+        elif part not in ("", "."):
+            names.append(part)
+    return "/" + "/".join(names)
+
+
+def by_landing(tree: Tree) -> Tree:
+    """A tree with each link's target (and size) as where it leads."""
+    return {
+        p: (v[0], v[1], 0, v[3], v[4], v[5], lands(p, v[6]), v[7]) if v[0] == "link" else v
+        for p, v in tree.items()
+    }
+
+
 def compare(got: Tree, want: Tree, skip: Callable[[str], bool], mtime_slack: int = 0) -> None:
-    got = {p: v for p, v in got.items() if not skip(p)}
-    want = {p: v for p, v in want.items() if not skip(p)}
+    """The mount shows what the engine does; a link shows a relative target
+    that leads where the engine's does, and lstat's size is its length."""
+    for p, v in got.items():
+        if v[0] == "link":
+            assert not v[6].startswith("/") and v[2] == len(os.fsencode(v[6])), (p, v)
+    got = by_landing({p: v for p, v in got.items() if not skip(p)})
+    want = by_landing({p: v for p, v in want.items() if not skip(p)})
     missing = sorted(set(want) - set(got))
     extra = sorted(set(got) - set(want))
 
@@ -321,9 +359,13 @@ def test_root_shows_what_docker_export_shows(engine: Engine, inside: str, mounte
     want = exported(engine.dockerd, inside)
     compare(got, want, docker_skip)
     assert len([p for p in got if p.startswith(MANY + "/")]) == MANY_COUNT
-    # Every kind is there as itself: the link targets verbatim, never followed.
-    assert got["/data/links/absolute"][6] == "/data/nested/a"
+    # Every kind is there as itself, links never followed; an absolute target
+    # relative to the link's directory, back up to root/.
+    assert got["/data/links/absolute"][6] == "../../data/nested/a"
+    assert got["/data/links/dangling"][6] == "../../no/such/target"
+    assert got["/data/links/relative"][6] == "../nested/a/b"
     assert got["/data/links/loop1"][6] == "loop2"
+    assert got["/bin/sh"][6] == "busybox"
     assert got["/data/fifo"][0] == "fifo" and got["/data/null"][0] == "char"
     assert got["/data/hard"][7] == got["/data/nested/a/b/c/deep.txt"][7]
     assert got["/data/owned"][1:5] == (0o640, 5, 1234, 5678)
@@ -353,6 +395,7 @@ def test_contents_are_what_docker_cp_copies(engine: Engine, inside: str, mounted
         assert (root / path.lstrip("/")).read_bytes() == copied(engine.dockerd, inside, path), path
     # Through a symlink the kernel follows, within the mount.
     assert (root / "data/links/relative/c/deep.txt").read_bytes() == b"deep down\n" * 100
+    assert (root / "data/links/absolute/b/c/deep.txt").read_bytes() == b"deep down\n" * 100
     # The first bytes of a large file come before the rest (and are the right ones).
     head = subprocess.run(
         ["head", "-c", "100", str(root / BIG.lstrip("/"))], capture_output=True, timeout=60
@@ -457,6 +500,70 @@ def test_tar_sees_no_directory_change(inside: str, mounted: Mount) -> None:
         assert (p.returncode, p.stderr) == (0, b"")
         with tarfile.open(fileobj=io.BytesIO(p.stdout)) as tar:
             assert tar.getmember("./nested/a/b/c/deep.txt").size == 1000
+            # A link as readlink shows it (see the README).
+            assert tar.getmember("./links/absolute").linkname == "../../data/nested/a"
+            assert tar.getmember("./osr").linkname == "../etc/os-release"
+
+
+def test_symlinks_lead_only_into_the_container(inside: str, mounted: Mount, tmp_path: Path) -> None:
+    """The kernel resolves an absolute target from the reader's root: shown
+    verbatim, /etc/os-release would be the host's. Docker resolves them in
+    the container (`docker cp`), and so must every tool that follows them."""
+    host = Path("/etc/os-release")
+    assert not host.exists() or host.read_bytes() != CONTAINER_OS
+    root = mounted.path / inside / "root"
+    osr = root / "data/osr"
+    assert os.readlink(osr) == "../etc/os-release"
+    assert os.lstat(osr).st_size == len("../etc/os-release")
+    assert subprocess.run(["cat", str(osr)], capture_output=True).stdout == CONTAINER_OS
+    out = root / "data/out"
+    # `..` beyond "/" stays at "/", as in the container.
+    assert os.readlink(out / "climb") == os.readlink(out / "above") == "../../etc/os-release"
+    for name in ("osr", "climb", "above", "etc/os-release"):
+        assert (out / name).read_bytes() == CONTAINER_OS, name
+    assert (out / "mine").read_bytes() == b"deep down\n" * 100  # only the container has it
+    # A relative link to "/.." is the container's "/", not the directory holding root/.
+    up = root / "data/links/up"
+    assert os.readlink(up) == "../.."
+    assert sorted(os.listdir(up)) == sorted(os.listdir(root))
+    assert (up / "etc/os-release").read_bytes() == CONTAINER_OS
+    # The tools that follow links stay in the container too.
+    files = [str(out / name) for name in ("osr", "climb", "above", "mine")]
+    cp = subprocess.run(["cp", "-L", *files, str(tmp_path)], capture_output=True, timeout=120)
+    assert cp.returncode == 0, cp.stderr
+    for name in ("osr", "climb", "above"):
+        assert (tmp_path / name).read_bytes() == CONTAINER_OS, name
+    assert (tmp_path / "mine").read_bytes() == b"deep down\n" * 100
+    absolute, copy = root / "data/links/absolute", tmp_path / "absolute"
+    cp = subprocess.run(["cp", "-rL", str(absolute), str(copy)], capture_output=True, timeout=120)
+    assert cp.returncode == 0, cp.stderr
+    assert (copy / "b/c/deep.txt").read_bytes() == b"deep down\n" * 100
+
+    def grep(pattern: str) -> set[str]:
+        p = subprocess.run(
+            ["grep", "-R", "-l", "-s", pattern, str(out)], capture_output=True, timeout=120
+        )
+        return {str(Path(line).relative_to(out)) for line in p.stdout.decode().splitlines()}
+
+    assert grep("CONTAINER OS") == {"osr", "climb", "above", "etc/os-release"}
+    # The container's /etc/mtab leads to its /proc/mounts (empty in its
+    # archive), never to the host's, which lists this very mount.
+    assert os.readlink(out / "etc/mtab") == "../proc/mounts"
+    assert grep("fuse") == set()
+
+
+def test_a_link_that_loops_is_a_link(inside: str, mounted: Mount) -> None:
+    """Docker refuses to stat a link that loops (it resolves the one asked
+    for): lstat of it still says what it is, and following it is ELOOP."""
+    links = mounted.path / inside / "root/data/links"
+    for name, target in (("self", "self"), ("loop1", "loop2")):  # looked up, never listed
+        st = os.lstat(links / name)
+        assert stat.S_ISLNK(st.st_mode) and st.st_size == len(target), name
+        assert os.readlink(links / name) == target
+        with pytest.raises(OSError) as err:
+            (links / name).read_bytes()
+        assert err.value.errno == errno.ELOOP
+    assert {"self", "loop1", "loop2", "up"} <= set(os.listdir(links))
 
 
 def test_writes_are_refused_with_erofs(inside: str, mounted: Mount) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import posixpath
 import stat
 import tarfile
 from collections.abc import Awaitable, Callable
@@ -27,9 +28,10 @@ from dockerfs_fuse.container_fs import (
     NotAFile,
     NotThere,
     TooManyStreams,
+    contained_target,
     member_path,
 )
-from dockerfs_fuse.docker_source import NotFound
+from dockerfs_fuse.docker_source import ApiError, NotFound
 from dockerfs_fuse.tarstream import Member, TarError, TarReader
 from dockerfs_fuse.views import render_stats, render_top, render_wait, tabwriter
 
@@ -213,6 +215,9 @@ class FakeEngine:
     async def _serve(self, request: FakeRequest, out: ArchiveWriter) -> None:
         while self.hold and not request.cancelled:
             await trio.sleep(0.001)
+        if self._loops(request.path):
+            out.finish(ApiError(f"evalSymlinksInScope: too many links in {request.path}"))
+            return
         data = self.tar_of(request.path)
         if data is None:
             out.finish(NotFound(f"no such path {request.path}"))
@@ -225,10 +230,21 @@ class FakeEngine:
             out.finish(None)
         out.close()
 
+    def _loops(self, path: str) -> bool:
+        """Whether a path is a symlink that never ends (Docker resolves the one asked for)."""
+        seen = set()
+        while path in self.fs and self.fs[path].kind == tarfile.SYMTYPE:
+            if path in seen:
+                return True
+            seen.add(path)
+            path = posixpath.normpath(posixpath.join(posixpath.dirname(path), self.fs[path].link))
+        return False
+
     def files(self, clock: Callable[[], float] | None = None, streams: int = 8) -> ContainerFiles:
+        kw = {"streams": streams, "is_gone": gone, "is_refused": refused}
         if clock is None:
-            return ContainerFiles(self.start, streams=streams, is_gone=gone)
-        return ContainerFiles(self.start, clock=clock, streams=streams, is_gone=gone)
+            return ContainerFiles(self.start, **kw)  # type: ignore[arg-type]
+        return ContainerFiles(self.start, clock=clock, **kw)  # type: ignore[arg-type]
 
     def kinds(self, files: ContainerFiles) -> dict[str, int]:
         return {k: v for k, v in files.requests.items() if v}
@@ -236,6 +252,10 @@ class FakeEngine:
 
 def gone(exc: Exception) -> bool:
     return isinstance(exc, NotFound | NotThere)
+
+
+def refused(exc: Exception) -> bool:
+    return isinstance(exc, ApiError)
 
 
 def run(test: Callable[[], Awaitable[None]]) -> None:
@@ -281,15 +301,15 @@ def test_a_walk_costs_one_request_and_a_second_open_reads_again() -> None:
     run(main)
 
 
-def test_entries_carry_types_modes_owners_and_verbatim_link_targets() -> None:
+def test_entries_carry_types_modes_owners_and_contained_link_targets() -> None:
     async def main() -> None:
         e = engine_with_a_tree()
         files = e.files()
         await files.listing("c", "/")
         etc = {x.name: x for x in await files.listing("c", "/etc")}
         mtab = etc["mtab"]
-        assert stat.S_ISLNK(mtab.mode) and mtab.link == b"/proc/mounts"
-        assert mtab.size == len(b"/proc/mounts")  # as lstat says
+        assert stat.S_ISLNK(mtab.mode) and mtab.link == b"../proc/mounts"
+        assert mtab.size == len(b"../proc/mounts")  # as lstat says of what readlink shows
         hard = etc["zhard"]
         assert stat.S_ISREG(hard.mode) and hard.size == etc["hosts"].size
         (fifo,) = await files.listing("c", "/tmp")
@@ -363,6 +383,65 @@ def test_a_walk_keeps_large_bodies_within_its_budget(monkeypatch: pytest.MonkeyP
         assert e.kinds(files) == {"listing": 1, "file": 1}
         reader.close()
         late.close()
+
+    run(main)
+
+
+@pytest.mark.parametrize(
+    ("path", "target", "shown"),
+    [
+        # Absolute: up to root/, then the path from the container's "/".
+        ("/data/osr", "/etc/os-release", "../etc/os-release"),
+        ("/osr", "/etc/os-release", "etc/os-release"),
+        ("/data/links/abs", "/data/nested/a", "../../data/nested/a"),
+        ("/a/b/l", "/", "../.."),
+        ("/l", "/", "."),
+        ("/a/l", "/etc/", "../etc/"),
+        # `..` at "/" stays at "/", as in the container.
+        ("/data/x", "/../etc/os-release", "../etc/os-release"),
+        ("/data/x", "/..", ".."),
+        ("/data/x", "../../../../etc/os-release", "../etc/os-release"),
+        ("/l", "..", "."),
+        ("/data/links/up", "../../..", "../.."),
+        # `..` after a name (a link to "/", perhaps) is resolved here, never left to the kernel.
+        ("/a/b/l", "x/../../y", "../../a/y"),
+        ("/a/b/l", "../../x/../../../etc", "../../etc"),
+        # Relative targets that only climb to root/ at most, then descend: verbatim.
+        ("/bin/sh", "busybox", "busybox"),
+        ("/data/links/rel", "../nested/a/b", "../nested/a/b"),
+        ("/a/b/l", "./../../x/./y/", "./../../x/./y/"),
+        ("/data/self", "self", "self"),
+        ("/d/\udcff", "/\udcfe/x", "../\udcfe/x"),
+    ],
+)
+def test_link_targets_stay_inside_the_container(path: str, target: str, shown: str) -> None:
+    got = contained_target(path, os.fsencode(target))
+    assert got == os.fsencode(shown)
+    # Followed from the link's directory, it never climbs above root/.
+    depth = path.count("/") - 1
+    for part in got.split(b"/"):
+        depth += -1 if part == b".." else 0 if part in (b"", b".") else 1
+        assert depth >= 0
+
+
+def test_a_link_that_loops_is_found_in_its_parents_listing() -> None:
+    async def main() -> None:
+        e = engine_with_a_tree()
+        e.add("/data/loop", tarfile.SYMTYPE, link="loop", mode=0o777)
+        e.add("/data/ping", tarfile.SYMTYPE, link="/data/pong", mode=0o777)
+        e.add("/data/pong", tarfile.SYMTYPE, link="ping", mode=0o777)
+        files = e.files()
+        loop = await files.stat("c", "/data/loop")
+        assert stat.S_ISLNK(loop.mode) and loop.link == b"loop" and loop.size == 4
+        assert e.kinds(files) == {"probe": 1, "listing": 1}
+        # That listing serves on: an open of the directory, the other links.
+        assert names(await files.listing("c", "/data")) == ["loop", "ping", "pong", "ünï cödé"]
+        ping = await files.stat("c", "/data/ping")
+        assert ping.link == b"../data/pong"
+        assert e.kinds(files) == {"probe": 1, "listing": 1}
+        # What the engine refuses about a path that is not there stays its answer.
+        with pytest.raises(NotFound):
+            await files.stat("c", "/data/none")
 
     run(main)
 

@@ -24,7 +24,7 @@ import trio
 
 from .container_fs import ArchiveWriter, ContainerFiles, NotThere
 from .control import Command
-from .docker_source import LISTED_STATES, DockerProblem, NotFound
+from .docker_source import LISTED_STATES, ApiError, DockerProblem, NotFound
 from .inodes import Changes, InodeTable, Node
 from .logstream import Cancellable, LogSpools, LogWriter
 from .tree import Container, container_id, escape_name, resolve_name
@@ -214,7 +214,9 @@ class EngineCache:
         self.logs = LogSpools(source.stream_logs, self.may_be_running, MAX_LOG_SPOOLS)
         # Each container's own files (root/): snapshots of the archive endpoint.
         self.files = ContainerFiles(
-            source.stream_archive, is_gone=lambda exc: isinstance(exc, NotFound | NotThere)
+            source.stream_archive,
+            is_gone=lambda exc: isinstance(exc, NotFound | NotThere),
+            is_refused=lambda exc: isinstance(exc, ApiError),
         )
         self._refresher = _Refresher(self._fetch)
 

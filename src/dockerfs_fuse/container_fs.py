@@ -25,7 +25,11 @@ answers what:
   too: the next open of that file reads it anew.
 - A lookup is answered by a live snapshot that lists the name, else by a
   probe: a GET of that one path read up to its first header (and the body
-  of a small file, for the open that usually follows), then dropped.
+  of a small file, for the open that usually follows), then dropped. A
+  symlink the engine refuses to resolve (one that loops) is found in a
+  listing of its parent instead.
+- A symlink's target is shown so that following it stays in the
+  container's root/ (contained_target), wherever root/ is mounted.
 - Opening a file that no live snapshot holds streams it: a GET of that path
   whose body is written to its own spool as it arrives, read at the
   reader's offsets, freed at close. Nothing holds a body in memory.
@@ -127,7 +131,7 @@ class Entry:
     gid: int
     size: int  # a symlink's is its target's length, as lstat says; a directory's 0
     mtime: int  # seconds (tar keeps no more)
-    link: bytes = b""  # a symlink's target, verbatim
+    link: bytes = b""  # a symlink's target, as contained_target shows it
     rdev: int = 0
     body: int = -1  # where the content starts in the spool; -1: not spooled
 
@@ -182,14 +186,47 @@ def covers(root: str, path: str) -> bool:
     return root == "/" or path == root or path.startswith(root + "/")
 
 
+def contained_target(path: str, target: bytes) -> bytes:
+    """The target a symlink at container path `path` shows: one that leads
+    nowhere outside the container's root, wherever root/ is mounted.
+
+    The kernel resolves an absolute target from the reader's root (the
+    host's), and `..` at root/ climbs into the mount; Docker resolves a
+    container's links within its root (`docker cp`), and the container's own
+    kernel takes `..` at `/` as `/`. A relative target that is only `..`
+    back to at most root/ and then names is shown verbatim. Any other
+    (absolute, or with `..` past the root or after a name, which could be a
+    link to the root) is shown as `..` for each directory above the link,
+    then the path it names from the container's `/`, its `.` and `..`
+    resolved lexically, clamped at `/`. By induction every link then leads
+    only down from a directory on the link's own path, within root/.
+    """
+    depth = path.count("/") - 1
+    parts = [p for p in target.split(b"/") if p not in (b"", b".")]
+    ups = 0
+    while ups < len(parts) and parts[ups] == b"..":
+        ups += 1
+    if not target.startswith(b"/") and ups <= depth and b".." not in parts[ups:]:
+        return target
+    names: list[bytes] = []
+    if not target.startswith(b"/"):
+        names = [os.fsencode(p) for p in path.split("/")[1:-1]]
+    for part in parts:
+        if part != b"..":
+            names.append(part)
+        elif names:
+            names.pop()
+    shown = b"/".join([b".."] * depth + names) or b"."
+    return shown + b"/" if target.endswith(b"/") and names else shown
+
+
 def entry_of(member: Member, path: str, body: int = -1) -> Entry | None:
     """A member as an Entry; None for types that are not files (volume labels...)."""
     kind = _TYPES.get(member.type)
     if kind is None:
         return None
-    size = member.size if kind == stat.S_IFREG else 0
-    if kind == stat.S_IFLNK:
-        size = len(member.linkname)
+    link = contained_target(path, member.linkname) if kind == stat.S_IFLNK else b""
+    size = len(link) if kind == stat.S_IFLNK else member.size if kind == stat.S_IFREG else 0
     rdev = os.makedev(member.devmajor, member.devminor) if member.type in (CHAR, BLOCKDEV) else 0
     return Entry(
         path=path,
@@ -198,7 +235,7 @@ def entry_of(member: Member, path: str, body: int = -1) -> Entry | None:
         gid=member.gid,
         size=size,
         mtime=member.mtime,
-        link=member.linkname if kind == stat.S_IFLNK else b"",
+        link=link,
         rdev=rdev,
         body=body,
     )
@@ -549,11 +586,14 @@ class ContainerFiles:
         clock: Callable[[], float] = time.monotonic,
         streams: int = MAX_STREAMS,
         is_gone: Callable[[Exception], bool] = lambda exc: isinstance(exc, NotThere),
+        is_refused: Callable[[Exception], bool] = lambda exc: False,
     ) -> None:
         self._start = start
         self._clock = clock
         # Which request errors mean "not there" (the engine's 404), as opposed to trouble.
         self._is_gone = is_gone
+        # Which mean the engine answered but would not serve that one path (see stat).
+        self._is_refused = is_refused
         self._snapshots: dict[str, list[ArchiveSpool]] = {}
         self._limiter = trio.CapacityLimiter(streams)
         self._sweeping = False
@@ -609,8 +649,19 @@ class ContainerFiles:
         probe = await self._snapshot(cid, path, Kind.PROBE)
         await self._wait(probe, lambda: bool(probe.entries) or probe.done)
         entry = probe.entries.get(path)
+        if entry is not None:
+            return entry
+        error = probe.error or NotThere(path)
+        if path == "/" or self._is_gone(error) or not self._is_refused(error):
+            raise error
+        # Docker resolves a link it is asked for by name, and refuses one that
+        # loops (500, "too many links"); its parent's tar describes the link
+        # itself. That listing serves on as a snapshot, as any other.
+        listing = await self._snapshot(cid, posixpath.dirname(path), Kind.LISTING)
+        await self._wait(listing, lambda: path in listing.entries or listing.done)
+        entry = listing.entries.get(path)
         if entry is None:
-            raise probe.error or NotThere(path)
+            raise listing.error or NotThere(path)
         return entry
 
     def open_now(self, cid: str, path: str) -> FileReader | None:

@@ -35,7 +35,7 @@ from .cache import ATTR_TIMEOUT, EngineCache, Source
 from .container_fs import ArchiveError, FileReader, NotThere, PathError
 from .control import BadCommand, parse_command
 from .docker_source import BadRequest, Conflict, DockerProblem, DockerSource, NotFound
-from .inodes import NS, ROOT_INODE, Changes, InodeTable, Kind, Node
+from .inodes import NS, ROOT_INODE, Changes, InodeTable, Kind, Node, owner_dir
 from .logstream import LogSpool, LogSpools, TooManyLogs
 from .swarm_cache import SwarmCache
 from .tree import NAME_MAX, Special
@@ -298,7 +298,8 @@ class DockerFS(pyfuse3.Operations):
         # itself and caches listings and core files' pages; readdir gets the inode.
         self.kernel_cache = self.pass_inode = kernel_cache
         self._listings: dict[tuple[int, int], list[tuple[str, int]]] = {}
-        self.table = InodeTable(root_mtime_ns=time.time_ns())
+        self.mounted_ns = time.time_ns()
+        self.table = InodeTable(root_mtime_ns=self.mounted_ns)
         self.uid = os.getuid()
         self.gid = os.getgid()
         self._handles: dict[int, _Handle] = {}
@@ -420,15 +421,21 @@ class DockerFS(pyfuse3.Operations):
         a.st_gid = self.gid
         a.st_rdev = 0
         a.st_size = len(node.data) if node.kind is not Kind.DIR else 0
-        if node.special is Special.LOGS and node.parent is not None:
+        owner = owner_dir(node) if node.special is Special.LOGS else None
+        if owner is not None:
             logs = cache.logs if cache is not None else self._swarm_logs(node)
             if logs is not None:
                 # `tail -f` follows by polling this size: never let the kernel cache it.
-                a.st_size = logs.polled_size(node.parent.name)
+                a.st_size = logs.polled_size(owner.name)
                 a.attr_timeout = 0
         a.st_blksize = 4096
         a.st_blocks = (a.st_size + 511) // 512
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = node.mtime_ns
+        if node.inode == ROOT_INODE or node.inode in self.caches or node.inode in self._swarm_lists:
+            # With kernel caching each listing moves this mtime on; the ctime
+            # stays, since GNU tar takes a directory whose ctime moved while it
+            # read it for changed ("file changed as we read it", exit 1).
+            a.st_atime_ns = a.st_ctime_ns = self.mounted_ns
         if node.special is Special.ROOT:
             # As for the directories below it (see _root_attrs): tar checks ctime.
             a.st_atime_ns = a.st_ctime_ns = node.mtime_ns // NS * NS
@@ -722,7 +729,7 @@ class DockerFS(pyfuse3.Operations):
         view = self._swarm_lists.get(inode)
         if view is not None:  # so does reading services/, nodes/ or tasks/
             await view.refresh_dir(inode)
-        entries = [(name, child.inode) for name, child in self.table.children(node).items()]
+        entries = [(name, child.inode) for name, child in self.table.listed(node)]
         return self._new_handle(_DirHandle(entries))
 
     @_guard
@@ -801,7 +808,7 @@ class DockerFS(pyfuse3.Operations):
                 node.mtime_ns = node.mtime_ns // NS * NS + (node.mtime_ns + 1) % NS
                 _invalidate_inodes([inode], False)
             else:
-                entries = [(name, child.inode) for name, child in self.table.children(node).items()]
+                entries = [(name, child.inode) for name, child in self.table.listed(node)]
             snapshot = hash(tuple(entries)) & 0x7FFF_FFFF
             self._listings.pop((inode, snapshot), None)
             self._listings[inode, snapshot] = entries
@@ -813,7 +820,7 @@ class DockerFS(pyfuse3.Operations):
             start = pos - _OFFSET_BASE + 1
             found = self._listings.get((inode, snapshot))
             if found is None:  # long forgotten: the directory as it is now
-                found = [(name, child.inode) for name, child in self.table.children(node).items()]
+                found = [(name, child.inode) for name, child in self.table.listed(node)]
             entries = found
         base = snapshot << _SNAPSHOT_SHIFT
         for index in range(start, len(entries)):

@@ -262,6 +262,31 @@ def test_directory_read_as_stat_records(shim: Shim, tree: Path) -> None:
         assert "escape" in by_name and "fifo" in by_name
 
 
+def test_links_into_live_are_left_out_of_9p2000_listings_but_walked_by_name(
+    tmp_path: Path,
+) -> None:
+    """9P2000 has no symlinks: a listing would show a link's target in its place,
+    and a Plan 9 walk would open what the link into .live keeps walks away from."""
+    box = tmp_path / "box"
+    (box / ".live").mkdir(parents=True)
+    (box / ".live" / "wait").write_text("0\n")
+    (box / "wait").symlink_to(".live/wait")
+    (box / "ID").write_text("abc\n")
+    (box / "near").symlink_to("ID")
+    with running_shim(tmp_path) as (_, host, port):
+        with Client.session(host, port, version="9P2000") as client:
+            client.walk("box", newfid=1)
+            names = [s.name for s in read_dir_9p(client, 1, count=4096)]
+            assert "wait" not in names and {"ID", "near"} <= set(names)
+            assert client.cat("box/wait") == b"0\n"
+            assert client.cat("box/near") == b"abc\n"
+        with Client.session(host, port, version="9P2000.u") as client:
+            client.walk("box", newfid=1)
+            by_name = {s.name: s for s in read_dir_9p(client, 1, count=4096)}
+            wait = by_name["wait"]
+            assert wait.mode & codec.DMSYMLINK and wait.extension == ".live/wait"
+
+
 def name_of_uid(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name

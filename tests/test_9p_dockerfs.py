@@ -51,9 +51,6 @@ IMG = "busybox:latest"
 GUEST_TIMEOUT = 180.0
 # 9mount's options as root (see test_9p_kernel.py for where they come from).
 NINE_MOUNT = "tcp,trans=tcp,name=root,uname=root,noextend,nodev,port=564"
-# A listed file whose content is not a snapshot: top is a new sample at each
-# open. It is still listed and stat'ed.
-UNREADABLE = ("top",)
 # What a walk must not open (ctl, logs, logs.follow, wait, stats) and each
 # container's own filesystem (root/, compared with the engine's own export in
 # test_container_fs.py) are links into the unlisted .live: 9P2000, which has
@@ -104,8 +101,8 @@ def wait_for_log(engine: Engine, cid: str, line: bytes, timeout: float = 15) -> 
 def fuse_listing(root: Path) -> Listing:
     """{'./path': (kind, size, sha256)} of the FUSE mount, as the guest reports it.
 
-    Unreadable files get an empty hash (the guest does not read them either); the
-    volatile ones get size -1 and no hash, which fuse_vs_guest then ignores.
+    Links into .live are left out, as 9P2000 leaves them out; the volatile files
+    get size -1 and no hash, which fuse_vs_guest then ignores.
     """
     out: Listing = {".": ("d", 0, "")}
     for dirpath, dirnames, filenames in os.walk(root):
@@ -120,10 +117,8 @@ def fuse_listing(root: Path) -> Listing:
             rel = "./" + str(path.relative_to(root))
             if f in VOLATILE:
                 out[rel] = ("f", -1, "")
-            elif f in UNREADABLE:
-                out[rel] = ("f", path.lstat().st_size, "")
             else:
-                # st_size, not len(data): files made when opened (inspect.json, logs)
+                # st_size, not len(data): a file made when opened (inspect.json)
                 # say 0 on FUSE, and 9P must pass on what FUSE says, not fix it.
                 digest = hashlib.sha256(path.read_bytes()).hexdigest()
                 out[rel] = ("f", path.lstat().st_size, digest)
@@ -173,7 +168,7 @@ READ_BODY = """
 echo @@stat
 find . -exec stat -c '%F|%s|%n' {} + || echo 'find failed'
 echo @@sha
-find . -type f ! -name top ! -name Status -exec sha256sum {} + || echo 'sha256sum failed'
+find . -type f ! -name Status -exec sha256sum {} + || echo 'sha256sum failed'
 echo @@cat
 cat */Image */Names/0
 echo @@status
@@ -313,10 +308,9 @@ def test_diod_lists_and_reads_the_fuse_tree(world: World) -> None:
                 continue
             if name not in VOLATILE:
                 assert size == info.st_size, f"{child}: 9P size {size}, FUSE {info.st_size}"
-            if name not in UNREADABLE:
-                files.append(child)
+            files.append(child)
     assert len(files) > 3 * 10, files
-    assert links == 3 * 6, links  # each container's ctl, logs, logs.follow, root, stats, wait
+    assert links == 3 * 7, links  # ctl, logs, logs.follow, root, top, stats, wait of each
 
     steady = [f for f in files if Path(f).name not in VOLATILE]
     expected = b"".join((root / f).read_bytes() for f in steady)

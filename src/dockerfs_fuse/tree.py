@@ -57,13 +57,23 @@ class Unlisted(dict[str, "Spec | bytes | Special | Link"]):
 # Every container directory holds one Unlisted directory of this name, with
 # the entries a recursive tool must not open or enter: they block (wait,
 # logs.follow), stream a whole log (logs), act (ctl), cost a slow request
-# (stats) or hold a whole filesystem (root). The container directory lists
-# each as a link into it (`ctl -> .live/ctl`), and `grep -r`, `cp -r`, `tar`,
-# `du` and `find` never follow a link below their arguments, while a path a
-# user names does.
+# (stats waits for Docker's next sample; top runs `ps` over the host's
+# processes, so a walk of them all grows with containers times processes) or
+# hold a whole filesystem (root). The container directory lists each as a
+# link into it (`ctl -> .live/ctl`), and `grep -r`, `cp -r`, `tar`, `du` and
+# `find` never follow a link below their arguments, while a path a user
+# names does.
 LIVE = ".live"
 BEHIND_LINKS = frozenset(
-    {Special.CTL, Special.LOGS, Special.FOLLOW, Special.ROOT, Special.STATS, Special.WAIT}
+    {
+        Special.CTL,
+        Special.LOGS,
+        Special.FOLLOW,
+        Special.ROOT,
+        Special.TOP,
+        Special.STATS,
+        Special.WAIT,
+    }
 )
 
 # Each container directory, in listing order. The sub-directories are fixed,

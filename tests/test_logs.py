@@ -671,7 +671,7 @@ def test_tail_f_of_a_log_empty_when_opened(engine: Engine, mounted: Mount) -> No
         out, err = Output(proc.stdout), Output(proc.stderr)
 
         def tail_has_it_open() -> bool:
-            return str(path) in open_paths(proc.pid)
+            return str(path.resolve()) in open_paths(proc.pid)  # logs is a link
 
         eventually(tail_has_it_open, 30, "tail opened the log")
         go.touch()

@@ -38,7 +38,7 @@ from .docker_source import BadRequest, Conflict, DockerProblem, DockerSource, No
 from .inodes import NS, ROOT_INODE, Changes, InodeTable, Kind, Node, owner_dir
 from .logstream import LogSpool, LogSpools, TooManyLogs
 from .swarm_cache import SwarmCache
-from .tree import NAME_MAX, Special
+from .tree import LIVE, NAME_MAX, Special
 from .views import render_stats, render_top, render_wait
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ R = TypeVar("R")
 
 # Names and prefixes can move to another container.
 ALIAS_TIMEOUT = 1.0
+# The target of a container's `ctl`, `logs`... (tree.LIVE): fixed for its life.
+_INTO_LIVE = f"{LIVE}/".encode()
 # pyfuse3 serves at most MAX_WORKERS requests at once. A logs.follow read can
 # block for as long as its container is silent, holding one: opens of
 # logs.follow get at most MAX_FOLLOWERS of them (ENFILE beyond), one process at
@@ -411,7 +413,8 @@ class DockerFS(pyfuse3.Operations):
             a.st_mode = pyfuse3.ModeT(stat.S_IFDIR | 0o555)
         elif node.kind is Kind.LINK:
             a.st_mode = pyfuse3.ModeT(stat.S_IFLNK | 0o777)
-            a.entry_timeout = a.attr_timeout = ALIAS_TIMEOUT
+            if not node.data.startswith(_INTO_LIVE):  # those never lead elsewhere
+                a.entry_timeout = a.attr_timeout = ALIAS_TIMEOUT
         elif node.special is Special.CTL:
             a.st_mode = pyfuse3.ModeT(stat.S_IFREG | 0o200)
         else:

@@ -473,6 +473,34 @@ def test_allow_control_lets_writes_through(tmp_path: Path) -> None:
         assert errno_of(c.rpc(create)) == errno.EPERM
 
 
+def test_a_truncating_9p2000_write_through_a_link(tmp_path: Path) -> None:
+    """`echo stop > web/ctl` from Linux's 9P2000 client: Topen OTRUNC, then a
+    Twstat of the length (with the time), both on the fid of the link."""
+    box = tmp_path / "box"
+    (box / ".live").mkdir(parents=True)
+    (box / ".live" / "ctl").write_text("old contents")
+    (box / ".live" / "ctl").chmod(0o200)
+    (box / "ctl").symlink_to(".live/ctl")
+    with (
+        running_shim(tmp_path, "--allow-control") as (_, host, port),
+        Client.session(host, port, "9P2000") as c,
+    ):
+        c.walk("box/ctl", newfid=1)
+        opened = c.rpc(codec.Topen(tag=1, fid=1, mode=codec.OWRITE | codec.OTRUNC))
+        assert isinstance(opened, codec.Ropen), opened
+        keep = 0xFFFFFFFF
+        truncate = codec.Stat(
+            type=0xFFFF, dev=keep, qid=codec.Qid(0xFF, keep, 2**64 - 1), mode=keep,
+            atime=keep, mtime=int(time.time()), length=0,
+        )  # fmt: skip
+        assert c.rpc(codec.Twstat(tag=1, fid=1, stat=truncate)) == codec.Rwstat(tag=1)
+        assert c.rpc(codec.Twrite(tag=1, fid=1, offset=0, data=b"stop\n")) == codec.Rwrite(
+            tag=1, count=5
+        )
+    assert (box / ".live" / "ctl").read_bytes() == b"stop\n"
+    assert (box / "ctl").is_symlink()
+
+
 # --------------------------------------------------- concurrency and flush
 
 

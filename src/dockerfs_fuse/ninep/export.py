@@ -435,8 +435,11 @@ class Export:
             raise denied()
 
     def truncate(self, parts: Parts, size: int) -> None:
+        """A truncating open's size change. A link is the file it leads to, as
+        9P2000 shows it (`echo stop > web/ctl`); .u and .L clients follow links
+        themselves and never truncate one."""
         check_offset(size)
-        info = self.lstat(parts)
+        parts, info = self.view(parts, Dialect.P2000)
         self.check_writable(info)
         if not st.S_ISREG(info.st_mode):
             raise denied()

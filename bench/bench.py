@@ -777,7 +777,7 @@ def measure_inside(
                 return dt
 
             commands = {
-                "find_root": lambda: timed(["find", str(root)]),
+                "find_root": lambda: timed(["find", f"{root}/"]),
                 "tar_root": lambda: timed_shell(f"tar -c -C {root} . | wc -c > /dev/null"),
                 "docker_export": lambda: timed_shell(
                     f"docker export {cid} | wc -c > /dev/null", env
@@ -823,7 +823,7 @@ def measure_inside(
 
 
 INSIDE_LABELS = {
-    "find_root": "`find <id>/root`",
+    "find_root": "`find <id>/root/`",
     "tar_root": "`tar -c -C <id>/root . | wc -c`",
     "docker_export": "`docker export <id> | wc -c`",
     "cat_big": f"`cat <id>/root{INSIDE_BIG} | wc -c`",

@@ -59,22 +59,19 @@ IMG = "busybox:latest"
 GUEST_TIMEOUT = 180.0
 # 9mount's options as root (see test_9p_kernel.py for where they come from).
 NINE_MOUNT = "tcp,trans=tcp,name=root,uname=root,noextend,nodev,port=564"
-# Files whose content is not a snapshot: logs.follow and wait block like a pipe
-# until the container stops, ctl is write-only, top and stats are a new sample at
-# each open. All are still listed and stat'ed.
-UNREADABLE = ("logs.follow", "ctl", "wait", "top", "stats")
-# Each container's own filesystem (root/) is left out of these whole-tree walks:
-# test_container_fs.py compares it with the engine's own export.
-ROOT_DIR = "root"
+# What a walk must not open (ctl, logs, logs.follow, wait, stats) and each
+# container's own filesystem (root/, compared with the engine's own export in
+# test_container_fs.py) are links into the unlisted .live: 9P2000, which has
+# no links, leaves them out of listings; .L lists them as links.
+LIVE = ".live"
 # "Up 2 seconds" becomes "Up 12 seconds" while the guest boots, so Status content (and
 # so its size) is compared only where both views are taken close together (diodcat,
 # read between two FUSE reads); the guest, seconds later, keeps Status in the path
 # list and reads it, but only checks that it still says "Up ...".
 VOLATILE = ("Status",)
-# The entries of a container that may be symlinks into a part of the tree no directory
-# lists, and that a 9P2000 directory read may then leave out: the 9mount check does not
-# count on them. Every other path of the FUSE view must be in its `find`.
-MAYBE_LINKS = ("ctl", "logs", "logs.follow", "wait", "stats", ROOT_DIR)
+# A container's entries that are links into .live: 9P2000 leaves them out of listings,
+# so the guest's find must print none of them.
+LINKS = ("ctl", "logs", "logs.follow", "top", "wait", "stats", "root")
 # The container fields the 9mount check reads, as the seed's README example does.
 FIELDS = ("ID", "Image", "State", "Names/0")
 
@@ -117,29 +114,32 @@ def wait_for_log(engine: Engine, cid: str, line: bytes, timeout: float = 15) -> 
 def fuse_listing(root: Path) -> Listing:
     """{'./path': (kind, size, sha256)} of the FUSE mount, as the guest reports it.
 
-    Unreadable files get an empty hash (the guest does not read them either); the
-    volatile ones get size -1 and no hash, which fuse_vs_guest then ignores.
+    Links into .live are left out, as 9P2000 leaves them out; the volatile files
+    get size -1 and no hash, which fuse_vs_guest then ignores.
     """
     out: Listing = {".": ("d", 0, "")}
     for dirpath, dirnames, filenames in os.walk(root):
         base = Path(dirpath)
-        if base.parent == root and ROOT_DIR in dirnames:
-            dirnames.remove(ROOT_DIR)
+        dirnames[:] = [d for d in dirnames if not leads_into_live(base / d)]
         for d in dirnames:
             out["./" + str((base / d).relative_to(root))] = ("d", 0, "")
         for f in filenames:
             path = base / f
+            if leads_into_live(path):
+                continue
             rel = "./" + str(path.relative_to(root))
             if f in VOLATILE:
                 out[rel] = ("f", -1, "")
-            elif f in UNREADABLE:
-                out[rel] = ("f", path.lstat().st_size, "")
             else:
-                # st_size, not len(data): files made when opened (inspect.json, logs)
+                # st_size, not len(data): a file made when opened (inspect.json)
                 # say 0 on FUSE, and 9P must pass on what FUSE says, not fix it.
                 digest = hashlib.sha256(path.read_bytes()).hexdigest()
                 out[rel] = ("f", path.lstat().st_size, digest)
     return out
+
+
+def leads_into_live(path: Path) -> bool:
+    return path.is_symlink() and LIVE in os.readlink(path).split("/")
 
 
 def differences(expected: Listing, got: Listing) -> str:
@@ -181,10 +181,9 @@ class World:
 # write, then the pause, so the pause cannot change what the reads see.
 READ_BODY = """
 echo @@stat
-find . -path './*/root' -prune -o -exec stat -c '%F|%s|%n' {} + || echo 'find failed'
+find . -exec stat -c '%F|%s|%n' {} + || echo 'find failed'
 echo @@sha
-find . -path './*/root' -prune -o -type f ! -name logs.follow ! -name ctl ! -name wait \
-    ! -name top ! -name stats ! -name Status -exec sha256sum {} + || echo 'sha256sum failed'
+find . -type f ! -name Status -exec sha256sum {} + || echo 'sha256sum failed'
 echo @@cat
 cat */Image */Names/0
 echo @@status
@@ -328,6 +327,7 @@ def test_diod_lists_and_reads_the_fuse_tree(world: World) -> None:
     reads the same bytes, through the shim that dockerfs-fuse --9p started."""
     root = world.ro.path
     files: list[str] = []
+    links = 0
     pending = [""]
     while pending:
         rel = pending.pop()
@@ -336,18 +336,22 @@ def test_diod_lists_and_reads_the_fuse_tree(world: World) -> None:
         assert sorted(listed) == local, f"{rel or '/'}: 9P {sorted(listed)} vs FUSE {local}"
         for name, (kind, size) in listed.items():
             child = f"{rel}/{name}" if rel else name
-            if child.count("/") == 1 and name == ROOT_DIR:
-                continue
             info = (root / child).lstat()
+            if stat.S_ISLNK(info.st_mode):
+                # .L shows links as links; diodls prints one's mode as a file's
+                # and its size (the target's length).
+                assert (kind, size) == ("-", info.st_size), child
+                links += leads_into_live(root / child)
+                continue
             assert kind == ("d" if stat.S_ISDIR(info.st_mode) else "-"), child
             if kind == "d":
                 pending.append(child)
                 continue
             if name not in VOLATILE:
                 assert size == info.st_size, f"{child}: 9P size {size}, FUSE {info.st_size}"
-            if name not in UNREADABLE:
-                files.append(child)
+            files.append(child)
     assert len(files) > 3 * 10, files
+    assert links == 3 * 7, links  # ctl, logs, logs.follow, root, top, stats, wait of each
 
     steady = [f for f in files if Path(f).name not in VOLATILE]
     expected = b"".join((root / f).read_bytes() for f in steady)
@@ -414,8 +418,10 @@ def test_9mount_as_the_readme_says(world: World) -> None:
     assert f"port={NINEMOUNT_LOOPBACK_PORT}" in options, context
 
     found = {"." + line.removeprefix(mnt) for line in parts.get("find", []) if line.startswith(mnt)}
-    core = {p for p in world.before if not set(p.split("/")) & set(MAYBE_LINKS)}
+    core = set(world.before)
     assert not core - found, f"find misses {sorted(core - found)[:10]}\n{context}"
+    entered = sorted(p for p in found if set(p.split("/")[2:]) & {*LINKS, LIVE})
+    assert not entered, f"find went behind a link: {entered[:10]}\n{context}"
     for cid in world.ids.values():
         for name in FIELDS:
             assert f"./{cid}/{name}" in found, f"find misses {cid[:12]}/{name}\n{context}"

@@ -262,6 +262,31 @@ def test_directory_read_as_stat_records(shim: Shim, tree: Path) -> None:
         assert "escape" in by_name and "fifo" in by_name
 
 
+def test_links_into_live_are_left_out_of_9p2000_listings_but_walked_by_name(
+    tmp_path: Path,
+) -> None:
+    """9P2000 has no symlinks: a listing would show a link's target in its place,
+    and a Plan 9 walk would open what the link into .live keeps walks away from."""
+    box = tmp_path / "box"
+    (box / ".live").mkdir(parents=True)
+    (box / ".live" / "wait").write_text("0\n")
+    (box / "wait").symlink_to(".live/wait")
+    (box / "ID").write_text("abc\n")
+    (box / "near").symlink_to("ID")
+    with running_shim(tmp_path) as (_, host, port):
+        with Client.session(host, port, version="9P2000") as client:
+            client.walk("box", newfid=1)
+            names = [s.name for s in read_dir_9p(client, 1, count=4096)]
+            assert "wait" not in names and {"ID", "near"} <= set(names)
+            assert client.cat("box/wait") == b"0\n"
+            assert client.cat("box/near") == b"abc\n"
+        with Client.session(host, port, version="9P2000.u") as client:
+            client.walk("box", newfid=1)
+            by_name = {s.name: s for s in read_dir_9p(client, 1, count=4096)}
+            wait = by_name["wait"]
+            assert wait.mode & codec.DMSYMLINK and wait.extension == ".live/wait"
+
+
 def name_of_uid(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name
@@ -446,6 +471,34 @@ def test_allow_control_lets_writes_through(tmp_path: Path) -> None:
         assert errno_of(c.rpc(codec.Tlopen(tag=1, fid=2, flags=os.O_WRONLY))) == errno.EPERM
         create = codec.Tlcreate(tag=1, fid=0, name="n", flags=1, mode=0o644, gid=0)
         assert errno_of(c.rpc(create)) == errno.EPERM
+
+
+def test_a_truncating_9p2000_write_through_a_link(tmp_path: Path) -> None:
+    """`echo stop > web/ctl` from Linux's 9P2000 client: Topen OTRUNC, then a
+    Twstat of the length (with the time), both on the fid of the link."""
+    box = tmp_path / "box"
+    (box / ".live").mkdir(parents=True)
+    (box / ".live" / "ctl").write_text("old contents")
+    (box / ".live" / "ctl").chmod(0o200)
+    (box / "ctl").symlink_to(".live/ctl")
+    with (
+        running_shim(tmp_path, "--allow-control") as (_, host, port),
+        Client.session(host, port, "9P2000") as c,
+    ):
+        c.walk("box/ctl", newfid=1)
+        opened = c.rpc(codec.Topen(tag=1, fid=1, mode=codec.OWRITE | codec.OTRUNC))
+        assert isinstance(opened, codec.Ropen), opened
+        keep = 0xFFFFFFFF
+        truncate = codec.Stat(
+            type=0xFFFF, dev=keep, qid=codec.Qid(0xFF, keep, 2**64 - 1), mode=keep,
+            atime=keep, mtime=int(time.time()), length=0,
+        )  # fmt: skip
+        assert c.rpc(codec.Twstat(tag=1, fid=1, stat=truncate)) == codec.Rwstat(tag=1)
+        assert c.rpc(codec.Twrite(tag=1, fid=1, offset=0, data=b"stop\n")) == codec.Rwrite(
+            tag=1, count=5
+        )
+    assert (box / ".live" / "ctl").read_bytes() == b"stop\n"
+    assert (box / "ctl").is_symlink()
 
 
 # --------------------------------------------------- concurrency and flush

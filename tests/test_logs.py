@@ -43,6 +43,7 @@ from dockerfs_fuse.logstream import (
     TooManyLogs,
 )
 from dockerfs_fuse.operations import MAX_FOLLOWERS, MAX_FOLLOWERS_PER_PROCESS, DockerFS
+from dockerfs_fuse.tree import LIVE
 
 IMG = "busybox:latest"
 # Numbered lines: 25 at once (a history for `tail -n 20` to show), then one
@@ -223,7 +224,9 @@ def log_fs(docker: FakeDocker) -> tuple[DockerFS, Node, Node]:
     fs.table.set_containers([container], fs.table.root)
     cdir = fs.table.lookup(fs.table.root, CID)
     assert cdir is not None
-    logs, follow = fs.table.lookup(cdir, "logs"), fs.table.lookup(cdir, "logs.follow")
+    live = fs.table.lookup(cdir, LIVE)  # where the links `logs` and `logs.follow` lead
+    assert live is not None
+    logs, follow = fs.table.lookup(live, "logs"), fs.table.lookup(live, "logs.follow")
     assert logs is not None and follow is not None
     return fs, logs, follow
 
@@ -668,7 +671,7 @@ def test_tail_f_of_a_log_empty_when_opened(engine: Engine, mounted: Mount) -> No
         out, err = Output(proc.stdout), Output(proc.stderr)
 
         def tail_has_it_open() -> bool:
-            return str(path) in open_paths(proc.pid)
+            return str(path.resolve()) in open_paths(proc.pid)  # logs is a link
 
         eventually(tail_has_it_open, 30, "tail opened the log")
         go.touch()

@@ -21,7 +21,8 @@ from dockerfs_fuse.swarm_control import (
     parse_node_command,
     parse_service_command,
 )
-from dockerfs_fuse.swarm_tree import Link, Tree, swarm_spec
+from dockerfs_fuse.swarm_tree import Tree, swarm_spec
+from dockerfs_fuse.tree import Link
 
 pytestmark = pytest.mark.docker
 

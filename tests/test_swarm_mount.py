@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -54,6 +55,12 @@ def read(path: Path) -> str:
     assert data.endswith(b"\n"), path
     assert size == len(data), path
     return data.decode()[:-1]
+
+
+def requests(m: Path) -> dict[str, int]:
+    """The mount's Docker requests by kind (the stats xattr)."""
+    stats: dict[str, Any] = json.loads(os.getxattr(m, "user.dockerfs.stats"))
+    return dict(stats["requests"])
 
 
 def ctl(path: Path, text: str) -> None:
@@ -143,6 +150,16 @@ def test_services_tasks_and_nodes_agree_with_the_cli(
         )
     # The nodes a task names are node directories.
     assert set(slot_nodes(m, "web").values()) <= set(hostnames)
+
+    # ctl and logs are links into the unlisted .live: a walk opens neither.
+    assert (os.readlink(web / "ctl"), os.readlink(web / "logs")) == (".live/ctl", ".live/logs")
+    assert os.readlink(m / "nodes" / hostnames[0] / "ctl") == ".live/ctl"
+    assert ".live" not in os.listdir(web)
+    logs_asked = requests(m).get("services/logs", 0)
+    grep = subprocess.run(["grep", "-r", "front", str(m)], capture_output=True, timeout=60)
+    assert grep.returncode == 0, grep.stderr
+    assert f"{m}/services/web/Labels/tier:front".encode() in grep.stdout.splitlines()
+    assert requests(m).get("services/logs", 0) == logs_asked
 
 
 def test_scale_up_and_down_through_ctl(swarm: PrivateSwarm, swarm_mount: Path) -> None:

@@ -28,7 +28,7 @@ from dockerfs_fuse.swarm_tree import (
     task_spec,
     unix_seconds,
 )
-from dockerfs_fuse.tree import Special, container_spec, escape_name
+from dockerfs_fuse.tree import LIVE, Special, Unlisted, container_spec, escape_name
 
 DATA = Path(__file__).parent / "data"
 
@@ -165,7 +165,11 @@ def test_service_directory_fields_and_order() -> None:
     assert text(d["CreatedAt"]) == str(unix_seconds(s["CreatedAt"]))
     assert int(text(d["UpdatedAt"])) > int(text(d["CreatedAt"])) > 1_700_000_000
     assert sub(d, "Labels") == {"com.example%2Ftier": b"front\n"}
-    assert (d["ctl"], d["logs"], d["inspect.json"]) == (Special.CTL, Special.LOGS, Special.INSPECT)
+    # ctl and logs are links into the unlisted .live, which a walk never enters.
+    assert (d["ctl"], d["logs"]) == (Link(f"{LIVE}/ctl"), Link(f"{LIVE}/logs"))
+    assert d["inspect.json"] is Special.INSPECT
+    assert isinstance(d[LIVE], Unlisted)
+    assert d[LIVE] == {"ctl": Special.CTL, "logs": Special.LOGS}
     assert list(sub(d, "tasks")) == ["1", "2", "3", "4"]
 
 
@@ -202,7 +206,9 @@ def test_node_directory_fields_and_order() -> None:
     assert text(d["Leader"]) == "true"
     assert text(d["Addr"]) == n["Status"]["Addr"]
     assert text(d["Addr"]).startswith("10.77.0.")
-    assert (d["ctl"], d["inspect.json"]) == (Special.CTL, Special.INSPECT)
+    assert (d["ctl"], d["inspect.json"]) == (Link(f"{LIVE}/ctl"), Special.INSPECT)
+    assert isinstance(d[LIVE], Unlisted)
+    assert d[LIVE] == {"ctl": Special.CTL}
     labelled = node_spec(node("node2"))
     assert sub(labelled, "Labels") == {"zone": b"a\n", "com.example%2Frack": b"r1\n"}
     assert text(labelled["Leader"]) == "false"  # a manager, not the leader

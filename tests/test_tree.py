@@ -12,8 +12,12 @@ import pytest
 
 from dockerfs_fuse import tree
 from dockerfs_fuse.tree import (
+    LIVE,
     NAME_MAX,
     ORDER,
+    Link,
+    Special,
+    Unlisted,
     container_spec,
     escape_name,
     is_shortened,
@@ -36,6 +40,17 @@ def by_name(name: str) -> dict[str, Any]:
 def test_container_directory_lists_fields_in_contract_order() -> None:
     spec = container_spec(by_name("lab"))
     assert tuple(spec) == ORDER
+
+
+def test_what_a_walk_must_not_open_is_a_link_into_the_unlisted_live_directory() -> None:
+    spec = container_spec(by_name("lab"))
+    behind = ("ctl", "logs", "logs.follow", "root", "top", "stats", "wait")
+    assert {name: spec[name] for name in behind} == {n: Link(f"{LIVE}/{n}") for n in behind}
+    live = spec[LIVE]
+    assert isinstance(live, Unlisted)
+    assert live == {name: Special(name) for name in behind}
+    # Small, cheap (one quick request) and without effect: a walk reads it.
+    assert spec["inspect.json"] is Special.INSPECT
 
 
 def test_scalar_files_hold_value_and_one_newline() -> None:

@@ -33,12 +33,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .swarm_tree import Link, Tree
+from .swarm_tree import Tree
 from .tree import (
     SUBDIRS,
     Container,
+    Link,
     Spec,
     Special,
+    Unlisted,
     container_id,
     container_spec,
     created_seconds,
@@ -78,6 +80,9 @@ class Node:
     parent: Node | None = None
     # Nodes under a container's root/ only: what the engine says the path is.
     entry: Entry | None = None
+    # A directory that lists as empty and is left out of its parent's listing
+    # (tree.Unlisted): its entries answer by name only.
+    unlisted: bool = False
 
     @property
     def is_dir(self) -> bool:
@@ -158,6 +163,12 @@ class InodeTable:
                 self._reconcile(node, container_spec(node.raw), Changes())
         assert node.children is not None
         return node.children
+
+    def listed(self, node: Node) -> list[tuple[str, Node]]:
+        """A directory's listing: its children but unlisted ones; none for an unlisted one."""
+        if node.unlisted:
+            return []
+        return [(name, c) for name, c in self.children(node).items() if not c.unlisted]
 
     def alias(self, name: str, *, by_prefix: bool = True, top: Node | None = None) -> Node | None:
         """A symlink to the container a name or unambiguous ID prefix means.
@@ -448,6 +459,7 @@ class InodeTable:
             if child is None:
                 child = self._new_node(dirnode, name, kind, dirnode.mtime_ns)
             if isinstance(value, Mapping):
+                child.unlisted = isinstance(value, Unlisted)
                 self._reconcile(child, value, changes)
                 subdirs += 1
             elif isinstance(value, Special):
@@ -487,3 +499,12 @@ class InodeTable:
             n.gone = True
             if n.lookups == 0:
                 self._nodes.pop(n.inode, None)
+
+
+def owner_dir(node: Node) -> Node | None:
+    """The directory an entry belongs to: its parent, or past an unlisted
+    one (a container's `.live/logs` belongs to the container)."""
+    parent = node.parent
+    if parent is not None and parent.unlisted:
+        parent = parent.parent
+    return parent

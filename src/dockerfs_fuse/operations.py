@@ -35,10 +35,10 @@ from .cache import ATTR_TIMEOUT, EngineCache, Source
 from .container_fs import ArchiveError, FileReader, NotThere, PathError
 from .control import BadCommand, Refusals, parse_command
 from .docker_source import BadRequest, Conflict, DockerProblem, DockerSource, NotFound
-from .inodes import NS, ROOT_INODE, Changes, InodeTable, Kind, Node
+from .inodes import NS, ROOT_INODE, Changes, InodeTable, Kind, Node, owner_dir
 from .logstream import LogSpool, LogSpools, TooManyLogs
 from .swarm_cache import SwarmCache
-from .tree import NAME_MAX, Special
+from .tree import LIVE, NAME_MAX, Special
 from .views import render_stats, render_top, render_wait
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ R = TypeVar("R")
 
 # Names and prefixes can move to another container.
 ALIAS_TIMEOUT = 1.0
+# The target of a container's `ctl`, `logs`... (tree.LIVE): fixed for its life.
+_INTO_LIVE = f"{LIVE}/".encode()
 # pyfuse3 serves at most MAX_WORKERS requests at once. A logs.follow read can
 # block for as long as its container is silent, holding one: opens of
 # logs.follow get at most MAX_FOLLOWERS of them (ENFILE beyond), one process at
@@ -309,7 +311,8 @@ class DockerFS(pyfuse3.Operations):
         # itself and caches listings and core files' pages; readdir gets the inode.
         self.kernel_cache = self.pass_inode = kernel_cache
         self._listings: dict[tuple[int, int], list[tuple[str, int]]] = {}
-        self.table = InodeTable(root_mtime_ns=time.time_ns())
+        self.mounted_ns = time.time_ns()
+        self.table = InodeTable(root_mtime_ns=self.mounted_ns)
         self.uid = os.getuid()
         self.gid = os.getgid()
         self._handles: dict[int, _Handle] = {}
@@ -441,7 +444,8 @@ class DockerFS(pyfuse3.Operations):
             a.st_mode = pyfuse3.ModeT(stat.S_IFDIR | 0o555)
         elif node.kind is Kind.LINK:
             a.st_mode = pyfuse3.ModeT(stat.S_IFLNK | 0o777)
-            a.entry_timeout = a.attr_timeout = ALIAS_TIMEOUT
+            if not node.data.startswith(_INTO_LIVE):  # those never lead elsewhere
+                a.entry_timeout = a.attr_timeout = ALIAS_TIMEOUT
         elif node.special is Special.CTL:
             a.st_mode = pyfuse3.ModeT(stat.S_IFREG | 0o200)
         else:
@@ -451,11 +455,12 @@ class DockerFS(pyfuse3.Operations):
         a.st_gid = self.gid
         a.st_rdev = 0
         a.st_size = len(node.data) if node.kind is not Kind.DIR else 0
-        if node.special is Special.LOGS and node.parent is not None:
+        owner = owner_dir(node) if node.special is Special.LOGS else None
+        if owner is not None:
             logs = cache.logs if cache is not None else self._swarm_logs(node)
             if logs is not None:
                 # `tail -f` follows by polling this size: never let the kernel cache it.
-                a.st_size = logs.polled_size(node.parent.name)
+                a.st_size = logs.polled_size(owner.name)
                 a.attr_timeout = 0
         if node.special is Special.ERR:
             # Changes with every refused write, and nothing invalidates it.
@@ -464,6 +469,11 @@ class DockerFS(pyfuse3.Operations):
         a.st_blksize = 4096
         a.st_blocks = (a.st_size + 511) // 512
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = node.mtime_ns
+        if node.inode == ROOT_INODE or node.inode in self.caches or node.inode in self._swarm_lists:
+            # With kernel caching each listing moves this mtime on; the ctime
+            # stays, since GNU tar takes a directory whose ctime moved while it
+            # read it for changed ("file changed as we read it", exit 1).
+            a.st_atime_ns = a.st_ctime_ns = self.mounted_ns
         if node.special is Special.ROOT:
             # As for the directories below it (see _root_attrs): tar checks ctime.
             a.st_atime_ns = a.st_ctime_ns = node.mtime_ns // NS * NS
@@ -758,7 +768,7 @@ class DockerFS(pyfuse3.Operations):
         view = self._swarm_lists.get(inode)
         if view is not None:  # so does reading services/, nodes/ or tasks/
             await view.refresh_dir(inode)
-        entries = [(name, child.inode) for name, child in self.table.children(node).items()]
+        entries = [(name, child.inode) for name, child in self.table.listed(node)]
         return self._new_handle(_DirHandle(entries))
 
     @_guard
@@ -838,7 +848,7 @@ class DockerFS(pyfuse3.Operations):
                 node.mtime_ns = node.mtime_ns // NS * NS + (node.mtime_ns + 1) % NS
                 _invalidate_inodes([inode], False)
             else:
-                entries = [(name, child.inode) for name, child in self.table.children(node).items()]
+                entries = [(name, child.inode) for name, child in self.table.listed(node)]
             snapshot = hash(tuple(entries)) & 0x7FFF_FFFF
             self._listings.pop((inode, snapshot), None)
             self._listings[inode, snapshot] = entries
@@ -850,7 +860,7 @@ class DockerFS(pyfuse3.Operations):
             start = pos - _OFFSET_BASE + 1
             found = self._listings.get((inode, snapshot))
             if found is None:  # long forgotten: the directory as it is now
-                found = [(name, child.inode) for name, child in self.table.children(node).items()]
+                found = [(name, child.inode) for name, child in self.table.listed(node)]
             entries = found
         base = snapshot << _SNAPSHOT_SHIFT
         for index in range(start, len(entries)):

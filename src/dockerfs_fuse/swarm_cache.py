@@ -42,7 +42,7 @@ from .cache import (
     _Refresher,
 )
 from .docker_source import DockerProblem, DockerSource, NotFound
-from .inodes import NS, Changes, InodeTable, Node
+from .inodes import NS, Changes, InodeTable, Node, owner_dir
 from .logstream import Cancellable, LogSpools, LogWriter
 from .swarm_control import parse_node_command, parse_service_command
 from .swarm_tree import (
@@ -221,11 +221,12 @@ class SwarmCache:
         return name in self._ids["services"]
 
     def log_key(self, node: Node) -> str:
-        """The spool key of a services/<name>/logs node: the service's name."""
+        """The spool key of a services/<name>/.live/logs node: the service's name."""
         kind, _ = self.locate(node)
-        if kind != "services" or node.parent is None:
+        owner = owner_dir(node)
+        if kind != "services" or owner is None:
             raise NotFound("only a service has logs")
-        return node.parent.name
+        return owner.name
 
     async def control(self, kind: str, oid: str, data: bytes) -> str:
         """Carry out one ctl write; returns the command's action, for the log.

@@ -15,11 +15,12 @@ unit-tested against recorded answers.
                    ContainerID ExitCode Timestamp inspect.json
 ```
 
-The one thing the container tree has no use for is a symbolic link: a
-service's `tasks/` entries point into the cluster-wide `/tasks`, so a task
-has one directory however it is reached. `Link` is that entry; `Tree` is
-`tree.Spec` widened by it, so every `Spec` is a `Tree` and tree's helpers
-build parts of one.
+A service's `tasks/` entries are symbolic links (`tree.Link`) into the
+cluster-wide `/tasks`, so a task has one directory however it is reached.
+`ctl` and a service's `logs` are links into the unlisted `.live` directory
+beside them, as a container's are (see tree.LIVE), so a recursive walk never
+opens them. `Tree` is `tree.Spec` as a Mapping, so every `Spec` is a `Tree`
+and tree's helpers build parts of one.
 """
 
 from __future__ import annotations
@@ -27,20 +28,11 @@ from __future__ import annotations
 import calendar
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from .tree import Special, escape_name, render, scalar_files
+from .tree import LIVE, Link, Special, Unlisted, escape_name, live_link, render, scalar_files
 
 Obj: TypeAlias = Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class Link:
-    """A symbolic link; `target` is relative to the directory that holds it."""
-
-    target: str
-
 
 # Mapping (covariant), not dict: a tree.Spec is then a Tree, unchanged.
 Tree: TypeAlias = "Mapping[str, Tree | bytes | Special | Link]"
@@ -221,11 +213,11 @@ def running_count(service: Obj, tasks: Iterable[Obj]) -> int:
 
 SERVICE_ORDER = (
     "ID", "Name", "Image", "Mode", "Replicas", "Running", "CreatedAt", "UpdatedAt",
-    "UpdateStatus", "Labels", "Ports", "ctl", "err", "logs", "inspect.json", "tasks",
+    "UpdateStatus", "Labels", "Ports", "ctl", "err", "logs", "inspect.json", "tasks", LIVE,
 )  # fmt: skip
 NODE_ORDER = (
     "ID", "Hostname", "Role", "Availability", "State", "Addr", "EngineVersion", "Leader",
-    "Labels", "ctl", "err", "inspect.json",
+    "Labels", "ctl", "err", "inspect.json", LIVE,
 )  # fmt: skip
 TASK_ORDER = (
     "ID", "Service", "Slot", "Node", "DesiredState", "State", "Message", "Error",
@@ -266,14 +258,15 @@ def service_spec(service: Obj, tasks: Iterable[Obj], names: Mapping[str, str]) -
         str(i): scalar_files(p, skip_empty=False)
         for i, p in enumerate(p for p in ports or () if isinstance(p, Mapping))
     }
-    spec["ctl"] = Special.CTL
+    spec["ctl"] = live_link(Special.CTL)
     spec["err"] = Special.ERR
-    spec["logs"] = Special.LOGS
+    spec["logs"] = live_link(Special.LOGS)
     spec["inspect.json"] = Special.INSPECT
     spec["tasks"] = {
         escape_name(key): Link(f"../../../tasks/{object_id(t)}")
         for key, t in current_tasks(service, tasks, names).items()
     }
+    spec[LIVE] = Unlisted(ctl=Special.CTL, logs=Special.LOGS)
     return spec
 
 
@@ -292,9 +285,10 @@ def node_spec(node: Obj) -> Tree:
     if isinstance(manager, Mapping):
         spec["Leader"] = render(manager.get("Leader") is True)
     spec["Labels"] = _labels(_get(node, "Spec", "Labels"))
-    spec["ctl"] = Special.CTL
+    spec["ctl"] = live_link(Special.CTL)
     spec["err"] = Special.ERR
     spec["inspect.json"] = Special.INSPECT
+    spec[LIVE] = Unlisted(ctl=Special.CTL)
     return spec
 
 

@@ -15,6 +15,7 @@ import enum
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeVar
 
 
@@ -36,16 +37,50 @@ class Special(enum.Enum):
     WAIT = "wait"
 
 
-# A directory is a mapping of names to sub-directories, file contents or
-# special files, in the order they are listed.
-Spec: TypeAlias = "dict[str, Spec | bytes | Special]"
+@dataclass(frozen=True)
+class Link:
+    """A symbolic link; `target` is relative to the directory that holds it."""
+
+    target: str
+
+
+# A directory is a mapping of names to sub-directories, file contents,
+# special files or links, in the order they are listed.
+Spec: TypeAlias = "dict[str, Spec | bytes | Special | Link]"
 Container: TypeAlias = Mapping[str, Any]
 T = TypeVar("T")
+
+
+class Unlisted(dict[str, "Spec | bytes | Special | Link"]):
+    """A directory that lists as empty: its entries answer by name only."""
+
+
+# Every container directory holds one Unlisted directory of this name, with
+# the entries a recursive tool must not open or enter: they block (wait,
+# logs.follow), stream a whole log (logs), act (ctl), cost a slow request
+# (stats waits for Docker's next sample; top runs `ps` over the host's
+# processes, so a walk of them all grows with containers times processes) or
+# hold a whole filesystem (root). The container directory lists each as a
+# link into it (`ctl -> .live/ctl`), and `grep -r`, `cp -r`, `tar`, `du` and
+# `find` never follow a link below their arguments, while a path a user
+# names does.
+LIVE = ".live"
+BEHIND_LINKS = frozenset(
+    {
+        Special.CTL,
+        Special.LOGS,
+        Special.FOLLOW,
+        Special.ROOT,
+        Special.TOP,
+        Special.STATS,
+        Special.WAIT,
+    }
+)
 
 # Each container directory, in listing order. The sub-directories are fixed,
 # which lets the inode table give a container directory its link count
 # without building it.
-SUBDIRS = ("Names", "Labels", "Ports", "Mounts", "Networks", "root")
+SUBDIRS = ("Names", "Labels", "Ports", "Mounts", "Networks", LIVE)
 # The control and live views follow the list fields (see Special).
 ORDER = (
     "ID",
@@ -69,6 +104,7 @@ ORDER = (
     "top",
     "stats",
     "wait",
+    LIVE,
 )
 
 
@@ -266,9 +302,20 @@ def container_spec(c: Container) -> Spec:
         if isinstance(networks, Mapping)
         else {}
     )
+    live = Unlisted()
     for special in Special:
-        spec[special.value] = special
+        if special in BEHIND_LINKS:
+            spec[special.value] = live_link(special)
+            live[special.value] = special
+        else:
+            spec[special.value] = special
+    spec[LIVE] = live
     return spec
+
+
+def live_link(special: Special) -> Link:
+    """The listed link to a special entry of the unlisted LIVE directory beside it."""
+    return Link(f"{LIVE}/{special.value}")
 
 
 def all_hex(text: str) -> bool:

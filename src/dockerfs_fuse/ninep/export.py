@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from ..tree import LIVE
 from . import codec
 from .codec import Dialect, Dirent, Qid, Stat
 
@@ -455,8 +456,11 @@ class Export:
             raise denied()
 
     def truncate(self, parts: Parts, size: int) -> None:
+        """A truncating open's size change. A link is the file it leads to, as
+        9P2000 shows it (`echo stop > web/ctl`); .u and .L clients follow links
+        themselves and never truncate one."""
         check_offset(size)
-        info = self.lstat(parts)
+        parts, info = self.view(parts, Dialect.P2000)
         self.check_writable(info)
         if not st.S_ISREG(info.st_mode):
             raise denied()
@@ -474,17 +478,29 @@ class Export:
             raise NinePError.from_os(exc) from exc
 
     def stat_records(self, parts: Parts, dialect: Dialect) -> list[bytes]:
-        """Encoded stat records of a directory's entries, for 9P2000/.u reads."""
+        """Encoded stat records of a directory's entries, for 9P2000/.u reads.
+
+        9P2000 shows a link's target in its place, so a link into an unlisted
+        `.live` directory is left out of its listings (still walked by name):
+        a Plan 9 `du -a` or `grep -r` must not open what the link keeps
+        recursive tools away from (see tree.LIVE)."""
         parts, _ = self.view(parts, dialect)
         records = []
         for name in self._entries(parts):
             try:
+                if dialect is Dialect.P2000 and self._leads_into_live((*parts, name)):
+                    continue
                 _, info = self.view((*parts, name), dialect)
                 record = self._stat_record((*parts, name), info, dialect)
             except NinePError:
                 continue  # vanished, or a link leading out of the root
             records.append(codec.encode_stat(record, dialect))
         return records
+
+    def _leads_into_live(self, parts: Parts) -> bool:
+        if not st.S_ISLNK(self.lstat(parts).st_mode):
+            return False
+        return LIVE in self.readlink(parts).split("/")
 
     def dirents(self, parts: Parts) -> list[Dirent]:
         """A 9P2000.L listing with "." and "..", each entry's offset being the

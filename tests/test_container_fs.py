@@ -24,6 +24,7 @@ import signal
 import stat
 import subprocess
 import tarfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -484,6 +485,29 @@ def test_a_directory_is_as_fresh_as_its_last_open(
     assert sorted(first + rest) == [f"f{i:05}" for i in range(MANY_COUNT)]
     now = os.listdir(many)
     assert "zz" in now and "f09999" not in now and len(now) == MANY_COUNT - 100 + 1
+
+
+def test_a_walk_that_pauses_goes_on_from_a_snapshot_not_a_request_per_entry(
+    inside: str, mounted: Mount
+) -> None:
+    """A walk whose snapshot expired mid-directory (a pause longer than the
+    1 s a snapshot waits: a slow consumer, a starved machine) costs a few
+    requests more, not one per remaining entry (minutes for 10,000)."""
+    many = mounted.path / inside / "root" / MANY.lstrip("/")
+    with os.scandir(many) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    before = root_requests(mounted)
+    for i, e in enumerate(entries[:600]):
+        if i == 100:
+            time.sleep(2)  # the pause itself: longer than a snapshot's 1 s
+        st = e.stat(follow_symlinks=False)
+        with open(e.path, "rb") as f:
+            assert len(f.read()) == st.st_size == len(b"%d\n" % i) * (i % 7)
+    after = root_requests(mounted)
+    added = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+    # After the pause: a probe or two, then that directory again (the kernel
+    # also re-checks the directories above); before the change, 500 probes.
+    assert sum(added.values()) <= 50 and added.get("listing", 0) >= 1, added
 
 
 def test_tar_sees_no_directory_change(inside: str, mounted: Mount) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import trio
+from trio.testing import MockClock
 
 from dockerfs_fuse import container_fs
 from dockerfs_fuse.container_fs import (
@@ -174,6 +175,7 @@ class FakeEngine:
         self.requests: list[FakeRequest] = []
         self.hold = False
         self.piece = 700
+        self.delay = 0.0  # before each request answers (a slow engine)
 
     def add(
         self, path: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", **kw: object
@@ -215,6 +217,7 @@ class FakeEngine:
     async def _serve(self, request: FakeRequest, out: ArchiveWriter) -> None:
         while self.hold and not request.cancelled:
             await trio.sleep(0.001)
+        await trio.sleep(self.delay)
         if self._loops(request.path):
             out.finish(ApiError(f"evalSymlinksInScope: too many links in {request.path}"))
             return
@@ -510,6 +513,42 @@ def test_a_walk_that_paused_snapshots_a_directory_again_not_each_file() -> None:
         assert e.kinds(files) == {"listing": 2, "file": 3}
 
     run(main)
+
+
+def test_a_walk_that_paused_on_a_slow_engine_is_not_a_request_per_entry() -> None:
+    """The walk's snapshot expired (it paused), and every request now takes
+    longer than WALK_IDLE (a starved machine): the walk still goes on from a
+    snapshot of the directory, whether it looks entries up or only opens them."""
+
+    async def main() -> None:
+        e = engine_with_a_tree()
+        for i in range(40):
+            e.add(f"/looked/f{i:02}", data=b"%d" % i)
+            e.add(f"/opened/f{i:02}", data=b"%d" % i)
+        files = e.files(clock=trio.current_time)
+        await files.listing("c", "/")
+        await files.listing("c", "/looked")
+        await files.listing("c", "/opened")
+        e.delay = container_fs.WALK_IDLE * 1.5
+        await trio.sleep(container_fs.WALK_IDLE * 2)  # the walk's consumer was starved
+        for i in range(40):
+            path = f"/looked/f{i:02}"
+            entry = await files.stat("c", path)
+            reader = await files.open("c", path, size_hint=entry.size)
+            assert await reader.read(0, 10) == b"%d" % i
+            reader.close()
+        # Two probes; at the third entry the directory again; the rest from there.
+        assert e.kinds(files) == {"listing": 2, "probe": 2}
+        assert e.requests[-1].path == "/looked"
+        await trio.sleep(container_fs.WALK_IDLE * 2)
+        for i in range(40):  # the kernel still knew each entry: opens only
+            reader = await files.open("c", f"/opened/f{i:02}", size_hint=1)
+            assert await reader.read(0, 10) == b"%d" % i
+            reader.close()
+        assert e.kinds(files) == {"listing": 3, "probe": 2, "file": 1}
+        assert e.requests[-1].path == "/opened"
+
+    trio.run(main, clock=MockClock(autojump_threshold=0))
 
 
 def test_vanished_and_wrong_kinds_of_paths() -> None:

@@ -16,9 +16,12 @@ answers what:
   serves all of it; the next `ls` of a directory takes a new snapshot and
   shows what the container wrote since.
 - A snapshot serves while it is in use (WALK_IDLE without use ends it) and
-  for at most MAX_AGE. A walk that pauses longer and then reads small files
-  of one directory one by one gets that directory snapshotted again (at the
-  second such file within WALK_IDLE), not a request per file.
+  for at most MAX_AGE. A walk that pauses longer (a slow consumer, a starved
+  machine) and then goes on in one directory gets that directory
+  snapshotted again, not a request per entry: at the third path of it
+  looked up by a probe, or the second small file opened by itself, each
+  within WALK_IDLE of the end of the one before (so a slow engine does not
+  hide the walk).
 - Snapshots keep the bodies of regular files (within a budget, see
   SPOOL_TOTAL_MAX), spooled to an unlinked temporary file, so a walk that
   reads files costs no more requests. A body is served once per snapshot
@@ -81,6 +84,9 @@ log = logging.getLogger(__name__)
 SPOOL_TOTAL_MAX = 256 << 20
 # Small files read one by one in one directory are taken as a walk (open()).
 WALK_FILE_MAX = 4 << 20
+# Paths of one directory probed one after another (stat()): at this one, the
+# directory is taken as walked and snapshotted.
+WALK_PROBES = 3
 # A probe of a regular file keeps its body up to this size.
 PROBE_BODY_MAX = 64 << 10
 # Entries a snapshot indexes; beyond, only the directory it was taken for.
@@ -597,8 +603,9 @@ class ContainerFiles:
         self._snapshots: dict[str, list[ArchiveSpool]] = {}
         self._limiter = trio.CapacityLimiter(streams)
         self._sweeping = False
-        # When a small file of a directory was last fetched by itself.
-        self._alone: dict[tuple[str, str], float] = {}
+        # Per (container, directory): the last path of it fetched by itself (a
+        # probe, a file), how many were in a row, when that fetch ended.
+        self._alone: dict[tuple[str, str], tuple[str, int, float]] = {}
         self.requests: dict[str, int] = {kind.value: 0 for kind in Kind}
 
     # -- what the FUSE layer asks --------------------------------------------------
@@ -646,6 +653,20 @@ class ContainerFiles:
             if spool.done and entry is not None:
                 spool.last_used = self._clock()
                 return entry
+        if path == "/":
+            return await self._probe(cid, path)
+        in_a_row = self._alone_count(cid, path)
+        try:
+            if in_a_row >= WALK_PROBES:
+                entry = await self._stat_by_listing(cid, path)
+                if entry is not None:
+                    return entry
+            return await self._probe(cid, path)
+        finally:
+            self._fetched_alone(cid, path, in_a_row)
+
+    async def _probe(self, cid: str, path: str) -> Entry:
+        """One path's entry by a request of its own (see stat)."""
         probe = await self._snapshot(cid, path, Kind.PROBE)
         await self._wait(probe, lambda: bool(probe.entries) or probe.done)
         entry = probe.entries.get(path)
@@ -663,6 +684,28 @@ class ContainerFiles:
         if entry is None:
             raise listing.error or NotThere(path)
         return entry
+
+    async def _stat_by_listing(self, cid: str, path: str) -> Entry | None:
+        """A lookup in a directory being walked that no snapshot knows (it
+        expired): answered by a snapshot of that directory (the one still
+        arriving, else a new one) as soon as the path arrives in it. None when
+        a finished live one does not hold it (it may be new: a probe asks), or
+        that snapshot cannot say (it failed)."""
+        parent = posixpath.dirname(path)
+        listing = next((s for s in self._live(cid) if s.knows_listing_of(parent)), None)
+        if listing is None:
+            listing = await self._snapshot(cid, parent, Kind.LISTING)
+        elif listing.done:
+            return None
+        await self._wait(listing, lambda: path in listing.entries or listing.done)
+        entry = listing.entries.get(path)
+        if entry is not None:
+            return entry
+        if listing.error is None and listing.listing(parent) is not None:
+            raise NotThere(path)  # the whole directory came, without it
+        if listing.error is not None and self._is_gone(listing.error):
+            raise NotThere(path)  # nor its directory
+        return None
 
     def open_now(self, cid: str, path: str) -> FileReader | None:
         """The content of a file that a live snapshot holds and has not served yet."""
@@ -686,13 +729,20 @@ class ContainerFiles:
         reader = self.open_now(cid, path)
         if reader is not None:
             return reader
-        parent = posixpath.dirname(path)
-        if 0 <= size_hint <= WALK_FILE_MAX and self._walking(cid, parent):
-            with contextlib.suppress(Exception):  # the file by itself, then
-                await self.listing(cid, parent)
-                reader = self.open_now(cid, path)
-                if reader is not None:
-                    return reader
+        in_a_row = self._alone_count(cid, path)
+        try:
+            if 0 <= size_hint <= WALK_FILE_MAX and in_a_row >= 2:
+                with contextlib.suppress(Exception):  # the file by itself, then
+                    await self.listing(cid, posixpath.dirname(path))
+                    reader = self.open_now(cid, path)
+                    if reader is not None:
+                        return reader
+            return await self._open_alone(cid, path)
+        finally:
+            self._fetched_alone(cid, path, in_a_row)
+
+    async def _open_alone(self, cid: str, path: str) -> FileReader:
+        """A file's content by a request of its own (see open)."""
         spool = await self._snapshot(cid, path, Kind.FILE)
         try:
             await self._wait(spool, lambda: bool(spool.entries) or spool.done)
@@ -706,16 +756,19 @@ class ContainerFiles:
             raise
         return FileReader(self, spool, entry)
 
-    def _walking(self, cid: str, directory: str) -> bool:
-        """Whether a small file of `directory` was fetched alone within WALK_IDLE
-        (and note that one is now)."""
-        now = self._clock()
-        key = (cid, directory)
-        recent = now - self._alone.get(key, -WALK_IDLE * 2) <= WALK_IDLE
+    def _alone_count(self, cid: str, path: str) -> int:
+        """How many paths of `path`'s directory, `path` included, have been
+        fetched by themselves in a row, each within WALK_IDLE of the end of the
+        fetch before: a walk, if more than one (however slow the engine)."""
+        last = self._alone.get((cid, posixpath.dirname(path)))
+        if last is None or self._clock() - last[2] > WALK_IDLE:
+            return 1
+        return last[1] + (last[0] != path)
+
+    def _fetched_alone(self, cid: str, path: str, in_a_row: int) -> None:
         if len(self._alone) > 1024:
             self._alone.clear()
-        self._alone[key] = now
-        return recent
+        self._alone[(cid, posixpath.dirname(path))] = (path, in_a_row, self._clock())
 
     def touch(self, cid: str) -> None:
         """The container's files are being read: its snapshots serve on."""

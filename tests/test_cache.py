@@ -61,6 +61,8 @@ class FakeEngine:
         self.requests: collections.Counter[str] = collections.Counter()
         self.hold: trio.Event | None = None
         self.listing = trio.Event()  # set when a listing has been asked for
+        self.hold_one: trio.Event | None = None  # likewise for one container's read
+        self.one = trio.Event()
         self.down = False
         self.send, recv = trio.open_memory_channel[dict[str, Any]](100)
         self.stream = FakeStream(recv)
@@ -80,7 +82,11 @@ class FakeEngine:
         self.requests["containers/json?filters"] += 1
         if self.down:
             raise DockerUnavailable("engine down")
-        return self.containers.get(id_)
+        answer = self.containers.get(id_)  # what the engine said when asked
+        self.one.set()
+        if self.hold_one is not None:
+            await self.hold_one.wait()
+        return answer
 
     async def list_ids(self, ids: Sequence[str], all: bool = False) -> list[Container]:
         self.requests["containers/json?filters"] += 1
@@ -411,3 +417,46 @@ def test_the_attribute_timeout_tests_may_set_is_bounded() -> None:
     assert attr_timeout_from({ATTR_TIMEOUT_ENV: "0.5"}) == 0.5
     for bad in ("0", "-1", "nan", "inf", "1e9", "soon"):
         assert attr_timeout_from({ATTR_TIMEOUT_ENV: bad}) == DEFAULT_ATTR_TIMEOUT, bad
+
+
+def test_a_read_sent_before_a_listing_cannot_undo_it() -> None:
+    """A container's re-read (after an event) answers late, with what it was
+    before `docker rm`; a listing sent after it has already found it gone. The
+    late answer must not bring the container back."""
+    engine = FakeEngine(entry(1), entry(2))
+    cache, _ = make_cache(engine)
+    trio.run(cache.refresh)
+    state_of(cache, held(cache, cid(2)))
+
+    async def main() -> None:
+        engine.hold_one = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cache.refresh_container, cid(2))
+            await engine.one.wait()  # in flight, with the answer from before the rm
+            del engine.containers[cid(2)]
+            await cache.refresh()
+            assert cache.table.lookup(cache.top, cid(2)) is None
+            engine.hold_one.set()
+        assert cache.table.lookup(cache.top, cid(2)) is None
+        assert listed(cache) == {cid(1)}
+
+    trio.run(main)
+
+
+def test_a_read_in_flight_across_a_removal_event_is_dropped() -> None:
+    engine = FakeEngine(entry(1), entry(2))
+    cache, _ = make_cache(engine)
+    trio.run(cache.refresh)
+
+    async def main() -> None:
+        engine.hold_one = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cache.refresh_container, cid(2))
+            await engine.one.wait()
+            del engine.containers[cid(2)]
+            cache.on_event({"Action": "destroy", "Actor": {"ID": cid(2)}})
+            assert cid(2) not in listed(cache)
+            engine.hold_one.set()
+        assert cid(2) not in listed(cache)
+
+    trio.run(main)

@@ -82,6 +82,9 @@ MISS_REFRESH_INTERVAL = 1.0
 IDS_PER_REQUEST = 100
 # When to re-read a container after its events (seconds after, cumulative).
 EVENT_REREAD_DELAYS = (0.05, 0.4)
+# Removal events remembered to drop answers in flight across them: far more than
+# reads can be in flight at once (each holds one of aiohttp's 100 connections).
+MAX_REMOVALS_KEPT = 4096
 # Containers whose logs may be open at once, per engine: each holds one of
 # aiohttp's 100 connections to the engine while its log loads or grows
 # (ENFILE beyond).
@@ -140,6 +143,7 @@ class _Listing:
 
     listed: list[Container]
     unlisted: Mapping[str, Container | None] = field(default_factory=dict)
+    asked: int = 0  # its number among the reads of container state (EngineCache._ask)
 
 
 class _Shared(Generic[T]):
@@ -210,6 +214,14 @@ class EngineCache:
         # fetched before an event but applied after it.
         self._event_seq = 0
         self._last_event: dict[str, int] = {}
+        # Reads of container state numbered as they are sent, and the number of
+        # the newest listing applied: a single container's answer that was sent
+        # before that listing is older than what the listing said of it.
+        self._asks = 0
+        self._listed_as_of = 0
+        # Removal events by number, so that an answer in flight across one is
+        # dropped rather than bringing the container back.
+        self._removed_at: dict[str, int] = {}
         self._reread_send, self._reread_recv = trio.open_memory_channel[str](math.inf)
         self.logs = LogSpools(source.stream_logs, self.may_be_running, MAX_LOG_SPOOLS)
         # Each container's own files (root/): snapshots of the archive endpoint.
@@ -222,10 +234,15 @@ class EngineCache:
 
     # -- listings ---------------------------------------------------------------
 
+    def _ask(self) -> int:
+        self._asks += 1
+        return self._asks
+
     async def _fetch(self) -> _Listing:
+        asked = self._ask()
         listed = await self.source.list_containers(all=self.show_all)
         if self.show_all:
-            return _Listing(listed)
+            return _Listing(listed, asked=asked)
         # Without -a, a container the kernel holds and the listing leaves out
         # has stopped or gone: ask which, in this listing's time, so that what
         # the kernel reaches under it once `ls` returns is what it is now.
@@ -234,8 +251,8 @@ class EngineCache:
         held = self.table.held(self.top)
         if not self.events_up:
             held += [container_id(n.raw) for n in self.table.unlisted(self.top).values() if n.raw]
-        asked = [cid for cid in held if cid and cid not in ids]
-        return _Listing(listed, await self._answers(asked))
+        ids_asked = [cid for cid in held if cid and cid not in ids]
+        return _Listing(listed, await self._answers(ids_asked), asked=asked)
 
     async def _answers(self, cids: list[str]) -> dict[str, Container | None]:
         """Each container's list entry now, by ID (None: gone); {} if the engine
@@ -259,6 +276,9 @@ class EngineCache:
         """Fetch the container list and make the subtree match it."""
         seq = self._event_seq
         listing = await self._refresher.get()
+        if listing.asked < self._listed_as_of:
+            return  # a newer listing was applied while this one was shared out
+        self._listed_as_of = listing.asked
         self._apply(self.table.set_containers(listing.listed, self.top, listing.unlisted))
         # An event that arrived while the list was in flight may be newer than
         # the list (a `docker rm` the list still shows): read those again.
@@ -274,7 +294,12 @@ class EngineCache:
         while the kernel holds it (a ctl of `web` holds it), so that
         `echo start > web/ctl` after `stop` finds it.
         """
+        seq, asked = self._event_seq, self._ask()
         c = await self.source.list_one(cid, all=True)
+        if self._listed_as_of > asked or self._removed_at.get(cid, 0) > seq:
+            # A listing sent after this read, or a removal event that came in
+            # while it was in flight, is newer than this answer.
+            return
         if c is None:
             self._apply(self.table.remove_container(cid, self.top))
         elif self.show_all or c.get("State") in LISTED_STATES:
@@ -416,6 +441,9 @@ class EngineCache:
         if len(self._last_event) > 4096:
             self._last_event = {cid: self._event_seq}
         if action in _REMOVED_ACTIONS:
+            self._removed_at[cid] = self._event_seq
+            if len(self._removed_at) > MAX_REMOVALS_KEPT:
+                del self._removed_at[next(iter(self._removed_at))]  # the oldest
             self._apply(self.table.remove_container(cid, self.top))
             self.files.forget(cid)
         elif action == "start":

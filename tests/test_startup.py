@@ -110,6 +110,16 @@ def mounted(path: Path) -> bool:
     return mounts_at(path) > 0
 
 
+def unmount_detached(mp: Path, within: float) -> None:
+    """Unmount a daemon that detached (no process of ours to stop) and see it go;
+    `within` is a bound, not a timing claim."""
+    subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True)
+    deadline = time.monotonic() + within
+    while mounted(mp) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not mounted(mp)
+
+
 FUSECTL = Path("/sys/fs/fuse/connections")
 
 
@@ -432,11 +442,7 @@ def test_detached_start_prints_nothing(
         if log_file:  # what the terminal did not get, the log did
             assert f"at {engine.host}, mounted at {mp}" in log.read_text()
     finally:
-        subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True)
-    deadline = time.monotonic() + 15
-    while mounted(mp) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not mounted(mp)
+        unmount_detached(mp, within=15)
 
 
 def test_foreground_start_logs_the_engine(engine: Engine, tmp_path: Path) -> None:
@@ -517,11 +523,7 @@ def test_security_warning_reaches_the_terminal_before_detaching(
         # The log has it too, as a warning, not as information.
         assert f"WARNING dockerfs_fuse.mount: --9p-allow-control on {dial}" in log.read_text()
     finally:
-        subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True)
-    deadline = time.monotonic() + 30
-    while mounted(mp) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not mounted(mp)
+        unmount_detached(mp, within=30)
 
 
 def test_which_settings_are_warned_about() -> None:
@@ -670,11 +672,7 @@ def test_make_run_mounts_a_reachable_engine(engine: Engine, tmp_path: Path) -> N
         assert os.listdir(mp) == [c["Id"] for c in engine.containers()]
         assert cid in os.listdir(mp)
     finally:
-        subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True)
-    deadline = time.monotonic() + 15
-    while mounted(mp) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not mounted(mp)
+        unmount_detached(mp, within=15)
 
 
 @pytest.fixture

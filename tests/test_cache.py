@@ -173,6 +173,37 @@ def test_an_event_newer_than_a_listing_in_flight_wins() -> None:
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
+def test_every_event_during_a_listing_is_read_again_however_many_and_none_kept_after() -> None:
+    """10,000 containers removed while a listing that still shows them all is
+    in flight: once it lands, each is read again and goes; with no listing in
+    flight, no event is kept (memory is bounded by the events of one listing)."""
+    many = 10_000
+    engine = FakeEngine(*(entry(n) for n in range(many + 1)))
+    cache, _ = make_cache(engine)
+
+    async def main() -> None:
+        engine.hold = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cache._run_rereads, nursery)
+            nursery.start_soon(cache.refresh)
+            await engine.listing.wait()
+            for n in range(1, many + 1):
+                del engine.containers[cid(n)]
+                cache.on_event({"Action": "destroy", "Actor": {"ID": cid(n)}})
+            await trio.sleep(sum(EVENT_REREAD_DELAYS) + 1)  # the events' re-reads are done
+            engine.hold.set()  # the stale listing lands, showing them all
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(listed(cache)) == many + 1
+            await trio.sleep(sum(EVENT_REREAD_DELAYS) + 1)
+            assert listed(cache) == {cid(0)}
+            assert not cache._last_event
+            cache.on_event({"Action": "die", "Actor": {"ID": cid(0)}})
+            assert not cache._last_event
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
 def test_a_burst_of_events_is_read_twice_not_per_event() -> None:
     engine = FakeEngine(entry(1))
     cache, _ = make_cache(engine)

@@ -211,8 +211,12 @@ class EngineCache:
         self._misses: dict[str, float] = {}
         self._scheduled: set[str] = set()
         # Events numbered as they arrive, to catch a list answer that was
-        # fetched before an event but applied after it.
+        # fetched before an event but applied after it: each refresh() in
+        # flight notes the number it started at, and each container's latest
+        # event is kept while some refresh() in flight started before it
+        # (so only the events during the oldest listing in flight are kept).
         self._event_seq = 0
+        self._listings_from: list[int] = []
         self._last_event: dict[str, int] = {}
         # Reads of container state numbered as they are sent, and the number of
         # the newest listing applied: a single container's answer that was sent
@@ -275,17 +279,31 @@ class EngineCache:
     async def refresh(self) -> None:
         """Fetch the container list and make the subtree match it."""
         seq = self._event_seq
-        listing = await self._refresher.get()
-        if listing.asked < self._listed_as_of:
-            return  # a newer listing was applied while this one was shared out
-        self._listed_as_of = listing.asked
-        self._apply(self.table.set_containers(listing.listed, self.top, listing.unlisted))
-        # An event that arrived while the list was in flight may be newer than
-        # the list (a `docker rm` the list still shows): read those again.
-        if self._event_seq > seq:
-            for cid, event_seq in self._last_event.items():
-                if event_seq > seq:
-                    self._schedule_reread(cid)
+        self._listings_from.append(seq)
+        try:
+            listing = await self._refresher.get()
+            if listing.asked < self._listed_as_of:
+                return  # a newer listing was applied while this one was shared out
+            self._listed_as_of = listing.asked
+            self._apply(self.table.set_containers(listing.listed, self.top, listing.unlisted))
+            # An event that arrived while the list was in flight may be newer
+            # than the list (a `docker rm` the list still shows): read those again.
+            if self._event_seq > seq:
+                for cid, event_seq in self._last_event.items():
+                    if event_seq > seq:
+                        self._schedule_reread(cid)
+        finally:
+            self._listings_from.remove(seq)
+            self._forget_events()
+
+    def _forget_events(self) -> None:
+        """Drop the events no refresh() in flight started before: none of
+        them can be newer than a listing still to land."""
+        if not self._listings_from:
+            self._last_event.clear()
+        elif self._last_event:
+            oldest = min(self._listings_from)
+            self._last_event = {c: s for c, s in self._last_event.items() if s > oldest}
 
     async def refresh_container(self, cid: str) -> None:
         """Re-read one container (after a ctl command or an event).
@@ -437,9 +455,8 @@ class EngineCache:
             return
         log.debug("%s: event %s %s", self.name, action, cid[:12])
         self._event_seq += 1
-        self._last_event[cid] = self._event_seq
-        if len(self._last_event) > 4096:
-            self._last_event = {cid: self._event_seq}
+        if self._listings_from:  # only a listing in flight can be older than it
+            self._last_event[cid] = self._event_seq
         if action in _REMOVED_ACTIONS:
             self._removed_at[cid] = self._event_seq
             if len(self._removed_at) > MAX_REMOVALS_KEPT:

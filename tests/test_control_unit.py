@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
+from typing import Any
 
 import aiodocker
 import pytest
+import trio
 
 from dockerfs_fuse.control import MAX_COMMAND_BYTES, BadCommand, Command, parse_command
 from dockerfs_fuse.docker_source import (
@@ -13,6 +16,7 @@ from dockerfs_fuse.docker_source import (
     BadRequest,
     Conflict,
     Demuxer,
+    DockerSource,
     DockerUnavailable,
     NotFound,
     _translate,
@@ -148,3 +152,30 @@ def test_docker_answers_become_the_right_kind(status: int, message: str, kind: t
     got = _translate(aiodocker.DockerError(status, message))
     assert type(got) is kind
     assert str(got) == message
+
+
+def test_a_bug_of_ours_is_not_taken_for_a_docker_error() -> None:
+    """A TypeError (a bad argument) in a request or a stream propagates as it
+    is, for the FUSE guard to log with its traceback, not as a Docker warning;
+    Docker's own errors still become DockerProblem."""
+    source = DockerSource("unix:///nonexistent/docker.sock", timeout=2)
+    source.start()
+    try:
+        with pytest.raises(TypeError):
+            source.call_sync("version", lambda d: d.version(42))  # type: ignore[call-arg]
+        with pytest.raises(DockerUnavailable):
+            source.call_sync("version", lambda d: d.version())
+
+        async def produce(d: aiodocker.Docker, emit: Callable[[Any], None]) -> None:
+            emit("first")
+            await d.version(42)  # type: ignore[call-arg]
+
+        async def main() -> None:
+            stream = source.stream("events", produce)
+            assert await stream.get() == "first"
+            with pytest.raises(TypeError):
+                await stream.get()
+
+        trio.run(main)
+    finally:
+        source.close()

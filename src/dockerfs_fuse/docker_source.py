@@ -110,7 +110,26 @@ _STATE_CONFLICT = re.compile(
 )
 
 
-def _translate(exc: BaseException) -> DockerProblem:
+# What a request to the engine fails with (a timeout is an OSError; an answer
+# that is not JSON is the engine's fault too): only these become DockerProblem.
+# Anything else is a bug of ours and propagates as it is, to be logged with its
+# traceback where it surfaces (the FUSE adapter's guard).
+DOCKER_ERRORS = (
+    DockerProblem,
+    aiodocker.DockerError,
+    aiohttp.ClientError,
+    OSError,
+    json.JSONDecodeError,
+)
+
+
+def _translate(
+    exc: DockerProblem
+    | aiodocker.DockerError
+    | aiohttp.ClientError
+    | OSError
+    | json.JSONDecodeError,
+) -> DockerProblem:
     if isinstance(exc, DockerProblem):
         return exc
     if isinstance(exc, aiodocker.DockerError):
@@ -128,12 +147,12 @@ def _translate(exc: BaseException) -> DockerProblem:
         else:
             kind = BadRequest if status == 400 else ApiError
         return kind(message)
-    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+    if isinstance(exc, TimeoutError):  # asyncio's too
         return DockerUnavailable("Docker did not answer in time")
-    if isinstance(exc, aiohttp.ClientError | OSError):
-        cause = unreachable.root_cause(exc)
-        return DockerUnavailable(f"cannot reach Docker: {unreachable.reason(cause) or exc}", cause)
-    return ApiError(f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, json.JSONDecodeError):
+        return ApiError(f"Docker's answer is not JSON: {exc}")
+    cause = unreachable.root_cause(exc)
+    return DockerUnavailable(f"cannot reach Docker: {unreachable.reason(cause) or exc}", cause)
 
 
 async def _list_json(d: aiodocker.Docker, path: str, params: Mapping[str, str]) -> list[Any]:
@@ -246,9 +265,7 @@ class DockerSource:
         async def run() -> T:
             try:
                 return await asyncio.wait_for(fn(docker), deadline)
-            except BaseException as exc:
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
+            except DOCKER_ERRORS as exc:
                 raise _translate(exc) from exc
 
         return await await_future(self._thread.submit(run()))
@@ -263,7 +280,7 @@ class DockerSource:
         async def run() -> T:
             try:
                 return await asyncio.wait_for(fn(docker), self.timeout)
-            except Exception as exc:
+            except DOCKER_ERRORS as exc:
                 raise _translate(exc) from exc
 
         try:
@@ -358,10 +375,10 @@ class DockerSource:
         async def run() -> None:
             try:
                 await produce()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
+            except DOCKER_ERRORS as exc:
                 out.finish(_translate(exc))
+            except Exception as exc:  # the sink's own (a full spool) or a bug: as it is
+                out.finish(exc)
             else:
                 out.finish(None)
             finally:
@@ -491,9 +508,7 @@ class DockerSource:
                     finally:
                         resp.close()  # cancelled unread: close, as aiodocker does not
                 return int(answer["StatusCode"])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
+            except DOCKER_ERRORS as exc:
                 raise _translate(exc) from exc
 
         return self._thread.submit(run())
@@ -551,13 +566,13 @@ class DockerSource:
                 token.run_sync_soon(out.put, item)
 
         async def run() -> None:
-            error: DockerProblem | None = None
+            error: Exception | None = None
             try:
                 await produce(docker, emit)
-            except asyncio.CancelledError:
-                raise
-            except BaseException as exc:
+            except DOCKER_ERRORS as exc:
                 error = _translate(exc)
+            except Exception as exc:  # a bug: its reader raises it as it is
+                error = exc
             with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(out.finish, error)
 

@@ -36,7 +36,7 @@ from .container_fs import ArchiveError, FileReader, NotThere, PathError
 from .control import BadCommand, Refusals, parse_command
 from .docker_source import BadRequest, Conflict, DockerProblem, DockerSource, NotFound
 from .inodes import NS, ROOT_INODE, Changes, InodeTable, Kind, Node, owner_dir
-from .logstream import LogSpool, LogSpools, TooManyLogs
+from .logstream import LogSpool, LogSpools, SpoolError, TooManyLogs
 from .swarm_cache import SwarmCache
 from .tree import LIVE, NAME_MAX, Special
 from .views import render_stats, render_top, render_wait
@@ -110,7 +110,7 @@ def _guard(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any
         except PathError as exc:  # ENOENT under root/ and the like: answers, not faults
             log.debug("%s: %s", fn.__name__, exc)
             raise pyfuse3.FUSEError(exc.errno) from None
-        except (DockerProblem, BadCommand, ArchiveError) as exc:
+        except (DockerProblem, BadCommand, ArchiveError, SpoolError) as exc:
             log.warning("%s: %s", fn.__name__, exc)
             raise pyfuse3.FUSEError(errno_for(exc)) from None
         except Exception:

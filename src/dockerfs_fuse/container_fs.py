@@ -628,11 +628,15 @@ class ContainerFiles:
         shared = self._claimable(cid, path)
         if shared is not None:
             shared.claimed.add(path)
-            with contextlib.suppress(Exception):  # whatever went wrong there, ask ourselves
+            try:
                 await self._wait(shared, lambda: shared.done)
                 entries = shared.listing(path)
                 if entries is not None:
                     return entries
+            except Exception as exc:  # whatever went wrong there, ask ourselves
+                log.debug(
+                    "%s: %s: a shared snapshot failed (%r); asking alone", cid[:12], path, exc
+                )
         # No snapshot had it, or that one failed, was cut short, or did not
         # hold the path (new since it was taken): a snapshot of its own.
         spool = await self._snapshot(cid, path, Kind.LISTING)
@@ -732,11 +736,15 @@ class ContainerFiles:
         in_a_row = self._alone_count(cid, path)
         try:
             if 0 <= size_hint <= WALK_FILE_MAX and in_a_row >= 2:
-                with contextlib.suppress(Exception):  # the file by itself, then
+                try:
                     await self.listing(cid, posixpath.dirname(path))
                     reader = self.open_now(cid, path)
                     if reader is not None:
                         return reader
+                except Exception as exc:  # the file by itself, then
+                    log.debug(
+                        "%s: %s: its directory failed (%r); asking alone", cid[:12], path, exc
+                    )
             return await self._open_alone(cid, path)
         finally:
             self._fetched_alone(cid, path, in_a_row)

@@ -78,6 +78,9 @@ FALLBACK_TIMEOUT = 1.0
 RECONNECT_MAX = 1.0
 # A lookup miss of a name asks the engine at most this often.
 MISS_REFRESH_INTERVAL = 1.0
+# Missed names remembered for that; beyond, all are forgotten at once (a scan
+# of that many names within an interval costs one more request per name).
+MISSES_KEPT = 1024
 # Containers re-read by one filtered request (their IDs go in its URL).
 IDS_PER_REQUEST = 100
 # When to re-read a container after its events (seconds after, cumulative).
@@ -373,7 +376,7 @@ class EngineCache:
         now = time.monotonic()
         if now - self._misses.get(name, -math.inf) < MISS_REFRESH_INTERVAL:
             return None
-        if len(self._misses) > 1024:
+        if len(self._misses) > MISSES_KEPT:
             self._misses.clear()
         self._misses[name] = now
         try:

@@ -93,6 +93,9 @@ PROBE_BODY_MAX = 64 << 10
 INDEX_MAX = 100_000
 # A snapshot unused this long (seconds) serves no more; nor one this old.
 WALK_IDLE = 1.0
+# Directories whose last lone fetch is remembered (to see a walk); beyond, all
+# are forgotten at once, and a walk under way starts counting again.
+WALK_DIRS_KEPT = 1024
 MAX_AGE = 600.0
 SNAPSHOTS_PER_CONTAINER = 4
 # Archive requests in flight at once (each holds one of aiohttp's connections
@@ -774,7 +777,7 @@ class ContainerFiles:
         return last[1] + (last[0] != path)
 
     def _fetched_alone(self, cid: str, path: str, in_a_row: int) -> None:
-        if len(self._alone) > 1024:
+        if len(self._alone) > WALK_DIRS_KEPT:
             self._alone.clear()
         self._alone[(cid, posixpath.dirname(path))] = (path, in_a_row, self._clock())
 

@@ -78,8 +78,15 @@ ROOT_PAGED_MIN = 1 << 20
 STATS_XATTR = b"user.dockerfs.stats"
 # readdir offsets start above 2: NFS re-exports treat 1 and 2 specially.
 _OFFSET_BASE = 3
-# Kernel caching: a listing's offsets carry its snapshot number above this bit.
+# Kernel caching: a listing's offsets carry its snapshot number above this bit,
+# in 31 bits, so that an offset stays a positive signed 64-bit off_t.
 _SNAPSHOT_SHIFT = 32
+_SNAPSHOT_MASK = (1 << 31) - 1
+# The block size stat and statfs report: a page.
+BLOCK_SIZE = 4096
+# Directories under root/ whose last asker is remembered (_note_asker); beyond,
+# all are forgotten at once, and such a listing waits on with no signal to end it.
+ROOT_ASKERS_KEPT = 4096
 _SNAPSHOTS_KEPT = 256
 
 
@@ -466,7 +473,7 @@ class DockerFS(pyfuse3.Operations):
             # Changes with every refused write, and nothing invalidates it.
             a.st_size = len(self._refusal_text(node))
             a.attr_timeout = 0
-        a.st_blksize = 4096
+        a.st_blksize = BLOCK_SIZE
         a.st_blocks = (a.st_size + 511) // 512
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = node.mtime_ns
         if node.inode == ROOT_INODE or node.inode in self.caches or node.inode in self._swarm_lists:
@@ -493,7 +500,7 @@ class DockerFS(pyfuse3.Operations):
         a.st_gid = e.gid
         a.st_rdev = e.rdev
         a.st_size = e.size
-        a.st_blksize = 4096
+        a.st_blksize = BLOCK_SIZE
         a.st_blocks = (e.size + 511) // 512
         # The mtime carries, below the second, the count of listings that
         # makes the kernel drop a cached one (_list_for_kernel). ctime stays
@@ -732,7 +739,7 @@ class DockerFS(pyfuse3.Operations):
         kernel stats a directory before reading it from the start), so that
         its signal can end a long wait."""
         if self.kernel_cache and node.is_dir and _in_root(node):
-            if len(self._root_askers) > 4096:
+            if len(self._root_askers) > ROOT_ASKERS_KEPT:
                 self._root_askers.clear()
             self._root_askers[node.inode] = ctx.pid
 
@@ -849,7 +856,7 @@ class DockerFS(pyfuse3.Operations):
                 _invalidate_inodes([inode], False)
             else:
                 entries = [(name, child.inode) for name, child in self.table.listed(node)]
-            snapshot = hash(tuple(entries)) & 0x7FFF_FFFF
+            snapshot = hash(tuple(entries)) & _SNAPSHOT_MASK
             self._listings.pop((inode, snapshot), None)
             self._listings[inode, snapshot] = entries
             if len(self._listings) > _SNAPSHOTS_KEPT:
@@ -1108,9 +1115,9 @@ class DockerFS(pyfuse3.Operations):
     @_guard
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         s = pyfuse3.StatvfsData()
-        s.f_bsize = s.f_frsize = 4096
+        s.f_bsize = s.f_frsize = BLOCK_SIZE
         s.f_files = len(self.table)
-        s.f_namemax = 255
+        s.f_namemax = NAME_MAX
         return s
 
     # -- everything that would change the tree ------------------------------------------

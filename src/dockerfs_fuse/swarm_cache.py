@@ -38,6 +38,7 @@ from .cache import (
     FALLBACK_TIMEOUT,
     MAX_LOG_SPOOLS,
     MISS_REFRESH_INTERVAL,
+    MISSES_KEPT,
     RECONNECT_MAX,
     _Refresher,
 )
@@ -166,7 +167,7 @@ class SwarmCache:
         now = time.monotonic()
         if now - self._misses.get((kind, name), -math.inf) < MISS_REFRESH_INTERVAL:
             return None
-        if len(self._misses) > 1024:
+        if len(self._misses) > MISSES_KEPT:
             self._misses.clear()
         self._misses[kind, name] = now
         try:

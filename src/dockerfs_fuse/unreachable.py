@@ -15,13 +15,18 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import socket
+import ssl
 import stat
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 # The ports the docker CLI assumes when a URL gives none.
 DEFAULT_PORTS = {"ssh": 22, "tcp": 2375}
+# OpenSSL's wording without its library tag and source line:
+# "[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate required (_ssl.c:2580)".
+SSL_NOISE = re.compile(r"^\[[^]]*\]\s*|\s*\(_ssl\.c:\d+\)$")
 # What to try when nothing answers on the default socket or the one given.
 NO_DAEMON_HINT = "is dockerd running? set -H or DOCKER_HOST"
 
@@ -101,11 +106,20 @@ def reason(cause: BaseException | None) -> str | None:
         return "no answer"
     if isinstance(cause, socket.gaierror):
         return "unknown host"
+    if isinstance(cause, ssl.SSLError):
+        # Its errno is OpenSSL's code (1 is SSL_ERROR_SSL), not an OS errno.
+        return f"TLS: {tls_words(cause)}"
     if isinstance(cause, OSError) and cause.errno is not None:
         if cause.errno == errno.ENOENT:
             return "no such socket"
         return _os_words(cause.errno)
     return None
+
+
+def tls_words(exc: ssl.SSLError) -> str:
+    """What OpenSSL said, as a phrase: "tlsv13 alert certificate required"."""
+    text = getattr(exc, "verify_message", None) or exc.strerror or exc.reason or str(exc)
+    return SSL_NOISE.sub("", str(text)) or str(exc)
 
 
 def _os_words(code: int) -> str:
@@ -127,6 +141,11 @@ def explain(url: str, cause: BaseException | None) -> str | None:
         return (
             f"ssh login to {where.address} refused: no key of yours is accepted there "
             "(ssh must log in with a key, the agent or ~/.ssh/config)"
+        )
+    if isinstance(cause, ssl.SSLError):
+        return (
+            f"TLS with {where.address} failed: {tls_words(cause)} "
+            "(the certificates come from DOCKER_CERT_PATH, or the context's TLS files)"
         )
     code = cause.errno if isinstance(cause, OSError) else None
     if isinstance(cause, socket.gaierror):

@@ -759,7 +759,7 @@ def test_ping_says_one_line_and_fails_with_no_engine(tmp_path: Path) -> None:
 def test_ping_passes_with_an_engine(engine: Engine, tmp_path: Path) -> None:
     res = ping(env=clean_env(DOCKER_HOST=engine.host, HOME=str(tmp_path)))
     assert (res.returncode, res.stderr) == (0, ""), res.stderr
-    assert re.fullmatch(rf"default: Docker \S+ at {re.escape(engine.host)}\n", res.stdout)
+    assert re.fullmatch(rf"local: Docker \S+ at {re.escape(engine.host)}\n", res.stdout)
 
 
 def test_ping_checks_every_engine_it_is_given(engine: Engine, tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ MOUNTPOINT ?= $(HOME)/n/dockerfs
 SWARM_MOUNTPOINT ?= $(HOME)/n/swarm
 STAMP  := $(VENV)/.installed
 LOCK   := requirements.lock
+# The demos are the tests' harness (tests/support), run from the checkout; not in the wheel.
+HARNESS := PYTHONPATH=$(CURDIR)/tests $(BIN)/python -m
 # Exact versions and hashes of every Python package, from the lock (scripts/lock writes
 # it); then pyfuse3 and the project itself, built with the locked tools.
 define install_locked # VENV
@@ -43,24 +45,26 @@ deps-9p: $(STAMP)
 ## answering, the demo's private one (which needs docker.io, installed then, and root)
 run: deps
 	@mkdir -p $(MOUNTPOINT) 2>/dev/null || true  # a dead mount is dockerfs-fuse's to explain
-	@if $(BIN)/python -m dockerfs_fuse.demo --check-engine; then \
+	@if $(BIN)/dockerfs-fuse --ping >/dev/null; then \
 	  $(BIN)/dockerfs-fuse $(MOUNTPOINT) && \
 	  echo "mounted at $(MOUNTPOINT); unmount with: fusermount3 -u $(MOUNTPOINT)"; \
 	else \
+	  echo "no Docker engine answers: mounting a private one with sample containers" \
+	    "instead, as make demo does" >&2; \
 	  ./scripts/install-system-deps --with-docker && \
-	  $(BIN)/python -m dockerfs_fuse.demo $(MOUNTPOINT); \
+	  $(HARNESS) support.demo $(MOUNTPOINT); \
 	fi
 
 ## make demo: a private dockerd with sample containers, mounted at ~/n/dockerfs
 demo: deps-docker
 	@mkdir -p $(MOUNTPOINT) 2>/dev/null || true
-	$(BIN)/python -m dockerfs_fuse.demo $(MOUNTPOINT)
+	$(HARNESS) support.demo $(MOUNTPOINT)
 
 ## make demo-swarm: a private 3-node Docker Swarm (network namespaces on this host), its
 ## cluster mounted with --swarm at ~/n/swarm (services/, nodes/, tasks/)
 demo-swarm: deps-docker
 	mkdir -p $(SWARM_MOUNTPOINT)
-	$(BIN)/python -m dockerfs_fuse.demo_swarm $(SWARM_MOUNTPOINT)
+	$(HARNESS) support.demo_swarm $(SWARM_MOUNTPOINT)
 
 ## make test: unit, integration (private dockerd, real mount) and interop tests;
 ## then the mount tests again as on stock pyfuse3, without kernel caching

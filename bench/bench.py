@@ -35,9 +35,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from dockerfs_fuse import kernel_cache, mount_process
-from dockerfs_fuse.mount_process import MountProcess
-from dockerfs_fuse.private_dockerd import IMAGE, PrivateDockerd
+from dockerfs_fuse import kernel_cache
+
+# The harness (private dockerd, dockerfs-fuse as a child) is the checkout's tests/support.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support import mount_process
+from support.mount_process import MountProcess
+from support.private_dockerd import IMAGE, PrivateDockerd
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results"
@@ -696,7 +700,7 @@ def inside_image_tar(path: Path, files: int, big_mb: int) -> int:
     import io
     import tarfile
 
-    from dockerfs_fuse.private_dockerd import busybox_binary
+    from support.private_dockerd import busybox_binary
 
     total = 0
     block = os.urandom(1 << 20)

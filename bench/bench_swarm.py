@@ -27,8 +27,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dockerfs_fuse.mount_process import MountProcess, start_mount, stop_mount
-from dockerfs_fuse.private_swarm import PrivateSwarm
+# The harness (private swarm, dockerfs-fuse as a child) is the checkout's tests/support.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support.mount_process import MountProcess, start_mount, stop_mount
+from support.private_swarm import PrivateSwarm
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 TARGET = 0.5

@@ -27,16 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from dockerfs_fuse.mount_process import (
+from support.mount_process import (
     MountFailed,
     MountProcess,
     dockerfs_command,
     stop_mount,
     wait_for_mount,
 )
-from dockerfs_fuse.mount_process import start_mount as _start_mount
-from dockerfs_fuse.private_dockerd import IMAGE, DockerdError, PrivateDockerd
+from support.mount_process import start_mount as _start_mount
+from support.private_dockerd import IMAGE, DockerdError, PrivateDockerd
 
 __all__ = ["dockerfs_command", "stop_mount", "wait_for_mount"]
 
@@ -337,7 +336,7 @@ def ctl_errno(m: Mount, name: str, command: str) -> int:
 # -- more engines: a Podman service, TLS on TCP, ssh (issue 9) -------------------------
 
 # Imported here, with these fixtures, so that the top of this file stays as it was.
-from dockerfs_fuse.private_engines import PrivatePodman, PrivateSshd, TLSDockerd  # noqa: E402
+from support.private_engines import PrivatePodman, PrivateSshd, TLSDockerd  # noqa: E402
 
 
 def _session(daemon: Any, what: str, image: bool = True) -> Iterator[Any]:
@@ -412,7 +411,7 @@ def swarm_session() -> Iterator[Any]:
     Each node is a private dockerd in a network namespace of its own (see
     private_swarm); needs root, docker.io, busybox-static, iproute2 and util-linux.
     """
-    from dockerfs_fuse.private_swarm import PrivateSwarm
+    from support.private_swarm import PrivateSwarm
 
     require(os.geteuid() == 0, "the private swarm needs root")
     for tool, package in (

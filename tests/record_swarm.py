@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dockerfs_fuse.private_swarm import PrivateSwarm
+from support.private_swarm import PrivateSwarm
 
 
 class _Unix(http.client.HTTPConnection):

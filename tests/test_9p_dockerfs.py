@@ -50,8 +50,7 @@ from qemu9p import (
     sections,
     split_variants,
 )
-
-from dockerfs_fuse.private_dockerd import PrivateDockerd
+from support.private_dockerd import PrivateDockerd
 
 pytestmark = [pytest.mark.docker, pytest.mark.fuse, pytest.mark.qemu]
 

@@ -31,8 +31,7 @@ from typing import IO, Any
 
 import pytest
 from conftest import Engine, Mount, eventually
-
-from dockerfs_fuse.private_dockerd import BUSYBOX_APPLETS, PrivateDockerd, busybox_binary
+from support.private_dockerd import BUSYBOX_APPLETS, PrivateDockerd, busybox_binary
 
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 

@@ -503,7 +503,7 @@ def test_precedence_agrees_with_the_docker_cli(
 def test_context_made_by_the_docker_cli_with_tls(env: dict[str, str], home: Path) -> None:
     """The store layout (sha256 directories, TLS files) as the CLI itself writes it."""
     require(shutil.which("openssl") is not None, "openssl missing")
-    from dockerfs_fuse.private_engines import make_tls_material
+    from support.private_engines import make_tls_material
 
     m = make_tls_material(home / "tls")
     c = m.client_dir

@@ -27,9 +27,8 @@ from conftest import (
     wait_for_mount,
     wait_for_start_line,
 )
+from support.private_engines import PrivateSshd, TLSDockerd
 from test_mount import expected_files, tree_files
-
-from dockerfs_fuse.private_engines import PrivateSshd, TLSDockerd
 
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 

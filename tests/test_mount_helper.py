@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 from conftest import Engine, dockerfs_command, eventually, require, require_fuse
+from support.private_dockerd import IMAGE
 
 from dockerfs_fuse import cli, options
 from dockerfs_fuse.ninep import cli as ninep_cli
-from dockerfs_fuse.private_dockerd import IMAGE
 
 ROOT = Path(__file__).resolve().parent.parent
 

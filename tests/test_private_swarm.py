@@ -11,8 +11,8 @@ import sys
 
 import pytest
 from conftest import require
-
-from dockerfs_fuse.private_swarm import NETNS_DIR, PrivateSwarm
+from support import ROOT
+from support.private_swarm import NETNS_DIR, PrivateSwarm
 
 pytestmark = pytest.mark.docker
 
@@ -39,7 +39,8 @@ def test_private_swarm_stays_out_of_the_host_network_and_stops_from_its_saved_st
         procs = [n.proc for n in swarm.nodes]
         state = swarm.save()
         res = subprocess.run(
-            [sys.executable, "-m", "dockerfs_fuse.demo_swarm", "--stop", str(swarm.base)],
+            [sys.executable, "-m", "support.demo_swarm", "--stop", str(swarm.base)],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},  # as the printed instructions say
             capture_output=True,
             text=True,
             timeout=120,

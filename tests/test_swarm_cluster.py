@@ -12,10 +12,10 @@ from typing import Any, TypeVar
 
 import pytest
 import trio
+from support.private_swarm import IMAGE, NetnsDockerd, PrivateSwarm
 
 from dockerfs_fuse import docker_swarm as api
 from dockerfs_fuse.docker_source import Conflict, DockerSource, NotFound
-from dockerfs_fuse.private_swarm import IMAGE, NetnsDockerd, PrivateSwarm
 from dockerfs_fuse.swarm_control import (
     BadCommand,
     parse_node_command,

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-
-from dockerfs_fuse.private_swarm import IMAGE, PrivateSwarm
+from support.private_swarm import IMAGE, PrivateSwarm
 
 pytestmark = pytest.mark.docker
 

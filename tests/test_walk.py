@@ -37,8 +37,7 @@ from conftest import (
     state,
     stop_mount,
 )
-
-from dockerfs_fuse.private_dockerd import IMAGE, PrivateDockerd
+from support.private_dockerd import IMAGE, PrivateDockerd
 
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 

@@ -20,7 +20,14 @@ from . import __version__, endpoints, library_warnings, options
 
 library_warnings.route_to_log()  # before .mount imports aiodocker and its dependencies
 
-from .mount import FD_MOUNTPOINT, MountConfig, MountError, check_config, mount  # noqa: E402
+from .mount import (  # noqa: E402
+    FD_MOUNTPOINT,
+    MountConfig,
+    MountError,
+    check_config,
+    mount,
+    ping_engines,
+)
 from .usage import OneLineParser  # noqa: E402
 
 PROG = "dockerfs-fuse"
@@ -53,6 +60,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "mountpoint",
         metavar="MOUNTPOINT",
+        nargs="?",  # for argparse only, so that --ping can go without it (parse_args)
         help="an empty directory (or /dev/fd/N: a /dev/fuse descriptor already mounted, "
         "as mount.fuse3 -o drop_privileges passes)",
     )
@@ -120,7 +128,15 @@ def parser() -> argparse.ArgumentParser:
         help="where a detached daemon logs (default: syslog, else "
         "$XDG_STATE_HOME/dockerfs-fuse/dockerfs-fuse.log)",
     )
+    p.add_argument(
+        "--ping",
+        action="store_true",
+        help="only check that the engines of -H/--context (or the docker CLI's) answer: "
+        "exit 0, or print why not in one line and exit 1; no MOUNTPOINT",
+    )
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    # The synopsis shows MOUNTPOINT as what it is without --ping: required.
+    p.usage = p.format_usage().removeprefix("usage: ").replace("[MOUNTPOINT]", "MOUNTPOINT")
     return p
 
 
@@ -138,6 +154,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line with SOURCE and the -o options folded into the long options."""
     p = parser()
     args = p.parse_intermixed_args(argv)
+    if args.ping:
+        if args.mountpoint is not None or args.source is not None:
+            p.error("--ping takes no SOURCE or MOUNTPOINT: name the engine with -H or --context")
+    elif args.mountpoint is None:
+        if args.source is None:
+            p.error("the following arguments are required: MOUNTPOINT")
+        args.source, args.mountpoint = None, args.source  # the one positional is MOUNTPOINT
     if args.source is not None and not could_be_source(args.source):
         # `-H URL MNT extra`: two positionals are SOURCE MOUNTPOINT, and a path is no SOURCE.
         p.error(
@@ -246,9 +269,24 @@ def config_from(args: argparse.Namespace) -> MountConfig:
     )
 
 
+def ping(args: argparse.Namespace) -> int:
+    """`--ping`: whether `dockerfs-fuse -H ... MOUNTPOINT` would find its engines
+    answering; what `make run` asks before choosing the demo's private engine."""
+    try:
+        found = endpoints.resolve(args.host, args.context, os.environ)
+        for note in ping_engines(found):
+            print(note)
+    except (endpoints.EndpointError, MountError) as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.debug)
+    if args.ping:
+        return ping(args)
     try:
         config = config_from(args)
         check_config(config)  # every argument, before Docker is asked or anything is mounted

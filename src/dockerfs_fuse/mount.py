@@ -410,19 +410,14 @@ def prepare(config: MountConfig) -> tuple[list[DockerSource], DockerFS, list[str
     engine that does not answer is only logged: its directory answers EIO
     until it does, and the others serve meanwhile.
     """
-    targets: list[Endpoint | None] = list(config.endpoints) or [None]
-    sources: list[DockerSource] = []
+    sources = _started_sources(config.endpoints)
     try:
-        for target in targets:
-            source = DockerSource(target)
-            sources.append(source)
-            source.start()
         for source in sources:
             _ping(source, len(sources) > 1)
-    except (DockerProblem, MountError) as exc:
+    except MountError:
         for source in sources:
             source.close()
-        raise MountError(str(exc)) from None
+        raise
     caching = kernel_cache.detect()
     notes = [_ping(source, len(sources) > 1) for source in sources]
     notes.append(f"kernel caching of listings and pages {caching.why}")
@@ -431,6 +426,38 @@ def prepare(config: MountConfig) -> tuple[list[DockerSource], DockerFS, list[str
         engines, show_all=config.show_all, kernel_cache=caching.enabled, swarm=config.swarm
     )
     return sources, fs, notes
+
+
+def ping_engines(endpoints: list[Endpoint]) -> list[str]:
+    """`dockerfs-fuse --ping`: one line per engine that answers (the line a mount
+    logs), or a MountError for the first that does not; nothing is mounted.
+
+    Each engine must answer, unlike a mount of several: a script asking
+    whether it can mount wants to hear about any engine that would answer EIO.
+    """
+    sources = _started_sources(endpoints)
+    try:
+        return [_ping(source, several=False) for source in sources]
+    finally:
+        for source in sources:
+            source.close()
+
+
+def _started_sources(endpoints: list[Endpoint]) -> list[DockerSource]:
+    """A started DockerSource per endpoint (the docker CLI's engine when none is
+    given); a bad endpoint (TLS material, an ssh set-up) is a MountError."""
+    targets: list[Endpoint | None] = list(endpoints) or [None]
+    sources: list[DockerSource] = []
+    try:
+        for target in targets:
+            source = DockerSource(target)
+            sources.append(source)
+            source.start()
+    except DockerProblem as exc:
+        for source in sources:
+            source.close()
+        raise MountError(str(exc)) from None
+    return sources
 
 
 def _ping(source: DockerSource, several: bool) -> str:

@@ -1,9 +1,10 @@
 """`make demo-swarm`: a private three-node Docker Swarm to try, and its teardown.
 
-`python -m dockerfs_fuse.demo_swarm MOUNTPOINT` starts the cluster (see
-private_swarm) with two sample services and mounts its view through the
-manager engine (`dockerfs-fuse --swarm`);
-`python -m dockerfs_fuse.demo_swarm --stop DIR` tears a cluster down again,
+`python -m support.demo_swarm MOUNTPOINT` (with the checkout's tests/ on
+PYTHONPATH, as the Makefile runs it) starts the cluster (see private_swarm)
+with two sample services and mounts its view through the manager engine
+(`dockerfs-fuse --swarm`);
+`python -m support.demo_swarm --stop DIR` tears a cluster down again,
 by the PIDs and namespaces it saved in DIR. Needs root (dockerd does).
 """
 
@@ -13,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from . import ROOT
 from .private_swarm import DockerdError, PrivateSwarm
 
 NODES = 3
@@ -53,7 +55,8 @@ mounted the cluster (services/, nodes/, tasks/) at {mountpoint}; try:
   echo scale 6 > {mountpoint}/services/web/ctl; echo drain > {mountpoint}/nodes/node2/ctl
   DOCKER_HOST={m.host} docker service ps web     # the cluster, with the docker CLI
 stop both (the mount, then the cluster, its namespaces and files):
-  fusermount3 -u {mountpoint}; {sys.executable} -m dockerfs_fuse.demo_swarm --stop {swarm.base}
+  fusermount3 -u {mountpoint}; PYTHONPATH={ROOT} {sys.executable} -m support.demo_swarm --stop \\
+    {swarm.base}
 """
     )
     return 0
@@ -76,7 +79,7 @@ def main(argv: list[str]) -> int:
     if len(argv) == 2 and argv[0] == "--stop":
         return stop(argv[1])
     print(
-        "usage: python -m dockerfs_fuse.demo_swarm MOUNTPOINT | --stop DIR",
+        "usage: python -m support.demo_swarm MOUNTPOINT | --stop DIR",
         file=sys.stderr,
     )
     return 2

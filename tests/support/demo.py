@@ -1,12 +1,10 @@
 """`make demo`, and `make run` with no engine: dockerfs-fuse over a private Docker engine.
 
-`python -m dockerfs_fuse.demo MOUNTPOINT` starts the tests' private dockerd
-with a few sample containers, mounts it, and prints how to stop both. Needs
-root (dockerd does).
-
-`python -m dockerfs_fuse.demo --check-engine` is how `make run` chooses:
-exit 0 when the engine dockerfs-fuse would use answers; otherwise one line
-saying why, that the demo engine is used instead, and exit 1.
+`python -m support.demo MOUNTPOINT` (with the checkout's tests/ on PYTHONPATH,
+as the Makefile runs it) starts the tests' private dockerd with a few sample
+containers, mounts it, and prints how to stop both. Needs root (dockerd does).
+`make run` asks `dockerfs-fuse --ping` first, and comes here only when no
+engine answers.
 """
 
 from __future__ import annotations
@@ -15,38 +13,9 @@ import os
 import subprocess
 import sys
 
-from .docker_source import DockerProblem, DockerSource
-from .mount import MountConfig, MountError, check_config
+from dockerfs_fuse.mount import MountConfig, MountError, check_config
+
 from .private_dockerd import IMAGE, DockerdError, PrivateDockerd
-
-
-def engine_problem() -> str | None:
-    """Why the engine dockerfs-fuse would use with no -H (the docker CLI's:
-    DOCKER_HOST, the context, /var/run/docker.sock) does not answer; None when it does."""
-    try:
-        source = DockerSource()
-    except DockerProblem as exc:  # an endpoint that does not even parse
-        return str(exc)
-    try:
-        source.start()
-        source.ping()
-    except (DockerProblem, OSError, ValueError) as exc:
-        return " ".join(str(exc).split()) or type(exc).__name__
-    finally:
-        source.close()
-    return None
-
-
-def check_engine() -> int:
-    problem = engine_problem()
-    if problem is None:
-        return 0
-    print(
-        f"no Docker engine answers ({problem}): "
-        "mounting a private one with sample containers instead, as `make demo` does",
-        file=sys.stderr,
-    )
-    return 1
 
 
 def demo(mountpoint: str) -> int:
@@ -89,10 +58,8 @@ stop both (the mount, then the private dockerd, then its files):
 
 
 def main(argv: list[str]) -> int:
-    if argv == ["--check-engine"]:
-        return check_engine()
     if len(argv) != 1 or argv[0].startswith("-"):
-        print("usage: python -m dockerfs_fuse.demo MOUNTPOINT | --check-engine", file=sys.stderr)
+        print("usage: python -m support.demo MOUNTPOINT", file=sys.stderr)
         return 2
     return demo(argv[0])
 

@@ -34,6 +34,7 @@ _BENCH = _bench_module()
 OPS: tuple[str, ...] = _BENCH.OPS
 INSIDE_OPS: tuple[str, ...] = _BENCH.INSIDE_OPS
 WARM_WALK_OPS: tuple[str, ...] = _BENCH.WARM_WALK_OPS
+BENCH_BOUND = 240  # seconds; 45 s on an idle machine, 60-90 s under load
 COUNTED = ("ls_cold", "ls_warm", "ls_8_concurrent", "find_first", "find_warm", "grep_first")
 
 
@@ -47,7 +48,9 @@ def test_bench_quick_run_writes_complete_figures(tmp_path: Path) -> None:
         [sys.executable, str(BENCH), "--quick", "--sizes", "10", "--runs", "1", "--out", str(out)],
         capture_output=True,
         text=True,
-        timeout=60,
+        # A bound on a hang, not a timing claim: the bench waits for a settled
+        # machine (bench/README.md), which a busy test run can take a while to be.
+        timeout=BENCH_BOUND,
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "## Targets (issue 5)" in res.stdout

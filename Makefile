@@ -16,7 +16,7 @@ define install_locked # VENV
 endef
 # Run a second time as on stock pyfuse3 (DOCKERFS_STOCK_PYFUSE3=1).
 STOCK_TESTS := tests/test_mount.py tests/test_control.py tests/test_reliability.py \
-	tests/test_kernel_cache.py tests/test_container_fs.py
+	tests/test_kernel_cache.py tests/test_container_fs.py tests/test_walk.py
 
 PREFIX ?= /usr/local
 DESTDIR ?=

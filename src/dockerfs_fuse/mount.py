@@ -412,14 +412,13 @@ def prepare(config: MountConfig) -> tuple[list[DockerSource], DockerFS, list[str
     """
     sources = _started_sources(config.endpoints)
     try:
-        for source in sources:
-            _ping(source, len(sources) > 1)
+        # Once each: a dead engine costs one deadline and one warning.
+        notes = [_ping(source, len(sources) > 1) for source in sources]
     except MountError:
         for source in sources:
             source.close()
         raise
     caching = kernel_cache.detect()
-    notes = [_ping(source, len(sources) > 1) for source in sources]
     notes.append(f"kernel caching of listings and pages {caching.why}")
     engines = {source.target.name: source for source in sources}
     fs = DockerFS(

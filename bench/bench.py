@@ -35,7 +35,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from dockerfs_fuse import kernel_cache
+from dockerfs_fuse.fuse import kernel_cache
 
 # The harness (private dockerd, dockerfs-fuse as a child) is the checkout's tests/support.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))

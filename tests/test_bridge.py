@@ -8,7 +8,7 @@ import math
 import pytest
 import trio
 
-from dockerfs_fuse.bridge import AsyncioThread, Stream, TooSlow, await_future
+from dockerfs_fuse.docker.bridge import AsyncioThread, Stream, TooSlow, await_future
 
 
 def test_a_coroutine_on_the_asyncio_thread_is_awaited_from_trio() -> None:

@@ -16,21 +16,21 @@ import pytest
 import trio
 import trio.testing
 
-from dockerfs_fuse import operations
-from dockerfs_fuse.cache import (
+from dockerfs_fuse.docker.source import LISTED_STATES, DockerUnavailable
+from dockerfs_fuse.engine.containers import (
     ATTR_TIMEOUT_ENV,
     DEFAULT_ATTR_TIMEOUT,
     EVENT_REREAD_DELAYS,
     EngineCache,
     attr_timeout_from,
 )
-from dockerfs_fuse.container_fs import ArchiveWriter
-from dockerfs_fuse.control import Command
-from dockerfs_fuse.docker_source import LISTED_STATES, DockerUnavailable
-from dockerfs_fuse.inodes import Changes, InodeTable, Kind, Node
-from dockerfs_fuse.logstream import Cancellable, LogWriter
-from dockerfs_fuse.operations import INVALIDATION_QUEUE, DockerFS
-from dockerfs_fuse.tree import Container
+from dockerfs_fuse.engine.files import ArchiveWriter
+from dockerfs_fuse.engine.logs import Cancellable, LogWriter
+from dockerfs_fuse.fuse import operations
+from dockerfs_fuse.fuse.operations import INVALIDATION_QUEUE, DockerFS
+from dockerfs_fuse.model.containers import Container
+from dockerfs_fuse.model.ctl import Command
+from dockerfs_fuse.model.inodes import Changes, InodeTable, Kind, Node
 
 
 def cid(n: int) -> str:

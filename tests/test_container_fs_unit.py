@@ -20,8 +20,9 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from dockerfs_fuse import container_fs
-from dockerfs_fuse.container_fs import (
+from dockerfs_fuse.docker.source import ApiError, NotFound
+from dockerfs_fuse.engine import files as container_fs
+from dockerfs_fuse.engine.files import (
     ArchiveWriter,
     ContainerFiles,
     Kind,
@@ -32,9 +33,8 @@ from dockerfs_fuse.container_fs import (
     contained_target,
     member_path,
 )
-from dockerfs_fuse.docker_source import ApiError, NotFound
-from dockerfs_fuse.tarstream import Member, TarError, TarReader
-from dockerfs_fuse.views import render_stats, render_top, render_wait, tabwriter
+from dockerfs_fuse.model.render import render_stats, render_top, render_wait, tabwriter
+from dockerfs_fuse.model.tar import Member, TarError, TarReader
 
 # -- the tar reader ---------------------------------------------------------------------
 

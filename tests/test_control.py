@@ -31,7 +31,7 @@ from conftest import (
     stop_mount,
 )
 
-from dockerfs_fuse.cache import ATTR_TIMEOUT_ENV
+from dockerfs_fuse.engine.containers import ATTR_TIMEOUT_ENV
 
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 

@@ -10,8 +10,7 @@ import aiodocker
 import pytest
 import trio
 
-from dockerfs_fuse.control import MAX_COMMAND_BYTES, BadCommand, Command, parse_command
-from dockerfs_fuse.docker_source import (
+from dockerfs_fuse.docker.source import (
     ApiError,
     BadRequest,
     Conflict,
@@ -21,7 +20,8 @@ from dockerfs_fuse.docker_source import (
     NotFound,
     _translate,
 )
-from dockerfs_fuse.logstream import MAX_FRAME
+from dockerfs_fuse.engine.logs import MAX_FRAME
+from dockerfs_fuse.model.ctl import MAX_COMMAND_BYTES, BadCommand, Command, parse_command
 
 
 @pytest.mark.parametrize(

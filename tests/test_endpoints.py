@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import require
 
-from dockerfs_fuse.endpoints import (
+from dockerfs_fuse.docker.endpoints import (
     DEFAULT_HOST,
     DEFAULT_TLS_HOST,
     TLS,

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dockerfs_fuse.inodes import ROOT_INODE, InodeTable, Kind, Node
+from dockerfs_fuse.model.inodes import ROOT_INODE, InodeTable, Kind, Node
 
 RECORDED: list[dict[str, Any]] = json.loads(
     (Path(__file__).parent / "data" / "containers-all.json").read_text()

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 from conftest import IN_CI, Engine, Mount, require
 
-from dockerfs_fuse import kernel_cache
-from dockerfs_fuse.inodes import InodeTable
+from dockerfs_fuse.fuse import kernel_cache
+from dockerfs_fuse.model.inodes import InodeTable
 
 IMG = "busybox:latest"
 RECORDED: list[dict[str, Any]] = json.loads(

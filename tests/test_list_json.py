@@ -10,7 +10,7 @@ from typing import Any
 import aiodocker
 import pytest
 
-from dockerfs_fuse.docker_source import _list_json
+from dockerfs_fuse.docker.source import _list_json
 
 
 class _Response:

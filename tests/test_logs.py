@@ -33,17 +33,17 @@ import trio
 import trio.testing
 from conftest import WAIT_FOR_GO, Engine, Mount, require, run_held
 
-from dockerfs_fuse.docker_source import DockerUnavailable, NotFound
-from dockerfs_fuse.inodes import Node
-from dockerfs_fuse.logstream import (
+from dockerfs_fuse.docker.source import DockerUnavailable, NotFound
+from dockerfs_fuse.engine.logs import (
     FOLLOW_RETRY_INTERVAL,
     LogSpools,
     LogWriter,
     SpoolError,
     TooManyLogs,
 )
-from dockerfs_fuse.operations import MAX_FOLLOWERS, MAX_FOLLOWERS_PER_PROCESS, DockerFS
-from dockerfs_fuse.tree import LIVE
+from dockerfs_fuse.fuse.operations import MAX_FOLLOWERS, MAX_FOLLOWERS_PER_PROCESS, DockerFS
+from dockerfs_fuse.model.containers import LIVE
+from dockerfs_fuse.model.inodes import Node
 
 IMG = "busybox:latest"
 # Numbered lines: 25 at once (a history for `tail -n 20` to show), then one

@@ -29,7 +29,7 @@ from conftest import (
     stop_mount,
 )
 
-from dockerfs_fuse.docker_source import DEFAULT_TIMEOUT
+from dockerfs_fuse.docker.source import DEFAULT_TIMEOUT
 
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 

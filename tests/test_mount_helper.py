@@ -24,7 +24,7 @@ import pytest
 from conftest import Engine, dockerfs_command, eventually, require, require_fuse
 from support.private_dockerd import IMAGE
 
-from dockerfs_fuse import cli, options
+from dockerfs_fuse.lifecycle import cli, options
 from dockerfs_fuse.ninep import cli as ninep_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +62,9 @@ class Namespace:
         bin_dir.mkdir()
         program = bin_dir / "dockerfs-fuse"
         # This interpreter: the code under test, in whichever venv runs the tests.
-        program.write_text(f'#!/bin/sh\nexec {sys.executable} -m dockerfs_fuse.cli "$@"\n')
+        program.write_text(
+            f'#!/bin/sh\nexec {sys.executable} -m dockerfs_fuse.lifecycle.cli "$@"\n'
+        )
         program.chmod(0o755)
         self.holder = subprocess.Popen(
             [

@@ -15,7 +15,7 @@ import pytest
 from conftest import Engine, Mount, wait_for
 from test_mount import expected_files, tree_files
 
-from dockerfs_fuse.docker_source import LISTED_STATES
+from dockerfs_fuse.docker.source import LISTED_STATES
 
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 

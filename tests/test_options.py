@@ -7,8 +7,8 @@ import pwd
 
 import pytest
 
-from dockerfs_fuse import cli, options
-from dockerfs_fuse.options import OptionError
+from dockerfs_fuse.lifecycle import cli, options
+from dockerfs_fuse.lifecycle.options import OptionError
 
 
 def test_ours_become_long_options() -> None:
@@ -131,7 +131,7 @@ def test_help_lists_every_o_option(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_fsname_is_the_source_escaped() -> None:
-    from dockerfs_fuse.mount import MountConfig, fuse_options
+    from dockerfs_fuse.lifecycle.mount import MountConfig, fuse_options
 
     opts = fuse_options(MountConfig("/m", fsname="ssh://a,b", fuse_options=["ro"]))
     assert "fsname=ssh://a\\,b" in opts and "subtype=dockerfs-fuse" in opts and "ro" in opts

@@ -5,8 +5,8 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from dockerfs_fuse.cache import _Refresher
-from dockerfs_fuse.tree import Container
+from dockerfs_fuse.engine.containers import _Refresher
+from dockerfs_fuse.model.containers import Container
 
 
 def test_callers_during_a_request_share_it_and_later_ones_make_their_own() -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from conftest import Engine, Mount, start_mount, stop_mount
 
-from dockerfs_fuse.docker_source import DEFAULT_TIMEOUT
+from dockerfs_fuse.docker.source import DEFAULT_TIMEOUT
 
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 

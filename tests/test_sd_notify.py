@@ -6,7 +6,7 @@ import os
 import socket
 from pathlib import Path
 
-from dockerfs_fuse.sd_notify import Notifier
+from dockerfs_fuse.lifecycle.sd_notify import Notifier
 
 
 def test_without_notify_socket_nothing_is_sent() -> None:

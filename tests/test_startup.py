@@ -34,7 +34,7 @@ from conftest import (
     wait_for_start_line,
 )
 
-from dockerfs_fuse.mount import (
+from dockerfs_fuse.lifecycle.mount import (
     MountConfig,
     MountError,
     check_fuse_options,
@@ -521,7 +521,10 @@ def test_security_warning_reaches_the_terminal_before_detaching(
         assert lines[0].startswith(f"dockerfs-fuse: warning: --9p-allow-control on {dial}: ")
         assert "every local user" in lines[0] and "control Docker" in lines[0]
         # The log has it too, as a warning, not as information.
-        assert f"WARNING dockerfs_fuse.mount: --9p-allow-control on {dial}" in log.read_text()
+        assert (
+            f"WARNING dockerfs_fuse.lifecycle.mount: --9p-allow-control on {dial}"
+            in log.read_text()
+        )
     finally:
         unmount_detached(mp, within=30)
 
@@ -786,7 +789,7 @@ def test_ping_takes_no_mountpoint(tmp_path: Path) -> None:
 # loads: raised while the mount is being checked, after logging is set up.
 WARNING_AT_STARTUP = """
 import sys, warnings
-from dockerfs_fuse import cli
+from dockerfs_fuse.lifecycle import cli
 checked = cli.check_config
 def check_config(config):
     warnings.warn("DSA is deprecated", UserWarning, stacklevel=1)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from conftest import Engine, Mount, ctl, ctl_errno, eventually, state
 
-from dockerfs_fuse.kernel_cache import STOCK_ENV
+from dockerfs_fuse.fuse.kernel_cache import STOCK_ENV
 
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import trio
 
-from dockerfs_fuse.inodes import Changes, InodeTable, Kind
-from dockerfs_fuse.swarm_cache import SwarmCache, _settled
+from dockerfs_fuse.engine.swarm import SwarmCache, _settled
+from dockerfs_fuse.model.inodes import Changes, InodeTable, Kind
 
 DATA = Path(__file__).parent / "data"
 

@@ -14,15 +14,15 @@ import pytest
 import trio
 from support.private_swarm import IMAGE, NetnsDockerd, PrivateSwarm
 
-from dockerfs_fuse import docker_swarm as api
-from dockerfs_fuse.docker_source import Conflict, DockerSource, NotFound
-from dockerfs_fuse.swarm_control import (
+from dockerfs_fuse.docker import swarm as api
+from dockerfs_fuse.docker.source import Conflict, DockerSource, NotFound
+from dockerfs_fuse.model.containers import Link
+from dockerfs_fuse.model.swarm import Tree, swarm_spec
+from dockerfs_fuse.model.swarm_ctl import (
     BadCommand,
     parse_node_command,
     parse_service_command,
 )
-from dockerfs_fuse.swarm_tree import Tree, swarm_spec
-from dockerfs_fuse.tree import Link
 
 pytestmark = pytest.mark.docker
 

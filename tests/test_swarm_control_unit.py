@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from dockerfs_fuse.swarm_control import (
+from dockerfs_fuse.model.swarm_ctl import (
     MAX_REPLICAS,
     BadCommand,
     Request,

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from dockerfs_fuse.swarm_tree import (
+from dockerfs_fuse.model.containers import LIVE, Special, Unlisted, container_spec, escape_name
+from dockerfs_fuse.model.swarm import (
     NODE_ORDER,
     SERVICE_ORDER,
     TASK_ORDER,
@@ -28,7 +29,6 @@ from dockerfs_fuse.swarm_tree import (
     task_spec,
     unix_seconds,
 )
-from dockerfs_fuse.tree import LIVE, Special, Unlisted, container_spec, escape_name
 
 DATA = Path(__file__).parent / "data"
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from dockerfs_fuse import tree
-from dockerfs_fuse.tree import (
+from dockerfs_fuse.model import containers as tree
+from dockerfs_fuse.model.containers import (
     LIVE,
     NAME_MAX,
     ORDER,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import ssl
 
-from dockerfs_fuse.unreachable import explain, reason
+from dockerfs_fuse.docker.unreachable import explain, reason
 
 TLS_ALERT = (
     "[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate required (_ssl.c:2580)"

@@ -74,7 +74,7 @@ def test_the_wheel_starts_no_engine_sshd_or_nsenter(tmp_path: Path) -> None:
     wheel = build_wheel(tmp_path)
     with zipfile.ZipFile(wheel) as z:
         modules = {name: z.read(name).decode() for name in z.namelist() if name.endswith(".py")}
-    assert "dockerfs_fuse/cli.py" in modules  # the product is there, and read
+    assert "dockerfs_fuse/lifecycle/cli.py" in modules  # the product is there, and read
     harness = [
         name
         for name in modules

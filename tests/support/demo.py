@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 
-from dockerfs_fuse.mount import MountConfig, MountError, check_config
+from dockerfs_fuse.lifecycle.mount import MountConfig, MountError, check_config
 
 from .private_dockerd import IMAGE, DockerdError, PrivateDockerd
 
@@ -38,7 +38,7 @@ def demo(mountpoint: str) -> int:
         print(f"demo: {exc}", file=sys.stderr)
         return 1
     res = subprocess.run(
-        [sys.executable, "-m", "dockerfs_fuse.cli", "-H", d.host, mountpoint], check=False
+        [sys.executable, "-m", "dockerfs_fuse.lifecycle.cli", "-H", d.host, mountpoint], check=False
     )
     if res.returncode != 0:
         d.cleanup()

@@ -39,7 +39,7 @@ def start(mountpoint: str) -> int:
         return 1
     m = swarm.manager
     res = subprocess.run(
-        [sys.executable, "-m", "dockerfs_fuse.cli", "--swarm", "-H", m.host, mountpoint],
+        [sys.executable, "-m", "dockerfs_fuse.lifecycle.cli", "--swarm", "-H", m.host, mountpoint],
         check=False,
     )
     if res.returncode != 0:

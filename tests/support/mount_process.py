@@ -27,7 +27,7 @@ class MountFailed(RuntimeError):
 
 
 def dockerfs_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "dockerfs_fuse.cli", *args]
+    return [sys.executable, "-m", "dockerfs_fuse.lifecycle.cli", *args]
 
 
 @dataclass

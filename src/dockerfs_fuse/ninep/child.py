@@ -10,7 +10,7 @@ import threading
 import time
 from typing import IO
 
-from .cli import shim_command
+from dockerfs_fuse.ninep.cli import shim_command
 
 log = logging.getLogger(__name__)
 

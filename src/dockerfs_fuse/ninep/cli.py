@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 import trio
 
-from ..library_warnings import route_to_log
-from ..usage import USAGE_EXIT, OneLineParser
-from .export import Export
-from .resources import raise_fd_limit
-from .server import serve
+from dockerfs_fuse.lifecycle.library_warnings import route_to_log
+from dockerfs_fuse.lifecycle.usage import USAGE_EXIT, OneLineParser
+from dockerfs_fuse.ninep.export import Export
+from dockerfs_fuse.ninep.resources import raise_fd_limit
+from dockerfs_fuse.ninep.server import serve
 
 DEFAULT_DIAL = "tcp!localhost!9999"
 log = logging.getLogger("dockerfs_fuse.ninep")

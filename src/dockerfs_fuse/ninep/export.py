@@ -21,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from ..tree import LIVE
-from . import codec
-from .codec import Dialect, Dirent, Qid, Stat
+from dockerfs_fuse.model.containers import LIVE
+from dockerfs_fuse.ninep import codec
+from dockerfs_fuse.ninep.codec import Dialect, Dirent, Qid, Stat
 
 Parts = tuple[str, ...]
 

@@ -30,7 +30,7 @@ from typing import TypeVar
 import outcome
 import trio
 
-from .export import NinePError
+from dockerfs_fuse.ninep.export import NinePError
 
 _T = TypeVar("_T")
 

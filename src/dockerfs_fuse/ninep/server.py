@@ -37,10 +37,10 @@ from typing import Any, TypeVar
 import outcome
 import trio
 
-from . import codec
-from .codec import Dialect, Message, Qid
-from .export import Export, NinePError, OpenDir, OpenFile, Parts, denied
-from .resources import (
+from dockerfs_fuse.ninep import codec
+from dockerfs_fuse.ninep.codec import Dialect, Message, Qid
+from dockerfs_fuse.ninep.export import Export, NinePError, OpenDir, OpenFile, Parts, denied
+from dockerfs_fuse.ninep.resources import (
     CONN_REPLY_BYTES,
     REPLY_BYTES,
     ByteBudget,

@@ -31,13 +31,19 @@ import aiohttp
 import orjson
 import trio
 
-from . import unreachable
-from .bridge import AsyncioThread, Stream, await_future, call_soon
-from .container_fs import ArchiveWriter
-from .control import Command
-from .endpoints import TLS, Endpoint, EndpointError, default_endpoint, host_endpoint
-from .logstream import Demuxer, LogWriter
-from .tree import Container, all_hex
+from dockerfs_fuse.docker import unreachable
+from dockerfs_fuse.docker.bridge import AsyncioThread, Stream, await_future, call_soon
+from dockerfs_fuse.docker.endpoints import (
+    TLS,
+    Endpoint,
+    EndpointError,
+    default_endpoint,
+    host_endpoint,
+)
+from dockerfs_fuse.engine.files import ArchiveWriter
+from dockerfs_fuse.engine.logs import Demuxer, LogWriter
+from dockerfs_fuse.model.containers import Container, all_hex
+from dockerfs_fuse.model.ctl import Command
 
 log = logging.getLogger(__name__)
 

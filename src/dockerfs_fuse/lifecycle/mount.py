@@ -37,12 +37,13 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 
-from . import kernel_cache, options, sd_notify
-from .docker_source import DockerProblem, DockerSource
-from .endpoints import Endpoint, EndpointError, default_endpoint
-from .ninep.child import Shim, ShimFailed
-from .ninep.cli import Dial, parse_dial
-from .operations import MAX_WORKERS, DockerFS
+from dockerfs_fuse.docker.endpoints import Endpoint, EndpointError, default_endpoint
+from dockerfs_fuse.docker.source import DockerProblem, DockerSource
+from dockerfs_fuse.fuse import kernel_cache
+from dockerfs_fuse.fuse.operations import MAX_WORKERS, DockerFS
+from dockerfs_fuse.lifecycle import options, sd_notify
+from dockerfs_fuse.ninep.child import Shim, ShimFailed
+from dockerfs_fuse.ninep.cli import Dial, parse_dial
 
 log = logging.getLogger(__name__)
 

@@ -33,8 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .swarm_tree import Tree
-from .tree import (
+from dockerfs_fuse.model.containers import (
     SUBDIRS,
     Container,
     Link,
@@ -47,9 +46,10 @@ from .tree import (
     escape_name,
     resolve_name,
 )
+from dockerfs_fuse.model.swarm import Tree
 
 if TYPE_CHECKING:
-    from .container_fs import Entry
+    from dockerfs_fuse.engine.files import Entry
 
 ROOT_INODE = 1
 NS = 1_000_000_000

@@ -22,12 +22,12 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import trio
 
-from .container_fs import ArchiveWriter, ContainerFiles, NotThere
-from .control import Command
-from .docker_source import LISTED_STATES, ApiError, DockerProblem, NotFound
-from .inodes import Changes, InodeTable, Node
-from .logstream import Cancellable, LogSpools, LogWriter
-from .tree import Container, container_id, escape_name, resolve_name
+from dockerfs_fuse.docker.source import LISTED_STATES, ApiError, DockerProblem, NotFound
+from dockerfs_fuse.engine.files import ArchiveWriter, ContainerFiles, NotThere
+from dockerfs_fuse.engine.logs import Cancellable, LogSpools, LogWriter
+from dockerfs_fuse.model.containers import Container, container_id, escape_name, resolve_name
+from dockerfs_fuse.model.ctl import Command
+from dockerfs_fuse.model.inodes import Changes, InodeTable, Node
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,9 @@ from typing import Any
 
 import trio
 
-from . import docker_swarm as api
-from .cache import (
+from dockerfs_fuse.docker import swarm as api
+from dockerfs_fuse.docker.source import DockerProblem, DockerSource, NotFound
+from dockerfs_fuse.engine.containers import (
     ATTR_TIMEOUT,
     FALLBACK_TIMEOUT,
     MAX_LOG_SPOOLS,
@@ -42,11 +43,9 @@ from .cache import (
     RECONNECT_MAX,
     _Refresher,
 )
-from .docker_source import DockerProblem, DockerSource, NotFound
-from .inodes import NS, Changes, InodeTable, Node, owner_dir
-from .logstream import Cancellable, LogSpools, LogWriter
-from .swarm_control import parse_node_command, parse_service_command
-from .swarm_tree import (
+from dockerfs_fuse.engine.logs import Cancellable, LogSpools, LogWriter
+from dockerfs_fuse.model.inodes import NS, Changes, InodeTable, Node, owner_dir
+from dockerfs_fuse.model.swarm import (
     TOP,
     Obj,
     created_seconds,
@@ -59,6 +58,7 @@ from .swarm_tree import (
     service_spec,
     task_spec,
 )
+from dockerfs_fuse.model.swarm_ctl import parse_node_command, parse_service_command
 
 log = logging.getLogger(__name__)
 

@@ -60,7 +60,7 @@ from typing import Protocol
 
 import trio
 
-from .tarstream import (
+from dockerfs_fuse.model.tar import (
     BLOCKDEV,
     CHAR,
     CONTIGUOUS,

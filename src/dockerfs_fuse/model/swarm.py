@@ -30,7 +30,16 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeAlias
 
-from .tree import LIVE, Link, Special, Unlisted, escape_name, live_link, render, scalar_files
+from dockerfs_fuse.model.containers import (
+    LIVE,
+    Link,
+    Special,
+    Unlisted,
+    escape_name,
+    live_link,
+    render,
+    scalar_files,
+)
 
 Obj: TypeAlias = Mapping[str, Any]
 

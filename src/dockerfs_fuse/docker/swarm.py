@@ -22,8 +22,8 @@ import re
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-from .bridge import Stream
-from .docker_source import (
+from dockerfs_fuse.docker.bridge import Stream
+from dockerfs_fuse.docker.source import (
     LOGS_TIMEOUT,
     ApiError,
     Conflict,
@@ -31,8 +31,8 @@ from .docker_source import (
     DockerSource,
     NotFound,
 )
-from .logstream import Demuxer
-from .swarm_control import Request, SwarmCommand, node_request, service_request
+from dockerfs_fuse.engine.logs import Demuxer
+from dockerfs_fuse.model.swarm_ctl import Request, SwarmCommand, node_request, service_request
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .control import BadCommand, split_command
+from dockerfs_fuse.model.ctl import BadCommand, split_command
 
 __all__ = [
     "NODE_COMMANDS",

@@ -31,15 +31,15 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
-from .cache import ATTR_TIMEOUT, EngineCache, Source
-from .container_fs import ArchiveError, FileReader, NotThere, PathError
-from .control import BadCommand, Refusals, parse_command
-from .docker_source import BadRequest, Conflict, DockerProblem, DockerSource, NotFound
-from .inodes import NS, ROOT_INODE, Changes, InodeTable, Kind, Node, owner_dir
-from .logstream import LogSpool, LogSpools, SpoolError, TooManyLogs
-from .swarm_cache import SwarmCache
-from .tree import LIVE, NAME_MAX, Special
-from .views import render_stats, render_top, render_wait
+from dockerfs_fuse.docker.source import BadRequest, Conflict, DockerProblem, DockerSource, NotFound
+from dockerfs_fuse.engine.containers import ATTR_TIMEOUT, EngineCache, Source
+from dockerfs_fuse.engine.files import ArchiveError, FileReader, NotThere, PathError
+from dockerfs_fuse.engine.logs import LogSpool, LogSpools, SpoolError, TooManyLogs
+from dockerfs_fuse.engine.swarm import SwarmCache
+from dockerfs_fuse.model.containers import LIVE, NAME_MAX, Special
+from dockerfs_fuse.model.ctl import BadCommand, Refusals, parse_command
+from dockerfs_fuse.model.inodes import NS, ROOT_INODE, Changes, InodeTable, Kind, Node, owner_dir
+from dockerfs_fuse.model.render import render_stats, render_top, render_wait
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,13 @@ import re
 import sys
 from collections.abc import Sequence
 
-from . import __version__, endpoints, library_warnings, options
+from dockerfs_fuse import __version__
+from dockerfs_fuse.docker import endpoints
+from dockerfs_fuse.lifecycle import library_warnings, options
 
 library_warnings.route_to_log()  # before .mount imports aiodocker and its dependencies
 
-from .mount import (  # noqa: E402
+from dockerfs_fuse.lifecycle.mount import (  # noqa: E402
     FD_MOUNTPOINT,
     MountConfig,
     MountError,
@@ -28,7 +30,7 @@ from .mount import (  # noqa: E402
     mount,
     ping_engines,
 )
-from .usage import OneLineParser  # noqa: E402
+from dockerfs_fuse.lifecycle.usage import OneLineParser  # noqa: E402
 
 PROG = "dockerfs-fuse"
 SUBTYPE = PROG  # fuse.dockerfs-fuse: mount.fuse3 runs the program named by the subtype

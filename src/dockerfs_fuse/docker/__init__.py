@@ -1,0 +1,1 @@
+"""Talking to Docker: the only subpackage that imports aiodocker."""

@@ -1,0 +1,1 @@
+"""Per-engine policy: listings, events, re-reads, spools. No FUSE."""

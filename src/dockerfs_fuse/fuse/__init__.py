@@ -1,0 +1,1 @@
+"""The pyfuse3 adapter: turns kernel requests into model and engine calls."""

@@ -1,0 +1,1 @@
+"""Arguments, checks, detaching, mounting, serving and unmounting."""

@@ -1,0 +1,1 @@
+"""Pure: the inode table, each view's tree, names, ctl grammar, renderers, tar."""

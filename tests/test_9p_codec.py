@@ -57,9 +57,7 @@ def sample(cls: type[codec.Message], dialect: Dialect) -> codec.Message:
     """An instance with a distinctive value in every field the dialect carries;
     fields it does not carry keep their defaults so the round trip is exact."""
     values: dict[str, Any] = {}
-    for f in cls._SPEC:
-        if f.dialects is not None and dialect not in f.dialects:
-            continue
+    for f in codec.wire_fields(cls, dialect):
         value = SAMPLES[f.kind]
         if f.kind == "stat" and dialect is not Dialect.U:
             value = dataclasses.replace(value, **PLAIN_STAT_FIELDS)

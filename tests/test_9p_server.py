@@ -46,7 +46,7 @@ from dockerfs_fuse.ninep import child, codec
 from dockerfs_fuse.ninep.cli import Dial, parse_dial, shim_command
 from dockerfs_fuse.ninep.codec import Dialect
 from dockerfs_fuse.ninep.resources import CONN_FAST_THREADS, CONN_SLOW_THREADS, FAST_THREADS
-from dockerfs_fuse.ninep.server import MAX_FIDS, MAX_OPEN
+from dockerfs_fuse.ninep.session import MAX_FIDS, MAX_OPEN
 
 Shim = tuple[str, int]
 # The owner of a.txt: uid and gid differ from each other and from root's, so

@@ -1,7 +1,7 @@
 """`dockerfs-9p [--listen DIAL]... [--allow-control] [-d|--debug] DIRECTORY`
 
 Parses dial strings, opens the listeners, announces them on stderr, and turns
-SIGINT/SIGTERM into a clean exit.  Everything 9P lives in server.py.
+SIGINT/SIGTERM into a clean exit.  The 9P itself starts in server.py.
 
 Read-only by default.  --allow-control lets writes through to files that are
 writable in DIRECTORY; over the dockerfs mount that means the containers'

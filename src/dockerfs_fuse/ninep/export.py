@@ -1,8 +1,8 @@
 """A directory seen as 9P files: paths, qids, stat records, dirents, and the
 write policy.
 
-Every function here blocks on the file system, so the server calls them
-through `trio.to_thread`.  Nothing here knows about connections or tags.
+Every function here blocks on the file system, so the handlers call them
+in worker threads (resources.py).  Nothing here knows about connections or tags.
 
 A walked-to file is named by `parts`, its path below the root with every
 symlink that was walked *through* already resolved.  Keeping parts free of

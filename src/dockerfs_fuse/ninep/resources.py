@@ -257,3 +257,16 @@ class FdBudget:
 
     def give_file(self) -> None:
         self.files -= 1
+
+
+@dataclass
+class Shared:
+    """What every connection of one server draws on."""
+
+    pool: ThreadPool
+    fds: FdBudget
+    reply_bytes: ByteBudget
+
+    @classmethod
+    def for_server(cls) -> Shared:
+        return cls(ThreadPool(), FdBudget(), ByteBudget(REPLY_BYTES))

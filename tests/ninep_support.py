@@ -209,6 +209,30 @@ def fds_to(pid: int, name: str) -> int:
     return count
 
 
+_EPOLLIN = 0x001
+
+
+def reads_parked(pid: int, name: str) -> int:
+    """Descriptors of `pid` open on a path ending in `name` that its event loop
+    is waiting to become readable: a FIFO read parked in trio, holding no
+    thread.  trio arms a descriptor in epoll one-shot while a task waits on
+    it, and the kernel clears the armed events once it reports them, so an
+    armed EPOLLIN in the epoll instance's fdinfo is exactly a waiting read."""
+    parked = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:[eventpoll]":
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+                for line in info:
+                    words = line.split()  # tfd: N events: HEX data: ...
+                    if words[:1] != ["tfd:"] or not int(words[3], 16) & _EPOLLIN:
+                        continue
+                    with contextlib.suppress(OSError):
+                        parked += os.readlink(f"/proc/{pid}/fd/{words[1]}").endswith(name)
+    return parked
+
+
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
     """Poll until `condition()` holds; fail naming `what` after `timeout` s."""
     deadline = time.monotonic() + timeout

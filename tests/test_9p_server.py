@@ -10,7 +10,6 @@ import itertools
 import os
 import pwd
 import random
-import select
 import signal
 import socket
 import stat
@@ -21,7 +20,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest import require
@@ -30,6 +28,7 @@ from ninep_support import (
     Usage,
     blocking_fuse,
     fds_to,
+    reads_parked,
     running_shim,
     shim_env,
     shim_log,
@@ -85,9 +84,22 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def shim(tree: Path) -> Iterator[Shim]:
-    with running_shim(tree) as (_, host, port):
-        yield host, port
+def shim_process(tree: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, int]]:
+    with running_shim(tree) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def shim(shim_process: tuple[subprocess.Popen[bytes], str, int]) -> Shim:
+    _, host, port = shim_process
+    return host, port
+
+
+def wait_for_parked_read(pid: int) -> None:
+    """Until the shim's read of the FIFO waits for data, so that what the test
+    does next (a flush, a SIGTERM) meets a read in flight, not one still to
+    start."""
+    wait_until(lambda: reads_parked(pid, "fifo") == 1, "the FIFO read to wait for data")
 
 
 @pytest.fixture
@@ -522,14 +534,17 @@ def test_slow_read_blocks_nobody(shim: Shim, tree: Path) -> None:
         os.close(writer)
 
 
-def test_flushed_read_is_never_answered(shim: Shim, tree: Path) -> None:
+def test_flushed_read_is_never_answered(
+    shim_process: tuple[subprocess.Popen[bytes], str, int], tree: Path
+) -> None:
+    proc, host, port = shim_process
     writer = os.open(tree / "fifo", os.O_RDWR | os.O_NONBLOCK)
     try:
-        with Client.session(*shim, version="9P2000.L") as c:
+        with Client.session(host, port, version="9P2000.L") as c:
             c.walk("fifo", newfid=1)
             c.rpc(codec.Tlopen(tag=1, fid=1, flags=os.O_RDONLY))
             c.send(codec.Tread(tag=60, fid=1, offset=0, count=100))
-            time.sleep(0.2)
+            wait_for_parked_read(proc.pid)
             assert c.rpc(codec.Tflush(tag=61, oldtag=60)) == codec.Rflush(tag=61)
             os.write(writer, b"too late")
             # The flushed read is gone, not parked somewhere to take the data
@@ -543,18 +558,27 @@ def test_flushed_read_is_never_answered(shim: Shim, tree: Path) -> None:
         os.close(writer)
 
 
-def test_stuck_reads_starve_nobody(shim: Shim, tree: Path) -> None:
+def test_stuck_reads_starve_nobody(
+    shim_process: tuple[subprocess.Popen[bytes], str, int], tree: Path
+) -> None:
     """More stuck reads than trio has default threads: walks, stats and other
     reads still get through, and flushing the stuck ones answers at once."""
+    proc, host, port = shim_process
     writer = os.open(tree / "fifo", os.O_RDWR | os.O_NONBLOCK)
     try:
-        with Client.session(*shim, version="9P2000.L") as c, Client.session(*shim) as other:
+        with (
+            Client.session(host, port, version="9P2000.L") as c,
+            Client.session(host, port) as other,
+        ):
             c.walk("fifo", newfid=1)
             c.rpc(codec.Tlopen(tag=1, fid=1, flags=os.O_RDONLY))
             stuck = range(100, 145)
             for tag in stuck:
                 c.send(codec.Tread(tag=tag, fid=1, offset=0, count=10))
-            time.sleep(0.2)
+            # Every read is in, and the first waits on the FIFO (the others
+            # queue behind it for the descriptor).
+            wait_until(lambda: not any(rx for _, rx in tcp_queues(port)), "the shim to read all 45")
+            wait_for_parked_read(proc.pid)
             assert other.cat("sub/b.txt") == b"world\n"
             assert c.cat("a.txt") == b"hello\n"
             for tag in stuck:
@@ -562,8 +586,8 @@ def test_stuck_reads_starve_nobody(shim: Shim, tree: Path) -> None:
                     tag=1000 + tag
                 )
     finally:
-        os.close(writer)  # every parked reader thread now sees end of file
-    still_serves(shim)
+        os.close(writer)
+    still_serves((host, port))
 
 
 def open_request(dialect: Dialect, tag: int, fid: int) -> codec.Message:
@@ -912,13 +936,14 @@ def test_out_of_descriptors_the_shim_waits_quietly_and_recovers(tmp_path: Path) 
     EMFILE.  The shim says so once (not ten tracebacks a second), and serves
     the waiting clients once descriptors free up."""
     tree = make_tree(tmp_path)
-    proc, host, port = start_shim(tree, nofile=256)
+    proc, host, port = start_shim(tree, "--debug", nofile=256)
     socks: list[socket.socket] = []
     try:
         for _ in range(256 - usage(proc.pid).fds + 20):  # 20 more than it can accept
             socks.append(socket.create_connection((host, port), timeout=10))
         wait_until(lambda: "cannot accept" in shim_log(proc), "the shim to run out")
-        time.sleep(2)  # long enough for a retry loop to show in the log
+        # The retries say so only at debug level: a few of them, and still one warning.
+        wait_until(lambda: shim_log(proc).count("next try in") >= 3, "three retries of accept")
         assert shim_log(proc).count("cannot accept") == 1, shim_log(proc)[-3000:]
         for sock in socks[:120]:  # room for the waiting ones, and for files again
             sock.close()
@@ -1263,8 +1288,8 @@ def test_sigterm_closes_connections_and_exits_zero(tmp_path: Path) -> None:
         c = Client.session(host, port, "9P2000.L")
         c.walk("fifo", newfid=1)
         c.rpc(codec.Tlopen(tag=1, fid=1, flags=os.O_RDONLY))
-        c.send(codec.Tread(tag=5, fid=1, offset=0, count=10))  # parked in a thread
-        time.sleep(0.2)
+        c.send(codec.Tread(tag=5, fid=1, offset=0, count=10))
+        wait_for_parked_read(proc.pid)
         assert stop_shim(proc) == 0
         assert closed_by_server(c)
     finally:
@@ -1272,22 +1297,18 @@ def test_sigterm_closes_connections_and_exits_zero(tmp_path: Path) -> None:
         stop_shim(proc)
 
 
-def test_child_shim_reads_lines_that_arrive_together(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_child_shim_reads_lines_that_arrive_together(tmp_path: Path) -> None:
     """dockerfs-fuse --9p waits for the shim's "listening" line.  With
     --allow-control on TCP a warning comes first; when the parent looks late
     (a loaded machine), both lines sit in the pipe at once and the second
-    must not be missed."""
-    real_select = select.select
-
-    def late_select(*args: Any) -> Any:
-        time.sleep(1)  # both lines are in the pipe by now
-        return real_select(*args)
-
-    monkeypatch.setattr(child.select, "select", late_select)
-    monkeypatch.setenv("PYTHONPATH", shim_env()["PYTHONPATH"])
-    shim = child.Shim(["tcp!127.0.0.1!0"], str(make_tree(tmp_path)), allow_control=True)
+    must not be missed.  A stand-in for the shim writes both lines in one
+    write, so they are together in the pipe whenever the parent looks."""
+    shim = child.Shim(["tcp!127.0.0.1!0"], str(tmp_path), allow_control=True)
+    both = (
+        b"dockerfs-9p: warning: --allow-control on TCP lets every local user write\n"
+        b"dockerfs-9p: listening on tcp!127.0.0.1!5640\n"
+    )
+    shim.argv = [sys.executable, "-c", f"import os, time; os.write(2, {both!r}); time.sleep(60)"]
     shim.start(timeout=20)
     try:
         assert shim.alive()

@@ -51,6 +51,8 @@ async def _accept_loop(
                         "cannot accept connections (%s); retrying until descriptors free up",
                         os.strerror(exc.errno or 0),
                     )
+                else:
+                    log.debug("accept: %s again; next try in %.2fs", exc.strerror, pause)
                 await trio.sleep(pause)
                 pause = min(pause * 2, _ACCEPT_BACKOFF[1])
                 continue

@@ -799,6 +799,7 @@ def test_blocked_fifo_reads_hold_no_thread_and_flushing_frees_them(tmp_path: Pat
             lambda: len(tcp_queues(port)) == 4 and not any(rx for _, rx in tcp_queues(port)),
             "the shim to have read all 400 requests",
         )
+        wait_until(lambda: reads_parked(proc.pid, "fifo") == 4, "one read per client waiting")
         worst = serves_meanwhile(host, port)
         during = usage(proc.pid)
         print(f"idle {idle}, with 400 reads waiting {during}, slowest other read {worst:.3f}s")

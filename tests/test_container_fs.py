@@ -523,7 +523,7 @@ def test_tar_sees_no_directory_change(inside: str, mounted: Mount) -> None:
         assert (p.returncode, p.stderr) == (0, b"")
         with tarfile.open(fileobj=io.BytesIO(p.stdout)) as tar:
             assert tar.getmember("./nested/a/b/c/deep.txt").size == 1000
-            # A link as readlink shows it (see the README).
+            # A link as readlink shows it (docs/root.md).
             assert tar.getmember("./links/absolute").linkname == "../../data/nested/a"
             assert tar.getmember("./osr").linkname == "../etc/os-release"
 

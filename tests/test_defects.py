@@ -51,7 +51,7 @@ def all_mounted(engine: Engine, mount_factory: Any) -> Mount:
 
 
 def file_name(key: str) -> str:
-    """The README's mapping, written out independently of tree.py."""
+    """docs/tree.md's mapping, written out independently of model/."""
     name = key.replace("%", "%25").replace("/", "%2F")
     if len(name.encode()) <= 255:
         return name

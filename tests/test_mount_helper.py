@@ -1,5 +1,5 @@
 """dockerfs-fuse as every FUSE filesystem is used: a real fstab line through
-mount(8) and mount.fuse3, systemd's readiness protocol, the man pages.
+mount(8) and mount.fuse3, and systemd's readiness protocol.
 
 mount(8) reads a temporary fstab (`mount -T FILE`), never /etc/fstab, and
 finds `dockerfs-fuse` on PATH as it would in /usr/local/bin: mount.fuse3
@@ -8,7 +8,6 @@ runs the program named by the type through /bin/sh, with mount's PATH.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import re
@@ -23,11 +22,6 @@ from pathlib import Path
 import pytest
 from conftest import Engine, dockerfs_command, eventually, require, require_fuse
 from support.private_dockerd import IMAGE
-
-from dockerfs_fuse.lifecycle import cli, options
-from dockerfs_fuse.ninep import cli as ninep_cli
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _daemons_under(tmp: Path) -> list[int]:
@@ -214,52 +208,3 @@ def test_systemd_notify_ready_once_serving_then_stopping(engine: Engine, tmp_pat
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-
-
-# -- man pages ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def man_pages(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("man")
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "gen-man"), str(out)], check=True)
-    return out
-
-
-def _rendered(page: Path) -> tuple[str, str]:
-    res = subprocess.run(
-        ["man", "--warnings", "-l", str(page)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "MANWIDTH": "80", "LC_ALL": "C.UTF-8", "MAN_KEEP_FORMATTING": ""},
-        timeout=60,
-    )
-    assert res.returncode == 0, res.stderr
-    return res.stdout, res.stderr
-
-
-@pytest.mark.parametrize("page", ["dockerfs-fuse.1", "dockerfs-9p.1"])
-def test_man_pages_render_without_warnings(man_pages: Path, page: str) -> None:
-    require(shutil.which("man") is not None, "man missing (Debian man-db, groff-base)")
-    text, warnings = _rendered(man_pages / page)
-    assert warnings == ""
-    assert "SYNOPSIS" in text and "OPTIONS" in text
-
-
-@pytest.mark.parametrize(
-    ("page", "make_parser"),
-    [("dockerfs-fuse.1", cli.parser), ("dockerfs-9p.1", ninep_cli.parser)],
-)
-def test_man_page_lists_every_option(man_pages: Path, page: str, make_parser: object) -> None:
-    require(shutil.which("man") is not None, "man missing (Debian man-db, groff-base)")
-    text, _ = _rendered(man_pages / page)
-    text = re.sub(r".\x08", "", text).replace("\u2010", "-")
-    parser = make_parser()  # type: ignore[operator]
-    for action in parser._actions:
-        internal = action.help == argparse.SUPPRESS  # not for users: --help hides it too
-        for spelled in action.option_strings:
-            shown = re.search(rf"(^|[\s,\[]){re.escape(spelled)}\b", text, re.M)
-            assert bool(shown) != internal, spelled
-    if page == "dockerfs-fuse.1":
-        for opt in options.table():
-            assert opt.name in text, opt.name

@@ -663,11 +663,14 @@ def test_snapshots_are_freed_when_idle() -> None:
     async def main() -> None:
         e = engine_with_a_tree()
         files = e.files()
-        await files.listing("c", "/")
-        reader = await files.open("c", "/etc/hosts")
-        assert files.stats()["snapshots"] == 1
-        await trio.sleep(container_fs.WALK_IDLE * 2.5)
-        assert files.stats()["snapshots"] == 0
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(files.run_sweeper)
+            await files.listing("c", "/")
+            reader = await files.open("c", "/etc/hosts")
+            assert files.stats()["snapshots"] == 1
+            await trio.sleep(container_fs.WALK_IDLE * 2.5)
+            assert files.stats()["snapshots"] == 0
+            nursery.cancel_scope.cancel()
         # A reader keeps the body it opened, even after its snapshot retired.
         assert await reader.read(0, 9) == b"127.0.0.1"
         spool = reader.spool

@@ -131,7 +131,8 @@ def test_help_lists_every_o_option(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_fsname_is_the_source_escaped() -> None:
-    from dockerfs_fuse.lifecycle.mount import MountConfig, fuse_options
+    from dockerfs_fuse.lifecycle.config import MountConfig
+    from dockerfs_fuse.lifecycle.mount import fuse_options
 
     opts = fuse_options(MountConfig("/m", fsname="ssh://a,b", fuse_options=["ro"]))
     assert "fsname=ssh://a\\,b" in opts and "subtype=dockerfs-fuse" in opts and "ro" in opts

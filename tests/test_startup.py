@@ -34,15 +34,10 @@ from conftest import (
     wait_for_start_line,
 )
 
-from dockerfs_fuse.lifecycle.mount import (
-    MountConfig,
-    MountError,
-    check_fuse_options,
-    passes_through,
-    security_warnings,
-    state_log_path,
-    syslog_reachable,
-)
+from dockerfs_fuse.lifecycle.config import MountConfig, MountError
+from dockerfs_fuse.lifecycle.daemon_log import state_log_path, syslog_reachable
+from dockerfs_fuse.lifecycle.paths import passes_through
+from dockerfs_fuse.lifecycle.preflight import check_fuse_options, security_warnings
 
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 

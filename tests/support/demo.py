@@ -13,7 +13,8 @@ import os
 import subprocess
 import sys
 
-from dockerfs_fuse.lifecycle.mount import MountConfig, MountError, check_config
+from dockerfs_fuse.lifecycle.config import MountConfig, MountError
+from dockerfs_fuse.lifecycle.preflight import check_config
 
 from .private_dockerd import IMAGE, DockerdError, PrivateDockerd
 

@@ -419,6 +419,7 @@ class EngineCache:
         down = False
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._run_rereads, nursery)
+            nursery.start_soon(self.files.run_sweeper)
             while True:
                 stream = self.source.events()
                 try:

@@ -605,7 +605,7 @@ class ContainerFiles:
         self._is_refused = is_refused
         self._snapshots: dict[str, list[ArchiveSpool]] = {}
         self._limiter = trio.CapacityLimiter(streams)
-        self._sweeping = False
+        self._snapshots_taken = trio.Event()  # wakes run_sweeper
         # Per (container, directory): the last path of it fetched by itself (a
         # probe, a file), how many were in a row, when that fetch ended.
         self._alone: dict[tuple[str, str], tuple[str, int, float]] = {}
@@ -855,7 +855,7 @@ class ContainerFiles:
             spools.append(spool)
             while len(spools) > SNAPSHOTS_PER_CONTAINER:
                 self._retire(spools.pop(0))
-            self._start_sweeper()
+            self._snapshots_taken.set()
         return spool
 
     def _finished(self, spool: ArchiveSpool, token: object) -> None:
@@ -914,18 +914,15 @@ class ContainerFiles:
             else:
                 del self._snapshots[cid]
 
-    def _start_sweeper(self) -> None:
-        if not self._sweeping:
-            self._sweeping = True
-            trio.lowlevel.spawn_system_task(self._sweep, name="root snapshot sweeper")
-
-    async def _sweep(self) -> None:
-        """Free snapshots nobody uses, even when nothing else asks."""
-        try:
-            while self._snapshots:
-                await trio.sleep(WALK_IDLE)
-                self._prune()
-        except Exception:  # a bug here must not end the daemon
-            log.exception("root snapshot sweeper")
-        finally:
-            self._sweeping = False
+    async def run_sweeper(self) -> None:
+        """Free snapshots nobody uses, even when nothing else asks (a task in
+        the main nursery); asleep while there are none."""
+        while True:
+            await self._snapshots_taken.wait()
+            try:
+                while self._snapshots:
+                    await trio.sleep(WALK_IDLE)
+                    self._prune()
+            except Exception:  # a bug here must not end the daemon
+                log.exception("root snapshot sweeper")
+            self._snapshots_taken = trio.Event()

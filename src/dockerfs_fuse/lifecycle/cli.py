@@ -22,14 +22,9 @@ from dockerfs_fuse.lifecycle import library_warnings, options
 
 library_warnings.route_to_log()  # before .mount imports aiodocker and its dependencies
 
-from dockerfs_fuse.lifecycle.mount import (  # noqa: E402
-    FD_MOUNTPOINT,
-    MountConfig,
-    MountError,
-    check_config,
-    mount,
-    ping_engines,
-)
+from dockerfs_fuse.lifecycle.config import FD_MOUNTPOINT, MountConfig, MountError  # noqa: E402
+from dockerfs_fuse.lifecycle.mount import mount, ping_engines  # noqa: E402
+from dockerfs_fuse.lifecycle.preflight import check_config  # noqa: E402
 from dockerfs_fuse.lifecycle.usage import OneLineParser  # noqa: E402
 
 PROG = "dockerfs-fuse"

@@ -20,7 +20,7 @@ from dockerfs_fuse.engine.containers import EngineCache, Source
 from dockerfs_fuse.engine.exits import ExitWaits
 from dockerfs_fuse.engine.logs import LogSpools
 from dockerfs_fuse.engine.swarm import SwarmCache
-from dockerfs_fuse.model.inodes import Changes, InodeTable, Node
+from dockerfs_fuse.model.inodes import Changes, InodeTable, Node, owner_dir
 
 
 class Engines:
@@ -94,8 +94,16 @@ class Engines:
             return None
         return self.caches[node.parent.inode], node.name
 
-    def log_spools(self, node: Node) -> LogSpools | None:
-        """The spools a `logs` node's content comes from."""
+    def polled_log_size(self, node: Node) -> int | None:
+        """The size of a `logs` node (None if it has no log). `tail -f` follows
+        by polling it: once the log so far is in, asking starts following."""
+        owner = owner_dir(node)
+        spools = self._log_spools(node)
+        if owner is None or spools is None:
+            return None
+        return spools.polled_size(owner.name)
+
+    def _log_spools(self, node: Node) -> LogSpools | None:
         cache = self.cache_of(node)
         if cache is not None:
             return cache.logs

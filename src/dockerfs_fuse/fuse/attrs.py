@@ -11,7 +11,7 @@ import pyfuse3
 from dockerfs_fuse.engine.containers import ATTR_TIMEOUT
 from dockerfs_fuse.engine.engines import Engines
 from dockerfs_fuse.model.containers import LIVE, Special
-from dockerfs_fuse.model.inodes import NS, Kind, Node, owner_dir
+from dockerfs_fuse.model.inodes import NS, Kind, Node
 
 # Names and prefixes can move to another container.
 ALIAS_TIMEOUT = 1.0
@@ -64,13 +64,11 @@ class Attributes:
         a.st_gid = self.gid
         a.st_rdev = 0
         a.st_size = len(node.data) if node.kind is not Kind.DIR else 0
-        owner = owner_dir(node) if node.special is Special.LOGS else None
-        if owner is not None:
-            logs = engines.log_spools(node)
-            if logs is not None:
-                # `tail -f` follows by polling this size: never let the kernel cache it.
-                a.st_size = logs.polled_size(owner.name)
-                a.attr_timeout = 0
+        logs_size = engines.polled_log_size(node) if node.special is Special.LOGS else None
+        if logs_size is not None:
+            # `tail -f` follows by polling this size: never let the kernel cache it.
+            a.st_size = logs_size
+            a.attr_timeout = 0
         if node.special is Special.ERR:
             a.st_size = self._err_size(node)
             a.attr_timeout = 0

@@ -26,8 +26,8 @@ from dockerfs_fuse.engine.containers import (
 )
 from dockerfs_fuse.engine.files import ArchiveWriter
 from dockerfs_fuse.engine.logs import Cancellable, LogWriter
-from dockerfs_fuse.fuse import operations
-from dockerfs_fuse.fuse.operations import INVALIDATION_QUEUE, DockerFS
+from dockerfs_fuse.fuse import invalidate
+from dockerfs_fuse.fuse.invalidate import INVALIDATION_QUEUE, Invalidator
 from dockerfs_fuse.model.containers import Container
 from dockerfs_fuse.model.ctl import Command
 from dockerfs_fuse.model.inodes import Changes, InodeTable, Kind, Node
@@ -408,7 +408,7 @@ def test_invalidations_beyond_a_full_queue_are_merged_not_lost(
 ) -> None:
     """With kernel caching a lost invalidation is stale for an hour: a burst
     that fills the queue is merged (each entry and inode once) and pushed."""
-    fs = DockerFS({"local": FakeEngine()}, kernel_cache=True)
+    invalidator = Invalidator(kernel_cache=True)
     entries: list[tuple[int, str]] = []
     inodes: list[int] = []
 
@@ -419,17 +419,19 @@ def test_invalidations_beyond_a_full_queue_are_merged_not_lost(
         inodes.extend(changed)
 
     monkeypatch.setattr(pyfuse3, "invalidate_entry_async", invalidate_entry)
-    monkeypatch.setattr(operations, "_invalidate_inodes", invalidate_inodes)
+    monkeypatch.setattr(invalidate, "invalidate_inodes", invalidate_inodes)
     for i in range(INVALIDATION_QUEUE):  # the queue, full
-        fs._apply(Changes(changed=[i]))
+        invalidator.apply(Changes(changed=[i]))
     extra = 50
     for j in range(10 * extra):  # a burst beyond it, each change ten times
         k = j % extra
-        fs._apply(Changes(removed=[(1, f"c{k}", 5000 + k)], changed=[INVALIDATION_QUEUE + k]))
+        invalidator.apply(
+            Changes(removed=[(1, f"c{k}", 5000 + k)], changed=[INVALIDATION_QUEUE + k])
+        )
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(fs.run_invalidator)
+            nursery.start_soon(invalidator.run)
             with trio.fail_after(30):
                 while len(inodes) < INVALIDATION_QUEUE + extra:
                     await trio.sleep(0.01)

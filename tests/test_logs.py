@@ -34,6 +34,7 @@ import trio.testing
 from conftest import WAIT_FOR_GO, Engine, Mount, require, run_held
 
 from dockerfs_fuse.docker.source import DockerUnavailable, NotFound
+from dockerfs_fuse.engine.engines import Engines
 from dockerfs_fuse.engine.logs import (
     FOLLOW_RETRY_INTERVAL,
     LogSpools,
@@ -41,7 +42,9 @@ from dockerfs_fuse.engine.logs import (
     SpoolError,
     TooManyLogs,
 )
-from dockerfs_fuse.fuse.operations import MAX_FOLLOWERS, MAX_FOLLOWERS_PER_PROCESS, DockerFS
+from dockerfs_fuse.fuse.invalidate import Invalidator
+from dockerfs_fuse.fuse.logs import MAX_FOLLOWERS, MAX_FOLLOWERS_PER_PROCESS
+from dockerfs_fuse.fuse.operations import DockerFS
 from dockerfs_fuse.model.containers import LIVE
 from dockerfs_fuse.model.inodes import Node
 
@@ -219,7 +222,9 @@ CID = "c" * 64
 
 def log_fs(docker: FakeDocker) -> tuple[DockerFS, Node, Node]:
     """A DockerFS over the fake Docker with one container: it, its logs and logs.follow."""
-    fs = DockerFS({"local": LogsEngine(docker)})  # type: ignore[dict-item]
+    invalidator = Invalidator()
+    engines = Engines({"local": LogsEngine(docker)}, invalidator.apply)  # type: ignore[dict-item]
+    fs = DockerFS(engines, invalidator)
     container = {"Id": CID, "Names": ["/c1"], "State": "running", "Created": 1}
     fs.table.set_containers([container], fs.table.root)
     cdir = fs.table.lookup(fs.table.root, CID)
@@ -238,7 +243,7 @@ def test_a_logs_follow_reader_follows_again_after_docker_went_away() -> None:
     async def main() -> None:
         docker = FakeDocker(running=True)
         fs, _, follow = log_fs(docker)
-        fh = fs._open_log(follow, os.getpid()).fh
+        fh = (await open_file(fs, follow)).fh
         docker.requests[0].out.finish(None)  # an empty history; the follow begins
         await until(lambda: len(docker.requests) == 2)
         docker.requests[1].out.write(b"one\n")
@@ -269,22 +274,22 @@ def test_each_open_of_a_log_has_one_blocked_read_at_most(name: str) -> None:
     async def main() -> None:
         docker = FakeDocker(running=True)
         fs, logs, follow = log_fs(docker)
-        fh = fs._open_log(logs if name == "logs" else follow, os.getpid()).fh
-        other = fs._open_log(logs if name == "logs" else follow, os.getpid()).fh
+        fh = (await open_file(fs, logs if name == "logs" else follow)).fh
+        other = (await open_file(fs, logs if name == "logs" else follow)).fh
         if name == "logs.follow":
             docker.requests[0].out.finish(None)  # followed now, and silent
             await until(lambda: len(docker.requests) == 2)
         got: list[bytes] = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(lambda: read_into(fs, fh, got))
-            await until(lambda: fs.waiting_reads == 1)
+            await until(lambda: waiting_reads(fs) == 1)
             with pytest.raises(pyfuse3.FUSEError) as err, trio.fail_after(10):
                 await fs.read(fh, 0, 100)
             assert err.value.errno == errno.EAGAIN
             nursery.start_soon(lambda: read_into(fs, other, got))  # another open may wait
-            await until(lambda: fs.waiting_reads == 2)
+            await until(lambda: waiting_reads(fs) == 2)
             docker.requests[-1].out.write(b"line\n")
-        assert got == [b"line\n", b"line\n"] and fs.waiting_reads == 0
+        assert got == [b"line\n", b"line\n"] and waiting_reads(fs) == 0
         await fs.release(fh)
         await fs.release(other)
 
@@ -313,10 +318,10 @@ def test_a_spool_file_that_cannot_be_made_is_its_errno(
                 with pytest.raises(pyfuse3.FUSEError) as err:
                     await fs.open(node.inode, os.O_RDONLY, Context())  # type: ignore[arg-type]
                 assert err.value.errno == seen
-        assert docker.requests == [] and fs.followers.count == 0
+        assert docker.requests == [] and fs.stats()["logs"]["followers"] == 0
         assert [r.exc_info for r in caplog.records] == [None, None]
         assert os.strerror(raised) in caplog.text
-        fh = fs._open_log(logs, os.getpid()).fh  # the disk has room again
+        fh = (await open_file(fs, logs)).fh  # the disk has room again
         assert len(docker.requests) == 1
         await fs.release(fh)
 
@@ -327,6 +332,15 @@ class Context:
     """The part of pyfuse3.RequestContext that open reads."""
 
     pid = os.getpid()
+
+
+async def open_file(fs: DockerFS, node: Node) -> pyfuse3.FileInfo:
+    return await fs.open(pyfuse3.InodeT(node.inode), pyfuse3.FlagT(os.O_RDONLY), Context())  # type: ignore[arg-type]
+
+
+def waiting_reads(fs: DockerFS) -> int:
+    waiting: int = fs.stats()["logs"]["waiting_reads"]
+    return waiting
 
 
 async def read_into(fs: DockerFS, fh: int, got: list[bytes]) -> None:

@@ -22,12 +22,13 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import trio
 
-from dockerfs_fuse.docker.source import LISTED_STATES, ApiError, DockerProblem, NotFound
+from dockerfs_fuse.docker.source import LISTED_STATES, ApiError, Conflict, DockerProblem, NotFound
 from dockerfs_fuse.engine.files import ArchiveWriter, ContainerFiles, NotThere
 from dockerfs_fuse.engine.logs import Cancellable, LogSpools, LogWriter
 from dockerfs_fuse.model.containers import Container, container_id, escape_name, resolve_name
 from dockerfs_fuse.model.ctl import Command
 from dockerfs_fuse.model.inodes import Changes, InodeTable, Node
+from dockerfs_fuse.model.render import render_stats, render_top
 
 log = logging.getLogger(__name__)
 
@@ -340,6 +341,20 @@ class EngineCache:
 
     async def inspect(self, cid: str) -> dict[str, Any]:
         return await self.source.inspect(cid)
+
+    async def top_text(self, cid: str) -> bytes:
+        """A container's processes as its `top` file shows them (none when not running)."""
+        try:
+            return render_top(await self.source.top(cid))
+        except Conflict:
+            return b""
+
+    async def stats_text(self, cid: str) -> bytes:
+        """One sample as its `stats` file shows it (none when not running)."""
+        try:
+            return render_stats(await self.source.stats(cid))
+        except Conflict:
+            return b""
 
     async def control(self, cid: str, command: Command) -> None:
         """Run a ctl command, then show its effect without waiting for the event."""

@@ -24,7 +24,9 @@ import trio
 
 from dockerfs_fuse.docker.endpoints import Endpoint
 from dockerfs_fuse.docker.source import DockerProblem, DockerSource
+from dockerfs_fuse.engine.engines import Engines
 from dockerfs_fuse.fuse import kernel_cache
+from dockerfs_fuse.fuse.invalidate import Invalidator
 from dockerfs_fuse.fuse.operations import MAX_WORKERS, DockerFS
 from dockerfs_fuse.lifecycle import sd_notify
 from dockerfs_fuse.lifecycle.config import MountConfig, MountError
@@ -111,10 +113,16 @@ def prepare(
     notes = [_ping(source, len(sources) > 1) for source in sources]
     caching = kernel_cache.detect()
     notes.append(f"kernel caching of listings and pages {caching.why}")
-    engines = {source.target.name: source for source in sources}
-    fs = DockerFS(
-        engines, show_all=config.show_all, kernel_cache=caching.enabled, swarm=config.swarm
+    # The engines tell the invalidator of every change; the filesystem answers from both.
+    invalidator = Invalidator(kernel_cache=caching.enabled)
+    engines = Engines(
+        {source.target.name: source for source in sources},
+        invalidator.apply,
+        show_all=config.show_all,
+        kernel_cache=caching.enabled,
+        swarm=config.swarm,
     )
+    fs = DockerFS(engines, invalidator)
     return sources, fs, notes
 
 

@@ -1,0 +1,153 @@
+"""Every engine of one mount, each at its directory in the inode table.
+
+One engine: its containers are the root's children. Several: the root holds
+one directory per engine, each the one-engine tree. With --swarm each
+engine's directory holds its cluster (services/, nodes/, tasks/) instead.
+This is what the adapter asks which engine owns a node, and how reading a
+directory reaches the engine behind it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import trio
+
+from dockerfs_fuse.docker.source import DockerSource
+from dockerfs_fuse.engine.containers import EngineCache, Source
+from dockerfs_fuse.engine.exits import ExitWaits
+from dockerfs_fuse.engine.logs import LogSpools
+from dockerfs_fuse.engine.swarm import SwarmCache
+from dockerfs_fuse.model.inodes import Changes, InodeTable, Node, owner_dir
+
+
+class Engines:
+    """The engines' caches by the inode of their directory, over one inode table.
+
+    `on_changes` hears of every change to the table the caches make (the
+    adapter pushes them to the kernel); it must never block.
+    """
+
+    def __init__(
+        self,
+        sources: Mapping[str, Source],
+        on_changes: Callable[[Changes], None],
+        *,
+        show_all: bool = False,
+        kernel_cache: bool = False,
+        swarm: bool = False,
+    ) -> None:
+        if not sources:
+            raise ValueError("no engine")
+        self.show_all = show_all
+        self.kernel_cache = kernel_cache
+        self.mounted_ns = time.time_ns()
+        self.table = InodeTable(root_mtime_ns=self.mounted_ns)
+        self.several = len(sources) > 1
+        self.caches: dict[int, EngineCache] = {}
+        # --swarm: each engine's cluster view, by its top directory's inode and
+        # by those of its services/, nodes/ and tasks/.
+        self.swarms: dict[int, SwarmCache] = {}
+        self.swarm_lists: dict[int, SwarmCache] = {}
+        self.exit_waits = ExitWaits()
+        for name, source in sources.items():
+            top = self.table.add_dir(name) if self.several else self.table.root
+            if swarm:
+                assert isinstance(source, DockerSource)
+                view = SwarmCache(name, source, self.table, top, on_changes)
+                self.swarms[top.inode] = view
+                self.swarm_lists.update(dict.fromkeys(view.kind_of, view))
+                continue
+            self.caches[top.inode] = EngineCache(
+                name,
+                source,
+                self.table,
+                top,
+                on_changes,
+                show_all=show_all,
+                kernel_cache=kernel_cache,
+            )
+
+    def cache_of(self, node: Node) -> EngineCache | None:
+        """The engine a node belongs to (None for the root of several engines)."""
+        for n in _up_from(node):
+            cache = self.caches.get(n.inode)
+            if cache is not None:
+                return cache
+        return None
+
+    def swarm_of(self, node: Node) -> SwarmCache | None:
+        for n in _up_from(node):
+            view = self.swarms.get(n.inode)
+            if view is not None:
+                return view
+        return None
+
+    def container_of(self, node: Node) -> tuple[EngineCache, str] | None:
+        """The engine and container ID of a node inside a container directory
+        (None outside one, or once the container is gone)."""
+        while node.parent is not None and node.parent.inode not in self.caches:
+            node = node.parent
+        if node.parent is None or node.gone:
+            return None
+        return self.caches[node.parent.inode], node.name
+
+    def polled_log_size(self, node: Node) -> int | None:
+        """The size of a `logs` node (None if it has no log). `tail -f` follows
+        by polling it: once the log so far is in, asking starts following."""
+        owner = owner_dir(node)
+        spools = self._log_spools(node)
+        if owner is None or spools is None:
+            return None
+        return spools.polled_size(owner.name)
+
+    def _log_spools(self, node: Node) -> LogSpools | None:
+        cache = self.cache_of(node)
+        if cache is not None:
+            return cache.logs
+        view = self.swarm_of(node)
+        return view.logs if view is not None else None
+
+    def is_top(self, inode: int) -> bool:
+        """The root, or an engine's directory: listings that ask an engine."""
+        return inode == self.table.root.inode or inode in self.caches
+
+    async def refresh_listing(self, inode: int) -> bool:
+        """The contract: reading an engine's top directory (the root with one
+        engine) refreshes its containers, and reading a Swarm's services/,
+        nodes/ or tasks/ re-reads that list. The root of several engines lists
+        them and asks none. Whether the directory was an engine's containers."""
+        cache = self.caches.get(inode)
+        if cache is not None:
+            await cache.refresh()
+            return True
+        view = self.swarm_lists.get(inode)
+        if view is not None:
+            await view.refresh_dir(inode)
+        return False
+
+    async def run_events(self) -> None:
+        """Every engine's event stream (a task in the main nursery)."""
+        async with trio.open_nursery() as nursery:
+            for cache in self.caches.values():
+                nursery.start_soon(cache.run_events)
+            for view in self.swarms.values():
+                nursery.start_soon(view.run_events)
+
+    def stats(self) -> dict[str, Any]:
+        """Each engine's request counters and the like, by engine name."""
+        engines = {cache.name: cache.stats() for cache in self.caches.values()}
+        engines.update((view.name, view.stats()) for view in self.swarms.values())
+        return engines
+
+    def log_spool_count(self) -> int:
+        return sum(len(cache.logs) for cache in self.caches.values())
+
+
+def _up_from(node: Node) -> Iterator[Node]:
+    n: Node | None = node
+    while n is not None:
+        yield n
+        n = n.parent

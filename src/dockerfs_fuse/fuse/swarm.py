@@ -1,0 +1,86 @@
+"""--swarm: a service's or node's `ctl` (and its `err`), every object's
+`inspect`, and the source of a service's `logs`."""
+
+from __future__ import annotations
+
+import errno
+import logging
+
+import pyfuse3
+
+from dockerfs_fuse.engine.engines import Engines
+from dockerfs_fuse.engine.logs import LogSpools
+from dockerfs_fuse.engine.swarm import SwarmCache
+from dockerfs_fuse.fuse.containers import inspect_text
+from dockerfs_fuse.fuse.errors import fail, refusal_reason
+from dockerfs_fuse.fuse.handles import Handle, HandleTable
+from dockerfs_fuse.model.containers import Special
+from dockerfs_fuse.model.ctl import BadCommand, Refusals
+from dockerfs_fuse.model.inodes import Node
+
+log = logging.getLogger(__name__)
+
+
+class SwarmCtlHandle(Handle):
+    """An open service or node `ctl`: each write is one command (model/swarm_ctl.py)."""
+
+    def __init__(self, swarm: SwarmCache, kind: str, oid: str, refusals: Refusals) -> None:
+        self.swarm = swarm
+        self.kind = kind
+        self.oid = oid
+        self.refusals = refusals
+
+    async def write(self, off: int, buf: bytes) -> int:
+        try:
+            if off != 0:
+                # As for a container's ctl: never part of a command.
+                raise BadCommand(f"one command per open and write, at offset 0 (not {off})")
+            action = await self.swarm.control(self.kind, self.oid, buf)
+            log.info("ctl %s %s: %s", self.kind, self.oid[:12], action)
+            return len(buf)
+        except Exception as exc:
+            # The writer gets an errno; its `err` file says why.
+            self.refusals.note((self.swarm.name, self.kind, self.oid), buf, refusal_reason(exc))
+            raise
+
+
+class SwarmView:
+    """The files of every engine's cluster that are not plain snapshots of the table."""
+
+    def __init__(self, engines: Engines, handles: HandleTable, refusals: Refusals) -> None:
+        self.engines = engines
+        self.handles = handles
+        self.refusals = refusals
+
+    def _swarm_of(self, node: Node) -> SwarmCache:
+        view = self.engines.swarm_of(node)
+        if view is None:
+            raise fail(errno.ENOENT)
+        return view
+
+    def refusal_key(self, node: Node) -> tuple[str, ...]:
+        """Whose ctl a node belongs to (its `err`): a service's or a node's."""
+        view = self._swarm_of(node)
+        return (view.name, *view.locate(node))
+
+    def open_ctl(self, node: Node) -> pyfuse3.FileInfo:
+        view = self._swarm_of(node)
+        kind, oid = view.locate(node)
+        handle = SwarmCtlHandle(view, kind, oid, self.refusals)
+        return pyfuse3.FileInfo(fh=self.handles.add(handle), direct_io=True)
+
+    async def render(self, node: Node) -> bytes:
+        """`inspect`: one API call per open."""
+        view = self._swarm_of(node)
+        kind, oid = view.locate(node)
+        if node.special is Special.INSPECT:
+            return inspect_text(await view.inspect(kind, oid))
+        raise fail(errno.EIO)
+
+    def log_source(self, node: Node) -> tuple[LogSpools, str]:
+        """The spools and key of a service's `logs` or `logs.follow`."""
+        view = self._swarm_of(node)
+        return view.logs, view.log_key(node)
+
+    def open_wait(self, node: Node, pid: int) -> pyfuse3.FileInfo:
+        raise fail(errno.ENOENT)  # no Swarm object has a `wait`

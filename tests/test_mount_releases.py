@@ -56,8 +56,15 @@ class FakeSource:
         self.calls[f"close {self.target.name}"] += 1
 
 
+class FakeEngines:
+    """The engine layer over the fake sources: nothing to release of its own."""
+
+    def __init__(self, sources: dict[str, FakeSource], *_: object, **__: object) -> None:
+        self.sources = sources
+
+
 class FakeFS:
-    def __init__(self, engines: dict[str, FakeSource], **_: object) -> None:
+    def __init__(self, engines: FakeEngines, *_: object) -> None:
         self.engines = engines
 
     async def run_invalidator(self) -> None:
@@ -118,6 +125,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[Calls]:
     monkeypatch.setattr(FakeSource, "calls", counted, raising=False)
     monkeypatch.setattr(FakeShim, "calls", counted, raising=False)
     monkeypatch.setattr(mount, "DockerSource", FakeSource)
+    monkeypatch.setattr(mount, "Engines", FakeEngines)
     monkeypatch.setattr(mount, "DockerFS", FakeFS)
     monkeypatch.setattr(mount, "Shim", FakeShim)
     caching = SimpleNamespace(enabled=False, why="off (a test)")

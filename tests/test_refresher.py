@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from dockerfs_fuse.engine.containers import _Refresher
+from dockerfs_fuse.engine.refresh import Refresher
 from dockerfs_fuse.model.containers import Container
 
 
@@ -20,7 +20,7 @@ def test_callers_during_a_request_share_it_and_later_ones_make_their_own() -> No
         await release.wait()
         return [{"Id": f"{n:064x}"}]
 
-    refresher = _Refresher(fetch)
+    refresher = Refresher(fetch)
     results: list[list[Container]] = []
 
     async def caller() -> None:
@@ -58,7 +58,7 @@ def test_a_failed_request_fails_every_waiter_once() -> None:
         await trio.sleep(0.01)
         raise OSError("engine down")
 
-    refresher = _Refresher(fetch)
+    refresher = Refresher(fetch)
     errors: list[BaseException] = []
 
     async def caller() -> None:

@@ -31,13 +31,16 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
-from dockerfs_fuse.docker.source import BadRequest, Conflict, DockerProblem, DockerSource, NotFound
+from dockerfs_fuse.docker.errors import BadRequest, Conflict, DockerProblem, NotFound
+from dockerfs_fuse.docker.source import DockerSource
+from dockerfs_fuse.engine.archive import ArchiveError
 from dockerfs_fuse.engine.containers import ATTR_TIMEOUT, EngineCache, Source
-from dockerfs_fuse.engine.files import ArchiveError, FileReader, NotThere, PathError
+from dockerfs_fuse.engine.files import FileReader
 from dockerfs_fuse.engine.logs import LogSpool, LogSpools, SpoolError, TooManyLogs
 from dockerfs_fuse.engine.swarm import SwarmCache
 from dockerfs_fuse.model.containers import LIVE, NAME_MAX, Special
 from dockerfs_fuse.model.ctl import BadCommand, Refusals, parse_command
+from dockerfs_fuse.model.files import NotThere, PathError
 from dockerfs_fuse.model.inodes import NS, ROOT_INODE, Changes, InodeTable, Kind, Node, owner_dir
 from dockerfs_fuse.model.render import render_stats, render_top, render_wait
 

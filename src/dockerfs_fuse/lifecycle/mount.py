@@ -38,7 +38,8 @@ import pyfuse3
 import trio
 
 from dockerfs_fuse.docker.endpoints import Endpoint, EndpointError, default_endpoint
-from dockerfs_fuse.docker.source import DockerProblem, DockerSource
+from dockerfs_fuse.docker.errors import DockerProblem
+from dockerfs_fuse.docker.source import DockerSource
 from dockerfs_fuse.fuse import kernel_cache
 from dockerfs_fuse.fuse.operations import MAX_WORKERS, DockerFS
 from dockerfs_fuse.lifecycle import options, sd_notify

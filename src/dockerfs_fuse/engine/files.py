@@ -375,13 +375,14 @@ class ContainerFiles:
                 self._clock(),
                 on_done=lambda spool: self._finished(spool, token),
             )
-        except BaseException as exc:  # no spool file (a full $TMPDIR, no descriptors left)
+        except OSError as exc:  # no spool file (a full $TMPDIR, no descriptors left)
             self._limiter.release_on_behalf_of(token)
-            if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
                 # The daemon's descriptors ran out, not the reader's: ENFILE.
                 raise TooManyStreams(f"no spool file: {exc}") from None
-            if isinstance(exc, OSError):
-                raise ArchiveError(f"no spool file: {exc}") from None
+            raise ArchiveError(f"no spool file: {exc}") from None
+        except BaseException:
+            self._limiter.release_on_behalf_of(token)
             raise
         if kind is not Fetch.FILE:
             spools = self._snapshots.setdefault(cid, [])

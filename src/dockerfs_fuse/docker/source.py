@@ -180,32 +180,23 @@ class DockerSource:
         self.requests[what] += 1
         return self._thread, self._docker
 
-    async def _call(
-        self, what: str, fn: Callable[[aiodocker.Docker], Awaitable[T]], timeout: float | None
+    async def call(
+        self,
+        what: str,
+        fn: Callable[[aiodocker.Docker], Awaitable[T]],
+        timeout: float | None = None,
     ) -> T:
+        """One request, counted as `what`: `fn(docker)` run on the asyncio
+        thread within `timeout` (the usual deadline if None)."""
         thread, docker = self._client(what)
         deadline = self.timeout if timeout is None else timeout
-
-        async def run() -> T:
-            try:
-                return await asyncio.wait_for(fn(docker), deadline)
-            except DOCKER_ERRORS as exc:
-                raise translate(exc) from exc
-
-        return await await_future(thread.submit(run()))
+        return await await_future(thread.submit(_translated(fn, docker, deadline)))
 
     def call_sync(self, what: str, fn: Callable[[aiodocker.Docker], Awaitable[T]]) -> T:
-        """The same as `_call`, from plain (non-trio) code such as start-up checks."""
+        """The same as `call`, from plain (non-trio) code such as start-up checks."""
         thread, docker = self._client(what)
-
-        async def run() -> T:
-            try:
-                return await asyncio.wait_for(fn(docker), self.timeout)
-            except DOCKER_ERRORS as exc:
-                raise translate(exc) from exc
-
         try:
-            return thread.submit(run()).result(self.timeout + 1)
+            return thread.submit(_translated(fn, docker, self.timeout)).result(self.timeout + 1)
         except concurrent.futures.TimeoutError as exc:
             raise DockerUnavailable("Docker did not answer in time") from exc
 
@@ -225,7 +216,7 @@ class DockerSource:
     async def identify(self) -> None:
         """Learn whether the engine is Podman, if start-up could not (it was down)."""
         if self.podman is None:
-            info = await self._call("version", lambda d: d.version(), None)
+            info = await self.call("version", lambda d: d.version())
             self.podman = _is_podman(info)
 
     def _lists_all(self, all: bool) -> bool:
@@ -245,7 +236,7 @@ class DockerSource:
             params = {"all": "1"} if self._lists_all(all) else {}
             return await _list_json(d, "containers/json", params)
 
-        return self._listed(await self._call("containers/json", fetch, None), all)
+        return self._listed(await self.call("containers/json", fetch), all)
 
     async def _list_filtered(self, filters: dict[str, list[str]], all: bool) -> list[Container]:
         async def fetch(d: aiodocker.Docker) -> list[Container]:
@@ -255,7 +246,7 @@ class DockerSource:
             return await _list_json(d, "containers/json", params)
 
         # Counted apart from full listings: the benchmark checks those.
-        return self._listed(await self._call("containers/json?filters", fetch, None), all)
+        return self._listed(await self.call("containers/json?filters", fetch), all)
 
     async def list_one(self, cid: str, all: bool = False) -> Container | None:
         """One container's list entry (the same shape as the tree's), or None."""
@@ -284,7 +275,7 @@ class DockerSource:
             data: dict[str, Any] = await d._query_json(f"containers/{cid}/json")
             return data
 
-        return await self._call("containers/inspect", fetch, None)
+        return await self.call("containers/inspect", fetch)
 
     def stream_logs(
         self, cid: str, out: LogSink, follow: bool, kind: str = "containers"
@@ -363,7 +354,7 @@ class DockerSource:
                 raise ApiError(f"top: unexpected answer {str(data)[:80]!r}")
             return data
 
-        return await self._call("containers/top", fetch, None)
+        return await self.call("containers/top", fetch)
 
     async def stats(self, cid: str) -> dict[str, Any]:
         """One sample of `GET /containers/{id}/stats` (one-shot: no second sample to wait for)."""
@@ -375,7 +366,7 @@ class DockerSource:
                 raise ApiError(f"stats: unexpected answer {str(data)[:80]!r}")
             return data
 
-        return await self._call("containers/stats", fetch, None)
+        return await self.call("containers/stats", fetch)
 
     def wait(self, cid: str) -> concurrent.futures.Future[int]:
         """`POST /containers/{id}/wait`: its result is the exit code, once the
@@ -428,7 +419,7 @@ class DockerSource:
             async with d._query(path, method=method, params=params):
                 pass
 
-        await self._call(f"containers/{command.action}", run, timeout)
+        await self.call(f"containers/{command.action}", run, timeout)
 
     def stream(
         self,
@@ -478,6 +469,16 @@ class DockerSource:
                             emit(event)
 
         return self.stream(what, produce)
+
+
+async def _translated(
+    fn: Callable[[aiodocker.Docker], Awaitable[T]], docker: aiodocker.Docker, deadline: float
+) -> T:
+    """fn(docker) within `deadline`, its failures as DockerProblem (on the asyncio thread)."""
+    try:
+        return await asyncio.wait_for(fn(docker), deadline)
+    except DOCKER_ERRORS as exc:
+        raise translate(exc) from exc
 
 
 def _produce_into(

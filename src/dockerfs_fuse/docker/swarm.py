@@ -34,7 +34,7 @@ async def _json(
         answer: object = await d._query_json(path, method="GET", params=params or {})
         return answer
 
-    return await source._call(what, fetch, None)
+    return await source.call(what, fetch)
 
 
 async def _list(
@@ -63,7 +63,7 @@ async def _send(source: DockerSource, what: str, request: Request) -> None:
         ) as resp:
             await resp.read()
 
-    await source._call(what, send, None)
+    await source.call(what, send)
 
 
 def _ref(ref: str) -> str:

@@ -8,7 +8,7 @@ import math
 import pytest
 import trio
 
-from dockerfs_fuse.docker.bridge import AsyncioThread, Stream, TooSlow, await_future
+from dockerfs_fuse.docker.bridge import AsyncioThread, Stream, await_future
 
 
 def test_a_coroutine_on_the_asyncio_thread_is_awaited_from_trio() -> None:
@@ -73,8 +73,6 @@ def test_a_stream_carries_items_then_the_end_or_the_error() -> None:
         assert [await failing.get() for _ in range(3)] == [0, 1, 2]
         with pytest.raises(ValueError, match="dropped"):
             await failing.get()
-        with pytest.raises(TooSlow):
-            await Stream().get(timeout=0.05)
 
     try:
         trio.run(main)

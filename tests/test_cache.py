@@ -16,7 +16,9 @@ import pytest
 import trio
 import trio.testing
 
-from dockerfs_fuse.docker.source import LISTED_STATES, DockerUnavailable
+from dockerfs_fuse.docker.errors import DockerUnavailable
+from dockerfs_fuse.docker.source import LISTED_STATES
+from dockerfs_fuse.engine.archive import ArchiveWriter
 from dockerfs_fuse.engine.containers import (
     ATTR_TIMEOUT_ENV,
     DEFAULT_ATTR_TIMEOUT,
@@ -24,8 +26,8 @@ from dockerfs_fuse.engine.containers import (
     EngineCache,
     attr_timeout_from,
 )
-from dockerfs_fuse.engine.files import ArchiveWriter
-from dockerfs_fuse.engine.logs import Cancellable, LogWriter
+from dockerfs_fuse.engine.logs import LogWriter
+from dockerfs_fuse.engine.spool import Cancellable
 from dockerfs_fuse.fuse import invalidate
 from dockerfs_fuse.fuse.invalidate import INVALIDATION_QUEUE, Invalidator
 from dockerfs_fuse.model.containers import Container

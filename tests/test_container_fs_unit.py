@@ -20,17 +20,19 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from dockerfs_fuse.docker.source import ApiError, NotFound
+from dockerfs_fuse.docker.errors import ApiError, NotFound
+from dockerfs_fuse.engine import archive
 from dockerfs_fuse.engine import files as container_fs
-from dockerfs_fuse.engine.files import (
-    ArchiveWriter,
-    ContainerFiles,
-    Kind,
+from dockerfs_fuse.engine.archive import ArchiveWriter, Fetch
+from dockerfs_fuse.engine.files import ContainerFiles
+from dockerfs_fuse.model.files import (
+    Entry,
     NotADir,
     NotAFile,
     NotThere,
     TooManyStreams,
     contained_target,
+    covers,
     member_path,
 )
 from dockerfs_fuse.model.render import render_stats, render_top, render_wait, tabwriter
@@ -196,7 +198,7 @@ class FakeEngine:
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
             for p in sorted(self.fs):
-                if not container_fs.covers(path, p):
+                if not covers(path, p):
                     continue
                 f = self.fs[p]
                 name = p if path == "/" else os.path.relpath(p, base)
@@ -278,7 +280,7 @@ def engine_with_a_tree() -> FakeEngine:
     return e
 
 
-def names(entries: list[container_fs.Entry]) -> list[str]:
+def names(entries: list[Entry]) -> list[str]:
     return [e.name for e in entries]
 
 
@@ -351,7 +353,7 @@ def test_file_contents_come_from_the_walk_once_then_by_a_request_of_their_own() 
 
 
 def test_bodies_beyond_the_budget_are_not_kept_by_a_walk(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(container_fs, "SPOOL_TOTAL_MAX", 1000)
+    monkeypatch.setattr(archive, "SPOOL_TOTAL_MAX", 1000)
 
     async def main() -> None:
         e = engine_with_a_tree()
@@ -369,7 +371,7 @@ def test_bodies_beyond_the_budget_are_not_kept_by_a_walk(monkeypatch: pytest.Mon
 def test_a_walk_keeps_large_bodies_within_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     """A copying walk (tar -c) must not fetch a large file a second time: its
     body came with the walk's request. Only what exceeds the budget is fetched."""
-    monkeypatch.setattr(container_fs, "SPOOL_TOTAL_MAX", 6 << 20)
+    monkeypatch.setattr(archive, "SPOOL_TOTAL_MAX", 6 << 20)
 
     async def main() -> None:
         e = engine_with_a_tree()
@@ -605,7 +607,7 @@ def test_newer_news_wins_over_an_older_snapshot() -> None:
 def test_a_capped_index_still_lists_the_directory_it_was_taken_for(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(container_fs, "INDEX_MAX", 3)
+    monkeypatch.setattr(archive, "INDEX_MAX", 3)
 
     async def main() -> None:
         e = engine_with_a_tree()
@@ -681,7 +683,7 @@ def test_snapshots_are_freed_when_idle() -> None:
 
 
 def test_probe_kinds_and_file_kinds_never_list() -> None:
-    assert {k.value for k in Kind} == {"listing", "probe", "file"}
+    assert {k.value for k in Fetch} == {"listing", "probe", "file"}
 
 
 # -- top, stats, wait ---------------------------------------------------------------------------

@@ -10,17 +10,16 @@ import aiodocker
 import pytest
 import trio
 
-from dockerfs_fuse.docker.source import (
+from dockerfs_fuse.docker.errors import (
     ApiError,
     BadRequest,
     Conflict,
-    Demuxer,
-    DockerSource,
     DockerUnavailable,
     NotFound,
-    _translate,
+    translate,
 )
-from dockerfs_fuse.engine.logs import MAX_FRAME
+from dockerfs_fuse.docker.framing import MAX_FRAME, Demuxer
+from dockerfs_fuse.docker.source import DockerSource
 from dockerfs_fuse.model.ctl import MAX_COMMAND_BYTES, BadCommand, Command, parse_command
 
 
@@ -149,7 +148,7 @@ def test_a_command_longer_than_the_cap_is_refused_whole() -> None:
     ],
 )
 def test_docker_answers_become_the_right_kind(status: int, message: str, kind: type) -> None:
-    got = _translate(aiodocker.DockerError(status, message))
+    got = translate(aiodocker.DockerError(status, message))
     assert type(got) is kind
     assert str(got) == message
 

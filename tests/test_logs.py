@@ -33,7 +33,7 @@ import trio
 import trio.testing
 from conftest import WAIT_FOR_GO, Engine, Mount, require, run_held
 
-from dockerfs_fuse.docker.source import DockerUnavailable, NotFound
+from dockerfs_fuse.docker.errors import DockerUnavailable, NotFound
 from dockerfs_fuse.engine.engines import Engines
 from dockerfs_fuse.engine.logs import (
     FOLLOW_RETRY_INTERVAL,

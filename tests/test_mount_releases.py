@@ -20,7 +20,7 @@ import trio
 import trio.testing
 
 from dockerfs_fuse.docker.endpoints import Endpoint
-from dockerfs_fuse.docker.source import DockerUnavailable
+from dockerfs_fuse.docker.errors import DockerUnavailable
 from dockerfs_fuse.fuse import kernel_cache
 from dockerfs_fuse.lifecycle import mount
 from dockerfs_fuse.lifecycle.config import MountConfig, MountError

@@ -38,7 +38,7 @@ class FakeSource:
         self.docker = FakeDocker()
         self.requests: collections.Counter[str] = collections.Counter()
 
-    async def _call(self, what: str, fn: Any, timeout: Any) -> Any:
+    async def call(self, what: str, fn: Any, timeout: Any = None) -> Any:
         self.requests[what] += 1
         return await fn(self.docker)
 

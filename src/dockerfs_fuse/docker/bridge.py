@@ -5,7 +5,7 @@ loops in one thread, the asyncio side runs on a loop in a daemon thread and
 trio awaits its results through thread-safe futures (`await_future`) or reads
 what a long-lived producer emits (`Stream`). Nothing here knows Docker, so
 the bridge can be swapped (for trio-asyncio, say) without touching the
-Docker client in docker_source.
+Docker client in source.py.
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
-import math
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import trio
 
@@ -70,7 +69,7 @@ def call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
         loop.call_soon_threadsafe(fn)
 
 
-class Stream:
+class Stream(Generic[T]):
     """Items produced on the asyncio thread, read from trio. Unbounded: the
     producers here (log output, events) are paced by Docker, not by us.
 
@@ -81,12 +80,12 @@ class Stream:
 
     def __init__(self) -> None:
         self.future: concurrent.futures.Future[None] | None = None
-        self._items: collections.deque[Any] = collections.deque()
+        self._items: collections.deque[T] = collections.deque()
         self._ready = trio.Event()
         self._done = False
         self._error: Exception | None = None
 
-    def put(self, item: Any) -> None:
+    def put(self, item: T) -> None:
         self._items.append(item)
         self._ready.set()
 
@@ -95,28 +94,21 @@ class Stream:
         self._error = error
         self._ready.set()
 
-    async def get(self, timeout: float = math.inf) -> Any:
-        """The next item; None at the end; raises the producer's error; TooSlow on timeout."""
-        with trio.move_on_after(timeout):
-            while not self._items and not self._done:
-                self._ready = trio.Event()
-                await self._ready.wait()
+    async def get(self) -> T | None:
+        """The next item; None at the end; raises the producer's error."""
+        while not self._items and not self._done:
+            self._ready = trio.Event()
+            await self._ready.wait()
         if self._items:
             return self._items.popleft()
-        if self._done:
-            if self._error is not None:
-                raise self._error
-            return None
-        raise TooSlow
+        if self._error is not None:
+            raise self._error
+        return None
 
     def close(self) -> None:
         if self.future is not None:
             self.future.cancel()
 
-    async def __aiter__(self) -> AsyncIterator[Any]:
+    async def __aiter__(self) -> AsyncIterator[T]:
         while (item := await self.get()) is not None:
             yield item
-
-
-class TooSlow(Exception):
-    """No item arrived within the time asked for."""

@@ -42,8 +42,6 @@ MAX_URL = 4096
 MAX_NAME = 255  # a directory name (phase 2: one directory per engine)
 MAX_CONFIG_BYTES = 1 << 20  # config.json and meta.json: small files, read whole
 
-SCHEMES = ("unix", "tcp", "ssh")
-
 
 class EndpointError(ValueError):
     """An endpoint that cannot be used; the message is one line for the user."""

@@ -7,8 +7,8 @@ the rest of the program uses.
 
 Every request has a deadline: an engine that does not answer becomes
 `DockerUnavailable` within `timeout` seconds, never a hung `ls`. Errors from
-the API are translated here into the few kinds the rest of the program
-distinguishes; the FUSE adapter turns those into errnos in one place.
+the API become the few kinds of errors.py; streaming requests (logs,
+archives) write into the sinks of sinks.py.
 """
 
 from __future__ import annotations
@@ -20,11 +20,10 @@ import contextlib
 import json
 import logging
 import os
-import re
 import ssl
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import aiodocker
 import aiohttp
@@ -40,25 +39,26 @@ from dockerfs_fuse.docker.endpoints import (
     default_endpoint,
     host_endpoint,
 )
-from dockerfs_fuse.engine.files import ArchiveWriter
-from dockerfs_fuse.engine.logs import Demuxer, LogWriter
+from dockerfs_fuse.docker.errors import (
+    DOCKER_ERRORS,
+    ApiError,
+    DockerUnavailable,
+    translate,
+)
+from dockerfs_fuse.docker.framing import Demuxer
+from dockerfs_fuse.docker.sinks import ArchiveSink, LogSink, Sink
 from dockerfs_fuse.model.containers import Container, all_hex
 from dockerfs_fuse.model.ctl import Command
 
 log = logging.getLogger(__name__)
 
 
-class _Sink(Protocol):
-    """The producer's end of a spool (log or archive), written on the asyncio thread."""
-
-    def finish(self, error: Exception | None) -> None: ...
-    def close(self) -> None: ...
-
-
 T = TypeVar("T")
 
+# One of Docker's events, as its JSON object (Type, Action, Actor, ...).
+Event: TypeAlias = dict[str, Any]
+
 DEFAULT_TIMEOUT = 4.0
-LOGS_TIMEOUT = 30.0
 # Bytes read from an archive response at a time.
 ARCHIVE_CHUNK = 256 << 10
 # A container's log streams for as long as it takes; only silence is an error.
@@ -73,92 +73,6 @@ LISTED_STATES = frozenset(["running", "paused", "restarting", "stopping"])
 def _is_podman(version: Mapping[str, Any]) -> bool:
     components = version.get("Components") or []
     return any("podman" in str(c.get("Name", "")).lower() for c in components)
-
-
-class DockerProblem(Exception):
-    """Anything that went wrong talking to Docker; message is Docker's own."""
-
-
-class DockerUnavailable(DockerProblem):
-    """The engine cannot be reached or did not answer in time; `cause` is
-    what the connection failed on, when known (see unreachable.py)."""
-
-    def __init__(self, message: str, cause: BaseException | None = None) -> None:
-        super().__init__(message)
-        self.cause = cause
-
-
-class NotFound(DockerProblem):
-    """HTTP 404, or being removed: the container (or image) is gone or going."""
-
-
-class Conflict(DockerProblem):
-    """HTTP 409, or a state conflict Docker answers otherwise (unpause: 500)."""
-
-
-class BadRequest(DockerProblem):
-    """HTTP 400: Docker refused the arguments."""
-
-
-class ApiError(DockerProblem):
-    """Any other error status."""
-
-
-# Docker's answers for a container that is being removed (or failed to be:
-# "dead"); to a reader, it is going away. Docker 20.10: 409 from logs, start
-# and rm; 500 from restart ("Cannot restart container ...: " + start's).
-_GOING_AWAY = re.compile(r"marked for removal|removal of container .* is already in progress")
-# Docker's answers that a command does not fit the container's state, not all
-# 409: unpause of a container that is not paused is a 500 in Docker 20.10.
-_STATE_CONFLICT = re.compile(
-    r"is not running|is not paused|is already paused|is paused|is restarting"
-    r"|cannot start a paused container|You cannot remove a \w+ container"
-)
-
-
-# What a request to the engine fails with (a timeout is an OSError; an answer
-# that is not JSON is the engine's fault too): only these become DockerProblem.
-# Anything else is a bug of ours and propagates as it is, to be logged with its
-# traceback where it surfaces (the FUSE adapter's guard).
-DOCKER_ERRORS = (
-    DockerProblem,
-    aiodocker.DockerError,
-    aiohttp.ClientError,
-    OSError,
-    json.JSONDecodeError,
-)
-
-
-def _translate(
-    exc: DockerProblem
-    | aiodocker.DockerError
-    | aiohttp.ClientError
-    | OSError
-    | json.JSONDecodeError,
-) -> DockerProblem:
-    if isinstance(exc, DockerProblem):
-        return exc
-    if isinstance(exc, aiodocker.DockerError):
-        message = str(getattr(exc, "message", exc))
-        status = getattr(exc, "status", 0)
-        if status == 900:  # aiodocker's code for "could not connect"
-            cause = unreachable.root_cause(exc)
-            words = unreachable.reason(cause)
-            return DockerUnavailable(f"cannot reach Docker: {words}" if words else message, cause)
-        kind: type[DockerProblem]
-        if status == 404 or _GOING_AWAY.search(message):
-            kind = NotFound
-        elif status == 409 or _STATE_CONFLICT.search(message):
-            kind = Conflict
-        else:
-            kind = BadRequest if status == 400 else ApiError
-        return kind(message)
-    if isinstance(exc, TimeoutError):  # asyncio's too
-        return DockerUnavailable("Docker did not answer in time")
-    if isinstance(exc, json.JSONDecodeError):
-        return ApiError(f"Docker's answer is not JSON: {exc}")
-    cause = unreachable.root_cause(exc)
-    return DockerUnavailable(f"cannot reach Docker: {unreachable.reason(cause) or exc}", cause)
 
 
 async def _list_json(d: aiodocker.Docker, path: str, params: Mapping[str, str]) -> list[Any]:
@@ -259,38 +173,30 @@ class DockerSource:
 
     # -- calls ---------------------------------------------------------------
 
-    async def _call(
-        self, what: str, fn: Callable[[aiodocker.Docker], Awaitable[T]], timeout: float | None
-    ) -> T:
+    def _client(self, what: str) -> tuple[AsyncioThread, aiodocker.Docker]:
+        """The started client and its thread, for one request counted as `what`."""
         if self._thread is None or self._docker is None:
             raise DockerUnavailable("Docker client not started")
         self.requests[what] += 1
-        docker = self._docker
+        return self._thread, self._docker
+
+    async def call(
+        self,
+        what: str,
+        fn: Callable[[aiodocker.Docker], Awaitable[T]],
+        timeout: float | None = None,
+    ) -> T:
+        """One request, counted as `what`: `fn(docker)` run on the asyncio
+        thread within `timeout` (the usual deadline if None)."""
+        thread, docker = self._client(what)
         deadline = self.timeout if timeout is None else timeout
-
-        async def run() -> T:
-            try:
-                return await asyncio.wait_for(fn(docker), deadline)
-            except DOCKER_ERRORS as exc:
-                raise _translate(exc) from exc
-
-        return await await_future(self._thread.submit(run()))
+        return await await_future(thread.submit(_translated(fn, docker, deadline)))
 
     def call_sync(self, what: str, fn: Callable[[aiodocker.Docker], Awaitable[T]]) -> T:
-        """The same as `_call`, from plain (non-trio) code such as start-up checks."""
-        if self._thread is None or self._docker is None:
-            raise DockerUnavailable("Docker client not started")
-        self.requests[what] += 1
-        docker = self._docker
-
-        async def run() -> T:
-            try:
-                return await asyncio.wait_for(fn(docker), self.timeout)
-            except DOCKER_ERRORS as exc:
-                raise _translate(exc) from exc
-
+        """The same as `call`, from plain (non-trio) code such as start-up checks."""
+        thread, docker = self._client(what)
         try:
-            return self._thread.submit(run()).result(self.timeout + 1)
+            return thread.submit(_translated(fn, docker, self.timeout)).result(self.timeout + 1)
         except concurrent.futures.TimeoutError as exc:
             raise DockerUnavailable("Docker did not answer in time") from exc
 
@@ -310,7 +216,7 @@ class DockerSource:
     async def identify(self) -> None:
         """Learn whether the engine is Podman, if start-up could not (it was down)."""
         if self.podman is None:
-            info = await self._call("version", lambda d: d.version(), None)
+            info = await self.call("version", lambda d: d.version())
             self.podman = _is_podman(info)
 
     def _lists_all(self, all: bool) -> bool:
@@ -330,7 +236,7 @@ class DockerSource:
             params = {"all": "1"} if self._lists_all(all) else {}
             return await _list_json(d, "containers/json", params)
 
-        return self._listed(await self._call("containers/json", fetch, None), all)
+        return self._listed(await self.call("containers/json", fetch), all)
 
     async def _list_filtered(self, filters: dict[str, list[str]], all: bool) -> list[Container]:
         async def fetch(d: aiodocker.Docker) -> list[Container]:
@@ -340,7 +246,7 @@ class DockerSource:
             return await _list_json(d, "containers/json", params)
 
         # Counted apart from full listings: the benchmark checks those.
-        return self._listed(await self._call("containers/json?filters", fetch, None), all)
+        return self._listed(await self.call("containers/json?filters", fetch), all)
 
     async def list_one(self, cid: str, all: bool = False) -> Container | None:
         """One container's list entry (the same shape as the tree's), or None."""
@@ -369,36 +275,10 @@ class DockerSource:
             data: dict[str, Any] = await d._query_json(f"containers/{cid}/json")
             return data
 
-        return await self._call("containers/inspect", fetch, None)
-
-    def _produce_into(
-        self, produce: Callable[[], Awaitable[None]], out: _Sink
-    ) -> concurrent.futures.Future[None]:
-        """Run a streaming request on the asyncio thread; `out` hears how it
-        ended (finish) and is closed whatever happens. The result cancels it."""
-        assert self._thread is not None
-
-        async def run() -> None:
-            try:
-                await produce()
-            except DOCKER_ERRORS as exc:
-                out.finish(_translate(exc))
-            except Exception as exc:  # the sink's own (a full spool) or a bug: as it is
-                out.finish(exc)
-            else:
-                out.finish(None)
-            finally:
-                out.close()
-
-        future = self._thread.submit(run())
-        # Cancelled before it ever ran, run() cannot close `out`: do it on the
-        # loop's thread, where it cannot race a write.
-        loop = self._thread.loop
-        future.add_done_callback(lambda _: call_soon(loop, out.close))
-        return future
+        return await self.call("containers/inspect", fetch)
 
     def stream_logs(
-        self, cid: str, out: LogWriter, follow: bool, kind: str = "containers"
+        self, cid: str, out: LogSink, follow: bool, kind: str = "containers"
     ) -> concurrent.futures.Future[None]:
         """One request for a container's log, both streams, frame headers removed,
         written into `out` as it arrives; ends with `out.finish(error or None)`.
@@ -409,10 +289,7 @@ class DockerSource:
         stops: a silent container is not an error. The result cancels it.
         `kind="services"`: a Swarm service's log (every task's), the same way.
         """
-        if self._thread is None or self._docker is None:
-            raise DockerUnavailable("Docker client not started")
-        self.requests[f"{kind}/logs"] += 1
-        docker = self._docker
+        thread, docker = self._client(f"{kind}/logs")
         params = {"stdout": "1", "stderr": "1"}
         if follow:
             params["follow"] = "1"
@@ -430,10 +307,10 @@ class DockerSource:
                     out.write(demux.feed(chunk))
                 out.write(demux.flush())
 
-        return self._produce_into(produce, out)
+        return _produce_into(thread, produce, out)
 
     def stream_archive(
-        self, cid: str, path: str, out: ArchiveWriter
+        self, cid: str, path: str, out: ArchiveSink
     ) -> concurrent.futures.Future[None]:
         """One `GET /containers/{id}/archive?path=PATH` (a tar of PATH's subtree),
         fed to `out.write` as it arrives until that returns False; ends with
@@ -442,10 +319,7 @@ class DockerSource:
         No overall deadline (a subtree can be large), but Docker must start
         answering, and keep sending, within the usual deadline.
         """
-        if self._thread is None or self._docker is None:
-            raise DockerUnavailable("Docker client not started")
-        self.requests["containers/archive"] += 1
-        docker = self._docker
+        thread, docker = self._client("containers/archive")
         # Paths are bytes in the container: percent-encoded as such, not as UTF-8 text.
         query = urllib.parse.quote(os.fsencode(path), safe="/")
         timeout = aiohttp.ClientTimeout(
@@ -469,7 +343,7 @@ class DockerSource:
                     # to us): the engine holds the container's lock until it is.
                     resp.close()
 
-        return self._produce_into(produce, out)
+        return _produce_into(thread, produce, out)
 
     async def top(self, cid: str) -> dict[str, Any]:
         """`GET /containers/{id}/top`: Titles and Processes (409 Conflict when not running)."""
@@ -480,7 +354,7 @@ class DockerSource:
                 raise ApiError(f"top: unexpected answer {str(data)[:80]!r}")
             return data
 
-        return await self._call("containers/top", fetch, None)
+        return await self.call("containers/top", fetch)
 
     async def stats(self, cid: str) -> dict[str, Any]:
         """One sample of `GET /containers/{id}/stats` (one-shot: no second sample to wait for)."""
@@ -492,17 +366,14 @@ class DockerSource:
                 raise ApiError(f"stats: unexpected answer {str(data)[:80]!r}")
             return data
 
-        return await self._call("containers/stats", fetch, None)
+        return await self.call("containers/stats", fetch)
 
     def wait(self, cid: str) -> concurrent.futures.Future[int]:
         """`POST /containers/{id}/wait`: its result is the exit code, once the
         container is not running (at once if it is not). No deadline but the
         connect's: it waits as long as the container runs. The future cancels it;
         it fails with a DockerProblem."""
-        if self._thread is None or self._docker is None:
-            raise DockerUnavailable("Docker client not started")
-        self.requests["containers/wait"] += 1
-        docker = self._docker
+        thread, docker = self._client("containers/wait")
 
         async def run() -> int:
             try:
@@ -515,9 +386,9 @@ class DockerSource:
                         resp.close()  # cancelled unread: close, as aiodocker does not
                 return int(answer["StatusCode"])
             except DOCKER_ERRORS as exc:
-                raise _translate(exc) from exc
+                raise translate(exc) from exc
 
-        return self._thread.submit(run())
+        return thread.submit(run())
 
     async def control(self, cid: str, command: Command) -> None:
         """Run a ctl command; returns once Docker has done it.
@@ -548,26 +419,23 @@ class DockerSource:
             async with d._query(path, method=method, params=params):
                 pass
 
-        await self._call(f"containers/{command.action}", run, timeout)
+        await self.call(f"containers/{command.action}", run, timeout)
 
     def stream(
         self,
         what: str,
-        produce: Callable[[aiodocker.Docker, Callable[[Any], None]], Awaitable[None]],
-    ) -> Stream:
+        produce: Callable[[aiodocker.Docker, Callable[[T], None]], Awaitable[None]],
+    ) -> Stream[T]:
         """Run a long-lived producer on the asyncio side; trio reads a Stream.
 
         `produce(docker, emit)` calls emit for each item; the Stream ends
         when produce returns, and carries its error if it fails.
         """
-        if self._thread is None or self._docker is None:
-            raise DockerUnavailable("Docker client not started")
-        self.requests[what] += 1
+        thread, docker = self._client(what)
         token = trio.lowlevel.current_trio_token()
-        out = Stream()
-        docker = self._docker
+        out = Stream[T]()
 
-        def emit(item: Any) -> None:
+        def emit(item: T) -> None:
             with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(out.put, item)
 
@@ -576,29 +444,67 @@ class DockerSource:
             try:
                 await produce(docker, emit)
             except DOCKER_ERRORS as exc:
-                error = _translate(exc)
+                error = translate(exc)
             except Exception as exc:  # a bug: its reader raises it as it is
                 error = exc
             with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(out.finish, error)
 
-        out.future = self._thread.submit(run())
+        out.future = thread.submit(run())
         return out
 
-    def events(self, types: Sequence[str] = ("container",), what: str = "events") -> Stream:
+    def events(self, types: Sequence[str] = ("container",), what: str = "events") -> Stream[Event]:
         """Docker's events of these types (containers by default), as decoded
         JSON objects, until the stream drops; counted as `what`."""
 
-        async def produce(d: aiodocker.Docker, emit: Callable[[Any], None]) -> None:
+        async def produce(d: aiodocker.Docker, emit: Callable[[Event], None]) -> None:
             params = {"filters": json.dumps({"type": list(types)})}
             async with d._query(
                 "events", params=params, timeout=_stream_timeout(self.timeout)
             ) as resp:
                 async for line in resp.content:
                     if line.strip():
-                        emit(json.loads(line))
+                        event = json.loads(line)
+                        if isinstance(event, dict):
+                            emit(event)
 
         return self.stream(what, produce)
+
+
+async def _translated(
+    fn: Callable[[aiodocker.Docker], Awaitable[T]], docker: aiodocker.Docker, deadline: float
+) -> T:
+    """fn(docker) within `deadline`, its failures as DockerProblem (on the asyncio thread)."""
+    try:
+        return await asyncio.wait_for(fn(docker), deadline)
+    except DOCKER_ERRORS as exc:
+        raise translate(exc) from exc
+
+
+def _produce_into(
+    thread: AsyncioThread, produce: Callable[[], Awaitable[None]], out: Sink
+) -> concurrent.futures.Future[None]:
+    """Run a streaming request on the asyncio thread; `out` hears how it
+    ended (finish) and is closed whatever happens. The result cancels it."""
+
+    async def run() -> None:
+        try:
+            await produce()
+        except DOCKER_ERRORS as exc:
+            out.finish(translate(exc))
+        except Exception as exc:  # the sink's own (a full spool) or a bug: as it is
+            out.finish(exc)
+        else:
+            out.finish(None)
+        finally:
+            out.close()
+
+    future = thread.submit(run())
+    # Cancelled before it ever ran, run() cannot close `out`: do it on the
+    # loop's thread, where it cannot race a write.
+    loop = thread.loop
+    future.add_done_callback(lambda _: call_soon(loop, out.close))
+    return future
 
 
 def _ssl_context(tls: TLS) -> ssl.SSLContext:

@@ -11,28 +11,36 @@ unit-tested under trio with a fake source (tests/test_cache.py).
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import math
 import os
-import re
-import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol
 
 import trio
 
-from dockerfs_fuse.docker.source import LISTED_STATES, ApiError, Conflict, DockerProblem, NotFound
-from dockerfs_fuse.engine.files import ArchiveWriter, ContainerFiles, NotThere
-from dockerfs_fuse.engine.logs import Cancellable, LogSpools, LogWriter
-from dockerfs_fuse.model.containers import Container, container_id, escape_name, resolve_name
+from dockerfs_fuse.docker.errors import ApiError, Conflict, DockerProblem, NotFound
+from dockerfs_fuse.docker.source import LISTED_STATES, Event
+from dockerfs_fuse.engine.archive import ArchiveWriter
+from dockerfs_fuse.engine.files import ContainerFiles
+from dockerfs_fuse.engine.logs import LogSpools, LogWriter
+from dockerfs_fuse.engine.refresh import EventStream, MissLimiter, Refresher, follow_events
+from dockerfs_fuse.engine.spool import Cancellable
+from dockerfs_fuse.model.containers import (
+    Container,
+    container_id,
+    could_name_a_container,
+    escape_name,
+    resolve_name,
+)
 from dockerfs_fuse.model.ctl import Command
+from dockerfs_fuse.model.files import NotThere
 from dockerfs_fuse.model.inodes import Changes, InodeTable, Node
 from dockerfs_fuse.model.render import render_stats, render_top
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 # With kernel caching (kernel_cache.py) listings are cached too, so entries
 # must outlive a walk: every change is invalidated, this only bounds a lost one.
@@ -77,11 +85,6 @@ FALLBACK_TIMEOUT = 1.0
 # cheap), and until the reconnect lists it again the tree shows containers as
 # they were before the engine went away: keep that short.
 RECONNECT_MAX = 1.0
-# A lookup miss of a name asks the engine at most this often.
-MISS_REFRESH_INTERVAL = 1.0
-# Missed names remembered for that; beyond, all are forgotten at once (a scan
-# of that many names within an interval costs one more request per name).
-MISSES_KEPT = 1024
 # Containers re-read by one filtered request (their IDs go in its URL).
 IDS_PER_REQUEST = 100
 # When to re-read a container after its events (seconds after, cumulative).
@@ -131,12 +134,12 @@ class Source(Protocol):
     async def inspect(self, cid: str) -> dict[str, Any]: ...
     async def control(self, cid: str, command: Command) -> None: ...
     async def identify(self) -> None: ...
-    def events(self) -> Any: ...
+    def events(self) -> EventStream[Event]: ...
     def stream_logs(self, cid: str, out: LogWriter, follow: bool) -> Cancellable: ...
     def stream_archive(self, cid: str, path: str, out: ArchiveWriter) -> Cancellable: ...
     async def top(self, cid: str) -> dict[str, Any]: ...
     async def stats(self, cid: str) -> dict[str, Any]: ...
-    def wait(self, cid: str) -> Any: ...
+    def wait(self, cid: str) -> concurrent.futures.Future[int]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,44 +151,6 @@ class _Listing:
     listed: list[Container]
     unlisted: Mapping[str, Container | None] = field(default_factory=dict)
     asked: int = 0  # its number among the reads of container state (EngineCache._ask)
-
-
-class _Shared(Generic[T]):
-    """One list request and its outcome, shared by everyone who waited for it."""
-
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self.result: T | None = None
-        self.error: Exception | None = None
-
-
-class _Refresher(Generic[T]):
-    """One container-list request at a time; callers that arrive meanwhile share it."""
-
-    def __init__(self, fetch: Callable[[], Awaitable[T]]) -> None:
-        self._fetch = fetch
-        self._current: _Shared[T] | None = None
-
-    async def get(self) -> T:
-        while True:
-            shared = self._current
-            if shared is None:
-                shared = self._current = _Shared[T]()
-                try:
-                    shared.result = await self._fetch()
-                    return shared.result
-                except Exception as exc:
-                    shared.error = exc
-                    raise
-                finally:
-                    self._current = None
-                    shared.done.set()
-            await shared.done.wait()
-            if shared.error is not None:
-                raise shared.error
-            if shared.result is not None:
-                return shared.result
-            # the request we waited on was cancelled: make our own
 
 
 class EngineCache:
@@ -212,7 +177,7 @@ class EngineCache:
         self.attr_timeout = ATTR_TIMEOUT
         self.keep_pages = False  # while the engine's event stream is up
         self.events_up = False
-        self._misses: dict[str, float] = {}
+        self._misses = MissLimiter[str]()
         self._scheduled: set[str] = set()
         # Events numbered as they arrive, to catch a list answer that was
         # fetched before an event but applied after it: each refresh() in
@@ -238,7 +203,7 @@ class EngineCache:
             is_gone=lambda exc: isinstance(exc, NotFound | NotThere),
             is_refused=lambda exc: isinstance(exc, ApiError),
         )
-        self._refresher = _Refresher(self._fetch)
+        self._refresher = Refresher(self._fetch)
 
     # -- listings ---------------------------------------------------------------
 
@@ -388,19 +353,15 @@ class EngineCache:
         # listing). The same missing name asks at most once per interval, so
         # a probe loop (shells, editors) cannot become a request loop; if
         # the engine cannot answer, a miss is just a miss.
-        now = time.monotonic()
-        if now - self._misses.get(name, -math.inf) < MISS_REFRESH_INTERVAL:
+        if not self._misses.may_ask(name):
             return None
-        if len(self._misses) > MISSES_KEPT:
-            self._misses.clear()
-        self._misses[name] = now
         try:
             node = await self._ask_engine(name)
         except DockerProblem as exc:
             log.debug("%s: lookup of %s: %s", self.name, name, exc)
             return None
         if node is not None:
-            self._misses.pop(name, None)
+            self._misses.found(name)
         return node
 
     async def _ask_engine(self, name: str) -> Node | None:
@@ -430,44 +391,32 @@ class EngineCache:
         everything once to catch what was missed (what changed while the
         engine was down sent no event we could see).
         """
-        backoff = 0.5
-        down = False
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._run_rereads, nursery)
             nursery.start_soon(self.files.run_sweeper)
-            while True:
-                stream = self.source.events()
-                try:
-                    await self.source.identify()
-                    await self.refresh()
-                    if down:
-                        log.info("%s: event stream reconnected", self.name)
-                    down, backoff = False, 0.5
-                    self.events_up = True
-                    self.attr_timeout = KERNEL_CACHE_TIMEOUT if self.kernel_cache else ATTR_TIMEOUT
-                    self.keep_pages = self.kernel_cache
-                    async for event in stream:
-                        self.on_event(event)
-                    problem = "ended"
-                except DockerProblem as exc:
-                    problem = str(exc)
-                except Exception:  # a bug must not unmount: log it and reconnect
-                    log.exception("%s: event stream", self.name)
-                    problem = "failed"
-                finally:
-                    stream.close()
-                self.events_up = False
-                self.attr_timeout = FALLBACK_TIMEOUT
-                self.keep_pages = False
-                if not down:
-                    log.warning(
-                        "%s: event stream %s; retrying, caching less meanwhile", self.name, problem
-                    )
-                    down = True
-                await trio.sleep(backoff)
-                backoff = min(backoff * 2, RECONNECT_MAX)
+            meanwhile = ", caching less meanwhile"
+            await follow_events(
+                self, "event stream", RECONNECT_MAX, while_down=meanwhile, logger=log
+            )
 
-    def on_event(self, event: dict[str, Any]) -> None:
+    def open_events(self) -> EventStream[Event]:
+        return self.source.events()
+
+    async def resync(self) -> None:
+        await self.source.identify()
+        await self.refresh()
+
+    def set_events_up(self, up: bool) -> None:
+        """Trust the kernel's caches while events tell of changes; less while not."""
+        self.events_up = up
+        if up:
+            self.attr_timeout = KERNEL_CACHE_TIMEOUT if self.kernel_cache else ATTR_TIMEOUT
+            self.keep_pages = self.kernel_cache
+        else:
+            self.attr_timeout = FALLBACK_TIMEOUT
+            self.keep_pages = False
+
+    def on_event(self, event: Event) -> None:
         action = str(event.get("Action") or event.get("status") or "").split(":")[0]
         cid = str(event.get("id") or (event.get("Actor") or {}).get("ID") or "")
         if not cid or not (action in _EVENT_ACTIONS or action.startswith("health_status")):
@@ -526,11 +475,3 @@ class EngineCache:
 
 def _entry(containers: list[Container], cid: str) -> Container:
     return next(c for c in containers if container_id(c) == cid)
-
-
-def could_name_a_container(name: str) -> bool:
-    """Docker names are [a-zA-Z0-9][a-zA-Z0-9_.-]*; IDs and prefixes are hex."""
-    return bool(_NAME.fullmatch(name))
-
-
-_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")

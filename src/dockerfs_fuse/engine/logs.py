@@ -22,90 +22,26 @@ this is not one request; and one-shot readers (`cat`, `grep -r`) never cost
 the second. A follow request that fails (Docker restarted, say) is made
 again when a reader next wants more, at most once a second.
 
-The producer runs on the Docker module's thread and writes through a
+The producer runs on the Docker client's thread and writes through a
 LogWriter; everything else about a spool lives on trio and changes only
-there, so readers need no locks.
+there, so readers need no locks (see spool.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Callable
-from typing import Protocol
 
 import trio
 
-log = logging.getLogger(__name__)
+from dockerfs_fuse.engine.spool import Cancellable, Spool, SpoolWriter
 
-# The largest frame taken for a frame. Docker's stdcopy writes each log
-# message as one frame, with no limit of its own; the engine's copier cuts
-# messages at 16 KiB, or at the log driver's buffer size (awslogs: 256 KiB).
-# A longer declared length is a header guessed wrong, in a raw stream that
-# happens to look framed, and would buffer up to 4 GiB.
-MAX_FRAME = 1 << 20
+log = logging.getLogger(__name__)
 
 # A follow request that failed (Docker restarted, say) is started again when
 # a reader wants more, at most this often per spool.
 FOLLOW_RETRY_INTERVAL = 1.0
-
-
-class Demuxer:
-    """Docker's log stream framing, removed.
-
-    A non-TTY container's log stream is a sequence of frames, each an 8-byte
-    header (stream type, three zero bytes, big-endian length) and a payload.
-    A TTY container's stream is raw. Older engines do not say which in the
-    Content-Type, so the first header is recognised by its shape. A header
-    declaring more than MAX_FRAME is no header: the stream is raw from there.
-    """
-
-    def __init__(self, content_type: str = "") -> None:
-        self._buf = bytearray()
-        self._raw: bool | None = None
-        if "raw-stream" in content_type:
-            self._raw = True
-        elif "multiplexed-stream" in content_type:
-            self._raw = False
-
-    def feed(self, data: bytes) -> bytes:
-        if self._raw:
-            return bytes(data)
-        self._buf += data
-        if self._raw is None:
-            if len(self._buf) < 8:
-                return b""
-            head = self._buf[:8]
-            framed = head[0] in (0, 1, 2) and head[1:4] == b"\0\0\0"
-            self._raw = not (framed and int.from_bytes(head[4:8], "big") <= MAX_FRAME)
-            if self._raw:
-                whole = bytes(self._buf)
-                self._buf.clear()
-                return whole
-        out = bytearray()
-        while len(self._buf) >= 8:
-            length = int.from_bytes(self._buf[4:8], "big")
-            if length > MAX_FRAME:
-                self._raw = True
-                out += self._buf
-                self._buf.clear()
-                break
-            if len(self._buf) < 8 + length:
-                break
-            out += self._buf[8 : 8 + length]
-            del self._buf[: 8 + length]
-        return bytes(out)
-
-    def flush(self) -> bytes:
-        """Whatever is left at the end: a short raw stream, or a truncated frame."""
-        rest = bytes(self._buf)
-        self._buf.clear()
-        if self._raw is None or self._raw:
-            return rest
-        return rest[8:] if len(rest) > 8 else b""
 
 
 class SpoolError(Exception):
@@ -116,29 +52,18 @@ class TooManyLogs(Exception):
     """Every log stream the daemon allows is in use."""
 
 
-class Cancellable(Protocol):
-    def cancel(self) -> bool: ...
-
-
 # start(cid, out, follow) begins one request for a container's log, writing
 # into `out` and ending with out.finish(); the result cancels it.
-Starter = Callable[[str, "LogWriter", bool], Cancellable]
+LogStarter = Callable[[str, "LogWriter", bool], Cancellable]
 
 
-class LogWriter:
-    """The producer's end of a spool, used from the Docker module's thread.
-
-    It has a file descriptor of its own (a dup), so that the spool can be
-    closed on trio while a cancelled producer is still unwinding; every
-    change is handed to trio with `run_sync_soon`.
-    """
+class LogWriter(SpoolWriter):
+    """The producer's end of a log spool (a docker.sinks.LogSink)."""
 
     def __init__(self, spool: LogSpool, fd: int, skip: int) -> None:
+        super().__init__(fd, offset=spool.size)
         self._spool = spool
-        self._fd = fd
-        self._offset = spool.size
         self._skip = skip
-        self._token = trio.lowlevel.current_trio_token()
 
     def write(self, data: bytes) -> None:
         """Append demultiplexed bytes (the first `skip` of them are dropped)."""
@@ -146,12 +71,8 @@ class LogWriter:
             dropped = min(self._skip, len(data))
             data = data[dropped:]
             self._skip -= dropped
-        view = memoryview(data)
         try:
-            while view:
-                written = os.pwrite(self._fd, view, self._offset)
-                view = view[written:]
-                self._offset += written
+            self._append(data)
         except OSError as exc:
             raise SpoolError(f"writing the log spool: {exc}") from None
         if data:
@@ -161,26 +82,16 @@ class LogWriter:
         """The request ended: normally (error None) or with the reason."""
         self._post(self._spool._finished, self, error)
 
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
 
-    def _post(self, fn: Callable[..., None], *args: object) -> None:
-        with contextlib.suppress(trio.RunFinishedError):  # the daemon is exiting
-            self._token.run_sync_soon(fn, *args)
+class LogSpool(Spool):
+    """One container's log on disk, with what is known about its end.
+    Freed in close(), when the last open of the log is released."""
 
-
-class LogSpool:
-    """One container's log on disk, with what is known about its end."""
-
-    def __init__(self, cid: str, start: Starter, running: Callable[[], bool]) -> None:
+    def __init__(self, cid: str, start: LogStarter, running: Callable[[], bool]) -> None:
+        super().__init__(prefix="dockerfs-log-")
         self.cid = cid
         self._start = start
         self._running = running
-        # Closed in close(), when the last open of the log is released.
-        self._file = tempfile.TemporaryFile(prefix="dockerfs-log-", buffering=0)  # noqa: SIM115
-        self._fd = self._file.fileno()
         # Bytes on disk that readers may read.
         self.size = 0
         # The log so far is all here (`cat logs` ends at `size`).
@@ -190,9 +101,7 @@ class LogSpool:
         # Why following new output stopped short (Docker went away, say).
         self.follow_error: Exception | None = None
         self.handles = 0
-        self.closed = False
         self._writer: LogWriter | None = None
-        self._request: Cancellable | None = None
         # Someone wants new output; a follow request ran (start events aside,
         # only the first is started by readers: a stale "running" must not
         # replay the log over and over).
@@ -202,7 +111,6 @@ class LogSpool:
         self._retrying = False  # the follow request is a retry that has brought nothing yet
         self._following = False
         self._follow_again = False
-        self._changed = trio.Event()
         self._begin(follow=False)
 
     # -- what readers see ---------------------------------------------------------
@@ -222,8 +130,7 @@ class LogSpool:
 
     def read(self, offset: int, size: int) -> bytes:
         """Bytes already spooled at `offset`, at most `size` of them."""
-        size = min(size, self.size - offset)
-        return os.pread(self._fd, size, offset) if size > 0 else b""
+        return self._read(offset, size, self.size)
 
     def at_eof(self, follow: bool) -> bool:
         """At `size`: whether that is the end for this kind of reader.
@@ -242,10 +149,6 @@ class LogSpool:
         if self.follow_error is not None:
             raise self.follow_error
         return True
-
-    async def changed(self) -> None:
-        """Return at the next change: more bytes, or the end of a request."""
-        await self._changed.wait()
 
     # -- producers ----------------------------------------------------------------
 
@@ -281,7 +184,7 @@ class LogSpool:
         # exception would crash the whole mount: every failure ends the request.
         failed: Exception | None = None
         try:
-            fd = os.dup(self._fd)
+            fd = self._writer_fd()
         except OSError as exc:  # EMFILE, say
             fd, failed = -1, SpoolError(f"opening the log spool: {exc}")
         # A follow request replays the whole log: skip what is already here.
@@ -329,20 +232,11 @@ class LogSpool:
                 self._begin(follow=True)
         self._wake()
 
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
     def close(self) -> None:
-        """Cancel any request and free the file (its space goes with the last fd)."""
-        if self.closed:
-            return
-        self.closed = True
-        if self._request is not None:
-            self._request.cancel()
-        self._writer = self._request = None
-        self._file.close()
-        self._wake()
+        """Cancel any request and free the file."""
+        if not self.closed:
+            self._writer = None
+            self._free()
 
 
 class LogSpools:
@@ -353,7 +247,7 @@ class LogSpools:
     requests need some left.
     """
 
-    def __init__(self, start: Starter, running: Callable[[str], bool], limit: int) -> None:
+    def __init__(self, start: LogStarter, running: Callable[[str], bool], limit: int) -> None:
         self._start = start
         self._running = running
         self._limit = limit

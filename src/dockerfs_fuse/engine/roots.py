@@ -13,11 +13,12 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Callable
 
-from dockerfs_fuse.docker.source import NotFound
+from dockerfs_fuse.docker.errors import NotFound
 from dockerfs_fuse.engine.containers import EngineCache
 from dockerfs_fuse.engine.engines import Engines
-from dockerfs_fuse.engine.files import ContainerFiles, Entry, FileReader, NotThere, PathError
+from dockerfs_fuse.engine.files import ContainerFiles, FileReader
 from dockerfs_fuse.model.containers import Special
+from dockerfs_fuse.model.files import Entry, NotThere, PathError
 from dockerfs_fuse.model.inodes import Changes, Node
 
 # A listing as the adapter serves it: names and the inodes they got.

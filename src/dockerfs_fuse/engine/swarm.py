@@ -25,25 +25,21 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import trio
 
 from dockerfs_fuse.docker import swarm as api
-from dockerfs_fuse.docker.source import DockerProblem, DockerSource, NotFound
-from dockerfs_fuse.engine.containers import (
-    ATTR_TIMEOUT,
-    FALLBACK_TIMEOUT,
-    MAX_LOG_SPOOLS,
-    MISS_REFRESH_INTERVAL,
-    MISSES_KEPT,
-    RECONNECT_MAX,
-    _Refresher,
-)
-from dockerfs_fuse.engine.logs import Cancellable, LogSpools, LogWriter
+from dockerfs_fuse.docker.bridge import Stream
+from dockerfs_fuse.docker.errors import DockerProblem, NotFound
+from dockerfs_fuse.docker.source import DockerSource, Event
+from dockerfs_fuse.engine.containers import ATTR_TIMEOUT, FALLBACK_TIMEOUT, MAX_LOG_SPOOLS
+from dockerfs_fuse.engine.logs import LogSpools, LogWriter
+from dockerfs_fuse.engine.refresh import MissLimiter, Refresher, follow_events
+from dockerfs_fuse.engine.spool import Cancellable
+from dockerfs_fuse.model.containers import could_name_an_object
 from dockerfs_fuse.model.inodes import NS, Changes, InodeTable, Node, owner_dir
 from dockerfs_fuse.model.swarm import (
     TOP,
@@ -67,7 +63,12 @@ BUSY_SECONDS = 30.0
 # Events come in bursts (a service update sends one per task it replaces): fold them.
 EVENT_DELAY = 0.05
 _SETTLING = ("updating", "rollback_started", "rollback_paused", "paused")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
+# Retries of a dropped swarm event stream: 0.5 s doubling to this, four times a
+# container view's cap (RECONNECT_MAX). Each reconnect lists the whole cluster
+# three times (services, nodes, tasks), and an engine that is no manager
+# refuses all three for as long as the mount lasts: retried less often, that
+# costs the engine less, and the view lags a restarted manager by 4 s at most.
+SWARM_RECONNECT_MAX = 4.0
 
 
 class SwarmCache:
@@ -79,7 +80,7 @@ class SwarmCache:
         source: DockerSource,
         table: InodeTable,
         top: Node,
-        on_changes: Any,
+        on_changes: Callable[[Changes], None],
     ) -> None:
         self.name = name
         self.source = source
@@ -93,15 +94,15 @@ class SwarmCache:
         self.objects: dict[str, list[Obj]] = {kind: [] for kind in TOP}
         # Directory name -> object ID, per kind, as of the last rebuild.
         self._ids: dict[str, dict[str, str]] = {kind: {} for kind in TOP}
-        self._refreshers = {kind: _Refresher(self._fetcher(kind)) for kind in TOP}
-        self._misses: dict[tuple[str, str], float] = {}
+        self._refreshers = {kind: Refresher(self._fetcher(kind)) for kind in TOP}
+        self._misses = MissLimiter[tuple[str, str]]()
         self._pending: set[str] = set()
         self._wake = trio.Event()
         self._busy_until = 0.0
         # services/<name>/logs: spooled as a container's logs are, by directory name.
         self.logs = LogSpools(self._stream_logs, self._service_listed, MAX_LOG_SPOOLS)
 
-    def _fetcher(self, kind: str) -> Any:
+    def _fetcher(self, kind: str) -> Callable[[], Awaitable[list[Obj]]]:
         calls = {"services": api.list_services, "nodes": api.list_nodes, "tasks": api.list_tasks}
         call = calls[kind]
 
@@ -162,14 +163,10 @@ class SwarmCache:
         a name nobody listed yet lists its kind again, at most once a second."""
         kind = self.kind_of[parent.inode]
         node = self._lookup(kind, name)
-        if node is not None or not _NAME.fullmatch(name):
+        if node is not None or not could_name_an_object(name):
             return node
-        now = time.monotonic()
-        if now - self._misses.get((kind, name), -math.inf) < MISS_REFRESH_INTERVAL:
+        if not self._misses.may_ask((kind, name)):
             return None
-        if len(self._misses) > MISSES_KEPT:
-            self._misses.clear()
-        self._misses[kind, name] = now
         try:
             await self.refresh(kind)
         except DockerProblem as exc:
@@ -268,39 +265,22 @@ class SwarmCache:
                 self.name,
                 local.get("LocalNodeState") or "inactive",
             )
-        backoff = 0.5
-        down = False
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._keep_fresh)
-            while True:
-                stream = api.events(self.source)
-                try:
-                    for kind in TOP:
-                        await self.refresh(kind)
-                    if down:
-                        log.info("%s: swarm event stream reconnected", self.name)
-                    down, backoff = False, 0.5
-                    self.events_up = True
-                    self.attr_timeout = ATTR_TIMEOUT
-                    async for event in stream:
-                        self.on_event(event)
-                    problem = "ended"
-                except DockerProblem as exc:
-                    problem = str(exc)
-                except Exception:  # a bug must not unmount
-                    log.exception("%s: swarm event stream", self.name)
-                    problem = "failed"
-                finally:
-                    stream.close()
-                self.events_up = False
-                self.attr_timeout = FALLBACK_TIMEOUT
-                if not down:
-                    log.warning("%s: swarm view: %s; retrying", self.name, problem)
-                    down = True
-                await trio.sleep(backoff)
-                backoff = min(backoff * 2, RECONNECT_MAX * 4)
+            await follow_events(self, "swarm event stream", SWARM_RECONNECT_MAX, logger=log)
 
-    def on_event(self, event: dict[str, Any]) -> None:
+    def open_events(self) -> Stream[Event]:
+        return api.events(self.source)
+
+    async def resync(self) -> None:
+        for kind in TOP:
+            await self.refresh(kind)
+
+    def set_events_up(self, up: bool) -> None:
+        self.events_up = up
+        self.attr_timeout = ATTR_TIMEOUT if up else FALLBACK_TIMEOUT
+
+    def on_event(self, event: Event) -> None:
         etype = event.get("Type")
         action = str(event.get("Action") or "")
         actor = event.get("Actor") or {}

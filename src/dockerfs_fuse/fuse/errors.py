@@ -16,10 +16,11 @@ from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
-from dockerfs_fuse.docker.source import BadRequest, Conflict, DockerProblem, NotFound
-from dockerfs_fuse.engine.files import ArchiveError, PathError
+from dockerfs_fuse.docker.errors import BadRequest, Conflict, DockerProblem, NotFound
+from dockerfs_fuse.engine.archive import ArchiveError
 from dockerfs_fuse.engine.logs import SpoolError
 from dockerfs_fuse.model.ctl import BadCommand
+from dockerfs_fuse.model.files import PathError
 
 log = logging.getLogger(__name__)
 

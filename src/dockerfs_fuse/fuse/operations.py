@@ -22,7 +22,7 @@ from typing import Any
 
 import pyfuse3
 
-from dockerfs_fuse.docker.source import DockerProblem
+from dockerfs_fuse.docker.errors import DockerProblem
 from dockerfs_fuse.engine.engines import Engines
 from dockerfs_fuse.engine.roots import ContainerRoots, in_root
 from dockerfs_fuse.fuse.attrs import BLOCK_SIZE, Attributes

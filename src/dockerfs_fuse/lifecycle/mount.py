@@ -23,7 +23,8 @@ import pyfuse3
 import trio
 
 from dockerfs_fuse.docker.endpoints import Endpoint
-from dockerfs_fuse.docker.source import DockerProblem, DockerSource
+from dockerfs_fuse.docker.errors import DockerProblem
+from dockerfs_fuse.docker.source import DockerSource
 from dockerfs_fuse.engine.engines import Engines
 from dockerfs_fuse.fuse import kernel_cache
 from dockerfs_fuse.fuse.invalidate import Invalidator

@@ -23,7 +23,9 @@ class OptionError(ValueError):
     """An `-o` option that cannot be used; the message is one line."""
 
 
-class Kind(Enum):
+class HandledBy(Enum):
+    """Who acts on a -o option."""
+
     OURS = "ours"  # sets a command-line option of dockerfs-fuse
     FUSE = "fuse"  # handed to libfuse: a kernel mount flag or a FUSE mount option
     IGNORED = "ignored"  # meant for mount(8), fstab or systemd, not for the filesystem
@@ -33,7 +35,7 @@ class Kind(Enum):
 @dataclass(frozen=True)
 class Option:
     name: str  # without "=" (a value-taking option is written name=VALUE)
-    kind: Kind
+    kind: HandledBy
     value: str | None = None  # metavar when the option takes a value
     dest: str | None = None  # OURS: the argparse dest it sets
     help: str = ""
@@ -41,7 +43,7 @@ class Option:
 
 
 def _ours(name: str, dest: str, help: str, value: str | None = None) -> Option:
-    return Option(name, Kind.OURS, value, dest, help)
+    return Option(name, HandledBy.OURS, value, dest, help)
 
 
 def _words(text: str) -> list[str]:
@@ -74,36 +76,38 @@ KERNEL_FLAGS = [
 # FUSE options libfuse takes (lib/mount.c fuse_mount_opts[], lib/fuse_lowlevel.c).
 # SELinux's `context=` is not among them: `context=` names a docker context here.
 FUSE_OPTIONS: tuple[Option, ...] = (
-    Option("allow_other", Kind.FUSE, help="let other users in (user_allow_other in fuse.conf)"),
-    Option("allow_root", Kind.FUSE, help="let root in as well as the mounting user"),
-    Option("default_permissions", Kind.FUSE, help="the kernel checks modes (always on)"),
-    Option("auto_unmount", Kind.FUSE, help="fusermount3 unmounts if the daemon dies"),
-    Option("fsname", Kind.FUSE, "NAME", help="the source mount tables show (default SOURCE)"),
-    Option("subtype", Kind.FUSE, "TYPE", help="the type shown as fuse.TYPE"),
-    Option("max_read", Kind.FUSE, "N", help="largest read request, bytes"),
-    Option("blksize", Kind.FUSE, "N", help="block size reported (fuseblk only)"),
-    Option("blkdev", Kind.FUSE, help="a block-device filesystem (fuseblk; not for this one)"),
-    Option("fscontext", Kind.FUSE, "CONTEXT", help="SELinux context of the filesystem"),
-    Option("defcontext", Kind.FUSE, "CONTEXT", help="SELinux context of unlabelled files"),
-    Option("rootcontext", Kind.FUSE, "CONTEXT", help="SELinux context of the root"),
+    Option(
+        "allow_other", HandledBy.FUSE, help="let other users in (user_allow_other in fuse.conf)"
+    ),
+    Option("allow_root", HandledBy.FUSE, help="let root in as well as the mounting user"),
+    Option("default_permissions", HandledBy.FUSE, help="the kernel checks modes (always on)"),
+    Option("auto_unmount", HandledBy.FUSE, help="fusermount3 unmounts if the daemon dies"),
+    Option("fsname", HandledBy.FUSE, "NAME", help="the source mount tables show (default SOURCE)"),
+    Option("subtype", HandledBy.FUSE, "TYPE", help="the type shown as fuse.TYPE"),
+    Option("max_read", HandledBy.FUSE, "N", help="largest read request, bytes"),
+    Option("blksize", HandledBy.FUSE, "N", help="block size reported (fuseblk only)"),
+    Option("blkdev", HandledBy.FUSE, help="a block-device filesystem (fuseblk; not for this one)"),
+    Option("fscontext", HandledBy.FUSE, "CONTEXT", help="SELinux context of the filesystem"),
+    Option("defcontext", HandledBy.FUSE, "CONTEXT", help="SELinux context of unlabelled files"),
+    Option("rootcontext", HandledBy.FUSE, "CONTEXT", help="SELinux context of the root"),
 )
 
 # What mount(8), fstab and systemd read, and mount.fuse3 may pass on anyway.
 IGNORED: tuple[Option, ...] = (
     *(
-        Option(n, Kind.IGNORED)
+        Option(n, HandledBy.IGNORED)
         for n in _words("defaults auto noauto user nouser users owner group _netdev nofail")
     ),
-    Option("user", Kind.IGNORED, "NAME"),  # libmount's record of a user mount
-    Option("comment", Kind.IGNORED, "TEXT"),
-    Option("x-", Kind.IGNORED, prefix=True),  # x-systemd.automount, x-gvfs-show, ...
+    Option("user", HandledBy.IGNORED, "NAME"),  # libmount's record of a user mount
+    Option("comment", HandledBy.IGNORED, "TEXT"),
+    Option("x-", HandledBy.IGNORED, prefix=True),  # x-systemd.automount, x-gvfs-show, ...
 )
 
 HELPER: tuple[Option, ...] = (
-    Option("setuid", Kind.HELPER, "USER", help="mount.fuse3 runs the daemon as USER"),
+    Option("setuid", HandledBy.HELPER, "USER", help="mount.fuse3 runs the daemon as USER"),
     Option(
         "drop_privileges",
-        Kind.HELPER,
+        HandledBy.HELPER,
         help="mount.fuse3 mounts, then runs the daemon without privileges on /dev/fd/N",
     ),
 )
@@ -120,7 +124,7 @@ LIBFUSE_TEXTS = frozenset(o.name for o in FUSE_OPTIONS if o.value not in (None, 
 def table() -> list[Option]:
     return [
         *OURS,
-        *(Option(f, Kind.FUSE) for f in KERNEL_FLAGS),
+        *(Option(f, HandledBy.FUSE) for f in KERNEL_FLAGS),
         *FUSE_OPTIONS,
         *IGNORED,
         *HELPER,
@@ -160,9 +164,9 @@ def parse(arguments: Iterable[str]) -> Parsed:
         opt = _lookup(name, bool(eq))
         if opt is None:
             raise OptionError(_unknown(name, bool(eq)))
-        if eq and not value and opt.kind in (Kind.OURS, Kind.FUSE, Kind.HELPER):
+        if eq and not value and opt.kind in (HandledBy.OURS, HandledBy.FUSE, HandledBy.HELPER):
             raise OptionError(f"-o {name}= needs a value ({name}={opt.value})")
-        if opt.kind is Kind.OURS:
+        if opt.kind is HandledBy.OURS:
             assert opt.dest is not None
             if opt.value is None:
                 parsed.ours[opt.dest] = True
@@ -170,9 +174,9 @@ def parse(arguments: Iterable[str]) -> Parsed:
                 values = parsed.ours.setdefault(opt.dest, [])
                 assert isinstance(values, list)
                 values.append(value)
-        elif opt.kind is Kind.FUSE:
+        elif opt.kind is HandledBy.FUSE:
             parsed.fuse.append(item)
-        elif opt.kind is Kind.IGNORED:
+        elif opt.kind is HandledBy.IGNORED:
             parsed.ignored.append(item)
         else:
             parsed.helper.append(item)

@@ -323,6 +323,22 @@ def all_hex(text: str) -> bool:
     return all(ch in "0123456789abcdef" for ch in text)
 
 
+# What Docker takes for a name (a container's, a service's, a node's), and what
+# IDs and their prefixes are made of: anything else names nothing, and must not
+# reach a URL path ("..", "?", "/").
+_DOCKER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def could_name_a_container(name: str) -> bool:
+    """Docker names are [a-zA-Z0-9][a-zA-Z0-9_.-]*; IDs and prefixes are hex."""
+    return bool(_DOCKER_NAME.fullmatch(name))
+
+
+def could_name_an_object(name: str) -> bool:
+    """A Swarm service's or node's name or ID: a Docker name of at most NAME_MAX."""
+    return len(name) <= NAME_MAX and could_name_a_container(name)
+
+
 # Fewer hex digits are refused as prefixes: `ls` and shells probe short names.
 MIN_PREFIX = 4
 

@@ -31,7 +31,6 @@ import enum
 import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from dockerfs_fuse.model.containers import (
     SUBDIRS,
@@ -46,10 +45,8 @@ from dockerfs_fuse.model.containers import (
     escape_name,
     resolve_name,
 )
+from dockerfs_fuse.model.files import Entry
 from dockerfs_fuse.model.swarm import Tree
-
-if TYPE_CHECKING:
-    from dockerfs_fuse.engine.files import Entry
 
 ROOT_INODE = 1
 NS = 1_000_000_000

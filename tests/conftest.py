@@ -21,7 +21,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from support.mount_process import (
 )
 from support.mount_process import start_mount as _start_mount
 from support.private_dockerd import IMAGE, DockerdError, PrivateDockerd
+from support.waiting import wait_until
 
 __all__ = ["dockerfs_command", "stop_mount", "wait_for_mount"]
 
@@ -54,33 +55,6 @@ def require(condition: bool, why: str) -> None:
 def require_fuse() -> None:
     require(os.path.exists("/dev/fuse"), "/dev/fuse is missing")
     require(shutil.which("fusermount3") is not None, "fusermount3 missing (Debian fuse3)")
-
-
-def eventually(check: Callable[[], bool], within: float = 30.0, what: str = "") -> float:
-    """Poll check until true and return how long it took; fail after `within`.
-
-    The bound is generous on purpose: it is there to end a test that would
-    wait forever, not to measure speed on a loaded machine.
-    """
-    t0 = time.monotonic()
-    while True:
-        if check():
-            return time.monotonic() - t0
-        if time.monotonic() - t0 > within:
-            raise AssertionError(f"not true within {within}s: {what or check}")
-        time.sleep(0.02)
-
-
-def wait_for(check: Callable[[], str | None], timeout: float = 30) -> None:
-    """Poll until check() returns None (no difference left); fail with the last one."""
-    deadline = time.monotonic() + timeout
-    while True:
-        problem = check()
-        if problem is None:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(problem)
-        time.sleep(0.2)
 
 
 # -- a hang fails the test that hung ------------------------------------------------
@@ -257,7 +231,7 @@ def wait_for_start_line(m: Mount, host: str) -> None:
     mountpoint appears when the kernel mounts; the line follows once the
     daemon serves, so it is waited for (a bound, not a timing claim)."""
     line = f"at {host}, mounted at {m.path}"
-    eventually(lambda: line in m.log_text(), what=line)
+    wait_until(lambda: line in m.log_text(), line)
 
 
 def start_mount(host: str, mountpoint: Path, *extra: str) -> Mount:

@@ -39,8 +39,8 @@ from ninep_support import (
     tcp_queues,
     threads_in_fuse,
     usage,
-    wait_until,
 )
+from support.waiting import wait_until
 
 from dockerfs_fuse.ninep import child, codec
 from dockerfs_fuse.ninep.cli import Dial, parse_dial, shim_command

@@ -24,12 +24,12 @@ from conftest import (
     Mount,
     ctl,
     ctl_errno,
-    eventually,
     run_held,
     start_mount,
     state,
     stop_mount,
 )
+from support.waiting import wait_until
 
 from dockerfs_fuse.engine.containers import ATTR_TIMEOUT_ENV
 
@@ -83,11 +83,11 @@ def test_kill_with_signal_by_name_and_number(engine: Engine, mounted: Mount) -> 
     # busybox sh as PID 1 ignores TERM, but a trap makes it exit with a known code.
     cid = engine.run(IMG, "sh", "-c", "trap 'exit 42' HUP; while true; do sleep 0.1; done")
     ctl(mounted, cid, "kill HUP")
-    eventually(lambda: not state(engine, cid)["Running"])
+    wait_until(lambda: not state(engine, cid)["Running"], "the container exited on kill")
     assert state(engine, cid)["ExitCode"] == 42
     cid2 = engine.run(IMG, "sh", "-c", "trap 'exit 43' USR1; while true; do sleep 0.1; done")
     ctl(mounted, cid2, f"kill {int(__import__('signal').SIGUSR1)}")
-    eventually(lambda: not state(engine, cid2)["Running"])
+    wait_until(lambda: not state(engine, cid2)["Running"], "the container exited on USR1")
     assert state(engine, cid2)["ExitCode"] == 43
 
 
@@ -196,8 +196,9 @@ def test_logs_byte_for_byte_against_the_api(engine: Engine, mounted: Mount) -> N
         "-c",
         "echo out1; echo err1 >&2; printf 'partial'; echo ' line'; echo err2 >&2; sleep 1d",
     )
-    eventually(
-        lambda: b"err2" in demux(engine.api_raw(f"/containers/{cid}/logs?stdout=1&stderr=1"))
+    wait_until(
+        lambda: b"err2" in demux(engine.api_raw(f"/containers/{cid}/logs?stdout=1&stderr=1")),
+        "err2 in the log",
     )
     api = demux(engine.api_raw(f"/containers/{cid}/logs?stdout=1&stderr=1"))
     got = (mounted.path / cid / "logs").read_bytes()
@@ -212,7 +213,10 @@ def test_logs_byte_for_byte_against_the_api(engine: Engine, mounted: Mount) -> N
 
 def test_logs_of_a_tty_container_are_raw(engine: Engine, mounted: Mount) -> None:
     cid = engine.run("-t", IMG, "sh", "-c", "echo tty-line; sleep 1d")
-    eventually(lambda: b"tty-line" in engine.api_raw(f"/containers/{cid}/logs?stdout=1"))
+    wait_until(
+        lambda: b"tty-line" in engine.api_raw(f"/containers/{cid}/logs?stdout=1"),
+        "tty-line in the log",
+    )
     assert (mounted.path / cid / "logs").read_bytes() == engine.api_raw(
         f"/containers/{cid}/logs?stdout=1&stderr=1"
     )
@@ -220,7 +224,9 @@ def test_logs_of_a_tty_container_are_raw(engine: Engine, mounted: Mount) -> None
 
 def test_logs_follow_delivers_a_line_written_after_open(engine: Engine, mounted: Mount) -> None:
     cid, go = run_held(engine, f"echo before; {WAIT_FOR_GO}; echo after; sleep 0.5")
-    eventually(lambda: b"before" in engine.api_raw(f"/containers/{cid}/logs?stdout=1"))
+    wait_until(
+        lambda: b"before" in engine.api_raw(f"/containers/{cid}/logs?stdout=1"), "before in the log"
+    )
     proc = subprocess.Popen(["cat", f"{mounted.path}/{cid}/logs.follow"], stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None
@@ -241,7 +247,10 @@ def test_logs_follow_reader_can_be_interrupted(engine: Engine, mounted: Mount) -
     # 63 on aarch64), or this would test nothing.
     read_nr = {"x86_64": "0", "aarch64": "63"}[os.uname().machine]
     try:
-        eventually(lambda: Path(f"/proc/{proc.pid}/syscall").read_text().split()[0] == read_nr)
+        wait_until(
+            lambda: Path(f"/proc/{proc.pid}/syscall").read_text().split()[0] == read_nr,
+            "cat blocked in read(2)",
+        )
         time.sleep(0.3)  # past the first poll, into the blocking wait
         t0 = time.monotonic()
         proc.terminate()
@@ -342,7 +351,11 @@ def wait_for_events(engine: Engine, m: Mount) -> None:
         reads = requests_of(m, "containers/json?filters")
         engine.run(IMG, "sleep", "1d")  # missed if the stream is not up yet: try again
         try:
-            eventually(lambda n=reads: requests_of(m, "containers/json?filters") > n, within=5)
+            wait_until(
+                lambda n=reads: requests_of(m, "containers/json?filters") > n,
+                "a re-read after an event",
+                timeout=5,
+            )
             return
         except AssertionError:
             assert time.monotonic() < deadline, "no event was followed for 60 s"
@@ -396,7 +409,9 @@ def test_state_changes_and_removals_are_pushed_by_events(
     asked = time.monotonic()
     size = status_file.stat().st_size
     engine.docker("pause", cid)
-    took = eventually(lambda: state_file.read_text() == "paused\n", what="State reads paused")
+    t0 = time.monotonic()
+    wait_until(lambda: state_file.read_text() == "paused\n", "State reads paused")
+    took = time.monotonic() - t0
     pushed_before_the_kernel_timeout(
         asked, lambda: status_file.stat().st_size != size, "Status's new size"
     )
@@ -405,7 +420,7 @@ def test_state_changes_and_removals_are_pushed_by_events(
     asked = time.monotonic()
     size = status_file.stat().st_size
     engine.docker("unpause", cid)
-    eventually(lambda: state_file.read_text() == "running\n", what="State reads running")
+    wait_until(lambda: state_file.read_text() == "running\n", "State reads running")
     pushed_before_the_kernel_timeout(
         asked, lambda: status_file.stat().st_size != size, "Status's size after unpause"
     )
@@ -422,7 +437,7 @@ def test_state_changes_and_removals_are_pushed_by_events(
     # one, then for 2 s without a request), reaching it by path asks Docker nothing.
     reads = requests_of(mounted, "containers/json?filters")
     new = engine.run("--name=fresh", IMG, "sleep", "1d")
-    eventually(lambda: requests_of(mounted, "containers/json?filters") > reads, what="a re-read")
+    wait_until(lambda: requests_of(mounted, "containers/json?filters") > reads, "a re-read")
     settled = mounted.stats()["requests"]
     quiet_since = deadline = time.monotonic()
     while time.monotonic() - quiet_since < 2:

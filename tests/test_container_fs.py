@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-from conftest import Engine, Mount
+from conftest import Engine, Mount, interrupt_blocked_reader
 from support.private_dockerd import BUSYBOX_APPLETS, PrivateDockerd, busybox_binary
 from support.waiting import wait_until
 
@@ -731,9 +731,8 @@ def test_a_signalled_wait_reader_gets_eintr(engine: Engine, mounted: Mount) -> N
     cid = engine.run(IMG, "sleep", "1d")
     proc = subprocess.Popen(["cat", str(mounted.path / cid / "wait")], stdout=subprocess.PIPE)
     try:
-        wait_until(lambda: mounted.stats()["logs"]["waiting_reads"] == 1, "a blocked read")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == -signal.SIGTERM
+        wait_until(lambda: mounted.stats()["logs"]["waiting_reads"] == 1, "cat's read parked")
+        interrupt_blocked_reader(proc)
     finally:
         proc.kill()
         proc.wait()

@@ -1110,6 +1110,7 @@ def check_answers(sent: list[codec.Message], replies: list[codec.Message]) -> li
     one, before its Rflush; every Tflush gets its Rflush."""
     problems = []
     position: dict[int, int] = {}
+    reply: codec.Message | None
     for index, reply in enumerate(replies):
         if reply.tag in position:
             problems.append(f"two replies for tag {reply.tag}")
@@ -1285,7 +1286,7 @@ def test_child_shim_reads_lines_that_arrive_together(
         time.sleep(1)  # both lines are in the pipe by now
         return real_select(*args)
 
-    monkeypatch.setattr(child.select, "select", late_select)
+    monkeypatch.setattr("dockerfs_fuse.ninep.child.select.select", late_select)
     monkeypatch.setenv("PYTHONPATH", shim_env()["PYTHONPATH"])
     shim = child.Shim(["tcp!127.0.0.1!0"], str(make_tree(tmp_path)), allow_control=True)
     shim.start(timeout=20)

@@ -434,10 +434,10 @@ def test_a_large_file_streams_byte_for_byte_in_bounded_memory(
     assert cp.stdout is not None
     with tarfile.open(fileobj=cp.stdout, mode="r|") as tar:
         for member in tar:
-            f = tar.extractfile(member)
-            assert f is not None
+            copied = tar.extractfile(member)
+            assert copied is not None
             h2 = hashlib.sha256()
-            while chunk := f.read(1 << 20):
+            while chunk := copied.read(1 << 20):
                 h2.update(chunk)
             assert h2.hexdigest() == expected
     assert cp.wait(120) == 0

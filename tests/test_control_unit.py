@@ -14,13 +14,12 @@ from dockerfs_fuse.docker.source import (
     ApiError,
     BadRequest,
     Conflict,
-    Demuxer,
     DockerSource,
     DockerUnavailable,
     NotFound,
     _translate,
 )
-from dockerfs_fuse.engine.logs import MAX_FRAME
+from dockerfs_fuse.engine.logs import MAX_FRAME, Demuxer
 from dockerfs_fuse.model.ctl import MAX_COMMAND_BYTES, BadCommand, Command, parse_command
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 T = TypeVar("T")
 
@@ -29,7 +29,7 @@ def _backed_off(interval: float) -> float:
 
 
 def wait_until(
-    check: Callable[[], T],
+    check: Callable[[], T | Literal[False] | None],
     what: str,
     timeout: float = 30.0,
     *,

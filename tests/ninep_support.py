@@ -14,11 +14,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from conftest import require, require_fuse
+from support.waiting import wait_until
 
 from dockerfs_fuse.ninep import codec
 from dockerfs_fuse.ninep.codec import Dialect, Message
@@ -231,15 +232,6 @@ def reads_parked(pid: int, name: str) -> int:
                     with contextlib.suppress(OSError):
                         parked += os.readlink(f"/proc/{pid}/fd/{words[1]}").endswith(name)
     return parked
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    """Poll until `condition()` holds; fail naming `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout:.0f}s for: {what}")
-        time.sleep(0.05)
 
 
 def tcp_queues(port: int) -> list[tuple[int, int]]:

@@ -490,10 +490,10 @@ def build_initramfs(
     cpio.file("bin/busybox", busybox.read_bytes(), 0o755)
     cpio.symlink("bin/sh", "busybox")
     names: list[str] = []
-    for path in module_load_order(kernel):
-        name = path.name.split(".ko", 1)[0] + ".ko"
+    for module in module_load_order(kernel):
+        name = module.name.split(".ko", 1)[0] + ".ko"
         names.append(name)
-        cpio.file(f"modules/{name}", _module_bytes(path))
+        cpio.file(f"modules/{name}", _module_bytes(module))
     cpio.file("init", _init_script(names).encode(), 0o755)
     cpio.file("script", script.encode(), 0o755)
     image = Path(tmpdir) / "initramfs.cpio"

@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from support.private_swarm import PrivateSwarm
+from support.private_swarm import CONVERGE_TIMEOUT, PrivateSwarm
+from support.waiting import wait_until
 
 
 class _Unix(http.client.HTTPConnection):
@@ -43,14 +44,6 @@ def api(swarm: PrivateSwarm, path: str) -> Any:
         conn.close()
 
 
-def wait(what: str, check: Any, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.5)
-
-
 def main(out: Path) -> None:
     with PrivateSwarm(3) as swarm:
         m = swarm.manager
@@ -67,26 +60,29 @@ def main(out: Path) -> None:
 
         def running(name: str, n: int) -> bool:
             tasks = api(swarm, f"/tasks?filters=%7B%22service%22%3A%5B%22{name}%22%5D%7D")
-            return sum(t["Status"]["State"] == "running" for t in tasks) >= n
+            up: int = sum(t["Status"]["State"] == "running" for t in tasks)
+            return up >= n
 
-        wait("web", lambda: running("web", 4))
-        wait("ticker", lambda: running("ticker", 3))
+        wait_until(lambda: running("web", 4), "web", CONVERGE_TIMEOUT)
+        wait_until(lambda: running("ticker", 3), "ticker", CONVERGE_TIMEOUT)
         m.docker("service", "update", "--detach", "--no-resolve-image", "--image=busybox:v2", "web")
-        wait(
-            "web update",
+        wait_until(
             lambda: (
                 (api(swarm, "/services/web").get("UpdateStatus") or {}).get("State") == "completed"
             ),
+            "web update",
+            CONVERGE_TIMEOUT,
         )
         m.docker("node", "update", "--label-add=zone=a", "--label-add=com.example/rack=r1", "node2")
         m.docker("node", "promote", "node2")
         m.docker("node", "update", "--availability=pause", "node3")
-        wait(
-            "node2 reachable",
+        wait_until(
             lambda: (
                 api(swarm, "/nodes/node2").get("ManagerStatus", {}).get("Reachability")
                 == "reachable"
             ),
+            "node2 reachable",
+            CONVERGE_TIMEOUT,
         )
         time.sleep(2)
         for name, path in (

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Engine, eventually
+from conftest import Engine
 from ninep_support import Client, running_shim
+from support.waiting import wait_until
 
 from dockerfs_fuse.ninep import codec
 
@@ -133,7 +134,7 @@ def test_an_engine_of_a_dockerfs_mount_by_attach_name(engine: Engine, mount_fact
     cid = engine.run("--name=attach-a", "busybox:latest", "sleep", "1d")
     m = mount_factory(f"a={engine.host}", "-H", f"b={engine.host}")
     assert sorted(os.listdir(m.path)) == ["a", "b"]
-    eventually(lambda: cid in os.listdir(m.path / "a"), what="a lists the container")
+    wait_until(lambda: cid in os.listdir(m.path / "a"), "a lists the container")
     with running_shim(m.path) as (_, host, port):
         a, whole = attached((host, port), "a"), attached((host, port), "")
         with a, whole:

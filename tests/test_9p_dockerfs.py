@@ -51,6 +51,7 @@ from qemu9p import (
     split_variants,
 )
 from support.private_dockerd import PrivateDockerd
+from support.waiting import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.fuse, pytest.mark.qemu]
 
@@ -104,10 +105,11 @@ def mount_with_9p(host: str, mountpoint: Path, *extra: str) -> tuple[Mount, int]
 
 def wait_for_log(engine: Engine, cid: str, line: bytes, timeout: float = 15) -> None:
     """The logs file must not grow between the FUSE view and the 9P views of it."""
-    deadline = time.monotonic() + timeout
-    while line not in engine.api_raw(f"/containers/{cid}/logs?stdout=1&stderr=1"):
-        assert time.monotonic() < deadline, f"{cid[:12]} never logged {line!r}"
-        time.sleep(0.05)
+    wait_until(
+        lambda: line in engine.api_raw(f"/containers/{cid}/logs?stdout=1&stderr=1"),
+        f"{cid[:12]} to log {line!r}",
+        timeout,
+    )
 
 
 def fuse_listing(root: Path) -> Listing:

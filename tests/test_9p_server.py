@@ -38,8 +38,8 @@ from ninep_support import (
     tcp_queues,
     threads_in_fuse,
     usage,
-    wait_until,
 )
+from support.waiting import wait_until
 
 from dockerfs_fuse.ninep import child, codec
 from dockerfs_fuse.ninep.cli import Dial, parse_dial, shim_command
@@ -1136,6 +1136,7 @@ def check_answers(sent: list[codec.Message], replies: list[codec.Message]) -> li
     one, before its Rflush; every Tflush gets its Rflush."""
     problems = []
     position: dict[int, int] = {}
+    reply: codec.Message | None
     for index, reply in enumerate(replies):
         if reply.tag in position:
             problems.append(f"two replies for tag {reply.tag}")

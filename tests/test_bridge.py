@@ -56,8 +56,8 @@ def test_a_stream_carries_items_then_the_end_or_the_error() -> None:
     async def main() -> None:
         token = trio.lowlevel.current_trio_token()
 
-        def feed(error: Exception | None) -> Stream:
-            out = Stream()
+        def feed(error: Exception | None) -> Stream[int]:
+            out: Stream[int] = Stream()
 
             async def produce() -> None:
                 for i in range(3):

@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-from conftest import Engine, Mount, eventually
+from conftest import Engine, Mount, interrupt_blocked_reader
 from support.private_dockerd import BUSYBOX_APPLETS, PrivateDockerd, busybox_binary
+from support.waiting import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 
@@ -433,10 +434,10 @@ def test_a_large_file_streams_byte_for_byte_in_bounded_memory(
     assert cp.stdout is not None
     with tarfile.open(fileobj=cp.stdout, mode="r|") as tar:
         for member in tar:
-            f = tar.extractfile(member)
-            assert f is not None
+            copied = tar.extractfile(member)
+            assert copied is not None
             h2 = hashlib.sha256()
-            while chunk := f.read(1 << 20):
+            while chunk := copied.read(1 << 20):
                 h2.update(chunk)
             assert h2.hexdigest() == expected
     assert cp.wait(120) == 0
@@ -447,7 +448,10 @@ def test_a_stopped_container_with_all(
     engine: Engine, inside_image: str, mount_factory: Any
 ) -> None:
     cid = engine.run(inside_image, "sh", "-c", "echo bye > /tmp/last-words; rm /data/owned")
-    eventually(lambda: engine.api(f"/containers/{cid}/json")["State"]["Status"] == "exited")
+    wait_until(
+        lambda: engine.api(f"/containers/{cid}/json")["State"]["Status"] == "exited",
+        "the container exited",
+    )
     m = mount_factory(engine.host, "-a")
     got = mounted_tree(m.path / cid / "root")
     compare(got, exported(engine.dockerd, cid), docker_skip)
@@ -663,7 +667,7 @@ def test_top_is_docker_top(engine: Engine, mounted: Mount) -> None:
         printed = engine.docker("top", cid)
         return (mounted.path / cid / "top").read_text() == printed and printed.count("\n") == 4
 
-    eventually(same, what="top as docker top prints it")
+    wait_until(same, "top as docker top prints it")
 
 
 def stats_of(path: Path) -> dict[str, int]:
@@ -706,9 +710,9 @@ def test_stats_are_numbers_and_memory_grows(engine: Engine, mounted: Mount) -> N
     assert engine_stats["requests"]["containers/stats"] == calls + 1
     # 40 MB into the container's shared memory (tmpfs: charged to its cgroup).
     engine.docker("exec", cid, "sh", "-c", "head -c 40000000 /dev/zero > /dev/shm/fill")
-    eventually(
+    wait_until(
         lambda: stats_of(path)["memory_usage_bytes"] >= first["memory_usage_bytes"] + 30_000_000,
-        what="memory usage grows by the 40 MB written",
+        "memory usage grows by the 40 MB written",
     )
 
 
@@ -727,15 +731,14 @@ def test_a_signalled_wait_reader_gets_eintr(engine: Engine, mounted: Mount) -> N
     cid = engine.run(IMG, "sleep", "1d")
     proc = subprocess.Popen(["cat", str(mounted.path / cid / "wait")], stdout=subprocess.PIPE)
     try:
-        eventually(lambda: mounted.stats()["logs"]["waiting_reads"] == 1, what="a blocked read")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == -signal.SIGTERM
+        wait_until(lambda: mounted.stats()["logs"]["waiting_reads"] == 1, "cat's read parked")
+        interrupt_blocked_reader(proc)
     finally:
         proc.kill()
         proc.wait()
-    eventually(
+    wait_until(
         lambda: mounted.stats()["exit_waits"] == 0 and mounted.stats()["logs"]["followers"] == 0,
-        what="the wait request cancelled and the reader's slot given back",
+        "the wait request cancelled and the reader's slot given back",
     )
     state = engine.api(f"/containers/{cid}/json")["State"]
     assert state["Running"], "a reader's signal must not touch the container"
@@ -758,7 +761,7 @@ def test_podman_root_shows_what_its_export_shows(podman_engine: Engine, mount_fa
     cid = podman_engine.run(IMG, "sh", "-c", "mkdir -p /srv/x; echo podman > /srv/x/y; sleep 1d")
     m = mount_factory(podman_engine.host)
     root = m.path / cid / "root"
-    eventually(lambda: (root / "srv/x/y").exists(), what="the container's own write")
+    wait_until(lambda: (root / "srv/x/y").exists(), "the container's own write")
     compare(mounted_tree(root), exported(podman_engine.dockerd, cid), podman_skip, mtime_slack=1)
     assert (root / "srv/x/y").read_bytes() == b"podman\n"
     assert (root / "bin/busybox").read_bytes() == busybox_binary().read_bytes()

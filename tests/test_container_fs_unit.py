@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import trio
-from trio.testing import MockClock
+from trio.testing import MockClock, wait_all_tasks_blocked
 
 from dockerfs_fuse.docker.errors import ApiError, NotFound
 from dockerfs_fuse.engine import archive
@@ -245,11 +245,8 @@ class FakeEngine:
             path = posixpath.normpath(posixpath.join(posixpath.dirname(path), self.fs[path].link))
         return False
 
-    def files(self, clock: Callable[[], float] | None = None, streams: int = 8) -> ContainerFiles:
-        kw = {"streams": streams, "is_gone": gone, "is_refused": refused}
-        if clock is None:
-            return ContainerFiles(self.start, **kw)  # type: ignore[arg-type]
-        return ContainerFiles(self.start, clock=clock, **kw)  # type: ignore[arg-type]
+    def files(self, streams: int = 8) -> ContainerFiles:
+        return ContainerFiles(self.start, streams=streams, is_gone=gone, is_refused=refused)
 
     def kinds(self, files: ContainerFiles) -> dict[str, int]:
         return {k: v for k, v in files.requests.items() if v}
@@ -263,8 +260,8 @@ def refused(exc: Exception) -> bool:
     return isinstance(exc, ApiError)
 
 
-def run(test: Callable[[], Awaitable[None]]) -> None:
-    trio.run(test)
+def run(test: Callable[[], Awaitable[None]], clock: trio.abc.Clock | None = None) -> None:
+    trio.run(test, clock=clock)
 
 
 def engine_with_a_tree() -> FakeEngine:
@@ -474,34 +471,36 @@ def test_lookups_use_a_live_listing_and_otherwise_probe() -> None:
 
 
 def test_a_listing_goes_stale_after_a_pause_in_the_walk() -> None:
+    clock = MockClock()  # time passes only when the test says
+
     async def main() -> None:
-        now = [0.0]
         e = engine_with_a_tree()
-        files = e.files(clock=lambda: now[0])
+        files = e.files()
         await files.listing("c", "/")
-        now[0] += container_fs.WALK_IDLE / 2
+        clock.jump(container_fs.WALK_IDLE / 2)
         await files.listing("c", "/etc")
         assert e.kinds(files) == {"listing": 1}
-        now[0] += container_fs.WALK_IDLE * 2
+        clock.jump(container_fs.WALK_IDLE * 2)
         await files.listing("c", "/bin")  # never opened, but that walk is over
         assert e.kinds(files) == {"listing": 2} and e.requests[-1].path == "/bin"
-        now[0] += container_fs.MAX_AGE + 1
+        clock.jump(container_fs.MAX_AGE + 1)
         await files.stat("c", "/bin/sh")
         assert e.kinds(files) == {"listing": 2, "probe": 1}
 
-    run(main)
+    run(main, clock)
 
 
 def test_a_walk_that_paused_snapshots_a_directory_again_not_each_file() -> None:
+    clock = MockClock()  # time passes only when the test says
+
     async def main() -> None:
-        now = [0.0]
         e = engine_with_a_tree()
         for name in ("a", "b", "c", "d"):
             e.add(f"/etc/{name}", data=name.encode())
-        files = e.files(clock=lambda: now[0])
+        files = e.files()
         await files.listing("c", "/")
         await files.listing("c", "/etc")
-        now[0] += container_fs.WALK_IDLE * 2  # the walk's consumer was slow
+        clock.jump(container_fs.WALK_IDLE * 2)  # the walk's consumer was slow
         for name in ("a", "b", "c", "d"):
             reader = await files.open("c", f"/etc/{name}", size_hint=1)
             assert await reader.read(0, 10) == name.encode()
@@ -509,12 +508,12 @@ def test_a_walk_that_paused_snapshots_a_directory_again_not_each_file() -> None:
         # One file by itself; at the second, the directory again; the rest from there.
         assert e.kinds(files) == {"listing": 2, "file": 1}
         # Without a size (never looked up) or a large one: the file by itself.
-        now[0] += container_fs.WALK_IDLE * 2
+        clock.jump(container_fs.WALK_IDLE * 2)
         for name in ("a", "b"):
             (await files.open("c", f"/etc/{name}")).close()
         assert e.kinds(files) == {"listing": 2, "file": 3}
 
-    run(main)
+    run(main, clock)
 
 
 def test_a_walk_that_paused_on_a_slow_engine_is_not_a_request_per_entry() -> None:
@@ -527,7 +526,7 @@ def test_a_walk_that_paused_on_a_slow_engine_is_not_a_request_per_entry() -> Non
         for i in range(40):
             e.add(f"/looked/f{i:02}", data=b"%d" % i)
             e.add(f"/opened/f{i:02}", data=b"%d" % i)
-        files = e.files(clock=trio.current_time)
+        files = e.files()
         await files.listing("c", "/")
         await files.listing("c", "/looked")
         await files.listing("c", "/opened")
@@ -550,7 +549,7 @@ def test_a_walk_that_paused_on_a_slow_engine_is_not_a_request_per_entry() -> Non
         assert e.kinds(files) == {"listing": 3, "probe": 2, "file": 1}
         assert e.requests[-1].path == "/opened"
 
-    trio.run(main, clock=MockClock(autojump_threshold=0))
+    run(main, MockClock(autojump_threshold=0))
 
 
 def test_vanished_and_wrong_kinds_of_paths() -> None:
@@ -652,7 +651,7 @@ def test_too_many_requests_in_flight_is_enfile_not_a_hang(monkeypatch: pytest.Mo
         files = e.files(streams=1)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(files.listing, "c", "/")
-            await trio.sleep(0.01)
+            await wait_all_tasks_blocked()  # its request holds the one stream
             with pytest.raises(TooManyStreams):
                 await files.listing("another", "/etc")
             e.hold = False
@@ -679,7 +678,7 @@ def test_snapshots_are_freed_when_idle() -> None:
         reader.close()
         assert spool.closed
 
-    run(main)
+    run(main, MockClock(autojump_threshold=0))
 
 
 def test_probe_kinds_and_file_kinds_never_list() -> None:

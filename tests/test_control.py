@@ -24,12 +24,13 @@ from conftest import (
     Mount,
     ctl,
     ctl_errno,
-    eventually,
+    interrupt_blocked_reader,
     run_held,
     start_mount,
     state,
     stop_mount,
 )
+from support.waiting import wait_until
 
 from dockerfs_fuse.engine.containers import ATTR_TIMEOUT_ENV
 
@@ -83,11 +84,11 @@ def test_kill_with_signal_by_name_and_number(engine: Engine, mounted: Mount) -> 
     # busybox sh as PID 1 ignores TERM, but a trap makes it exit with a known code.
     cid = engine.run(IMG, "sh", "-c", "trap 'exit 42' HUP; while true; do sleep 0.1; done")
     ctl(mounted, cid, "kill HUP")
-    eventually(lambda: not state(engine, cid)["Running"])
+    wait_until(lambda: not state(engine, cid)["Running"], "the container exited on kill")
     assert state(engine, cid)["ExitCode"] == 42
     cid2 = engine.run(IMG, "sh", "-c", "trap 'exit 43' USR1; while true; do sleep 0.1; done")
     ctl(mounted, cid2, f"kill {int(__import__('signal').SIGUSR1)}")
-    eventually(lambda: not state(engine, cid2)["Running"])
+    wait_until(lambda: not state(engine, cid2)["Running"], "the container exited on USR1")
     assert state(engine, cid2)["ExitCode"] == 43
 
 
@@ -196,8 +197,9 @@ def test_logs_byte_for_byte_against_the_api(engine: Engine, mounted: Mount) -> N
         "-c",
         "echo out1; echo err1 >&2; printf 'partial'; echo ' line'; echo err2 >&2; sleep 1d",
     )
-    eventually(
-        lambda: b"err2" in demux(engine.api_raw(f"/containers/{cid}/logs?stdout=1&stderr=1"))
+    wait_until(
+        lambda: b"err2" in demux(engine.api_raw(f"/containers/{cid}/logs?stdout=1&stderr=1")),
+        "err2 in the log",
     )
     api = demux(engine.api_raw(f"/containers/{cid}/logs?stdout=1&stderr=1"))
     got = (mounted.path / cid / "logs").read_bytes()
@@ -212,7 +214,10 @@ def test_logs_byte_for_byte_against_the_api(engine: Engine, mounted: Mount) -> N
 
 def test_logs_of_a_tty_container_are_raw(engine: Engine, mounted: Mount) -> None:
     cid = engine.run("-t", IMG, "sh", "-c", "echo tty-line; sleep 1d")
-    eventually(lambda: b"tty-line" in engine.api_raw(f"/containers/{cid}/logs?stdout=1"))
+    wait_until(
+        lambda: b"tty-line" in engine.api_raw(f"/containers/{cid}/logs?stdout=1"),
+        "tty-line in the log",
+    )
     assert (mounted.path / cid / "logs").read_bytes() == engine.api_raw(
         f"/containers/{cid}/logs?stdout=1&stderr=1"
     )
@@ -220,7 +225,9 @@ def test_logs_of_a_tty_container_are_raw(engine: Engine, mounted: Mount) -> None
 
 def test_logs_follow_delivers_a_line_written_after_open(engine: Engine, mounted: Mount) -> None:
     cid, go = run_held(engine, f"echo before; {WAIT_FOR_GO}; echo after; sleep 0.5")
-    eventually(lambda: b"before" in engine.api_raw(f"/containers/{cid}/logs?stdout=1"))
+    wait_until(
+        lambda: b"before" in engine.api_raw(f"/containers/{cid}/logs?stdout=1"), "before in the log"
+    )
     proc = subprocess.Popen(["cat", f"{mounted.path}/{cid}/logs.follow"], stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None
@@ -237,20 +244,15 @@ def test_logs_follow_delivers_a_line_written_after_open(engine: Engine, mounted:
 def test_logs_follow_reader_can_be_interrupted(engine: Engine, mounted: Mount) -> None:
     cid = engine.run(IMG, "sleep", "1d")  # never prints
     proc = subprocess.Popen(["cat", f"{mounted.path}/{cid}/logs.follow"], stdout=subprocess.PIPE)
-    # Wait until cat is really blocked in read(2) on the mount (syscall 0 on x86_64,
-    # 63 on aarch64), or this would test nothing.
-    read_nr = {"x86_64": "0", "aarch64": "63"}[os.uname().machine]
     try:
-        eventually(lambda: Path(f"/proc/{proc.pid}/syscall").read_text().split()[0] == read_nr)
-        time.sleep(0.3)  # past the first poll, into the blocking wait
-        t0 = time.monotonic()
-        proc.terminate()
-        # Unanswered, the read would block until the container prints: never.
-        proc.wait(30)
-        print(f"blocked reader ended {time.monotonic() - t0:.3f}s after SIGTERM")
+        # cat's read is parked in the daemon, waiting for output, or this would
+        # test nothing. Unanswered, it would wait until the container prints: never.
+        wait_until(lambda: mounted.stats()["logs"]["waiting_reads"] == 1, "cat's read parked")
+        interrupt_blocked_reader(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
 
 
 def test_inspect_json_equals_the_api(engine: Engine, mounted: Mount) -> None:
@@ -342,7 +344,11 @@ def wait_for_events(engine: Engine, m: Mount) -> None:
         reads = requests_of(m, "containers/json?filters")
         engine.run(IMG, "sleep", "1d")  # missed if the stream is not up yet: try again
         try:
-            eventually(lambda n=reads: requests_of(m, "containers/json?filters") > n, within=5)
+            wait_until(
+                lambda: requests_of(m, "containers/json?filters") > reads,  # noqa: B023 - called at once
+                "a re-read after an event",
+                timeout=5,
+            )
             return
         except AssertionError:
             assert time.monotonic() < deadline, "no event was followed for 60 s"
@@ -396,7 +402,9 @@ def test_state_changes_and_removals_are_pushed_by_events(
     asked = time.monotonic()
     size = status_file.stat().st_size
     engine.docker("pause", cid)
-    took = eventually(lambda: state_file.read_text() == "paused\n", what="State reads paused")
+    t0 = time.monotonic()
+    wait_until(lambda: state_file.read_text() == "paused\n", "State reads paused")
+    took = time.monotonic() - t0
     pushed_before_the_kernel_timeout(
         asked, lambda: status_file.stat().st_size != size, "Status's new size"
     )
@@ -405,7 +413,7 @@ def test_state_changes_and_removals_are_pushed_by_events(
     asked = time.monotonic()
     size = status_file.stat().st_size
     engine.docker("unpause", cid)
-    eventually(lambda: state_file.read_text() == "running\n", what="State reads running")
+    wait_until(lambda: state_file.read_text() == "running\n", "State reads running")
     pushed_before_the_kernel_timeout(
         asked, lambda: status_file.stat().st_size != size, "Status's size after unpause"
     )
@@ -422,7 +430,7 @@ def test_state_changes_and_removals_are_pushed_by_events(
     # one, then for 2 s without a request), reaching it by path asks Docker nothing.
     reads = requests_of(mounted, "containers/json?filters")
     new = engine.run("--name=fresh", IMG, "sleep", "1d")
-    eventually(lambda: requests_of(mounted, "containers/json?filters") > reads, what="a re-read")
+    wait_until(lambda: requests_of(mounted, "containers/json?filters") > reads, "a re-read")
     settled = mounted.stats()["requests"]
     quiet_since = deadline = time.monotonic()
     while time.monotonic() - quiet_since < 2:

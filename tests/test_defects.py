@@ -19,26 +19,16 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import Engine, Mount, ctl_errno, state
+from support.waiting import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 
 IMG = "busybox:latest"
-
-
-def eventually(check: Callable[[], bool], within: float = 15.0) -> float:
-    """Poll check until true; return how long it took; fail after `within`."""
-    t0 = time.monotonic()
-    while not check():
-        if time.monotonic() - t0 > within:
-            raise AssertionError(f"not true within {within}s")
-        time.sleep(0.05)
-    return time.monotonic() - t0
 
 
 @pytest.fixture
@@ -253,7 +243,7 @@ def test_readers_of_containers_being_removed_see_only_enoent(
             cid = victims.pop(0)
             victims.append(new_victim())
             current[0] = cid
-            eventually(lambda c=cid: reads[c] >= 6)  # the readers are on it
+            wait_until(lambda: reads[cid] >= 6, "the readers are on it")  # noqa: B023 - called at once
             engine.docker("rm", "-f", cid)
             removed += 1
     finally:
@@ -276,7 +266,7 @@ def test_every_state_conflict_is_ebusy(engine: Engine, all_mounted: Mount) -> No
     paused = engine.run(IMG, "sleep", "1d")
     engine.docker("pause", paused)
     exited = engine.run(IMG, "true")
-    eventually(lambda: not state(engine, exited)["Running"])
+    wait_until(lambda: not state(engine, exited)["Running"], "the container exited")
     created = engine.docker("create", IMG, "sleep", "1d").strip()
     engine.started.append(created)
     # A container that keeps failing waits longer each time between restarts
@@ -299,7 +289,7 @@ def test_every_state_conflict_is_ebusy(engine: Engine, all_mounted: Mount) -> No
         for command in commands:
             assert ctl_errno(m, cid, command) == errno.EBUSY, (before["Status"], command)
         assert state(engine, cid)["Status"] == before["Status"]
-    eventually(waiting_to_restart, within=30)
+    wait_until(waiting_to_restart, "the container waiting to restart", timeout=30)
     for command in ("pause", "unpause", "rm"):
         assert ctl_errno(m, restarting, command) == errno.EBUSY, command
     log = m.log_text()
@@ -376,7 +366,7 @@ def test_changes_made_while_docker_was_unreachable_show_once_it_answers(
         m = mount_factory(f"unix://{relay.path}", "--all", name="relayed")
         cid = engine.run(IMG, "sleep", "1d")
         state_file = m.path / cid / "State"
-        eventually(lambda: state_file.read_text() == "running\n")
+        wait_until(lambda: state_file.read_text() == "running\n", "State reads running")
         relay.down()
         # The mount cannot see this stop: no event reaches it.
         engine.docker("stop", "-t", "0", cid)
@@ -386,9 +376,13 @@ def test_changes_made_while_docker_was_unreachable_show_once_it_answers(
         time.sleep(5)  # long enough for the old reconnect backoff to grow to 4 s
         assert state_file.read_text() == "running\n"  # stale: there is nobody to ask
         relay.up()
-        took = eventually(lambda: state_file.read_text() == "exited\n", within=15)
+        t0 = time.monotonic()
+        wait_until(lambda: state_file.read_text() == "exited\n", "State reads exited", timeout=15)
+        took = time.monotonic() - t0
         print(f"\nthe stop made while Docker was unreachable showed {took:.2f}s after it answered")
-        eventually(lambda: "event stream reconnected" in m.log_text())
+        wait_until(
+            lambda: "event stream reconnected" in m.log_text(), "the event stream reconnected"
+        )
     finally:
         relay.down()
 

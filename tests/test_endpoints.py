@@ -402,7 +402,8 @@ def test_tls_variables_move_the_default_to_the_tls_port(
 def test_context_tls_material(env: dict[str, str], home: Path) -> None:
     tls_dir = write_context(home / ".docker", "secure", "tcp://s:2376", tls_files=TLS_FILES)
     ep = only(resolve(None, ["secure"], env))
-    assert ep.tls == TLS(*(str(tls_dir / f) for f in TLS_FILES), verify=True)
+    ca, cert, key = (str(tls_dir / f) for f in TLS_FILES)
+    assert ep.tls == TLS(ca, cert, key, verify=True)
 
 
 def test_context_ca_only_and_skip_verify(env: dict[str, str], home: Path) -> None:

@@ -23,11 +23,11 @@ from conftest import (
     dockerfs_command,
     require_fuse,
     stop_mount,
-    wait_for,
     wait_for_mount,
     wait_for_start_line,
 )
 from support.private_engines import PrivateSshd, TLSDockerd
+from support.waiting import wait_until_none
 from test_mount import expected_files, tree_files
 
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
@@ -88,15 +88,15 @@ def test_ssh_mount_reads_the_same_tree_as_the_unix_socket(
     monkeypatch.setenv("HOME", str(sshd_session.client_home))
     ssh = mount_factory(sshd_session.url, name="ssh")
     wait_for_start_line(ssh, sshd_session.url)
-    wait_for(lambda: tree_vs_api(engine, ssh))
-    wait_for(lambda: tree_vs_api(engine, unix))
+    wait_until_none(lambda: tree_vs_api(engine, ssh))
+    wait_until_none(lambda: tree_vs_api(engine, unix))
     assert sorted(os.listdir(ssh.path)) == sorted(os.listdir(unix.path))
     assert set(two) <= set(os.listdir(ssh.path))
     # A live file streams through the tunnel too.
     assert (ssh.path / two[0] / "logs").read_bytes() == b"hello\n"
     # A container started now is there on the next listing.
     third = engine.run("--name=ssh-c", IMG, "sleep", "1d")
-    wait_for(lambda: None if third in os.listdir(ssh.path) else "not listed yet")
+    wait_until_none(lambda: None if third in os.listdir(ssh.path) else "not listed yet")
 
 
 @pytest.mark.parametrize("known_hosts", [None, ""], ids=["no-known-hosts-file", "host-not-in-it"])
@@ -173,7 +173,7 @@ def test_tls_mount_with_the_cert_environment(
     monkeypatch.setenv("DOCKER_CERT_PATH", str(d.tls.client_dir))
     m = mount_factory(d.tcp_url)
     wait_for_start_line(m, d.tcp_url)
-    wait_for(lambda: tree_vs_api(tls_engine, m))
+    wait_until_none(lambda: tree_vs_api(tls_engine, m))
     assert len(os.listdir(m.path)) >= 1
 
 
@@ -242,7 +242,7 @@ def test_context_with_tls_material_mounts_without_flags_or_variables(
         try:
             wait_for_mount(mp, proc, log)
             wait_for_start_line(m, d.tcp_url)
-            wait_for(lambda: tree_vs_api(tls_engine, m))  # noqa: B023 - called at once
+            wait_until_none(lambda: tree_vs_api(tls_engine, m))  # noqa: B023 - called at once
         finally:
             stop_mount(m)
 
@@ -271,7 +271,7 @@ def test_podman_mount_lists_its_containers(podman_engine: Engine, mount_factory:
     podman_engine.run("--name=pod-a", "-l", "engine=podman", IMG, "sleep", "1d")
     podman_engine.run("--name=pod-b", IMG, "sh", "-c", "echo from-podman; sleep 1d")
     m = mount_factory(podman_engine.host)
-    wait_for(lambda: tree_vs_api(podman_engine, m))
+    wait_until_none(lambda: tree_vs_api(podman_engine, m))
     listed = os.listdir(m.path)
     assert len(listed) >= 2
     by_name = {(m.path / cid / "Names" / "0").read_text(): cid for cid in listed}
@@ -289,7 +289,7 @@ def wait_state(e: Engine, name: str, want: str) -> None:
         got = list_state(e, name, all=True)
         return None if got == want else f"{name}: State {got}, waiting for {want}"
 
-    wait_for(check)
+    wait_until_none(check)
 
 
 def test_podman_api_differs_from_docker_as_recorded(podman_engine: Engine, engine: Engine) -> None:

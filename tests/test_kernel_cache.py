@@ -12,14 +12,13 @@ import copy
 import json
 import os
 import secrets
-import time
-from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from conftest import IN_CI, Engine, Mount, require
+from support.waiting import wait_until
 
 from dockerfs_fuse.fuse import kernel_cache
 from dockerfs_fuse.model.inodes import InodeTable
@@ -88,14 +87,6 @@ def test_listing_and_same_length_changes_are_reported() -> None:
     assert container.inode not in changes.changed  # its own entries did not change
 
 
-def _eventually(check: Callable[[], bool], within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {within}s")
-        time.sleep(0.05)
-
-
 @pytest.mark.docker
 @pytest.mark.fuse
 def test_mount_runs_the_path_it_detects(mounted: Mount) -> None:
@@ -128,7 +119,7 @@ def test_every_listing_of_the_root_asks_docker_once(engine: Engine, mounted: Mou
     def lists() -> int:
         return int(mounted.stats()["requests"].get("containers/json", 0))
 
-    _eventually(lambda: lists() >= 1)  # the daemon's own first listing
+    wait_until(lambda: lists() >= 1, "the daemon's own first listing")
     for _ in range(3):
         cid = engine.run(IMG, "sleep", "1d")
         before = lists()
@@ -146,7 +137,7 @@ def test_a_same_length_change_replaces_cached_pages(engine: Engine, mounted: Mou
     for _ in range(2):  # the second read comes from the kernel's page cache
         assert name.read_text() == f"/{old}\n"
     engine.docker("rename", old, new)
-    _eventually(lambda: name.read_text() == f"/{new}\n")
+    wait_until(lambda: name.read_text() == f"/{new}\n", "Names/0 reads the new name")
     assert name.stat().st_size == len(f"/{new}\n")
 
 
@@ -163,8 +154,8 @@ def test_a_read_through_an_older_open_leaves_no_stale_pages(engine: Engine, moun
         engine.docker("pause", cid)
         # The change is invalidated (attributes included): stat sees it, and
         # reads no page, so the older open's next read goes to the daemon.
-        _eventually(lambda: state.stat().st_size == len("paused\n"))
+        wait_until(lambda: state.stat().st_size == len("paused\n"), "State's size says paused")
         assert os.pread(fd, 4096, 0).startswith(b"run")  # one version per open
     finally:
         os.close(fd)
-    _eventually(lambda: state.read_text() == "paused\n")
+    wait_until(lambda: state.read_text() == "paused\n", "State reads paused")

@@ -70,7 +70,7 @@ def test_pyproject_ranges_are_met_by_the_lock(req: Requirement) -> None:
 
 
 def test_the_venv_holds_exactly_the_locked_versions() -> None:
-    installed = {
+    installed: dict[str, str] = {
         canonicalize_name(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()
     }
     wrong = {}

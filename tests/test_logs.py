@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, Any
@@ -32,6 +31,7 @@ import pytest
 import trio
 import trio.testing
 from conftest import WAIT_FOR_GO, Engine, Mount, require, run_held
+from support.waiting import wait_until
 
 from dockerfs_fuse.docker.errors import DockerUnavailable, NotFound
 from dockerfs_fuse.engine.engines import Engines
@@ -488,14 +488,6 @@ def test_a_writer_on_another_thread_spools_everything_in_order() -> None:
 # -- a real engine and a real mount -------------------------------------------------------
 
 
-def eventually(check: Callable[[], bool], within: float, what: str = "") -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {within}s: {what}")
-        time.sleep(0.05)
-
-
 def demux(raw: bytes) -> bytes:
     out, i = bytearray(), 0
     while i + 8 <= len(raw):
@@ -542,7 +534,7 @@ def last_tick(engine: Engine, cid: str) -> int:
 def ticker(engine: Engine, at_least: int) -> tuple[str, int]:
     """A running ticker that has printed at least `at_least` + 1 lines; its last line."""
     cid = engine.run(IMG, "sh", "-c", TICKER)
-    eventually(lambda: last_tick(engine, cid) >= at_least, 60, "ticker started")
+    wait_until(lambda: last_tick(engine, cid) >= at_least, "ticker started", timeout=60)
     return cid, last_tick(engine, cid)
 
 
@@ -589,7 +581,7 @@ def test_tail_follows_a_container_log(engine: Engine, mounted: Mount, args: list
     try:
         out, err = Output(proc.stdout), Output(proc.stderr)
         # The last `shown` lines of the log so far, then new lines as they come.
-        eventually(lambda: len(out.ticks()) >= shown + 5, 60, "tail shows new lines")
+        wait_until(lambda: len(out.ticks()) >= shown + 5, "tail shows new lines", timeout=60)
         ticks = out.ticks()
         assert_consecutive(ticks)
         assert ticks[shown - 1] >= seen  # the log so far was shown whole
@@ -619,7 +611,9 @@ def test_less_F_follows_a_container_log(engine: Engine, mounted: Mount) -> None:
     )
     try:
         out = Output(proc.stdout)
-        eventually(lambda: max(out.ticks(), default=-1) >= seen + 4, 60, "less shows new lines")
+        wait_until(
+            lambda: max(out.ticks(), default=-1) >= seen + 4, "less shows new lines", timeout=60
+        )
         # The screen ends at the last line there was; then every new line, in order.
         new = [t for t in out.ticks() if t > seen]
         assert new[0] == seen + 1
@@ -638,7 +632,9 @@ def test_cat_logs_follow_streams_until_the_container_stops(engine: Engine, mount
     )
     try:
         out = Output(proc.stdout)
-        eventually(lambda: max(out.ticks(), default=-1) >= seen + 4, 60, "cat shows new lines")
+        wait_until(
+            lambda: max(out.ticks(), default=-1) >= seen + 4, "cat shows new lines", timeout=60
+        )
         engine.docker("stop", "-t", "1", cid)
         assert proc.wait(30) == 0  # the end of the container is the end of the file
         ticks = out.ticks()
@@ -656,12 +652,12 @@ def test_logs_is_a_file_that_grows_while_open(engine: Engine, mounted: Mount) ->
     assert os.stat(path).st_size == 0  # nobody has it open: not known
     fd = os.open(path, os.O_RDONLY)
     try:
-        eventually(lambda: os.fstat(fd).st_size > 0, 30, "the log so far is in")
+        wait_until(lambda: os.fstat(fd).st_size > 0, "the log so far is in", timeout=30)
         first = os.fstat(fd).st_size
         head = os.pread(fd, first, 0)
         assert head.startswith(b"tick 0\ntick 1\n") and head.endswith(b"\n")
         assert os.stat(path).st_size >= first  # by name too: one file
-        eventually(lambda: os.fstat(fd).st_size > first, 30, "the size grows")
+        wait_until(lambda: os.fstat(fd).st_size > first, "the size grows", timeout=30)
         grown = os.fstat(fd).st_size
         more = os.pread(fd, grown - first, first)
         ticks = [int(n) for n in re.findall(rb"tick (\d+)", head + more)]
@@ -669,7 +665,7 @@ def test_logs_is_a_file_that_grows_while_open(engine: Engine, mounted: Mount) ->
         assert os.pread(fd, 100, grown + 1000) == b""  # beyond the end: EOF, never a wait
     finally:
         os.close(fd)
-    eventually(lambda: stats(mounted)["logs"]["spools"] == 0, 30, "the spool is freed")
+    wait_until(lambda: stats(mounted)["logs"]["spools"] == 0, "the spool is freed", timeout=30)
     assert os.stat(path).st_size == 0
 
 
@@ -687,9 +683,9 @@ def test_tail_f_of_a_log_empty_when_opened(engine: Engine, mounted: Mount) -> No
         def tail_has_it_open() -> bool:
             return str(path.resolve()) in open_paths(proc.pid)  # logs is a link
 
-        eventually(tail_has_it_open, 30, "tail opened the log")
+        wait_until(tail_has_it_open, "tail opened the log", timeout=30)
         go.touch()
-        eventually(lambda: len(out.ticks()) >= 4, 60, "tail shows the first lines")
+        wait_until(lambda: len(out.ticks()) >= 4, "tail shows the first lines", timeout=60)
         assert out.ticks()[0] == 0
         assert_consecutive(out.ticks())
         assert err.text() == ""
@@ -708,14 +704,18 @@ def test_tail_f_goes_on_across_a_restart(engine: Engine, mounted: Mount) -> None
     )
     try:
         out, err = Output(proc.stdout), Output(proc.stderr)
-        eventually(lambda: len(out.ticks()) >= 4, 60, "tail follows")
+        wait_until(lambda: len(out.ticks()) >= 4, "tail follows", timeout=60)
         engine.docker("stop", "-t", "0", cid)
         final = last_tick(engine, cid)
-        eventually(lambda: out.ticks()[-1] == final, 60, "tail shows the log up to the stop")
+        wait_until(
+            lambda: out.ticks()[-1] == final, "tail shows the log up to the stop", timeout=60
+        )
         count = len(out.ticks())
         engine.docker("start", cid)
         # The restarted shell counts from 0 again, in the same log.
-        eventually(lambda: out.ticks()[count:][:3] == [0, 1, 2], 60, "new output after start")
+        wait_until(
+            lambda: out.ticks()[count:][:3] == [0, 1, 2], "new output after start", timeout=60
+        )
         assert_consecutive(out.ticks()[:count])
         assert err.text() == ""
     finally:
@@ -742,7 +742,9 @@ def test_a_50_mb_log_streams_with_bounded_memory(engine: Engine, mounted: Mount)
     want_sha = hashlib.sha256(want).hexdigest()
     cid = engine.run(IMG, "sh", "-c", BIG_SCRIPT)
     last = f"/containers/{cid}/logs?stdout=1&tail=1"
-    eventually(lambda: demux(engine.api_raw(last)) == b"END\n", 300, "the container wrote it all")
+    wait_until(
+        lambda: demux(engine.api_raw(last)) == b"END\n", "the container wrote it all", timeout=300
+    )
     # What Docker itself says, byte for byte (demultiplexed independently of the code under test).
     api = demux(engine.api_raw(f"/containers/{cid}/logs?stdout=1&stderr=1"))
     assert len(api) == len(want) and hashlib.sha256(api).hexdigest() == want_sha
@@ -753,7 +755,7 @@ def test_a_50_mb_log_streams_with_bounded_memory(engine: Engine, mounted: Mount)
     # The first bytes without the rest: head ends, and the request with it.
     head = subprocess.run(["head", "-c", "100", path], capture_output=True, timeout=120)
     assert head.returncode == 0 and head.stdout == want[:100]
-    eventually(lambda: stats(mounted)["logs"]["spools"] == 0, 30, "head's spool freed")
+    wait_until(lambda: stats(mounted)["logs"]["spools"] == 0, "head's spool freed", timeout=30)
     follow = subprocess.run(
         ["head", "-c", "1000000", path + ".follow"], capture_output=True, timeout=120
     )
@@ -763,7 +765,7 @@ def test_a_50_mb_log_streams_with_bounded_memory(engine: Engine, mounted: Mount)
     requests = stats(mounted)["requests"]["containers/logs"]
     one = subprocess.run(sha, capture_output=True, timeout=600)
     assert one.stdout.split()[0].decode() == want_sha
-    eventually(lambda: stats(mounted)["logs"]["spools"] == 0, 30, "cat's spool freed")
+    wait_until(lambda: stats(mounted)["logs"]["spools"] == 0, "cat's spool freed", timeout=30)
     # One request: reading to the end once is not following.
     assert stats(mounted)["requests"]["containers/logs"] == requests + 1
 
@@ -775,7 +777,7 @@ def test_a_50_mb_log_streams_with_bounded_memory(engine: Engine, mounted: Mount)
         results.append((proc.returncode, stdout.split()[0].decode()))
     assert results == [(0, want_sha)] * 20
 
-    eventually(lambda: stats(mounted)["logs"]["spools"] == 0, 30, "every spool freed")
+    wait_until(lambda: stats(mounted)["logs"]["spools"] == 0, "every spool freed", timeout=30)
     rss = rss_kb(pid)
     print(f"\ndaemon RSS after: {rss['VmRSS'] / 1024:.1f} MB, peak {rss['VmHWM'] / 1024:.1f} MB")
     assert rss["VmHWM"] < 150 * 1024  # 20 readers of 50 MB never held it in memory
@@ -820,7 +822,11 @@ print("served")
 def test_logs_follow_at_its_cap_leaves_the_mount_served(engine: Engine, mounted: Mount) -> None:
     silent = engine.run(IMG, "sleep", "1d")  # every read of its logs.follow blocks
     other = engine.run(IMG, "sh", "-c", "echo hello; sleep 1d")
-    eventually(lambda: b"hello" in engine.api_raw(f"/containers/{other}/logs?stdout=1"), 30)
+    wait_until(
+        lambda: b"hello" in engine.api_raw(f"/containers/{other}/logs?stdout=1"),
+        "hello in the log",
+        timeout=30,
+    )
     path = str(mounted.path / silent / "logs.follow")
     holders: list[subprocess.Popen[bytes]] = []
 
@@ -839,10 +845,10 @@ def test_logs_follow_at_its_cap_leaves_the_mount_served(engine: Engine, mounted:
         # ...and others still get theirs, up to the cap.
         for _ in range(MAX_FOLLOWERS // MAX_FOLLOWERS_PER_PROCESS - 1):
             assert hold(MAX_FOLLOWERS_PER_PROCESS) == (MAX_FOLLOWERS_PER_PROCESS, 0)
-        eventually(
+        wait_until(
             lambda: stats(mounted)["logs"]["waiting_reads"] == MAX_FOLLOWERS,
-            60,
             "every follower blocked in a read",
+            timeout=60,
         )
         with pytest.raises(OSError) as err:
             os.close(os.open(path, os.O_RDONLY))
@@ -859,10 +865,10 @@ def test_logs_follow_at_its_cap_leaves_the_mount_served(engine: Engine, mounted:
         for proc in holders:
             stop(proc)
     # Killed readers give back their slots and the workers their reads held.
-    eventually(
+    wait_until(
         lambda: stats(mounted)["logs"] == {"spools": 0, "followers": 0, "waiting_reads": 0},
-        60,
         "followers released",
+        timeout=60,
     )
     os.close(os.open(path, os.O_RDONLY))
 

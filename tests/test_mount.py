@@ -28,6 +28,7 @@ from conftest import (
     start_mount,
     stop_mount,
 )
+from support.waiting import wait_until
 
 from dockerfs_fuse.docker.source import DEFAULT_TIMEOUT
 
@@ -420,10 +421,7 @@ def test_detaches_once_mounted_and_returns_0(engine: Engine, tmp_path: Path) -> 
         assert "unknown command 'bogus'" in (tmp_path / "bg.log").read_text()
     finally:
         subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True)
-    deadline = time.monotonic() + 30
-    while os.path.ismount(mp) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not os.path.ismount(mp)
+    wait_until(lambda: not os.path.ismount(mp), "the unmount")
 
 
 def _fails_with_one_line(args: list[str], *, want: str, env: dict[str, str] | None = None) -> str:

@@ -20,8 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Engine, dockerfs_command, eventually, require, require_fuse
+from conftest import Engine, dockerfs_command, require, require_fuse
 from support.private_dockerd import IMAGE
+from support.waiting import wait_until
 
 
 def _daemons_under(tmp: Path) -> list[int]:
@@ -122,7 +123,7 @@ def test_fstab_line_mounts_and_umount_ends_the_daemon(
 ) -> None:
     running = engine.run(IMAGE, "sleep", "1d")
     stopped = engine.run(IMAGE, "true")
-    eventually(lambda: stopped not in {c["Id"] for c in engine.containers()}, what="`true` exited")
+    wait_until(lambda: stopped not in {c["Id"] for c in engine.containers()}, "`true` exited")
     mp = tmp_path / "mnt"
     mp.mkdir()
     log = tmp_path / "daemon.log"
@@ -153,7 +154,7 @@ def test_fstab_line_mounts_and_umount_ends_the_daemon(
     res = ns.run("umount", str(mp))
     assert res.returncode == 0, res.stderr
     assert ns.run("findmnt", "--mountpoint", str(mp)).returncode != 0
-    eventually(lambda: not _not_zombie(pids[0]), within=30, what="the daemon exits after umount")
+    wait_until(lambda: not _not_zombie(pids[0]), "the daemon exits after umount", timeout=30)
 
 
 @pytest.mark.docker

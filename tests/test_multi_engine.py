@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Engine, Mount, wait_for
+from conftest import Engine, Mount
+from support.waiting import wait_until_none
 from test_mount import expected_files, tree_files
 
 from dockerfs_fuse.docker.source import LISTED_STATES
@@ -82,8 +83,8 @@ def test_each_engine_has_its_own_tree(engine: Engine, podman_engine: Engine, bot
     podman_engine.run("--name=multi-p", "-l", "engine=podman", IMG, "sleep", "1d")
     assert sorted(os.listdir(both.path)) == ["docker", "podman"]
     docker, podman = both.path / "docker", both.path / "podman"
-    wait_for(lambda: subtree_vs_api(engine, docker))
-    wait_for(lambda: subtree_vs_api(podman_engine, podman))
+    wait_until_none(lambda: subtree_vs_api(engine, docker))
+    wait_until_none(lambda: subtree_vs_api(podman_engine, podman))
     # Names are symlinks among their engine's containers, relative, one level down.
     assert (podman / "multi-p" / "State").read_text() == "running\n"
     assert (docker / "multi-d" / "Labels" / "engine").read_text() == "docker\n"
@@ -97,21 +98,21 @@ def test_each_engine_has_its_own_tree(engine: Engine, podman_engine: Engine, bot
 def ctl_logs_and_events(e: Engine, top: Path) -> None:
     name = top.name
     cid = e.run(f"--name=talk-{name}", IMG, "sh", "-c", f"echo hi-{name}; sleep 1d")
-    wait_for(lambda: None if cid in os.listdir(top) else f"{cid[:12]} not listed")
+    wait_until_none(lambda: None if cid in os.listdir(top) else f"{cid[:12]} not listed")
     log = (top / cid / "logs").read_bytes
-    wait_for(lambda: None if log() == f"hi-{name}\n".encode() else f"log {log()!r}")
+    wait_until_none(lambda: None if log() == f"hi-{name}\n".encode() else f"log {log()!r}")
     # Events: a pause made outside the mount shows without any listing,
     # and a paused container stays listed on Podman as on Docker.
     e.docker("pause", f"talk-{name}")
-    wait_for(state_is(top / cid / "State", "paused"))
+    wait_until_none(state_is(top / cid / "State", "paused"))
     assert cid in os.listdir(top)
     # ctl: the mount's own commands, through the ID and through the name.
     (top / cid / "ctl").write_text("unpause\n")
-    wait_for(state_is(top / cid / "State", "running"))
+    wait_until_none(state_is(top / cid / "State", "running"))
     (top / f"talk-{name}" / "ctl").write_text("kill\n")
-    wait_for(lambda: None if cid not in os.listdir(top) else f"{cid[:12]} still listed")
+    wait_until_none(lambda: None if cid not in os.listdir(top) else f"{cid[:12]} still listed")
     # Stopped: not listed, still reachable by its name, whose ctl removes it.
-    wait_for(state_is(top / f"talk-{name}" / "State", "exited"))
+    wait_until_none(state_is(top / f"talk-{name}" / "State", "exited"))
     (top / f"talk-{name}" / "ctl").write_text("rm\n")
     assert cid not in [c["Id"] for c in e.containers(all=True)]
 
@@ -148,7 +149,7 @@ def test_an_engine_that_goes_down_leaves_the_other_and_comes_back(
     cid = podman_engine.run("--name=survivor", IMG, "sleep", "1d")
     engine.run("--name=steady", IMG, "sleep", "1d")
     podman = both.path / "podman"
-    wait_for(lambda: subtree_vs_api(podman_engine, podman))
+    wait_until_none(lambda: subtree_vs_api(podman_engine, podman))
     podman_session.stop()
 
     def listing_fails() -> str | None:
@@ -159,12 +160,12 @@ def test_an_engine_that_goes_down_leaves_the_other_and_comes_back(
             return None
         return "the stopped engine still lists"
 
-    wait_for(listing_fails)
+    wait_until_none(listing_fails)
     assert "podman" in os.listdir(both.path)  # its directory stays
-    wait_for(lambda: subtree_vs_api(engine, both.path / "docker"))
+    wait_until_none(lambda: subtree_vs_api(engine, both.path / "docker"))
     assert (both.path / "docker" / "steady" / "State").read_text() == "running\n"
     podman_session.start()  # its containers outlived the service
-    wait_for(lambda: subtree_vs_api(podman_engine, podman), timeout=60)
+    wait_until_none(lambda: subtree_vs_api(podman_engine, podman), timeout=60)
     assert (podman / "survivor" / "ID").read_text() == cid + "\n"
 
 
@@ -175,7 +176,7 @@ def test_an_engine_down_at_start_up_mounts_the_others(
     nowhere = f"unix://{tmp_path / 'no-engine.sock'}"
     m = mount_factory(f"up={engine.host}", "-H", f"down={nowhere}")
     assert sorted(os.listdir(m.path)) == ["down", "up"]
-    wait_for(lambda: subtree_vs_api(engine, m.path / "up"))
+    wait_until_none(lambda: subtree_vs_api(engine, m.path / "up"))
     with pytest.raises(OSError) as caught:
         os.listdir(m.path / "down")
     assert caught.value.errno == errno.EIO
@@ -194,13 +195,13 @@ def test_an_engine_over_ssh_beside_a_local_one(
     m = mount_factory(f"local={engine.host}", "-H", f"remote={sshd_session.url}")
     assert sorted(os.listdir(m.path)) == ["local", "remote"]
     local, remote = m.path / "local", m.path / "remote"
-    wait_for(lambda: subtree_vs_api(engine, local))
-    wait_for(lambda: subtree_vs_api(engine, remote))
+    wait_until_none(lambda: subtree_vs_api(engine, local))
+    wait_until_none(lambda: subtree_vs_api(engine, remote))
     assert (remote / "over-ssh" / "ID").read_text() == cid + "\n"
     log = (remote / cid / "logs").read_bytes  # a stream through the tunnel
-    wait_for(lambda: None if log() == b"via-ssh\n" else f"log {log()!r}")
+    wait_until_none(lambda: None if log() == b"via-ssh\n" else f"log {log()!r}")
     assert requests_of(m, "remote")["containers/json"] >= 1
     # A container started now reaches both trees, the remote one over ssh.
     later = engine.run("--name=over-ssh-2", IMG, "sleep", "1d")
-    wait_for(lambda: None if later in os.listdir(remote) else "not listed over ssh yet")
-    wait_for(lambda: None if later in os.listdir(local) else "not listed locally yet")
+    wait_until_none(lambda: None if later in os.listdir(remote) else "not listed over ssh yet")
+    wait_until_none(lambda: None if later in os.listdir(local) else "not listed locally yet")

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from conftest import Engine, Mount, start_mount, stop_mount
+from support.waiting import wait_until
 
 from dockerfs_fuse.docker.source import DEFAULT_TIMEOUT
 
@@ -152,10 +153,7 @@ def test_daemon_gone_gives_eio_fast_and_recovers_without_remount(
     state = mounted.path / new / "State"
     assert state.read_text() == "running\n"
     engine.docker("pause", new)
-    deadline = time.monotonic() + 60
-    while state.read_text() != "paused\n":
-        assert time.monotonic() < deadline, "events did not resume after the restart"
-        time.sleep(0.1)
+    wait_until(lambda: state.read_text() == "paused\n", "events to resume after the restart", 60)
     engine.docker("unpause", new)
     assert new in os.listdir(mounted.path)
     assert mounted.proc.poll() is None
@@ -265,18 +263,15 @@ def _children(pid: int) -> list[int]:
 def test_9p_shim_stops_with_the_mount_even_after_sigkill(engine: Engine, tmp_path: Path) -> None:
     m = start_mount(engine.host, tmp_path / "n", "--9p", "tcp!127.0.0.1!0")
     try:
-        deadline = time.monotonic() + 30
-        while "listening on tcp!127.0.0.1!" not in m.log_text():
-            assert time.monotonic() < deadline, m.log_text()
-            time.sleep(0.1)
+        wait_until(lambda: "listening on tcp!127.0.0.1!" in m.log_text(), "the shim listening")
         shims = _children(m.proc.pid)
         assert len(shims) == 1
         m.proc.send_signal(signal.SIGKILL)
         m.proc.wait(10)
-        deadline = time.monotonic() + 30
-        while Path(f"/proc/{shims[0]}").exists() and not _is_zombie(shims[0]):
-            assert time.monotonic() < deadline, "the 9P shim outlived its mount's daemon"
-            time.sleep(0.1)
+        wait_until(
+            lambda: not Path(f"/proc/{shims[0]}").exists() or _is_zombie(shims[0]),
+            "the 9P shim to end with its mount's daemon",
+        )
     finally:
         stop_mount(m)
 

@@ -33,6 +33,7 @@ from conftest import (
     stop_mount,
     wait_for_start_line,
 )
+from support.waiting import wait_until
 
 from dockerfs_fuse.lifecycle.config import MountConfig, MountError
 from dockerfs_fuse.lifecycle.daemon_log import state_log_path, syslog_reachable
@@ -109,10 +110,7 @@ def unmount_detached(mp: Path, within: float) -> None:
     """Unmount a daemon that detached (no process of ours to stop) and see it go;
     `within` is a bound, not a timing claim."""
     subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True)
-    deadline = time.monotonic() + within
-    while mounted(mp) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not mounted(mp)
+    wait_until(lambda: not mounted(mp), "the unmount", within)
 
 
 FUSECTL = Path("/sys/fs/fuse/connections")

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Engine, Mount, ctl, ctl_errno, eventually, state
+from conftest import Engine, Mount, ctl, ctl_errno, state
+from support.waiting import wait_until
 
 from dockerfs_fuse.fuse.kernel_cache import STOCK_ENV
 
@@ -87,7 +88,7 @@ def test_a_stopped_container_resolves_by_full_id_and_prefix(engine: Engine, moun
     assert (d / "ID").read_text() == cid + "\n"
     assert (d / "State").read_text() == "exited\n"
     assert (d / "Names" / "0").read_text() == "/napping\n"
-    eventually(lambda: (d / "logs").read_text() == "hello\n", what="the log of a stopped one")
+    wait_until(lambda: (d / "logs").read_text() == "hello\n", "the log of a stopped one")
     assert os.readlink(mounted.path / cid[:12]) == cid
     assert (mounted.path / cid[:12] / "State").read_text() == "exited\n"
     assert os.readlink(mounted.path / "napping") == cid
@@ -97,7 +98,7 @@ def test_a_stopped_container_resolves_by_full_id_and_prefix(engine: Engine, moun
     assert cid in listed(mounted)
     # Removed behind the mount's back: gone by name and ID alike.
     engine.docker("rm", "-f", cid)
-    eventually(lambda: not (mounted.path / cid).exists(), what="the removed one's entry")
+    wait_until(lambda: not (mounted.path / cid).exists(), "the removed one's entry")
     assert ctl_errno(mounted, cid, "start") == errno.ENOENT
 
 

@@ -6,13 +6,13 @@ made through docker_swarm, as the filesystem will make them."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import pytest
 import trio
-from support.private_swarm import IMAGE, NetnsDockerd, PrivateSwarm
+from support.private_swarm import CONVERGE_TIMEOUT, IMAGE, NetnsDockerd, PrivateSwarm
+from support.waiting import wait_until
 
 from dockerfs_fuse.docker import swarm as api
 from dockerfs_fuse.docker.errors import Conflict, NotFound, NotManager
@@ -52,18 +52,6 @@ def service_ctl(swarm: PrivateSwarm, name: str, text: str, **kw: Any) -> None:
 
 def node_ctl(swarm: PrivateSwarm, name: str, text: str, **kw: Any) -> None:
     call(swarm, api.control_node, name, parse_node_command(text.encode()), **kw)
-
-
-def wait_for(what: str, check: Callable[[], T | None], timeout: float = 90) -> T:
-    """Poll until check() is truthy; return it. Swarm moves at its own pace."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.3)
 
 
 def tasks_of(swarm: PrivateSwarm, service: str) -> list[dict[str, Any]]:
@@ -115,7 +103,9 @@ def cli_json(node: NetnsDockerd, *argv: str) -> list[dict[str, str]]:
 
 def start_service(swarm: PrivateSwarm, name: str, *args: str, replicas: int = 1) -> None:
     swarm.create_service(name, f"--replicas={replicas}", *args, command=SLEEP)
-    wait_for(f"{replicas} {name} tasks", lambda: len(running(swarm, name)) == replicas)
+    wait_until(
+        lambda: len(running(swarm, name)) == replicas, f"{replicas} {name} tasks", CONVERGE_TIMEOUT
+    )
 
 
 # -- the cluster, and the tree from its answers ------------------------------------------
@@ -137,7 +127,11 @@ def test_every_node_is_ready_with_its_own_hostname_and_address(swarm: PrivateSwa
 def test_live_tree_agrees_with_docker_service_ls_ps_and_node_ls(swarm: PrivateSwarm) -> None:
     start_service(swarm, "web", "--label=com.example/tier=front", replicas=4)
     swarm.create_service("ticker", "--mode=global", command=SLEEP)
-    wait_for("ticker on every node", lambda: len(running(swarm, "ticker")) == len(swarm.nodes))
+    wait_until(
+        lambda: len(running(swarm, "ticker")) == len(swarm.nodes),
+        "ticker on every node",
+        CONVERGE_TIMEOUT,
+    )
     m = swarm.manager
     tree = live_tree(swarm)
     services = sub(tree, "services")
@@ -183,17 +177,20 @@ def test_scale_up_spreads_tasks_over_every_node_and_down_removes_them(
     spec = call(swarm, api.inspect_service, "web")["Spec"]
     assert spec["Mode"]["Replicated"]["Replicas"] == 6
     # ...and the tasks follow, spread over the nodes.
-    tasks = wait_for("6 running", lambda: (r := running(swarm, "web")) and len(r) == 6 and r)
+    tasks = wait_until(
+        lambda: (r := running(swarm, "web")) and len(r) == 6 and r, "6 running", CONVERGE_TIMEOUT
+    )
     assert set(hostnames(swarm, tasks)) == {n.hostname for n in swarm.nodes}
     service_ctl(swarm, "web", "scale 1")
-    wait_for("1 running", lambda: len(running(swarm, "web")) == 1)
-    tree = wait_for(
-        "the removed slots gone from tasks/",
+    wait_until(lambda: len(running(swarm, "web")) == 1, "1 running", CONVERGE_TIMEOUT)
+    tree = wait_until(
         lambda: (t := live_tree(swarm)) and len(sub(t, "services", "web", "tasks")) == 1 and t,
+        "the removed slots gone from tasks/",
+        CONVERGE_TIMEOUT,
     )
     assert text(sub(tree, "services", "web")["Replicas"]) == "1"
     service_ctl(swarm, "web", "scale 0")
-    wait_for("none running", lambda: not running(swarm, "web"))
+    wait_until(lambda: not running(swarm, "web"), "none running", CONVERGE_TIMEOUT)
 
 
 def test_image_update_then_rollback(swarm: PrivateSwarm) -> None:
@@ -223,10 +220,10 @@ def test_image_update_then_rollback(swarm: PrivateSwarm) -> None:
     assert call(swarm, api.inspect_service, "web")["Spec"]["TaskTemplate"]["ContainerSpec"][
         "Image"
     ] == ("busybox:v2")
-    wait_for("the update", lambda: settled("completed", "busybox:v2"))
+    wait_until(lambda: settled("completed", "busybox:v2"), "the update", CONVERGE_TIMEOUT)
     assert before.isdisjoint(t["ID"] for t in running(swarm, "web"))
     service_ctl(swarm, "web", "rollback")
-    wait_for("the rollback", lambda: settled("rollback_completed", IMAGE))
+    wait_until(lambda: settled("rollback_completed", IMAGE), "the rollback", CONVERGE_TIMEOUT)
     tree = live_tree(swarm)
     assert text(sub(tree, "services", "web")["Image"]) == IMAGE
     assert text(sub(tree, "services", "web", "UpdateStatus")["State"]) == "rollback_completed"
@@ -237,10 +234,10 @@ def test_restart_replaces_every_task(swarm: PrivateSwarm) -> None:
     before = {t["ID"] for t in running(swarm, "web")}
     service_ctl(swarm, "web", "restart")
     assert call(swarm, api.inspect_service, "web")["Spec"]["TaskTemplate"]["ForceUpdate"] == 1
-    wait_for(
-        "two new tasks",
+    wait_until(
         lambda: (ids := {t["ID"] for t in running(swarm, "web")}) and len(ids) == 2
         and ids.isdisjoint(before),
+        "two new tasks", CONVERGE_TIMEOUT,
     )  # fmt: skip
 
 
@@ -277,10 +274,10 @@ def test_drain_moves_tasks_off_a_node_and_active_lets_them_back(swarm: PrivateSw
     assert drained in hostnames(swarm, running(swarm, "web"))
     node_ctl(swarm, drained, "drain")
     assert call(swarm, api.inspect_node, drained)["Spec"]["Availability"] == "drain"
-    tasks = wait_for(
-        f"no task on {drained}",
+    tasks = wait_until(
         lambda: (r := running(swarm, "web")) and len(r) == 6
         and drained not in hostnames(swarm, r) and r,
+        f"no task on {drained}", CONVERGE_TIMEOUT,
     )  # fmt: skip
     assert len(set(hostnames(swarm, tasks))) == len(swarm.nodes) - 1
     node_ctl(swarm, drained, "active")
@@ -293,16 +290,20 @@ def test_pause_promote_demote(swarm: PrivateSwarm) -> None:
     node_ctl(swarm, name, "pause")
     assert text(sub(live_tree(swarm), "nodes", name)["Availability"]) == "pause"
     node_ctl(swarm, name, "promote")
-    d = wait_for(
-        f"{name} a reachable manager",
+    d = wait_until(
         lambda: (n := call(swarm, api.inspect_node, name)).get("ManagerStatus", {})
         .get("Reachability") == "reachable" and n,
+        f"{name} a reachable manager", CONVERGE_TIMEOUT,
     )  # fmt: skip
     assert d["Spec"]["Role"] == "manager"
     tree = sub(live_tree(swarm), "nodes", name)
     assert (text(tree["Role"]), text(tree["Leader"])) == ("manager", "false")
     node_ctl(swarm, name, "demote")
-    wait_for(f"{name} a worker", lambda: "ManagerStatus" not in call(swarm, api.inspect_node, name))
+    wait_until(
+        lambda: "ManagerStatus" not in call(swarm, api.inspect_node, name),
+        f"{name} a worker",
+        CONVERGE_TIMEOUT,
+    )
     assert "Leader" not in sub(live_tree(swarm), "nodes", name)
 
 
@@ -322,9 +323,10 @@ def test_rm_removes_a_node_that_left(swarm: PrivateSwarm) -> None:
     old_id = call(swarm, api.inspect_node, leaver.hostname)["ID"]
     leaver.docker("swarm", "leave")
     try:
-        wait_for(
-            f"{leaver.hostname} down",
+        wait_until(
             lambda: call(swarm, api.inspect_node, old_id)["Status"]["State"] == "down",
+            f"{leaver.hostname} down",
+            CONVERGE_TIMEOUT,
         )
         node_ctl(swarm, old_id, "rm")
         with pytest.raises(NotFound):

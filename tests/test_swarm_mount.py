@@ -9,32 +9,16 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from support.private_swarm import IMAGE, PrivateSwarm
+from support.private_swarm import CONVERGE_TIMEOUT, IMAGE, PrivateSwarm
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.docker
 
-T = TypeVar("T")
 SLEEP = ["sleep", "1d"]
-
-
-def wait_for(what: str, check: Callable[[], T | None], timeout: float = 90) -> T:
-    """Poll until check() is truthy; return it. Swarm moves at its own pace."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = check()
-        except OSError:
-            value = None  # a file read while its object changes: try again
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.3)
 
 
 def cli(swarm: PrivateSwarm, *args: str) -> list[str]:
@@ -116,7 +100,9 @@ def test_services_tasks_and_nodes_agree_with_the_cli(
     assert json.loads((web / "inspect.json").read_text())["ID"] == sid
     # The service's ID is an unlisted alias of its name.
     assert os.readlink(m / "services" / sid) == "web"
-    wait_for("3 running", lambda: read(web / "Running") == "3")
+    wait_until(
+        lambda: read(web / "Running") == "3", "3 running", CONVERGE_TIMEOUT, retry_on=(OSError,)
+    )
 
     ps = set(cli(swarm, "service", "ps", "-q", "--no-trunc", "web"))
     assert ps <= set(os.listdir(m / "tasks"))
@@ -164,20 +150,35 @@ def test_services_tasks_and_nodes_agree_with_the_cli(
 def test_scale_up_and_down_through_ctl(swarm: PrivateSwarm, swarm_mount: Path) -> None:
     m = swarm_mount
     swarm.create_service("web", "--replicas=1", command=SLEEP)
-    web = wait_for(
-        "web listed", lambda: (m / "services" / "web").is_dir() and m / "services" / "web"
+    web = wait_until(
+        lambda: (m / "services" / "web").is_dir() and m / "services" / "web",
+        "web listed",
+        CONVERGE_TIMEOUT,
+        retry_on=(OSError,),
     )
     ctl(web / "ctl", "scale 6")
     assert read(web / "Replicas") == "6"  # at once
-    nodes = wait_for(
-        "6 running tasks", lambda: (n := running_nodes(m, "web")) and len(n) == 6 and n
+    nodes = wait_until(
+        lambda: (n := running_nodes(m, "web")) and len(n) == 6 and n,
+        "6 running tasks",
+        CONVERGE_TIMEOUT,
+        retry_on=(OSError,),
     )
     assert len(set(nodes)) >= 2, nodes
-    wait_for("Running 6", lambda: read(web / "Running") == "6")
+    wait_until(
+        lambda: read(web / "Running") == "6", "Running 6", CONVERGE_TIMEOUT, retry_on=(OSError,)
+    )
     ctl(web / "ctl", "scale 1")
     assert read(web / "Replicas") == "1"
-    wait_for("one slot left", lambda: os.listdir(web / "tasks") == ["1"])
-    wait_for("Running 1", lambda: read(web / "Running") == "1")
+    wait_until(
+        lambda: os.listdir(web / "tasks") == ["1"],
+        "one slot left",
+        CONVERGE_TIMEOUT,
+        retry_on=(OSError,),
+    )
+    wait_until(
+        lambda: read(web / "Running") == "1", "Running 1", CONVERGE_TIMEOUT, retry_on=(OSError,)
+    )
 
 
 def test_image_update_and_rollback(swarm: PrivateSwarm, swarm_mount: Path) -> None:
@@ -188,14 +189,23 @@ def test_image_update_and_rollback(swarm: PrivateSwarm, swarm_mount: Path) -> No
         "--rollback-parallelism=0", "--rollback-monitor=1s", command=SLEEP,
     )  # fmt: skip
     web = m / "services" / "web"
-    wait_for("2 running", lambda: read(web / "Running") == "2")
+    wait_until(
+        lambda: read(web / "Running") == "2", "2 running", CONVERGE_TIMEOUT, retry_on=(OSError,)
+    )
     ctl(web / "ctl", "image busybox:v2")
     assert read(web / "Image") == "busybox:v2"
-    wait_for("update completed", lambda: read(web / "UpdateStatus" / "State") == "completed")
+    wait_until(
+        lambda: read(web / "UpdateStatus" / "State") == "completed",
+        "update completed",
+        CONVERGE_TIMEOUT,
+        retry_on=(OSError,),
+    )
     ctl(web / "ctl", "rollback")
-    wait_for(
-        "rollback completed",
+    wait_until(
         lambda: read(web / "UpdateStatus" / "State") == "rollback_completed",
+        "rollback completed",
+        CONVERGE_TIMEOUT,
+        retry_on=(OSError,),
     )
     assert read(web / "Image") == IMAGE
 
@@ -204,13 +214,20 @@ def test_drain_moves_tasks_off_a_node(swarm: PrivateSwarm, swarm_mount: Path) ->
     m = swarm_mount
     swarm.create_service("web", "--replicas=6", command=SLEEP)
     worker = swarm.workers[0].hostname
-    wait_for("6 running", lambda: (n := running_nodes(m, "web")) and len(n) == 6)
+    wait_until(
+        lambda: (n := running_nodes(m, "web")) and len(n) == 6,
+        "6 running",
+        CONVERGE_TIMEOUT,
+        retry_on=(OSError,),
+    )
     node = m / "nodes" / worker
     ctl(node / "ctl", "drain")
     assert read(node / "Availability") == "drain"
-    wait_for(
-        f"no task on {worker}",
+    wait_until(
         lambda: (n := running_nodes(m, "web")) and len(n) == 6 and worker not in n,
+        f"no task on {worker}",
+        CONVERGE_TIMEOUT,
+        retry_on=(OSError,),
     )
     ctl(node / "ctl", "active")
     assert read(node / "Availability") == "active"
@@ -220,12 +237,14 @@ def test_a_removed_service_disappears(swarm: PrivateSwarm, swarm_mount: Path) ->
     m = swarm_mount
     swarm.create_service("gone", "--replicas=1", command=SLEEP)
     web = m / "services" / "gone"
-    wait_for("listed", web.is_dir)
+    wait_until(web.is_dir, "listed", CONVERGE_TIMEOUT, retry_on=(OSError,))
     fd = os.open(web, os.O_RDONLY)  # the kernel holds the entry: it must be invalidated
     try:
         swarm.manager.docker("service", "rm", "gone")
-        wait_for("gone", lambda: "gone" not in os.listdir(m / "services"), timeout=30)
-        wait_for("its files gone", lambda: not (web / "ID").exists(), timeout=30)
+        wait_until(
+            lambda: "gone" not in os.listdir(m / "services"), "gone", 30, retry_on=(OSError,)
+        )
+        wait_until(lambda: not (web / "ID").exists(), "its files gone", 30, retry_on=(OSError,))
     finally:
         os.close(fd)
     ctl_path = m / "services" / "gone" / "ctl"
@@ -237,7 +256,12 @@ def test_ctl_through_the_mount_of_a_worker_is_refused(
 ) -> None:
     mount = mount_factory(swarm.workers[0].host, "--swarm", name="worker")
     m = Path(mount.path)
-    wait_for("the start-up line", lambda: "not a swarm manager" in mount.log_text(), timeout=30)
+    wait_until(
+        lambda: "not a swarm manager" in mount.log_text(),
+        "the start-up line",
+        30,
+        retry_on=(OSError,),
+    )
     with pytest.raises(OSError) as caught:
         os.listdir(m / "services")
     assert caught.value.errno == errno.EIO
@@ -257,14 +281,21 @@ def test_each_engine_directory_holds_its_cluster_view(
     assert sorted(os.listdir(m)) == ["manager", "worker"]
     assert sorted(os.listdir(m / "manager")) == ["nodes", "services", "tasks"]
     swarm.create_service("web", "--replicas=2", command=SLEEP)
-    wait_for("web listed", lambda: "web" in os.listdir(m / "manager" / "services"))
+    wait_until(
+        lambda: "web" in os.listdir(m / "manager" / "services"),
+        "web listed",
+        CONVERGE_TIMEOUT,
+        retry_on=(OSError,),
+    )
     assert sorted(os.listdir(m / "manager" / "nodes")) == sorted(n.hostname for n in swarm.nodes)
     with pytest.raises(OSError) as caught:
         os.listdir(m / "worker" / "services")
     assert caught.value.errno == errno.EIO
-    wait_for(
-        "the start-up line",
+    wait_until(
         lambda: "worker: this engine is not a swarm manager" in mount.log_text(),
+        "the start-up line",
+        CONVERGE_TIMEOUT,
+        retry_on=(OSError,),
     )
 
 
@@ -272,7 +303,7 @@ def test_bad_commands_are_einval(swarm: PrivateSwarm, swarm_mount: Path) -> None
     m = swarm_mount
     swarm.create_service("web", "--replicas=1", command=SLEEP)
     web = m / "services" / "web"
-    wait_for("listed", web.is_dir)
+    wait_until(web.is_dir, "listed", CONVERGE_TIMEOUT, retry_on=(OSError,))
     for bad in ("scale", "scale x", "scale -1", "frobnicate", "image", "rm now"):
         assert ctl_errno(web / "ctl", bad) == errno.EINVAL, bad
     node = m / "nodes" / swarm.workers[0].hostname
@@ -301,9 +332,19 @@ def test_service_logs(swarm: PrivateSwarm, swarm_mount: Path) -> None:
     m = swarm_mount
     swarm.create_service("talk", "--replicas=2", command=["sh", "-c", "echo hello; sleep 1d"])
     logs = m / "services" / "talk" / "logs"
-    text = wait_for("both lines", lambda: (t := logs.read_text()).count("hello\n") == 2 and t)
+    text = wait_until(
+        lambda: (t := logs.read_text()).count("hello\n") == 2 and t,
+        "both lines",
+        CONVERGE_TIMEOUT,
+        retry_on=(OSError,),
+    )
     assert text == "hello\nhello\n"
     # Spooled like a container's logs: while open, the size is what it holds so far.
     with logs.open("rb") as f:
-        wait_for("its size", lambda: os.fstat(f.fileno()).st_size == len(text))
+        wait_until(
+            lambda: os.fstat(f.fileno()).st_size == len(text),
+            "its size",
+            CONVERGE_TIMEOUT,
+            retry_on=(OSError,),
+        )
         assert f.read() == text.encode()

@@ -12,12 +12,18 @@ from typing import Any
 
 import pytest
 
-from dockerfs_fuse.model.containers import LIVE, Special, Unlisted, container_spec, escape_name
+from dockerfs_fuse.model.containers import (
+    LIVE,
+    Link,
+    Special,
+    Unlisted,
+    container_spec,
+    escape_name,
+)
 from dockerfs_fuse.model.swarm import (
     NODE_ORDER,
     SERVICE_ORDER,
     TASK_ORDER,
-    Link,
     Tree,
     current_tasks,
     node_aliases,
@@ -345,7 +351,12 @@ def test_a_container_spec_is_a_tree() -> None:
 
 
 def test_garbage_answers_give_empty_fields_not_errors() -> None:
-    for obj in ({}, {"ID": "x", "Spec": None, "Status": "?"}, {"Spec": {"Mode": []}}):
+    garbage: list[dict[str, Any]] = [
+        {},
+        {"ID": "x", "Spec": None, "Status": "?"},
+        {"Spec": {"Mode": []}},
+    ]
+    for obj in garbage:
         service_spec(obj, [obj], {})
         node_spec(obj)
         task_spec(obj, {}, {})

@@ -100,7 +100,9 @@ def test_networks_keep_non_empty_scalars_only() -> None:
     assert isinstance(networks, dict)
     none = networks["none"]
     assert isinstance(none, dict)
-    assert none["NetworkID"].endswith(b"\n") and len(none["NetworkID"]) == 65
+    network_id = none["NetworkID"]
+    assert isinstance(network_id, bytes)
+    assert network_id.endswith(b"\n") and len(network_id) == 65
     assert "Gateway" not in none  # ""
     assert "IPAMConfig" not in none  # null
     assert "Aliases" not in none  # null (and not scalar)

@@ -31,13 +31,13 @@ from conftest import (
     WAIT_FOR_GO,
     Engine,
     Mount,
-    eventually,
     run_held,
     start_mount,
     state,
     stop_mount,
 )
 from support.private_dockerd import IMAGE, PrivateDockerd
+from support.waiting import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 
@@ -93,7 +93,9 @@ def world(
             "walk-done": engine.run("--name=walk-done", IMAGE, "true"),
         }
         engine.docker("pause", ids["walk-frozen"])
-        eventually(lambda: state(engine, ids["walk-done"])["Status"] == "exited")
+        wait_until(
+            lambda: state(engine, ids["walk-done"])["Status"] == "exited", "walk-done exited"
+        )
         mount = start_mount(engine.host, tmp_path_factory.mktemp("walk") / "mnt", "-a")
         yield World(engine, mount, ids)
     finally:
@@ -281,7 +283,9 @@ def test_by_path_tail_f_logs(world: World) -> None:
     reader.start()
     try:
         # tail shows the last 10 lines, then follows: 20 means it followed.
-        eventually(lambda: lines.count(b"tick\n") >= 20, WALK_BOUND, "tail -f shows new ticks")
+        wait_until(
+            lambda: lines.count(b"tick\n") >= 20, "tail -f shows new ticks", timeout=WALK_BOUND
+        )
     finally:
         tail.send_signal(signal.SIGTERM)
         tail.wait(WALK_BOUND)
@@ -290,7 +294,9 @@ def test_by_path_tail_f_logs(world: World) -> None:
 def test_by_path_logs_follow_and_wait_until_the_container_ends(world: World) -> None:
     cid, go = run_held(world.engine, f"echo before; {WAIT_FOR_GO}; echo after; exit 3")
     # Running as the mount knows it: logs.follow follows only a container that runs.
-    eventually(lambda: (world.path / cid / "State").read_text() == "running\n")
+    wait_until(
+        lambda: (world.path / cid / "State").read_text() == "running\n", "State reads running"
+    )
     follow = subprocess.Popen(
         ["cat", str(world.path / cid / "logs.follow")], stdout=subprocess.PIPE
     )

@@ -102,7 +102,9 @@ class PrivateProcess:
                 start_new_session=True,
             )
 
-    def wait_until(self, ready: Callable[[], bool], timeout: float, failure: str) -> None:
+    def wait_ready_while_alive(
+        self, ready: Callable[[], bool], timeout: float, failure: str
+    ) -> None:
         """Poll READY; fail at once, with the log's tail, if the process dies
         first, and stop it if READY never holds within TIMEOUT."""
         deadline = time.monotonic() + timeout
@@ -229,7 +231,9 @@ class PrivateDockerd(PrivateEngine):
         if os.geteuid() != 0:
             raise DockerdError("a private dockerd needs root")
         self.spawn(self.command())
-        self.wait_until(self.answers, timeout, f"dockerd did not answer within {timeout}s")
+        self.wait_ready_while_alive(
+            self.answers, timeout, f"dockerd did not answer within {timeout}s"
+        )
 
     def cleanup(self) -> None:
         self.stop()

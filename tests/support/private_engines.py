@@ -146,7 +146,7 @@ class TLSDockerd(PrivateDockerd):
 
     def start(self, timeout: float = 30.0) -> None:
         super().start(timeout)
-        self.wait_until(
+        self.wait_ready_while_alive(
             lambda: _listens(self.port), timeout, f"dockerd did not listen on {self.tcp_url}"
         )
 
@@ -214,7 +214,9 @@ class PrivatePodman(PrivateEngine):
         self.spawn(
             self.podman_command("system", "service", "--time=0", self.host), self.podman_env()
         )
-        self.wait_until(self.answers, timeout, f"podman service did not answer within {timeout}s")
+        self.wait_ready_while_alive(
+            self.answers, timeout, f"podman service did not answer within {timeout}s"
+        )
 
     def cleanup(self) -> None:
         # Stopping the service (by PID) leaves its containers running;
@@ -293,7 +295,7 @@ class PrivateSshd(PrivateProcess):
         # sshd refuses to start without its privilege separation directory.
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
         self.spawn([sshd, "-D", "-e", "-f", str(self.config)])
-        self.wait_until(
+        self.wait_ready_while_alive(
             lambda: _listens(self.port), timeout, f"sshd did not listen on port {self.port}"
         )
 

@@ -33,11 +33,13 @@ from typing import Any, TypeVar
 
 from .private_dockerd import IMAGE, DockerdError, PrivateDockerd
 
-__all__ = ["IMAGE", "DockerdError", "NetnsDockerd", "PrivateSwarm"]
+__all__ = ["CONVERGE_TIMEOUT", "IMAGE", "DockerdError", "NetnsDockerd", "PrivateSwarm"]
 
 NETNS_DIR = Path("/run/netns")
 SUBNET = "10.77.0"  # a /24 that exists only inside our namespaces
 SWARM_PORT = 2377
+# How long a test waits for a swarm to converge (seconds; tens under load).
+CONVERGE_TIMEOUT = 90.0
 T = TypeVar("T")
 
 

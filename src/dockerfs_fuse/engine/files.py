@@ -47,7 +47,6 @@ from __future__ import annotations
 import errno
 import logging
 import posixpath
-import time
 from collections.abc import Callable, Iterator
 
 import trio
@@ -125,13 +124,13 @@ class ContainerFiles:
     def __init__(
         self,
         start: ArchiveStarter,
-        clock: Callable[[], float] = time.monotonic,
         streams: int = MAX_STREAMS,
         is_gone: Callable[[Exception], bool] = lambda exc: isinstance(exc, NotThere),
         is_refused: Callable[[Exception], bool] = lambda exc: False,
     ) -> None:
         self._start = start
-        self._clock = clock
+        # Idleness and age on the clock the sweeper sleeps on: trio's (a test's MockClock).
+        self._clock = trio.current_time
         # Which request errors mean "not there" (the engine's 404), as opposed to trouble.
         self._is_gone = is_gone
         # Which mean the engine answered but would not serve that one path (see stat).

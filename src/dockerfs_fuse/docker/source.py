@@ -1,4 +1,4 @@
-"""The Docker Engine, as seen from trio: the only module that knows aiodocker.
+"""The Docker Engine, as seen from trio: each request, its deadline, its answer.
 
 aiodocker is asyncio; the filesystem runs on trio. aiodocker lives on the
 asyncio loop of a thread of its own (bridge.py, which knows no Docker), and

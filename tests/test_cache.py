@@ -156,7 +156,7 @@ def test_an_event_newer_than_a_listing_in_flight_wins() -> None:
     async def main() -> None:
         engine.hold = trio.Event()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(cache._run_rereads, nursery)
+            nursery.start_soon(cache.run_rereads, nursery)
             nursery.start_soon(cache.refresh)
             await engine.listing.wait()
             del engine.containers[cid(2)]
@@ -186,7 +186,7 @@ def test_every_event_during_a_listing_is_read_again_however_many_and_none_kept_a
     async def main() -> None:
         engine.hold = trio.Event()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(cache._run_rereads, nursery)
+            nursery.start_soon(cache.run_rereads, nursery)
             nursery.start_soon(cache.refresh)
             await engine.listing.wait()
             for n in range(1, many + 1):
@@ -198,9 +198,9 @@ def test_every_event_during_a_listing_is_read_again_however_many_and_none_kept_a
             assert len(listed(cache)) == many + 1
             await trio.sleep(sum(EVENT_REREAD_DELAYS) + 1)
             assert listed(cache) == {cid(0)}
-            assert not cache._last_event
+            assert not cache.events_held()
             cache.on_event({"Action": "die", "Actor": {"ID": cid(0)}})
-            assert not cache._last_event
+            assert not cache.events_held()
             nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

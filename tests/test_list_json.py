@@ -1,4 +1,4 @@
-"""The container list's parser (docker_source._list_json) on answers no engine here sends."""
+"""The container list's parser (docker_source.list_json) on answers no engine here sends."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import aiodocker
 import pytest
 
-from dockerfs_fuse.docker.source import _list_json
+from dockerfs_fuse.docker.source import list_json
 
 
 class _Response:
@@ -22,7 +22,7 @@ class _Response:
 
 
 class _Docker:
-    """The one aiodocker call _list_json makes."""
+    """The one aiodocker call list_json makes."""
 
     def __init__(self, body: bytes) -> None:
         self.body = body
@@ -38,12 +38,12 @@ class _Docker:
 
 def listed(body: bytes, params: dict[str, str] | None = None) -> list[Any]:
     d: Any = _Docker(body)
-    return asyncio.run(_list_json(d, "containers/json", params or {}))
+    return asyncio.run(list_json(d, "containers/json", params or {}))
 
 
 def test_a_list_is_parsed_and_the_params_passed() -> None:
     d: Any = _Docker(b'[{"Id": "ab", "Labels": {"k": "v"}, "Created": 1700000000}]')
-    got = asyncio.run(_list_json(d, "containers/json", {"all": "1"}))
+    got = asyncio.run(list_json(d, "containers/json", {"all": "1"}))
     assert got == [{"Id": "ab", "Labels": {"k": "v"}, "Created": 1700000000}]
     assert d.asked == [("containers/json", {"all": "1"})]
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import trio
 
-from dockerfs_fuse.engine.swarm import SwarmCache, _settled
+from dockerfs_fuse.engine.swarm import SwarmCache, settled
 from dockerfs_fuse.model.inodes import Changes, InodeTable, Kind
 
 DATA = Path(__file__).parent / "data"
@@ -131,15 +131,15 @@ def test_a_changed_listing_moves_its_directory_mtime() -> None:
 def test_settled() -> None:
     services, tasks = load("services"), load("tasks")
     # The recording holds services that never run (broken, once): not settled.
-    assert not _settled(services, tasks)
+    assert not settled(services, tasks)
     web = [s for s in services if s["Spec"]["Name"] == "web"]
     web_tasks = [
         t for t in tasks if t["ServiceID"] == web[0]["ID"] and t["DesiredState"] == "running"
     ]
-    assert _settled(web, web_tasks)
+    assert settled(web, web_tasks)
     updating = copy.deepcopy(web)
     updating[0]["UpdateStatus"] = {"State": "updating"}
-    assert not _settled(updating, web_tasks)
+    assert not settled(updating, web_tasks)
     starting = copy.deepcopy(web_tasks)
     starting[0]["Status"]["State"] = "starting"
-    assert not _settled(web, starting)
+    assert not settled(web, starting)

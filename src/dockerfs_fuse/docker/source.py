@@ -75,7 +75,7 @@ def _is_podman(version: Mapping[str, Any]) -> bool:
     return any("podman" in str(c.get("Name", "")).lower() for c in components)
 
 
-async def _list_json(d: aiodocker.Docker, path: str, params: Mapping[str, str]) -> list[Any]:
+async def list_json(d: aiodocker.Docker, path: str, params: Mapping[str, str]) -> list[Any]:
     """A list endpoint's answer, parsed with orjson: at a thousand containers
     the body is ~800 KB, and json.loads of it was the largest part of a root
     listing's own cost (the rest is Docker's). orjson refuses what json
@@ -234,7 +234,7 @@ class DockerSource:
 
         async def fetch(d: aiodocker.Docker) -> list[Container]:
             params = {"all": "1"} if self._lists_all(all) else {}
-            return await _list_json(d, "containers/json", params)
+            return await list_json(d, "containers/json", params)
 
         return self._listed(await self.call("containers/json", fetch), all)
 
@@ -243,7 +243,7 @@ class DockerSource:
             params = {"filters": json.dumps(filters)}
             if self._lists_all(all):
                 params["all"] = "1"
-            return await _list_json(d, "containers/json", params)
+            return await list_json(d, "containers/json", params)
 
         # Counted apart from full listings: the benchmark checks those.
         return self._listed(await self.call("containers/json?filters", fetch), all)

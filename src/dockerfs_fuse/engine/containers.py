@@ -392,7 +392,7 @@ class EngineCache:
         engine was down sent no event we could see).
         """
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._run_rereads, nursery)
+            nursery.start_soon(self.run_rereads, nursery)
             nursery.start_soon(self.files.run_sweeper)
             meanwhile = ", caching less meanwhile"
             await follow_events(
@@ -440,7 +440,11 @@ class EngineCache:
             self._scheduled.add(cid)
             self._reread_send.send_nowait(cid)
 
-    async def _run_rereads(self, nursery: trio.Nursery) -> None:
+    def events_held(self) -> int:
+        """How many containers' event numbers are kept for listings in flight (none when idle)."""
+        return len(self._last_event)
+
+    async def run_rereads(self, nursery: trio.Nursery) -> None:
         async for cid in self._reread_recv:
             nursery.start_soon(self._reread_after_event, cid)
 

@@ -306,7 +306,7 @@ class SwarmCache:
         self._wake.set()
 
     def _busy(self) -> bool:
-        return time.monotonic() < self._busy_until or not _settled(
+        return time.monotonic() < self._busy_until or not settled(
             self.objects["services"], self.objects["tasks"]
         )
 
@@ -335,7 +335,7 @@ def _mtime(obj: Obj) -> int:
     return created_seconds(obj) * NS
 
 
-def _settled(services: list[Obj], tasks: list[Obj]) -> bool:
+def settled(services: list[Obj], tasks: list[Obj]) -> bool:
     """Nothing the orchestrator is still doing that no event would tell us of."""
     for s in services:
         status = s.get("ServiceStatus") or {}

@@ -298,9 +298,3 @@ class PrivateSshd(PrivateProcess):
         self.wait_ready_while_alive(
             lambda: _listens(self.port), timeout, f"sshd did not listen on port {self.port}"
         )
-
-    def client_env(self) -> dict[str, str]:
-        """The environment of a client that has the key and knows the host."""
-        env = dict(os.environ)
-        env["HOME"] = str(self.client_home)
-        return env

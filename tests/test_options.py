@@ -8,6 +8,7 @@ import pwd
 import pytest
 
 from dockerfs_fuse.lifecycle import cli, options
+from dockerfs_fuse.lifecycle.config import MountError
 from dockerfs_fuse.lifecycle.options import OptionError
 
 
@@ -141,3 +142,33 @@ def test_fsname_is_the_source_escaped() -> None:
         "fsname=mine",
         "subtype=other",
     }
+
+
+@pytest.mark.parametrize(
+    ("argv", "view"),
+    [
+        (["/m"], "containers"),
+        (["--view=engine", "/m"], "engine"),
+        (["-o", "view=engine", "/m"], "engine"),
+        (["--view", "containers", "/m"], "containers"),
+        (["--swarm", "/m"], "swarm"),
+        (["-o", "swarm", "/m"], "swarm"),
+        (["--view=swarm", "--swarm", "/m"], "swarm"),
+    ],
+)
+def test_view_and_its_swarm_alias(argv: list[str], view: str) -> None:
+    assert cli.view_of(cli.parse_args(argv)) == view
+
+
+def test_unknown_view_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.parse_args(["-o", "view=images", "/m"])
+    assert info.value.code == 1
+    assert "-o view=images: no such view (one of containers, engine, swarm)" in (
+        capsys.readouterr().err
+    )
+
+
+def test_swarm_with_another_view_is_refused() -> None:
+    with pytest.raises(MountError, match="--swarm is --view=swarm"):
+        cli.view_of(cli.parse_args(["--swarm", "--view=engine", "/m"]))

@@ -138,7 +138,7 @@ class Listings:
         """A listing from its start: the engine asked where the contract says,
         and the directory's mtime moved on so the kernel asks again next time."""
         inode = node.inode
-        if inode in self.engines.caches or inode in self.engines.swarm_lists:
+        if self.engines.lists_on_read(inode):
             await self._refresh(inode)
             node.mtime_ns = max(time.time_ns(), node.mtime_ns + 1)
             # Here, not in a worker thread: a thread hop is slower than this

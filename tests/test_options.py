@@ -8,7 +8,6 @@ import pwd
 import pytest
 
 from dockerfs_fuse.lifecycle import cli, options
-from dockerfs_fuse.lifecycle.config import MountError
 from dockerfs_fuse.lifecycle.options import OptionError
 
 
@@ -169,6 +168,8 @@ def test_unknown_view_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     )
 
 
-def test_swarm_with_another_view_is_refused() -> None:
-    with pytest.raises(MountError, match="--swarm is --view=swarm"):
-        cli.view_of(cli.parse_args(["--swarm", "--view=engine", "/m"]))
+def test_swarm_with_another_view_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.parse_args(["--swarm", "-o", "view=engine", "/m"])
+    assert info.value.code == 2
+    assert "--swarm is --view=swarm: not with --view=engine" in capsys.readouterr().err

@@ -176,13 +176,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         apply_mount_options(args)
     except options.OptionError as exc:
         p.exit(1, f"{PROG}: {exc}\n")
+    if args.swarm and args.view not in (None, "swarm"):
+        p.error(f"--swarm is --view=swarm: not with --view={args.view}")
     return args
 
 
 def view_of(args: argparse.Namespace) -> str:
     """--view, -o view= (the last one given) or --swarm; the default view without."""
-    if args.swarm and args.view not in (None, "swarm"):
-        raise MountError(f"--swarm is --view=swarm: not with --view={args.view}")
     return str(args.view or ("swarm" if args.swarm else VIEWS[0]))
 
 

@@ -67,6 +67,8 @@ class ObjectsCache:
         table: InodeTable,
         top: Node,
         on_changes: Callable[[Changes], None],
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
         self.source = source
@@ -80,7 +82,7 @@ class ObjectsCache:
         self._refs: dict[str, dict[str, str]] = {kind: {} for kind in KINDS}
         self._aliases: dict[str, dict[str, str]] = {kind: {} for kind in KINDS}
         self._refreshers = {kind: Refresher(self._fetcher(kind)) for kind in KINDS}
-        self._misses = MissLimiter[tuple[str, str]]()
+        self._misses = MissLimiter[tuple[str, str]](clock=clock)
 
     def _fetcher(self, kind: str) -> Callable[[], Awaitable[list[Obj]]]:
         call = _LISTS[kind]

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from conftest import Engine, Mount
 from support.private_dockerd import IMAGE
+from support.waiting import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 
@@ -37,6 +38,12 @@ def suffix() -> str:
 
 def requests(m: Mount) -> dict[str, int]:
     return dict(m.stats()["requests"])
+
+
+def settled(m: Mount) -> None:
+    """The engine's event stream up, so its first container listing is done
+    and no longer moves the counters."""
+    wait_until(lambda: all(e["events"] for e in m.stats()["engines"].values()), "event stream up")
 
 
 def lines(text: str) -> set[str]:
@@ -90,6 +97,7 @@ def test_a_tag_is_an_unlisted_link_to_its_image(engine: Engine, view: Mount) -> 
 
 
 def test_one_list_request_per_listing(view: Mount) -> None:
+    settled(view)
     before = requests(view)
     for kind in ("images", "volumes", "networks", "projects"):
         os.listdir(view.path / kind)
@@ -195,6 +203,7 @@ def test_a_walk_of_the_whole_view_finishes(
     engine: Engine, view: Mount, volumes: tuple[str, str], network: tuple[str, str]
 ) -> None:
     engine.run(IMAGE, "sleep", "1d")
+    settled(view)
     before = requests(view)
     found = subprocess.run(
         ["find", str(view.path)], capture_output=True, timeout=WALK_BOUND, check=True
@@ -233,3 +242,37 @@ def test_o_view_engine(engine: Engine, mount_factory: Any) -> None:
     m = mount_factory(engine.host, "-o", "view=engine", name="o")
     assert os.listdir(m.path) == TOP
     assert isinstance(Path(m.path / "images").stat().st_mode, int)
+
+
+def test_a_new_tag_is_found_by_name_before_any_listing(
+    engine: Engine, view: Mount, suffix: str
+) -> None:
+    images = view.path / "images"
+    os.listdir(images)
+    tag = f"ev-tag-{suffix}:1"
+    engine.docker("tag", IMAGE, tag)
+    try:
+        image_id = engine.api(f"/images/{tag}/json")["Id"].removeprefix("sha256:")
+        assert os.readlink(images / tag) == image_id
+        assert tag + "\n" in {p.read_text() for p in (images / tag / "RepoTags").iterdir()}
+    finally:
+        engine.docker("rmi", tag)
+    # Gone at the next listing, link and file alike (the kernel drops a
+    # looked-up link once told, or when its second of trust is up).
+    os.listdir(images)
+    wait_until(lambda: not os.path.lexists(images / tag), f"images/{tag} gone")
+    assert tag + "\n" not in {p.read_text() for p in (images / image_id / "RepoTags").iterdir()}
+
+
+def test_each_engine_holds_the_view(engine: Engine, mount_factory: Any) -> None:
+    cid = engine.run(IMAGE, "sleep", "1d")
+    m = mount_factory(f"one={engine.host}", "-H", f"two={engine.host}", "--view=engine")
+    assert os.listdir(m.path) == ["one", "two"]
+    for name in ("one", "two"):
+        assert os.listdir(m.path / name) == TOP
+        assert cid in os.listdir(m.path / name / "containers")
+        image_id = engine.api(f"/images/{IMAGE}/json")["Id"].removeprefix("sha256:")
+        assert os.readlink(m.path / name / "images" / IMAGE) == image_id
+    stats = m.stats()["engines"]
+    assert stats["one"]["requests"].get("images") == 1
+    assert stats["two"]["requests"].get("images") == 1

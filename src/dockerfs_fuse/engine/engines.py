@@ -131,18 +131,20 @@ class Engines:
         return inode == self.table.root.inode or inode in self.caches
 
     async def refresh_listing(self, inode: int) -> bool:
-        """The contract: reading an engine's top directory (the root with one
-        engine) refreshes its containers, and reading a Swarm's services/,
-        nodes/ or tasks/ re-reads that list. The root of several engines lists
-        them and asks none. Whether the directory was an engine's containers."""
+        """The contract: reading an engine's containers (the root with one
+        engine and the default view) refreshes them, and reading a Swarm's
+        services/, nodes/ or tasks/, or the engine view's images/, volumes/,
+        networks/ or projects/, re-reads that list. The root of several
+        engines lists them and asks none. Whether an engine was asked."""
         cache = self.caches.get(inode)
         if cache is not None:
             await cache.refresh()
             return True
         lister = self.swarm_lists.get(inode) or self.object_lists.get(inode)
-        if lister is not None:
-            await lister.refresh_dir(inode)
-        return False
+        if lister is None:
+            return False
+        await lister.refresh_dir(inode)
+        return True
 
     def lists_on_read(self, inode: int) -> bool:
         """Whether reading this directory asks its engine (refresh_listing)."""

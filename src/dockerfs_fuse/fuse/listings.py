@@ -54,7 +54,7 @@ class Listings:
 
     async def _refresh(self, inode: int) -> bool:
         """Ask the engine behind a directory, if any (Engines.refresh_listing);
-        whether that was an engine's containers, now pushed to the kernel."""
+        whether one was asked; what it changed is then pushed to the kernel."""
         if not await self.engines.refresh_listing(inode):
             return False
         await self.invalidator.told_kernel()

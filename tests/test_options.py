@@ -141,3 +141,35 @@ def test_fsname_is_the_source_escaped() -> None:
         "fsname=mine",
         "subtype=other",
     }
+
+
+@pytest.mark.parametrize(
+    ("argv", "view"),
+    [
+        (["/m"], "containers"),
+        (["--view=engine", "/m"], "engine"),
+        (["-o", "view=engine", "/m"], "engine"),
+        (["--view", "containers", "/m"], "containers"),
+        (["--swarm", "/m"], "swarm"),
+        (["-o", "swarm", "/m"], "swarm"),
+        (["--view=swarm", "--swarm", "/m"], "swarm"),
+    ],
+)
+def test_view_and_its_swarm_alias(argv: list[str], view: str) -> None:
+    assert cli.view_of(cli.parse_args(argv)) == view
+
+
+def test_unknown_view_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.parse_args(["-o", "view=images", "/m"])
+    assert info.value.code == 1
+    assert "-o view=images: no such view (one of containers, engine, swarm)" in (
+        capsys.readouterr().err
+    )
+
+
+def test_swarm_with_another_view_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.parse_args(["--swarm", "-o", "view=engine", "/m"])
+    assert info.value.code == 2
+    assert "--swarm is --view=swarm: not with --view=engine" in capsys.readouterr().err

@@ -2,7 +2,8 @@
 
 Policy only, no FUSE: each engine of a mount has one `EngineCache`, which
 owns that engine's subtree of the inode table (its "top": the root in a
-one-engine mount, else the engine's directory), its `DockerSource`, its
+one-engine mount, else the engine's directory; `containers/` below that
+with --view=engine), its `DockerSource`, its
 event stream, its log spools and the numbering that lets a listing and a
 newer event meet in the right order. What changed is handed to `on_changes`
 (the FUSE adapter pushes it to the kernel), so the whole freshness engine is

@@ -1,8 +1,10 @@
 """Every engine of one mount, each at its directory in the inode table.
 
-One engine: its containers are the root's children. Several: the root holds
-one directory per engine, each the one-engine tree. With --swarm each
-engine's directory holds its cluster (services/, nodes/, tasks/) instead.
+One engine: its view is the root. Several: the root holds one directory per
+engine, each the one-engine tree. The view (VIEWS) says what that tree is:
+its containers (the default); its cluster (services/, nodes/, tasks/), as
+--swarm; or the whole engine (containers/, images/, volumes/, networks/,
+projects/).
 This is what the adapter asks which engine owns a node, and how reading a
 directory reaches the engine behind it.
 """
@@ -19,8 +21,12 @@ from dockerfs_fuse.docker.source import DockerSource
 from dockerfs_fuse.engine.containers import EngineCache, Source
 from dockerfs_fuse.engine.exits import ExitWaits
 from dockerfs_fuse.engine.logs import LogSpools
+from dockerfs_fuse.engine.objects import ObjectsCache
 from dockerfs_fuse.engine.swarm import SwarmCache
 from dockerfs_fuse.model.inodes import Changes, InodeTable, Node, owner_dir
+
+# What each engine's directory shows (--view); the first is the default.
+VIEWS = ("containers", "engine", "swarm")
 
 
 class Engines:
@@ -37,10 +43,12 @@ class Engines:
         *,
         show_all: bool = False,
         kernel_cache: bool = False,
-        swarm: bool = False,
+        view: str = VIEWS[0],
     ) -> None:
         if not sources:
             raise ValueError("no engine")
+        if view not in VIEWS:
+            raise ValueError(f"no view {view!r}")
         self.show_all = show_all
         self.kernel_cache = kernel_cache
         self.mounted_ns = time.time_ns()
@@ -51,15 +59,23 @@ class Engines:
         # by those of its services/, nodes/ and tasks/.
         self.swarms: dict[int, SwarmCache] = {}
         self.swarm_lists: dict[int, SwarmCache] = {}
+        # --view=engine: each engine's images/, volumes/, networks/ and
+        # projects/, by the inodes of those directories.
+        self.object_lists: dict[int, ObjectsCache] = {}
         self.exit_waits = ExitWaits()
         for name, source in sources.items():
             top = self.table.add_dir(name) if self.several else self.table.root
-            if swarm:
+            if view == "swarm":
                 assert isinstance(source, DockerSource)
-                view = SwarmCache(name, source, self.table, top, on_changes)
-                self.swarms[top.inode] = view
-                self.swarm_lists.update(dict.fromkeys(view.kind_of, view))
+                cluster = SwarmCache(name, source, self.table, top, on_changes)
+                self.swarms[top.inode] = cluster
+                self.swarm_lists.update(dict.fromkeys(cluster.kind_of, cluster))
                 continue
+            if view == "engine":
+                assert isinstance(source, DockerSource)
+                engine_top, top = top, self.table.add_dir("containers", parent=top)
+                objects = ObjectsCache(name, source, self.table, engine_top, on_changes)
+                self.object_lists.update(dict.fromkeys(objects.kind_of, objects))
             self.caches[top.inode] = EngineCache(
                 name,
                 source,
@@ -115,18 +131,31 @@ class Engines:
         return inode == self.table.root.inode or inode in self.caches
 
     async def refresh_listing(self, inode: int) -> bool:
-        """The contract: reading an engine's top directory (the root with one
-        engine) refreshes its containers, and reading a Swarm's services/,
-        nodes/ or tasks/ re-reads that list. The root of several engines lists
-        them and asks none. Whether the directory was an engine's containers."""
+        """The contract: reading an engine's containers (the root with one
+        engine and the default view) refreshes them, and reading a Swarm's
+        services/, nodes/ or tasks/, or the engine view's images/, volumes/,
+        networks/ or projects/, re-reads that list. The root of several
+        engines lists them and asks none. Whether an engine was asked."""
         cache = self.caches.get(inode)
         if cache is not None:
             await cache.refresh()
             return True
-        view = self.swarm_lists.get(inode)
-        if view is not None:
-            await view.refresh_dir(inode)
-        return False
+        lister = self.swarm_lists.get(inode) or self.object_lists.get(inode)
+        if lister is None:
+            return False
+        await lister.refresh_dir(inode)
+        return True
+
+    def lists_on_read(self, inode: int) -> bool:
+        """Whether reading this directory asks its engine (refresh_listing)."""
+        return inode in self.caches or inode in self.swarm_lists or inode in self.object_lists
+
+    def objects_of(self, node: Node) -> ObjectsCache | None:
+        """The engine view's cache of the image, volume, network or project a node is in."""
+        for n in _up_from(node):
+            if n.parent is not None and n.parent.inode in self.object_lists:
+                return self.object_lists[n.parent.inode]
+        return None
 
     async def run_events(self) -> None:
         """Every engine's event stream (a task in the main nursery)."""

@@ -75,7 +75,7 @@ class Attributes:
         a.st_blksize = BLOCK_SIZE
         a.st_blocks = (a.st_size + 511) // 512
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = node.mtime_ns
-        if engines.is_top(node.inode) or node.inode in engines.swarm_lists:
+        if engines.is_top(node.inode) or engines.lists_on_read(node.inode):
             # With kernel caching each listing moves this mtime on; the ctime
             # stays, since GNU tar takes a directory whose ctime moved while it
             # read it for changed ("file changed as we read it", exit 1).

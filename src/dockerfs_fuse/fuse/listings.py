@@ -54,7 +54,7 @@ class Listings:
 
     async def _refresh(self, inode: int) -> bool:
         """Ask the engine behind a directory, if any (Engines.refresh_listing);
-        whether that was an engine's containers, now pushed to the kernel."""
+        whether one was asked; what it changed is then pushed to the kernel."""
         if not await self.engines.refresh_listing(inode):
             return False
         await self.invalidator.told_kernel()
@@ -138,7 +138,7 @@ class Listings:
         """A listing from its start: the engine asked where the contract says,
         and the directory's mtime moved on so the kernel asks again next time."""
         inode = node.inode
-        if inode in self.engines.caches or inode in self.engines.swarm_lists:
+        if self.engines.lists_on_read(inode):
             await self._refresh(inode)
             node.mtime_ns = max(time.time_ns(), node.mtime_ns + 1)
             # Here, not in a worker thread: a thread hop is slower than this

@@ -3,7 +3,8 @@
 A dispatcher: each request finds its node in the table (model/inodes.py) and
 hands it to the view that owns it: containers.py (a container's ctl, inspect,
 top, stats, wait), swarm.py (--swarm), logs.py, files.py (a container's
-root/); plain files are snapshots of the table. The engines (engine/) keep
+root/), objects.py (--view=engine's images, volumes, networks); plain files
+are snapshots of the table. The engines (engine/) keep
 the table fresh; invalidate.py tells the kernel what changed; attrs.py says
 what stat sees; listings.py serves readdir; readonly.py refuses changes.
 Every handler goes through `guard` (errors.py), so no exception ever
@@ -33,6 +34,7 @@ from dockerfs_fuse.fuse.handles import HandleTable, SnapshotHandle
 from dockerfs_fuse.fuse.invalidate import Invalidator
 from dockerfs_fuse.fuse.listings import DirHandle, Listings
 from dockerfs_fuse.fuse.logs import Followers, open_log
+from dockerfs_fuse.fuse.objects import ObjectsView
 from dockerfs_fuse.fuse.readonly import ReadOnly
 from dockerfs_fuse.fuse.swarm import SwarmView
 from dockerfs_fuse.model.containers import NAME_MAX, Special
@@ -71,6 +73,7 @@ class DockerFS(ReadOnly):
             engines, self.handles, self.refusals, invalidator, self.followers
         )
         self.swarm = SwarmView(engines, self.handles, self.refusals)
+        self.objects = ObjectsView(engines)
         roots = ContainerRoots(engines, invalidator.apply)
         self.roots = RootView(roots, self.handles, self.kernel_cache)
         self.listings = Listings(engines, self.attrs, self.roots, invalidator)
@@ -91,9 +94,14 @@ class DockerFS(ReadOnly):
         except KeyError:
             raise fail(errno.ENOENT) from None
 
-    def _objects_of(self, node: Node) -> ContainerView | SwarmView:
-        """The view of the object (container, service, node, task) a node is in."""
-        return self.swarm if self.engines.swarm_of(node) is not None else self.containers
+    def _objects_of(self, node: Node) -> ContainerView | SwarmView | ObjectsView:
+        """The view of the object (container, service, node, task, image, volume,
+        network) a node is in."""
+        if self.engines.swarm_of(node) is not None:
+            return self.swarm
+        if self.engines.objects_of(node) is not None:
+            return self.objects
+        return self.containers
 
     def _err_text(self, node: Node) -> bytes:
         """What a node's `err` says now; nothing once its object is gone."""
@@ -103,7 +111,9 @@ class DockerFS(ReadOnly):
             return b""
 
     async def _find(self, parent: Node, name: str) -> Node | None:
-        view = self.engines.swarm_lists.get(parent.inode)
+        view = self.engines.swarm_lists.get(parent.inode) or self.engines.object_lists.get(
+            parent.inode
+        )
         if view is not None:
             return await view.find(parent, name)
         if in_root(parent) and name not in (".", ".."):

@@ -22,6 +22,7 @@ from dockerfs_fuse.lifecycle import library_warnings, options
 
 library_warnings.route_to_log()  # before .mount imports aiodocker and its dependencies
 
+from dockerfs_fuse.engine.engines import VIEWS  # noqa: E402
 from dockerfs_fuse.lifecycle.config import FD_MOUNTPOINT, MountConfig, MountError  # noqa: E402
 from dockerfs_fuse.lifecycle.mount import mount, ping_engines  # noqa: E402
 from dockerfs_fuse.lifecycle.preflight import check_config  # noqa: E402
@@ -94,10 +95,17 @@ def parser() -> argparse.ArgumentParser:
         "-a", "--all", action="store_true", help="list stopped containers too, not only running"
     )
     p.add_argument(
+        "--view",
+        choices=VIEWS,
+        help="what each engine shows: its containers (the default); the whole engine "
+        "(containers/, images/, volumes/, networks/, projects/: docs/engine.md); or "
+        "the Swarm cluster it manages (services/, nodes/, tasks/), as --swarm",
+    )
+    p.add_argument(
         "--swarm",
         action="store_true",
         help="show the Swarm cluster the engine manages (services/, nodes/, tasks/) "
-        "instead of its containers",
+        "instead of its containers: --view=swarm",
     )
     p.add_argument(
         "--9p",
@@ -168,7 +176,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         apply_mount_options(args)
     except options.OptionError as exc:
         p.exit(1, f"{PROG}: {exc}\n")
+    if args.swarm and args.view not in (None, "swarm"):
+        p.error(f"--swarm is --view=swarm: not with --view={args.view}")
     return args
+
+
+def view_of(args: argparse.Namespace) -> str:
+    """--view, -o view= (the last one given) or --swarm; the default view without."""
+    return str(args.view or ("swarm" if args.swarm else VIEWS[0]))
 
 
 def could_be_source(text: str) -> bool:
@@ -187,6 +202,12 @@ def apply_mount_options(args: argparse.Namespace) -> None:
             setattr(args, dest, True)
         elif dest == "log_file":
             args.log_file = value[-1]
+        elif dest == "view":
+            if value[-1] not in VIEWS:
+                raise options.OptionError(
+                    f"-o view={value[-1]}: no such view (one of {', '.join(VIEWS)})"
+                )
+            args.view = value[-1]
         else:
             setattr(args, dest, (getattr(args, dest) or []) + value)
     for item in parsed.helper:
@@ -256,7 +277,7 @@ def config_from(args: argparse.Namespace) -> MountConfig:
         debug=args.debug,
         fuse_options=args.options,
         show_all=args.all,
-        swarm=args.swarm,
+        view=view_of(args),
         log_file=os.path.abspath(args.log_file) if args.log_file else None,
         ninep=args.ninep,
         ninep_allow_control=args.ninep_allow_control,

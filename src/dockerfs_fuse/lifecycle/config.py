@@ -26,8 +26,9 @@ class MountConfig:
     debug: bool = False
     fuse_options: list[str] = field(default_factory=list)
     show_all: bool = False
-    # The Swarm cluster the engine manages, instead of its containers.
-    swarm: bool = False
+    # What each engine's directory shows (engine.engines.VIEWS): its
+    # containers, the whole engine, or the Swarm cluster it manages.
+    view: str = "containers"
     log_file: str | None = None
     # Re-export the mount over 9P on these dial strings (the dockerfs-9p shim).
     ninep: list[str] = field(default_factory=list)

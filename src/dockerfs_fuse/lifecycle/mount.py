@@ -121,7 +121,7 @@ def prepare(
         invalidator.apply,
         show_all=config.show_all,
         kernel_cache=caching.enabled,
-        swarm=config.swarm,
+        view=config.view,
     )
     fs = DockerFS(engines, invalidator)
     return sources, fs, notes

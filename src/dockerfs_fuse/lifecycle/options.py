@@ -52,6 +52,7 @@ def _words(text: str) -> list[str]:
 
 OURS: tuple[Option, ...] = (
     _ours("all", "all", "list stopped containers too (-a)"),
+    _ours("view", "view", "what each engine shows: containers, engine or swarm", "VIEW"),
     _ours("swarm", "swarm", "show the Swarm cluster the engine manages (--swarm)"),
     _ours("host", "host", "a Docker engine, [NAME=]URL; repeatable (-H)", "[NAME=]URL"),
     _ours("context", "context", "the engine of a docker CLI context; repeatable", "NAME"),

@@ -11,7 +11,8 @@ unit-tested directly:
 
 Containers live under a "top" directory: the root in a one-engine mount, or
 an engine's directory (a child of the root, made with `add_dir`) when the
-mount shows several engines. Every container operation names its top, so
+mount shows several engines, or the `containers/` made below either in the
+engine view. Every container operation names its top, so
 each engine's cache owns its subtree and the numbering stays one table's:
 numbers are unique across engines and never reused.
 
@@ -214,7 +215,8 @@ class InodeTable:
 
     def add_dir(self, name: str, mtime_ns: int = 0, parent: Node | None = None) -> Node:
         """A fixed directory: an engine's in the root, in a several-engine mount,
-        or a swarm view's services/, nodes/ and tasks/."""
+        a swarm view's services/, nodes/ and tasks/, or the engine view's
+        containers/, images/, volumes/, networks/ and projects/."""
         parent = parent or self.root
         node = self._new_node(parent, name, Kind.DIR, mtime_ns or parent.mtime_ns)
         node.children = {}
@@ -228,7 +230,8 @@ class InodeTable:
         self, parent: Node, objects: Mapping[str, tuple[int, Tree]], changes: Changes
     ) -> None:
         """Make `parent` list exactly these directories (name -> mtime, contents),
-        keeping the inodes of kept names: the swarm view's services, nodes, tasks."""
+        keeping the inodes of kept names: the swarm view's services, nodes,
+        tasks; the engine view's images, volumes, networks, projects."""
         old = parent.children or {}
         new: dict[str, Node] = {}
         for name, (mtime_ns, spec) in objects.items():

@@ -1,0 +1,155 @@
+"""ObjectsCache's policy under trio with a fake engine: one request per
+listing of a kind and none for the others, tags and network IDs as links,
+a missed name asking again at most once a second, what a removal drops, and
+what inspect.json asks. The real engine and mount are in test_engine_view.py."""
+
+from __future__ import annotations
+
+import collections
+import copy
+from typing import Any
+
+import trio
+import trio.testing
+
+from dockerfs_fuse.docker.errors import NotFound
+from dockerfs_fuse.engine.objects import ObjectsCache
+from dockerfs_fuse.model.inodes import Changes, InodeTable, Kind
+
+HEX = "ab" * 32
+NET = "ef" * 32
+
+
+class FakeDocker:
+    """The one aiodocker call docker/objects.py makes."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, Any] = {
+            "images/json": [
+                {"Id": f"sha256:{HEX}", "RepoTags": ["busybox:latest"], "Created": 5, "Size": 9}
+            ],
+            "volumes": {"Volumes": [{"Name": "data", "Driver": "local"}], "Warnings": None},
+            "networks": [{"Name": "backend", "Id": NET, "Driver": "bridge"}],
+            "containers/json": [],
+            f"images/{HEX}/json": {"Id": f"sha256:{HEX}"},
+        }
+        self.asked: list[tuple[str, Any]] = []
+
+    async def _query_json(self, path: str, method: str = "GET", params: Any = None) -> Any:
+        self.asked.append((path, params))
+        return copy.deepcopy(self.answers[path])
+
+
+class FakeSource:
+    def __init__(self) -> None:
+        self.docker = FakeDocker()
+        self.requests: collections.Counter[str] = collections.Counter()
+
+    async def call(self, what: str, fn: Any, timeout: Any = None) -> Any:
+        self.requests[what] += 1
+        return await fn(self.docker)
+
+
+def make() -> tuple[ObjectsCache, FakeSource, list[Changes]]:
+    source = FakeSource()
+    table = InodeTable()
+    seen: list[Changes] = []
+    cache = ObjectsCache(
+        "local",
+        source,  # type: ignore[arg-type]
+        table,
+        table.root,
+        seen.append,
+        clock=trio.current_time,
+    )
+    return cache, source, seen
+
+
+def test_each_listing_is_one_request_of_its_kind() -> None:
+    cache, source, _ = make()
+
+    async def main() -> None:
+        await cache.refresh_dir(cache.dirs["images"].inode)
+        await cache.refresh_dir(cache.dirs["images"].inode)
+        await cache.refresh("volumes")
+
+    trio.run(main)
+    assert dict(source.requests) == {"images": 2, "volumes": 1}
+    table = cache.table
+    assert list(table.children(table.root)) == ["images", "volumes", "networks", "projects"]
+    image = table.children(cache.dirs["images"])[HEX]
+    assert table.children(image)["RepoTags"].kind is Kind.DIR
+    assert table.children(table.children(image)["RepoTags"])["0"].data == b"busybox:latest\n"
+    assert list(table.children(cache.dirs["volumes"])) == ["data"]
+    assert table.children(cache.dirs["networks"]) == {}
+
+
+def test_tags_and_network_ids_are_unlisted_links() -> None:
+    cache, _, _ = make()
+
+    async def main() -> None:
+        await cache.refresh("images")
+        await cache.refresh("networks")
+        tag = await cache.find(cache.dirs["images"], "busybox:latest")
+        assert tag is not None and tag.kind is Kind.LINK and tag.data == HEX.encode()
+        by_id = await cache.find(cache.dirs["networks"], NET)
+        assert by_id is not None and by_id.data == b"backend"
+
+    trio.run(main)
+    assert [n for n, _ in cache.table.listed(cache.dirs["images"])] == [HEX]
+
+
+def test_a_missed_name_lists_again_at_most_once_a_second() -> None:
+    cache, source, _ = make()
+
+    async def main() -> None:
+        await cache.refresh("volumes")
+        assert await cache.find(cache.dirs["volumes"], "new") is None
+        assert await cache.find(cache.dirs["volumes"], "new") is None
+        assert source.requests["volumes"] == 2
+        source.docker.answers["volumes"]["Volumes"].append({"Name": "new"})
+        await trio.sleep(1.5)
+        found = await cache.find(cache.dirs["volumes"], "new")
+        assert found is not None and found.is_dir
+        assert source.requests["volumes"] == 3
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_removed_object_goes_and_tells_the_kernel() -> None:
+    cache, source, seen = make()
+
+    async def main() -> None:
+        await cache.refresh("volumes")
+        data = cache.table.children(cache.dirs["volumes"])["data"]
+        cache.table.remember(data)
+        source.docker.answers["volumes"]["Volumes"] = []
+        await cache.refresh("volumes")
+        assert data.gone
+        assert any(inode == data.inode for _, _, inode in seen[-1].removed)
+        try:
+            cache.locate(data)
+        except NotFound:
+            return
+        raise AssertionError("a removed volume still located")
+
+    trio.run(main)
+
+
+def test_inspect_asks_by_id_and_projects_by_label() -> None:
+    cache, source, _ = make()
+
+    async def main() -> None:
+        await cache.refresh("images")
+        image = cache.table.children(cache.dirs["images"])[HEX]
+        inspect = cache.table.children(image)["inspect.json"]
+        kind, ref = cache.locate(inspect)
+        assert (kind, ref) == ("images", HEX)
+        assert (await cache.inspect(kind, ref))["Id"] == f"sha256:{HEX}"
+        await cache.refresh("projects")
+
+    trio.run(main)
+    assert source.requests["images/inspect"] == 1
+    path, params = source.docker.asked[-1]
+    assert path == "containers/json"
+    assert params["all"] == "1" and "com.docker.compose.project" in params["filters"]

@@ -285,12 +285,15 @@ class EngineCache:
         `echo start > web/ctl` after `stop` finds it.
         """
         seq, asked = self._event_seq, self._ask()
-        with self._removals.reading(seq):
+        self._removals.read_sent(seq)
+        try:
             c = await self.source.list_one(cid, all=True)
             if self._listed_as_of > asked or self._removals.after(cid, seq):
                 # A listing sent after this read, or a removal event that came in
                 # while it was in flight, is newer than this answer.
                 return
+        finally:
+            self._removals.read_done(seq)
         if c is None:
             self._apply(self.table.remove_container(cid, self.top))
         elif self.show_all or c.get("State") in LISTED_STATES:

@@ -13,11 +13,10 @@
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from typing import Generic, Protocol, TypeVar
 
 import trio
@@ -135,21 +134,19 @@ class Removals(Generic[K]):
         """Whether `key` was removed after event number `seq`."""
         return self._at.get(key, 0) > seq
 
-    @contextlib.contextmanager
-    def reading(self, seq: int) -> Iterator[None]:
-        """A read sent at event number `seq`, in flight for the duration."""
+    def read_sent(self, seq: int) -> None:
+        """A read sent at event number `seq` is in flight until `read_done(seq)`."""
         self._reads[seq] += 1
         if not self._starts or self._starts[-1] != seq:
             self._starts.append(seq)
-        try:
-            yield
-        finally:
-            self._reads[seq] -= 1
-            if not self._reads[seq]:
-                del self._reads[seq]
-            while self._starts and self._starts[0] not in self._reads:
-                self._starts.popleft()
-            self._forget()
+
+    def read_done(self, seq: int) -> None:
+        self._reads[seq] -= 1
+        if not self._reads[seq]:
+            del self._reads[seq]
+        while self._starts and self._starts[0] not in self._reads:
+            self._starts.popleft()
+        self._forget()
 
     def _forget(self) -> None:
         if not self._starts:

@@ -331,7 +331,7 @@ class InodeTable:
         return changes
 
     def upsert_container(self, c: Container, top: Node | None = None) -> Changes:
-        """Refresh one container, adding it first in the listing if new (events)."""
+        """Refresh one container, adding it last in the listing if new (events)."""
         top = top or self.root
         changes = Changes()
         self._drop_aliases(top, changes)

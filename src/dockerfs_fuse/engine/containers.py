@@ -434,6 +434,10 @@ class EngineCache:
             self._last_event[cid] = self._event_seq
         if action in _REMOVED_ACTIONS:
             self._removals.removed(cid, self._event_seq)
+            # The lookup that follows (the kernel dropped its entry) is
+            # answered without asking an engine that would search all of its
+            # containers for one the event just said is gone.
+            self._misses.gone(cid)
             self._apply(self.table.remove_container(cid, self.top))
             self.files.forget(cid)
         elif action == "start":

@@ -105,6 +105,11 @@ class MissLimiter(Generic[K]):
         """The engine knew it: the next miss of it (a removal) may ask at once."""
         self._asked.pop(key, None)
 
+    def gone(self, key: K) -> None:
+        """The engine just said `key` is gone (a removal event): a miss of it
+        need not ask again within the interval."""
+        self.may_ask(key)
+
 
 class Removals(Generic[K]):
     """Removal events by number, kept while a read sent before them is in flight.

@@ -22,7 +22,7 @@ PREFIX ?= /usr/local
 DESTDIR ?=
 MAN_DIR := docs/man
 
-.PHONY: run demo demo-swarm test test-stock-venv bench lint lock deps deps-docker deps-9p clean \
+.PHONY: run demo demo-swarm test test-stock-venv bench bench-scale lint lock deps deps-docker deps-9p clean \
 	man install uninstall
 
 $(STAMP): pyproject.toml $(LOCK) scripts/build-pyfuse3 $(wildcard patches/pyfuse3/*.patch)
@@ -81,10 +81,16 @@ test-stock-venv: deps-docker
 	.venv-stock/bin/pytest -q tests/test_kernel_cache.py tests/test_mount.py -k 'not make_built'
 
 ## make bench: figures for 10, 100 and 1000 containers, then a 3-node swarm's
-## 50 services x 4 replicas (bench_swarm.py; not part of make test)
+## 50 services x 4 replicas (bench_swarm.py), then make bench-scale (not part of make test)
 bench: deps-docker
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
 	$(BIN)/python bench/bench_swarm.py $(BENCH_SWARM_ARGS)
+	$(MAKE) --no-print-directory bench-scale
+
+## make bench-scale: 100, 1,000 and 10,000 created containers mounted with -a (bench/scale.py;
+## SCALE_ARGS="--sizes 100,1000 --keep DIR" for others, DIR keeping them for the next run)
+bench-scale: deps-docker
+	$(BIN)/python bench/scale.py $(SCALE_ARGS)
 
 ## make man: dockerfs-fuse(1) and dockerfs-9p(1) in docs/man, from their sources there
 ## (NAME.1.md) and the argument parsers (scripts/gen-man); committed, so that the wheel ships

@@ -154,6 +154,21 @@ class Engine:
         finally:
             conn.close()
 
+    def send(self, method: str, path: str, body: Any = None) -> Any:
+        """A request that changes the engine (POST, DELETE), straight to its API:
+        many containers made or removed at once without a CLI process each."""
+        conn = _UnixHTTPConnection(str(self.dockerd.socket))
+        try:
+            data = None if body is None else json.dumps(body).encode()
+            headers = {"Content-Type": "application/json"} if data is not None else {}
+            conn.request(method, path, body=data, headers=headers)
+            resp = conn.getresponse()
+            raw = resp.read()
+            assert resp.status < 300, (method, path, resp.status, raw[:200])
+            return json.loads(raw) if raw.strip() else None
+        finally:
+            conn.close()
+
     def containers(self, all: bool = False) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.api("/containers/json" + ("?all=1" if all else ""))
         return result

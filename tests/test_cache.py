@@ -206,6 +206,24 @@ def test_every_event_during_a_listing_is_read_again_however_many_and_none_kept_a
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
+def test_a_lookup_of_a_container_just_removed_asks_nothing() -> None:
+    """After its destroy event, the kernel looks the ID up again (its entry
+    was dropped): ENOENT from the event, not from a search of every container."""
+    engine = FakeEngine(entry(1), entry(2))
+    cache, _ = make_cache(engine)
+
+    async def main() -> None:
+        await cache.refresh()
+        assert await cache.find(cid(2)) is not None
+        del engine.containers[cid(2)]
+        cache.on_event({"Action": "destroy", "Actor": {"ID": cid(2)}})
+        asked = engine.requests["containers/json?filters"]
+        assert await cache.find(cid(2)) is None
+        assert engine.requests["containers/json?filters"] == asked
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
 def test_a_burst_of_events_is_read_twice_not_per_event() -> None:
     engine = FakeEngine(entry(1))
     cache, _ = make_cache(engine)

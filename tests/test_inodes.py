@@ -190,3 +190,23 @@ def test_names_and_prefixes_resolve_to_links_and_ambiguity_to_nothing() -> None:
     changes = t.set_containers([b])  # names can move: aliases are dropped on change
     assert (ROOT_INODE, "web", web.inode) in changes.removed
     assert t.alias("web") is None
+
+
+def test_names_follow_renames_removals_and_unlisted_containers() -> None:
+    """The name index moves with every change of one container (events), not only listings."""
+    t = InodeTable()
+    a = dict(RECORDED[0], Id="abcd1" + "0" * 59, Names=["/web"])
+    b = dict(RECORDED[0], Id="abcd2" + "0" * 59, Names=["/db"])
+    t.set_containers([a])
+    t.upsert_container(dict(a, Names=["/site"]))  # renamed
+    assert t.alias("web") is None
+    assert t.alias("site").data == a["Id"].encode()  # type: ignore[union-attr]
+    assert t.alias("abcd").data == a["Id"].encode()  # type: ignore[union-attr]
+    t.unlist_container(b)  # reachable, not listed: still a name, and a prefix's rival
+    assert t.alias("db").data == b["Id"].encode()  # type: ignore[union-attr]
+    assert t.alias("abcd") is None
+    t.remove_container(b["Id"])
+    assert t.alias("db") is None
+    assert t.alias("abcd").data == a["Id"].encode()  # type: ignore[union-attr]
+    t.set_containers([])
+    assert t.alias("site") is None and t.alias("abcd") is None

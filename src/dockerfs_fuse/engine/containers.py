@@ -27,7 +27,13 @@ from dockerfs_fuse.docker.source import LISTED_STATES, Event
 from dockerfs_fuse.engine.archive import ArchiveWriter
 from dockerfs_fuse.engine.files import ContainerFiles
 from dockerfs_fuse.engine.logs import LogSpools, LogWriter
-from dockerfs_fuse.engine.refresh import EventStream, MissLimiter, Refresher, follow_events
+from dockerfs_fuse.engine.refresh import (
+    EventStream,
+    MissLimiter,
+    Refresher,
+    Removals,
+    follow_events,
+)
 from dockerfs_fuse.engine.spool import Cancellable
 from dockerfs_fuse.model.containers import (
     Container,
@@ -90,9 +96,6 @@ RECONNECT_MAX = 1.0
 IDS_PER_REQUEST = 100
 # When to re-read a container after its events (seconds after, cumulative).
 EVENT_REREAD_DELAYS = (0.05, 0.4)
-# Removal events remembered to drop answers in flight across them: far more than
-# reads can be in flight at once (each holds one of aiohttp's 100 connections).
-MAX_REMOVALS_KEPT = 4096
 # Containers whose logs may be open at once, per engine: each holds one of
 # aiohttp's 100 connections to the engine while its log loads or grows
 # (ENFILE beyond).
@@ -195,7 +198,7 @@ class EngineCache:
         self._listed_as_of = 0
         # Removal events by number, so that an answer in flight across one is
         # dropped rather than bringing the container back.
-        self._removed_at: dict[str, int] = {}
+        self._removals = Removals[str]()
         self._reread_send, self._reread_recv = trio.open_memory_channel[str](math.inf)
         self.logs = LogSpools(source.stream_logs, self.may_be_running, MAX_LOG_SPOOLS)
         # Each container's own files (root/): snapshots of the archive endpoint.
@@ -283,11 +286,15 @@ class EngineCache:
         `echo start > web/ctl` after `stop` finds it.
         """
         seq, asked = self._event_seq, self._ask()
-        c = await self.source.list_one(cid, all=True)
-        if self._listed_as_of > asked or self._removed_at.get(cid, 0) > seq:
-            # A listing sent after this read, or a removal event that came in
-            # while it was in flight, is newer than this answer.
-            return
+        self._removals.read_sent(seq)
+        try:
+            c = await self.source.list_one(cid, all=True)
+            if self._listed_as_of > asked or self._removals.after(cid, seq):
+                # A listing sent after this read, or a removal event that came in
+                # while it was in flight, is newer than this answer.
+                return
+        finally:
+            self._removals.read_done(seq)
         if c is None:
             self._apply(self.table.remove_container(cid, self.top))
         elif self.show_all or c.get("State") in LISTED_STATES:
@@ -427,9 +434,11 @@ class EngineCache:
         if self._listings_from:  # only a listing in flight can be older than it
             self._last_event[cid] = self._event_seq
         if action in _REMOVED_ACTIONS:
-            self._removed_at[cid] = self._event_seq
-            if len(self._removed_at) > MAX_REMOVALS_KEPT:
-                del self._removed_at[next(iter(self._removed_at))]  # the oldest
+            self._removals.removed(cid, self._event_seq)
+            # The lookup that follows (the kernel dropped its entry) is
+            # answered without asking an engine that would search all of its
+            # containers for one the event just said is gone.
+            self._misses.gone(cid)
             self._apply(self.table.remove_container(cid, self.top))
             self.files.forget(cid)
         elif action == "start":
@@ -444,6 +453,10 @@ class EngineCache:
     def events_held(self) -> int:
         """How many containers' event numbers are kept for listings in flight (none when idle)."""
         return len(self._last_event)
+
+    def removals_held(self) -> int:
+        """How many removal events are kept for reads in flight (none when idle)."""
+        return len(self._removals)
 
     async def run_rereads(self, nursery: trio.Nursery) -> None:
         async for cid in self._reread_recv:

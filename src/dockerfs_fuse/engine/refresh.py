@@ -4,12 +4,15 @@
   share its answer.
 - `MissLimiter`: a name nobody listed asks the engine at most once per
   interval, so a probe loop (shells, editors) cannot become a request loop.
+- `Removals`: removal events kept while a read sent before them is in
+  flight, so that its older answer does not bring a container back.
 - `follow_events`: an event stream kept up, with a re-listing at each
   (re)connect and a backoff while the engine is away.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import time
@@ -101,6 +104,65 @@ class MissLimiter(Generic[K]):
     def found(self, key: K) -> None:
         """The engine knew it: the next miss of it (a removal) may ask at once."""
         self._asked.pop(key, None)
+
+    def gone(self, key: K) -> None:
+        """The engine just said `key` is gone (a removal event): a miss of it
+        need not ask again within the interval."""
+        self.may_ask(key)
+
+
+class Removals(Generic[K]):
+    """Removal events by number, kept while a read sent before them is in flight.
+
+    Such a read's answer is older than the removal and must be dropped. What
+    is kept is the removals since the oldest read in flight (each read has a
+    deadline), however many: none is forgotten early, and keeping and
+    forgetting one costs the same at ten containers as at ten thousand.
+    Event numbers only grow, so reads start in order.
+    """
+
+    def __init__(self) -> None:
+        self._at: dict[K, int] = {}
+        self._order: collections.deque[tuple[int, K]] = collections.deque()
+        self._reads: collections.Counter[int] = collections.Counter()
+        self._starts: collections.deque[int] = collections.deque()  # distinct, ascending
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+    def removed(self, key: K, seq: int) -> None:
+        if self._reads:  # a read sent later is numbered after it: nothing to drop
+            self._at[key] = seq
+            self._order.append((seq, key))
+
+    def after(self, key: K, seq: int) -> bool:
+        """Whether `key` was removed after event number `seq`."""
+        return self._at.get(key, 0) > seq
+
+    def read_sent(self, seq: int) -> None:
+        """A read sent at event number `seq` is in flight until `read_done(seq)`."""
+        self._reads[seq] += 1
+        if not self._starts or self._starts[-1] != seq:
+            self._starts.append(seq)
+
+    def read_done(self, seq: int) -> None:
+        self._reads[seq] -= 1
+        if not self._reads[seq]:
+            del self._reads[seq]
+        while self._starts and self._starts[0] not in self._reads:
+            self._starts.popleft()
+        self._forget()
+
+    def _forget(self) -> None:
+        if not self._starts:
+            self._at.clear()
+            self._order.clear()
+            return
+        oldest = self._starts[0]
+        while self._order and self._order[0][0] <= oldest:
+            seq, key = self._order.popleft()
+            if self._at.get(key) == seq:
+                del self._at[key]
 
 
 class EventStream(Protocol[E_co]):

@@ -44,9 +44,9 @@ from dockerfs_fuse.model.containers import (
     container_spec,
     created_seconds,
     escape_name,
-    resolve_name,
 )
 from dockerfs_fuse.model.files import Entry
+from dockerfs_fuse.model.names import NameIndex
 from dockerfs_fuse.model.swarm import Tree
 
 ROOT_INODE = 1
@@ -121,6 +121,9 @@ class InodeTable:
         # Container directories reachable but not listed, per top directory:
         # kept while the kernel holds them (see `forget`), or until a listing.
         self._unlisted: dict[int, dict[str, Node]] = {}
+        # Every container under a top directory, listed or not, by ID, name and
+        # prefix: a lookup resolves a name without walking them all.
+        self._names: dict[int, NameIndex] = {}
 
     # -- queries -------------------------------------------------------------
 
@@ -171,7 +174,7 @@ class InodeTable:
     def alias(self, name: str, *, by_prefix: bool = True, top: Node | None = None) -> Node | None:
         """A symlink to the container a name or unambiguous ID prefix means.
 
-        Resolved as Docker does (tree.resolve_name) among the containers the
+        Resolved as Docker does (names.NameIndex) among the containers the
         table holds under `top` (the root by default). Ambiguous or unknown:
         None. `by_prefix=False` when the table holds only some containers (no
         -a): a prefix unique among the running ones may still be ambiguous to
@@ -199,8 +202,14 @@ class InodeTable:
         return node
 
     def _resolve(self, top: Node, name: str, by_prefix: bool) -> str:
-        nodes = [*(top.children or {}).values(), *self.unlisted(top).values()]
-        return resolve_name(name, (node.raw for node in nodes if node.raw), prefixes=by_prefix)
+        index = self._names.get(top.inode)
+        return index.resolve(name, prefixes=by_prefix) if index is not None else ""
+
+    def _index(self, top: Node) -> NameIndex:
+        index = self._names.get(top.inode)
+        if index is None:
+            index = self._names[top.inode] = NameIndex()
+        return index
 
     def _drop_aliases(self, top: Node, changes: Changes) -> None:
         """Names can move to other containers: aliases live until the next change."""
@@ -266,6 +275,7 @@ class InodeTable:
         elif node.parent is not None and self.unlisted(node.parent).get(node.name) is node:
             # Nobody holds an unlisted container any more: a lookup asks again.
             del self._unlisted[node.parent.inode][node.name]
+            self._index(node.parent).drop(container_id(node.raw or {}))
             self._drop(node.parent, node, Changes())
 
     # -- refresh -----------------------------------------------------------------
@@ -291,6 +301,7 @@ class InodeTable:
         self._drop_aliases(top, changes)
         old = top.children or {}
         kept = self._unlisted.pop(top.inode, {})
+        index = self._index(top)
         new: dict[str, Node] = {}
         for c in containers:
             cid = container_id(c)
@@ -303,6 +314,7 @@ class InodeTable:
             else:
                 self._update_container(node, c, changes)
             new[name] = node
+            index.put(c)
         still: dict[str, Node] = {}
         dropped = [(node, True) for name, node in old.items() if name not in new]
         for node, was_listed in [*dropped, *((node, False) for node in kept.values())]:
@@ -311,7 +323,9 @@ class InodeTable:
             if answer is not None and node.lookups:
                 self._update_container(node, answer, changes)
                 still[node.name] = node
+                index.put(answer)
             else:
+                index.drop(cid)
                 self._drop(top, node, changes)
         if still:
             self._unlisted[top.inode] = still
@@ -320,7 +334,7 @@ class InodeTable:
         return changes
 
     def upsert_container(self, c: Container, top: Node | None = None) -> Changes:
-        """Refresh one container, adding it first in the listing if new (events)."""
+        """Refresh one container, adding it last in the listing if new (events)."""
         top = top or self.root
         changes = Changes()
         self._drop_aliases(top, changes)
@@ -328,10 +342,15 @@ class InodeTable:
         name = escape_name(container_id(c))
         node = children.get(name) or self._unlisted.get(top.inode, {}).pop(name, None)
         if node is None or name not in children:
+            # Last, not first as Docker lists it: a copy of the whole listing
+            # per event would cost as much as a listing. Reading the
+            # directory lists it again, in Docker's order.
             node = node or self._new_container(top, name, c)
-            top.children = {name: node, **children}
-            top.subdirs = len(top.children)
+            children[name] = node
+            top.children = children
+            top.subdirs = len(children)
         self._update_container(node, c, changes)
+        self._index(top).put(c)
         return changes
 
     def unlist_container(self, c: Container, top: Node | None = None) -> Changes:
@@ -349,6 +368,7 @@ class InodeTable:
             self._update_container(node, c, changes)
             top.subdirs = len(top.children or {})
         unlisted[name] = node
+        self._index(top).put(c)
         return changes
 
     def remove_container(self, cid: str, top: Node | None = None) -> Changes:
@@ -359,6 +379,7 @@ class InodeTable:
         name = escape_name(cid)
         node = children.pop(name, None) or self._unlisted.get(top.inode, {}).pop(name, None)
         if node is not None:
+            self._index(top).drop(cid)
             self._drop(top, node, changes)
             top.subdirs = len(children)
         return changes

@@ -8,38 +8,11 @@ import json
 from typing import Any
 from urllib.parse import quote
 
-import aiodocker
-
 from dockerfs_fuse.docker.errors import ApiError, NotFound
+from dockerfs_fuse.docker.queries import get_json, get_list, get_object
 from dockerfs_fuse.docker.source import DockerSource
 from dockerfs_fuse.model.containers import could_name_an_object
 from dockerfs_fuse.model.objects import PROJECT_LABEL
-
-
-async def _json(
-    source: DockerSource, what: str, path: str, params: dict[str, str] | None = None
-) -> object:
-    async def fetch(d: aiodocker.Docker) -> object:
-        answer: object = await d._query_json(path, method="GET", params=params or {})
-        return answer
-
-    return await source.call(what, fetch)
-
-
-async def _list(
-    source: DockerSource, what: str, path: str, params: dict[str, str] | None = None
-) -> list[dict[str, Any]]:
-    answer = await _json(source, what, path, params)
-    if not isinstance(answer, list):
-        raise ApiError(f"{path}: not a JSON list")
-    return [o for o in answer if isinstance(o, dict)]
-
-
-async def _object(source: DockerSource, what: str, path: str) -> dict[str, Any]:
-    answer = await _json(source, what, path)
-    if not isinstance(answer, dict):
-        raise ApiError(f"{path}: not a JSON object")
-    return answer
 
 
 def _ref(ref: str) -> str:
@@ -51,12 +24,12 @@ def _ref(ref: str) -> str:
 
 async def list_images(source: DockerSource) -> list[dict[str, Any]]:
     """One `GET /images/json`: every image but intermediate layers, as `docker images`."""
-    return await _list(source, "images", "images/json")
+    return await get_list(source, "images", "images/json")
 
 
 async def list_volumes(source: DockerSource) -> list[dict[str, Any]]:
     """One `GET /volumes`."""
-    answer = await _json(source, "volumes", "volumes")
+    answer = await get_json(source, "volumes", "volumes")
     volumes = answer.get("Volumes") if isinstance(answer, dict) else None
     if answer is not None and not isinstance(answer, dict):
         raise ApiError("volumes: not a JSON object")
@@ -65,22 +38,22 @@ async def list_volumes(source: DockerSource) -> list[dict[str, Any]]:
 
 async def list_networks(source: DockerSource) -> list[dict[str, Any]]:
     """One `GET /networks`."""
-    return await _list(source, "networks", "networks")
+    return await get_list(source, "networks", "networks")
 
 
 async def list_project_containers(source: DockerSource) -> list[dict[str, Any]]:
     """One `GET /containers/json?all=1` of the containers a compose project labels."""
     filters = json.dumps({"label": [PROJECT_LABEL]})
-    return await _list(source, "projects", "containers/json", {"all": "1", "filters": filters})
+    return await get_list(source, "projects", "containers/json", {"all": "1", "filters": filters})
 
 
 async def inspect_image(source: DockerSource, image_id: str) -> dict[str, Any]:
-    return await _object(source, "images/inspect", f"images/{_ref(image_id)}/json")
+    return await get_object(source, "images/inspect", f"images/{_ref(image_id)}/json")
 
 
 async def inspect_volume(source: DockerSource, name: str) -> dict[str, Any]:
-    return await _object(source, "volumes/inspect", f"volumes/{_ref(name)}")
+    return await get_object(source, "volumes/inspect", f"volumes/{_ref(name)}")
 
 
 async def inspect_network(source: DockerSource, network_id: str) -> dict[str, Any]:
-    return await _object(source, "networks/inspect", f"networks/{_ref(network_id)}")
+    return await get_object(source, "networks/inspect", f"networks/{_ref(network_id)}")

@@ -17,7 +17,8 @@ from typing import Any
 import aiodocker
 
 from dockerfs_fuse.docker.bridge import Stream
-from dockerfs_fuse.docker.errors import ApiError, NotFound, OutOfSequence
+from dockerfs_fuse.docker.errors import NotFound, OutOfSequence
+from dockerfs_fuse.docker.queries import get_list, get_object
 from dockerfs_fuse.docker.source import DockerSource, Event
 from dockerfs_fuse.model.containers import could_name_an_object
 from dockerfs_fuse.model.swarm_ctl import Request, SwarmCommand, node_request, service_request
@@ -25,32 +26,6 @@ from dockerfs_fuse.model.swarm_ctl import Request, SwarmCommand, node_request, s
 log = logging.getLogger(__name__)
 
 UPDATE_ATTEMPTS = 3
-
-
-async def _json(
-    source: DockerSource, what: str, path: str, params: dict[str, str] | None = None
-) -> object:
-    async def fetch(d: aiodocker.Docker) -> object:
-        answer: object = await d._query_json(path, method="GET", params=params or {})
-        return answer
-
-    return await source.call(what, fetch)
-
-
-async def _list(
-    source: DockerSource, what: str, path: str, params: dict[str, str] | None = None
-) -> list[dict[str, Any]]:
-    answer = await _json(source, what, path, params)
-    if not isinstance(answer, list):
-        raise ApiError(f"{path}: not a JSON list")
-    return answer
-
-
-async def _object(source: DockerSource, what: str, path: str) -> dict[str, Any]:
-    answer = await _json(source, what, path)
-    if not isinstance(answer, dict):
-        raise ApiError(f"{path}: not a JSON object")
-    return answer
 
 
 async def _send(source: DockerSource, what: str, request: Request) -> None:
@@ -78,35 +53,35 @@ def _ref(ref: str) -> str:
 
 async def list_services(source: DockerSource) -> list[dict[str, Any]]:
     """One `GET /services?status=true`: with each service's running and desired counts."""
-    return await _list(source, "services", "services", {"status": "true"})
+    return await get_list(source, "services", "services", {"status": "true"})
 
 
 async def list_tasks(source: DockerSource, service: str | None = None) -> list[dict[str, Any]]:
     """One `GET /tasks`, the whole cluster's or one service's (by ID or name)."""
     params = {"filters": json.dumps({"service": [service]})} if service else {}
-    return await _list(source, "tasks" if service is None else "tasks?service", "tasks", params)
+    return await get_list(source, "tasks" if service is None else "tasks?service", "tasks", params)
 
 
 async def list_nodes(source: DockerSource) -> list[dict[str, Any]]:
-    return await _list(source, "nodes", "nodes")
+    return await get_list(source, "nodes", "nodes")
 
 
 async def inspect_service(source: DockerSource, ref: str) -> dict[str, Any]:
     """`GET /services/{ref}`: ref is an ID, an ID prefix or a name, as Docker resolves it."""
-    return await _object(source, "services/inspect", f"services/{_ref(ref)}")
+    return await get_object(source, "services/inspect", f"services/{_ref(ref)}")
 
 
 async def inspect_node(source: DockerSource, ref: str) -> dict[str, Any]:
-    return await _object(source, "nodes/inspect", f"nodes/{_ref(ref)}")
+    return await get_object(source, "nodes/inspect", f"nodes/{_ref(ref)}")
 
 
 async def inspect_task(source: DockerSource, task_id: str) -> dict[str, Any]:
-    return await _object(source, "tasks/inspect", f"tasks/{_ref(task_id)}")
+    return await get_object(source, "tasks/inspect", f"tasks/{_ref(task_id)}")
 
 
 async def local_node(source: DockerSource) -> dict[str, Any]:
     """`GET /info`'s Swarm part: LocalNodeState, ControlAvailable (a manager), NodeID."""
-    swarm = (await _object(source, "info", "info")).get("Swarm")
+    swarm = (await get_object(source, "info", "info")).get("Swarm")
     return dict(swarm) if isinstance(swarm, dict) else {}
 
 

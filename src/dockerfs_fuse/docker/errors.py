@@ -49,6 +49,14 @@ class Conflict(DockerProblem):
     """HTTP 409, or a state conflict Docker answers otherwise (unpause: 500)."""
 
 
+class NameInUse(Conflict):
+    """Creating: another container, network or volume has that name (EEXIST)."""
+
+
+class NoSpace(DockerProblem):
+    """Creating or pulling: the engine's disk is full (ENOSPC)."""
+
+
 class BadRequest(DockerProblem):
     """HTTP 400: Docker refused the arguments."""
 

@@ -17,7 +17,9 @@ from typing import Any
 
 import trio
 
+from dockerfs_fuse.docker.create import Creator
 from dockerfs_fuse.docker.source import DockerSource
+from dockerfs_fuse.engine.clone import Cloner, Clones
 from dockerfs_fuse.engine.containers import EngineCache, Source
 from dockerfs_fuse.engine.exits import ExitWaits
 from dockerfs_fuse.engine.logs import LogSpools
@@ -63,6 +65,9 @@ class Engines:
         # projects/, by the inodes of those directories.
         self.object_lists: dict[int, ObjectsCache] = {}
         self.exit_waits = ExitWaits()
+        # --view=engine: the clone file of each engine's containers/, images/,
+        # volumes/ and networks/.
+        self.clones = Clones(self.table)
         for name, source in sources.items():
             top = self.table.add_dir(name) if self.several else self.table.root
             if view == "swarm":
@@ -76,7 +81,7 @@ class Engines:
                 engine_top, top = top, self.table.add_dir("containers", parent=top)
                 objects = ObjectsCache(name, source, self.table, engine_top, on_changes)
                 self.object_lists.update(dict.fromkeys(objects.kind_of, objects))
-            self.caches[top.inode] = EngineCache(
+            cache = self.caches[top.inode] = EngineCache(
                 name,
                 source,
                 self.table,
@@ -85,6 +90,11 @@ class Engines:
                 show_all=show_all,
                 kernel_cache=kernel_cache,
             )
+            if view == "engine":
+                assert isinstance(source, DockerSource)
+                cloner = Cloner(name, Creator(source), cache.refresh_container, objects.refresh)
+                kinds = {k: objects.dirs[k] for k in ("images", "volumes", "networks")}
+                self.clones.add(cloner, {"containers": top, **kinds})
 
     def cache_of(self, node: Node) -> EngineCache | None:
         """The engine a node belongs to (None for the root of several engines)."""

@@ -57,6 +57,9 @@ class Attributes:
                 a.entry_timeout = a.attr_timeout = ALIAS_TIMEOUT
         elif node.special is Special.CTL:
             a.st_mode = pyfuse3.ModeT(stat.S_IFREG | 0o200)
+        elif engines.clones.of(node.inode) is not None:
+            # Read back on the descriptor that wrote it: the mounting user's alone.
+            a.st_mode = pyfuse3.ModeT(stat.S_IFREG | 0o600)
         else:
             a.st_mode = pyfuse3.ModeT(stat.S_IFREG | 0o444)
         a.st_nlink = node.nlink

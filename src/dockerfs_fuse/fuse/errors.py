@@ -16,7 +16,14 @@ from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
-from dockerfs_fuse.docker.errors import BadRequest, Conflict, DockerProblem, NotFound
+from dockerfs_fuse.docker.errors import (
+    BadRequest,
+    Conflict,
+    DockerProblem,
+    NameInUse,
+    NoSpace,
+    NotFound,
+)
 from dockerfs_fuse.engine.archive import ArchiveError
 from dockerfs_fuse.engine.logs import SpoolError
 from dockerfs_fuse.model.ctl import BadCommand
@@ -34,6 +41,10 @@ def errno_for(exc: BaseException) -> int:
         return exc.errno
     if isinstance(exc, NotFound):
         return errno.ENOENT
+    if isinstance(exc, NameInUse):
+        return errno.EEXIST
+    if isinstance(exc, NoSpace):
+        return errno.ENOSPC
     if isinstance(exc, Conflict):
         return errno.EBUSY
     if isinstance(exc, BadRequest | BadCommand):

@@ -27,6 +27,7 @@ from dockerfs_fuse.docker.errors import DockerProblem
 from dockerfs_fuse.engine.engines import Engines
 from dockerfs_fuse.engine.roots import ContainerRoots, in_root
 from dockerfs_fuse.fuse.attrs import BLOCK_SIZE, Attributes
+from dockerfs_fuse.fuse.clone import open_clone
 from dockerfs_fuse.fuse.containers import ContainerView
 from dockerfs_fuse.fuse.errors import fail, guard
 from dockerfs_fuse.fuse.files import RootView
@@ -215,6 +216,9 @@ class DockerFS(ReadOnly):
             raise fail(errno.ENOENT)  # the kernel has yet to drop its entry
         if node.is_dir:
             raise fail(errno.EISDIR)
+        clone = self.engines.clones.of(node.inode)
+        if clone is not None:
+            return open_clone(self.handles, *clone, ctx.pid, self.invalidator)
         writing = flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND)
         if node.entry is not None:
             if writing:
@@ -297,7 +301,8 @@ class DockerFS(ReadOnly):
         only_truncate = fields.update_size and not (
             fields.update_mode or fields.update_uid or fields.update_gid
         )
-        if node.special is Special.CTL and only_truncate and attr.st_size == 0:
+        writable = node.special is Special.CTL or self.engines.clones.of(inode) is not None
+        if writable and only_truncate and attr.st_size == 0:
             return self.attrs.of(node)  # `echo stop > ctl` truncates first: harmless
         raise fail(errno.EPERM)
 

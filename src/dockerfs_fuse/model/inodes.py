@@ -124,6 +124,9 @@ class InodeTable:
         # Every container under a top directory, listed or not, by ID, name and
         # prefix: a lookup resolves a name without walking them all.
         self._names: dict[int, NameIndex] = {}
+        # Entries no listing of their directory replaces (the engine view's
+        # `clone` and `.live/`), per directory: found first, listed first.
+        self._fixed: dict[int, dict[str, Node]] = {}
 
     # -- queries -------------------------------------------------------------
 
@@ -142,6 +145,9 @@ class InodeTable:
             return parent
         if name == "..":
             return parent.parent or self.root
+        fixed = self._fixed.get(parent.inode)
+        if fixed is not None and name in fixed:
+            return fixed[name]
         node = self.children(parent).get(name)
         if node is None and parent.inode in self._unlisted:
             return self._unlisted[parent.inode].get(name)
@@ -169,7 +175,12 @@ class InodeTable:
         """A directory's listing: its children but unlisted ones; none for an unlisted one."""
         if node.unlisted:
             return []
-        return [(name, c) for name, c in self.children(node).items() if not c.unlisted]
+        fixed = self._fixed.get(node.inode, {})
+        return [
+            *((name, c) for name, c in fixed.items() if not c.unlisted),
+            *((name, c) for name, c in self.children(node).items()
+              if not c.unlisted and name not in fixed),
+        ]  # fmt: skip
 
     def alias(self, name: str, *, by_prefix: bool = True, top: Node | None = None) -> Node | None:
         """A symlink to the container a name or unambiguous ID prefix means.
@@ -233,6 +244,20 @@ class InodeTable:
             parent.children = {}
         parent.children[name] = node
         parent.subdirs = sum(1 for c in parent.children.values() if c.is_dir)
+        return node
+
+    def add_fixed(
+        self, parent: Node, name: str, kind: Kind, *, data: bytes = b"", unlisted: bool = False
+    ) -> Node:
+        """An entry of `parent` that no listing of it replaces or drops: the
+        engine view's `clone` link and its unlisted `.live/` (an object of
+        the same name is shadowed by it)."""
+        node = self._new_node(parent, name, kind, parent.mtime_ns)
+        node.data = data
+        node.unlisted = unlisted
+        if kind is Kind.DIR:
+            node.children = {}
+        self._fixed.setdefault(parent.inode, {})[name] = node
         return node
 
     def set_objects(

@@ -289,3 +289,27 @@ def test_only_the_mounting_user(engine: Engine, mount_factory: Any) -> None:
     )  # fmt: skip
     assert done.returncode != 0 and b"Permission denied" in done.stderr
     assert all_containers(engine) == before
+
+
+def test_a_run_whose_start_fails_leaves_nothing(engine: Engine, view: Mount) -> None:
+    before = all_containers(engine)
+    code, reason = refused(
+        view, "containers", f"run --network none --entrypoint /no/such/program {IMAGE}"
+    )
+    assert code == errno.EINVAL  # the engine answers 400
+    assert "/no/such/program" in reason
+    assert all_containers(engine) == before
+
+
+def test_read_only_opens_read_nothing(view: Mount) -> None:
+    assert (view.path / "containers" / "clone").read_bytes() == b""
+
+
+def test_walks_never_open_a_clone(engine: Engine, view: Mount) -> None:
+    before = all_containers(engine)
+    for tool in (["grep", "-r", "busybox", str(view.path)], ["find", str(view.path), "-type", "f"]):
+        done = subprocess.run(tool, capture_output=True, timeout=60)
+        assert b"/.live/" not in done.stdout and b"clone:" not in done.stdout
+    asked = view.stats()["requests"]
+    assert not [k for k in asked if k.endswith(("create", "/start", "/pull", "/tag"))]
+    assert all_containers(engine) == before

@@ -98,8 +98,10 @@ def parser() -> argparse.ArgumentParser:
         "--view",
         choices=VIEWS,
         help="what each engine shows: its containers (the default); the whole engine "
-        "(containers/, images/, volumes/, networks/, projects/: docs/engine.md); or "
-        "the Swarm cluster it manages (services/, nodes/, tasks/), as --swarm",
+        "(containers/, images/, volumes/, networks/, projects/: docs/engine.md; a "
+        "`clone` file in the first four creates, which is controlling Docker: the "
+        "mounting user only); or the Swarm cluster it manages (services/, nodes/, "
+        "tasks/), as --swarm",
     )
     p.add_argument(
         "--swarm",

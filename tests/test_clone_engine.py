@@ -99,7 +99,7 @@ def make() -> tuple[Cloner, FakeCreator, Refreshed]:
 async def written(cloner: Cloner, kind: str, data: bytes) -> bytes:
     replies = Replies()
     await cloner.write(kind, data, replies)
-    return await replies.read(4096)
+    return await replies.read(len(data), 4096)
 
 
 @in_trio
@@ -169,12 +169,12 @@ async def test_a_pull_is_read_line_by_line_as_it_comes() -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(cloner.write, "images", b"pull 127.0.0.1:5000/bb:1", replies)
         await trio.testing.wait_all_tasks_blocked()
-        # The first line is readable while the pull goes on.
-        got.append(await replies.read(4096))
+        # The first line is readable while the pull goes on; the next read waits.
+        got.append(await replies.read(25, 4096))
         assert got == [b"1: Pulling from bb\n"]
         assert creator.pull_gate is not None
         creator.pull_gate.set()
-        while chunk := await replies.read(4096):
+        while chunk := await replies.read(25 + len(b"".join(got)), 4096):
             got.append(chunk)
     text = b"".join(got).decode()
     assert text.splitlines() == [
@@ -194,28 +194,32 @@ async def test_what_a_writer_never_reads_is_bounded() -> None:
     for n in range(1000):
         replies.line(f"line {n:04}")
     replies.end("done")
-    text = (await replies.read(1 << 20)).decode()
+    text = (await replies.read(0, 1 << 20)).decode()
     lines = text.splitlines()
-    assert lines[0].endswith("progress lines left out)")
-    assert lines[-1] == "done"
-    assert len(text) < 200
-    assert await replies.read(100) == b""  # then EOF until the next write
+    # The newest whole lines, the answer last.
+    assert lines[-1] == "done" and lines[-2] == "line 0999"
+    assert len(text) <= 100 and all(len(line) == 9 for line in lines[:-1])
+    assert await replies.read(len(text) + 5000, 100) == b""  # then EOF until the next write
 
 
 @in_trio
-async def test_a_read_takes_what_fits_and_the_rest_later() -> None:
+async def test_reads_count_from_the_first_and_may_seek_back() -> None:
     replies = Replies()
     replies.begin()
+    replies.line("first line")
     replies.end("abcdef")
-    assert await replies.read(3) == b"abc"
-    assert await replies.read(100) == b"def\n"
-    assert await replies.read(100) == b""
-    # A new write forgets what the last one left unread.
+    # bash's `read` takes 128 bytes, keeps a line, and seeks back over the rest.
+    assert await replies.read(7, 128) == b"first line\nabcdef\n"
+    assert await replies.read(7 + 11, 128) == b"abcdef\n"
+    assert await replies.read(7 + 11, 3) == b"abc"
+    assert await replies.read(7 + 11 + 7, 100) == b""
+    # A new write forgets what the last one left unread; a 9P client reads from 0.
     replies.begin()
     replies.line("x")
     replies.begin()
     replies.end("y")
-    assert await replies.read(100) == b"y\n"
+    assert await replies.read(0, 100) == b"y\n"
+    assert await replies.read(2, 100) == b""
 
 
 @in_trio
@@ -223,12 +227,12 @@ async def test_a_refusal_is_an_answer_too() -> None:
     replies = Replies()
     replies.begin()
     replies.end("No such image:\n busybox:nope")
-    assert await replies.read(100) == b"No such image: busybox:nope\n"
+    assert await replies.read(0, 100) == b"No such image: busybox:nope\n"
 
 
 @in_trio
 async def test_a_read_before_any_write_is_eof() -> None:
-    assert await Replies().read(100) == b""
+    assert await Replies().read(0, 100) == b""
 
 
 def test_clone_links_survive_listings() -> None:

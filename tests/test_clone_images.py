@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -85,6 +86,19 @@ def test_pull_from_a_registry(engine: Engine, view: Mount, registry: PrivateRegi
         assert os.readlink(view.path / "images" / escaped(ref)) == pulled
         tags = {p.read_text() for p in (view.path / "images" / pulled / "RepoTags").iterdir()}
         assert ref + "\n" in tags
+        # Again, read line by line by bash, whose `read` reads ahead and seeks back.
+        script = 'exec 3<>clone; echo "pull $1" >&3; while IFS= read -r l <&3; do echo "[$l]"; done'
+        done = subprocess.run(
+            ["bash", "-c", script, "bash", ref],
+            cwd=view.path / "images",
+            capture_output=True,
+            timeout=120,
+            check=True,
+        )
+        again = done.stdout.decode().splitlines()
+        assert again[-1] == f"[{pulled}]", again
+        assert any(f"Image is up to date for {ref}" in line for line in again), again
+        assert len(again) == len(set(again))  # nothing read twice
     finally:
         engine.docker("rmi", ref, check=False)
 

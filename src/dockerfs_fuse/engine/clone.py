@@ -16,7 +16,6 @@ unit-tested under trio with fakes (tests/test_clone_engine.py).
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -65,30 +64,36 @@ class Replies:
     """What reads of one open clone return: the last write's progress lines,
     then its answer (a name and a newline, or why it was refused).
 
-    Bounded: past MAX_REPLY_BYTES the oldest lines go, and a line says how
-    many. A read while a write is in flight waits for its next line."""
+    Read by position from where the first read after the write starts, so
+    that a reader that reads ahead and seeks back (bash's `read`) loses
+    nothing, whatever offset the descriptor had. Bounded: past `limit` the
+    oldest whole lines go, and a reader that far behind skips to the oldest
+    kept. A read past what is there, while the write is in flight, waits for
+    its next line; once it is done, it is the end (EOF)."""
 
     def __init__(self, limit: int = MAX_REPLY_BYTES) -> None:
         self._limit = limit
-        self._lines: collections.deque[bytes] = collections.deque()
-        self._size = 0
-        self._dropped = 0
+        self._data = bytearray()
+        self._start = 0  # the position of _data[0]: what was dropped before it
         self._pending = False
+        self._first_read: int | None = None
         self._changed = trio.Event()
 
     def begin(self) -> None:
         """A new write: what the last one said is no longer read."""
-        self._lines.clear()
-        self._size = self._dropped = 0
+        self._data.clear()
+        self._start = 0
         self._pending = True
+        self._first_read = None
 
     def line(self, text: str) -> None:
-        data = (text + "\n").encode("utf-8", "backslashreplace")
-        self._lines.append(data)
-        self._size += len(data)
-        while self._size > self._limit and len(self._lines) > 1:
-            self._size -= len(self._lines.popleft())
-            self._dropped += 1
+        self._data += (text + "\n").encode("utf-8", "backslashreplace")
+        while len(self._data) > self._limit:
+            cut = self._data.find(b"\n") + 1
+            if cut <= 0 or cut >= len(self._data):
+                break  # the last line stays, however long
+            del self._data[:cut]
+            self._start += cut
         self._changed.set()
 
     def end(self, text: str) -> None:
@@ -97,29 +102,21 @@ class Replies:
         self._pending = False
         self._changed.set()
 
-    def take(self, size: int) -> bytes:
-        """Up to `size` bytes of what is there now."""
-        out = bytearray()
-        if self._dropped:
-            out += f"({self._dropped} progress lines left out)\n".encode()
-            self._dropped = 0
-        while self._lines and len(out) < size:
-            first = self._lines.popleft()
-            self._size -= len(first)
-            room = size - len(out)
-            if len(first) > room:
-                self._lines.appendleft(first[room:])
-                self._size += len(first) - room
-                first = first[:room]
-            out += first
-        return bytes(out)
-
-    async def read(self, size: int) -> bytes:
-        """What is there, or, while a write is in flight, its next line; b"" at the end."""
-        while not self._lines and not self._dropped and self._pending:
+    async def read(self, off: int, size: int) -> bytes:
+        """Up to `size` bytes at `off`, counted from the first read's offset."""
+        if self._first_read is None:
+            self._first_read = off
+        pos = max(0, off - self._first_read)
+        while pos >= self._start + len(self._data) and self._pending:
             self._changed = trio.Event()
             await self._changed.wait()
-        return self.take(size)
+        if pos < self._start:
+            # Fallen behind what is kept: this read takes the oldest line kept,
+            # and the reader's next offset follows on from it.
+            self._first_read = off - self._start
+            pos = self._start
+        at = pos - self._start
+        return bytes(self._data[at : at + size])
 
 
 class Cloner:

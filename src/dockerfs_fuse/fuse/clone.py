@@ -2,11 +2,11 @@
 what the last one made (its name) or why it was refused, on the same
 descriptor (`exec 3<>clone; echo run ... >&3; read id <&3`).
 
-Reads ignore the offset, as a Plan 9 ctl file's do: the descriptor's offset
-has moved past the write, and what is read is the answer, once; then EOF
-until the next write. Direct I/O, so nothing is cached and every write
-reaches us whole (at most MAX_LINE_BYTES; a longer one is refused at its
-first piece).
+The descriptor's offset has moved past the write, and a 9P client reads
+from 0: reads count from wherever the first one after the write starts
+(engine/clone.py's Replies), then EOF until the next write. Direct I/O, so
+nothing is cached and every write reaches us whole (at most MAX_LINE_BYTES;
+a longer one is refused at its first piece).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class CloneHandle(Handle):
         return len(buf)
 
     async def read(self, off: int, size: int) -> bytes:
-        return await interruptible(self.pid, self.replies.read, size)
+        return await interruptible(self.pid, self.replies.read, off, size)
 
 
 def open_clone(

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from conftest import Engine, Mount
 from support.private_dockerd import IMAGE
+from support.waiting import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 
@@ -313,3 +314,15 @@ def test_walks_never_open_a_clone(engine: Engine, view: Mount) -> None:
     asked = view.stats()["requests"]
     assert not [k for k in asked if k.endswith(("create", "/start", "/pull", "/tag"))]
     assert all_containers(engine) == before
+
+
+def test_shown_at_once_with_no_listing(engine: Engine, view: Mount) -> None:
+    wait_until(lambda: all(e["events"] for e in view.stats()["engines"].values()), "events up")
+    before = view.stats()["requests"]
+    cid = made(engine, clone(view, "containers", f"run --network none {IMAGE} sleep 1d").strip())
+    assert (view.path / "containers" / cid / "State").read_text() == "running\n"
+    after = view.stats()["requests"]
+    # The one container read by ID; no listing of them all.
+    assert after.get("containers/json", 0) == before.get("containers/json", 0)
+    assert after["containers/create"] == before.get("containers/create", 0) + 1
+    assert after["containers/json?filters"] > before.get("containers/json?filters", 0)

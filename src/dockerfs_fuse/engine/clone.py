@@ -38,7 +38,7 @@ from dockerfs_fuse.model.runline import parse_container
 log = logging.getLogger(__name__)
 
 # The directories that hold a clone file, and what each makes.
-KINDS = ("containers", "images", "volumes", "networks")
+CLONE_KINDS = ("containers", "images", "volumes", "networks")
 CLONE = "clone"
 # What an open clone holds for its reader: a pull's progress beyond this is
 # dropped, oldest first (a writer nobody reads after must not grow memory).

@@ -19,7 +19,7 @@ import trio
 
 from dockerfs_fuse.docker.create import Creator
 from dockerfs_fuse.docker.source import DockerSource
-from dockerfs_fuse.engine.clone import Cloner, Clones
+from dockerfs_fuse.engine.clone import CLONE_KINDS, Cloner, Clones
 from dockerfs_fuse.engine.containers import EngineCache, Source
 from dockerfs_fuse.engine.exits import ExitWaits
 from dockerfs_fuse.engine.logs import LogSpools
@@ -93,8 +93,8 @@ class Engines:
             if view == "engine":
                 assert isinstance(source, DockerSource)
                 cloner = Cloner(name, Creator(source), cache.refresh_container, objects.refresh)
-                kinds = {k: objects.dirs[k] for k in ("images", "volumes", "networks")}
-                self.clones.add(cloner, {"containers": top, **kinds})
+                dirs = {**objects.dirs, "containers": top}
+                self.clones.add(cloner, {kind: dirs[kind] for kind in CLONE_KINDS})
 
     def cache_of(self, node: Node) -> EngineCache | None:
         """The engine a node belongs to (None for the root of several engines)."""

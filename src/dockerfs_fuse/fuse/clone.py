@@ -11,8 +11,6 @@ a longer one is refused at its first piece).
 
 from __future__ import annotations
 
-import logging
-
 import pyfuse3
 import trio
 
@@ -21,8 +19,6 @@ from dockerfs_fuse.fuse.errors import refusal_reason
 from dockerfs_fuse.fuse.handles import Handle, HandleTable
 from dockerfs_fuse.fuse.interrupts import interruptible, process_of
 from dockerfs_fuse.fuse.invalidate import Invalidator
-
-log = logging.getLogger(__name__)
 
 
 class CloneHandle(Handle):

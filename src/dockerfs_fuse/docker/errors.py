@@ -49,6 +49,14 @@ class Conflict(DockerProblem):
     """HTTP 409, or a state conflict Docker answers otherwise (unpause: 500)."""
 
 
+class AlreadyExists(Conflict):
+    """What a command would make is there already (a container already on a network)."""
+
+
+class Forbidden(DockerProblem):
+    """HTTP 403 that is no conflict: Docker never allows it (removing `host`)."""
+
+
 class BadRequest(DockerProblem):
     """HTTP 400: Docker refused the arguments."""
 
@@ -87,6 +95,7 @@ _GOING_AWAY = re.compile(r"marked for removal|removal of container .* is already
 _STATE_CONFLICT = re.compile(
     r"is not running|is not paused|is already paused|is paused|is restarting"
     r"|cannot start a paused container|You cannot remove a \w+ container"
+    r"|is not connected to network|has active endpoints"
 )
 
 
@@ -124,8 +133,12 @@ def _answered(exc: aiodocker.DockerError) -> DockerProblem:
     kind: type[DockerProblem]
     if status == 404 or _GOING_AWAY.search(message):
         kind = NotFound
+    elif status in (403, 409) and "already exists" in message:
+        kind = AlreadyExists
     elif status == 409 or _STATE_CONFLICT.search(message):
         kind = Conflict
+    elif status == 403:
+        kind = Forbidden
     else:
         kind = BadRequest if status == 400 else ApiError
     return kind(message)

@@ -16,7 +16,14 @@ from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
-from dockerfs_fuse.docker.errors import BadRequest, Conflict, DockerProblem, NotFound
+from dockerfs_fuse.docker.errors import (
+    AlreadyExists,
+    BadRequest,
+    Conflict,
+    DockerProblem,
+    Forbidden,
+    NotFound,
+)
 from dockerfs_fuse.engine.archive import ArchiveError
 from dockerfs_fuse.engine.logs import SpoolError
 from dockerfs_fuse.model.ctl import BadCommand
@@ -34,8 +41,12 @@ def errno_for(exc: BaseException) -> int:
         return exc.errno
     if isinstance(exc, NotFound):
         return errno.ENOENT
+    if isinstance(exc, AlreadyExists):
+        return errno.EEXIST
     if isinstance(exc, Conflict):
         return errno.EBUSY
+    if isinstance(exc, Forbidden):
+        return errno.EPERM
     if isinstance(exc, BadRequest | BadCommand):
         return errno.EINVAL
     if isinstance(exc, PathError):

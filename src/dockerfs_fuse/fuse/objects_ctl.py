@@ -42,9 +42,13 @@ class ObjectCtlHandle(Handle):
             if off != 0:
                 # As for a container's ctl: never part of a command.
                 raise BadCommand(f"one command per open and write, at offset 0 (not {off})")
-            done = await control(self.objects, self.kind, self.ref, buf, self.containers)
+            try:
+                done = await control(self.objects, self.kind, self.ref, buf, self.containers)
+            finally:
+                # What it changed (a refused project command may have changed
+                # some) is dropped from the kernel's cache before the reply.
+                await self.invalidator.told_kernel()
             log.info("ctl %s/%s: %s", self.kind, self.ref[:12], done)
-            await self.invalidator.told_kernel()  # the listing after it shows the change
             return len(buf)
         except Exception as exc:
             # The writer gets an errno; its `err` file says why.

@@ -8,13 +8,16 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shutil
+import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Engine, Mount
+from conftest import Engine, Mount, start_mount, stop_mount
 from support.private_dockerd import IMAGE
 
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
@@ -331,3 +334,25 @@ def test_ctl_under_o_ro_is_erofs(engine: Engine, mount_factory: Any, suffix: str
         assert name in engine.docker("volume", "ls", "-q").split()
     finally:
         engine.docker("volume", "rm", name, check=False)
+
+
+def test_ctl_by_another_user_is_refused(engine: Engine, suffix: str) -> None:
+    # pytest's tmp dirs are private to root: mount where another user can reach.
+    base = Path(tempfile.mkdtemp(prefix="dfs-shared-"))
+    base.chmod(0o755)
+    m = start_mount(engine.host, base / "mnt", "--view=engine", "-o", "allow_other")
+    name = f"oc-other-{suffix}"
+    engine.docker("volume", "create", name)
+    try:
+        nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        d = m.path / "volumes" / name
+        read = subprocess.run([*nobody, "cat", f"{d}/Name", f"{d}/err"], capture_output=True)
+        assert read.returncode == 0 and read.stdout == f"{name}\n".encode(), read.stderr
+        script = f"echo rm > {d}/ctl"
+        write = subprocess.run([*nobody, "sh", "-c", script], capture_output=True, text=True)
+        assert write.returncode != 0 and "Permission denied" in write.stderr
+        assert name in engine.docker("volume", "ls", "-q").split()
+    finally:
+        stop_mount(m)
+        engine.docker("volume", "rm", name, check=False)
+        shutil.rmtree(base, ignore_errors=True)

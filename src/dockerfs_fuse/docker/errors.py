@@ -15,6 +15,14 @@ What Swarm adds to the kinds:
   400 or 500: `Conflict` (EBUSY), like a container's state conflicts;
 - an update sent with a version someone else has since replaced ("update
   out of sequence"): `OutOfSequence`, which the caller retries on a fresh read.
+
+What the engine view's ctl adds (networks, images, volumes):
+
+- "already exists" (403 or 409: connecting a container already on the
+  network): `AlreadyExists`, a Conflict the FUSE layer tells apart (EEXIST);
+- any other 403 (removing `host`): `Forbidden` (EPERM);
+- "is not connected to network" (500) and "has active endpoints" (403):
+  state conflicts, as a container's are.
 """
 
 from __future__ import annotations

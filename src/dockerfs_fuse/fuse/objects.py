@@ -15,7 +15,7 @@ from dockerfs_fuse.fuse.containers import inspect_text
 from dockerfs_fuse.fuse.errors import fail
 from dockerfs_fuse.fuse.handles import HandleTable
 from dockerfs_fuse.fuse.invalidate import Invalidator
-from dockerfs_fuse.fuse.objects_ctl import open_object_ctl
+from dockerfs_fuse.fuse.objects_ctl import ObjectCtlHandle
 from dockerfs_fuse.model.containers import Special
 from dockerfs_fuse.model.ctl import Refusals
 from dockerfs_fuse.model.inodes import Node
@@ -44,12 +44,12 @@ class ObjectsView:
 
     def open_ctl(self, node: Node) -> pyfuse3.FileInfo:
         objects = self._objects_of(node)
-        kind, ref = objects.locate(node)
+        located = objects.locate(node)
         # The engine's containers/ beside, which a project's command changes.
         beside = self.engines.table.lookup(objects.top, "containers")
         containers = self.engines.caches.get(beside.inode) if beside is not None else None
-        handles, refusals, invalidator = self.handles, self.refusals, self.invalidator
-        return open_object_ctl(handles, objects, kind, ref, containers, refusals, invalidator)
+        handle = ObjectCtlHandle(objects, located, containers, self.refusals, self.invalidator)
+        return pyfuse3.FileInfo(fh=self.handles.add(handle), direct_io=True)
 
     async def render(self, node: Node) -> bytes:
         objects = self._objects_of(node)

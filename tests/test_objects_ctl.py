@@ -189,8 +189,12 @@ def _check_network(engine: Engine, view: Mount, name: str, suffix: str) -> None:
     def members() -> set[str]:
         return set(engine.api(f"/networks/{name}")["Containers"] or {})
 
+    networks = view.path / "containers" / cid / "Networks"
+    assert os.listdir(networks) == [f"oc-home-{suffix}"]
     write(d, f"connect oc-web-{suffix}\n".encode())  # by name
     assert members() == {cid}
+    # The container's own tree shows it when the write returns.
+    assert sorted(os.listdir(networks)) == [f"oc-home-{suffix}", name]
     code, command, reason = refused(d, f"connect {cid}\n".encode())
     assert code == errno.EEXIST and command == f"connect {cid[:53]}...", (code, command)
     assert "already exists" in reason
@@ -202,6 +206,7 @@ def _check_network(engine: Engine, view: Mount, name: str, suffix: str) -> None:
     assert code == errno.EBUSY and "active endpoints" in reason, reason
     write(d, f"disconnect {cid[:12]}\n".encode())  # by prefix
     assert members() == set()
+    assert os.listdir(networks) == [f"oc-home-{suffix}"]
     code, _, reason = refused(d, f"disconnect {cid[:12]}\n".encode())
     assert code == errno.EBUSY and "is not connected" in reason, reason
     write(d, b"rm\n")

@@ -180,6 +180,9 @@ class FakeSource:
         self.requests[what] += 1
         return await fn(self.docker)
 
+    async def inspect(self, name: str) -> dict[str, Any]:
+        return {"Id": name * 64 if len(name) == 1 else name}
+
     async def control(self, cid: str, command: Command) -> None:
         if cid in self.refuse:
             raise self.refuse[cid]
@@ -214,16 +217,18 @@ def test_each_command_is_one_request_then_its_kind_is_listed_again() -> None:
     run(cache, "images", HEX, b"untag app:2\n")
     run(cache, "images", HEX, b"rm -f\n")
     run(cache, "volumes", "data", b"rm\n")
-    run(cache, "networks", NET, b"connect web\n")
-    run(cache, "networks", NET, b"disconnect web\n")
+    containers = FakeContainers()
+    run(cache, "networks", NET, b"connect w\n", containers)
+    run(cache, "networks", NET, b"disconnect w\n", containers)
+    assert containers.refreshed == ["w", "w"]  # its Networks/ changed
     run(cache, "networks", NET, b"rm\n")
     assert source.docker.sent == [
         ("POST", f"images/{HEX}/tag", {"repo": "team/app", "tag": "v2"}, None),
         ("DELETE", "images/app:2", {}, None),
         ("DELETE", f"images/{HEX}", {"force": "1"}, None),
         ("DELETE", "volumes/data", {}, None),
-        ("POST", f"networks/{NET}/connect", {}, '{"Container": "web"}'),
-        ("POST", f"networks/{NET}/disconnect", {}, '{"Container": "web"}'),
+        ("POST", f"networks/{NET}/connect", {}, '{"Container": "w"}'),
+        ("POST", f"networks/{NET}/disconnect", {}, '{"Container": "w"}'),
         ("DELETE", f"networks/{NET}", {}, None),
     ]
     assert source.requests["images"] == 3 and source.requests["networks"] == 3

@@ -54,7 +54,7 @@ async def control(
     try:
         if isinstance(command, Command):
             return await _control_project(objects, ref, command, containers)
-        return await _control_object(objects, kind, ref, command)
+        return await _control_object(objects, kind, ref, command, containers)
     finally:
         try:
             await objects.refresh(kind)
@@ -62,7 +62,13 @@ async def control(
             log.warning("%s: after ctl of %s/%s: %s", objects.name, kind, ref[:12], exc)
 
 
-async def _control_object(objects: ObjectsCache, kind: str, ref: str, c: ObjectCommand) -> str:
+async def _control_object(
+    objects: ObjectsCache,
+    kind: str,
+    ref: str,
+    c: ObjectCommand,
+    containers: ContainerRefresher | None,
+) -> str:
     source = objects.source
     if kind == "images" and c.action == "tag":
         repo, _, tag = c.arg.rpartition(":")
@@ -79,6 +85,8 @@ async def _control_object(objects: ObjectsCache, kind: str, ref: str, c: ObjectC
         await api.remove_volume(source, ref, force=c.force)
     elif c.action in ("connect", "disconnect"):
         await api.connect_network(source, ref, c.arg, connect=c.action == "connect")
+        if containers is not None:
+            await _show_container(objects, c.arg, containers)
     else:
         await api.remove_network(source, ref)
     return " ".join(w for w in (c.action, "-f" if c.force else "", c.arg) if w)
@@ -102,6 +110,17 @@ async def _control_project(
                 except DockerProblem as exc:
                     log.warning("%s: after ctl of %s: %s", objects.name, step.name, exc)
     return f"{command.action} of {len(done)} of {len(members)} containers"
+
+
+async def _show_container(objects: ObjectsCache, name: str, containers: ContainerRefresher) -> None:
+    """Re-read the container a network command named (by its name, ID or
+    prefix): its Networks/ changed, and Docker sends no container event."""
+    try:
+        cid = str((await objects.source.inspect(name)).get("Id") or "")
+        if cid:
+            await containers.refresh_container(cid)
+    except DockerProblem as exc:  # the command itself succeeded
+        log.warning("%s: after ctl of a network: %s: %s", objects.name, name, exc)
 
 
 async def run_steps(

@@ -14,7 +14,7 @@ import aiodocker
 import aiohttp
 
 from dockerfs_fuse.docker.bridge import Stream
-from dockerfs_fuse.docker.errors import ApiError, Conflict, DockerProblem, NameInUse, NoSpace
+from dockerfs_fuse.docker.errors import ApiError, Conflict, DockerProblem, AlreadyExists, NoSpace
 from dockerfs_fuse.docker.source import DockerSource
 
 # A create answers once the engine has made its layer and config: longer
@@ -35,7 +35,7 @@ def classified(exc: DockerProblem) -> DockerProblem:
     if "no space left on device" in message.lower():
         return NoSpace(message)
     if isinstance(exc, Conflict | ApiError) and any(w in message for w in _IN_USE):
-        return NameInUse(message)
+        return AlreadyExists(message)
     return exc
 
 

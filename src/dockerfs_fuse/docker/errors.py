@@ -15,6 +15,14 @@ What Swarm adds to the kinds:
   400 or 500: `Conflict` (EBUSY), like a container's state conflicts;
 - an update sent with a version someone else has since replaced ("update
   out of sequence"): `OutOfSequence`, which the caller retries on a fresh read.
+
+What the engine view's ctl adds (networks, images, volumes):
+
+- "already exists" (403 or 409: connecting a container already on the
+  network): `AlreadyExists`, a Conflict the FUSE layer tells apart (EEXIST);
+- any other 403 (removing `host`): `Forbidden` (EPERM);
+- "is not connected to network" (500) and "has active endpoints" (403):
+  state conflicts, as a container's are.
 """
 
 from __future__ import annotations
@@ -49,12 +57,17 @@ class Conflict(DockerProblem):
     """HTTP 409, or a state conflict Docker answers otherwise (unpause: 500)."""
 
 
-class NameInUse(Conflict):
-    """Creating: another container, network or volume has that name (EEXIST)."""
+class AlreadyExists(Conflict):
+    """What a command would make is there already: a name in use, a container
+    already on a network (EEXIST)."""
 
 
 class NoSpace(DockerProblem):
     """Creating or pulling: the engine's disk is full (ENOSPC)."""
+
+
+class Forbidden(DockerProblem):
+    """HTTP 403 that is no conflict: Docker never allows it (removing `host`)."""
 
 
 class BadRequest(DockerProblem):
@@ -95,6 +108,7 @@ _GOING_AWAY = re.compile(r"marked for removal|removal of container .* is already
 _STATE_CONFLICT = re.compile(
     r"is not running|is not paused|is already paused|is paused|is restarting"
     r"|cannot start a paused container|You cannot remove a \w+ container"
+    r"|is not connected to network|has active endpoints"
 )
 
 
@@ -132,8 +146,12 @@ def _answered(exc: aiodocker.DockerError) -> DockerProblem:
     kind: type[DockerProblem]
     if status == 404 or _GOING_AWAY.search(message):
         kind = NotFound
+    elif status in (403, 409) and "already exists" in message:
+        kind = AlreadyExists
     elif status == 409 or _STATE_CONFLICT.search(message):
         kind = Conflict
+    elif status == 403:
+        kind = Forbidden
     else:
         kind = BadRequest if status == 400 else ApiError
     return kind(message)

@@ -9,10 +9,11 @@ from typing import Any
 from urllib.parse import quote
 
 from dockerfs_fuse.docker.errors import ApiError, NotFound
-from dockerfs_fuse.docker.queries import get_json, get_list, get_object
+from dockerfs_fuse.docker.queries import get_json, get_list, get_object, send
 from dockerfs_fuse.docker.source import DockerSource
 from dockerfs_fuse.model.containers import could_name_an_object
 from dockerfs_fuse.model.objects import PROJECT_LABEL
+from dockerfs_fuse.model.swarm_ctl import Request
 
 
 def _ref(ref: str) -> str:
@@ -57,3 +58,43 @@ async def inspect_volume(source: DockerSource, name: str) -> dict[str, Any]:
 
 async def inspect_network(source: DockerSource, network_id: str) -> dict[str, Any]:
     return await get_object(source, "networks/inspect", f"networks/{_ref(network_id)}")
+
+
+# -- control (model/objects_ctl.py) ------------------------------------------------------
+
+
+def _image_ref(ref: str) -> str:
+    """An image ID or a checked reference (`team/app:1`), slashes kept: Docker's
+    image routes take the rest of the path as the name."""
+    return quote(ref, safe="/:@")
+
+
+async def tag_image(source: DockerSource, image_id: str, repo: str, tag: str) -> None:
+    path = f"images/{_ref(image_id)}/tag"
+    await send(source, "images/tag", Request("POST", path, {"repo": repo, "tag": tag}))
+
+
+async def remove_image(source: DockerSource, ref: str, *, force: bool = False) -> None:
+    """`docker rmi [-f] REF`: by ID, the image; by tag, that tag (and the image
+    with it when it was its last)."""
+    params = {"force": "1"} if force else {}
+    await send(source, "images/rm", Request("DELETE", f"images/{_image_ref(ref)}", params))
+
+
+async def remove_volume(source: DockerSource, name: str, *, force: bool = False) -> None:
+    params = {"force": "1"} if force else {}
+    await send(source, "volumes/rm", Request("DELETE", f"volumes/{_ref(name)}", params))
+
+
+async def connect_network(
+    source: DockerSource, network_id: str, container: str, *, connect: bool = True
+) -> None:
+    """`docker network connect|disconnect NETWORK CONTAINER`: Docker resolves
+    the container's name, ID or unique prefix."""
+    verb = "connect" if connect else "disconnect"
+    path = f"networks/{_ref(network_id)}/{verb}"
+    await send(source, f"networks/{verb}", Request("POST", path, body={"Container": container}))
+
+
+async def remove_network(source: DockerSource, network_id: str) -> None:
+    await send(source, "networks/rm", Request("DELETE", f"networks/{_ref(network_id)}"))

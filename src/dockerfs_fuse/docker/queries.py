@@ -1,4 +1,5 @@
-"""GET requests whose answer is one JSON list or object, checked before use.
+"""GET requests whose answer is one JSON list or object, checked before use,
+and requests whose answer is only their status (`send`).
 
 The Swarm and engine-view endpoints are plain reads through a DockerSource,
 so they share its deadlines, request counters and error kinds; an answer of
@@ -7,12 +8,14 @@ the wrong shape is an ApiError here rather than a TypeError in a caller.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import aiodocker
 
 from dockerfs_fuse.docker.errors import ApiError
 from dockerfs_fuse.docker.source import DockerSource
+from dockerfs_fuse.model.swarm_ctl import Request
 
 
 async def get_json(
@@ -42,3 +45,17 @@ async def get_object(source: DockerSource, what: str, path: str) -> dict[str, An
     if not isinstance(answer, dict):
         raise ApiError(f"{path}: not a JSON object")
     return answer
+
+
+async def send(source: DockerSource, what: str, request: Request) -> None:
+    """One request whose answer says nothing but its status; `body` goes as JSON."""
+    body = None if request.body is None else json.dumps(request.body)
+    headers = {"Content-Type": "application/json"}
+
+    async def run(d: aiodocker.Docker) -> None:
+        async with d._query(
+            request.path, method=request.method, params=request.params, data=body, headers=headers
+        ) as resp:
+            await resp.read()
+
+    await source.call(what, run)

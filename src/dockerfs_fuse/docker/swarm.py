@@ -14,11 +14,9 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import aiodocker
-
 from dockerfs_fuse.docker.bridge import Stream
 from dockerfs_fuse.docker.errors import NotFound, OutOfSequence
-from dockerfs_fuse.docker.queries import get_list, get_object
+from dockerfs_fuse.docker.queries import get_list, get_object, send
 from dockerfs_fuse.docker.source import DockerSource, Event
 from dockerfs_fuse.model.containers import could_name_an_object
 from dockerfs_fuse.model.swarm_ctl import Request, SwarmCommand, node_request, service_request
@@ -26,19 +24,6 @@ from dockerfs_fuse.model.swarm_ctl import Request, SwarmCommand, node_request, s
 log = logging.getLogger(__name__)
 
 UPDATE_ATTEMPTS = 3
-
-
-async def _send(source: DockerSource, what: str, request: Request) -> None:
-    body = None if request.body is None else json.dumps(request.body)
-    headers = {"Content-Type": "application/json"}
-
-    async def send(d: aiodocker.Docker) -> None:
-        async with d._query(
-            request.path, method=request.method, params=request.params, data=body, headers=headers
-        ) as resp:
-            await resp.read()
-
-    await source.call(what, send)
 
 
 def _ref(ref: str) -> str:
@@ -110,12 +95,12 @@ async def _control(
     """rm by reference; anything else an update of what a fresh read says, read
     again when someone else's update came in between."""
     if command.action == "rm":
-        await _send(source, f"{kind}/rm", Request("DELETE", f"{kind}/{_ref(ref)}"))
+        await send(source, f"{kind}/rm", Request("DELETE", f"{kind}/{_ref(ref)}"))
         return
     for attempt in range(1, UPDATE_ATTEMPTS + 1):
         current = await inspect(source, ref)
         try:
-            await _send(source, f"{kind}/update", request(current, command))
+            await send(source, f"{kind}/update", request(current, command))
             return
         except OutOfSequence:
             if attempt == UPDATE_ATTEMPTS:

@@ -16,13 +16,13 @@ import pyfuse3
 from dockerfs_fuse.engine.containers import EngineCache
 from dockerfs_fuse.engine.engines import Engines
 from dockerfs_fuse.engine.logs import LogSpools
-from dockerfs_fuse.fuse.errors import fail, refusal_reason
-from dockerfs_fuse.fuse.handles import Handle, HandleTable
+from dockerfs_fuse.fuse.errors import fail
+from dockerfs_fuse.fuse.handles import CommandHandle, HandleTable
 from dockerfs_fuse.fuse.invalidate import Invalidator
 from dockerfs_fuse.fuse.logs import Followers
 from dockerfs_fuse.fuse.wait import open_wait
 from dockerfs_fuse.model.containers import Special
-from dockerfs_fuse.model.ctl import BadCommand, Refusals, parse_command
+from dockerfs_fuse.model.ctl import Refusals, parse_command
 from dockerfs_fuse.model.inodes import Node
 
 log = logging.getLogger(__name__)
@@ -33,32 +33,22 @@ def inspect_text(info: object) -> bytes:
     return (json.dumps(info, indent=4, ensure_ascii=False) + "\n").encode()
 
 
-class CtlHandle(Handle):
+class CtlHandle(CommandHandle):
     """An open container `ctl`: each write is one command (model/ctl.py)."""
 
     def __init__(
         self, cache: EngineCache, cid: str, refusals: Refusals, invalidator: Invalidator
     ) -> None:
+        super().__init__(refusals, (cache.name, cid))
         self.cache = cache
         self.cid = cid
-        self.refusals = refusals
         self.invalidator = invalidator
 
-    async def write(self, off: int, buf: bytes) -> int:
-        try:
-            if off != 0:
-                # The rest of a write the kernel split, or a second write on one
-                # descriptor: never a whole command, so never run.
-                raise BadCommand(f"one command per open and write, at offset 0 (not {off})")
-            command = parse_command(buf)
-            log.info("ctl %s: %s %s", self.cid[:12], command.action, command.params or "")
-            await self.cache.control(self.cid, command)
-            await self.invalidator.told_kernel()  # `cat State` right after `stop` reads `exited`
-            return len(buf)
-        except Exception as exc:
-            # The writer gets an errno; its `err` file says why.
-            self.refusals.note((self.cache.name, self.cid), buf, refusal_reason(exc))
-            raise
+    async def run(self, command: bytes) -> None:
+        parsed = parse_command(command)
+        log.info("ctl %s: %s %s", self.cid[:12], parsed.action, parsed.params or "")
+        await self.cache.control(self.cid, parsed)
+        await self.invalidator.told_kernel()  # `cat State` right after `stop` reads `exited`
 
 
 class ContainerView:

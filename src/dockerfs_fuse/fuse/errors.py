@@ -17,10 +17,11 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 
 from dockerfs_fuse.docker.errors import (
+    AlreadyExists,
     BadRequest,
     Conflict,
     DockerProblem,
-    NameInUse,
+    Forbidden,
     NoSpace,
     NotFound,
 )
@@ -41,12 +42,14 @@ def errno_for(exc: BaseException) -> int:
         return exc.errno
     if isinstance(exc, NotFound):
         return errno.ENOENT
-    if isinstance(exc, NameInUse):
+    if isinstance(exc, AlreadyExists):
         return errno.EEXIST
     if isinstance(exc, NoSpace):
         return errno.ENOSPC
     if isinstance(exc, Conflict):
         return errno.EBUSY
+    if isinstance(exc, Forbidden):
+        return errno.EPERM
     if isinstance(exc, BadRequest | BadCommand):
         return errno.EINVAL
     if isinstance(exc, PathError):

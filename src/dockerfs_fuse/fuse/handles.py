@@ -7,11 +7,12 @@ release itself; the dispatcher finds it by number and hands the request on.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 import pyfuse3
 
-from dockerfs_fuse.fuse.errors import fail
+from dockerfs_fuse.fuse.errors import fail, refusal_reason
+from dockerfs_fuse.model.ctl import BadCommand, Refusals
 from dockerfs_fuse.model.inodes import Changes, Node
 
 
@@ -26,6 +27,31 @@ class Handle:
 
     def release(self) -> None:
         """The last descriptor of this open was closed."""
+
+
+class CommandHandle(Handle):
+    """An open `ctl`: each write is one whole command (`run`). A refused one
+    tells its writer an errno, and the object's `err` (`refusals`, under
+    `key`) says why."""
+
+    def __init__(self, refusals: Refusals, key: Hashable) -> None:
+        self.refusals = refusals
+        self.key = key
+
+    async def run(self, command: bytes) -> None:
+        raise NotImplementedError
+
+    async def write(self, off: int, buf: bytes) -> int:
+        try:
+            if off != 0:
+                # The rest of a write the kernel split, or a second write on one
+                # descriptor: never a whole command, so never run.
+                raise BadCommand(f"one command per open and write, at offset 0 (not {off})")
+            await self.run(buf)
+            return len(buf)
+        except Exception as exc:
+            self.refusals.note(self.key, buf, refusal_reason(exc))
+            raise
 
 
 class HandleTable:

@@ -3,7 +3,7 @@
 A dispatcher: each request finds its node in the table (model/inodes.py) and
 hands it to the view that owns it: containers.py (a container's ctl, inspect,
 top, stats, wait), swarm.py (--swarm), logs.py, files.py (a container's
-root/), objects.py (--view=engine's images, volumes, networks); plain files
+root/), objects.py (--view=engine's images, volumes, networks, projects); plain files
 are snapshots of the table. The engines (engine/) keep
 the table fresh; invalidate.py tells the kernel what changed; attrs.py says
 what stat sees; listings.py serves readdir; readonly.py refuses changes.
@@ -74,7 +74,7 @@ class DockerFS(ReadOnly):
             engines, self.handles, self.refusals, invalidator, self.followers
         )
         self.swarm = SwarmView(engines, self.handles, self.refusals)
-        self.objects = ObjectsView(engines)
+        self.objects = ObjectsView(engines, self.handles, self.refusals, invalidator)
         roots = ContainerRoots(engines, invalidator.apply)
         self.roots = RootView(roots, self.handles, self.kernel_cache)
         self.listings = Listings(engines, self.attrs, self.roots, invalidator)

@@ -12,36 +12,27 @@ from dockerfs_fuse.engine.engines import Engines
 from dockerfs_fuse.engine.logs import LogSpools
 from dockerfs_fuse.engine.swarm import SwarmCache
 from dockerfs_fuse.fuse.containers import inspect_text
-from dockerfs_fuse.fuse.errors import fail, refusal_reason
-from dockerfs_fuse.fuse.handles import Handle, HandleTable
+from dockerfs_fuse.fuse.errors import fail
+from dockerfs_fuse.fuse.handles import CommandHandle, HandleTable
 from dockerfs_fuse.model.containers import Special
-from dockerfs_fuse.model.ctl import BadCommand, Refusals
+from dockerfs_fuse.model.ctl import Refusals
 from dockerfs_fuse.model.inodes import Node
 
 log = logging.getLogger(__name__)
 
 
-class SwarmCtlHandle(Handle):
+class SwarmCtlHandle(CommandHandle):
     """An open service or node `ctl`: each write is one command (model/swarm_ctl.py)."""
 
     def __init__(self, swarm: SwarmCache, kind: str, oid: str, refusals: Refusals) -> None:
+        super().__init__(refusals, (swarm.name, kind, oid))
         self.swarm = swarm
         self.kind = kind
         self.oid = oid
-        self.refusals = refusals
 
-    async def write(self, off: int, buf: bytes) -> int:
-        try:
-            if off != 0:
-                # As for a container's ctl: never part of a command.
-                raise BadCommand(f"one command per open and write, at offset 0 (not {off})")
-            action = await self.swarm.control(self.kind, self.oid, buf)
-            log.info("ctl %s %s: %s", self.kind, self.oid[:12], action)
-            return len(buf)
-        except Exception as exc:
-            # The writer gets an errno; its `err` file says why.
-            self.refusals.note((self.swarm.name, self.kind, self.oid), buf, refusal_reason(exc))
-            raise
+    async def run(self, command: bytes) -> None:
+        action = await self.swarm.control(self.kind, self.oid, command)
+        log.info("ctl %s %s: %s", self.kind, self.oid[:12], action)
 
 
 class SwarmView:

@@ -29,10 +29,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any, TypeAlias
 
 from dockerfs_fuse.model.containers import (
+    LIVE,
     Link,
     Special,
+    Unlisted,
     container_id,
     escape_name,
+    live_link,
     named_entries,
     render,
 )
@@ -60,6 +63,15 @@ def _labels(labels: Any) -> _Dir:
 
 def _numbered(items: Any) -> _Dir:
     return {str(i): render(x) for i, x in enumerate(items)}
+
+
+def _with_ctl(spec: _Dir) -> Tree:
+    """An object's directory with its `ctl` (model/objects_ctl.py), a link into
+    the unlisted `.live/` so that a walk never opens it, and its `err`."""
+    spec["ctl"] = live_link(Special.CTL)
+    spec["err"] = Special.ERR
+    spec[LIVE] = Unlisted(ctl=Special.CTL)
+    return spec
 
 
 # -- images ---------------------------------------------------------------------------
@@ -90,7 +102,7 @@ def image_created(image: Obj) -> int:
 def image_spec(image: Obj) -> Tree:
     """The whole directory of one image."""
     size = image.get("Size")
-    return {
+    spec: _Dir = {
         "ID": render(image.get("Id") or ""),
         "RepoTags": _numbered(image_tags(image)),
         "RepoDigests": _numbered(image_digests(image)),
@@ -99,6 +111,7 @@ def image_spec(image: Obj) -> Tree:
         "Labels": _labels(image.get("Labels")),
         "inspect.json": Special.INSPECT,
     }
+    return _with_ctl(spec)
 
 
 def image_aliases(images: Iterable[Obj]) -> dict[str, str]:
@@ -114,7 +127,7 @@ def volume_name(volume: Obj) -> str:
 
 
 def volume_spec(volume: Obj) -> Tree:
-    return {
+    spec: _Dir = {
         "Name": render(volume.get("Name") or ""),
         "Driver": render(volume.get("Driver") or ""),
         "Mountpoint": render(volume.get("Mountpoint") or ""),
@@ -124,6 +137,7 @@ def volume_spec(volume: Obj) -> Tree:
         "Options": _labels(volume.get("Options")),
         "inspect.json": Special.INSPECT,
     }
+    return _with_ctl(spec)
 
 
 # -- networks ---------------------------------------------------------------------------
@@ -165,7 +179,7 @@ def subnets(network: Obj) -> list[str]:
 
 
 def network_spec(network: Obj) -> Tree:
-    return {
+    spec: _Dir = {
         "ID": render(network_id(network)),
         "Name": render(network.get("Name") or ""),
         "Driver": render(network.get("Driver") or ""),
@@ -175,6 +189,7 @@ def network_spec(network: Obj) -> Tree:
         "Labels": _labels(network.get("Labels")),
         "inspect.json": Special.INSPECT,
     }
+    return _with_ctl(spec)
 
 
 # -- compose projects -------------------------------------------------------------------
@@ -220,7 +235,7 @@ def project_spec(containers: Iterable[Obj]) -> Tree:
             entries[number] = Link(f"../../../../containers/{container_id(c)}")
     working_dir = next((w for c in containers if (w := _label(c, WORKING_DIR_LABEL))), "")
     config_files = next((f for c in containers if (f := _label(c, CONFIG_FILES_LABEL))), "")
-    return {
+    spec: _Dir = {
         "WorkingDir": render(working_dir),
         "ConfigFiles": render(config_files),
         "services": {
@@ -228,6 +243,7 @@ def project_spec(containers: Iterable[Obj]) -> Tree:
             for name, entries in sorted(services.items())
         },
     }
+    return _with_ctl(spec)
 
 
 def _created(c: Obj) -> int:

@@ -14,7 +14,7 @@ import aiodocker
 import aiohttp
 
 from dockerfs_fuse.docker.bridge import Stream
-from dockerfs_fuse.docker.errors import ApiError, Conflict, DockerProblem, AlreadyExists, NoSpace
+from dockerfs_fuse.docker.errors import AlreadyExists, ApiError, Conflict, DockerProblem, NoSpace
 from dockerfs_fuse.docker.source import DockerSource
 
 # A create answers once the engine has made its layer and config: longer

@@ -18,15 +18,14 @@ fresh, and costs nothing while nobody looks.
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from dockerfs_fuse.docker import objects as api
-from dockerfs_fuse.docker.errors import DockerProblem, NotFound
+from dockerfs_fuse.docker.errors import NotFound
 from dockerfs_fuse.docker.source import DockerSource
-from dockerfs_fuse.engine.refresh import MissLimiter, Refresher
+from dockerfs_fuse.engine.listed import ListedKinds, Lister
 from dockerfs_fuse.model.containers import NAME_MAX
 from dockerfs_fuse.model.inodes import NS, Changes, InodeTable, Node
 from dockerfs_fuse.model.objects import (
@@ -47,9 +46,7 @@ from dockerfs_fuse.model.objects import (
 )
 from dockerfs_fuse.model.swarm import Obj, Tree, unix_seconds
 
-log = logging.getLogger(__name__)
-
-_LISTS: Mapping[str, Callable[[DockerSource], Awaitable[list[dict[str, Any]]]]] = {
+_LISTS: Mapping[str, Lister] = {
     "images": api.list_images,
     "volumes": api.list_volumes,
     "networks": api.list_networks,
@@ -57,7 +54,7 @@ _LISTS: Mapping[str, Callable[[DockerSource], Awaitable[list[dict[str, Any]]]]] 
 }
 
 
-class ObjectsCache:
+class ObjectsCache(ListedKinds):
     """One engine's images, volumes, networks and projects under `top` in `table`."""
 
     def __init__(
@@ -70,93 +67,19 @@ class ObjectsCache:
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.name = name
-        self.source = source
-        self.table = table
-        self.top = top
-        self._on_changes = on_changes
-        self.dirs: dict[str, Node] = {kind: table.add_dir(kind, parent=top) for kind in KINDS}
-        self.kind_of = {node.inode: kind for kind, node in self.dirs.items()}
-        self.objects: dict[str, list[Obj]] = {kind: [] for kind in KINDS}
-        # Directory name -> what the engine is asked about it, per kind.
-        self._refs: dict[str, dict[str, str]] = {kind: {} for kind in KINDS}
-        self._aliases: dict[str, dict[str, str]] = {kind: {} for kind in KINDS}
-        self._refreshers = {kind: Refresher(self._fetcher(kind)) for kind in KINDS}
-        self._misses = MissLimiter[tuple[str, str]](clock=clock)
+        super().__init__(name, source, table, top, on_changes, _LISTS, clock=clock)
+        self._alias_names: dict[str, dict[str, str]] = {kind: {} for kind in KINDS}
 
-    def _fetcher(self, kind: str) -> Callable[[], Awaitable[list[Obj]]]:
-        call = _LISTS[kind]
+    def _rebuild(self, kind: str) -> None:
+        entries, refs, aliases = _entries(kind, self.objects[kind])
+        self._alias_names[kind] = aliases
+        self._publish({kind: entries}, {kind: refs})
 
-        async def fetch() -> list[Obj]:
-            return list(await call(self.source))
+    def _aliases(self, kind: str) -> Mapping[str, str]:
+        return self._alias_names[kind]
 
-        return fetch
-
-    # -- listings ------------------------------------------------------------------
-
-    async def refresh_dir(self, inode: int) -> None:
-        await self.refresh(self.kind_of[inode])
-
-    async def refresh(self, kind: str) -> None:
-        """List one kind again (one request) and rebuild its directory."""
-        found = await self._refreshers[kind].get()
-        if found == self.objects[kind]:
-            return
-        self.objects[kind] = found
-        entries, refs, aliases = _entries(kind, found)
-        changes = Changes()
-        self.table.set_objects(self.dirs[kind], entries, changes)
-        changes.removed += self.table.drop_aliases(self.dirs[kind]).removed
-        self._refs[kind] = refs
-        self._aliases[kind] = aliases
-        # The kernel keeps a listing it cached until the directory's mtime moves.
-        now = time.time_ns()
-        for inode in changes.changed:
-            node = self.table.get(inode) if inode in self.table else None
-            if node is not None and node.is_dir:
-                node.mtime_ns = max(now, node.mtime_ns + 1)
-        if changes:
-            self._on_changes(changes)
-
-    # -- names ---------------------------------------------------------------------
-
-    async def find(self, parent: Node, name: str) -> Node | None:
-        """An entry of one of the four directories, or an unlisted alias (a tag,
-        a network's ID); a name nobody listed lists its kind again, at most
-        once a second per name."""
-        kind = self.kind_of[parent.inode]
-        node = self._lookup(kind, name)
-        if node is not None or len(name.encode()) > NAME_MAX or name in (".", ".."):
-            return node
-        if not self._misses.may_ask((kind, name)):
-            return None
-        try:
-            await self.refresh(kind)
-        except DockerProblem as exc:
-            log.debug("%s: lookup of %s/%s: %s", self.name, kind, name, exc)
-            return None
-        return self._lookup(kind, name)
-
-    def _lookup(self, kind: str, name: str) -> Node | None:
-        parent = self.dirs[kind]
-        node = self.table.lookup(parent, name)
-        if node is not None:
-            return node
-        target = self._aliases[kind].get(name)
-        return self.table.link(name, target, parent) if target else None
-
-    def locate(self, node: Node) -> tuple[str, str]:
-        """(kind, what the engine is asked) of the object a node is inside of."""
-        n: Node | None = node
-        while n is not None and n.parent is not None and n.parent.inode not in self.kind_of:
-            n = n.parent
-        if n is None or n.parent is None or n.gone:
-            raise NotFound("no longer listed")
-        kind = self.kind_of[n.parent.inode]
-        ref = self._refs[kind].get(n.name)
-        if ref is None:
-            raise NotFound(f"{kind}/{n.name} is no longer listed")
-        return kind, ref
+    def _may_name(self, name: str) -> bool:
+        return len(name.encode()) <= NAME_MAX and name not in (".", "..")
 
     async def inspect(self, kind: str, ref: str) -> dict[str, Any]:
         """What `inspect.json` shows: one request per open."""

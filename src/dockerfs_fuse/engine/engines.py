@@ -62,6 +62,7 @@ class Engines:
         # --view=engine: each engine's images/, volumes/, networks/ and
         # projects/, by the inodes of those directories.
         self.object_lists: dict[int, ObjectsCache] = {}
+        self.object_tops: list[ObjectsCache] = []
         self.exit_waits = ExitWaits()
         for name, source in sources.items():
             top = self.table.add_dir(name) if self.several else self.table.root
@@ -76,6 +77,7 @@ class Engines:
                 engine_top, top = top, self.table.add_dir("containers", parent=top)
                 objects = ObjectsCache(name, source, self.table, engine_top, on_changes)
                 self.object_lists.update(dict.fromkeys(objects.kind_of, objects))
+                self.object_tops.append(objects)
             self.caches[top.inode] = EngineCache(
                 name,
                 source,
@@ -134,7 +136,8 @@ class Engines:
         """The contract: reading an engine's containers (the root with one
         engine and the default view) refreshes them, and reading a Swarm's
         services/, nodes/ or tasks/, or the engine view's images/, volumes/,
-        networks/ or projects/, re-reads that list. The root of several
+        networks/ or projects/, re-reads that list; reading an object's
+        Containers/ or UsedBy/ lists every container. The root of several
         engines lists them and asks none. Whether an engine was asked."""
         cache = self.caches.get(inode)
         if cache is not None:
@@ -142,13 +145,26 @@ class Engines:
             return True
         lister = self.swarm_lists.get(inode) or self.object_lists.get(inode)
         if lister is None:
-            return False
+            links = self._links_of(inode)
+            if links is None:
+                return False
+            await links.refresh_links()
+            return True
         await lister.refresh_dir(inode)
         return True
 
     def lists_on_read(self, inode: int) -> bool:
         """Whether reading this directory asks its engine (refresh_listing)."""
-        return inode in self.caches or inode in self.swarm_lists or inode in self.object_lists
+        return (
+            inode in self.caches
+            or inode in self.swarm_lists
+            or inode in self.object_lists
+            or self._links_of(inode) is not None
+        )
+
+    def _links_of(self, inode: int) -> ObjectsCache | None:
+        """The engine view whose Containers/ or UsedBy/ directory this is."""
+        return next((o for o in self.object_tops if o.lists_links(inode)), None)
 
     def objects_of(self, node: Node) -> ObjectsCache | None:
         """The engine view's cache of the image, volume, network or project a node is in."""

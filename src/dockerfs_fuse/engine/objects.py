@@ -10,7 +10,10 @@ list, and the inode table's entries for them. Policy, as the contract says:
 - a name nobody listed (a tag, a volume made since) lists its kind again,
   at most once a second per name (MissLimiter);
 - files are snapshots of the last listing, as a container's are;
-  `inspect.json` asks the engine once per open.
+  `inspect.json` and an image's `history.json` ask the engine once per open;
+- an image's or network's Containers/ and a volume's UsedBy/ (model/users.py)
+  come from one list of every container, asked when one of them is read, and
+  not when a kind is listed.
 
 No event stream: a listing per read of the directory is what keeps these
 fresh, and costs nothing while nobody looks.
@@ -26,6 +29,7 @@ from dockerfs_fuse.docker import objects as api
 from dockerfs_fuse.docker.errors import NotFound
 from dockerfs_fuse.docker.source import DockerSource
 from dockerfs_fuse.engine.listed import ListedKinds, Lister
+from dockerfs_fuse.engine.refresh import Refresher
 from dockerfs_fuse.model.containers import NAME_MAX
 from dockerfs_fuse.model.inodes import NS, Changes, InodeTable, Node
 from dockerfs_fuse.model.objects import (
@@ -45,6 +49,7 @@ from dockerfs_fuse.model.objects import (
     volume_spec,
 )
 from dockerfs_fuse.model.swarm import Obj, Tree, unix_seconds
+from dockerfs_fuse.model.users import LINK_DIRS, Users, network_users, users, with_links
 
 _LISTS: Mapping[str, Lister] = {
     "images": api.list_images,
@@ -69,11 +74,38 @@ class ObjectsCache(ListedKinds):
     ) -> None:
         super().__init__(name, source, table, top, on_changes, _LISTS, clock=clock)
         self._alias_names: dict[str, dict[str, str]] = {kind: {} for kind in KINDS}
+        # The cross links: one container list, asked when a link directory is read.
+        self._user_list = Refresher(self._fetcher(api.list_users))
+        self._user_answer: list[Obj] = []
+        self._users = Users()
+        self._link_dirs: dict[str, set[int]] = {kind: set() for kind in LINK_DIRS}
 
     def _rebuild(self, kind: str) -> None:
-        entries, refs, aliases = _entries(kind, self.objects[kind])
+        entries, refs, aliases = _entries(kind, self.objects[kind], self._users)
         self._alias_names[kind] = aliases
         self._publish({kind: entries}, {kind: refs})
+        if kind in LINK_DIRS:
+            self._link_dirs[kind] = {
+                d.inode
+                for o in (self.dirs[kind].children or {}).values()
+                if (d := (o.children or {}).get(LINK_DIRS[kind])) is not None
+            }
+
+    # -- cross links ----------------------------------------------------------------
+
+    def lists_links(self, inode: int) -> bool:
+        """Whether a directory is an image's or network's Containers/ or a volume's UsedBy/."""
+        return any(inode in dirs for dirs in self._link_dirs.values())
+
+    async def refresh_links(self) -> None:
+        """List every container (one request) and rebuild the link directories."""
+        found = list(await self._user_list.get())
+        if found == self._user_answer:
+            return
+        self._user_answer = found
+        self._users = users(found)
+        for kind in LINK_DIRS:
+            self._rebuild(kind)
 
     def _aliases(self, kind: str) -> Mapping[str, str]:
         return self._alias_names[kind]
@@ -91,22 +123,41 @@ class ObjectsCache(ListedKinds):
             return await api.inspect_network(self.source, ref)
         raise NotFound(f"a {kind[:-1]} has no inspect.json")
 
+    async def history(self, kind: str, ref: str) -> list[dict[str, Any]]:
+        """What an image's `history.json` shows: one request per open."""
+        if kind != "images":
+            raise NotFound(f"a {kind[:-1]} has no history.json")
+        return await api.image_history(self.source, ref)
+
 
 def _entries(
-    kind: str, found: list[Obj]
+    kind: str, found: list[Obj], used: Users
 ) -> tuple[dict[str, tuple[int, Tree]], dict[str, str], dict[str, str]]:
-    """(name -> (mtime, contents), name -> engine reference, alias -> name) of one list."""
+    """(name -> (mtime, contents), name -> engine reference, alias -> name) of
+    one list, with the links of the containers that use each object."""
     if kind == "images":
         images = [i for i in found if image_id(i)]
         return (
-            {image_id(i): (image_created(i) * NS, image_spec(i)) for i in images},
+            {
+                image_id(i): (
+                    image_created(i) * NS,
+                    with_links(image_spec(i), kind, used.images.get(image_id(i), ())),
+                )
+                for i in images
+            },
             {image_id(i): image_id(i) for i in images},
             image_aliases(images),
         )
     if kind == "volumes":
         volumes = [v for v in found if volume_name(v) and v.get("Name")]
         return (
-            {volume_name(v): (_time(v, "CreatedAt"), volume_spec(v)) for v in volumes},
+            {
+                volume_name(v): (
+                    _time(v, "CreatedAt"),
+                    with_links(volume_spec(v), kind, used.volumes.get(str(v["Name"]), ())),
+                )
+                for v in volumes
+            },
             {volume_name(v): str(v["Name"]) for v in volumes},
             {},
         )
@@ -114,7 +165,17 @@ def _entries(
         networks = [n for n in found if network_id(n)]
         names = network_names(networks)
         return (
-            {names[network_id(n)]: (_time(n, "Created"), network_spec(n)) for n in networks},
+            {
+                names[network_id(n)]: (
+                    _time(n, "Created"),
+                    with_links(
+                        network_spec(n),
+                        kind,
+                        network_users(used, network_id(n), str(n.get("Name") or "")),
+                    ),
+                )
+                for n in networks
+            },
             {names[network_id(n)]: network_id(n) for n in networks},
             network_aliases(networks),
         )

@@ -31,6 +31,7 @@ class Special(enum.Enum):
     LOGS = "logs"
     FOLLOW = "logs.follow"
     INSPECT = "inspect.json"
+    HISTORY = "history.json"
     ROOT = "root"
     TOP = "top"
     STATS = "stats"

@@ -10,11 +10,12 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Engine, Mount
 from support.private_dockerd import IMAGE
-from test_engine_view import lines, suffix, view
+from test_engine_view import lines, settled, suffix, view
 
 # The fixtures this module shares with test_engine_view.py.
 __all__ = ["suffix", "view"]
@@ -183,9 +184,12 @@ def test_the_built_in_networks_list_their_containers(engine: Engine, view: Mount
         assert_links(top / name / "Containers", expected)
 
 
-def test_what_each_listing_asks(engine: Engine, view: Mount, volume: str) -> None:
+def test_what_each_listing_asks(engine: Engine, mount_factory: Any, volume: str) -> None:
     engine.run("-v", f"{volume}:/data", IMAGE, "sleep", "1d")
     image = image_of(engine, IMAGE)
+    # Mounted after the container started: no event of it moves the counters.
+    view = mount_factory(engine.host, "--view=engine")
+    settled(view)
 
     def asked() -> dict[str, int]:
         return dict(view.stats()["requests"])

@@ -4,7 +4,7 @@ One engine: its view is the root. Several: the root holds one directory per
 engine, each the one-engine tree. The view (VIEWS) says what that tree is:
 its containers (the default); its cluster (services/, nodes/, tasks/), as
 --swarm; or the whole engine (containers/, images/, volumes/, networks/,
-projects/).
+projects/, and swarm/ holding the cluster view).
 This is what the adapter asks which engine owns a node, and how reading a
 directory reaches the engine behind it.
 """
@@ -78,6 +78,10 @@ class Engines:
                 objects = ObjectsCache(name, source, self.table, engine_top, on_changes)
                 self.object_lists.update(dict.fromkeys(objects.kind_of, objects))
                 self.object_tops.append(objects)
+                swarm_top = self.table.add_dir("swarm", parent=engine_top)
+                cluster = SwarmCache(name, source, self.table, swarm_top, on_changes, optional=True)
+                self.swarms[swarm_top.inode] = cluster
+                self.swarm_lists.update(dict.fromkeys(cluster.kind_of, cluster))
             self.caches[top.inode] = EngineCache(
                 name,
                 source,
@@ -184,7 +188,10 @@ class Engines:
     def stats(self) -> dict[str, Any]:
         """Each engine's request counters and the like, by engine name."""
         engines = {cache.name: cache.stats() for cache in self.caches.values()}
-        engines.update((view.name, view.stats()) for view in self.swarms.values())
+        # An engine view's swarm/ counts in its engine's own entry.
+        engines.update(
+            (view.name, view.stats()) for view in self.swarms.values() if not view.optional
+        )
         return engines
 
     def log_spool_count(self) -> int:

@@ -33,7 +33,7 @@ import trio
 
 from dockerfs_fuse.docker import swarm as api
 from dockerfs_fuse.docker.bridge import Stream
-from dockerfs_fuse.docker.errors import DockerProblem, NotFound
+from dockerfs_fuse.docker.errors import DockerProblem, NotFound, NotManager
 from dockerfs_fuse.docker.source import DockerSource, Event
 from dockerfs_fuse.engine.containers import ATTR_TIMEOUT, FALLBACK_TIMEOUT, MAX_LOG_SPOOLS
 from dockerfs_fuse.engine.listed import ListedKinds, Lister
@@ -90,8 +90,13 @@ class SwarmCache(ListedKinds):
         table: InodeTable,
         top: Node,
         on_changes: Callable[[Changes], None],
+        *,
+        optional: bool = False,
     ) -> None:
         super().__init__(name, source, table, top, on_changes, _LISTS)
+        # The engine view's swarm/: on an engine that manages no cluster it
+        # lists nothing and follows no events, instead of failing.
+        self.optional = optional
         self.attr_timeout = ATTR_TIMEOUT
         self.events_up = False
         self._pending: set[str] = set()
@@ -99,6 +104,16 @@ class SwarmCache(ListedKinds):
         self._busy_until = 0.0
         # services/<name>/logs: spooled as a container's logs are, by directory name.
         self.logs = LogSpools(self._stream_logs, self._service_listed, MAX_LOG_SPOOLS)
+
+    async def refresh(self, kind: str) -> None:
+        try:
+            await super().refresh(kind)
+        except (NotManager, NotFound):  # a worker; an engine with no Swarm API (Podman)
+            if not self.optional:
+                raise
+            if self.objects[kind]:  # it managed one, and no longer does
+                self.objects[kind] = []
+                self._rebuild()
 
     def _kept(self, kind: str, found: list[Obj]) -> list[Obj]:
         return [o for o in found if object_id(o)]
@@ -188,6 +203,14 @@ class SwarmCache(ListedKinds):
         except DockerProblem as exc:
             local = {}
             log.warning("%s: cannot ask whether this engine manages a swarm: %s", self.name, exc)
+        if self.optional and not local.get("ControlAvailable"):
+            log.info(
+                "%s: not a swarm manager (swarm state %r): swarm/ lists nothing and "
+                "follows no events",
+                self.name,
+                local.get("LocalNodeState") or "unknown",
+            )
+            return
         if local and not local.get("ControlAvailable"):
             log.warning(
                 "%s: this engine is not a swarm manager (swarm state %r): its cluster "

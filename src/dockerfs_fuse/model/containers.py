@@ -78,6 +78,10 @@ BEHIND_LINKS = frozenset(
     }
 )
 
+# A container directory's special entries, in listing order (the others
+# belong to other objects: an image's history.json).
+CONTAINER_SPECIALS = tuple(s for s in Special if s is not Special.HISTORY)
+
 # Each container directory, in listing order. The sub-directories are fixed,
 # which lets the inode table give a container directory its link count
 # without building it.
@@ -304,7 +308,7 @@ def container_spec(c: Container) -> Spec:
         else {}
     )
     live = Unlisted()
-    for special in Special:
+    for special in CONTAINER_SPECIALS:
         if special in BEHIND_LINKS:
             spec[special.value] = live_link(special)
             live[special.value] = special

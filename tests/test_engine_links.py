@@ -177,7 +177,11 @@ def test_the_built_in_networks_list_their_containers(engine: Engine, view: Mount
     none = engine.run(IMAGE, "sleep", "1d")
     host = run_on(engine, "host", IMAGE, "sleep", "1d")
     top = view.path / "networks"
-    assert {"host", "none"} <= set(os.listdir(top))
+    listed = set(os.listdir(top))
+    assert {"host", "none"} <= listed
+    # Every network the CLI lists by ID reaches its directory by that ID.
+    ids = lines(engine.docker("network", "ls", "-q", "--no-trunc"))
+    assert {os.readlink(top / nid) for nid in ids} == listed
     for name, cid in (("none", none), ("host", host)):
         expected = ps_all(engine, f"network={name}")
         assert cid in expected

@@ -76,7 +76,6 @@ class ObjectsCache(ListedKinds):
         self._alias_names: dict[str, dict[str, str]] = {kind: {} for kind in KINDS}
         # The cross links: one container list, asked when a link directory is read.
         self._user_list = Refresher(self._fetcher(api.list_users))
-        self._user_answer: list[Obj] = []
         self._users = Users()
         self._link_dirs: dict[str, set[int]] = {kind: set() for kind in LINK_DIRS}
 
@@ -99,11 +98,12 @@ class ObjectsCache(ListedKinds):
 
     async def refresh_links(self) -> None:
         """List every container (one request) and rebuild the link directories."""
-        found = list(await self._user_list.get())
-        if found == self._user_answer:
+        # Compared by who uses what: the answer itself changes with every
+        # call (a container's Status says how long it has been up).
+        found = users(await self._user_list.get())
+        if found == self._users:
             return
-        self._user_answer = found
-        self._users = users(found)
+        self._users = found
         for kind in LINK_DIRS:
             self._rebuild(kind)
 

@@ -20,7 +20,7 @@ from support.waiting import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 
-TOP = ["containers", "images", "volumes", "networks", "projects"]
+TOP = ["containers", "images", "volumes", "networks", "projects", "swarm"]
 # A bound for a walk of a small engine: it ends a walk that blocks, it does not time one.
 WALK_BOUND = 60.0
 
@@ -50,7 +50,7 @@ def lines(text: str) -> set[str]:
     return {line.strip() for line in text.splitlines() if line.strip()}
 
 
-def test_root_holds_the_five_directories(view: Mount) -> None:
+def test_root_holds_the_six_directories(view: Mount) -> None:
     assert os.listdir(view.path) == TOP
     for name in TOP:
         assert (view.path / name).is_dir()
@@ -215,6 +215,8 @@ def test_a_walk_of_the_whole_view_finishes(
     # find opens no file: no inspect, logs, stats or archive was asked for.
     asked = {k for k in after if after[k] != before.get(k, 0)}
     lists = {"containers/json", "containers/json?filters", "images", "volumes", "networks"}
+    lists |= {"users"}  # each Containers/ or UsedBy/ read lists every container
+    lists |= {"services", "nodes", "tasks"}  # swarm/, refused by an engine in no swarm
     assert asked <= {*lists, "projects"}, asked
 
 

@@ -11,8 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
+from dockerfs_fuse.docker.errors import NotManager
 from dockerfs_fuse.engine.swarm import SwarmCache, settled
 from dockerfs_fuse.model.inodes import Changes, InodeTable, Kind
 
@@ -30,7 +32,10 @@ class FakeDocker:
         self.answers = {k: load(k) for k in ("services", "nodes", "tasks")}
 
     async def _query_json(self, path: str, method: str = "GET", params: Any = None) -> Any:
-        return copy.deepcopy(self.answers[path])
+        answer = self.answers[path]
+        if isinstance(answer, Exception):
+            raise answer
+        return copy.deepcopy(answer)
 
 
 class FakeSource:
@@ -143,3 +148,23 @@ def test_settled() -> None:
     starting = copy.deepcopy(web_tasks)
     starting[0]["Status"]["State"] = "starting"
     assert not settled(web, starting)
+
+
+def test_an_optional_cluster_view_lists_nothing_when_its_engine_manages_none() -> None:
+    """The engine view's swarm/: a refusal (NotManager) is an empty listing
+    there, and the error it always was in the swarm view."""
+    cache, source, _ = make()
+    table = InodeTable()
+    optional = SwarmCache("local", source, table, table.root, [].append, optional=True)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        await listed(optional)
+        assert table.children(optional.dirs["services"])
+        refusal = NotManager("This node is not a swarm manager.")
+        source.docker.answers = collections.defaultdict(lambda: refusal)
+        await optional.refresh("services")
+        assert table.children(optional.dirs["services"]) == {}
+        with pytest.raises(NotManager):
+            await cache.refresh("services")
+
+    trio.run(main)

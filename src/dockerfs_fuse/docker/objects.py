@@ -60,6 +60,17 @@ async def inspect_network(source: DockerSource, network_id: str) -> dict[str, An
     return await get_object(source, "networks/inspect", f"networks/{_ref(network_id)}")
 
 
+async def list_users(source: DockerSource) -> list[dict[str, Any]]:
+    """One `GET /containers/json?all=1`: every container, stopped ones too, with
+    the image, volumes and networks it uses (the engine view's cross links)."""
+    return await get_list(source, "users", "containers/json", {"all": "1"})
+
+
+async def image_history(source: DockerSource, image_id: str) -> list[dict[str, Any]]:
+    """`GET /images/<id>/history`: the image's layers, newest first."""
+    return await get_list(source, "images/history", f"images/{_ref(image_id)}/history")
+
+
 # -- control (model/objects_ctl.py) ------------------------------------------------------
 
 

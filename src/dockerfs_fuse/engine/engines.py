@@ -4,7 +4,7 @@ One engine: its view is the root. Several: the root holds one directory per
 engine, each the one-engine tree. The view (VIEWS) says what that tree is:
 its containers (the default); its cluster (services/, nodes/, tasks/), as
 --swarm; or the whole engine (containers/, images/, volumes/, networks/,
-projects/).
+projects/, and swarm/ holding the cluster view).
 This is what the adapter asks which engine owns a node, and how reading a
 directory reaches the engine behind it.
 """
@@ -64,6 +64,7 @@ class Engines:
         # --view=engine: each engine's images/, volumes/, networks/ and
         # projects/, by the inodes of those directories.
         self.object_lists: dict[int, ObjectsCache] = {}
+        self.object_tops: list[ObjectsCache] = []
         self.exit_waits = ExitWaits()
         # --view=engine: the clone file of each engine's containers/, images/,
         # volumes/ and networks/.
@@ -81,6 +82,11 @@ class Engines:
                 engine_top, top = top, self.table.add_dir("containers", parent=top)
                 objects = ObjectsCache(name, source, self.table, engine_top, on_changes)
                 self.object_lists.update(dict.fromkeys(objects.kind_of, objects))
+                self.object_tops.append(objects)
+                swarm_top = self.table.add_dir("swarm", parent=engine_top)
+                cluster = SwarmCache(name, source, self.table, swarm_top, on_changes, optional=True)
+                self.swarms[swarm_top.inode] = cluster
+                self.swarm_lists.update(dict.fromkeys(cluster.kind_of, cluster))
             cache = self.caches[top.inode] = EngineCache(
                 name,
                 source,
@@ -144,7 +150,8 @@ class Engines:
         """The contract: reading an engine's containers (the root with one
         engine and the default view) refreshes them, and reading a Swarm's
         services/, nodes/ or tasks/, or the engine view's images/, volumes/,
-        networks/ or projects/, re-reads that list. The root of several
+        networks/ or projects/, re-reads that list; reading an object's
+        Containers/ or UsedBy/ lists every container. The root of several
         engines lists them and asks none. Whether an engine was asked."""
         cache = self.caches.get(inode)
         if cache is not None:
@@ -152,13 +159,26 @@ class Engines:
             return True
         lister = self.swarm_lists.get(inode) or self.object_lists.get(inode)
         if lister is None:
-            return False
+            links = self._links_of(inode)
+            if links is None:
+                return False
+            await links.refresh_links()
+            return True
         await lister.refresh_dir(inode)
         return True
 
     def lists_on_read(self, inode: int) -> bool:
         """Whether reading this directory asks its engine (refresh_listing)."""
-        return inode in self.caches or inode in self.swarm_lists or inode in self.object_lists
+        return (
+            inode in self.caches
+            or inode in self.swarm_lists
+            or inode in self.object_lists
+            or self._links_of(inode) is not None
+        )
+
+    def _links_of(self, inode: int) -> ObjectsCache | None:
+        """The engine view whose Containers/ or UsedBy/ directory this is."""
+        return next((o for o in self.object_tops if o.lists_links(inode)), None)
 
     def objects_of(self, node: Node) -> ObjectsCache | None:
         """The engine view's cache of the image, volume, network or project a node is in."""
@@ -178,7 +198,10 @@ class Engines:
     def stats(self) -> dict[str, Any]:
         """Each engine's request counters and the like, by engine name."""
         engines = {cache.name: cache.stats() for cache in self.caches.values()}
-        engines.update((view.name, view.stats()) for view in self.swarms.values())
+        # An engine view's swarm/ counts in its engine's own entry.
+        engines.update(
+            (view.name, view.stats()) for view in self.swarms.values() if not view.optional
+        )
         return engines
 
     def log_spool_count(self) -> int:

@@ -10,7 +10,10 @@ list, and the inode table's entries for them. Policy, as the contract says:
 - a name nobody listed (a tag, a volume made since) lists its kind again,
   at most once a second per name (MissLimiter);
 - files are snapshots of the last listing, as a container's are;
-  `inspect.json` asks the engine once per open.
+  `inspect.json` and an image's `history.json` ask the engine once per open;
+- an image's or network's Containers/ and a volume's UsedBy/ (model/users.py)
+  come from one list of every container, asked when one of them is read, and
+  not when a kind is listed.
 
 No event stream: a listing per read of the directory is what keeps these
 fresh, and costs nothing while nobody looks.
@@ -18,15 +21,15 @@ fresh, and costs nothing while nobody looks.
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from dockerfs_fuse.docker import objects as api
-from dockerfs_fuse.docker.errors import DockerProblem, NotFound
+from dockerfs_fuse.docker.errors import NotFound
 from dockerfs_fuse.docker.source import DockerSource
-from dockerfs_fuse.engine.refresh import MissLimiter, Refresher
+from dockerfs_fuse.engine.listed import ListedKinds, Lister
+from dockerfs_fuse.engine.refresh import Refresher
 from dockerfs_fuse.model.containers import NAME_MAX
 from dockerfs_fuse.model.inodes import NS, Changes, InodeTable, Node
 from dockerfs_fuse.model.objects import (
@@ -46,10 +49,9 @@ from dockerfs_fuse.model.objects import (
     volume_spec,
 )
 from dockerfs_fuse.model.swarm import Obj, Tree, unix_seconds
+from dockerfs_fuse.model.users import LINK_DIRS, Users, network_users, users, with_links
 
-log = logging.getLogger(__name__)
-
-_LISTS: Mapping[str, Callable[[DockerSource], Awaitable[list[dict[str, Any]]]]] = {
+_LISTS: Mapping[str, Lister] = {
     "images": api.list_images,
     "volumes": api.list_volumes,
     "networks": api.list_networks,
@@ -57,7 +59,7 @@ _LISTS: Mapping[str, Callable[[DockerSource], Awaitable[list[dict[str, Any]]]]] 
 }
 
 
-class ObjectsCache:
+class ObjectsCache(ListedKinds):
     """One engine's images, volumes, networks and projects under `top` in `table`."""
 
     def __init__(
@@ -70,93 +72,46 @@ class ObjectsCache:
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.name = name
-        self.source = source
-        self.table = table
-        self.top = top
-        self._on_changes = on_changes
-        self.dirs: dict[str, Node] = {kind: table.add_dir(kind, parent=top) for kind in KINDS}
-        self.kind_of = {node.inode: kind for kind, node in self.dirs.items()}
-        self.objects: dict[str, list[Obj]] = {kind: [] for kind in KINDS}
-        # Directory name -> what the engine is asked about it, per kind.
-        self._refs: dict[str, dict[str, str]] = {kind: {} for kind in KINDS}
-        self._aliases: dict[str, dict[str, str]] = {kind: {} for kind in KINDS}
-        self._refreshers = {kind: Refresher(self._fetcher(kind)) for kind in KINDS}
-        self._misses = MissLimiter[tuple[str, str]](clock=clock)
+        super().__init__(name, source, table, top, on_changes, _LISTS, clock=clock)
+        self._alias_names: dict[str, dict[str, str]] = {kind: {} for kind in KINDS}
+        # The cross links: one container list, asked when a link directory is read.
+        self._user_list = Refresher(self._fetcher(api.list_users))
+        self._users = Users()
+        self._link_dirs: dict[str, set[int]] = {kind: set() for kind in LINK_DIRS}
 
-    def _fetcher(self, kind: str) -> Callable[[], Awaitable[list[Obj]]]:
-        call = _LISTS[kind]
+    def _rebuild(self, kind: str) -> None:
+        entries, refs, aliases = _entries(kind, self.objects[kind], self._users)
+        self._alias_names[kind] = aliases
+        self._publish({kind: entries}, {kind: refs})
+        if kind in LINK_DIRS:
+            self._link_dirs[kind] = {
+                d.inode
+                for o in (self.dirs[kind].children or {}).values()
+                if (d := (o.children or {}).get(LINK_DIRS[kind])) is not None
+            }
 
-        async def fetch() -> list[Obj]:
-            return list(await call(self.source))
+    # -- cross links ----------------------------------------------------------------
 
-        return fetch
+    def lists_links(self, inode: int) -> bool:
+        """Whether a directory is an image's or network's Containers/ or a volume's UsedBy/."""
+        return any(inode in dirs for dirs in self._link_dirs.values())
 
-    # -- listings ------------------------------------------------------------------
-
-    async def refresh_dir(self, inode: int) -> None:
-        await self.refresh(self.kind_of[inode])
-
-    async def refresh(self, kind: str) -> None:
-        """List one kind again (one request) and rebuild its directory."""
-        found = await self._refreshers[kind].get()
-        if found == self.objects[kind]:
+    async def refresh_links(self) -> None:
+        """List every container (one request) and rebuild the link directories."""
+        # Compared by who uses what: the answer itself changes with every
+        # call (a container's Status says how long it has been up).
+        found = users(await self._user_list.get())
+        if found == self._users:
             return
-        self.objects[kind] = found
-        entries, refs, aliases = _entries(kind, found)
-        changes = Changes()
-        self.table.set_objects(self.dirs[kind], entries, changes)
-        changes.removed += self.table.drop_aliases(self.dirs[kind]).removed
-        self._refs[kind] = refs
-        self._aliases[kind] = aliases
-        # The kernel keeps a listing it cached until the directory's mtime moves.
-        now = time.time_ns()
-        for inode in changes.changed:
-            node = self.table.get(inode) if inode in self.table else None
-            if node is not None and node.is_dir:
-                node.mtime_ns = max(now, node.mtime_ns + 1)
-        if changes:
-            self._on_changes(changes)
+        self._users = found
+        for kind in LINK_DIRS:
+            self._rebuild(kind)
 
-    # -- names ---------------------------------------------------------------------
+    def _aliases(self, kind: str) -> Mapping[str, str]:
+        return self._alias_names[kind]
 
-    async def find(self, parent: Node, name: str) -> Node | None:
-        """An entry of one of the four directories, or an unlisted alias (a tag,
-        a network's ID); a name nobody listed lists its kind again, at most
-        once a second per name."""
-        kind = self.kind_of[parent.inode]
-        node = self._lookup(kind, name)
-        if node is not None or len(name.encode()) > NAME_MAX or name in (".", ".."):
-            return node
-        if not self._misses.may_ask((kind, name)):
-            return None
-        try:
-            await self.refresh(kind)
-        except DockerProblem as exc:
-            log.debug("%s: lookup of %s/%s: %s", self.name, kind, name, exc)
-            return None
-        return self._lookup(kind, name)
-
-    def _lookup(self, kind: str, name: str) -> Node | None:
-        parent = self.dirs[kind]
-        node = self.table.lookup(parent, name)
-        if node is not None:
-            return node
-        target = self._aliases[kind].get(name)
-        return self.table.link(name, target, parent) if target else None
-
-    def locate(self, node: Node) -> tuple[str, str]:
-        """(kind, what the engine is asked) of the object a node is inside of."""
-        n: Node | None = node
-        while n is not None and n.parent is not None and n.parent.inode not in self.kind_of:
-            n = n.parent
-        if n is None or n.parent is None or n.gone:
-            raise NotFound("no longer listed")
-        kind = self.kind_of[n.parent.inode]
-        ref = self._refs[kind].get(n.name)
-        if ref is None:
-            raise NotFound(f"{kind}/{n.name} is no longer listed")
-        return kind, ref
+    def _may_name(self, name: str) -> bool:
+        return len(name.encode()) <= NAME_MAX and name not in (".", "..")
 
     async def inspect(self, kind: str, ref: str) -> dict[str, Any]:
         """What `inspect.json` shows: one request per open."""
@@ -168,22 +123,41 @@ class ObjectsCache:
             return await api.inspect_network(self.source, ref)
         raise NotFound(f"a {kind[:-1]} has no inspect.json")
 
+    async def history(self, kind: str, ref: str) -> list[dict[str, Any]]:
+        """What an image's `history.json` shows: one request per open."""
+        if kind != "images":
+            raise NotFound(f"a {kind[:-1]} has no history.json")
+        return await api.image_history(self.source, ref)
+
 
 def _entries(
-    kind: str, found: list[Obj]
+    kind: str, found: list[Obj], used: Users
 ) -> tuple[dict[str, tuple[int, Tree]], dict[str, str], dict[str, str]]:
-    """(name -> (mtime, contents), name -> engine reference, alias -> name) of one list."""
+    """(name -> (mtime, contents), name -> engine reference, alias -> name) of
+    one list, with the links of the containers that use each object."""
     if kind == "images":
         images = [i for i in found if image_id(i)]
         return (
-            {image_id(i): (image_created(i) * NS, image_spec(i)) for i in images},
+            {
+                image_id(i): (
+                    image_created(i) * NS,
+                    with_links(image_spec(i), kind, used.images.get(image_id(i), ())),
+                )
+                for i in images
+            },
             {image_id(i): image_id(i) for i in images},
             image_aliases(images),
         )
     if kind == "volumes":
         volumes = [v for v in found if volume_name(v) and v.get("Name")]
         return (
-            {volume_name(v): (_time(v, "CreatedAt"), volume_spec(v)) for v in volumes},
+            {
+                volume_name(v): (
+                    _time(v, "CreatedAt"),
+                    with_links(volume_spec(v), kind, used.volumes.get(str(v["Name"]), ())),
+                )
+                for v in volumes
+            },
             {volume_name(v): str(v["Name"]) for v in volumes},
             {},
         )
@@ -191,7 +165,17 @@ def _entries(
         networks = [n for n in found if network_id(n)]
         names = network_names(networks)
         return (
-            {names[network_id(n)]: (_time(n, "Created"), network_spec(n)) for n in networks},
+            {
+                names[network_id(n)]: (
+                    _time(n, "Created"),
+                    with_links(
+                        network_spec(n),
+                        kind,
+                        network_users(used, network_id(n), str(n.get("Name") or "")),
+                    ),
+                )
+                for n in networks
+            },
             {names[network_id(n)]: network_id(n) for n in networks},
             network_aliases(networks),
         )

@@ -26,18 +26,19 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import trio
 
 from dockerfs_fuse.docker import swarm as api
 from dockerfs_fuse.docker.bridge import Stream
-from dockerfs_fuse.docker.errors import DockerProblem, NotFound
+from dockerfs_fuse.docker.errors import DockerProblem, NotFound, NotManager
 from dockerfs_fuse.docker.source import DockerSource, Event
 from dockerfs_fuse.engine.containers import ATTR_TIMEOUT, FALLBACK_TIMEOUT, MAX_LOG_SPOOLS
+from dockerfs_fuse.engine.listed import ListedKinds, Lister
 from dockerfs_fuse.engine.logs import LogSpools, LogWriter
-from dockerfs_fuse.engine.refresh import MissLimiter, Refresher, follow_events
+from dockerfs_fuse.engine.refresh import follow_events
 from dockerfs_fuse.engine.spool import Cancellable
 from dockerfs_fuse.model.containers import could_name_an_object
 from dockerfs_fuse.model.inodes import NS, Changes, InodeTable, Node, owner_dir
@@ -70,9 +71,17 @@ _SETTLING = ("updating", "rollback_started", "rollback_paused", "paused")
 # costs the engine less, and the view lags a restarted manager by 4 s at most.
 SWARM_RECONNECT_MAX = 4.0
 
+_LISTS: Mapping[str, Lister] = {
+    "services": api.list_services,
+    "nodes": api.list_nodes,
+    "tasks": api.list_tasks,
+}
 
-class SwarmCache:
+
+class SwarmCache(ListedKinds):
     """The cluster one engine manages, kept fresh under `top` in `table`."""
+
+    where = "in the cluster"
 
     def __init__(
         self,
@@ -81,54 +90,40 @@ class SwarmCache:
         table: InodeTable,
         top: Node,
         on_changes: Callable[[Changes], None],
+        *,
+        optional: bool = False,
     ) -> None:
-        self.name = name
-        self.source = source
-        self.table = table
-        self.top = top
-        self._on_changes = on_changes
+        super().__init__(name, source, table, top, on_changes, _LISTS)
+        # The engine view's swarm/: on an engine that manages no cluster it
+        # lists nothing and follows no events, instead of failing.
+        self.optional = optional
         self.attr_timeout = ATTR_TIMEOUT
         self.events_up = False
-        self.dirs: dict[str, Node] = {kind: table.add_dir(kind, parent=top) for kind in TOP}
-        self.kind_of = {node.inode: kind for kind, node in self.dirs.items()}
-        self.objects: dict[str, list[Obj]] = {kind: [] for kind in TOP}
-        # Directory name -> object ID, per kind, as of the last rebuild.
-        self._ids: dict[str, dict[str, str]] = {kind: {} for kind in TOP}
-        self._refreshers = {kind: Refresher(self._fetcher(kind)) for kind in TOP}
-        self._misses = MissLimiter[tuple[str, str]]()
         self._pending: set[str] = set()
         self._wake = trio.Event()
         self._busy_until = 0.0
         # services/<name>/logs: spooled as a container's logs are, by directory name.
         self.logs = LogSpools(self._stream_logs, self._service_listed, MAX_LOG_SPOOLS)
 
-    def _fetcher(self, kind: str) -> Callable[[], Awaitable[list[Obj]]]:
-        calls = {"services": api.list_services, "nodes": api.list_nodes, "tasks": api.list_tasks}
-        call = calls[kind]
-
-        async def fetch() -> list[Obj]:
-            return list(await call(self.source))
-
-        return fetch
-
-    # -- listings ------------------------------------------------------------------
-
     async def refresh(self, kind: str) -> None:
-        """List one kind again (one request) and rebuild what shows it."""
-        found = [o for o in await self._refreshers[kind].get() if object_id(o)]
-        if found == self.objects[kind]:
-            return  # the usual answer in a settled cluster: nothing to rebuild
-        self.objects[kind] = found
-        self._rebuild()
+        try:
+            await super().refresh(kind)
+        except (NotManager, NotFound):  # a worker; an engine with no Swarm API (Podman)
+            if not self.optional:
+                raise
+            if self.objects[kind]:  # it managed one, and no longer does
+                self.objects[kind] = []
+                self._rebuild()
 
-    async def refresh_dir(self, inode: int) -> None:
-        await self.refresh(self.kind_of[inode])
+    def _kept(self, kind: str, found: list[Obj]) -> list[Obj]:
+        return [o for o in found if object_id(o)]
 
-    def _rebuild(self) -> None:
+    def _rebuild(self, kind: str = "") -> None:
+        """Every directory, from the three lists: a service shows its tasks,
+        a task its service's and node's names."""
         services, tasks, nodes = (self.objects[k] for k in ("services", "tasks", "nodes"))
         nnames = node_names(nodes)
         snames = {object_id(s): service_name(s) for s in services}
-        changes = Changes()
         trees = {
             "services": {
                 service_name(s): (_mtime(s), service_spec(s, tasks, nnames)) for s in services
@@ -136,72 +131,22 @@ class SwarmCache:
             "nodes": {nnames[object_id(n)]: (_mtime(n), node_spec(n)) for n in nodes},
             "tasks": {object_id(t): (_mtime(t), task_spec(t, snames, nnames)) for t in tasks},
         }
-        for kind, objects in trees.items():
-            self.table.set_objects(self.dirs[kind], objects, changes)
-            aliases = self.table.drop_aliases(self.dirs[kind])
-            changes.removed += aliases.removed
-        self._ids = {
+        refs = {
             "services": {service_name(s): object_id(s) for s in services},
             "nodes": {nnames[object_id(n)]: object_id(n) for n in nodes},
             "tasks": {object_id(t): object_id(t) for t in tasks},
         }
-        # The kernel keeps a listing it cached until the directory's mtime
-        # moves (invalidating its inode alone does not drop it): a directory
-        # whose entries changed shows the time of the change.
-        now = time.time_ns()
-        for inode in changes.changed:
-            node = self.table.get(inode) if inode in self.table else None
-            if node is not None and node.is_dir:
-                node.mtime_ns = max(now, node.mtime_ns + 1)
-        if changes:
-            self._on_changes(changes)
+        self._publish(trees, refs)
 
-    # -- names ----------------------------------------------------------------------
-
-    async def find(self, parent: Node, name: str) -> Node | None:
-        """An entry of services/, nodes/ or tasks/, or the unlisted alias of one;
-        a name nobody listed yet lists its kind again, at most once a second."""
-        kind = self.kind_of[parent.inode]
-        node = self._lookup(kind, name)
-        if node is not None or not could_name_an_object(name):
-            return node
-        if not self._misses.may_ask((kind, name)):
-            return None
-        try:
-            await self.refresh(kind)
-        except DockerProblem as exc:
-            log.debug("%s: lookup of %s/%s: %s", self.name, kind, name, exc)
-            return None
-        return self._lookup(kind, name)
-
-    def _lookup(self, kind: str, name: str) -> Node | None:
-        parent = self.dirs[kind]
-        node = self.table.lookup(parent, name)
-        if node is not None:
-            return node
-        aliases = self._aliases(kind)
-        target = aliases.get(name)
-        return self.table.link(name, target, parent) if target else None
-
-    def _aliases(self, kind: str) -> dict[str, str]:
+    def _aliases(self, kind: str) -> Mapping[str, str]:
         if kind == "services":
             return service_aliases(self.objects["services"])
         if kind == "nodes":
             return node_aliases(self.objects["nodes"])
         return {}
 
-    def locate(self, node: Node) -> tuple[str, str]:
-        """(kind, object ID) of the object a node is inside of; NotFound if gone."""
-        n: Node | None = node
-        while n is not None and n.parent is not None and n.parent.inode not in self.kind_of:
-            n = n.parent
-        if n is None or n.parent is None or n.gone:
-            raise NotFound("no longer in the cluster")
-        kind = self.kind_of[n.parent.inode]
-        oid = self._ids[kind].get(n.name)
-        if oid is None:
-            raise NotFound(f"{kind}/{n.name} is no longer in the cluster")
-        return kind, oid
+    def _may_name(self, name: str) -> bool:
+        return could_name_an_object(name)
 
     # -- what an object shows that its list entry does not ---------------------------
 
@@ -210,13 +155,13 @@ class SwarmCache:
         return await calls.get(kind, api.inspect_task)(self.source, oid)
 
     def _stream_logs(self, name: str, out: LogWriter, follow: bool) -> Cancellable:
-        sid = self._ids["services"].get(name) or name
+        sid = self._refs["services"].get(name) or name
         return self.source.stream_logs(sid, out, follow, kind="services")
 
     def _service_listed(self, name: str) -> bool:
         """Whether following its log may bring more: a service's tasks may
         always start again, so while the service is there."""
-        return name in self._ids["services"]
+        return name in self._refs["services"]
 
     def log_key(self, node: Node) -> str:
         """The spool key of a services/<name>/.live/logs node: the service's name."""
@@ -258,6 +203,14 @@ class SwarmCache:
         except DockerProblem as exc:
             local = {}
             log.warning("%s: cannot ask whether this engine manages a swarm: %s", self.name, exc)
+        if self.optional and not local.get("ControlAvailable"):
+            log.info(
+                "%s: not a swarm manager (swarm state %r): swarm/ lists nothing and "
+                "follows no events",
+                self.name,
+                local.get("LocalNodeState") or "unknown",
+            )
+            return
         if local and not local.get("ControlAvailable"):
             log.warning(
                 "%s: this engine is not a swarm manager (swarm state %r): its cluster "

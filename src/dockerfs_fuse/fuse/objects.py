@@ -1,6 +1,6 @@
 """--view=engine: what an image's, volume's or network's files show that is not
-a snapshot of the table: `inspect.json`, one request per open; and the `ctl`
-of each object (objects_ctl.py)."""
+a snapshot of the table: `inspect.json` and an image's `history.json`, one
+request per open; and the `ctl` of each object (objects_ctl.py)."""
 
 from __future__ import annotations
 
@@ -56,6 +56,8 @@ class ObjectsView:
         kind, ref = objects.locate(node)
         if node.special is Special.INSPECT:
             return inspect_text(await objects.inspect(kind, ref))
+        if node.special is Special.HISTORY:
+            return inspect_text(await objects.history(kind, ref))
         raise fail(errno.EIO)
 
     def log_source(self, node: Node) -> tuple[LogSpools, str]:

@@ -31,6 +31,7 @@ class Special(enum.Enum):
     LOGS = "logs"
     FOLLOW = "logs.follow"
     INSPECT = "inspect.json"
+    HISTORY = "history.json"
     ROOT = "root"
     TOP = "top"
     STATS = "stats"
@@ -76,6 +77,10 @@ BEHIND_LINKS = frozenset(
         Special.WAIT,
     }
 )
+
+# A container directory's special entries, in listing order (the others
+# belong to other objects: an image's history.json).
+CONTAINER_SPECIALS = tuple(s for s in Special if s is not Special.HISTORY)
 
 # Each container directory, in listing order. The sub-directories are fixed,
 # which lets the inode table give a container directory its link count
@@ -303,7 +308,7 @@ def container_spec(c: Container) -> Spec:
         else {}
     )
     live = Unlisted()
-    for special in Special:
+    for special in CONTAINER_SPECIALS:
         if special in BEHIND_LINKS:
             spec[special.value] = live_link(special)
             live[special.value] = special

@@ -7,6 +7,7 @@ does for a container and model/swarm.py for a cluster:
 
 ```
 images/<id>/        ID RepoTags/<n> RepoDigests/<n> Created Size Labels/<key> inspect.json
+                    history.json
 images/<tag>        -> <id>  (unlisted: found by name, as a container's name is)
 volumes/<name>/     Name Driver Mountpoint Scope CreatedAt Labels/<key> Options/<key> inspect.json
 networks/<name>/    ID Name Driver Scope Internal Subnets/<n> Labels/<key> inspect.json
@@ -110,6 +111,7 @@ def image_spec(image: Obj) -> Tree:
         "Size": render(size if isinstance(size, int) else ""),
         "Labels": _labels(image.get("Labels")),
         "inspect.json": Special.INSPECT,
+        "history.json": Special.HISTORY,
     }
     return _with_ctl(spec)
 

@@ -19,6 +19,7 @@ import trio
 
 from dockerfs_fuse.docker.source import DockerSource
 from dockerfs_fuse.engine.containers import EngineCache, Source
+from dockerfs_fuse.engine.events import EventStreams, top_entries
 from dockerfs_fuse.engine.exits import ExitWaits
 from dockerfs_fuse.engine.logs import LogSpools
 from dockerfs_fuse.engine.objects import ObjectsCache
@@ -63,6 +64,8 @@ class Engines:
         # projects/, by the inodes of those directories.
         self.object_lists: dict[int, ObjectsCache] = {}
         self.exit_waits = ExitWaits()
+        # --view=engine: each engine's `events` streams, by its top directory's inode.
+        self.event_streams: dict[int, EventStreams] = {}
         for name, source in sources.items():
             top = self.table.add_dir(name) if self.several else self.table.root
             if view == "swarm":
@@ -76,6 +79,8 @@ class Engines:
                 engine_top, top = top, self.table.add_dir("containers", parent=top)
                 objects = ObjectsCache(name, source, self.table, engine_top, on_changes)
                 self.object_lists.update(dict.fromkeys(objects.kind_of, objects))
+                self.table.add_entries(engine_top, top_entries())
+                self.event_streams[engine_top.inode] = EventStreams(source.stream_events)
             self.caches[top.inode] = EngineCache(
                 name,
                 source,
@@ -149,6 +154,11 @@ class Engines:
     def lists_on_read(self, inode: int) -> bool:
         """Whether reading this directory asks its engine (refresh_listing)."""
         return inode in self.caches or inode in self.swarm_lists or inode in self.object_lists
+
+    def events_of(self, node: Node) -> EventStreams | None:
+        """The event streams of the engine whose `events` a node is."""
+        owner = owner_dir(node)
+        return self.event_streams.get(owner.inode) if owner is not None else None
 
     def objects_of(self, node: Node) -> ObjectsCache | None:
         """The engine view's cache of the image, volume, network or project a node is in."""

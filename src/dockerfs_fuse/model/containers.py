@@ -35,6 +35,8 @@ class Special(enum.Enum):
     TOP = "top"
     STATS = "stats"
     WAIT = "wait"
+    # The engine view's own (its root's `events`), never a container's.
+    EVENTS = "events"
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,9 @@ BEHIND_LINKS = frozenset(
         Special.WAIT,
     }
 )
+
+# A container's specials: the others belong to the engine view's root.
+CONTAINER_SPECIALS = frozenset(Special) - {Special.EVENTS}
 
 # Each container directory, in listing order. The sub-directories are fixed,
 # which lets the inode table give a container directory its link count
@@ -304,6 +309,8 @@ def container_spec(c: Container) -> Spec:
     )
     live = Unlisted()
     for special in Special:
+        if special not in CONTAINER_SPECIALS:
+            continue
         if special in BEHIND_LINKS:
             spec[special.value] = live_link(special)
             live[special.value] = special

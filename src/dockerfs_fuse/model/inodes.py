@@ -235,6 +235,18 @@ class InodeTable:
         parent.subdirs = sum(1 for c in parent.children.values() if c.is_dir)
         return node
 
+    def add_entries(self, parent: Node, spec: Spec) -> None:
+        """Fixed entries after those a fixed directory has (the engine view's
+        `events` and the unlisted `.live/` it leads into)."""
+        scratch = Node(0, "", Kind.DIR, parent.mtime_ns, children={})
+        self._reconcile(scratch, spec, Changes())
+        children = parent.children if parent.children is not None else {}
+        for name, child in (scratch.children or {}).items():
+            child.parent = parent
+            children[name] = child
+        parent.children = children
+        parent.subdirs += scratch.subdirs
+
     def set_objects(
         self, parent: Node, objects: Mapping[str, tuple[int, Tree]], changes: Changes
     ) -> None:

@@ -29,10 +29,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any, TypeAlias
 
 from dockerfs_fuse.model.containers import (
+    LIVE,
     Link,
     Special,
+    Unlisted,
     container_id,
     escape_name,
+    live_link,
     named_entries,
     render,
 )
@@ -98,6 +101,9 @@ def image_spec(image: Obj) -> Tree:
         "Size": render(size if isinstance(size, int) else ""),
         "Labels": _labels(image.get("Labels")),
         "inspect.json": Special.INSPECT,
+        # The image's filesystem holds a whole tree: behind a link, as a container's.
+        "root": live_link(Special.ROOT),
+        LIVE: Unlisted({"root": Special.ROOT}),
     }
 
 

@@ -88,7 +88,9 @@ class ObjectsCache:
         call = _LISTS[kind]
 
         async def fetch() -> list[Obj]:
-            return list(await call(self.source))
+            # Docker lists images and volumes in Go's map order, new at each
+            # answer: sorted, an unchanged list compares equal (refresh).
+            return sorted(await call(self.source), key=_stable_order)
 
         return fetch
 
@@ -105,7 +107,7 @@ class ObjectsCache:
         self.objects[kind] = found
         entries, refs, aliases = _entries(kind, found)
         changes = Changes()
-        self.table.set_objects(self.dirs[kind], entries, changes)
+        self.table.set_objects(self.dirs[kind], entries, changes, lazy=True)
         changes.removed += self.table.drop_aliases(self.dirs[kind]).removed
         self._refs[kind] = refs
         self._aliases[kind] = aliases
@@ -201,6 +203,10 @@ def _entries(
         {p: p for p in by_project},
         {},
     )
+
+
+def _stable_order(obj: Obj) -> str:
+    return str(obj.get("Id") or obj.get("ID") or obj.get("Name") or "")
 
 
 def _time(obj: Obj, key: str) -> int:

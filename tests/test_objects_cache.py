@@ -153,3 +153,34 @@ def test_inspect_asks_by_id_and_projects_by_label() -> None:
     path, params = source.docker.asked[-1]
     assert path == "containers/json"
     assert params["all"] == "1" and "com.docker.compose.project" in params["filters"]
+
+
+def test_a_list_in_another_order_rebuilds_nothing() -> None:
+    """Docker lists images and volumes in Go's map order, new at each answer:
+    a listing that only reorders them must not rebuild their directories."""
+    cache, source, _ = make()
+    other = "cd" * 32
+    source.docker.answers["images/json"].append({"Id": f"sha256:{other}", "Created": 5})
+
+    async def main() -> None:
+        await cache.refresh("images")
+        before = cache.objects["images"]
+        source.docker.answers["images/json"].reverse()
+        await cache.refresh("images")
+        assert cache.objects["images"] is before  # equal: kept, nothing rebuilt
+
+    trio.run(main)
+
+
+def test_a_listing_builds_no_objects_directory_until_it_is_entered() -> None:
+    """A first listing of 500 images builds none of their files: each
+    directory is built when something in it is asked for, with the link
+    count it had before."""
+    cache, _, _ = make()
+    trio.run(cache.refresh, "images")
+    image = cache.table.lookup(cache.dirs["images"], HEX)
+    assert image is not None and image.children is None
+    nlink = image.nlink
+    children = cache.table.children(image)
+    assert children["ID"].data == f"sha256:{HEX}\n".encode()
+    assert image.nlink == nlink == 2 + len([c for c in children.values() if c.is_dir])

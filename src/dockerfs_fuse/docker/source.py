@@ -309,6 +309,24 @@ class DockerSource:
 
         return _produce_into(thread, produce, out)
 
+    def stream_events(self, out: LogSink) -> concurrent.futures.Future[None]:
+        """One `GET /events` (every type), its bytes written into `out` as they
+        arrive, after an empty write once Docker has answered (it subscribes
+        before it answers, so nothing after that write is missed); ends with
+        `out.finish(error or None)` when Docker ends it. The result cancels it."""
+        thread, docker = self._client("events/stream")
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=self.timeout, sock_connect=self.timeout, sock_read=None
+        )
+
+        async def produce() -> None:
+            async with docker._query("events", timeout=timeout) as resp:
+                out.write(b"")
+                async for chunk in resp.content.iter_any():
+                    out.write(chunk)
+
+        return _produce_into(thread, produce, out)
+
     def stream_archive(
         self, cid: str, path: str, out: ArchiveSink
     ) -> concurrent.futures.Future[None]:

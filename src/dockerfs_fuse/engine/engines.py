@@ -18,10 +18,14 @@ from typing import Any
 import trio
 
 from dockerfs_fuse.docker.create import Creator
+from dockerfs_fuse.docker.helpers import HelperApi
 from dockerfs_fuse.docker.source import DockerSource
 from dockerfs_fuse.engine.clone import CLONE_KINDS, Cloner, Clones
 from dockerfs_fuse.engine.containers import EngineCache, Source
+from dockerfs_fuse.engine.events import EventStreams, top_entries
 from dockerfs_fuse.engine.exits import ExitWaits
+from dockerfs_fuse.engine.helpers import HELPER_LABEL, Helpers
+from dockerfs_fuse.engine.image_roots import ImageRoots
 from dockerfs_fuse.engine.logs import LogSpools
 from dockerfs_fuse.engine.objects import ObjectsCache
 from dockerfs_fuse.engine.swarm import SwarmCache
@@ -69,8 +73,15 @@ class Engines:
         # --view=engine: the clone file of each engine's containers/, images/,
         # volumes/ and networks/.
         self.clones = Clones(self.table)
+        # --view=engine: each engine's `events` streams, by its top directory's inode.
+        self.event_streams: dict[int, EventStreams] = {}
+        # --view=engine: each engine's helper containers, and its images' root/
+        # by the inode of its images/.
+        self.helpers: list[Helpers] = []
+        self.image_roots: dict[int, ImageRoots] = {}
         for name, source in sources.items():
             top = self.table.add_dir(name) if self.several else self.table.root
+            objects: ObjectsCache | None = None
             if view == "swarm":
                 assert isinstance(source, DockerSource)
                 cluster = SwarmCache(name, source, self.table, top, on_changes)
@@ -87,6 +98,8 @@ class Engines:
                 cluster = SwarmCache(name, source, self.table, swarm_top, on_changes, optional=True)
                 self.swarms[swarm_top.inode] = cluster
                 self.swarm_lists.update(dict.fromkeys(cluster.kind_of, cluster))
+                self.table.add_entries(engine_top, top_entries())
+                self.event_streams[engine_top.inode] = EventStreams(source.stream_events)
             cache = self.caches[top.inode] = EngineCache(
                 name,
                 source,
@@ -96,11 +109,15 @@ class Engines:
                 show_all=show_all,
                 kernel_cache=kernel_cache,
             )
-            if view == "engine":
+            if objects is not None:
                 assert isinstance(source, DockerSource)
                 cloner = Cloner(name, Creator(source), cache.refresh_container, objects.refresh)
                 dirs = {**objects.dirs, "containers": top}
                 self.clones.add(cloner, {kind: dirs[kind] for kind in CLONE_KINDS})
+                helpers = Helpers(HelperApi(source, HELPER_LABEL), on_removed=cache.files.forget)
+                self.helpers.append(helpers)
+                roots = ImageRoots(objects, cache, helpers)
+                self.image_roots[objects.dirs["images"].inode] = roots
 
     def cache_of(self, node: Node) -> EngineCache | None:
         """The engine a node belongs to (None for the root of several engines)."""
@@ -180,6 +197,19 @@ class Engines:
         """The engine view whose Containers/ or UsedBy/ directory this is."""
         return next((o for o in self.object_tops if o.lists_links(inode)), None)
 
+    def image_roots_of(self, node: Node) -> ImageRoots | None:
+        """The images' root/ directories of the engine whose images/ a node is under."""
+        for n in _up_from(node):
+            roots = self.image_roots.get(n.inode)
+            if roots is not None:
+                return roots
+        return None
+
+    def events_of(self, node: Node) -> EventStreams | None:
+        """The event streams of the engine whose `events` a node is."""
+        owner = owner_dir(node)
+        return self.event_streams.get(owner.inode) if owner is not None else None
+
     def objects_of(self, node: Node) -> ObjectsCache | None:
         """The engine view's cache of the image, volume, network or project a node is in."""
         for n in _up_from(node):
@@ -194,6 +224,8 @@ class Engines:
                 nursery.start_soon(cache.run_events)
             for view in self.swarms.values():
                 nursery.start_soon(view.run_events)
+            for helpers in self.helpers:
+                nursery.start_soon(helpers.run)
 
     def stats(self) -> dict[str, Any]:
         """Each engine's request counters and the like, by engine name."""

@@ -41,6 +41,10 @@ class ListedKinds:
 
     # What locate() says of an object no longer there: "no longer <where>".
     where = "listed"
+    # Whether an object's directory is built only when something in it is
+    # first asked for (InodeTable.set_objects): a first listing of 500 images
+    # then builds none of their files.
+    lazy = False
 
     def __init__(
         self,
@@ -108,7 +112,7 @@ class ListedKinds:
         inodes of names that stay, and tell `on_changes` what changed."""
         changes = Changes()
         for kind, entries in trees.items():
-            self.table.set_objects(self.dirs[kind], entries, changes)
+            self.table.set_objects(self.dirs[kind], entries, changes, lazy=self.lazy)
             changes.removed += self.table.drop_aliases(self.dirs[kind]).removed
         self._refs.update(refs)
         # The kernel keeps a listing it cached until the directory's mtime

@@ -87,6 +87,9 @@ class LogSpool(Spool):
     """One container's log on disk, with what is known about its end.
     Freed in close(), when the last open of the log is released."""
 
+    # What each request writes through (events.py has its own).
+    _writer_class: type[LogWriter] = LogWriter
+
     def __init__(self, cid: str, start: LogStarter, running: Callable[[], bool]) -> None:
         super().__init__(prefix="dockerfs-log-")
         self.cid = cid
@@ -188,7 +191,7 @@ class LogSpool(Spool):
         except OSError as exc:  # EMFILE, say
             fd, failed = -1, SpoolError(f"opening the log spool: {exc}")
         # A follow request replays the whole log: skip what is already here.
-        self._writer = LogWriter(self, fd, skip=self.size if follow else 0)
+        self._writer = self._writer_class(self, fd, skip=self.size if follow else 0)
         self._following = follow
         self._follow_again = False
         if follow:

@@ -62,6 +62,8 @@ _LISTS: Mapping[str, Lister] = {
 class ObjectsCache(ListedKinds):
     """One engine's images, volumes, networks and projects under `top` in `table`."""
 
+    lazy = True
+
     def __init__(
         self,
         name: str,
@@ -77,24 +79,30 @@ class ObjectsCache(ListedKinds):
         # The cross links: one container list, asked when a link directory is read.
         self._user_list = Refresher(self._fetcher(api.list_users))
         self._users = Users()
-        self._link_dirs: dict[str, set[int]] = {kind: set() for kind in LINK_DIRS}
 
     def _rebuild(self, kind: str) -> None:
         entries, refs, aliases = _entries(kind, self.objects[kind], self._users)
         self._alias_names[kind] = aliases
         self._publish({kind: entries}, {kind: refs})
-        if kind in LINK_DIRS:
-            self._link_dirs[kind] = {
-                d.inode
-                for o in (self.dirs[kind].children or {}).values()
-                if (d := (o.children or {}).get(LINK_DIRS[kind])) is not None
-            }
 
     # -- cross links ----------------------------------------------------------------
 
     def lists_links(self, inode: int) -> bool:
-        """Whether a directory is an image's or network's Containers/ or a volume's UsedBy/."""
-        return any(inode in dirs for dirs in self._link_dirs.values())
+        """Whether a directory is an image's or network's Containers/ or a
+        volume's UsedBy/ (told by where it is: an object's directory may not
+        be built yet, see `lazy`)."""
+        node = self.table.get(inode) if inode in self.table else None
+        owner = node.parent if node is not None else None
+        kind_dir = owner.parent if owner is not None else None
+        if node is None or kind_dir is None:
+            return False
+        kind = self.kind_of.get(kind_dir.inode)
+        return kind is not None and LINK_DIRS.get(kind) == node.name
+
+    def _kept(self, kind: str, found: list[Obj]) -> list[Obj]:
+        # Docker lists images and volumes in Go's map order, new at each
+        # answer: sorted, an unchanged list compares equal (refresh).
+        return sorted(found, key=_stable_order)
 
     async def refresh_links(self) -> None:
         """List every container (one request) and rebuild the link directories."""
@@ -185,6 +193,10 @@ def _entries(
         {p: p for p in by_project},
         {},
     )
+
+
+def _stable_order(obj: Obj) -> str:
+    return str(obj.get("Id") or obj.get("ID") or obj.get("Name") or "")
 
 
 def _time(obj: Obj, key: str) -> int:

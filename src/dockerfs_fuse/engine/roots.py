@@ -1,4 +1,4 @@
-"""Each container's root/ in the inode table: what the engine's archive
+"""Each container's (and image's) root/ in the inode table: what the engine's archive
 snapshots (engine/files.py) say of a path, written into the table.
 
 A lookup stats the path, a listing re-reads the directory, an open takes a
@@ -10,8 +10,9 @@ slow ones interruptible.
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 from dockerfs_fuse.docker.errors import NotFound
 from dockerfs_fuse.engine.containers import EngineCache
@@ -42,25 +43,60 @@ class ContainerRoots:
         if changes:
             self._on_changes(changes)
 
-    def locate(self, node: Node) -> tuple[EngineCache, str, str]:
-        """The engine, container and path in it of a node under root/ (root/ is "/")."""
+    def _split(self, node: Node) -> tuple[Node, str]:
+        """The root/ a node is under, and its path there (root/ is "/")."""
         parts: list[str] = []
         while node.special is not Special.ROOT:
             if node.parent is None or node.gone:
                 raise NotThere(node.name)
             parts.append(node.name)
             node = node.parent
-        owner = self.engines.container_of(node)
+        return node, "/" + "/".join(reversed(parts))
+
+    def _container(self, root: Node) -> tuple[EngineCache, str]:
+        owner = self.engines.container_of(root)
         if owner is None:
-            raise NotThere(node.name)
-        cache, cid = owner
-        return cache, cid, "/" + "/".join(reversed(parts))
+            raise NotThere(root.name)
+        return owner
+
+    def locate(self, node: Node) -> tuple[EngineCache, str, str]:
+        """The engine, container and path in it of a node under a container's root/."""
+        root, path = self._split(node)
+        return (*self._container(root), path)
+
+    @contextlib.asynccontextmanager
+    async def _located(self, node: Node) -> AsyncIterator[tuple[EngineCache, str, str]]:
+        """locate(), for an image's root/ too: its helper, held for the block."""
+        root, path = self._split(node)
+        images = self.engines.image_roots_of(root)
+        if images is None:
+            yield (*self._container(root), path)
+            return
+        async with images.held(root) as cid:
+            yield images.cache, cid, path
+
+    @contextlib.contextmanager
+    def _located_now(self, node: Node) -> Iterator[tuple[EngineCache, str, str] | None]:
+        """locate() when no helper need be made: None for an image without one now."""
+        root, path = self._split(node)
+        images = self.engines.image_roots_of(root)
+        if images is None:
+            yield (*self._container(root), path)
+            return
+        held = images.held_now(root)
+        if held is None:
+            yield None
+            return
+        try:
+            yield images.cache, held[0], path
+        finally:
+            held[1]()
 
     async def lookup(self, parent: Node, name: str) -> Node | None:
         """The node for `name` in a directory under root/, as the engine has it now."""
-        cache, cid, path = self.locate(parent)
         try:
-            entry = await cache.files.stat(cid, posixpath.join(path, name))
+            async with self._located(parent) as (cache, cid, path):
+                entry = await cache.files.stat(cid, posixpath.join(path, name))
         except (PathError, NotFound):
             self._apply(self.table.remove_entry(parent, name))
             return None
@@ -70,9 +106,12 @@ class ContainerRoots:
 
     def listing_now(self, node: Node) -> Listing | None:
         """A directory's listing if it is at hand (a walk goes on), else None."""
-        cache, cid, path = self.locate(node)
         try:
-            entries = cache.files.listing_now(cid, path)
+            with self._located_now(node) as located:
+                if located is None:
+                    return None
+                cache, cid, path = located
+                entries = cache.files.listing_now(cid, path)
         except (NotThere, NotFound):
             self._gone(node)
             raise
@@ -80,9 +119,9 @@ class ContainerRoots:
 
     async def listing(self, node: Node) -> Listing:
         """A directory re-read (engine/files.py says from where)."""
-        cache, cid, path = self.locate(node)
         try:
-            entries = await cache.files.listing(cid, path)
+            async with self._located(node) as (cache, cid, path):
+                entries = await cache.files.listing(cid, path)
         except (NotThere, NotFound):
             self._gone(node)
             raise
@@ -99,22 +138,51 @@ class ContainerRoots:
 
     def open_now(self, node: Node) -> RootFile | None:
         """A file under root/ if opening it needs no request, else None."""
-        cache, cid, path = self.locate(node)
-        reader = cache.files.open_now(cid, path)
-        return None if reader is None else RootFile(cache.files, reader)
+        root, path = self._split(node)
+        images = self.engines.image_roots_of(root)
+        if images is None:
+            cache, cid = self._container(root)
+            reader = cache.files.open_now(cid, path)
+            return None if reader is None else RootFile(cache.files, reader)
+        held = images.held_now(root)
+        if held is None:
+            return None
+        cid, release = held
+        reader = images.cache.files.open_now(cid, path)
+        if reader is None:
+            release()
+            return None
+        return RootFile(images.cache.files, reader, on_close=release)
 
     async def open(self, node: Node) -> RootFile:
-        cache, cid, path = self.locate(node)
+        root, path = self._split(node)
         size = node.entry.size if node.entry is not None else -1
-        return RootFile(cache.files, await cache.files.open(cid, path, size))
+        images = self.engines.image_roots_of(root)
+        if images is None:
+            cache, cid = self._container(root)
+            return RootFile(cache.files, await cache.files.open(cid, path, size))
+        # An open file holds the image's helper until it is closed.
+        cid, release = await images.hold(root)
+        try:
+            reader = await images.cache.files.open(cid, path, size)
+        except BaseException:
+            release()
+            raise
+        return RootFile(images.cache.files, reader, on_close=release)
 
 
 class RootFile:
     """An open file under root/: its content, streamed or spooled."""
 
-    def __init__(self, files: ContainerFiles, reader: FileReader) -> None:
+    def __init__(
+        self,
+        files: ContainerFiles,
+        reader: FileReader,
+        on_close: Callable[[], None] = lambda: None,
+    ) -> None:
         self._files = files
         self._reader = reader
+        self._on_close = on_close
 
     @property
     def size(self) -> int:
@@ -132,3 +200,5 @@ class RootFile:
 
     def close(self) -> None:
         self._reader.close()
+        self._on_close()
+        self._on_close = lambda: None

@@ -30,6 +30,7 @@ from dockerfs_fuse.fuse.attrs import BLOCK_SIZE, Attributes
 from dockerfs_fuse.fuse.clone import open_clone
 from dockerfs_fuse.fuse.containers import ContainerView
 from dockerfs_fuse.fuse.errors import fail, guard
+from dockerfs_fuse.fuse.events import open_events
 from dockerfs_fuse.fuse.files import RootView
 from dockerfs_fuse.fuse.handles import HandleTable, SnapshotHandle
 from dockerfs_fuse.fuse.invalidate import Invalidator
@@ -245,6 +246,11 @@ class DockerFS(ReadOnly):
             return open_log(self.handles, self.followers, spools, key, node.name, follow, ctx.pid)
         elif node.special is Special.WAIT:
             return self._objects_of(node).open_wait(node, ctx.pid)
+        elif node.special is Special.EVENTS:
+            streams = self.engines.events_of(node)
+            if streams is None:
+                raise fail(errno.ENOENT)
+            return await open_events(self.handles, self.followers, streams, ctx.pid)
         elif node.special is Special.ERR:
             data = self.refusals.text(self._objects_of(node).refusal_key(node))
         else:

@@ -36,6 +36,8 @@ class Special(enum.Enum):
     TOP = "top"
     STATS = "stats"
     WAIT = "wait"
+    # The engine view's own (its root's `events`), never a container's.
+    EVENTS = "events"
 
 
 @dataclass(frozen=True)
@@ -79,8 +81,8 @@ BEHIND_LINKS = frozenset(
 )
 
 # A container directory's special entries, in listing order (the others
-# belong to other objects: an image's history.json).
-CONTAINER_SPECIALS = tuple(s for s in Special if s is not Special.HISTORY)
+# belong to other objects: an image's history.json, the engine view's events).
+CONTAINER_SPECIALS = tuple(s for s in Special if s not in (Special.HISTORY, Special.EVENTS))
 
 # Each container directory, in listing order. The sub-directories are fixed,
 # which lets the inode table give a container directory its link count

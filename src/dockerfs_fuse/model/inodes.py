@@ -73,6 +73,8 @@ class Node:
     subdirs: int = 0
     # Container directories only: the API answer the children are built from.
     raw: Container | None = None
+    # The engine view's object directories: their contents, built on first use.
+    pending: Tree | None = None
     lookups: int = 0
     gone: bool = False
     parent: Node | None = None
@@ -164,7 +166,10 @@ class InodeTable:
     def children(self, node: Node) -> dict[str, Node]:
         """A directory's children, building a container directory on first use."""
         if node.children is None:
-            if node.raw is None:
+            if node.pending is not None:
+                spec, node.pending = node.pending, None
+                self._reconcile(node, spec, Changes())
+            elif node.raw is None:
                 node.children = {}
             else:
                 self._reconcile(node, container_spec(node.raw), Changes())
@@ -260,19 +265,43 @@ class InodeTable:
         self._fixed.setdefault(parent.inode, {})[name] = node
         return node
 
+    def add_entries(self, parent: Node, spec: Spec) -> None:
+        """Fixed entries after those a fixed directory has (the engine view's
+        `events` and the unlisted `.live/` it leads into)."""
+        scratch = Node(0, "", Kind.DIR, parent.mtime_ns, children={})
+        self._reconcile(scratch, spec, Changes())
+        children = parent.children if parent.children is not None else {}
+        for name, child in (scratch.children or {}).items():
+            child.parent = parent
+            children[name] = child
+        parent.children = children
+        parent.subdirs += scratch.subdirs
+
     def set_objects(
-        self, parent: Node, objects: Mapping[str, tuple[int, Tree]], changes: Changes
+        self,
+        parent: Node,
+        objects: Mapping[str, tuple[int, Tree]],
+        changes: Changes,
+        *,
+        lazy: bool = False,
     ) -> None:
         """Make `parent` list exactly these directories (name -> mtime, contents),
         keeping the inodes of kept names: the swarm view's services, nodes,
-        tasks; the engine view's images, volumes, networks, projects."""
+        tasks; the engine view's images, volumes, networks, projects. `lazy`:
+        a directory nothing inside of was asked for is built when something is."""
         old = parent.children or {}
         new: dict[str, Node] = {}
         for name, (mtime_ns, spec) in objects.items():
             node = old.get(name)
             if node is None:
                 node = self._new_node(parent, name, Kind.DIR, mtime_ns)
-            self._reconcile(node, spec, changes)
+            if lazy and node.children is None:
+                # Nothing inside was asked for: built when something is (a
+                # first listing of 500 images builds none of their files).
+                node.pending = spec
+                node.subdirs = _subdirs(spec)
+            else:
+                self._reconcile(node, spec, changes)
             new[name] = node
         for name, node in old.items():
             if name not in new:
@@ -541,10 +570,15 @@ class InodeTable:
             if n.children:
                 stack.extend(n.children.values())
                 n.children = {}
-            n.raw = None
+            n.raw = n.pending = None
             n.gone = True
             if n.lookups == 0:
                 self._nodes.pop(n.inode, None)
+
+
+def _subdirs(spec: Tree) -> int:
+    """The directories a spec holds, as _reconcile counts them (the link count)."""
+    return sum(1 for v in spec.values() if isinstance(v, Mapping) or v is Special.ROOT)
 
 
 def owner_dir(node: Node) -> Node | None:

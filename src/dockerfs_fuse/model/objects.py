@@ -71,7 +71,8 @@ def _with_ctl(spec: _Dir) -> Tree:
     the unlisted `.live/` so that a walk never opens it, and its `err`."""
     spec["ctl"] = live_link(Special.CTL)
     spec["err"] = Special.ERR
-    spec[LIVE] = Unlisted(ctl=Special.CTL)
+    live = spec.get(LIVE)
+    spec[LIVE] = Unlisted({**(live if isinstance(live, Unlisted) else {}), "ctl": Special.CTL})
     return spec
 
 
@@ -112,6 +113,9 @@ def image_spec(image: Obj) -> Tree:
         "Labels": _labels(image.get("Labels")),
         "inspect.json": Special.INSPECT,
         "history.json": Special.HISTORY,
+        # The image's filesystem holds a whole tree: behind a link, as a container's.
+        "root": live_link(Special.ROOT),
+        LIVE: Unlisted({"root": Special.ROOT}),
     }
     return _with_ctl(spec)
 

@@ -2,7 +2,7 @@
 
 A dispatcher: each request finds its node in the table (model/inodes.py) and
 hands it to the view that owns it: containers.py (a container's ctl, inspect,
-top, stats, wait), swarm.py (--swarm), logs.py, files.py (a container's
+top, stats, wait), exec.py (its exec sessions), swarm.py (--swarm), logs.py, files.py (a container's
 root/), objects.py (--view=engine's images, volumes, networks); plain files
 are snapshots of the table. The engines (engine/) keep
 the table fresh; invalidate.py tells the kernel what changed; attrs.py says
@@ -29,6 +29,7 @@ from dockerfs_fuse.engine.roots import ContainerRoots, in_root
 from dockerfs_fuse.fuse.attrs import BLOCK_SIZE, Attributes
 from dockerfs_fuse.fuse.containers import ContainerView
 from dockerfs_fuse.fuse.errors import fail, guard
+from dockerfs_fuse.fuse.exec import ExecView
 from dockerfs_fuse.fuse.files import RootView
 from dockerfs_fuse.fuse.handles import HandleTable, SnapshotHandle
 from dockerfs_fuse.fuse.invalidate import Invalidator
@@ -74,6 +75,7 @@ class DockerFS(ReadOnly):
         )
         self.swarm = SwarmView(engines, self.handles, self.refusals)
         self.objects = ObjectsView(engines)
+        self.exec = ExecView(engines, self.handles, invalidator, self.attrs.modes)
         roots = ContainerRoots(engines, invalidator.apply)
         self.roots = RootView(roots, self.handles, self.kernel_cache)
         self.listings = Listings(engines, self.attrs, self.roots, invalidator)
@@ -144,6 +146,7 @@ class DockerFS(ReadOnly):
             raise fail(errno.ENOENT)
         self.table.remember(node)
         self.roots.note_asker(node, ctx.pid)
+        self.exec.prepare(node)
         return self.attrs.of(node)
 
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
@@ -215,6 +218,8 @@ class DockerFS(ReadOnly):
             raise fail(errno.ENOENT)  # the kernel has yet to drop its entry
         if node.is_dir:
             raise fail(errno.EISDIR)
+        if self.exec.owns(node):
+            return self.exec.open(node, flags, ctx.pid)
         writing = flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND)
         if node.entry is not None:
             if writing:
@@ -297,7 +302,8 @@ class DockerFS(ReadOnly):
         only_truncate = fields.update_size and not (
             fields.update_mode or fields.update_uid or fields.update_gid
         )
-        if node.special is Special.CTL and only_truncate and attr.st_size == 0:
+        writable = node.special is Special.CTL or self.exec.writable(node)
+        if writable and only_truncate and attr.st_size == 0:
             return self.attrs.of(node)  # `echo stop > ctl` truncates first: harmless
         raise fail(errno.EPERM)
 
@@ -335,4 +341,5 @@ class DockerFS(ReadOnly):
                 "waiting_reads": self.followers.waiting_reads,
             },
             "exit_waits": len(self.engines.exit_waits),
+            "exec": {"sessions": self.exec.sessions.count, "blocked": self.exec.blocked.count},
         }

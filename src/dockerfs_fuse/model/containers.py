@@ -23,7 +23,8 @@ class Special(enum.Enum):
     """Entries whose content is not in the list answer: made when opened or written.
 
     ROOT is a directory (the container's own filesystem, read through the
-    engine); the others are files.
+    engine), and so is EXEC (its exec sessions, model/exec.py); the others
+    are files.
     """
 
     CTL = "ctl"
@@ -35,6 +36,7 @@ class Special(enum.Enum):
     TOP = "top"
     STATS = "stats"
     WAIT = "wait"
+    EXEC = "exec"
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class Unlisted(dict[str, "Spec | bytes | Special | Link"]):
 # Every container directory holds one Unlisted directory of this name, with
 # the entries a recursive tool must not open or enter: they block (wait,
 # logs.follow), stream a whole log (logs), act (ctl), cost a slow request
-# (stats waits for Docker's next sample; top runs `ps` over the host's
+# (stats waits for Docker's next sample; exec runs commands; top runs `ps` over the host's
 # processes, so a walk of them all grows with containers times processes) or
 # hold a whole filesystem (root). The container directory lists each as a
 # link into it (`ctl -> .live/ctl`), and `grep -r`, `cp -r`, `tar`, `du` and
@@ -74,6 +76,7 @@ BEHIND_LINKS = frozenset(
         Special.TOP,
         Special.STATS,
         Special.WAIT,
+        Special.EXEC,
     }
 )
 
@@ -104,6 +107,7 @@ ORDER = (
     "top",
     "stats",
     "wait",
+    "exec",
     LIVE,
 )
 

@@ -23,10 +23,202 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
+import trio.testing
 from conftest import Engine, Mount, start_mount, stop_mount
 from support.waiting import wait_until
 
+from dockerfs_fuse.docker.errors import NotFound
+from dockerfs_fuse.docker.exec import ExecState
+from dockerfs_fuse.engine.exec import MAX_BUFFER, ExecSessions, SessionError
+from dockerfs_fuse.model.ctl import BadCommand
+from dockerfs_fuse.model.exec import MAX_LINE_BYTES, ExecSpec, State, parse_line, status_text
+
 IMG = "busybox:latest"
+
+
+# -- the grammar --------------------------------------------------------------------------
+
+
+def test_exec_lines_split_as_a_shell_splits_words() -> None:
+    line = parse_line(b"exec -t -u nobody -w /tmp -e A=1 -e B=x=y -- sh -c 'echo \"a b\"'\n")
+    assert line.verb == "exec"
+    assert line.spec == ExecSpec(
+        ("sh", "-c", 'echo "a b"'), tty=True, user="nobody", workdir="/tmp", env=("A=1", "B=x=y")
+    )
+    assert parse_line(b"run ls").spec == ExecSpec(("ls",), merged=True)
+    assert parse_line(b"kill").signal == "SIGKILL"
+    assert parse_line(b"kill hup").signal == "SIGHUP"
+    assert parse_line(b"eof\n").verb == "eof"
+    assert parse_line(b"killonclose").verb == "killonclose"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"",
+        b"bogus",
+        b"exec",
+        b"exec -t",
+        b"exec -x ls",
+        b"exec -u",
+        b"exec -w tmp ls",
+        b"exec -e NOEQUALS ls",
+        b"exec 'unclosed",
+        b"exec ls\nexec ls",
+        b"exec a\0b",
+        b"kill NOSUCH",
+        b"kill 1 2",
+        b"eof now",
+        b"\xff",
+        b"exec " + b"x" * MAX_LINE_BYTES,
+    ],
+)
+def test_bad_lines_are_refused_before_docker_hears(bad: bytes) -> None:
+    with pytest.raises(BadCommand):
+        parse_line(bad)
+
+
+def test_status_says_reserved_running_or_exited() -> None:
+    assert status_text(State.RESERVED, 0, None) == b"reserved\n"
+    assert status_text(State.RUNNING, 42, None) == b"running 42\n"
+    assert status_text(State.EXITED, 42, 7) == b"exited 7\n"
+
+
+# -- the sessions, with a fake engine -----------------------------------------------------
+
+
+class FakeChannel:
+    """A command's stream: `script` is what it writes, then it ends."""
+
+    def __init__(self, script: list[tuple[int, bytes]]) -> None:
+        self.script = list(script)
+        self.reads = 0
+        self.stdin = b""
+        self.closed = False
+        self.gate = trio.Event()
+        self.gate.set()
+
+    async def read(self) -> list[tuple[int, bytes]] | None:
+        await self.gate.wait()
+        self.reads += 1
+        if not self.script:
+            return None
+        return [self.script.pop(0)]
+
+    async def write(self, data: bytes) -> None:
+        self.stdin += data
+
+    async def close_write(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeBackend:
+    def __init__(self, script: list[tuple[int, bytes]], code: int = 0, pid: int = 99) -> None:
+        self.channel = FakeChannel(script)
+        self.code = code
+        self.pid = pid
+        self.signals: list[str] = []
+        self.missing = False
+
+    async def create(self, cid: str, spec: ExecSpec, mark: str) -> str:
+        return "e1"
+
+    async def start(self, exec_id: str, tty: bool) -> FakeChannel:
+        return self.channel
+
+    async def inspect(self, exec_id: str) -> ExecState:
+        if self.missing:
+            return ExecState(False, 0, 127)
+        if self.channel.script:
+            return ExecState(True, self.pid, None)
+        return ExecState(False, self.pid, self.code)
+
+    async def signal(self, cid: str, pid: int, mark: str, name: str) -> None:
+        self.signals.append(name)
+
+
+def test_output_is_read_from_docker_only_as_fast_as_it_is_read() -> None:
+    chunk = b"x" * (MAX_BUFFER // 2)
+    backend = FakeBackend([(2, chunk)] * 8 + [(1, b"out")], code=3)
+    ended: list[int] = []
+
+    async def main() -> None:
+        sessions = ExecSessions(lambda s: ended.append(s.number))
+        s = sessions.reserve(("e", "c"), backend)
+        sessions.hold(s, True)
+        await s.start(ExecSpec(("cmd",)))
+        assert s.status() == b"running 99\n"
+        # stdout is read: the stream is read until stderr's buffer is full, and no further.
+        with trio.move_on_after(1):
+            await s.read(1, 10)
+        assert len(s.bufs[2]) == MAX_BUFFER and backend.channel.reads == 2
+        got = b""
+        while data := await s.read(2, 1 << 20):
+            got += data
+            assert len(s.bufs[2]) <= MAX_BUFFER
+            if len(got) == len(chunk) * 8:
+                break
+        assert got == chunk * 8
+        assert await s.read(1, 10) == b"out"
+        assert await s.read(1, 10) == b""
+        assert await s.wait() == 3
+        assert s.status() == b"exited 3\n"
+        sessions.let_go(s, True)
+        assert sessions.count == 0 and ended == [0]
+        assert backend.channel.closed
+
+    trio.run(main)
+
+
+def test_sessions_are_bounded_and_a_missing_command_is_not_found() -> None:
+    async def main() -> None:
+        sessions = ExecSessions(lambda s: None, per_container=2, total=3)
+        backend = FakeBackend([(1, b"exec: no-such: executable file not found in $PATH")])
+        backend.missing = True
+        a = sessions.reserve(("e", "c"), backend)
+        sessions.reserve(("e", "c"), backend)
+        with pytest.raises(SessionError) as err:
+            sessions.reserve(("e", "c"), backend)
+        assert err.value.errno == errno.EAGAIN
+        sessions.reserve(("e", "d"), backend)
+        with pytest.raises(SessionError) as err:
+            sessions.reserve(("e", "x"), backend)
+        assert err.value.errno == errno.EMFILE
+        with pytest.raises(NotFound, match="executable file not found"):
+            await a.start(ExecSpec(("no-such",)))
+        assert a.status() == b"exited -1\n" and await a.read(1, 10) == b""
+        with pytest.raises(SessionError) as err:
+            await a.start(ExecSpec(("again",)))
+        assert err.value.errno == errno.EBUSY
+
+    trio.run(main)
+
+
+def test_killonclose_kills_at_the_last_ctl_and_the_last_file_kills_too() -> None:
+    async def main() -> None:
+        backend = FakeBackend([(1, b"a")])
+        backend.channel.gate = trio.Event()  # the command runs until told
+        sessions = ExecSessions(lambda s: None)
+        s = sessions.reserve(("e", "c"), backend)
+        sessions.hold(s, True)
+        sessions.hold(s, False)  # data
+        backend.channel.gate.set()
+        await s.start(ExecSpec(("cmd",)))
+        backend.channel.gate = trio.Event()
+        s.killonclose = True
+        sessions.let_go(s, True)
+        await trio.testing.wait_all_tasks_blocked()
+        assert backend.signals == ["SIGKILL"] and sessions.count == 1
+        sessions.let_go(s, False)
+        await trio.testing.wait_all_tasks_blocked()
+        assert backend.signals == ["SIGKILL", "SIGKILL"] and sessions.count == 0
+        assert backend.channel.closed
+
+    trio.run(main)
 
 
 # -- on a real mount ----------------------------------------------------------------------
@@ -62,6 +254,8 @@ def ctl_errno(s: Opened, line: str) -> int:
     return err.value.errno or 0
 
 
+@pytest.mark.docker
+@pytest.mark.fuse
 def test_exec_runs_a_command_and_reads_its_output_and_exit_code(
     engine: Engine, mounted: Mount
 ) -> None:
@@ -83,6 +277,8 @@ def test_exec_runs_a_command_and_reads_its_output_and_exit_code(
     assert not s.dir.exists()
 
 
+@pytest.mark.docker
+@pytest.mark.fuse
 def test_exit_codes_stderr_apart_and_a_tty(engine: Engine, mounted: Mount) -> None:
     cid = engine.run(IMG, "sleep", "1d")
     s = run_session(mounted, cid, "exec sh -c 'echo out; echo err >&2; exit 7'")
@@ -107,6 +303,8 @@ def test_exit_codes_stderr_apart_and_a_tty(engine: Engine, mounted: Mount) -> No
         s.close()
 
 
+@pytest.mark.docker
+@pytest.mark.fuse
 def test_stdin_with_eof(engine: Engine, mounted: Mount) -> None:
     cid = engine.run(IMG, "sleep", "1d")
     s = run_session(mounted, cid, 'exec sh -c "grep x"')
@@ -128,6 +326,8 @@ def test_stdin_with_eof(engine: Engine, mounted: Mount) -> None:
         s.close()
 
 
+@pytest.mark.docker
+@pytest.mark.fuse
 def test_kill_a_command_not_there_and_a_bad_line(engine: Engine, mounted: Mount) -> None:
     cid = engine.run(IMG, "sleep", "1d")
     s = run_session(mounted, cid, "exec sleep 4242")
@@ -159,6 +359,8 @@ def test_kill_a_command_not_there_and_a_bad_line(engine: Engine, mounted: Mount)
         s.close()
 
 
+@pytest.mark.docker
+@pytest.mark.fuse
 def test_a_stopped_or_paused_container_is_ebusy(engine: Engine, mounted: Mount) -> None:
     cid = engine.run(IMG, "sleep", "1d")
     engine.docker("pause", cid)
@@ -178,6 +380,8 @@ def test_a_stopped_or_paused_container_is_ebusy(engine: Engine, mounted: Mount) 
         s.close()
 
 
+@pytest.mark.docker
+@pytest.mark.fuse
 def test_a_container_that_stops_ends_its_sessions(engine: Engine, mounted: Mount) -> None:
     cid = engine.run(IMG, "sleep", "1d")
     s = run_session(mounted, cid, "exec sh -c 'echo started; sleep 1000'")
@@ -194,6 +398,8 @@ def test_a_container_that_stops_ends_its_sessions(engine: Engine, mounted: Mount
         s.close()
 
 
+@pytest.mark.docker
+@pytest.mark.fuse
 def test_64_sessions_at_once(engine: Engine, mounted: Mount) -> None:
     cid = engine.run(IMG, "sleep", "1d")
     results: dict[int, tuple[bytes, bytes]] = {}
@@ -223,6 +429,8 @@ def test_64_sessions_at_once(engine: Engine, mounted: Mount) -> None:
             s.close()
 
 
+@pytest.mark.docker
+@pytest.mark.fuse
 def test_a_reader_that_stops_reading_stops_the_command(engine: Engine, mounted: Mount) -> None:
     cid = engine.run(IMG, "sleep", "1d")
     pid = mounted.proc.pid
@@ -255,6 +463,8 @@ def _rss_kb(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.docker
+@pytest.mark.fuse
 def test_a_blocked_reader_is_interrupted(engine: Engine, mounted: Mount) -> None:
     cid = engine.run(IMG, "sleep", "1d")
     s = run_session(mounted, cid, "exec sleep 4343")
@@ -288,6 +498,8 @@ def _sleeping(arg: str) -> bool:
     return False
 
 
+@pytest.mark.docker
+@pytest.mark.fuse
 def test_closing_kills_with_killonclose_at_the_ctl(engine: Engine, mounted: Mount) -> None:
     cid = engine.run(IMG, "sleep", "1d")
     # killonclose: the ctl's close kills it, though data is still open.
@@ -314,6 +526,8 @@ def test_closing_kills_with_killonclose_at_the_ctl(engine: Engine, mounted: Moun
     wait_until(lambda: mounted.stats()["exec"]["sessions"] == 0, "the session ended")
 
 
+@pytest.mark.docker
+@pytest.mark.fuse
 def test_only_the_mounting_user_and_never_under_ro(engine: Engine, mount_factory: Any) -> None:
     base = Path(tempfile.mkdtemp(prefix="dfs-shared-"))
     base.chmod(0o755)
@@ -343,6 +557,8 @@ def test_only_the_mounting_user_and_never_under_ro(engine: Engine, mount_factory
 BIG = 100_000_000
 
 
+@pytest.mark.docker
+@pytest.mark.fuse
 def test_100_mb_each_way_byte_for_byte(engine: Engine, mounted: Mount) -> None:
     cid = engine.run(IMG, "sleep", "1d")
     engine.docker("exec", cid, "sh", "-c", f"head -c {BIG} /dev/urandom > /big")
@@ -379,6 +595,8 @@ def test_100_mb_each_way_byte_for_byte(engine: Engine, mounted: Mount) -> None:
     assert got == digest.hexdigest()
 
 
+@pytest.mark.docker
+@pytest.mark.fuse
 def test_the_one_line_form_reads_the_output_on_the_same_descriptor(
     engine: Engine, mounted: Mount
 ) -> None:
@@ -392,6 +610,8 @@ def test_the_one_line_form_reads_the_output_on_the_same_descriptor(
     assert res.returncode == 0 and sorted(res.stdout.splitlines()) == [b"err", b"out"], res
 
 
+@pytest.mark.docker
+@pytest.mark.fuse
 def test_a_walk_never_opens_a_session(engine: Engine, mounted: Mount) -> None:
     cid = engine.run(IMG, "sleep", "1d")
     found = subprocess.run(["find", str(mounted.path)], capture_output=True, text=True, timeout=60)
@@ -401,6 +621,8 @@ def test_a_walk_never_opens_a_session(engine: Engine, mounted: Mount) -> None:
     assert mounted.stats()["exec"]["sessions"] == 0
 
 
+@pytest.mark.docker
+@pytest.mark.fuse
 def test_the_engine_view_has_exec_too(engine: Engine, mount_factory: Any) -> None:
     cid = engine.run(IMG, "sleep", "1d")
     m = mount_factory(engine.host, "--view=engine", name="ev")

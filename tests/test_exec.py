@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -26,6 +27,7 @@ import pytest
 import trio
 import trio.testing
 from conftest import Engine, Mount, start_mount, stop_mount
+from ninep_support import Client
 from support.waiting import wait_until
 
 from dockerfs_fuse.docker.errors import NotFound
@@ -33,6 +35,8 @@ from dockerfs_fuse.docker.exec import ExecState
 from dockerfs_fuse.engine.exec import MAX_BUFFER, ExecSessions, SessionError
 from dockerfs_fuse.model.ctl import BadCommand
 from dockerfs_fuse.model.exec import MAX_LINE_BYTES, ExecSpec, State, parse_line, status_text
+from dockerfs_fuse.ninep import codec
+from dockerfs_fuse.ninep.codec import Message
 
 IMG = "busybox:latest"
 
@@ -632,3 +636,54 @@ def test_the_engine_view_has_exec_too(engine: Engine, mount_factory: Any) -> Non
         assert s.read("data") == b"hi\n"
     finally:
         s.close()
+
+
+def _mount_with_9p(mount_factory: Any, host: str, *extra: str) -> tuple[Mount, int]:
+    m: Mount = mount_factory(host, "--9p", "tcp!127.0.0.1!0", *extra, name="9p" + "".join(extra))
+    found: list[int] = []
+
+    def announced() -> bool:
+        match = re.search(r"listening on tcp!127\.0\.0\.1!(\d+)", m.log_text())
+        if match:
+            found.append(int(match.group(1)))
+        return bool(match)
+
+    wait_until(announced, "the 9P shim's port")
+    return m, found[0]
+
+
+def _open9(client: Client, path: str, fid: int, mode: int) -> Message:
+    assert isinstance(client.walk(path, fid), codec.Rwalk), path
+    return client.rpc(codec.Topen(tag=4, fid=fid, mode=mode))
+
+
+@pytest.mark.docker
+@pytest.mark.fuse
+def test_a_session_over_9p_with_control_allowed(engine: Engine, mount_factory: Any) -> None:
+    cid = engine.run(IMG, "sleep", "1d")
+    _, port = _mount_with_9p(mount_factory, engine.host, "--9p-allow-control")
+    with Client.session("127.0.0.1", port) as client:
+        assert isinstance(_open9(client, f"{cid}/exec/clone", 10, codec.ORDWR), codec.Ropen)
+        n = int(client.read_all(10).decode())
+        line = b"exec sh -c 'read x; echo got $x; echo err >&2; exit 5'"
+        wrote = client.rpc(codec.Twrite(tag=6, fid=10, offset=0, data=line))
+        assert isinstance(wrote, codec.Rwrite), wrote
+        assert isinstance(_open9(client, f"{cid}/exec/{n}/data", 11, codec.ORDWR), codec.Ropen)
+        wrote = client.rpc(codec.Twrite(tag=6, fid=11, offset=0, data=b"hello\n"))
+        assert isinstance(wrote, codec.Rwrite), wrote
+        assert client.read_all(11) == b"got hello\n"
+        assert client.cat(f"{cid}/exec/{n}/stderr") == b"err\n"
+        assert client.cat(f"{cid}/exec/{n}/wait") == b"5\n"
+        for fid in (10, 11):
+            client.rpc(codec.Tclunk(tag=5, fid=fid))
+    wait_until(lambda: not _sessions_of(engine, cid), "the session gone")
+    # Without --9p-allow-control, no session opens.
+    _, port = _mount_with_9p(mount_factory, engine.host)
+    with Client.session("127.0.0.1", port) as client:
+        assert isinstance(_open9(client, f"{cid}/exec/clone", 10, codec.ORDWR), codec.Rerror)
+
+
+def _sessions_of(engine: Engine, cid: str) -> list[str]:
+    """Execs Docker still runs in the container (its ExecIDs)."""
+    ids = engine.api(f"/containers/{cid}/json").get("ExecIDs") or []
+    return [e for e in ids if engine.api(f"/exec/{e}/json")["Running"]]

@@ -26,8 +26,9 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from conftest import Engine, Mount, start_mount, stop_mount
+from conftest import Engine, Mount, start_mount, stop_mount, wait_for_start_line
 from ninep_support import Client
+from support.private_engines import PrivateSshd, TLSDockerd
 from support.waiting import wait_until
 
 from dockerfs_fuse.docker.errors import NotFound
@@ -512,7 +513,7 @@ def test_closing_kills_with_killonclose_at_the_ctl(engine: Engine, mounted: Moun
     data = os.open(s.dir / "data", os.O_RDONLY)
     try:
         assert os.read(data, 10) == b"up\n"
-        assert _sleeping("4444")
+        wait_until(lambda: _sleeping("4444"), "sh has become sleep")
         s.close()
         wait_until(lambda: not _sleeping("4444"), "the command killed at the ctl's close")
         assert os.read(data, 10) == b""
@@ -522,6 +523,7 @@ def test_closing_kills_with_killonclose_at_the_ctl(engine: Engine, mounted: Moun
     s = run_session(mounted, cid, "exec sh -c 'echo up; exec sleep 4545'")
     data = os.open(s.dir / "data", os.O_RDONLY)
     assert os.read(data, 10) == b"up\n"
+    wait_until(lambda: _sleeping("4545"), "sh has become sleep")
     s.close()
     wait_until(lambda: mounted.stats()["exec"]["sessions"] == 1, "the ctl released")
     assert _sleeping("4545")
@@ -687,3 +689,91 @@ def _sessions_of(engine: Engine, cid: str) -> list[str]:
     """Execs Docker still runs in the container (its ExecIDs)."""
     ids = engine.api(f"/containers/{cid}/json").get("ExecIDs") or []
     return [e for e in ids if engine.api(f"/exec/{e}/json")["Running"]]
+
+
+# -- the same on Podman and on remote engines ----------------------------------------------
+
+ENGINES = ("docker", "podman", "tls", "ssh")
+
+
+@pytest.fixture(params=ENGINES)
+def where(
+    request: pytest.FixtureRequest, mount_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Engine, Mount, str]:
+    """An engine (the private dockerd, Podman, a dockerd over tcp+TLS or over
+    ssh://) and a mount of it; the name says which."""
+    kind: str = request.param
+    if kind == "podman":
+        e: Engine = request.getfixturevalue("podman_engine")
+        return e, mount_factory(e.host), kind
+    if kind == "tls":
+        e = request.getfixturevalue("tls_engine")
+        d: TLSDockerd = e.dockerd  # type: ignore[assignment]
+        monkeypatch.setenv("DOCKER_TLS_VERIFY", "1")
+        monkeypatch.setenv("DOCKER_CERT_PATH", str(d.tls.client_dir))
+        m = mount_factory(d.tcp_url)
+        wait_for_start_line(m, d.tcp_url)
+        return e, m, kind
+    e = request.getfixturevalue("engine")
+    if kind == "ssh":
+        sshd: PrivateSshd = request.getfixturevalue("sshd_session")
+        monkeypatch.setenv("HOME", str(sshd.client_home))
+        m = mount_factory(sshd.url)
+        wait_for_start_line(m, sshd.url)
+        return e, m, kind
+    return e, mount_factory(e.host), kind
+
+
+@pytest.mark.docker
+@pytest.mark.fuse
+def test_sessions_on_every_engine(where: tuple[Engine, Mount, str]) -> None:
+    engine, m, kind = where
+    cid = engine.run(IMG, "sleep", "1d")
+    s = run_session(m, cid, "exec sh -c 'echo out; echo err >&2; exit 7'")
+    try:
+        assert (s.read("data"), s.read("stderr"), s.read("wait")) == (b"out\n", b"err\n", b"7\n")
+    finally:
+        s.close()
+    s = run_session(m, cid, "exec -t sh -c 'echo tty'")
+    try:
+        assert s.read("data") == b"tty\r\n" and s.read("wait") == b"0\n"
+    finally:
+        s.close()
+    s = run_session(m, cid, "exec sh -c 'read x; echo got $x; cat'")
+    try:
+        fd = os.open(s.dir / "data", os.O_RDWR)
+        try:
+            os.write(fd, b"one\n")
+            assert os.read(fd, 100) == b"got one\n"
+            if kind == "tls":
+                # A TLS connection cannot end stdin alone: documented, EOPNOTSUPP.
+                assert ctl_errno(s, "eof") == errno.EOPNOTSUPP
+                s.ctl("kill TERM")
+                assert s.read("wait") == b"143\n"
+            else:
+                s.ctl("eof")
+                assert os.read(fd, 100) == b""
+                assert s.read("wait") == b"0\n"
+        finally:
+            os.close(fd)
+    finally:
+        s.close()
+    s = run_session(m, cid, "exec sleep 4747")
+    try:
+        assert s.read("status").startswith(b"running ")
+        s.ctl("kill")
+        assert s.read("wait") == b"137\n"
+    finally:
+        s.close()
+    s = Opened(m, cid)
+    try:
+        assert ctl_errno(s, "exec no-such-command") == errno.ENOENT
+        assert b"no-such-command" in os.read(s.fd, 4096)
+    finally:
+        s.close()
+    engine.docker("stop", "-t", "0", cid)
+    s = Opened(m, cid)
+    try:
+        assert ctl_errno(s, "exec true") == errno.EBUSY, os.read(s.fd, 4096)
+    finally:
+        s.close()

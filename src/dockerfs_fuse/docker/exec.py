@@ -20,6 +20,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import re
 import signal as signals
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -29,7 +30,13 @@ import trio
 from aiodocker.stream import Stream as HijackedStream
 
 from dockerfs_fuse.docker.bridge import AsyncioThread, await_future
-from dockerfs_fuse.docker.errors import DOCKER_ERRORS, ApiError, DockerProblem, translate
+from dockerfs_fuse.docker.errors import (
+    DOCKER_ERRORS,
+    ApiError,
+    Conflict,
+    DockerProblem,
+    translate,
+)
 from dockerfs_fuse.docker.source import DockerSource
 from dockerfs_fuse.model.exec import ExecSpec
 
@@ -41,6 +48,7 @@ READ_BATCH = 256 << 10
 # The variable every exec gets, so its process can be found to be signalled
 # (the exec's PID is the host's, which a remote engine's container cannot use).
 MARK_VARIABLE = "DOCKERFS_EXEC"
+_IMPROPER = re.compile(r"state improper|not running|is paused")
 # Finds the marked process among the container's and signals it: $0 the mark, $1 the signal.
 _KILL_MARKED = (
     'for d in /proc/[0-9]*; do tr "\\000" "\\n" <"$d/environ" 2>/dev/null'
@@ -182,7 +190,13 @@ async def create(source: DockerSource, cid: str, spec: ExecSpec, mark: str) -> s
             raise ApiError(f"exec create: unexpected answer {str(answer)[:80]!r}")
         return str(answer["Id"])
 
-    return await source.call("exec/create", post)
+    try:
+        return await source.call("exec/create", post)
+    except ApiError as exc:
+        # Podman answers 500 for a container that is not running.
+        if _IMPROPER.search(str(exc)):
+            raise Conflict(str(exc)) from None
+        raise
 
 
 async def start(source: DockerSource, exec_id: str, tty: bool) -> Channel:

@@ -81,10 +81,12 @@ test-stock-venv: deps-docker
 	.venv-stock/bin/pytest -q tests/test_kernel_cache.py tests/test_mount.py -k 'not make_built'
 
 ## make bench: figures for 10, 100 and 1000 containers, then a 3-node swarm's
-## 50 services x 4 replicas (bench_swarm.py), then make bench-scale (not part of make test)
+## 50 services x 4 replicas (bench_swarm.py), exec sessions against `docker exec`
+## (bench_exec.py), then make bench-scale (not part of make test)
 bench: deps-docker
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
 	$(BIN)/python bench/bench_swarm.py $(BENCH_SWARM_ARGS)
+	$(BIN)/python bench/bench_exec.py $(BENCH_EXEC_ARGS)
 	$(MAKE) --no-print-directory bench-scale
 
 ## make bench-scale: 100, 1,000 and 10,000 created containers mounted with -a (bench/scale.py;

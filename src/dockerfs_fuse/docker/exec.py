@@ -8,9 +8,9 @@ from this host when the exec's process is ours to see (a local engine),
 else with a second exec of `kill` inside the container.
 
 The hijacked stream is read only when a reader asks (`Channel.read`):
-aiodocker's parser splits stdout from stderr and stops reading the socket
-past 128 KiB unread, so a reader that stops reading stops the command (as a
-pipe does) and nothing grows.
+`Frames` splits stdout from stderr, and the socket is left unread past
+256 KiB queued, so a reader that stops reading stops the command (as a pipe
+does) and nothing grows.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from typing import Any, TypeVar
 
 import aiodocker
 import trio
+from aiodocker._flow_control_queue import FlowControlDataQueue
+from aiodocker.stream import Message
 from aiodocker.stream import Stream as HijackedStream
 
 from dockerfs_fuse.docker.bridge import AsyncioThread, await_future
@@ -37,6 +39,7 @@ from dockerfs_fuse.docker.errors import (
     DockerProblem,
     translate,
 )
+from dockerfs_fuse.docker.framing import MAX_FRAME
 from dockerfs_fuse.docker.source import DockerSource
 from dockerfs_fuse.model.exec import ExecSpec
 
@@ -45,6 +48,10 @@ T = TypeVar("T")
 # How much one read hands over at most: what the stream already holds, so
 # a fast command costs one thread hop per this many bytes, not per frame.
 READ_BATCH = 256 << 10
+# What the stream's queue holds before the socket is left unread (aiohttp
+# pauses at twice this): the most the daemon holds per session, with the
+# session's own buffers (engine/exec.py).
+QUEUE_LIMIT = 128 << 10
 # The variable every exec gets, so its process can be found to be signalled
 # (the exec's PID is the host's, which a remote engine's container cannot use).
 MARK_VARIABLE = "DOCKERFS_EXEC"
@@ -213,6 +220,7 @@ async def start(source: DockerSource, exec_id: str, tty: bool) -> Channel:
             with contextlib.suppress(Exception):
                 await hijacked.close()
             raise translate(exc) from exc
+        _parse_in_runs(hijacked, tty)
         return hijacked
 
     return Channel(thread, await await_future(thread.submit(run())), tty)
@@ -262,6 +270,63 @@ async def signal(source: DockerSource, cid: str, pid: int, mark: str, name: str)
             await resp.read()
 
     await source.call("exec/start", run)
+
+
+def _parse_in_runs(hijacked: HijackedStream, tty: bool) -> None:
+    """Parse the stream with `Frames` into a queue of QUEUE_LIMIT: aiodocker's
+    parser queues each frame (32 KiB at most) as it is, which costs a copy,
+    a move of the rest and a thread hop per frame."""
+    resp = hijacked._resp
+    protocol = resp.connection.protocol if resp is not None and resp.connection else None
+    if protocol is None:
+        return
+    queue: FlowControlDataQueue[Message] = FlowControlDataQueue(protocol, limit=QUEUE_LIMIT)
+    protocol.set_parser(Frames(queue, tty), queue)
+    hijacked._queue = queue
+
+
+class Frames:
+    """Docker's stdout/stderr framing of an attached stream (see framing.py),
+    removed as bytes arrive: each arrival becomes one message per run of
+    frames of one stream. A TTY's stream is raw (all stdout)."""
+
+    def __init__(self, queue: FlowControlDataQueue[Message], tty: bool) -> None:
+        self.queue = queue
+        self.tty = tty
+        self._buf = bytearray()
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.queue.set_exception(exc)
+
+    def feed_eof(self) -> None:
+        self.queue.feed_eof()
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        if self.tty:
+            self.queue.feed_data(Message(1, bytes(data)), len(data))
+            return False, b""
+        buf = self._buf
+        buf += data
+        pos, run, which = 0, bytearray(), 0
+        while len(buf) - pos >= 8:
+            kind = buf[pos]
+            length = int.from_bytes(buf[pos + 4 : pos + 8], "big")
+            if length > MAX_FRAME:
+                self.set_exception(ApiError(f"exec stream: a frame of {length} bytes"))
+                buf.clear()
+                return False, b""
+            if len(buf) - pos < 8 + length:
+                break
+            if run and kind != which:
+                self.queue.feed_data(Message(which, bytes(run)), len(run))
+                run = bytearray()
+            which = kind
+            run += buf[pos + 8 : pos + 8 + length]
+            pos += 8 + length
+        if run:
+            self.queue.feed_data(Message(which, bytes(run)), len(run))
+        del buf[:pos]
+        return False, b""
 
 
 def _marked_here(pid: int, mark: str) -> bool:

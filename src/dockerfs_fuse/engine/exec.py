@@ -32,7 +32,9 @@ MAX_SESSIONS = 128
 # What one stream holds unread before the stream from Docker is left unread.
 MAX_BUFFER = 256 << 10
 # How often a starting exec, or one whose stream ended, is asked how it is.
-POLL = 0.02
+POLL = 0.005
+# How often `wait` asks Docker while both buffers are full and nobody reads.
+WAIT_POLL = 0.2
 # How long an exec may take to start, and to say how it ended after its stream did.
 SETTLE = 10.0
 # Docker's exit codes for a command it could not start: not found, not executable.
@@ -231,7 +233,7 @@ class Session:
             elif not self._pulling and all(len(b) < MAX_BUFFER for b in self.bufs.values()):
                 await self._pull()
             else:
-                with trio.move_on_after(POLL * 10):
+                with trio.move_on_after(WAIT_POLL):
                     await self.changed()
                 st = await self.backend.inspect(self.exec_id)
                 if not st.running and st.exit_code is not None:

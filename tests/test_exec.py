@@ -32,7 +32,7 @@ from support.private_engines import PrivateSshd, TLSDockerd
 from support.waiting import wait_until
 
 from dockerfs_fuse.docker.errors import NotFound
-from dockerfs_fuse.docker.exec import ExecState
+from dockerfs_fuse.docker.exec import ExecState, Frames
 from dockerfs_fuse.engine.exec import MAX_BUFFER, ExecSessions, SessionError
 from dockerfs_fuse.model.ctl import BadCommand
 from dockerfs_fuse.model.exec import MAX_LINE_BYTES, ExecSpec, State, parse_line, status_text
@@ -160,11 +160,11 @@ def test_output_is_read_from_docker_only_as_fast_as_it_is_read() -> None:
         # stdout is read: the stream is read until stderr's buffer is full, and no further.
         with trio.move_on_after(1):
             await s.read(1, 10)
-        assert len(s.bufs[2]) == MAX_BUFFER and backend.channel.reads == 2
+        assert s.buffered(2) == MAX_BUFFER and backend.channel.reads == 2
         got = b""
         while data := await s.read(2, 1 << 20):
             got += data
-            assert len(s.bufs[2]) <= MAX_BUFFER
+            assert s.buffered(2) <= MAX_BUFFER
             if len(got) == len(chunk) * 8:
                 break
         assert got == chunk * 8
@@ -777,3 +777,31 @@ def test_sessions_on_every_engine(where: tuple[Engine, Mount, str]) -> None:
         assert ctl_errno(s, "exec true") == errno.EBUSY, os.read(s.fd, 4096)
     finally:
         s.close()
+
+
+class ListQueue:
+    """What Frames feeds: a list of (stream, bytes)."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[int, bytes]] = []
+
+    def feed_data(self, msg: tuple[int, bytes], size: int) -> None:
+        self.got.append((msg[0], msg[1]))
+
+
+def test_frames_are_split_into_runs_of_one_stream_wherever_the_bytes_break() -> None:
+    def frame(kind: int, data: bytes) -> bytes:
+        return bytes([kind, 0, 0, 0]) + len(data).to_bytes(4, "big") + data
+
+    stream = frame(1, b"ab") + frame(1, b"cd") + frame(2, b"E") + frame(1, b"") + frame(1, b"f")
+    for cut in range(len(stream) + 1):
+        queue = ListQueue()
+        frames = Frames(queue, tty=False)  # type: ignore[arg-type]
+        frames.feed_data(stream[:cut])
+        frames.feed_data(stream[cut:])
+        joined: dict[int, bytes] = {1: b"", 2: b""}
+        for which, data in queue.got:
+            joined[which] += data
+        assert joined == {1: b"abcdf", 2: b"E"}, cut
+        # In order: stdout's "ab" and "cd" before stderr's "E", before "f".
+        assert b"".join(data for _, data in queue.got) == b"abcdEf", cut

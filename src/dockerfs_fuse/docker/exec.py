@@ -307,26 +307,36 @@ class Frames:
             return False, b""
         buf = self._buf
         buf += data
-        pos, run, which = 0, bytearray(), 0
-        while len(buf) - pos >= 8:
-            kind = buf[pos]
-            length = int.from_bytes(buf[pos + 4 : pos + 8], "big")
-            if length > MAX_FRAME:
-                self.set_exception(ApiError(f"exec stream: a frame of {length} bytes"))
-                buf.clear()
-                return False, b""
-            if len(buf) - pos < 8 + length:
-                break
-            if run and kind != which:
-                self.queue.feed_data(Message(which, bytes(run)), len(run))
-                run = bytearray()
-            which = kind
-            run += buf[pos + 8 : pos + 8 + length]
-            pos += 8 + length
-        if run:
-            self.queue.feed_data(Message(which, bytes(run)), len(run))
+        view = memoryview(buf)
+        pos, run, which = 0, list[memoryview](), 0
+        try:
+            while len(buf) - pos >= 8:
+                kind = buf[pos]
+                length = int.from_bytes(view[pos + 4 : pos + 8], "big")
+                if length > MAX_FRAME:
+                    self.set_exception(ApiError(f"exec stream: a frame of {length} bytes"))
+                    pos = len(buf)
+                    run.clear()
+                    break
+                if len(buf) - pos < 8 + length:
+                    break
+                if run and kind != which:
+                    self._put(which, run)
+                    run = []
+                which = kind
+                run.append(view[pos + 8 : pos + 8 + length])
+                pos += 8 + length
+            if run:
+                self._put(which, run)
+        finally:
+            run.clear()
+            view.release()
         del buf[:pos]
         return False, b""
+
+    def _put(self, which: int, run: list[memoryview]) -> None:
+        data = b"".join(run)
+        self.queue.feed_data(Message(which, data), len(data))
 
 
 def _marked_here(pid: int, mark: str) -> bool:

@@ -11,6 +11,7 @@ container and per mount, and ends a session when its last file is closed.
 
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import re
@@ -91,7 +92,13 @@ class Session:
         self.opens = 0
         self.ctl_opens = 0
         self.channel: ExecChannel | None = None
-        self.bufs = {1: bytearray(), 2: bytearray()}
+        # What the command wrote and nobody has read yet, per stream, as it came.
+        self.bufs: dict[int, collections.deque[bytes]] = {
+            1: collections.deque(),
+            2: collections.deque(),
+        }
+        self.sizes = {1: 0, 2: 0}
+        self._taken = {1: 0, 2: 0}  # how much of each stream's first chunk was read
         self.ended = False  # the stream from Docker ended
         self.stdin_closed = False
         self._pulling = False
@@ -163,21 +170,38 @@ class Session:
             return NotFound(message)
         return SessionError(errno.EACCES, message)
 
+    def buffered(self, which: int) -> int:
+        return self.sizes[which]
+
+    def _full(self) -> bool:
+        return any(size >= MAX_BUFFER for size in self.sizes.values())
+
+    def _take(self, which: int, size: int) -> bytes:
+        """Up to `size` buffered bytes of a stream (whole chunks as they came: no copy)."""
+        chunks = self.bufs[which]
+        first = chunks[0]
+        start = self._taken[which]
+        if len(first) - start <= size:
+            chunks.popleft()
+            self._taken[which] = 0
+            data = first[start:] if start else first
+        else:
+            data = first[start : start + size]
+            self._taken[which] = start + size
+        self.sizes[which] -= len(data)
+        self._notify()
+        return data
+
     async def read(self, which: int, size: int) -> bytes:
         """Up to `size` bytes of stdout (1) or stderr (2) as they come; b"" at the end."""
-        buf = self.bufs[which]
-        other = self.bufs[3 - which]
         while True:
-            if buf:
-                data = bytes(buf[:size])
-                del buf[:size]
-                self._notify()
-                return data
+            if self.sizes[which]:
+                return self._take(which, size)
             if self.ended or (self.state is State.EXITED and self.channel is None):
                 return b""
             if self.state in (State.RESERVED, State.STARTING) or self._pulling:
                 await self.changed()
-            elif len(other) >= MAX_BUFFER:
+            elif self.sizes[3 - which] >= MAX_BUFFER:
                 await self.changed()  # the other stream's reader has to catch up
             else:
                 await self._pull()
@@ -198,7 +222,10 @@ class Session:
             self.ended = True
             return
         for which, data in items:
-            self.bufs[1 if self.spec.merged or which != 2 else 2] += data
+            stream = 1 if self.spec.merged or which != 2 else 2
+            if data:
+                self.bufs[stream].append(data)
+                self.sizes[stream] += len(data)
 
     async def write(self, data: bytes) -> int:
         """Into the command's stdin, at the pace it reads (the socket's)."""
@@ -230,7 +257,7 @@ class Session:
                 await self.changed()
             elif self.ended:
                 await self._learn_exit()
-            elif not self._pulling and all(len(b) < MAX_BUFFER for b in self.bufs.values()):
+            elif not self._pulling and not self._full():
                 await self._pull()
             else:
                 with trio.move_on_after(WAIT_POLL):

@@ -31,8 +31,10 @@ from ninep_support import Client
 from support.private_engines import PrivateSshd, TLSDockerd
 from support.waiting import wait_until
 
+from dockerfs_fuse.docker import exec as docker_exec
 from dockerfs_fuse.docker.errors import NotFound
 from dockerfs_fuse.docker.exec import ExecState, Frames
+from dockerfs_fuse.docker.source import DockerSource
 from dockerfs_fuse.engine.exec import MAX_BUFFER, ExecSessions, SessionError
 from dockerfs_fuse.model.ctl import BadCommand
 from dockerfs_fuse.model.exec import MAX_LINE_BYTES, ExecSpec, State, parse_line, status_text
@@ -805,3 +807,37 @@ def test_frames_are_split_into_runs_of_one_stream_wherever_the_bytes_break() -> 
         assert joined == {1: b"abcdf", 2: b"E"}, cut
         # In order: stdout's "ab" and "cd" before stderr's "E", before "f".
         assert b"".join(data for _, data in queue.got) == b"abcdEf", cut
+
+
+@pytest.mark.docker
+def test_a_signal_from_inside_the_container_where_the_host_cannot_send_one(
+    engine: Engine,
+) -> None:
+    """A remote engine's exec PID is not a process here: a second exec finds
+    the marked process in the container's /proc and signals it."""
+    cid = engine.run(IMG, "sleep", "1d")
+    source = DockerSource(engine.host)
+    source.start()
+
+    async def main() -> ExecState:
+        exec_id = await docker_exec.create(source, cid, ExecSpec(("sleep", "4949")), "mark1")
+        channel = await docker_exec.start(source, exec_id, False)
+        try:
+            with trio.fail_after(30):
+                while not (await docker_exec.inspect(source, exec_id)).running:
+                    await trio.sleep(0.01)
+                # PID 0: no process of this host, as with a remote engine.
+                await docker_exec.signal(source, cid, 0, "mark1", "SIGTERM")
+                assert await channel.read() is None
+                while (state := await docker_exec.inspect(source, exec_id)).running:
+                    await trio.sleep(0.01)
+            return state
+        finally:
+            channel.close()
+
+    try:
+        state = trio.run(main)
+    finally:
+        source.close()
+    assert state.exit_code == 143
+    assert source.requests["exec/create"] == 2  # the command's, and the killer's

@@ -192,13 +192,20 @@ class Session:
         self._notify()
         return data
 
+    def read_now(self, which: int, size: int) -> bytes | None:
+        """What `read` would return without waiting, or None if it would wait."""
+        if self.sizes[which]:
+            return self._take(which, size)
+        if self.ended or (self.state is State.EXITED and self.channel is None):
+            return b""
+        return None
+
     async def read(self, which: int, size: int) -> bytes:
         """Up to `size` bytes of stdout (1) or stderr (2) as they come; b"" at the end."""
         while True:
-            if self.sizes[which]:
-                return self._take(which, size)
-            if self.ended or (self.state is State.EXITED and self.channel is None):
-                return b""
+            data = self.read_now(which, size)
+            if data is not None:
+                return data
             if self.state in (State.RESERVED, State.STARTING) or self._pulling:
                 await self.changed()
             elif self.sizes[3 - which] >= MAX_BUFFER:

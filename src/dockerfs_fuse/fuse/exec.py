@@ -109,7 +109,8 @@ class CtlHandle(SessionHandle):
 
     async def read(self, off: int, size: int) -> bytes:
         if self.output:
-            return await self._call(self.session.read, 1, size)
+            data = None if self.busy else self.session.read_now(1, size)
+            return data if data is not None else await self._call(self.session.read, 1, size)
         data = self.reply[self.pos : self.pos + size]
         self.pos += len(data)
         return data
@@ -143,7 +144,13 @@ class DataHandle(SessionHandle):
     """`data` (stdout; writes go to stdin) or `stderr`, read as a pipe."""
 
     async def read(self, off: int, size: int) -> bytes:
-        return await self._call(self.session.read, 2 if self.file is ExecFile.STDERR else 1, size)
+        which = 2 if self.file is ExecFile.STDERR else 1
+        if not self.busy:
+            # What is there already needs no watch for signals (most reads of a fast command).
+            data = self.session.read_now(which, size)
+            if data is not None:
+                return data
+        return await self._call(self.session.read, which, size)
 
     async def write(self, off: int, buf: bytes) -> int:
         if self.file is not ExecFile.DATA:

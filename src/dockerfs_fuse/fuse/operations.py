@@ -2,9 +2,9 @@
 
 A dispatcher: each request finds its node in the table (model/inodes.py) and
 hands it to the view that owns it: containers.py (a container's ctl, inspect,
-top, stats, wait), exec.py (its exec sessions), swarm.py (--swarm), logs.py, files.py (a container's
-root/), objects.py (--view=engine's images, volumes, networks); plain files
-are snapshots of the table. The engines (engine/) keep
+top, stats, wait), exec.py (its exec sessions), swarm.py (--swarm), logs.py,
+files.py (a container's root/), objects.py (--view=engine's images, volumes,
+networks); plain files are snapshots of the table. The engines (engine/) keep
 the table fresh; invalidate.py tells the kernel what changed; attrs.py says
 what stat sees; listings.py serves readdir; readonly.py refuses changes.
 Every handler goes through `guard` (errors.py), so no exception ever

@@ -59,8 +59,8 @@ class Unlisted(dict[str, "Spec | bytes | Special | Link"]):
 
 # Every container directory holds one Unlisted directory of this name, with
 # the entries a recursive tool must not open or enter: they block (wait,
-# logs.follow), stream a whole log (logs), act (ctl), cost a slow request
-# (stats waits for Docker's next sample; exec runs commands; top runs `ps` over the host's
+# logs.follow), stream a whole log (logs), act (ctl, exec), cost a slow
+# request (stats waits for Docker's next sample; top runs `ps` over the host's
 # processes, so a walk of them all grows with containers times processes) or
 # hold a whole filesystem (root). The container directory lists each as a
 # link into it (`ctl -> .live/ctl`), and `grep -r`, `cp -r`, `tar`, `du` and

@@ -22,7 +22,8 @@ from typing import Protocol
 import trio
 
 from dockerfs_fuse.docker.errors import DockerProblem, NotFound
-from dockerfs_fuse.docker.exec import ExecState
+from dockerfs_fuse.docker.exec import DockerExec, ExecState
+from dockerfs_fuse.docker.source import DockerSource
 from dockerfs_fuse.model.exec import ExecSpec, State, status_text
 
 log = logging.getLogger(__name__)
@@ -323,8 +324,16 @@ class ExecSessions:
         self.per_container = per_container
         self.total = total
         self.by_container: dict[tuple[str, str], dict[int, Session]] = {}
+        self._backends: dict[str, ExecBackend] = {}
         self._next: dict[tuple[str, str], int] = {}
         self.count = 0
+
+    def backend(self, engine: str, source: object) -> ExecBackend | None:
+        """The exec calls of an engine (by name) whose source is a DockerSource."""
+        backend = self._backends.get(engine)
+        if backend is None and isinstance(source, DockerSource):
+            backend = self._backends[engine] = DockerExec(source)
+        return backend
 
     def reserve(self, key: tuple[str, str], backend: ExecBackend) -> Session:
         """A new session of container `key` (engine, ID), held by the open that made it."""

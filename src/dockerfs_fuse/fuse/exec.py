@@ -20,8 +20,6 @@ import pyfuse3
 import trio
 
 from dockerfs_fuse.docker.errors import DockerProblem
-from dockerfs_fuse.docker.exec import DockerExec
-from dockerfs_fuse.docker.source import DockerSource
 from dockerfs_fuse.engine.engines import Engines
 from dockerfs_fuse.engine.exec import ExecSessions, Session, SessionError
 from dockerfs_fuse.fuse.errors import errno_for, fail, refusal_reason
@@ -206,7 +204,6 @@ class ExecView:
         # Our files by inode: clone (None, None); a session's (session, file).
         self.files: dict[int, tuple[Session | None, ExecFile | None]] = {}
         self._nodes: dict[int, tuple[Node, Node]] = {}  # id(session): (exec/, N/)
-        self._backends: dict[str, DockerExec] = {}
 
     def owns(self, node: Node) -> bool:
         return node.inode in self.files
@@ -259,11 +256,9 @@ class ExecView:
         if exec_dir is None or owner is None:
             raise fail(errno.ENOENT)
         cache, cid = owner
-        backend = self._backends.get(cache.name)
+        backend = self.sessions.backend(cache.name, cache.source)
         if backend is None:
-            if not isinstance(cache.source, DockerSource):
-                raise fail(errno.EOPNOTSUPP)
-            backend = self._backends[cache.name] = DockerExec(cache.source)
+            raise fail(errno.EOPNOTSUPP)
         try:
             session = self.sessions.reserve((cache.name, cid), backend)
         except SessionError as exc:

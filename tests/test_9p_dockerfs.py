@@ -71,7 +71,7 @@ LIVE = ".live"
 VOLATILE = ("Status",)
 # A container's entries that are links into .live: 9P2000 leaves them out of listings,
 # so the guest's find must print none of them.
-LINKS = ("ctl", "logs", "logs.follow", "top", "wait", "stats", "root")
+LINKS = ("ctl", "logs", "logs.follow", "top", "wait", "stats", "root", "exec")
 # The container fields the 9mount check reads, as the seed's README example does.
 FIELDS = ("ID", "Image", "State", "Names/0")
 

@@ -44,7 +44,7 @@ def test_container_directory_lists_fields_in_contract_order() -> None:
 
 def test_what_a_walk_must_not_open_is_a_link_into_the_unlisted_live_directory() -> None:
     spec = container_spec(by_name("lab"))
-    behind = ("ctl", "logs", "logs.follow", "root", "top", "stats", "wait")
+    behind = ("ctl", "logs", "logs.follow", "root", "top", "stats", "wait", "exec")
     assert {name: spec[name] for name in behind} == {n: Link(f"{LIVE}/{n}") for n in behind}
     live = spec[LIVE]
     assert isinstance(live, Unlisted)

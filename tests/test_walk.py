@@ -49,7 +49,7 @@ SEED_FIELDS = ("ID", "Names/0", "Image", "ImageID", "Command", "Created", "State
 # The unlisted directory in each container's, and what is listed as links into
 # it: never opened or entered by a walk.
 LIVE = ".live"
-BEHIND_LINKS = ("ctl", "logs", "logs.follow", "root", "top", "stats", "wait")
+BEHIND_LINKS = ("ctl", "logs", "logs.follow", "root", "top", "stats", "wait", "exec")
 # Requests only these entries make: a walk must cause none of them.
 LIVE_REQUESTS = (
     "containers/stats",
@@ -57,6 +57,8 @@ LIVE_REQUESTS = (
     "containers/archive",
     "containers/wait",
     "containers/logs",
+    "exec/create",
+    "exec/start",
 )
 CONTROL_REQUESTS = tuple(
     f"containers/{a}" for a in ("start", "stop", "restart", "kill", "pause", "unpause", "rm")

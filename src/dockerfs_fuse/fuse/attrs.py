@@ -34,6 +34,8 @@ class Attributes:
     def __init__(self, engines: Engines, err_size: Callable[[Node], int]) -> None:
         self.engines = engines
         self._err_size = err_size
+        # Nodes whose mode a view decides (a container's exec/ and its sessions).
+        self.modes: dict[int, int] = {}
         self.uid = os.getuid()
         self.gid = os.getgid()
 
@@ -62,6 +64,7 @@ class Attributes:
             a.st_mode = pyfuse3.ModeT(stat.S_IFREG | 0o600)
         else:
             a.st_mode = pyfuse3.ModeT(stat.S_IFREG | 0o444)
+        a.st_mode = pyfuse3.ModeT(self.modes.get(node.inode, a.st_mode))
         a.st_nlink = node.nlink
         a.st_uid = self.uid
         a.st_gid = self.gid

@@ -2,9 +2,10 @@
 
 A dispatcher: each request finds its node in the table (model/inodes.py) and
 hands it to the view that owns it: containers.py (a container's ctl, inspect,
-top, stats, wait), swarm.py (--swarm), logs.py, files.py (a container's
-root/), objects.py (--view=engine's images, volumes, networks, projects); plain files
-are snapshots of the table. The engines (engine/) keep
+top, stats, wait), exec.py (its exec sessions), swarm.py (--swarm), logs.py,
+files.py (a container's root/), objects.py (--view=engine's images, volumes,
+networks, projects), clone.py and events.py (its clone files and events);
+plain files are snapshots of the table. The engines (engine/) keep
 the table fresh; invalidate.py tells the kernel what changed; attrs.py says
 what stat sees; listings.py serves readdir; readonly.py refuses changes.
 Every handler goes through `guard` (errors.py), so no exception ever
@@ -31,6 +32,7 @@ from dockerfs_fuse.fuse.clone import open_clone
 from dockerfs_fuse.fuse.containers import ContainerView
 from dockerfs_fuse.fuse.errors import fail, guard
 from dockerfs_fuse.fuse.events import open_events
+from dockerfs_fuse.fuse.exec import ExecView
 from dockerfs_fuse.fuse.files import RootView
 from dockerfs_fuse.fuse.handles import HandleTable, SnapshotHandle
 from dockerfs_fuse.fuse.invalidate import Invalidator
@@ -76,6 +78,7 @@ class DockerFS(ReadOnly):
         )
         self.swarm = SwarmView(engines, self.handles, self.refusals)
         self.objects = ObjectsView(engines, self.handles, self.refusals, invalidator)
+        self.exec = ExecView(engines, self.handles, invalidator, self.attrs.modes)
         roots = ContainerRoots(engines, invalidator.apply)
         self.roots = RootView(roots, self.handles, self.kernel_cache)
         self.listings = Listings(engines, self.attrs, self.roots, invalidator)
@@ -146,6 +149,7 @@ class DockerFS(ReadOnly):
             raise fail(errno.ENOENT)
         self.table.remember(node)
         self.roots.note_asker(node, ctx.pid)
+        self.exec.prepare(node)
         return self.attrs.of(node)
 
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
@@ -220,6 +224,8 @@ class DockerFS(ReadOnly):
         clone = self.engines.clones.of(node.inode)
         if clone is not None:
             return open_clone(self.handles, *clone, ctx.pid, self.invalidator)
+        if self.exec.owns(node):
+            return self.exec.open(node, flags, ctx.pid)
         writing = flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND)
         if node.entry is not None:
             if writing:
@@ -307,7 +313,11 @@ class DockerFS(ReadOnly):
         only_truncate = fields.update_size and not (
             fields.update_mode or fields.update_uid or fields.update_gid
         )
-        writable = node.special is Special.CTL or self.engines.clones.of(inode) is not None
+        writable = (
+            node.special is Special.CTL
+            or self.engines.clones.of(inode) is not None
+            or self.exec.writable(node)
+        )
         if writable and only_truncate and attr.st_size == 0:
             return self.attrs.of(node)  # `echo stop > ctl` truncates first: harmless
         raise fail(errno.EPERM)
@@ -346,4 +356,5 @@ class DockerFS(ReadOnly):
                 "waiting_reads": self.followers.waiting_reads,
             },
             "exit_waits": len(self.engines.exit_waits),
+            "exec": {"sessions": self.exec.sessions.count, "blocked": self.exec.blocked.count},
         }

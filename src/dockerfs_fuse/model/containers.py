@@ -23,7 +23,8 @@ class Special(enum.Enum):
     """Entries whose content is not in the list answer: made when opened or written.
 
     ROOT is a directory (the container's own filesystem, read through the
-    engine); the others are files.
+    engine), and so is EXEC (its exec sessions, model/exec.py); the others
+    are files.
     """
 
     CTL = "ctl"
@@ -36,6 +37,7 @@ class Special(enum.Enum):
     TOP = "top"
     STATS = "stats"
     WAIT = "wait"
+    EXEC = "exec"
     # The engine view's own (its root's `events`), never a container's.
     EVENTS = "events"
 
@@ -60,8 +62,8 @@ class Unlisted(dict[str, "Spec | bytes | Special | Link"]):
 
 # Every container directory holds one Unlisted directory of this name, with
 # the entries a recursive tool must not open or enter: they block (wait,
-# logs.follow), stream a whole log (logs), act (ctl), cost a slow request
-# (stats waits for Docker's next sample; top runs `ps` over the host's
+# logs.follow), stream a whole log (logs), act (ctl, exec), cost a slow
+# request (stats waits for Docker's next sample; top runs `ps` over the host's
 # processes, so a walk of them all grows with containers times processes) or
 # hold a whole filesystem (root). The container directory lists each as a
 # link into it (`ctl -> .live/ctl`), and `grep -r`, `cp -r`, `tar`, `du` and
@@ -77,6 +79,7 @@ BEHIND_LINKS = frozenset(
         Special.TOP,
         Special.STATS,
         Special.WAIT,
+        Special.EXEC,
     }
 )
 
@@ -111,6 +114,7 @@ ORDER = (
     "top",
     "stats",
     "wait",
+    "exec",
     LIVE,
 )
 

@@ -277,6 +277,15 @@ class InodeTable:
         parent.children = children
         parent.subdirs += scratch.subdirs
 
+
+    def add_file(self, name: str, parent: Node) -> Node:
+        """A file of a directory whose children a view makes (a container's exec/)."""
+        node = self._new_node(parent, name, Kind.FILE, parent.mtime_ns)
+        if parent.children is None:
+            parent.children = {}
+        parent.children[name] = node
+        return node
+
     def set_objects(
         self,
         parent: Node,
@@ -523,7 +532,7 @@ class InodeTable:
             child = old.get(name)
             kind = (
                 Kind.DIR
-                if isinstance(value, Mapping) or value is Special.ROOT
+                if isinstance(value, Mapping) or value in (Special.ROOT, Special.EXEC)
                 else Kind.LINK
                 if isinstance(value, Link)
                 else Kind.FILE
@@ -538,7 +547,8 @@ class InodeTable:
                 self._reconcile(child, value, changes)
                 subdirs += 1
             elif isinstance(value, Special):
-                # root/ keeps its children: they come from the engine, not the list.
+                # root/ and exec/ keep their children: they come from the
+                # engine and the sessions, not the list.
                 child.special = value
                 subdirs += kind is Kind.DIR
             elif isinstance(value, Link):

@@ -141,18 +141,29 @@ class OpenFile:
                 self.on_close()
 
     def read(self, offset: int, count: int) -> bytes:
-        """A positioned read; blocks (call it in a thread)."""
+        """A positioned read; blocks (call it in a thread). A stream (logs.follow,
+        an exec session's files: ESPIPE) has no offsets and is read in order."""
         check_offset(offset)
         try:
-            return os.pread(self.fd, count, offset)
+            try:
+                return os.pread(self.fd, count, offset)
+            except OSError as exc:
+                if exc.errno != errno.ESPIPE:
+                    raise
+                return os.read(self.fd, count)
         except OSError as exc:
             raise NinePError.from_os(exc) from exc
 
     def write(self, offset: int, data: bytes) -> int:
-        """A positioned write; blocks (call it in a thread)."""
+        """A positioned write; blocks (call it in a thread); a stream's in order."""
         check_offset(offset)
         try:
-            return os.pwrite(self.fd, data, offset)
+            try:
+                return os.pwrite(self.fd, data, offset)
+            except OSError as exc:
+                if exc.errno != errno.ESPIPE:
+                    raise
+                return os.write(self.fd, data)
         except OSError as exc:
             raise NinePError.from_os(exc) from exc
 

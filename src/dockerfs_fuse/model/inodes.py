@@ -277,7 +277,6 @@ class InodeTable:
         parent.children = children
         parent.subdirs += scratch.subdirs
 
-
     def add_file(self, name: str, parent: Node) -> Node:
         """A file of a directory whose children a view makes (a container's exec/)."""
         node = self._new_node(parent, name, Kind.FILE, parent.mtime_ns)

@@ -352,7 +352,7 @@ def test_diod_lists_and_reads_the_fuse_tree(world: World) -> None:
                 assert size == info.st_size, f"{child}: 9P size {size}, FUSE {info.st_size}"
             files.append(child)
     assert len(files) > 3 * 10, files
-    assert links == 3 * 7, links  # ctl, logs, logs.follow, root, top, stats, wait of each
+    assert links == 3 * 8, links  # ctl, logs, logs.follow, root, top, stats, wait, exec of each
 
     steady = [f for f in files if Path(f).name not in VOLATILE]
     expected = b"".join((root / f).read_bytes() for f in steady)

@@ -44,8 +44,10 @@ def parser() -> argparse.ArgumentParser:
         "containers at the top, or one directory per engine when -H/--context name several.",
         epilog=options.help_text() + "\n\n"
         "Unmount with: fusermount3 -u MOUNTPOINT (or umount).\n"
-        "Docker access is root-equivalent: anyone who can write this mount's ctl files\n"
-        "or reach its 9P shim with control enabled can control Docker.",
+        "Docker access is root-equivalent: anyone who can write this mount's ctl files,\n"
+        "open its clone files or exec sessions (<id>/exec/, commands inside a container),\n"
+        "or reach its 9P shim with control enabled can control Docker. Only the mounting\n"
+        "user (or root) may; -o ro refuses them all.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -122,7 +124,8 @@ def parser() -> argparse.ArgumentParser:
         "--9p-allow-control",
         dest="ninep_allow_control",
         action="store_true",
-        help="let 9P clients write ctl files: whoever reaches the socket controls Docker (root)",
+        help="let 9P clients write ctl and clone files and run exec sessions: whoever reaches "
+        "the socket controls Docker (root)",
     )
     p.add_argument(
         "--nonempty",

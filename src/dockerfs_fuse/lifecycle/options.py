@@ -57,7 +57,11 @@ OURS: tuple[Option, ...] = (
     _ours("host", "host", "a Docker engine, [NAME=]URL; repeatable (-H)", "[NAME=]URL"),
     _ours("context", "context", "the engine of a docker CLI context; repeatable", "NAME"),
     _ours("9p", "ninep", "also serve the mount over 9P on DIAL; repeatable (--9p)", "DIAL"),
-    _ours("9p_allow_control", "ninep_allow_control", "let 9P clients write ctl files"),
+    _ours(
+        "9p_allow_control",
+        "ninep_allow_control",
+        "let 9P clients write ctl and clone files, run exec",
+    ),
     _ours("log_file", "log_file", "where a detached daemon logs (--log-file)", "FILE"),
     _ours("nonempty", "nonempty", "mount over a directory that holds files (--nonempty)"),
     _ours("debug", "debug", "log every request, stay in the foreground (-d)"),

@@ -13,6 +13,7 @@ import trio.testing
 
 from dockerfs_fuse.docker.errors import NotFound
 from dockerfs_fuse.docker.exec import ExecState, Frames
+from dockerfs_fuse.docker.framing import MAX_FRAME, FrameSplitter
 from dockerfs_fuse.engine.exec import MAX_BUFFER, ExecSessions, SessionError
 from dockerfs_fuse.model.ctl import BadCommand
 from dockerfs_fuse.model.exec import MAX_LINE_BYTES, ExecSpec, State, parse_line, status_text
@@ -103,6 +104,7 @@ class FakeBackend:
         self.pid = pid
         self.signals: list[str] = []
         self.missing = False
+        self.inspects = 0
 
     async def create(self, cid: str, spec: ExecSpec, mark: str) -> str:
         return "e1"
@@ -111,6 +113,7 @@ class FakeBackend:
         return self.channel
 
     async def inspect(self, exec_id: str) -> ExecState:
+        self.inspects += 1
         if self.missing:
             return ExecState(False, 0, 127)
         if self.channel.script:
@@ -227,3 +230,59 @@ def test_frames_are_split_into_runs_of_one_stream_wherever_the_bytes_break() -> 
         assert joined == {1: b"abcdf", 2: b"E"}, cut
         # In order: stdout's "ab" and "cd" before stderr's "E", before "f".
         assert b"".join(data for _, data in queue.got) == b"abcdEf", cut
+
+
+def test_frames_are_split_the_same_whatever_the_arrivals() -> None:
+    def frame(kind: int, data: bytes) -> bytes:
+        return bytes([kind, 0, 0, 0]) + len(data).to_bytes(4, "big") + data
+
+    stream = frame(1, b"ab") + frame(2, b"cde") + frame(2, b"") + frame(1, b"f" * 40)
+    for cut1 in range(len(stream) + 1):
+        for cut2 in range(cut1, len(stream) + 1, 5):
+            splitter = FrameSplitter()
+            runs = [
+                run
+                for piece in (stream[:cut1], stream[cut1:cut2], stream[cut2:])
+                for run in splitter.feed(piece)
+            ]
+            assert b"".join(d for k, d in runs if k == 1) == b"ab" + b"f" * 40
+            assert b"".join(d for k, d in runs if k == 2) == b"cde"
+            assert all(isinstance(d, bytes) for _, d in runs)
+            assert not splitter.broken and splitter.rest() == b""
+
+
+def test_a_header_past_the_largest_frame_breaks_the_stream() -> None:
+    splitter = FrameSplitter()
+    bad = bytes([1, 0, 0, 0]) + (MAX_FRAME + 1).to_bytes(4, "big")
+    assert splitter.feed(bytes([2, 0, 0, 0, 0, 0, 0, 1]) + b"e" + bad[:5]) == [(2, b"e")]
+    assert splitter.feed(bad[5:] + b"more") == [] and splitter.broken
+    assert splitter.rest() == bad + b"more"
+
+
+def test_a_short_command_is_known_by_one_ask_once_its_stream_ends() -> None:
+    """`true`: its stream ends, Docker is asked once, and wait needs no more."""
+    backend = FakeBackend([], code=0)
+
+    async def main() -> None:
+        sessions = ExecSessions(lambda s: None)
+        s = sessions.reserve(("e", "c"), backend)
+        await s.start(ExecSpec(("true",)))
+        assert s.status() == b"exited 0\n" and await s.wait() == 0
+        assert backend.inspects == 1
+
+    trio.run(main)
+
+
+def test_a_read_takes_what_several_arrivals_brought() -> None:
+    backend = FakeBackend([(1, b"a" * 10), (1, b"b" * 10), (1, b"c" * 10)])
+
+    async def main() -> None:
+        sessions = ExecSessions(lambda s: None)
+        s = sessions.reserve(("e", "c"), backend)
+        await s.start(ExecSpec(("cmd",)))
+        assert await s.read(2, 10) == b""  # stderr's end: all of stdout is read from Docker
+        assert await s.read(1, 15) == b"a" * 10 + b"b" * 5
+        assert await s.read(1, 100) == b"b" * 5 + b"c" * 10
+        assert s.buffered(1) == 0
+
+    trio.run(main)

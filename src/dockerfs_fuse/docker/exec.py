@@ -55,6 +55,10 @@ READ_BATCH = 256 << 10
 # (aiohttp pauses at twice this): with the session's own buffers
 # (engine/exec.py), the most the daemon holds per session.
 QUEUE_LIMIT = 128 << 10
+# Output smaller than this waits up to GATHER_WAIT for more before it is
+# handed to its reader: a line typed out still shows at once to the eye.
+GATHER_BELOW = 128 << 10
+GATHER_WAIT = 0.002
 # The variable every exec gets, so its process can be found to be signalled
 # (the exec's PID is the host's, which a remote engine's container cannot use).
 MARK_VARIABLE = "DOCKERFS_EXEC"
@@ -77,42 +81,68 @@ class ExecState:
 
 class SocketChannel:
     """The hijacked connection of one started exec, a plain socket read and
-    written from trio: each `read` is one receive of what Docker has sent."""
+    written from trio: each `read` is what Docker has sent since."""
 
-    def __init__(self, sock: trio.socket.SocketType, tty: bool, early: bytes) -> None:
-        self._sock = sock
+    def __init__(self, sock: socket.socket, tty: bool, early: bytes) -> None:
+        self._raw = sock
+        self._sock = trio.socket.from_stdlib_socket(sock)
         self.tty = tty
         self._frames = FrameSplitter()
-        self._early = early  # what came with the upgrade's answer
+        # Received and not yet handed over (at first: what came with the 101).
+        self._held: list[bytes] = [early] if early else []
+        self._size = len(early)
         self._writing = trio.Lock()
-        self._ended = False
+        self._at_end = False  # the socket said its end (held bytes may remain)
 
     async def read(self) -> list[Run] | None:
         """What the command wrote since, as (1 stdout | 2 stderr, bytes); None at the end.
 
-        Cancelling it loses nothing: a receive either took bytes (and they
-        are returned) or did not happen."""
-        while not self._ended:
-            if self._early:
-                data, self._early = self._early, b""
-            else:
-                try:
-                    data = await self._sock.recv(READ_BATCH)
-                except trio.ClosedResourceError:
-                    data = b""
-                except OSError as exc:
-                    raise ApiError(f"exec stream: {exc}") from None
-            if not data:
-                self._ended = True
-                break
+        Cancelling it loses nothing: what was received is held for the next
+        read. A little output waits up to GATHER_WAIT for more, so a command
+        writing faster than it is read yet slower than the socket fills costs
+        one request of the reader per GATHER_BELOW, not one per frame."""
+        while True:
+            if not self._held and not self._at_end:
+                await self._receive()
+            if self._held and self._size < GATHER_BELOW and not self._at_end:
+                await trio.sleep(GATHER_WAIT)
+                self._receive_now()
+            if not self._held:
+                return None
+            held, self._held, self._size = self._held, [], 0
             if self.tty:
-                return [(1, data)]
-            runs = self._frames.feed(data)
+                return [(1, data) for data in held]
+            runs = [run for data in held for run in self._frames.feed(data)]
             if self._frames.broken:
                 raise ApiError("exec stream: a frame header past the largest frame")
             if runs:
                 return runs
-        return None
+
+    def _receive_now(self) -> None:
+        """Take what has arrived, without waiting."""
+        try:
+            data = self._raw.recv(READ_BATCH, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            raise ApiError(f"exec stream: {exc}") from None
+        self._took(data)
+
+    async def _receive(self) -> None:
+        try:
+            data = await self._sock.recv(READ_BATCH)
+        except trio.ClosedResourceError:
+            data = b""
+        except OSError as exc:
+            raise ApiError(f"exec stream: {exc}") from None
+        self._took(data)
+
+    def _took(self, data: bytes) -> None:
+        if data:
+            self._held.append(data)
+            self._size += len(data)
+        else:
+            self._at_end = True
 
     async def write(self, data: bytes) -> None:
         """Into the command's stdin; returns once the socket took it all (backpressure)."""
@@ -314,7 +344,7 @@ async def start(source: DockerSource, exec_id: str, tty: bool) -> SocketChannel 
     if isinstance(got, ThreadChannel):
         return got
     fd, early = got
-    return SocketChannel(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)), tty, early)
+    return SocketChannel(socket.socket(fileno=fd), tty, early)
 
 
 def _drop_unclaimed(started: concurrent.futures.Future[tuple[int, bytes] | ThreadChannel]) -> None:

@@ -286,3 +286,21 @@ def test_a_read_takes_what_several_arrivals_brought() -> None:
         assert s.buffered(1) == 0
 
     trio.run(main)
+
+
+def test_a_session_whose_output_ended_is_not_signalled_when_it_ends() -> None:
+    """Its command has ended (one ask says so): no signal, which may cost a second exec."""
+    backend = FakeBackend([(1, b"out")], code=0)
+
+    async def main() -> None:
+        sessions = ExecSessions(lambda s: None)
+        s = sessions.reserve(("e", "c"), backend)
+        sessions.hold(s, True)
+        await s.start(ExecSpec(("cmd",)))
+        assert await s.read(1, 10) == b"out" and await s.read(1, 10) == b""
+        sessions.let_go(s, True)
+        await trio.testing.wait_all_tasks_blocked()
+        assert backend.signals == [] and s.status() == b"exited 0\n"
+        assert backend.channel.closed
+
+    trio.run(main)

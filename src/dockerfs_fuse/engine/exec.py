@@ -336,6 +336,13 @@ class Session:
             raise SessionError(errno.EINVAL, "no command to kill yet")
         if self.state is State.EXITED and self.code is not None:
             return
+        if self.ended:
+            # Its output has ended: most likely the command too, which one
+            # ask tells (cheaper than a signal, which may take a second exec).
+            st = await self.backend.inspect(self.exec_id)
+            if not st.running and st.exit_code is not None:
+                self._exited(st.exit_code)
+                return
         await self.backend.signal(self.cid, self.pid, self.mark, signal)
 
     def _end_stream(self) -> None:

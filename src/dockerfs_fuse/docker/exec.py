@@ -125,7 +125,7 @@ class SocketChannel:
         except BlockingIOError:
             return
         except OSError as exc:
-            raise ApiError(f"exec stream: {exc}") from None
+            data = self._closed_or_raise(exc)
         self._took(data)
 
     async def _receive(self) -> None:
@@ -134,8 +134,14 @@ class SocketChannel:
         except trio.ClosedResourceError:
             data = b""
         except OSError as exc:
-            raise ApiError(f"exec stream: {exc}") from None
+            data = self._closed_or_raise(exc)
         self._took(data)
+
+    def _closed_or_raise(self, exc: OSError) -> bytes:
+        """The end if we closed the socket (the session ended), else the error."""
+        if self._raw.fileno() == -1:
+            return b""
+        raise ApiError(f"exec stream: {exc}") from None
 
     def _took(self, data: bytes) -> None:
         if data:
@@ -199,6 +205,8 @@ class ThreadChannel:
         pending = self._pending
         await _finished(pending)
         self._pending = None
+        if pending.cancelled():  # closed
+            return None
         return pending.result()
 
     async def _read(self) -> list[Run] | None:

@@ -232,7 +232,9 @@ class Session:
     def read_now(self, which: int, size: int) -> bytes | None:
         """What `read` would return without waiting, or None if it would wait."""
         if self.sizes[which]:
-            return self._take(which, size)
+            data = self._take(which, size)
+            self._pull_ahead()
+            return data
         if self.ended or (self.state is State.EXITED and self.channel is None):
             return b""
         return None
@@ -250,9 +252,30 @@ class Session:
             else:
                 await self._pull()
 
-    async def _pull(self) -> None:
+    def _pull_ahead(self) -> None:
+        """While a read's bytes go to their reader, take the next from Docker
+        (if there is room): Docker writes on meanwhile instead of waiting for
+        the reader's next request."""
+        if self._pulling or self.ended or self.channel is None or self._full():
+            return
+        if self.state is not State.RUNNING:
+            return
+        self._pulling = True
+        trio.lowlevel.spawn_system_task(self._pull_quietly)
+
+    async def _pull_quietly(self) -> None:
+        if self.channel is None:  # the session ended before this began
+            self._pulling = False
+            return
+        try:
+            await self._pull(ahead=True)
+        except Exception:
+            log.exception("exec %s/%d: reading ahead", self.cid[:12], self.number)
+
+    async def _pull(self, ahead: bool = False) -> None:
         """Take what Docker sent next into the buffers (one puller at a time)."""
         assert self.channel is not None and self.spec is not None
+        assert ahead or not self._pulling
         self._pulling = True
         try:
             items = await self.channel.read()
@@ -301,7 +324,9 @@ class Session:
                 await self.changed()
             elif self.ended:
                 await self._learn_exit()
-            elif not self._pulling and not self._full():
+            elif self._pulling:
+                await self.changed()  # the puller sees the end
+            elif not self._full():
                 await self._pull()
             else:
                 with trio.move_on_after(WAIT_POLL):

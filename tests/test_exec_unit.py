@@ -304,3 +304,18 @@ def test_a_session_whose_output_ended_is_not_signalled_when_it_ends() -> None:
         assert backend.channel.closed
 
     trio.run(main)
+
+
+def test_the_next_output_is_taken_from_docker_while_a_read_hands_over() -> None:
+    backend = FakeBackend([(1, b"a"), (1, b"b"), (1, b"c")])
+
+    async def main() -> None:
+        sessions = ExecSessions(lambda s: None)
+        s = sessions.reserve(("e", "c"), backend)
+        await s.start(ExecSpec(("cmd",)))
+        assert backend.channel.reads == 1 and s.read_now(1, 10) == b"a"
+        await trio.testing.wait_all_tasks_blocked()
+        assert backend.channel.reads == 2 and s.buffered(1) == 1  # "b", read ahead
+        assert await s.read(1, 10) == b"b"
+
+    trio.run(main)

@@ -122,11 +122,9 @@ class CtlHandle(SessionHandle):
     async def read(self, off: int, size: int) -> bytes:
         if self.output:
             data = None if self.busy else self.session.read_now(1, size)
-            return (
-                data
-                if data is not None
-                else await self._call(self.session.read, 1, size, restartable=True)
-            )
+            if data is None:
+                data = await self._call(self.session.read, 1, size, restartable=True)
+            return data
         data = self.reply[self.pos : self.pos + size]
         self.pos += len(data)
         return data

@@ -6,13 +6,14 @@ Docker's framed exec stream. The rest is on a real mount in test_exec.py.
 from __future__ import annotations
 
 import errno
+import socket
 
 import pytest
 import trio
 import trio.testing
 
 from dockerfs_fuse.docker.errors import NotFound
-from dockerfs_fuse.docker.exec import ExecState, Frames
+from dockerfs_fuse.docker.exec import ExecState, Frames, SocketChannel
 from dockerfs_fuse.docker.framing import MAX_FRAME, FrameSplitter
 from dockerfs_fuse.engine.exec import MAX_BUFFER, ExecSessions, SessionError
 from dockerfs_fuse.model.ctl import BadCommand
@@ -317,5 +318,37 @@ def test_the_next_output_is_taken_from_docker_while_a_read_hands_over() -> None:
         await trio.testing.wait_all_tasks_blocked()
         assert backend.channel.reads == 2 and s.buffered(1) == 1  # "b", read ahead
         assert await s.read(1, 10) == b"b"
+
+    trio.run(main)
+
+
+def test_a_socket_channel_reads_frames_from_what_came_early_on() -> None:
+    """The exec stream over a plain socket: what aiohttp read past the 101
+    comes first; stdin goes the other way; eof half-closes."""
+
+    def frame(kind: int, data: bytes) -> bytes:
+        return bytes([kind, 0, 0, 0]) + len(data).to_bytes(4, "big") + data
+
+    async def main() -> None:
+        ours, docker = socket.socketpair()
+        channel = SocketChannel(ours, tty=False, early=frame(1, b"early")[:6])
+        try:
+            docker.sendall(frame(1, b"early")[6:] + frame(2, b"err") + frame(1, b"x" * 70000))
+            got: dict[int, bytes] = {1: b"", 2: b""}
+            while len(got[1]) < 5 + 70000:
+                runs = await channel.read()
+                assert runs is not None
+                for which, data in runs:
+                    got[which] += data
+            assert got == {1: b"early" + b"x" * 70000, 2: b"err"}
+            await channel.write(b"in")
+            assert docker.recv(10) == b"in"
+            assert await channel.close_write()
+            assert docker.recv(10) == b""
+            docker.close()
+            assert await channel.read() is None
+        finally:
+            channel.close()
+            docker.close()
 
     trio.run(main)

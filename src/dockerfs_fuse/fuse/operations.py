@@ -78,7 +78,9 @@ class DockerFS(ReadOnly):
         )
         self.swarm = SwarmView(engines, self.handles, self.refusals)
         self.objects = ObjectsView(engines, self.handles, self.refusals, invalidator)
-        self.exec = ExecView(engines, self.handles, invalidator, self.attrs.modes)
+        self.exec = ExecView(
+            engines, self.handles, invalidator, self.attrs.modes, self.attrs.block_sizes
+        )
         roots = ContainerRoots(engines, invalidator.apply)
         self.roots = RootView(roots, self.handles, self.kernel_cache)
         self.listings = Listings(engines, self.attrs, self.roots, invalidator)

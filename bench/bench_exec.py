@@ -23,7 +23,6 @@ Prints a markdown table; writes bench/results/exec.json and exec.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -39,6 +38,7 @@ import trio
 
 # The harness (private dockerd, dockerfs-fuse as a child) is the checkout's tests/support.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support.bench_results import publish
 from support.mount_process import MountProcess, start_mount, stop_mount
 from support.private_dockerd import IMAGE, PrivateDockerd
 
@@ -190,12 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
     results = run(args)
-    table = render(results)
-    print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "exec.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "exec.md").write_text(table)
-    return 0
+    return publish(args.out, "exec", results, render(results))
 
 
 if __name__ == "__main__":

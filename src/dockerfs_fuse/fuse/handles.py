@@ -25,6 +25,10 @@ class Handle:
     async def write(self, off: int, buf: bytes) -> int:
         raise fail(errno.EBADF)
 
+    async def flush(self) -> None:
+        """A descriptor of this open was closed, or fsync'd: nothing to do but for a
+        file being written."""
+
     def release(self) -> None:
         """The last descriptor of this open was closed."""
 

@@ -131,12 +131,13 @@ class Staging:
     """The daemon's private directory of staged files (0700, in $TMPDIR),
     made at the first write; removed at the end if nothing was kept in it."""
 
-    def __init__(self) -> None:
+    def __init__(self, parent: str | None = None) -> None:
+        self._parent = parent  # None: $TMPDIR
         self._dir: str | None = None
 
     def new_file(self) -> tuple[str, int]:
         if self._dir is None:
-            self._dir = tempfile.mkdtemp(prefix="dockerfs-writes-")
+            self._dir = tempfile.mkdtemp(prefix="dockerfs-writes-", dir=self._parent)
         fd, path = tempfile.mkstemp(prefix="draft-", dir=self._dir)
         return path, fd
 
@@ -179,12 +180,13 @@ class ContainerWrites:
         roots: ContainerRoots,
         backend_of: Callable[[EngineCache], WriteBackend | None],
         on_changes: Callable[[Changes], None],
+        staging: Staging | None = None,
     ) -> None:
         self.roots = roots
         self.table = roots.table
         self._backend_of = backend_of
         self._on_changes = on_changes
-        self.staging = Staging()
+        self.staging = staging or Staging()
         self._drafts: dict[int, Draft] = {}
         self._mv_known: dict[str, bool] = {}
 

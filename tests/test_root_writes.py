@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import http.client
 import io
 import os
 import shutil
+import socket
 import subprocess
 import tarfile
 import tempfile
@@ -120,6 +122,18 @@ def copied(engine: Engine, cid: str, path: str) -> dict[str, bytes]:
             if f is not None:
                 files[member.name] = f.read()
     return files
+
+
+def archive_status(engine: Engine, cid: str, path: str) -> int:
+    """The status of `HEAD /containers/{id}/archive?path=`, asked without a child process."""
+    conn = http.client.HTTPConnection("docker", timeout=30)
+    conn.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.sock.connect(str(engine.dockerd.socket))
+    try:
+        conn.request("HEAD", f"/containers/{cid}/archive?path={path}")
+        return conn.getresponse().status
+    finally:
+        conn.close()
 
 
 def sh(script: str, **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -326,3 +340,73 @@ def test_links_out_of_the_container_never_lead_a_write_onto_the_host(
         assert inside(engine, box, "cat", where_inside).endswith(b"escaped\n")
     assert {p.name: p.read_bytes() for p in marker_dir.iterdir()} == before
     assert not Path("/tmp/h").exists() or b"escaped" not in Path("/tmp/h").read_bytes()
+
+
+def test_a_reader_sees_the_staged_copy_and_its_close_uploads_nothing(
+    engine: Engine, box: str, mounted: Mount
+) -> None:
+    f = mounted.path / box / "root" / "tmp" / "f"
+    writer = os.open(f, os.O_CREAT | os.O_WRONLY, 0o644)
+    try:
+        os.write(writer, b"half ")
+        assert f.read_bytes() == b"half "  # another open, its close a reader's
+        # Asked of the API from here: a child process would inherit the
+        # writer's descriptor, and its closing that copy (at exec, for a
+        # close-on-exec one) is a close, which uploads.
+        assert archive_status(engine, box, "/tmp/f") == 404
+        os.write(writer, b"whole\n")
+    finally:
+        os.close(writer)
+    assert inside(engine, box, "cat", "/tmp/f") == b"half whole\n"
+
+
+def test_modes_owners_times_and_renames_of_closed_files(
+    engine: Engine, box: str, mounted: Mount
+) -> None:
+    root = mounted.path / box / "root"
+    (root / "tmp" / "a").write_bytes(b"a\n")
+    (root / "tmp" / "b").write_bytes(b"b\n")
+    os.chown(root / "tmp" / "a", 123, 456)  # before chmod: chown clears setuid
+    os.chmod(root / "tmp" / "a", 0o4710)
+    os.utime(root / "tmp" / "a", (1_600_000_000, 1_600_000_000))
+    want = b"4710 123 456 1600000000\n"
+    assert inside(engine, box, "stat", "-c", "%a %u %g %Y", "/tmp/a") == want
+    st = (root / "tmp" / "a").stat()
+    assert (st.st_mode & 0o7777, st.st_uid, st.st_gid, int(st.st_mtime)) == (
+        0o4710,
+        123,
+        456,
+        1_600_000_000,
+    )
+    # A rename onto an existing file replaces it, as rename(2) does.
+    os.rename(root / "tmp" / "a", root / "tmp" / "b")
+    assert inside(engine, box, "cat", "/tmp/b") == b"a\n" == (root / "tmp" / "b").read_bytes()
+    assert sorted(os.listdir(root / "tmp")) == ["b"]
+    # `touch` of a new file: created, then its times set while it is open.
+    assert sh(f"touch {root}/tmp/t").returncode == 0
+    assert inside(engine, box, "stat", "-c", "%s", "/tmp/t") == b"0\n"
+
+
+def test_a_full_volume_is_enospc_and_a_removed_container_enoent(
+    engine: Engine, tools_image: str, mounted: Mount
+) -> None:
+    volume = "dfs-small-" + os.urandom(4).hex()
+    engine.docker(
+        "volume", "create", "--driver", "local", "--opt", "type=tmpfs",
+        "--opt", "device=tmpfs", "--opt", "o=size=64k", volume,
+    )  # fmt: skip
+    try:
+        cid = engine.run("-v", f"{volume}:/small", tools_image, "sleep", "1d")
+        root = mounted.path / cid / "root"
+        fd = os.open(root / "small" / "big", os.O_CREAT | os.O_WRONLY, 0o644)
+        os.write(fd, b"x" * (256 << 10))
+        assert errno_of(lambda: os.close(fd)) == errno.ENOSPC
+        assert b"big" not in inside(engine, cid, "ls", "-a", "/small")
+        # A write racing `docker rm`: the close says the container is gone.
+        fd = os.open(root / "tmp" / "late", os.O_CREAT | os.O_WRONLY, 0o644)
+        os.write(fd, b"too late\n")
+        engine.send("DELETE", f"/containers/{cid}?force=1")  # no child: see above
+        assert errno_of(lambda: os.close(fd)) == errno.ENOENT
+    finally:
+        engine.remove_started()
+        engine.docker("volume", "rm", "-f", volume, check=False)

@@ -18,8 +18,8 @@ import pytest
 import trio
 from test_container_fs_unit import FakeEngine, FakeFile
 
-from dockerfs_fuse.docker.errors import ReadOnlyFs
-from dockerfs_fuse.docker.writes import Ran
+from dockerfs_fuse.docker.errors import AlreadyExists, ApiError, NoSpace, NotFound, ReadOnlyFs
+from dockerfs_fuse.docker.writes import Ran, _classified
 from dockerfs_fuse.engine.engines import Engines
 from dockerfs_fuse.engine.roots import ContainerRoots
 from dockerfs_fuse.engine.writes import (
@@ -30,6 +30,7 @@ from dockerfs_fuse.engine.writes import (
     errno_of_output,
 )
 from dockerfs_fuse.model.containers import LIVE
+from dockerfs_fuse.model.files import NotAFile
 from dockerfs_fuse.model.inodes import Changes, Node
 from dockerfs_fuse.model.tarwrite import (
     END,
@@ -312,3 +313,42 @@ def test_remove_rename_and_make(tmp_path: Path) -> None:
         assert [p for p in w.engine.fs if p.startswith("/tmp/")] == []
 
     run(tmp_path, test)
+
+
+def test_an_open_file_unlinked_or_renamed_is_followed(tmp_path: Path) -> None:
+    async def test(w: World) -> None:
+        tmp = await w.node("/tmp")
+        w.backend.running = False  # nothing here needs a tool
+        draft = w.writes.create(tmp, "scratch", META)
+        await w.writes.write(draft, 0, b"anonymous", append=False)
+        await w.writes.unlink(tmp, "scratch")
+        await w.writes.write(draft, 9, b" still", append=False)
+        await w.writes.flush(draft)
+        w.writes.release(draft)
+        assert w.backend.calls == [] and w.staged() == []
+        w.backend.running = True
+        draft = w.writes.create(tmp, "new", META)
+        await w.writes.write(draft, 0, b"first\n", append=False)
+        await w.writes.rename(tmp, "new", tmp, "final")
+        assert w.engine.fs["/tmp/final"].data == b"first\n"
+        await w.writes.write(draft, 6, b"second\n", append=False)
+        await w.writes.flush(draft)
+        w.writes.release(draft)
+        assert w.engine.fs["/tmp/final"].data == b"first\nsecond\n"
+        assert "/tmp/new" not in w.engine.fs
+
+    run(tmp_path, test)
+
+
+def test_an_uploads_refusal_is_classed_by_what_the_engine_says() -> None:
+    said = {
+        "container rootfs is marked read-only": ReadOnlyFs,
+        "write /x: no space left on device": NoSpace,
+        'cannot overwrite directory "/tmp/d" with non-directory "/tmp/d"': NotAFile,
+        'cannot overwrite non-directory "/tmp/f" with directory "/tmp/f"': AlreadyExists,
+        "Could not find the file /nope in container c": NotFound,
+        "something else": ApiError,
+    }
+    for text, kind in said.items():
+        got = _classified(NotFound(text) if "find" in text else ApiError(text))
+        assert type(got) is kind, text

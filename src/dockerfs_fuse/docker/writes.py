@@ -20,6 +20,7 @@ import aiodocker
 import aiohttp
 
 from dockerfs_fuse.docker.errors import (
+    AlreadyExists,
     ApiError,
     Conflict,
     DockerProblem,
@@ -29,6 +30,7 @@ from dockerfs_fuse.docker.errors import (
 )
 from dockerfs_fuse.docker.framing import Demuxer
 from dockerfs_fuse.docker.source import DockerSource
+from dockerfs_fuse.model.files import NotAFile
 
 # What a tool's run keeps of its output (for the log): the first words say why.
 OUTPUT_KEPT = 4096
@@ -54,14 +56,19 @@ class Ran:
         return self.code in NO_TOOL
 
 
-def _classified(exc: DockerProblem) -> DockerProblem:
+def _classified(exc: DockerProblem) -> Exception:
     """An upload's refusal, by what the engine says: a read-only root
-    filesystem, a full disk, a path that is not a directory."""
+    filesystem, a full disk, a directory where a file would go (or the
+    reverse: noOverwriteDirNonDir), a path that is not a directory."""
     text = str(exc).lower()
     if "read-only" in text:
         return ReadOnlyFs(str(exc))
     if "no space left" in text or "disk quota" in text:
         return NoSpace(str(exc))
+    if "cannot overwrite directory" in text:
+        return NotAFile(str(exc))
+    if "cannot overwrite non-directory" in text:
+        return AlreadyExists(str(exc))
     if isinstance(exc, NotFound | Conflict):
         return exc
     if "not a directory" in text or "no such file" in text:
@@ -96,7 +103,8 @@ class DockerWrites:
 
         async def put(d: aiodocker.Docker) -> None:
             async with d._query(
-                f"containers/{cid}/archive?path={query}",
+                # Never a directory replaced by a file, nor the reverse: refused.
+                f"containers/{cid}/archive?path={query}&noOverwriteDirNonDir=1",
                 method="PUT",
                 data=body(),
                 headers={"Content-Type": "application/x-tar"},

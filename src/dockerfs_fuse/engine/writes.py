@@ -167,6 +167,7 @@ class Draft:
     dirty: bool = False  # changed since the last upload
     in_container: bool = True  # False until a new file's first upload
     mtime_given: bool = False  # set by utime: uploaded as it is, not as "now"
+    unlinked: bool = False  # its name removed: nothing more is uploaded
     opens: int = 0
     lock: trio.Lock = field(default_factory=trio.Lock)
     freed: bool = False
@@ -194,9 +195,8 @@ class ContainerWrites:
 
     def _locate(self, node: Node) -> tuple[WriteBackend, EngineCache, str, str]:
         """The backend, engine, container and path of a node under a container's root/."""
-        root, path = self.roots._split(node)
-        if self.roots.engines.image_roots_of(root) is not None:
-            raise ReadOnlyImage(path)
+        if self.roots.is_image_root(node):
+            raise ReadOnlyImage(self.roots.path_of(node))
         cache, cid, path = self.roots.locate(node)
         backend = self._backend_of(cache)
         if backend is None:
@@ -233,7 +233,7 @@ class ContainerWrites:
 
     def create(self, parent: Node, name: str, meta: Meta) -> Draft:
         """A new, empty file, open for writing; the container sees it at its first upload."""
-        path = posixpath.join(self.roots._split(parent)[1], name)
+        path = posixpath.join(self.roots.path_of(parent), name)
         entry = Entry(
             path=path,
             mode=stat.S_IFREG | stat.S_IMODE(meta.mode),
@@ -291,6 +291,7 @@ class ContainerWrites:
         written = os.pwrite(draft.fd, data, offset)
         draft.size = max(draft.size, offset + written)
         draft.dirty = True
+        draft.mtime_given = False  # written since: its mtime is the upload's
         return written
 
     async def truncate(self, draft: Draft, size: int) -> None:
@@ -300,6 +301,7 @@ class ContainerWrites:
         os.ftruncate(draft.fd, size)
         draft.size = size
         draft.dirty = True
+        draft.mtime_given = False
 
     def set_meta(self, draft: Draft, meta: Meta, mtime_given: bool) -> None:
         """A new mode, owner or mtime, uploaded with the content."""
@@ -310,7 +312,7 @@ class ContainerWrites:
     async def flush(self, draft: Draft) -> None:
         """Upload the draft if it changed since: returns once the engine has it."""
         async with draft.lock:
-            if not draft.dirty or draft.freed:
+            if not draft.dirty or draft.freed or draft.unlinked:
                 return
             await self._load(draft)
             await self._upload(draft)
@@ -334,7 +336,7 @@ class ContainerWrites:
         if self._drafts.get(draft.node.inode) is draft:
             del self._drafts[draft.node.inode]
         os.close(draft.fd)
-        if draft.dirty and draft.loaded:
+        if draft.dirty and draft.loaded and not draft.unlinked:
             log.warning(
                 "%s: %s: not uploaded; its content is kept in %s",
                 draft.cid[:12],
@@ -344,7 +346,7 @@ class ContainerWrites:
         else:
             with contextlib.suppress(OSError):
                 os.unlink(draft.staged)
-        if not draft.in_container and draft.node.parent is not None:
+        if not draft.in_container and not draft.unlinked and draft.node.parent is not None:
             # Never seen by the container: the table forgets it.
             self._apply(self.table.remove_entry(draft.node.parent, draft.node.name))
 
@@ -369,10 +371,18 @@ class ContainerWrites:
         target = _temp_name(name) if atomic else name
         header = file_header(target, draft.size, meta)
         total = len(header) + draft.size + len(padding(draft.size)) + len(END)
-        await backend.put_archive(cid, directory, _tar_chunks(header, draft.fd, draft.size), total)
+        temp = posixpath.join(directory, target)
+        try:
+            await backend.put_archive(
+                cid, directory, _tar_chunks(header, draft.fd, draft.size), total
+            )
+        except Exception:
+            if atomic:  # what a refused upload left of the temporary file
+                with contextlib.suppress(Exception):
+                    await backend.run(cid, ["rm", "-f", temp])
+            raise
         if not atomic:
             return
-        temp = posixpath.join(directory, target)
         ran = await backend.run(cid, ["mv", "-f", "-T", temp, draft.path])
         if ran.code != 0:
             with contextlib.suppress(Exception):
@@ -454,14 +464,24 @@ class ContainerWrites:
         return cache, cid
 
     def _path_in(self, parent: Node, name: str) -> str:
-        return posixpath.join(self.roots._split(parent)[1], name)
+        return posixpath.join(self.roots.path_of(parent), name)
+
+    def _draft_named(self, parent: Node, name: str) -> Draft | None:
+        child = (parent.children or {}).get(name)
+        return None if child is None else self._drafts.get(child.inode)
 
     async def unlink(self, parent: Node, name: str) -> None:
+        """rm; a file still open for writing is then nameless, as on a local
+        disk: its later writes and closes upload nothing."""
         path = self._path_in(parent, name)
-        pending = self.pending(parent, name)
-        if pending is not None:
-            await self.flush(self._drafts[pending.inode])
+        draft = self._draft_named(parent, name)
+        if draft is not None and not draft.in_container:
+            draft.unlinked = True  # the container never saw it: nothing to ask
+            self._apply(self.table.remove_entry(parent, name))
+            return
         cache, cid = await self._tool(parent, f"rm {path}", ["rm", "--", path])
+        if draft is not None:
+            draft.unlinked = True
         self._removed(cache, cid, parent, name)
 
     async def rmdir(self, parent: Node, name: str) -> None:
@@ -473,11 +493,13 @@ class ContainerWrites:
         old, new = self._path_in(parent, name), self._path_in(new_parent, new_name)
         if self._locate(parent)[2] != self._locate(new_parent)[2]:
             raise OtherContainer(f"{old} -> {new}")
-        pending = self.pending(parent, name)
-        if pending is not None:
-            await self.flush(self._drafts[pending.inode])
+        draft = self._draft_named(parent, name)
+        if draft is not None:
+            await self.flush(draft)  # what was written goes with it
         # -T: onto a directory means replacing it, never moving into it.
         cache, cid = await self._tool(parent, f"mv {old} {new}", ["mv", "-f", "-T", old, new])
+        if draft is not None:
+            draft.path = new  # later closes upload it under its new name
         self._removed(cache, cid, parent, name)
         self._removed(cache, cid, new_parent, new_name)
 
@@ -489,7 +511,7 @@ class ContainerWrites:
         self, node: Node, mode: int | None, uid: int | None, gid: int | None, mtime: int | None
     ) -> None:
         """chmod, chown, utime of a path nobody has open for writing: a tool's run."""
-        path = self.roots._split(node)[1]
+        path = self.roots.path_of(node)
         cache: EngineCache | None = None
         cid = ""
         if uid is not None or gid is not None:

@@ -26,8 +26,11 @@ class Handle:
         raise fail(errno.EBADF)
 
     async def flush(self) -> None:
-        """A descriptor of this open was closed, or fsync'd: nothing to do but for a
-        file being written."""
+        """A descriptor of this open was closed: nothing to do but for a file
+        being written."""
+
+    async def fsync(self) -> None:
+        """fsync(2): nothing to do but for a file being written."""
 
     def release(self) -> None:
         """The last descriptor of this open was closed."""

@@ -323,7 +323,7 @@ class DockerFS(ReadOnly):
     async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
         handle = self.handles.get(fh)
         if handle is not None:
-            await handle.flush()
+            await handle.fsync()
 
     @guard
     async def release(self, fh: pyfuse3.FileHandleT) -> None:

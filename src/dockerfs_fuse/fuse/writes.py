@@ -28,10 +28,11 @@ from dockerfs_fuse.model.tarwrite import Meta
 class DraftHandle(Handle):
     """An open of a file that is being written: its draft's content."""
 
-    def __init__(self, view: WriteView, draft: Draft, append: bool) -> None:
+    def __init__(self, view: WriteView, draft: Draft, append: bool, writer: bool) -> None:
         self.view = view
         self.draft = draft
         self.append = append
+        self.writer = writer
         self.released = False
 
     async def read(self, off: int, size: int) -> bytes:
@@ -41,6 +42,11 @@ class DraftHandle(Handle):
         return await self.view.writes.write(self.draft, off, buf, self.append)
 
     async def flush(self) -> None:
+        # A reader's close never uploads what a writer has half written.
+        if self.writer:
+            await self.fsync()
+
+    async def fsync(self) -> None:
         await self.view.writes.flush(self.draft)
         await self.view.invalidator.told_kernel()
 
@@ -79,7 +85,7 @@ class WriteView:
     ) -> tuple[pyfuse3.FileInfo, Node]:
         self.check(ctx)
         draft = self.writes.create(parent, self._name(name), self._meta(mode, ctx))
-        return self._info(draft, flags), draft.node
+        return self._info(draft, flags, True), draft.node
 
     async def open(self, node: Node, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         """An open for writing, or any open of a file that is being written.
@@ -94,10 +100,10 @@ class WriteView:
             except BaseException:
                 self.writes.release(draft)
                 raise
-        return self._info(draft, flags)
+        return self._info(draft, flags, bool(writing))
 
-    def _info(self, draft: Draft, flags: int) -> pyfuse3.FileInfo:
-        fh = self.handles.add(DraftHandle(self, draft, bool(flags & os.O_APPEND)))
+    def _info(self, draft: Draft, flags: int, writer: bool) -> pyfuse3.FileInfo:
+        fh = self.handles.add(DraftHandle(self, draft, bool(flags & os.O_APPEND), writer))
         # Direct I/O: every write reaches the draft; no page outlives this open.
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
 

@@ -7,8 +7,8 @@ rename), `mv`, `rm`, `mkdir`, `rmdir`, `ln -s`, `cp -r` and `tar -x` of a
 tree byte for byte; a stopped container (uploads in place; what needs a
 tool, EPERM), an image without the tools, a `--read-only` container
 (EROFS at close, the staged file kept), `-o ro` (EROFS), another user
-(EACCES with allow_other); and links planted in the image that point out of
-the container never lead a write onto the host.
+(EACCES with allow_other); `vim` saves; Podman; and links planted in the
+image that point out of the container never lead a write onto the host.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Engine, Mount, start_mount
+from conftest import Engine, Mount, require, start_mount
 from support.fs_trees import docker_env
 from support.mount_process import stop_mount
 from support.private_dockerd import PrivateDockerd, busybox_binary
@@ -410,3 +410,42 @@ def test_a_full_volume_is_enospc_and_a_removed_container_enoent(
     finally:
         engine.remove_started()
         engine.docker("volume", "rm", "-f", volume, check=False)
+
+
+def test_podman(podman_engine: Engine, mount_factory: Any, tmp_path: Path) -> None:
+    tar = tmp_path / "rootfs.tar"
+    tools_tar(tar, tmp_path / "nowhere")
+    podman_engine.docker("import", str(tar), TOOLS)
+    cid = podman_engine.run(TOOLS, "sleep", "1d")
+    m = mount_factory(podman_engine.host)
+    root = m.path / cid / "root"
+    hosts = root / "etc" / "hosts.orig"
+    assert sh(f"echo '10.0.0.1 db' >> {hosts}").returncode == 0
+    done = sh(f"sed -i 's/localhost/local/' {hosts}")
+    assert done.returncode == 0, done.stderr
+    want = b"127.0.0.1 local\n10.0.0.1 db\n"
+    assert inside(podman_engine, cid, "cat", "/etc/hosts.orig") == want == hosts.read_bytes()
+    os.mkdir(root / "tmp" / "d")
+    (root / "tmp" / "d" / "f").write_bytes(b"podman\n")
+    assert inside(podman_engine, cid, "cat", "/tmp/d/f") == b"podman\n"
+    os.unlink(root / "tmp" / "d" / "f")
+    os.rmdir(root / "tmp" / "d")
+    assert b"d" not in inside(podman_engine, cid, "ls", "/tmp").split()
+
+
+@pytest.mark.parametrize("backupcopy", ["yes", "no"])
+def test_vim_saves(engine: Engine, box: str, mounted: Mount, backupcopy: str) -> None:
+    require(shutil.which("vim") is not None, "vim missing (Debian vim)")
+    f = mounted.path / box / "root" / "etc" / "hosts.orig"
+    # backupcopy=yes writes the file in place; =no renames it away and
+    # writes a new one; a swap file comes and goes beside it.
+    done = subprocess.run(
+        ["vim", "-N", "-u", "NONE", "-i", "NONE", "-es",
+         "-c", f"set backup backupcopy={backupcopy} swapfile",
+         "-c", "%s/localhost/vim/", "-c", "wq", str(f)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done
+    assert inside(engine, box, "cat", "/etc/hosts.orig") == b"127.0.0.1 vim\n" == f.read_bytes()
+    left = inside(engine, box, "ls", "-a", "/etc").split()
+    assert not [name for name in left if name.endswith(b".swp")], left

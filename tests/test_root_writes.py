@@ -40,7 +40,7 @@ TOOLS = "dfs-tools:test"
 NO_TOOLS = "busybox:latest"  # sh, cat, ls... and no mv, rm or rmdir
 APPLETS = (
     "sh", "sleep", "cat", "ls", "mv", "rm", "rmdir", "mkdir", "chmod", "chown",
-    "touch", "sha256sum", "stat", "wc", "readlink", "find", "sort",
+    "touch", "sha256sum", "stat", "wc", "readlink", "find", "sort", "sed",
 )  # fmt: skip
 
 

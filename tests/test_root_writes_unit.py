@@ -191,7 +191,7 @@ def run(tmp_path: Path, test: Callable[[World], Awaitable[None]]) -> None:
     trio.run(main)
 
 
-def test_a_new_file_is_uploaded_whole_under_a_temporary_name_then_renamed(
+def test_a_file_is_uploaded_whole_a_changed_one_under_a_temporary_name_then_renamed(
     tmp_path: Path,
 ) -> None:
     async def test(w: World) -> None:
@@ -199,23 +199,35 @@ def test_a_new_file_is_uploaded_whole_under_a_temporary_name_then_renamed(
         draft = w.writes.create(tmp, "f", META)
         # Not in the container yet, but found by its name.
         assert w.writes.pending(tmp, "f") is draft.node
-        assert "/tmp/f" not in w.engine.fs
+        await w.writes.flush(draft)  # a shell's `>` closes a copy before writing
+        assert "/tmp/f" not in w.engine.fs and w.backend.calls == []
         await w.writes.write(draft, 0, b"hello ", append=False)
         await w.writes.write(draft, 6, b"world\n", append=False)
         assert await w.writes.read(draft, 0, 100) == b"hello world\n"
         await w.writes.flush(draft)
+        # New: under its own name (nothing old to mix with), no tool run.
+        assert w.backend.calls == [("put", "/tmp")]
         assert w.engine.fs["/tmp/f"].data == b"hello world\n"
         assert (w.engine.fs["/tmp/f"].mode, w.engine.fs["/tmp/f"].uid) == (0o640, 1000)
-        assert not [p for p in w.engine.fs if ".dockerfs-" in p]
-        probe, put, mv = w.backend.calls
+        await w.writes.write(draft, 12, b"again\n", append=False)
+        await w.writes.flush(draft)
+        probe, put, mv = w.backend.calls[1:]
         assert put == ("put", "/tmp") and probe == ("mv", "--help")
         assert mv[:3] == ("mv", "-f", "-T") and mv[-1] == "/tmp/f"
+        assert w.engine.fs["/tmp/f"].data == b"hello world\nagain\n"
+        assert not [p for p in w.engine.fs if ".dockerfs-" in p]
         await w.writes.flush(draft)  # unchanged since: nothing sent
-        assert len(w.backend.calls) == 3
-        w.writes.release(draft)
+        assert len(w.backend.calls) == 4
+        await w.writes.release(draft)
         assert w.staged() == [] and w.writes.draft_of(draft.node) is None
-        assert draft.node.entry is not None and draft.node.entry.size == 12
+        assert draft.node.entry is not None and draft.node.entry.size == 18
         assert any(draft.node.inode in c.changed for c in w.changes)
+        # A new file nothing was written to is made at its last close.
+        draft = w.writes.create(tmp, "empty", META)
+        await w.writes.flush(draft)
+        assert "/tmp/empty" not in w.engine.fs
+        await w.writes.release(draft)
+        assert w.engine.fs["/tmp/empty"].data == b""
 
     run(tmp_path, test)
 
@@ -231,7 +243,7 @@ def test_append_loads_the_old_content_once_and_truncation_to_zero_never(
         await w.writes.write(draft, 0, b"10.0.0.2 web\n", append=True)
         assert w.archive_requests() == loaded
         await w.writes.flush(draft)
-        w.writes.release(draft)
+        await w.writes.release(draft)
         got = w.engine.fs["/etc/hosts"]
         assert got.data == b"127.0.0.1 localhost\n10.0.0.1 db\n10.0.0.2 web\n"
         assert (got.uid, got.gid) == (7, 8)  # the file's owner kept
@@ -241,7 +253,7 @@ def test_append_loads_the_old_content_once_and_truncation_to_zero_never(
         await w.writes.truncate(draft, 0)
         await w.writes.write(draft, 0, b"new\n", append=False)
         await w.writes.flush(draft)
-        w.writes.release(draft)
+        await w.writes.release(draft)
         assert w.archive_requests() == before
         assert w.engine.fs["/etc/hosts"].data == b"new\n"
 
@@ -251,23 +263,26 @@ def test_append_loads_the_old_content_once_and_truncation_to_zero_never(
 def test_a_stopped_container_or_one_without_mv_is_written_in_place(tmp_path: Path) -> None:
     async def test(w: World) -> None:
         tmp = await w.node("/tmp")
+        hosts = await w.node("/etc/hosts")
         w.backend.running = False
-        draft = w.writes.create(tmp, "a", META)
+        draft = w.writes.open(hosts)
+        await w.writes.truncate(draft, 0)
         await w.writes.flush(draft)
-        w.writes.release(draft)
-        assert w.backend.calls == [("put", "/tmp")] and "/tmp/a" in w.engine.fs
+        await w.writes.release(draft)
+        assert w.backend.calls == [("put", "/etc")] and w.engine.fs["/etc/hosts"].data == b""
         with pytest.raises(CannotChange) as refused:
             await w.writes.unlink(tmp, "a")
         assert refused.value.errno == errno.EPERM
         w.backend.running, w.backend.tools = True, False
         w.backend.calls.clear()
-        for name in ("b", "c"):
-            draft = w.writes.create(tmp, name, META)
+        for text in (b"b", b"c"):
+            draft = w.writes.open(hosts)
+            await w.writes.write(draft, 0, text, append=False)
             await w.writes.flush(draft)
-            w.writes.release(draft)
-        # One probe for the container, then uploads under the files' own names.
-        assert w.backend.calls == [("mv", "--help"), ("put", "/tmp"), ("put", "/tmp")]
-        assert {"/tmp/b", "/tmp/c"} <= set(w.engine.fs)
+            await w.writes.release(draft)
+        # One probe for the container, then uploads under the file's own name.
+        assert w.backend.calls == [("mv", "--help"), ("put", "/etc"), ("put", "/etc")]
+        assert w.engine.fs["/etc/hosts"].data == b"c"
         with pytest.raises(CannotChange):
             await w.writes.rename(tmp, "b", tmp, "d")
 
@@ -285,7 +300,7 @@ def test_a_refused_upload_fails_and_keeps_the_staged_file(
         with pytest.raises(ReadOnlyFs):
             await w.writes.flush(draft)
         with caplog.at_level(logging.WARNING):
-            w.writes.release(draft)
+            await w.writes.release(draft)
         (kept,) = w.staged()
         assert kept.read_bytes() == b"precious\n"
         assert str(kept) in caplog.text
@@ -324,7 +339,7 @@ def test_an_open_file_unlinked_or_renamed_is_followed(tmp_path: Path) -> None:
         await w.writes.unlink(tmp, "scratch")
         await w.writes.write(draft, 9, b" still", append=False)
         await w.writes.flush(draft)
-        w.writes.release(draft)
+        await w.writes.release(draft)
         assert w.backend.calls == [] and w.staged() == []
         w.backend.running = True
         draft = w.writes.create(tmp, "new", META)
@@ -333,7 +348,7 @@ def test_an_open_file_unlinked_or_renamed_is_followed(tmp_path: Path) -> None:
         assert w.engine.fs["/tmp/final"].data == b"first\n"
         await w.writes.write(draft, 6, b"second\n", append=False)
         await w.writes.flush(draft)
-        w.writes.release(draft)
+        await w.writes.release(draft)
         assert w.engine.fs["/tmp/final"].data == b"first\nsecond\n"
         assert "/tmp/new" not in w.engine.fs
 

@@ -246,7 +246,6 @@ class ContainerWrites:
         self._apply(changes)
         draft = self._new_draft(node, meta, in_container=False)
         draft.opens += 1
-        draft.dirty = True
         return draft
 
     def open(self, node: Node) -> Draft:
@@ -310,9 +309,13 @@ class ContainerWrites:
         draft.dirty = True
 
     async def flush(self, draft: Draft) -> None:
-        """Upload the draft if it changed since: returns once the engine has it."""
+        """Upload the draft if it changed since: returns once the engine has
+        it. A new file nothing was written to waits for its last close (a
+        shell's `>` closes a descriptor of it before writing)."""
         async with draft.lock:
-            if not draft.dirty or draft.freed or draft.unlinked:
+            if draft.freed or draft.unlinked:
+                return
+            if not draft.dirty and (draft.in_container or draft.opens > 0):
                 return
             await self._load(draft)
             await self._upload(draft)
@@ -322,11 +325,18 @@ class ContainerWrites:
         if draft.opens <= 0:
             self._free(draft)  # closed for good while this upload ran
 
-    def release(self, draft: Draft) -> None:
-        """One open fewer; the last frees the draft (or keeps a refused one's file)."""
+    async def release(self, draft: Draft) -> None:
+        """One open fewer; the last makes a new file nothing was written to
+        (its closes sent nothing), and frees the draft (or keeps a refused
+        one's file: a changed one's closes have tried)."""
         draft.opens -= 1
         if draft.opens > 0 or draft.lock.locked():
             return
+        if not (draft.in_container or draft.unlinked or draft.freed or draft.dirty):
+            try:
+                await self.flush(draft)
+            except Exception as exc:  # its last close has returned: logged
+                log.warning("%s: %s: not created: %s", draft.cid[:12], draft.path, exc)
         self._free(draft)
 
     def _free(self, draft: Draft) -> None:
@@ -357,7 +367,7 @@ class ContainerWrites:
             await self.truncate(draft, size)
             await self.flush(draft)
         finally:
-            self.release(draft)
+            await self.release(draft)
 
     # -- uploads ----------------------------------------------------------------------
 
@@ -367,7 +377,13 @@ class ContainerWrites:
             draft.meta = replace(draft.meta, mtime=int(time.time()))
         meta = draft.meta
         backend, cid = draft.backend, draft.cid
-        atomic = await backend.is_running(cid) and await self._has_mv(backend, cid)
+        # A new file has no old content for a reader to see mixed with the
+        # new: it is written under its own name, as `docker cp` writes.
+        atomic = (
+            draft.in_container
+            and await backend.is_running(cid)
+            and await self._has_mv(backend, cid)
+        )
         target = _temp_name(name) if atomic else name
         header = file_header(target, draft.size, meta)
         total = len(header) + draft.size + len(padding(draft.size)) + len(END)
@@ -377,9 +393,12 @@ class ContainerWrites:
                 cid, directory, _tar_chunks(header, draft.fd, draft.size), total
             )
         except Exception:
-            if atomic:  # what a refused upload left of the temporary file
+            # What a refused upload left: the temporary file, or a new file
+            # half written in place (where a tool can remove it).
+            if atomic or not draft.in_container:
                 with contextlib.suppress(Exception):
-                    await backend.run(cid, ["rm", "-f", temp])
+                    if atomic or await backend.is_running(cid):
+                        await backend.run(cid, ["rm", "-f", temp])
             raise
         if not atomic:
             return
@@ -417,12 +436,13 @@ class ContainerWrites:
         if node.parent is not None and not node.gone:
             _, changes = self.table.set_entry(node.parent, entry)
             self._apply(changes)
-        self._changed(draft.cache, draft.cid, [node.inode])
+        self._changed(draft.cache, draft.cid, posixpath.dirname(draft.path), [node.inode])
 
-    def _changed(self, cache: EngineCache, cid: str, inodes: list[int]) -> None:
-        # Snapshots from before the change no longer answer; the kernel drops
-        # what it holds of these inodes.
-        cache.files.forget(cid)
+    def _changed(self, cache: EngineCache, cid: str, directory: str, inodes: list[int]) -> None:
+        # Snapshots from before the change no longer answer for the directory
+        # it was made in (its listing, or an entry's size, changed); the
+        # kernel drops what it holds of these inodes.
+        cache.files.changed(cid, directory)
         self._apply(Changes(changed=inodes))
 
     def _apply(self, changes: Changes) -> None:
@@ -435,7 +455,7 @@ class ContainerWrites:
         backend, cache, cid, directory = self._locate(parent)
         chunks = iter([member, END])
         await backend.put_archive(cid, directory, chunks, len(member) + len(END))
-        self._changed(cache, cid, [parent.inode])
+        self._changed(cache, cid, directory, [parent.inode])
 
     async def mkdir(self, parent: Node, name: str, meta: Meta) -> Node:
         await self._put_member(parent, dir_member(name, meta))
@@ -475,10 +495,12 @@ class ContainerWrites:
         disk: its later writes and closes upload nothing."""
         path = self._path_in(parent, name)
         draft = self._draft_named(parent, name)
-        if draft is not None and not draft.in_container:
-            draft.unlinked = True  # the container never saw it: nothing to ask
-            self._apply(self.table.remove_entry(parent, name))
-            return
+        if draft is not None:
+            async with draft.lock:  # an upload in flight (a last close's) ends first
+                if not draft.in_container:
+                    draft.unlinked = True  # the container never saw it: nothing to ask
+                    self._apply(self.table.remove_entry(parent, name))
+                    return
         cache, cid = await self._tool(parent, f"rm {path}", ["rm", "--", path])
         if draft is not None:
             draft.unlinked = True
@@ -505,7 +527,7 @@ class ContainerWrites:
 
     def _removed(self, cache: EngineCache, cid: str, parent: Node, name: str) -> None:
         self._apply(self.table.remove_entry(parent, name))
-        self._changed(cache, cid, [parent.inode])
+        self._changed(cache, cid, self.roots.path_of(parent), [parent.inode])
 
     async def change_meta(
         self, node: Node, mode: int | None, uid: int | None, gid: int | None, mtime: int | None
@@ -541,7 +563,17 @@ class ContainerWrites:
                 )
                 _, changes = self.table.set_entry(parent, changed)
                 self._apply(changes)
-            self._changed(cache, cid, [node.inode])
+            draft = self._drafts.get(node.inode)
+            if draft is not None:  # its next upload keeps what was set
+                m = draft.meta
+                draft.meta = Meta(
+                    m.mode if mode is None else mode & 0o7777,
+                    m.uid if uid is None else uid,
+                    m.gid if gid is None else gid,
+                    m.mtime if mtime is None else mtime,
+                )
+                draft.mtime_given = draft.mtime_given or mtime is not None
+            self._changed(cache, cid, posixpath.dirname(path), [node.inode])
 
     def close(self) -> None:
         """At unmount: drafts still open are kept (logged), the directory removed if empty."""

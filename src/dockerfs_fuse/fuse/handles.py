@@ -35,6 +35,9 @@ class Handle:
     def release(self) -> None:
         """The last descriptor of this open was closed."""
 
+    async def released(self) -> None:
+        """After release: what may wait (the close itself has returned)."""
+
 
 class CommandHandle(Handle):
     """An open `ctl`: each write is one whole command (`run`). A refused one

@@ -330,6 +330,7 @@ class DockerFS(ReadOnly):
         handle = self.handles.pop(fh)
         if handle is not None:
             handle.release()
+            await handle.released()
 
     # -- changes under a container's root/ (writes.py) ---------------------------
 

@@ -16,7 +16,7 @@ import time
 
 import pyfuse3
 
-from dockerfs_fuse.engine.writes import ContainerWrites, Draft
+from dockerfs_fuse.engine.writes import CannotChange, ContainerWrites, Draft
 from dockerfs_fuse.fuse.errors import fail
 from dockerfs_fuse.fuse.handles import Handle, HandleTable
 from dockerfs_fuse.fuse.invalidate import Invalidator
@@ -33,7 +33,7 @@ class DraftHandle(Handle):
         self.draft = draft
         self.append = append
         self.writer = writer
-        self.released = False
+        self.done = False
 
     async def read(self, off: int, size: int) -> bytes:
         return await self.view.writes.read(self.draft, off, size)
@@ -50,10 +50,10 @@ class DraftHandle(Handle):
         await self.view.writes.flush(self.draft)
         await self.view.invalidator.told_kernel()
 
-    def release(self) -> None:
-        if not self.released:
-            self.released = True
-            self.view.writes.release(self.draft)
+    async def released(self) -> None:
+        if not self.done:
+            self.done = True
+            await self.view.writes.release(self.draft)
 
 
 class WriteView:
@@ -98,7 +98,7 @@ class WriteView:
             try:
                 await self.writes.truncate(draft, 0)
             except BaseException:
-                self.writes.release(draft)
+                await self.writes.release(draft)
                 raise
         return self._info(draft, flags, bool(writing))
 
@@ -132,6 +132,15 @@ class WriteView:
         if mode is None and uid is None and gid is None and mtime is None:
             return
         draft = writes.draft_of(node)
+        if draft is not None and draft.in_container and not draft.dirty:
+            # Content unchanged (`touch` opens to set times): a tool's run,
+            # not an upload of the whole file, where one can run.
+            try:
+                await writes.change_meta(node, mode, uid, gid, mtime)
+                await self.invalidator.told_kernel()
+                return
+            except CannotChange:
+                pass
         if draft is not None:
             m = draft.meta
             meta = Meta(

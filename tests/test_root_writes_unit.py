@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from test_container_fs_unit import FakeEngine, FakeFile
 
 from dockerfs_fuse.docker.errors import AlreadyExists, ApiError, NoSpace, NotFound, ReadOnlyFs
@@ -100,6 +101,7 @@ class FakeWrites:
         self.running = True
         self.tools = True
         self.refuse: Exception | None = None
+        self.hold: trio.Event | None = None  # uploads wait for it
         self.calls: list[tuple[str, ...]] = []
 
     async def put_archive(
@@ -108,6 +110,8 @@ class FakeWrites:
         data = b"".join(chunks)
         assert len(data) == size
         self.calls.append(("put", directory))
+        if self.hold is not None:
+            await self.hold.wait()
         if self.refuse is not None:
             raise self.refuse
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
@@ -367,3 +371,34 @@ def test_an_uploads_refusal_is_classed_by_what_the_engine_says() -> None:
     for text, kind in said.items():
         got = _classified(NotFound(text) if "find" in text else ApiError(text))
         assert type(got) is kind, text
+
+
+def test_a_file_closed_for_good_while_its_upload_fails_is_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def test(w: World) -> None:
+        tmp = await w.node("/tmp")
+        w.backend.hold = trio.Event()
+        w.backend.refuse = NoSpace("no space left on device")
+        draft = w.writes.create(tmp, "f", META)
+        await w.writes.write(draft, 0, b"mine\n", append=False)
+        failed: list[BaseException] = []
+
+        async def close() -> None:
+            try:
+                await w.writes.flush(draft)
+            except NoSpace as exc:
+                failed.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(close)
+            await trio.testing.wait_all_tasks_blocked()
+            await w.writes.release(draft)  # the last close, while the upload runs
+            assert w.writes.draft_of(draft.node) is draft
+            with caplog.at_level(logging.WARNING):
+                w.backend.hold.set()
+        assert failed and w.writes.draft_of(draft.node) is None
+        (kept,) = w.staged()
+        assert kept.read_bytes() == b"mine\n" and str(kept) in caplog.text
+
+    run(tmp_path, test)

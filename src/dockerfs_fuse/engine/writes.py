@@ -9,11 +9,13 @@ other than 0 needs the old bytes, and uploaded whole at each close (flush)
 and fsync that follows a change; they return once the engine has it.
 
 A reader in a running container sees the old file or the new one, never a
-mix: the draft is uploaded under a temporary name in the same directory and
-renamed into place by a short exec of `mv` (Docker's extraction itself
-removes the old file and writes the new one in place). A stopped (or
-paused) container, or one without `mv`, gets the upload under the file's
-own name: nothing in it reads meanwhile (a paused one's processes may, after).
+mix: the draft of a file the container has is uploaded under a temporary
+name in the same directory and renamed into place by a short exec of `mv`
+(Docker's extraction itself removes the old file and writes the new one in
+place). A stopped (or paused) container, or one without `mv`, gets the
+upload under the file's own name: nothing in it reads meanwhile (a paused
+one's processes may, after). So does a new file, which has no old content
+to keep (as `docker cp` writes it: one request per file for `tar -x`).
 
 What the archive API cannot do (remove, rename, change a mode, an owner or
 a time) is a short exec of `rm`, `rmdir`, `mv`, `chmod`, `chown` or `touch`
@@ -87,6 +89,13 @@ class OtherContainer(PathError):
     """A rename from one container's root/ into another's."""
 
     errno = errno.EXDEV
+
+
+class NotAFileToWrite(PathError):
+    """A FIFO, a device or a socket under root/: the archive API can replace
+    one, never write into it."""
+
+    errno = errno.EROFS
 
 
 class ReadOnlyImage(PathError):
@@ -233,6 +242,7 @@ class ContainerWrites:
 
     def create(self, parent: Node, name: str, meta: Meta) -> Draft:
         """A new, empty file, open for writing; the container sees it at its first upload."""
+        self._locate(parent)  # refused (an image's root/) before the table has it
         path = posixpath.join(self.roots.path_of(parent), name)
         entry = Entry(
             path=path,
@@ -254,7 +264,7 @@ class ContainerWrites:
         if draft is None:
             e = node.entry
             if e is None or not e.is_regular:
-                raise PathError(node.name)
+                raise NotAFileToWrite(node.name)
             draft = self._new_draft(node, Meta(e.mode, e.uid, e.gid, e.mtime), in_container=True)
             draft.size = e.size
         draft.opens += 1
@@ -312,18 +322,20 @@ class ContainerWrites:
         """Upload the draft if it changed since: returns once the engine has
         it. A new file nothing was written to waits for its last close (a
         shell's `>` closes a descriptor of it before writing)."""
-        async with draft.lock:
-            if draft.freed or draft.unlinked:
-                return
-            if not draft.dirty and (draft.in_container or draft.opens > 0):
-                return
-            await self._load(draft)
-            await self._upload(draft)
-            draft.dirty = False
-            draft.in_container = True
-            self._uploaded(draft)
-        if draft.opens <= 0:
-            self._free(draft)  # closed for good while this upload ran
+        try:
+            async with draft.lock:
+                if draft.freed or draft.unlinked:
+                    return
+                if not draft.dirty and (draft.in_container or draft.opens > 0):
+                    return
+                await self._load(draft)
+                await self._upload(draft)
+                draft.dirty = False
+                draft.in_container = True
+                self._uploaded(draft)
+        finally:
+            if draft.opens <= 0 and not draft.lock.locked():
+                self._free(draft)  # closed for good while this upload ran
 
     async def release(self, draft: Draft) -> None:
         """One open fewer; the last makes a new file nothing was written to

@@ -223,12 +223,17 @@ def make_tree(top: Path) -> None:
     (top / "a" / "b" / "two.bin").write_bytes(os.urandom(70_000))
     (top / "a" / "b" / "empty").write_bytes(b"")
     (top / "top.txt").write_bytes(b"top\n" * 1000)
+    (top / "a" / "script").write_bytes(b"#!/bin/sh\n")
+    (top / "a" / "script").chmod(0o750)
+    os.utime(top / "a" / "script", (1_500_000_000, 1_500_000_000))
+    (top / "a" / "link").symlink_to("b/two.bin")
 
 
 def test_cp_r_and_tar_x_of_a_tree(engine: Engine, box: str, mounted: Mount, tmp_path: Path) -> None:
     src = tmp_path / "tree"
     make_tree(src)
-    want = {str(p.relative_to(src.parent)): p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    files = [p for p in src.rglob("*") if p.is_file() and not p.is_symlink()]
+    want = {str(p.relative_to(src.parent)): p.read_bytes() for p in files}
     root = mounted.path / box / "root"
     done = sh(f"cp -r {src} {root}/data/")
     assert done.returncode == 0, done.stderr
@@ -239,9 +244,18 @@ def test_cp_r_and_tar_x_of_a_tree(engine: Engine, box: str, mounted: Mount, tmp_
     assert copied(engine, box, "/data/x/tree") == want
     listed = inside(engine, box, "find", "/data/x").decode().split()
     assert sorted(listed) == sorted(
-        ["/data/x", "/data/x/tree", "/data/x/tree/a", "/data/x/tree/a/b"]
+        ["/data/x", "/data/x/tree", "/data/x/tree/a", "/data/x/tree/a/b", "/data/x/tree/a/link"]
         + [f"/data/x/{name}" for name in want]
     )
+    # cp -a keeps modes, times and links; a directory moved whole.
+    done = sh(f"cp -a {src} {root}/data/kept && mv {root}/data/kept {root}/data/moved")
+    assert done.returncode == 0, done.stderr
+    assert copied(engine, box, "/data/moved") == {
+        name.replace("tree/", "moved/", 1): data for name, data in want.items()
+    }
+    st = inside(engine, box, "stat", "-c", "%a %Y", "/data/moved/a/script")
+    assert st == b"750 1500000000\n"
+    assert inside(engine, box, "readlink", "/data/moved/a/link") == b"b/two.bin\n"
 
 
 def test_a_stopped_container(engine: Engine, box: str, mount_factory: Any) -> None:

@@ -148,12 +148,13 @@ class DockerFS(ReadOnly):
             return self.table.lookup(parent, name)
         return await cache.find(name)
 
-    def refusal(self, *inodes: int) -> int:
-        """What root/ cannot make (links, nodes, xattrs) is EROFS; nothing else
-        can be made (EACCES)."""
+    def refusal(self, *inodes: int, xattr: bool = False) -> int:
+        """What root/ cannot make (hard links, nodes) is EROFS, and its files
+        have no extended attributes to set (ENOTSUP, which `cp -a` and
+        `rsync -X` pass over); nothing else can be made (EACCES)."""
         for inode in inodes:
             if inode in self.table and in_root(self.table.get(inode)):
-                return errno.EROFS
+                return errno.ENOTSUP if xattr else errno.EROFS
         return errno.EACCES
 
     # -- requests ---------------------------------------------------------------------

@@ -178,6 +178,9 @@ def test_echo_create_append_truncate_seen_inside_at_once(
     assert inside(engine, box, "stat", "-c", "%a %u", "/etc/hosts.orig") == b"644 0\n"
     # No temporary upload left behind.
     assert b".dockerfs-" not in inside(engine, box, "ls", "-a", "/tmp", "/etc")
+    # A change made inside the container shows on the next open, as before.
+    inside(engine, box, "sh", "-c", "echo 'changed inside, longer' > /tmp/f")
+    assert f.read_bytes() == b"changed inside, longer\n"
 
 
 def test_cp_of_a_file_byte_for_byte(

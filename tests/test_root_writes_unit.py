@@ -19,7 +19,14 @@ import trio
 import trio.testing
 from test_container_fs_unit import FakeEngine, FakeFile
 
-from dockerfs_fuse.docker.errors import AlreadyExists, ApiError, NoSpace, NotFound, ReadOnlyFs
+from dockerfs_fuse.docker.errors import (
+    AlreadyExists,
+    ApiError,
+    Conflict,
+    NoSpace,
+    NotFound,
+    ReadOnlyFs,
+)
 from dockerfs_fuse.docker.writes import Ran, _classified
 from dockerfs_fuse.engine.engines import Engines
 from dockerfs_fuse.engine.roots import ContainerRoots
@@ -126,6 +133,8 @@ class FakeWrites:
         return self.running
 
     async def run(self, cid: str, argv: Sequence[str]) -> Ran:
+        if not self.running:
+            raise Conflict(f"Container {cid} is not running")
         self.calls.append(tuple(argv))
         if not self.tools:
             return Ran(127, b"exec: not found")

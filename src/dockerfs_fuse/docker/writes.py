@@ -28,6 +28,7 @@ from dockerfs_fuse.docker.errors import (
     NotFound,
     ReadOnlyFs,
 )
+from dockerfs_fuse.docker.exec import _IMPROPER
 from dockerfs_fuse.docker.framing import Demuxer
 from dockerfs_fuse.docker.source import DockerSource
 from dockerfs_fuse.model.files import NotAFile
@@ -127,7 +128,7 @@ class DockerWrites:
     async def run(self, cid: str, argv: Sequence[str]) -> Ran:
         """Run `argv` in the container as root, to its end (within the usual
         deadline); its exit code and output. Raises Conflict when it is not
-        running, NotFound when it is gone."""
+        running (or paused), NotFound when it is gone."""
         body: dict[str, Any] = {
             "AttachStdin": False,
             "AttachStdout": True,
@@ -145,7 +146,13 @@ class DockerWrites:
                 raise ApiError(f"exec create: unexpected answer {str(answer)[:80]!r}")
             return str(answer["Id"])
 
-        exec_id = await self.source.call("exec/create", create)
+        try:
+            exec_id = await self.source.call("exec/create", create)
+        except ApiError as exc:
+            # Podman answers 500 for a container that is not running.
+            if _IMPROPER.search(str(exc)):
+                raise Conflict(str(exc)) from None
+            raise
 
         async def start(d: aiodocker.Docker) -> bytes:
             async with d._query(

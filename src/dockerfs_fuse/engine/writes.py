@@ -44,6 +44,7 @@ from typing import Protocol
 
 import trio
 
+from dockerfs_fuse.docker.errors import Conflict
 from dockerfs_fuse.docker.writes import Ran
 from dockerfs_fuse.engine.containers import EngineCache
 from dockerfs_fuse.engine.roots import ContainerRoots
@@ -486,9 +487,10 @@ class ContainerWrites:
     async def _tool(self, node: Node, what: str, argv: list[str]) -> tuple[EngineCache, str]:
         """Run a tool in the container of `node`, or refuse (EPERM)."""
         backend, cache, cid, _ = self._locate(node)
-        if not await backend.is_running(cid):
-            raise CannotChange(f"{cid[:12]}: {what}: the container is not running")
-        ran = await backend.run(cid, argv)
+        try:
+            ran = await backend.run(cid, argv)
+        except Conflict:  # not running, or paused: the engine says so, no need to ask first
+            raise CannotChange(f"{cid[:12]}: {what}: the container is not running") from None
         if ran.no_tool:
             raise CannotChange(f"{cid[:12]}: {what}: no {argv[0]} in the container")
         if ran.code != 0:

@@ -25,8 +25,18 @@ class Handle:
     async def write(self, off: int, buf: bytes) -> int:
         raise fail(errno.EBADF)
 
+    async def flush(self) -> None:
+        """A descriptor of this open was closed: nothing to do but for a file
+        being written."""
+
+    async def fsync(self) -> None:
+        """fsync(2): nothing to do but for a file being written."""
+
     def release(self) -> None:
         """The last descriptor of this open was closed."""
+
+    async def released(self) -> None:
+        """After release: what may wait (the close itself has returned)."""
 
 
 class CommandHandle(Handle):

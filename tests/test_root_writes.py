@@ -34,6 +34,8 @@ from support.mount_process import stop_mount
 from support.private_dockerd import PrivateDockerd, busybox_binary
 from support.waiting import wait_until
 
+from dockerfs_fuse.fuse import kernel_cache
+
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 
 TOOLS = "dfs-tools:test"
@@ -375,6 +377,43 @@ def test_a_reader_sees_the_staged_copy_and_its_close_uploads_nothing(
     finally:
         os.close(writer)
     assert inside(engine, box, "cat", "/tmp/f") == b"half whole\n"
+
+
+def test_only_a_writers_close_is_flushed(engine: Engine, box: str, mounted: Mount) -> None:
+    """Every open but a writer's under root/ asks the kernel to send no FLUSH
+    at close (patches/pyfuse3/0003), so reading many files costs no FLUSH
+    round trip each; a writer's close still uploads. On stock pyfuse3 (or
+    DOCKERFS_STOCK_PYFUSE3=1) every close is flushed, as before."""
+    noflush = mounted.stats()["flush"]["noflush"]
+    assert noflush is kernel_cache.noflush()  # the daemon runs with this env
+
+    def flushes() -> int:
+        return int(mounted.stats()["flush"]["requests"])
+
+    container = mounted.path / box
+    readable = [container / "State", container / "Image", container / "root" / "etc" / "hosts.orig"]
+    before = flushes()
+    for _ in range(3):
+        for path in readable:
+            assert path.read_bytes()
+    read = flushes() - before
+    assert read == 0 if noflush else read >= 3 * len(readable)
+
+    f = container / "root" / "tmp" / "flushed"
+    assert sh(f"echo uploaded at close > {f}").returncode == 0
+    assert flushes() > before + read
+    assert inside(engine, box, "cat", "/tmp/flushed") == b"uploaded at close\n"
+    # A reader of a file being written asks for no FLUSH either.
+    writer = os.open(f, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(writer, b"more\n")
+        before = flushes()
+        assert f.read_bytes() == b"uploaded at close\nmore\n"
+        read = flushes() - before
+        assert read == 0 if noflush else read >= 1
+    finally:
+        os.close(writer)
+    assert inside(engine, box, "cat", "/tmp/flushed") == b"uploaded at close\nmore\n"
 
 
 def test_modes_owners_times_and_renames_of_closed_files(

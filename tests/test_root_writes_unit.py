@@ -14,6 +14,7 @@ import tarfile
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
+import pyfuse3
 import pytest
 import trio
 import trio.testing
@@ -37,6 +38,9 @@ from dockerfs_fuse.engine.writes import (
     ToolFailed,
     errno_of_output,
 )
+from dockerfs_fuse.fuse import operations  # noqa: F401  (defines every Handle)
+from dockerfs_fuse.fuse.handles import NOFLUSH, Handle, file_info
+from dockerfs_fuse.fuse.writes import DraftHandle
 from dockerfs_fuse.model.containers import LIVE
 from dockerfs_fuse.model.files import NotAFile
 from dockerfs_fuse.model.inodes import Changes, Node
@@ -411,3 +415,20 @@ def test_a_file_closed_for_good_while_its_upload_fails_is_kept(
         assert kept.read_bytes() == b"mine\n" and str(kept) in caplog.text
 
     run(tmp_path, test)
+
+
+def _subclasses(cls: type[Handle]) -> set[type[Handle]]:
+    found: set[type[Handle]] = set(cls.__subclasses__())
+    return found.union(*(_subclasses(sub) for sub in found))
+
+
+def test_only_a_drafts_close_needs_flush() -> None:
+    """An open is answered with noflush unless its handle's flush does work
+    (handles.file_info): the kernel would never call it. Only a draft's does,
+    and WriteView opens a writer's with flush=True. A new handle with work at
+    close must be opened with flush=True too, and listed here."""
+    flushing = {c for c in _subclasses(Handle) if c.flush is not Handle.flush}
+    assert flushing == {DraftHandle}
+    fh = pyfuse3.FileHandleT(1)
+    assert getattr(file_info(fh, flush=True), "noflush", False) is False
+    assert getattr(file_info(fh), "noflush", False) is NOFLUSH

@@ -23,7 +23,7 @@ from dockerfs_fuse.docker.errors import DockerProblem
 from dockerfs_fuse.engine.engines import Engines
 from dockerfs_fuse.engine.exec import ExecSessions, Session, SessionError
 from dockerfs_fuse.fuse.errors import errno_for, fail, refusal_reason
-from dockerfs_fuse.fuse.handles import Handle, HandleTable
+from dockerfs_fuse.fuse.handles import Handle, HandleTable, file_info
 from dockerfs_fuse.fuse.interrupts import interruptible, interruptible_restartable
 from dockerfs_fuse.fuse.invalidate import Invalidator
 from dockerfs_fuse.model.containers import Special
@@ -267,7 +267,7 @@ class ExecView:
         else:
             handle = _HANDLES[file](self, session, file, pid)
         fh = self.handles.add(handle)
-        return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False, nonseekable=True)
+        return file_info(fh, direct_io=True, keep_cache=False, nonseekable=True)
 
     def _reserve(self, clone: Node) -> Session:
         exec_dir = clone.parent

@@ -38,7 +38,7 @@ from dockerfs_fuse.fuse.errors import fail, guard
 from dockerfs_fuse.fuse.events import open_events
 from dockerfs_fuse.fuse.exec import ExecView
 from dockerfs_fuse.fuse.files import RootView
-from dockerfs_fuse.fuse.handles import HandleTable, SnapshotHandle
+from dockerfs_fuse.fuse.handles import NOFLUSH, HandleTable, SnapshotHandle, file_info
 from dockerfs_fuse.fuse.invalidate import Invalidator
 from dockerfs_fuse.fuse.listings import DirHandle, Listings
 from dockerfs_fuse.fuse.logs import Followers, open_log
@@ -75,6 +75,7 @@ class DockerFS(ReadOnly):
         # itself and caches listings and core files' pages; readdir gets the inode.
         self.kernel_cache = self.pass_inode = engines.kernel_cache
         self.handles = HandleTable()
+        self.flushes = 0  # FLUSH requests: none for an open with noflush (handles.py)
         self.followers = Followers()
         self.refusals = Refusals()  # what each `err` file says
         self.attrs = Attributes(engines, lambda node: len(self._err_text(node)))
@@ -277,7 +278,7 @@ class DockerFS(ReadOnly):
                 fh = self.handles.add(SnapshotHandle(data, node, self.invalidator.apply))
                 owner = self.engines.cache_of(node)
                 keep = owner is not None and owner.keep_pages
-                return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
+                return file_info(fh, keep_cache=keep)
         elif node.special in (Special.LOGS, Special.FOLLOW):
             spools, key = self._objects_of(node).log_source(node)
             follow = node.special is Special.FOLLOW
@@ -297,7 +298,7 @@ class DockerFS(ReadOnly):
         # cached size, so `cat` gets exactly this snapshot even when the text
         # (Status, say) changed length since the kernel last saw its size.
         fh = self.handles.add(SnapshotHandle(data))
-        return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+        return file_info(fh, direct_io=True, keep_cache=False)
 
     @guard
     async def read(
@@ -318,6 +319,7 @@ class DockerFS(ReadOnly):
 
     @guard
     async def flush(self, fh: pyfuse3.FileHandleT) -> None:
+        self.flushes += 1
         handle = self.handles.get(fh)
         if handle is not None:
             await handle.flush()
@@ -489,6 +491,7 @@ class DockerFS(ReadOnly):
             "engines": engines,
             "inodes": len(self.table),
             "kernel_cache": self.kernel_cache,
+            "flush": {"noflush": NOFLUSH, "requests": self.flushes},
             "logs": {
                 "spools": self.engines.log_spool_count(),
                 "followers": self.followers.count,

@@ -18,7 +18,7 @@ import pyfuse3
 
 from dockerfs_fuse.engine.writes import CannotChange, ContainerWrites, Draft
 from dockerfs_fuse.fuse.errors import fail
-from dockerfs_fuse.fuse.handles import Handle, HandleTable
+from dockerfs_fuse.fuse.handles import Handle, HandleTable, file_info
 from dockerfs_fuse.fuse.invalidate import Invalidator
 from dockerfs_fuse.model.containers import NAME_MAX
 from dockerfs_fuse.model.inodes import Node
@@ -105,7 +105,8 @@ class WriteView:
     def _info(self, draft: Draft, flags: int, writer: bool) -> pyfuse3.FileInfo:
         fh = self.handles.add(DraftHandle(self, draft, bool(flags & os.O_APPEND), writer))
         # Direct I/O: every write reaches the draft; no page outlives this open.
-        return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+        # A writer's close uploads (DraftHandle.flush): the kernel must send FLUSH.
+        return file_info(fh, direct_io=True, keep_cache=False, flush=writer)
 
     async def setattr(
         self,

@@ -18,7 +18,11 @@ numbers are unique across engines and never reused.
 
 Container directories are built lazily from the API answer the first time
 anything inside them is asked for, so a listing of a thousand containers
-costs a thousand small objects, not twenty thousand.
+costs a thousand small objects, not twenty thousand. Once the kernel holds
+nothing below a built one (it forgot a walk), its nodes are let go and only
+their numbers kept, by path, so the next lookup rebuilds it with the same
+numbers: a walk of ten thousand containers is ~35 nodes each while the kernel
+caches them, and a few hundred bytes each once it forgot them.
 
 A top directory lists some containers (the running ones, without -a) and
 can reach others by name: a stopped container's directory is "unlisted",
@@ -30,7 +34,8 @@ from __future__ import annotations
 
 import enum
 import stat
-from collections.abc import Mapping, Sequence
+from array import array
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from dockerfs_fuse.model.containers import (
@@ -51,6 +56,14 @@ from dockerfs_fuse.model.swarm import Tree
 
 ROOT_INODE = 1
 NS = 1_000_000_000
+# Numbers kept for the nodes of each container directory, right after its
+# own: its nodes, in the order the first build makes them, are numbered
+# from it (_renumber), so a folded container needs no record of them.
+CONTAINER_BLOCK = 256
+# Distinct paths below containers whose strings are shared by the records
+# of folded containers (most have the same few dozen); past this many,
+# sharing starts over.
+SHARED_PATHS = 4096
 
 
 class Kind(enum.Enum):
@@ -94,6 +107,18 @@ class Node:
         return 2 + self.subdirs if self.kind is Kind.DIR and self.entry is None else 1
 
 
+@dataclass(frozen=True, slots=True)
+class _Numbers:
+    """The numbers of a folded container's nodes, by path below it, when
+    they are not the ones its first build gave (`paths[i]` had `numbers[i]`)."""
+
+    paths: tuple[str, ...]
+    numbers: array[int]
+
+    def by_path(self) -> dict[str, int]:
+        return dict(zip(self.paths, self.numbers, strict=True))
+
+
 @dataclass
 class Changes:
     """What a refresh changed that the kernel may have cached.
@@ -129,6 +154,16 @@ class InodeTable:
         # Entries no listing of their directory replaces (the engine view's
         # `clone` and `.live/`), per directory: found first, listed first.
         self._fixed: dict[int, dict[str, Node]] = {}
+        # Per built container directory, how many nodes below it the kernel
+        # holds: at zero it is folded (`_fold`).
+        self._held: dict[int, int] = {}
+        # Folded container directories whose nodes had the numbers their first
+        # build gave (a rebuild gives them again), and those whose did not,
+        # with a record of them. Nothing is made per container for the
+        # first: what the walk made is all freed, not kept in place by it.
+        self._folded_plain: set[int] = set()
+        self._folded: dict[int, _Numbers] = {}
+        self._paths: dict[str, str] = {}
 
     # -- queries -------------------------------------------------------------
 
@@ -173,8 +208,14 @@ class InodeTable:
                 node.children = {}
             else:
                 self._reconcile(node, container_spec(node.raw), Changes())
+                self._folded_plain.discard(node.inode)
+                self._renumber(node, self._folded.pop(node.inode, None))
         assert node.children is not None
         return node.children
+
+    def folded(self) -> int:
+        """How many container directories are folded (the kernel forgot what was below)."""
+        return len(self._folded_plain) + len(self._folded)
 
     def listed(self, node: Node) -> list[tuple[str, Node]]:
         """A directory's listing: its children but unlisted ones; none for an unlisted one."""
@@ -323,17 +364,31 @@ class InodeTable:
 
     def remember(self, node: Node) -> None:
         """The kernel now holds one more reference (lookup, readdirplus entry)."""
+        if not node.lookups:
+            container = _container_above(node)
+            if container is not None:
+                self._held[container.inode] = self._held.get(container.inode, 0) + 1
         node.lookups += 1
 
     def forget(self, inode: int, count: int) -> None:
         node = self._nodes.get(inode)
         if node is None or inode == ROOT_INODE:
             return
+        held = node.lookups
         node.lookups = max(0, node.lookups - count)
         if node.lookups:
             return
+        container = _container_above(node) if held else None
+        if container is not None:
+            left = self._held.pop(container.inode, 0) - 1
+            if left > 0:
+                self._held[container.inode] = left
+            else:
+                self._fold(container)
+        elif node.raw is not None and node.inode not in self._held:
+            self._fold(node)  # a container directory built by a lookup that found nothing
         if node.gone:
-            del self._nodes[inode]
+            self._nodes.pop(inode, None)  # folded just now, or dropped before
         elif node.parent is not None and self.unlisted(node.parent).get(node.name) is node:
             # Nobody holds an unlisted container any more: a lookup asks again.
             del self._unlisted[node.parent.inode][node.name]
@@ -496,6 +551,57 @@ class InodeTable:
         node.data = entry.link
         return node
 
+    # -- folding what the kernel forgot ---------------------------------------------
+
+    def _fold(self, container: Node) -> None:
+        """Let go of a built container directory's nodes, none of which the
+        kernel holds, keeping their numbers for the rebuild. Not one whose
+        root/ or exec/ has entries: those come from the engine and the
+        sessions, not the list, and keep their own numbers."""
+        if container.gone or not container.children:
+            return
+        below = list(_below(container))
+        if any(n.lookups or (n.special is not None and n.children) for n, _ in below):
+            return
+        if all(n.inode == container.inode + 1 + i for i, (n, _) in enumerate(below)):
+            self._folded_plain.add(container.inode)
+        else:
+            if len(self._paths) > SHARED_PATHS:
+                self._paths.clear()
+            paths = tuple(self._paths.setdefault(path, path) for _, path in below)
+            self._folded[container.inode] = _Numbers(paths, array("Q", (n.inode for n, _ in below)))
+        for node, _ in below:
+            del self._nodes[node.inode]
+            # Nothing points at them now: freed at once, not by the cycle collector.
+            node.children = node.parent = None
+            node.gone = True
+        container.children = None
+
+    def _renumber(self, container: Node, numbers: _Numbers | None) -> None:
+        """Number a container's nodes, just built: as recorded when it was
+        folded, or else in the order they were made, after its own number
+        (the same order for the same list answer, so the same numbers)."""
+        old = numbers.by_path() if numbers is not None else None
+        for i, (node, path) in enumerate(_below(container)):
+            if old is not None:
+                number = old.get(path)
+            else:
+                number = container.inode + 1 + i if i < CONTAINER_BLOCK - 1 else None
+            if number is not None and number != node.inode:
+                del self._nodes[node.inode]
+                node.inode = number
+                self._nodes[number] = node
+
+    def _unfold_plain(self, node: Node) -> None:
+        """A folded container's answer is about to change, and with it perhaps
+        the order its next build makes nodes in: record the numbers now."""
+        self._folded_plain.discard(node.inode)
+        assert node.raw is not None
+        paths = tuple(_spec_paths(container_spec(node.raw)))
+        first = node.inode + 1
+        numbers = array("Q", range(first, first + min(len(paths), CONTAINER_BLOCK - 1)))
+        self._folded[node.inode] = _Numbers(paths[: len(numbers)], numbers)
+
     # -- internals -------------------------------------------------------------------
 
     def _new_node(self, parent: Node, name: str, kind: Kind, mtime_ns: int) -> Node:
@@ -509,6 +615,7 @@ class InodeTable:
         node = self._new_node(top, name, Kind.DIR, created_seconds(c) * NS)
         node.raw = c
         node.subdirs = len(SUBDIRS)
+        self._next += CONTAINER_BLOCK - 1  # for its nodes (_renumber)
         return node
 
     def _update_container(self, node: Node, c: Container, changes: Changes) -> None:
@@ -517,6 +624,8 @@ class InodeTable:
         Only a built one is compared (a deep compare of every container is a
         large part of a root listing's cost at a thousand containers)."""
         if node.children is None:
+            if node.inode in self._folded_plain and node.raw != c:
+                self._unfold_plain(node)
             node.raw = c
         elif node.raw != c:
             node.raw = c
@@ -579,10 +688,44 @@ class InodeTable:
             if n.children:
                 stack.extend(n.children.values())
                 n.children = {}
+            if n.raw is not None:
+                self._held.pop(n.inode, None)
+                self._folded_plain.discard(n.inode)
+                self._folded.pop(n.inode, None)
             n.raw = n.pending = None
             n.gone = True
             if n.lookups == 0:
                 self._nodes.pop(n.inode, None)
+
+
+def _container_above(node: Node) -> Node | None:
+    """The container directory a node is below, if any."""
+    n = node.parent
+    while n is not None:
+        if n.raw is not None:
+            return n
+        n = n.parent
+    return None
+
+
+def _below(container: Node) -> Iterator[tuple[Node, str]]:
+    """The nodes below a container directory and their paths, in the order a
+    build makes them (each directory, then what is in it)."""
+    stack = [(node, name) for name, node in reversed((container.children or {}).items())]
+    while stack:
+        node, path = stack.pop()
+        yield node, path
+        stack.extend(
+            (child, f"{path}/{name}") for name, child in reversed((node.children or {}).items())
+        )
+
+
+def _spec_paths(spec: Spec, prefix: str = "") -> Iterator[str]:
+    """The paths a build of `spec` makes, in the order it makes them (as _below)."""
+    for name, value in spec.items():
+        yield prefix + name
+        if isinstance(value, Mapping):
+            yield from _spec_paths(value, f"{prefix}{name}/")
 
 
 def _subdirs(spec: Tree) -> int:

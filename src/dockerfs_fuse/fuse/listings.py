@@ -110,7 +110,11 @@ class Listings:
         if start_id == 0:
             entries = await self._list_from_start(node)
             snapshot = hash(tuple(entries)) & _SNAPSHOT_MASK
-            self._snapshots.pop((inode, snapshot), None)
+            kept = self._snapshots.pop((inode, snapshot), None)
+            if kept == entries:
+                # The same listing again (a walk of an unchanged tree): keep the
+                # one held, rather than a copy of it made now, wherever it lands.
+                entries = kept
             self._snapshots[inode, snapshot] = entries
             if len(self._snapshots) > _SNAPSHOTS_KEPT:
                 del self._snapshots[next(iter(self._snapshots))]

@@ -164,6 +164,7 @@ class InodeTable:
         self._folded_plain: set[int] = set()
         self._folded: dict[int, _Numbers] = {}
         self._paths: dict[str, str] = {}
+        self.folds = 0  # container directories folded so far
 
     # -- queries -------------------------------------------------------------
 
@@ -576,6 +577,7 @@ class InodeTable:
             node.children = node.parent = None
             node.gone = True
         container.children = None
+        self.folds += 1
 
     def _renumber(self, container: Node, numbers: _Numbers | None) -> None:
         """Number a container's nodes, just built: as recorded when it was
@@ -624,9 +626,14 @@ class InodeTable:
         Only a built one is compared (a deep compare of every container is a
         large part of a root listing's cost at a thousand containers)."""
         if node.children is None:
-            if node.inode in self._folded_plain and node.raw != c:
-                self._unfold_plain(node)
-            node.raw = c
+            if node.inode not in self._folded_plain and node.inode not in self._folded:
+                node.raw = c
+            elif node.raw != c:
+                # Folded: compared, as built ones are, and the answer kept if
+                # the same, so that what the walk freed is not filled again.
+                if node.inode in self._folded_plain:
+                    self._unfold_plain(node)
+                node.raw = c
         elif node.raw != c:
             node.raw = c
             self._reconcile(node, container_spec(c), changes)

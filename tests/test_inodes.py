@@ -190,6 +190,24 @@ def test_a_container_the_kernel_forgot_is_let_go_and_rebuilt_with_its_numbers() 
     assert t.folded() == 0 and len(t) == listed + len(before)
 
 
+def test_a_container_whose_exec_has_a_session_is_not_let_go() -> None:
+    t = InodeTable()
+    t.set_containers(RECORDED)
+    cid = RECORDED[0]["Id"]
+    before = numbers_below(t, walk(t, cid))
+    exec_dir = walk(t, cid, ".live", "exec")
+    clone = t.add_file("clone", exec_dir)  # what the exec view adds when exec/ is looked up
+    t.remember(clone)
+    t.forget(clone.inode, 1)
+    # Only the view's clone: let go, with it; the view adds it again.
+    assert t.folded() == 1 and clone.inode not in t
+    assert numbers_below(t, walk(t, cid)) == before
+    session = t.add_dir("0", parent=walk(t, cid, ".live", "exec"))
+    t.remember(session)
+    t.forget(session.inode, 1)
+    assert t.folded() == 0 and session.inode in t  # a session's directory: kept
+
+
 def test_a_container_that_changed_while_folded_keeps_the_numbers_of_its_paths() -> None:
     t = InodeTable()
     t.set_containers(RECORDED)

@@ -557,13 +557,15 @@ class InodeTable:
     def _fold(self, container: Node) -> None:
         """Let go of a built container directory's nodes, none of which the
         kernel holds, keeping their numbers for the rebuild. Not one whose
-        root/ or exec/ has entries: those come from the engine and the
-        sessions, not the list, and keep their own numbers."""
+        root/ has entries, or exec/ a session: those come from the engine
+        and the sessions, not the list, and keep their own numbers. The
+        files a view adds to exec/ (its clone) go, and it adds them again."""
         if container.gone or not container.children:
             return
         below = list(_below(container))
-        if any(n.lookups or (n.special is not None and n.children) for n, _ in below):
+        if any(n.lookups or _unfoldable(n) for n, _ in below):
             return
+        below = [(n, p) for n, p in below if n.parent is None or n.parent.special is None]
         if all(n.inode == container.inode + 1 + i for i, (n, _) in enumerate(below)):
             self._folded_plain.add(container.inode)
         else:
@@ -572,6 +574,9 @@ class InodeTable:
             paths = tuple(self._paths.setdefault(path, path) for _, path in below)
             self._folded[container.inode] = _Numbers(paths, array("Q", (n.inode for n, _ in below)))
         for node, _ in below:
+            for added in (node.children or {}).values() if node.special is not None else ():
+                self._nodes.pop(added.inode, None)
+                added.parent, added.gone = None, True
             del self._nodes[node.inode]
             # Nothing points at them now: freed at once, not by the cycle collector.
             node.children = node.parent = None
@@ -713,6 +718,13 @@ def _container_above(node: Node) -> Node | None:
             return n
         n = n.parent
     return None
+
+
+def _unfoldable(node: Node) -> bool:
+    """A root/ with entries, or an exec/ with a session (a directory)."""
+    if node.special is Special.ROOT:
+        return bool(node.children)
+    return node.special is Special.EXEC and any(c.is_dir for c in (node.children or {}).values())
 
 
 def _below(container: Node) -> Iterator[tuple[Node, str]]:

@@ -197,10 +197,13 @@ def test_a_container_whose_exec_has_a_session_is_not_let_go() -> None:
     before = numbers_below(t, walk(t, cid))
     exec_dir = walk(t, cid, ".live", "exec")
     clone = t.add_file("clone", exec_dir)  # what the exec view adds when exec/ is looked up
+    told: list[tuple[str, list[str]]] = []
+    t.fold_listeners.append(lambda node: told.append((node.name, list(node.children or {}))))
     t.remember(clone)
     t.forget(clone.inode, 1)
-    # Only the view's clone: let go, with it; the view adds it again.
+    # Only the view's clone: let go, with it (the view is told, and adds it again).
     assert t.folded() == 1 and clone.inode not in t
+    assert sorted(told) == [("exec", ["clone"]), ("root", [])]
     assert numbers_below(t, walk(t, cid)) == before
     session = t.add_dir("0", parent=walk(t, cid, ".live", "exec"))
     t.remember(session)

@@ -204,25 +204,29 @@ class ExecView:
         # Our files by inode: clone (None, None); a session's (session, file).
         self.files: dict[int, tuple[Session | None, ExecFile | None]] = {}
         self._nodes: dict[int, tuple[Node, Node]] = {}  # id(session): (exec/, N/)
-        self._clones: dict[int, int] = {}  # exec/'s inode: its clone's
+        self.table.fold_listeners.append(self._let_go)
 
     def owns(self, node: Node) -> bool:
         return node.inode in self.files
 
     def prepare(self, node: Node) -> None:
-        """A container's exec/ was looked up: give it its mode and its clone
-        (again, if the table let go of the container since: model/inodes.py)."""
-        if node.special is not Special.EXEC or CLONE in (node.children or {}):
+        """A container's exec/ was looked up: give it its mode and its clone."""
+        if node.special is not Special.EXEC or node.inode in self.modes:
             return
-        old = self._clones.pop(node.inode, None)
-        if old is not None:
-            self.files.pop(old, None)
-            self.modes.pop(old, None)
         self.modes[node.inode] = _DIR_MODE
         clone = self.table.add_file(CLONE, node)
-        self._clones[node.inode] = clone.inode
         self.files[clone.inode] = (None, None)
         self.modes[clone.inode] = _MODES[None]
+
+    def _let_go(self, node: Node) -> None:
+        """The table lets go of a container the kernel forgot (model/inodes.py),
+        its exec/ and clone with it: so do we, until exec/ is looked up again.
+        Kept, their numbers would keep the memory of the whole walk in use."""
+        if node.special is not Special.EXEC:
+            return
+        for gone in (node, *(node.children or {}).values()):
+            self.files.pop(gone.inode, None)
+            self.modes.pop(gone.inode, None)
 
     def writable(self, node: Node) -> bool:
         """Whether `echo x > FILE` may truncate it first: the files that take writes."""

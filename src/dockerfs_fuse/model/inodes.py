@@ -35,7 +35,7 @@ from __future__ import annotations
 import enum
 import stat
 from array import array
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from dockerfs_fuse.model.containers import (
@@ -165,6 +165,9 @@ class InodeTable:
         self._folded: dict[int, _Numbers] = {}
         self._paths: dict[str, str] = {}
         self.folds = 0  # container directories folded so far
+        # Called with each root/ and exec/ of a container about to be folded,
+        # its entries still in place: what a view keeps for them goes too.
+        self.fold_listeners: list[Callable[[Node], None]] = []
 
     # -- queries -------------------------------------------------------------
 
@@ -574,6 +577,9 @@ class InodeTable:
             paths = tuple(self._paths.setdefault(path, path) for _, path in below)
             self._folded[container.inode] = _Numbers(paths, array("Q", (n.inode for n, _ in below)))
         for node, _ in below:
+            if node.special is not None and node.is_dir:
+                for listener in self.fold_listeners:
+                    listener(node)
             for added in (node.children or {}).values() if node.special is not None else ():
                 self._nodes.pop(added.inode, None)
                 added.parent, added.gone = None, True

@@ -203,7 +203,7 @@ def test_a_container_whose_exec_has_a_session_is_not_let_go() -> None:
     t.forget(clone.inode, 1)
     # Only the view's clone: let go, with it (the view is told, and adds it again).
     assert t.folded() == 1 and clone.inode not in t
-    assert sorted(told) == [("exec", ["clone"]), ("root", [])]
+    assert told[0][0] == RECORDED[0]["Id"] and ("exec", ["clone"]) in told
     assert numbers_below(t, walk(t, cid)) == before
     session = t.add_dir("0", parent=walk(t, cid, ".live", "exec"))
     t.remember(session)

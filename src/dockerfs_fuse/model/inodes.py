@@ -19,10 +19,13 @@ numbers are unique across engines and never reused.
 Container directories are built lazily from the API answer the first time
 anything inside them is asked for, so a listing of a thousand containers
 costs a thousand small objects, not twenty thousand. Once the kernel holds
-nothing below a built one (it forgot a walk), its nodes are let go and only
-their numbers kept, by path, so the next lookup rebuilds it with the same
-numbers: a walk of ten thousand containers is ~35 nodes each while the kernel
-caches them, and a few hundred bytes each once it forgot them.
+nothing below a built one (it forgot a walk), it is folded: its nodes are
+let go, and the next lookup rebuilds it with the same numbers. Those follow
+from the container's own number (a block of them is kept after it, given
+in the order a build makes the nodes), so a fold keeps nothing unless the
+nodes changed since the first build (then their numbers, by path): a walk
+of ten thousand containers is ~37 nodes each while the kernel caches them,
+and nothing but their own directories once it forgot them.
 
 A top directory lists some containers (the running ones, without -a) and
 can reach others by name: a stopped container's directory is "unlisted",
@@ -165,8 +168,9 @@ class InodeTable:
         self._folded: dict[int, _Numbers] = {}
         self._paths: dict[str, str] = {}
         self.folds = 0  # container directories folded so far
-        # Called with each root/ and exec/ of a container about to be folded,
-        # its entries still in place: what a view keeps for them goes too.
+        # Called with each directory of a container about to be folded, the
+        # container's own first, entries still in place: what a view keeps
+        # for them (by number) goes too.
         self.fold_listeners: list[Callable[[Node], None]] = []
 
     # -- queries -------------------------------------------------------------
@@ -576,8 +580,10 @@ class InodeTable:
                 self._paths.clear()
             paths = tuple(self._paths.setdefault(path, path) for _, path in below)
             self._folded[container.inode] = _Numbers(paths, array("Q", (n.inode for n, _ in below)))
+        for listener in self.fold_listeners:
+            listener(container)
         for node, _ in below:
-            if node.special is not None and node.is_dir:
+            if node.is_dir:
                 for listener in self.fold_listeners:
                     listener(node)
             for added in (node.children or {}).values() if node.special is not None else ():

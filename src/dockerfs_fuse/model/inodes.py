@@ -168,6 +168,7 @@ class InodeTable:
         self._folded: dict[int, _Numbers] = {}
         self._paths: dict[str, str] = {}
         self.folds = 0  # container directories folded so far
+        self._nodes_peak = 1  # the most nodes held at once since _nodes was made
         # Called with each directory of a container about to be folded, the
         # container's own first, entries still in place: what a view keeps
         # for them (by number) goes too.
@@ -595,6 +596,11 @@ class InodeTable:
             node.gone = True
         container.children = None
         self.folds += 1
+        if len(self._nodes) * 4 < self._nodes_peak:
+            # A dict keeps the room of its largest size: after a forgotten
+            # walk of 10,000 containers, ~10 MB for 10,000 entries.
+            self._nodes = dict(self._nodes)
+            self._nodes_peak = len(self._nodes)
 
     def _renumber(self, container: Node, numbers: _Numbers | None) -> None:
         """Number a container's nodes, just built: as recorded when it was
@@ -627,6 +633,7 @@ class InodeTable:
         node = Node(self._next, name, kind, mtime_ns, parent=parent)
         self._next += 1
         self._nodes[node.inode] = node
+        self._nodes_peak = max(self._nodes_peak, len(self._nodes))
         return node
 
     def _new_container(self, top: Node, name: str, c: Container) -> Node:

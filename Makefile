@@ -15,7 +15,7 @@ define install_locked # VENV
 	$(1)/bin/pip install -q --require-hashes --no-deps -r $(LOCK)
 endef
 # Run a second time as on stock pyfuse3 (DOCKERFS_STOCK_PYFUSE3=1).
-STOCK_TESTS := tests/test_mount.py tests/test_control.py tests/test_reliability.py \
+STOCK_TESTS := tests/test_mount.py tests/test_control.py tests/test_reliability.py tests/test_root_writes.py \
 	tests/test_kernel_cache.py tests/test_container_fs.py tests/test_walk.py
 
 PREFIX ?= /usr/local

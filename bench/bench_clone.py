@@ -18,7 +18,6 @@ bench/results/clone.json and clone.md.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import subprocess
@@ -31,6 +30,7 @@ from typing import Any
 
 # The harness (private dockerd, dockerfs-fuse as a child) is the checkout's tests/support.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support.bench_results import publish
 from support.mount_process import start_mount, stop_mount
 from support.private_dockerd import IMAGE, PrivateDockerd
 
@@ -117,12 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
     results = run(args)
-    table = render(results)
-    print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "clone.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "clone.md").write_text(table)
-    return 0
+    return publish(args.out, "clone", results, render(results))
 
 
 if __name__ == "__main__":

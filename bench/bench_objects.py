@@ -43,6 +43,7 @@ from urllib.parse import urlencode
 
 # The harness (private dockerd, dockerfs-fuse as a child) is the checkout's tests/support.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support.bench_results import publish
 from support.mount_process import MountProcess, start_mount, stop_mount
 from support.private_dockerd import PrivateDockerd
 
@@ -238,12 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
     results = run(args)
-    table = render(results)
-    print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "objects.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "objects.md").write_text(table)
-    return 0
+    return publish(args.out, "objects", results, render(results))
 
 
 if __name__ == "__main__":

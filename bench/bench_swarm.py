@@ -16,7 +16,6 @@ one list request. Prints a markdown table; writes bench/results/swarm.json.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import subprocess
@@ -29,6 +28,7 @@ from typing import Any
 
 # The harness (private swarm, dockerfs-fuse as a child) is the checkout's tests/support.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support.bench_results import publish
 from support.mount_process import MountProcess, start_mount, stop_mount
 from support.private_swarm import PrivateSwarm
 
@@ -150,12 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
     results = run(args)
-    table = render(results)
-    print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "swarm.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "swarm.md").write_text(table)
-    return 0
+    return publish(args.out, "swarm", results, render(results))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -278,6 +279,19 @@ def mount_factory(tmp_path: Path) -> Iterator[Any]:
 def mounted(engine: Engine, mount_factory: Any) -> Mount:
     m: Mount = mount_factory(engine.host)
     return m
+
+
+@pytest.fixture
+def view(engine: Engine, mount_factory: Any) -> Mount:
+    """The private dockerd mounted with --view=engine."""
+    m: Mount = mount_factory(engine.host, "--view=engine")
+    return m
+
+
+@pytest.fixture
+def suffix() -> str:
+    """A fresh name part, so a test's objects never meet another's."""
+    return uuid.uuid4().hex[:8]
 
 
 def is_enoent(exc: OSError) -> bool:

@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from conftest import Engine, Mount, require
@@ -35,12 +34,6 @@ def registry() -> Iterator[PrivateRegistry]:
         yield r
     finally:
         r.cleanup()
-
-
-@pytest.fixture
-def view(engine: Engine, mount_factory: Any) -> Mount:
-    m: Mount = mount_factory(engine.host, "--view=engine")
-    return m
 
 
 def escaped(tag: str) -> str:

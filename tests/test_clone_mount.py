@@ -12,7 +12,6 @@ import os
 import shlex
 import stat
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,17 +24,6 @@ from support.waiting import wait_until
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 
 KINDS = ("containers", "images", "volumes", "networks")
-
-
-@pytest.fixture
-def view(engine: Engine, mount_factory: Any) -> Mount:
-    m: Mount = mount_factory(engine.host, "--view=engine")
-    return m
-
-
-@pytest.fixture
-def suffix() -> str:
-    return uuid.uuid4().hex[:8]
 
 
 def clone(m: Mount, kind: str, line: str | bytes) -> str:

@@ -29,12 +29,6 @@ pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 LINE_BOUND = 30.0
 
 
-@pytest.fixture
-def view(engine: Engine, mount_factory: Any) -> Mount:
-    m: Mount = mount_factory(engine.host, "--view=engine")
-    return m
-
-
 def cat_events(m: Mount) -> subprocess.Popen[bytes]:
     return subprocess.Popen(["cat", str(m.path / "events")], stdout=subprocess.PIPE)
 

@@ -15,10 +15,7 @@ from typing import Any
 import pytest
 from conftest import Engine, Mount
 from support.private_dockerd import IMAGE
-from test_engine_view import lines, settled, suffix, view
-
-# The fixtures this module shares with test_engine_view.py.
-__all__ = ["suffix", "view"]
+from test_engine_view import lines, settled
 
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 

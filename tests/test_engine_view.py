@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,17 +24,6 @@ TOP = ["containers", "images", "volumes", "networks", "projects", "swarm"]
 LISTED = [*TOP, "events"]
 # A bound for a walk of a small engine: it ends a walk that blocks, it does not time one.
 WALK_BOUND = 60.0
-
-
-@pytest.fixture
-def view(engine: Engine, mount_factory: Any) -> Mount:
-    m: Mount = mount_factory(engine.host, "--view=engine")
-    return m
-
-
-@pytest.fixture
-def suffix() -> str:
-    return uuid.uuid4().hex[:8]
 
 
 def requests(m: Mount) -> dict[str, int]:

@@ -6,13 +6,15 @@ Docker's framed exec stream. The rest is on a real mount in test_exec.py.
 from __future__ import annotations
 
 import errno
+import socket
 
 import pytest
 import trio
 import trio.testing
 
 from dockerfs_fuse.docker.errors import NotFound
-from dockerfs_fuse.docker.exec import ExecState, Frames
+from dockerfs_fuse.docker.exec import ExecState, Frames, SocketChannel
+from dockerfs_fuse.docker.framing import MAX_FRAME, FrameSplitter
 from dockerfs_fuse.engine.exec import MAX_BUFFER, ExecSessions, SessionError
 from dockerfs_fuse.model.ctl import BadCommand
 from dockerfs_fuse.model.exec import MAX_LINE_BYTES, ExecSpec, State, parse_line, status_text
@@ -103,6 +105,7 @@ class FakeBackend:
         self.pid = pid
         self.signals: list[str] = []
         self.missing = False
+        self.inspects = 0
 
     async def create(self, cid: str, spec: ExecSpec, mark: str) -> str:
         return "e1"
@@ -111,6 +114,7 @@ class FakeBackend:
         return self.channel
 
     async def inspect(self, exec_id: str) -> ExecState:
+        self.inspects += 1
         if self.missing:
             return ExecState(False, 0, 127)
         if self.channel.script:
@@ -227,3 +231,124 @@ def test_frames_are_split_into_runs_of_one_stream_wherever_the_bytes_break() -> 
         assert joined == {1: b"abcdf", 2: b"E"}, cut
         # In order: stdout's "ab" and "cd" before stderr's "E", before "f".
         assert b"".join(data for _, data in queue.got) == b"abcdEf", cut
+
+
+def test_frames_are_split_the_same_whatever_the_arrivals() -> None:
+    def frame(kind: int, data: bytes) -> bytes:
+        return bytes([kind, 0, 0, 0]) + len(data).to_bytes(4, "big") + data
+
+    stream = frame(1, b"ab") + frame(2, b"cde") + frame(2, b"") + frame(1, b"f" * 40)
+    for cut1 in range(len(stream) + 1):
+        for cut2 in range(cut1, len(stream) + 1, 5):
+            splitter = FrameSplitter()
+            runs = [
+                run
+                for piece in (stream[:cut1], stream[cut1:cut2], stream[cut2:])
+                for run in splitter.feed(piece)
+            ]
+            assert b"".join(d for k, d in runs if k == 1) == b"ab" + b"f" * 40
+            assert b"".join(d for k, d in runs if k == 2) == b"cde"
+            assert all(isinstance(d, bytes) for _, d in runs)
+            assert not splitter.broken and splitter.rest() == b""
+
+
+def test_a_header_past_the_largest_frame_breaks_the_stream() -> None:
+    splitter = FrameSplitter()
+    bad = bytes([1, 0, 0, 0]) + (MAX_FRAME + 1).to_bytes(4, "big")
+    assert splitter.feed(bytes([2, 0, 0, 0, 0, 0, 0, 1]) + b"e" + bad[:5]) == [(2, b"e")]
+    assert splitter.feed(bad[5:] + b"more") == [] and splitter.broken
+    assert splitter.rest() == bad + b"more"
+
+
+def test_a_short_command_is_known_by_one_ask_once_its_stream_ends() -> None:
+    """`true`: its stream ends, Docker is asked once, and wait needs no more."""
+    backend = FakeBackend([], code=0)
+
+    async def main() -> None:
+        sessions = ExecSessions(lambda s: None)
+        s = sessions.reserve(("e", "c"), backend)
+        await s.start(ExecSpec(("true",)))
+        assert s.status() == b"exited 0\n" and await s.wait() == 0
+        assert backend.inspects == 1
+
+    trio.run(main)
+
+
+def test_a_read_takes_what_several_arrivals_brought() -> None:
+    backend = FakeBackend([(1, b"a" * 10), (1, b"b" * 10), (1, b"c" * 10)])
+
+    async def main() -> None:
+        sessions = ExecSessions(lambda s: None)
+        s = sessions.reserve(("e", "c"), backend)
+        await s.start(ExecSpec(("cmd",)))
+        assert await s.read(2, 10) == b""  # stderr's end: all of stdout is read from Docker
+        assert await s.read(1, 15) == b"a" * 10 + b"b" * 5
+        assert await s.read(1, 100) == b"b" * 5 + b"c" * 10
+        assert s.buffered(1) == 0
+
+    trio.run(main)
+
+
+def test_a_session_whose_output_ended_is_not_signalled_when_it_ends() -> None:
+    """Its command has ended (one ask says so): no signal, which may cost a second exec."""
+    backend = FakeBackend([(1, b"out")], code=0)
+
+    async def main() -> None:
+        sessions = ExecSessions(lambda s: None)
+        s = sessions.reserve(("e", "c"), backend)
+        sessions.hold(s, True)
+        await s.start(ExecSpec(("cmd",)))
+        assert await s.read(1, 10) == b"out" and await s.read(1, 10) == b""
+        sessions.let_go(s, True)
+        await trio.testing.wait_all_tasks_blocked()
+        assert backend.signals == [] and s.status() == b"exited 0\n"
+        assert backend.channel.closed
+
+    trio.run(main)
+
+
+def test_the_next_output_is_taken_from_docker_while_a_read_hands_over() -> None:
+    backend = FakeBackend([(1, b"a"), (1, b"b"), (1, b"c")])
+
+    async def main() -> None:
+        sessions = ExecSessions(lambda s: None)
+        s = sessions.reserve(("e", "c"), backend)
+        await s.start(ExecSpec(("cmd",)))
+        assert backend.channel.reads == 1 and s.read_now(1, 10) == b"a"
+        await trio.testing.wait_all_tasks_blocked()
+        assert backend.channel.reads == 2 and s.buffered(1) == 1  # "b", read ahead
+        assert await s.read(1, 10) == b"b"
+
+    trio.run(main)
+
+
+def test_a_socket_channel_reads_frames_from_what_came_early_on() -> None:
+    """The exec stream over a plain socket: what aiohttp read past the 101
+    comes first; stdin goes the other way; eof half-closes."""
+
+    def frame(kind: int, data: bytes) -> bytes:
+        return bytes([kind, 0, 0, 0]) + len(data).to_bytes(4, "big") + data
+
+    async def main() -> None:
+        ours, docker = socket.socketpair()
+        channel = SocketChannel(ours, tty=False, early=frame(1, b"early")[:6])
+        try:
+            docker.sendall(frame(1, b"early")[6:] + frame(2, b"err") + frame(1, b"x" * 70000))
+            got: dict[int, bytes] = {1: b"", 2: b""}
+            while len(got[1]) < 5 + 70000:
+                runs = await channel.read()
+                assert runs is not None
+                for which, data in runs:
+                    got[which] += data
+            assert got == {1: b"early" + b"x" * 70000, 2: b"err"}
+            await channel.write(b"in")
+            assert docker.recv(10) == b"in"
+            assert await channel.close_write()
+            assert docker.recv(10) == b""
+            docker.close()
+            assert await channel.read() is None
+        finally:
+            channel.close()
+            docker.close()
+
+    trio.run(main)

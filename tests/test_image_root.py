@@ -44,12 +44,6 @@ INIT_LAYER = frozenset(
 IDLE_BOUND = 60.0
 
 
-@pytest.fixture
-def view(engine: Engine, mount_factory: Any) -> Mount:
-    m: Mount = mount_factory(engine.host, "--view=engine")
-    return m
-
-
 def image_id(engine: Engine) -> str:
     return str(engine.api(f"/images/{IMAGE}/json")["Id"]).removeprefix("sha256:")
 

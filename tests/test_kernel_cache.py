@@ -35,6 +35,7 @@ class _StockFileInfo:
 
 class _PatchedFileInfo:
     cache_readdir = False
+    noflush = False
 
 
 def _module(file_info: type, pass_inode: bool) -> Any:
@@ -58,10 +59,18 @@ def test_detection() -> None:
     assert not off.enabled and "4.19.0" in off.why
 
 
+def test_noflush_detection() -> None:
+    assert kernel_cache.noflush({}, PATCHED)
+    assert kernel_cache.noflush({kernel_cache.STOCK_ENV: "0"}, PATCHED)
+    assert not kernel_cache.noflush({kernel_cache.STOCK_ENV: "1"}, PATCHED)
+    assert not kernel_cache.noflush({}, STOCK)
+
+
 def test_make_built_the_patched_pyfuse3() -> None:
     # Outside CI a hand-made venv may hold the stock release; `make` builds the patched one.
     require(kernel_cache.patched(), "pyfuse3 is the stock release: run `make deps`")
     assert kernel_cache.patched()
+    assert kernel_cache.noflush({})  # patches/pyfuse3/0003: FileInfo.noflush
 
 
 def test_listing_and_same_length_changes_are_reported() -> None:

@@ -67,6 +67,9 @@ class FakeFS:
     def __init__(self, engines: FakeEngines, *_: object) -> None:
         self.engines = engines
 
+    def close(self) -> None:
+        """Nothing staged to keep."""
+
     async def run_invalidator(self) -> None:
         await trio.sleep_forever()
 

@@ -9,12 +9,14 @@ import collections
 import copy
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
 from dockerfs_fuse.docker.errors import NotFound
+from dockerfs_fuse.engine import objects
 from dockerfs_fuse.engine.objects import ObjectsCache
-from dockerfs_fuse.model.inodes import Changes, InodeTable, Kind
+from dockerfs_fuse.model.inodes import Changes, InodeTable, Kind, subdirs_of
 
 HEX = "ab" * 32
 NET = "ef" * 32
@@ -184,3 +186,49 @@ def test_a_listing_builds_no_objects_directory_until_it_is_entered() -> None:
     children = cache.table.children(image)
     assert children["ID"].data == f"sha256:{HEX}\n".encode()
     assert image.nlink == nlink == 2 + len([c for c in children.values() if c.is_dir])
+
+
+def test_an_objects_link_count_is_known_before_it_is_made() -> None:
+    """Each kind's directory has the same subdirectories whatever the object
+    holds (no labels or many, no tags or several), so the link count a first
+    listing reports without making the directory is the one it has once made."""
+    full: dict[str, dict[str, Any]] = {
+        "images": {
+            "Id": f"sha256:{HEX}",
+            "RepoTags": ["a:1", "b:2"],
+            "RepoDigests": ["a@sha256:" + "0" * 64],
+            "Labels": {"k": "v", "x/y": "z"},
+        },
+        "volumes": {"Name": "v", "Labels": {"k": "v"}, "Options": {"o": "p"}},
+        "networks": {
+            "Id": NET,
+            "Name": "n",
+            "Labels": {"k": "v"},
+            "IPAM": {"Config": [{"Subnet": "10.0.0.0/24"}]},
+        },
+    }
+    for kind, obj in full.items():
+        for o in (obj, {k: v for k, v in obj.items() if k in ("Id", "Name")}):
+            made = objects._deferred(kind, o, ["c" * 64])
+            assert subdirs_of(made.make()) == made.subdirs == objects.SUBDIRS[kind], (kind, o)
+
+
+def test_a_first_listing_makes_no_objects_contents(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listing 500 volumes makes none of their directories' contents: what
+    makes one is called when something in it is first asked for."""
+    cache, source, _ = make()
+    source.docker.answers["volumes"] = {"Volumes": [{"Name": f"v{i}"} for i in range(500)]}
+    made: list[str] = []
+    spec = objects._SPECS["volumes"]
+
+    def counted(volume: dict[str, Any]) -> Any:
+        made.append(str(volume["Name"]))
+        return spec(volume)
+
+    monkeypatch.setitem(objects._SPECS, "volumes", counted)
+    trio.run(cache.refresh, "volumes")
+    assert made == []
+    one = cache.table.lookup(cache.dirs["volumes"], "v7")
+    assert one is not None
+    assert cache.table.children(one)["Name"].data == b"v7\n"
+    assert made == ["v7"]

@@ -11,7 +11,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,17 +22,6 @@ from support.private_dockerd import IMAGE
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 
 ERR_LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (.+?): (.+)\n")
-
-
-@pytest.fixture
-def view(engine: Engine, mount_factory: Any) -> Mount:
-    m: Mount = mount_factory(engine.host, "--view=engine")
-    return m
-
-
-@pytest.fixture
-def suffix() -> str:
-    return uuid.uuid4().hex[:8]
 
 
 def write(d: Path, line: bytes) -> None:

@@ -66,6 +66,11 @@ class NoSpace(DockerProblem):
     """Creating or pulling: the engine's disk is full (ENOSPC)."""
 
 
+class ReadOnlyFs(DockerProblem):
+    """Writing a container's files: its root filesystem (or the volume
+    there) is read-only (EROFS)."""
+
+
 class Forbidden(DockerProblem):
     """HTTP 403 that is no conflict: Docker never allows it (removing `host`)."""
 

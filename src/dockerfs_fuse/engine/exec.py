@@ -33,8 +33,10 @@ MAX_PER_CONTAINER = 64
 MAX_SESSIONS = 128
 # What one stream holds unread before the stream from Docker is left unread.
 MAX_BUFFER = 256 << 10
-# How often a starting exec, or one whose stream ended, is asked how it is.
+# How often a starting exec, or one whose stream ended, is asked how it is:
+# at first, and (a starting one) at most.
 POLL = 0.005
+POLL_MAX = 0.025
 # How often `wait` asks Docker while both buffers are full and nobody reads.
 WAIT_POLL = 0.2
 # How long an exec may take to start, and to say how it ended after its stream did.
@@ -141,29 +143,53 @@ class Session:
         self._notify()
 
     async def _settle(self) -> None:
-        """Wait until Docker says the command runs or has ended."""
+        """Wait until Docker says the command runs or has ended.
+
+        Docker's answer to the start comes before the command runs, and
+        nothing says when it does: Docker is asked when the stream first
+        moves (output, or its end: a command as short as `true` is then
+        known by one ask), else at growing intervals from POLL to POLL_MAX."""
+        moved = trio.Event()
+
+        async def pull_once() -> None:
+            await self._pull()
+            moved.set()
+
+        code: int | None = None
         with trio.fail_after(SETTLE):
-            while True:
-                st = await self.backend.inspect(self.exec_id)
-                if st.running and st.pid > 0:
-                    self.state, self.pid = State.RUNNING, st.pid
-                    return
-                if st.exit_code is not None:
-                    if st.pid == 0 and st.exit_code in (_NOT_FOUND, _NOT_EXECUTABLE):
-                        raise await self._not_started(st.exit_code)
-                    self.state, self.pid = State.RUNNING, st.pid
-                    return
-                await trio.sleep(POLL)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pull_once)
+                delay, asked_since_moved = POLL, False
+                while True:
+                    if asked_since_moved:
+                        await trio.sleep(delay)
+                    else:
+                        with trio.move_on_after(delay):
+                            await moved.wait()
+                        asked_since_moved = moved.is_set()
+                    delay = min(delay * 2, POLL_MAX)
+                    st = await self.backend.inspect(self.exec_id)
+                    if (st.running and st.pid > 0) or st.exit_code is not None:
+                        break
+                nursery.cancel_scope.cancel()
+            if st.pid == 0 and st.exit_code in (_NOT_FOUND, _NOT_EXECUTABLE):
+                raise await self._not_started(st.exit_code)
+            if not st.running and self.ended:
+                code = st.exit_code  # it has run: its stream ended, and Docker says how
+        self.state, self.pid = State.RUNNING, st.pid
+        if code is not None:
+            self._exited(code)
 
     async def _not_started(self, code: int) -> Exception:
         """Docker's own words for a command it could not start, from its stream."""
         said = bytearray()
-        while self.channel is not None and len(said) < _MESSAGE_BYTES:
-            items = await self.channel.read()
-            if items is None:
+        while len(said) < _MESSAGE_BYTES:
+            for which in (1, 2):
+                while self.sizes[which] and len(said) < _MESSAGE_BYTES:
+                    said += self._take(which, _MESSAGE_BYTES)
+            if self.ended or self.channel is None or len(said) >= _MESSAGE_BYTES:
                 break
-            for _, data in items:
-                said += data
+            await self._pull()
         message = " ".join(said[:_MESSAGE_BYTES].decode("utf-8", "replace").split())
         message = message or f"the command could not be started (exit code {code})"
         # Docker 20.10 says 126 for a missing executable too: its words decide.
@@ -178,25 +204,37 @@ class Session:
         return any(size >= MAX_BUFFER for size in self.sizes.values())
 
     def _take(self, which: int, size: int) -> bytes:
-        """Up to `size` buffered bytes of a stream (whole chunks as they came: no copy)."""
+        """Up to `size` buffered bytes of a stream, across the chunks as they came
+        (one copy at most: a chunk taken whole and alone is not copied)."""
         chunks = self.bufs[which]
-        first = chunks[0]
         start = self._taken[which]
-        if len(first) - start <= size:
-            chunks.popleft()
-            self._taken[which] = 0
-            data = first[start:] if start else first
-        else:
-            data = first[start : start + size]
-            self._taken[which] = start + size
-        self.sizes[which] -= len(data)
+        parts: list[bytes | memoryview] = []
+        got = 0
+        while chunks and got < size:
+            chunk = chunks[0]
+            rest = len(chunk) - start
+            if rest > size - got:
+                parts.append(memoryview(chunk)[start : start + size - got])
+                start += size - got
+                got = size
+            else:
+                chunks.popleft()
+                parts.append(memoryview(chunk)[start:] if start else chunk)
+                got += rest
+                start = 0
+        self._taken[which] = start
+        self.sizes[which] -= got
         self._notify()
-        return data
+        if len(parts) == 1 and isinstance(parts[0], bytes):
+            return parts[0]
+        return b"".join(parts)
 
     def read_now(self, which: int, size: int) -> bytes | None:
         """What `read` would return without waiting, or None if it would wait."""
         if self.sizes[which]:
-            return self._take(which, size)
+            data = self._take(which, size)
+            self._pull_ahead()
+            return data
         if self.ended or (self.state is State.EXITED and self.channel is None):
             return b""
         return None
@@ -214,9 +252,30 @@ class Session:
             else:
                 await self._pull()
 
-    async def _pull(self) -> None:
+    def _pull_ahead(self) -> None:
+        """While a read's bytes go to their reader, take the next from Docker
+        (if there is room): Docker writes on meanwhile instead of waiting for
+        the reader's next request."""
+        if self._pulling or self.ended or self.channel is None or self._full():
+            return
+        if self.state is not State.RUNNING:
+            return
+        self._pulling = True
+        trio.lowlevel.spawn_system_task(self._pull_quietly)
+
+    async def _pull_quietly(self) -> None:
+        if self.channel is None:  # the session ended before this began
+            self._pulling = False
+            return
+        try:
+            await self._pull(ahead=True)
+        except Exception:
+            log.exception("exec %s/%d: reading ahead", self.cid[:12], self.number)
+
+    async def _pull(self, ahead: bool = False) -> None:
         """Take what Docker sent next into the buffers (one puller at a time)."""
         assert self.channel is not None and self.spec is not None
+        assert ahead or not self._pulling
         self._pulling = True
         try:
             items = await self.channel.read()
@@ -265,7 +324,9 @@ class Session:
                 await self.changed()
             elif self.ended:
                 await self._learn_exit()
-            elif not self._pulling and not self._full():
+            elif self._pulling:
+                await self.changed()  # the puller sees the end
+            elif not self._full():
                 await self._pull()
             else:
                 with trio.move_on_after(WAIT_POLL):
@@ -300,6 +361,13 @@ class Session:
             raise SessionError(errno.EINVAL, "no command to kill yet")
         if self.state is State.EXITED and self.code is not None:
             return
+        if self.ended:
+            # Its output has ended: most likely the command too, which one
+            # ask tells (cheaper than a signal, which may take a second exec).
+            st = await self.backend.inspect(self.exec_id)
+            if not st.running and st.exit_code is not None:
+                self._exited(st.exit_code)
+                return
         await self.backend.signal(self.cid, self.pid, self.mark, signal)
 
     def _end_stream(self) -> None:

@@ -319,6 +319,12 @@ class ContainerFiles:
         for spool in self._snapshots.get(cid, ()):
             spool.last_used = now
 
+    def changed(self, cid: str, path: str) -> None:
+        """We changed the subtree at `path` (a write through root/): the
+        container's snapshots no longer answer for it; the rest still serve."""
+        for spool in self._snapshots.get(cid, ()):
+            spool.superseded.append(path)
+
     def forget(self, cid: str) -> None:
         """The container is gone: drop its snapshots (readers keep theirs)."""
         for spool in self._snapshots.pop(cid, []):

@@ -25,15 +25,15 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dockerfs_fuse.docker.errors import DockerProblem, NotFound
 from dockerfs_fuse.docker.source import DockerSource
 from dockerfs_fuse.engine.refresh import MissLimiter, Refresher
-from dockerfs_fuse.model.inodes import Changes, InodeTable, Node
+from dockerfs_fuse.model.inodes import Changes, Deferred, InodeTable, Node
 from dockerfs_fuse.model.swarm import Obj, Tree
 
 log = logging.getLogger(__name__)
 
 # One kind's list request.
 Lister = Callable[[DockerSource], Awaitable[Sequence[Obj]]]
-# One kind's directories: name -> (mtime in ns, contents).
-Entries = Mapping[str, tuple[int, Tree]]
+# One kind's directories: name -> (mtime in ns, contents, or how to make them).
+Entries = Mapping[str, tuple[int, "Tree | Deferred"]]
 
 
 class ListedKinds:

@@ -22,7 +22,7 @@ fresh, and costs nothing while nobody looks.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from dockerfs_fuse.docker import objects as api
@@ -31,7 +31,7 @@ from dockerfs_fuse.docker.source import DockerSource
 from dockerfs_fuse.engine.listed import ListedKinds, Lister
 from dockerfs_fuse.engine.refresh import Refresher
 from dockerfs_fuse.model.containers import NAME_MAX
-from dockerfs_fuse.model.inodes import NS, Changes, InodeTable, Node
+from dockerfs_fuse.model.inodes import NS, Changes, Deferred, InodeTable, Node, subdirs_of
 from dockerfs_fuse.model.objects import (
     KINDS,
     image_aliases,
@@ -140,33 +140,33 @@ class ObjectsCache(ListedKinds):
 
 def _entries(
     kind: str, found: list[Obj], used: Users
-) -> tuple[dict[str, tuple[int, Tree]], dict[str, str], dict[str, str]]:
+) -> tuple[dict[str, tuple[int, Tree | Deferred]], dict[str, str], dict[str, str]]:
     """(name -> (mtime, contents), name -> engine reference, alias -> name) of
-    one list, with the links of the containers that use each object."""
+    one list, with the links of the containers that use each object. An
+    image's, volume's or network's contents are made when first asked for."""
     if kind == "images":
-        images = [i for i in found if image_id(i)]
+        images = [(image_id(i), i) for i in found]
+        images = [(name, i) for name, i in images if name]
         return (
             {
-                image_id(i): (
-                    image_created(i) * NS,
-                    with_links(image_spec(i), kind, used.images.get(image_id(i), ())),
-                )
-                for i in images
+                name: (image_created(i) * NS, _deferred(kind, i, used.images.get(name, ())))
+                for name, i in images
             },
-            {image_id(i): image_id(i) for i in images},
-            image_aliases(images),
+            {name: name for name, _ in images},
+            image_aliases(i for _, i in images),
         )
     if kind == "volumes":
-        volumes = [v for v in found if volume_name(v) and v.get("Name")]
+        volumes = [(volume_name(v), v) for v in found if v.get("Name")]
+        volumes = [(name, v) for name, v in volumes if name]
         return (
             {
-                volume_name(v): (
+                name: (
                     _time(v, "CreatedAt"),
-                    with_links(volume_spec(v), kind, used.volumes.get(str(v["Name"]), ())),
+                    _deferred(kind, v, used.volumes.get(str(v["Name"]), ())),
                 )
-                for v in volumes
+                for name, v in volumes
             },
-            {volume_name(v): str(v["Name"]) for v in volumes},
+            {name: str(v["Name"]) for name, v in volumes},
             {},
         )
     if kind == "networks":
@@ -176,9 +176,9 @@ def _entries(
             {
                 names[network_id(n)]: (
                     _time(n, "Created"),
-                    with_links(
-                        network_spec(n),
+                    _deferred(
                         kind,
+                        n,
                         network_users(used, network_id(n), str(n.get("Name") or "")),
                     ),
                 )
@@ -193,6 +193,22 @@ def _entries(
         {p: p for p in by_project},
         {},
     )
+
+
+# How each kind's object directory is made; its shape (which entries are
+# directories) never depends on the object, so its link count is known
+# without making it.
+_SPECS: dict[str, Callable[[Obj], Tree]] = {
+    "images": image_spec,
+    "volumes": volume_spec,
+    "networks": network_spec,
+}
+SUBDIRS = {kind: subdirs_of(with_links(spec({}), kind, ())) for kind, spec in _SPECS.items()}
+
+
+def _deferred(kind: str, obj: Obj, cids: Iterable[str]) -> Deferred:
+    spec = _SPECS[kind]
+    return Deferred(lambda: with_links(spec(obj), kind, cids), SUBDIRS[kind])
 
 
 def _stable_order(obj: Obj) -> str:

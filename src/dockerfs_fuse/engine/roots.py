@@ -59,6 +59,14 @@ class ContainerRoots:
             raise NotThere(root.name)
         return owner
 
+    def path_of(self, node: Node) -> str:
+        """A node's path in its container (root/ is "/")."""
+        return self._split(node)[1]
+
+    def is_image_root(self, node: Node) -> bool:
+        """Whether a node is under an image's root/ (--view=engine), not a container's."""
+        return self.engines.image_roots_of(self._split(node)[0]) is not None
+
     def locate(self, node: Node) -> tuple[EngineCache, str, str]:
         """The engine, container and path in it of a node under a container's root/."""
         root, path = self._split(node)

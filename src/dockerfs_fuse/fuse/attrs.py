@@ -36,6 +36,9 @@ class Attributes:
         self._err_size = err_size
         # Nodes whose mode a view decides (a container's exec/ and its sessions).
         self.modes: dict[int, int] = {}
+        # Nodes whose preferred I/O size (st_blksize) a view decides: a stream
+        # read in larger pieces costs fewer requests (`cat` reads st_blksize).
+        self.block_sizes: dict[int, int] = {}
         self.uid = os.getuid()
         self.gid = os.getgid()
 
@@ -78,7 +81,7 @@ class Attributes:
         if node.special is Special.ERR:
             a.st_size = self._err_size(node)
             a.attr_timeout = 0
-        a.st_blksize = BLOCK_SIZE
+        a.st_blksize = self.block_sizes.get(node.inode, BLOCK_SIZE)
         a.st_blocks = (a.st_size + 511) // 512
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = node.mtime_ns
         if engines.is_top(node.inode) or engines.lists_on_read(node.inode):

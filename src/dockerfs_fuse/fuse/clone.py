@@ -16,7 +16,7 @@ import trio
 
 from dockerfs_fuse.engine.clone import Cloner, Replies
 from dockerfs_fuse.fuse.errors import refusal_reason
-from dockerfs_fuse.fuse.handles import Handle, HandleTable
+from dockerfs_fuse.fuse.handles import Handle, HandleTable, file_info
 from dockerfs_fuse.fuse.interrupts import interruptible, process_of
 from dockerfs_fuse.fuse.invalidate import Invalidator
 
@@ -54,4 +54,4 @@ def open_clone(
     handles: HandleTable, cloner: Cloner, kind: str, pid: int, invalidator: Invalidator
 ) -> pyfuse3.FileInfo:
     handle = CloneHandle(cloner, kind, process_of(pid), invalidator)
-    return pyfuse3.FileInfo(fh=handles.add(handle), direct_io=True, keep_cache=False)
+    return file_info(handles.add(handle), direct_io=True, keep_cache=False)

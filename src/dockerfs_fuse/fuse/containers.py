@@ -17,7 +17,7 @@ from dockerfs_fuse.engine.containers import EngineCache
 from dockerfs_fuse.engine.engines import Engines
 from dockerfs_fuse.engine.logs import LogSpools
 from dockerfs_fuse.fuse.errors import fail
-from dockerfs_fuse.fuse.handles import CommandHandle, HandleTable
+from dockerfs_fuse.fuse.handles import CommandHandle, HandleTable, file_info
 from dockerfs_fuse.fuse.invalidate import Invalidator
 from dockerfs_fuse.fuse.logs import Followers
 from dockerfs_fuse.fuse.wait import open_wait
@@ -83,7 +83,7 @@ class ContainerView:
     def open_ctl(self, node: Node) -> pyfuse3.FileInfo:
         cache, cid = self.container_of(node)
         handle = CtlHandle(cache, cid, self.refusals, self.invalidator)
-        return pyfuse3.FileInfo(fh=self.handles.add(handle), direct_io=True)
+        return file_info(self.handles.add(handle), direct_io=True)
 
     async def render(self, node: Node) -> bytes:
         """`inspect`, `top` or `stats`: one API call per open, never per read (lxcfs's model)."""

@@ -24,6 +24,7 @@ from dockerfs_fuse.docker.errors import (
     Forbidden,
     NoSpace,
     NotFound,
+    ReadOnlyFs,
 )
 from dockerfs_fuse.engine.archive import ArchiveError
 from dockerfs_fuse.engine.logs import SpoolError
@@ -46,6 +47,8 @@ def errno_for(exc: BaseException) -> int:
         return errno.EEXIST
     if isinstance(exc, NoSpace):
         return errno.ENOSPC
+    if isinstance(exc, ReadOnlyFs):
+        return errno.EROFS
     if isinstance(exc, Conflict):
         return errno.EBUSY
     if isinstance(exc, Forbidden):

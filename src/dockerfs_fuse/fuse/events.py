@@ -14,7 +14,7 @@ import trio
 from dockerfs_fuse.engine.events import SUBSCRIBE_TIMEOUT, EventSpool, EventStreams
 from dockerfs_fuse.engine.logs import TooManyLogs
 from dockerfs_fuse.fuse.errors import fail
-from dockerfs_fuse.fuse.handles import HandleTable
+from dockerfs_fuse.fuse.handles import HandleTable, file_info
 from dockerfs_fuse.fuse.interrupts import interruptible, process_of
 from dockerfs_fuse.fuse.logs import Followers, LogHandle
 
@@ -48,7 +48,7 @@ async def open_events(
     fh = handles.add(handle)
     # Reads take the stream in order whatever their offset; a nonseekable open
     # would refuse pread(2), which is how the 9P shim reads (ESPIPE).
-    return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+    return file_info(fh, direct_io=True, keep_cache=False)
 
 
 async def _subscribed(spool: EventSpool) -> None:

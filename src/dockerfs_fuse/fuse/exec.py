@@ -23,8 +23,8 @@ from dockerfs_fuse.docker.errors import DockerProblem
 from dockerfs_fuse.engine.engines import Engines
 from dockerfs_fuse.engine.exec import ExecSessions, Session, SessionError
 from dockerfs_fuse.fuse.errors import errno_for, fail, refusal_reason
-from dockerfs_fuse.fuse.handles import Handle, HandleTable
-from dockerfs_fuse.fuse.interrupts import interruptible
+from dockerfs_fuse.fuse.handles import Handle, HandleTable, file_info
+from dockerfs_fuse.fuse.interrupts import interruptible, interruptible_restartable
 from dockerfs_fuse.fuse.invalidate import Invalidator
 from dockerfs_fuse.model.containers import Special
 from dockerfs_fuse.model.exec import CLONE, ExecFile, parse_line
@@ -36,6 +36,11 @@ R = TypeVar("R")
 # Reads blocked in sessions' data, stderr and wait at once, of the mount's
 # MAX_WORKERS (operations.py): logs.follow and wait may hold their share too.
 MAX_BLOCKED = 192
+# The preferred I/O size (st_blksize) of the files a command's output is read
+# from: `cat` and others read that much at a time, so a fast command's output
+# crosses in fewer, larger requests (each costs a round trip through FUSE).
+STREAM_BLOCK = 1 << 20
+_STREAMS = (ExecFile.CTL, ExecFile.DATA, ExecFile.STDERR)
 _DIR_MODE = stat.S_IFDIR | 0o700
 _MODES = {
     None: stat.S_IFREG | 0o600,  # clone
@@ -53,11 +58,15 @@ class _Blocked:
     def __init__(self) -> None:
         self.count = 0
 
-    async def run(self, pid: int, fn: Callable[..., Awaitable[R]], *args: Any) -> R:
+    async def run(
+        self, pid: int, restartable: bool, fn: Callable[..., Awaitable[R]], *args: Any
+    ) -> R:
         if self.count >= MAX_BLOCKED:
             raise fail(errno.EAGAIN)
         self.count += 1
         try:
+            if restartable:
+                return await interruptible_restartable(pid, fn, *args)
             return await interruptible(pid, fn, *args)
         finally:
             self.count -= 1
@@ -77,20 +86,25 @@ class SessionHandle(Handle):
     def release(self) -> None:
         self.view.sessions.let_go(self.session, self.file is ExecFile.CTL)
 
-    async def _once(self, fn: Callable[..., Awaitable[R]], *args: Any) -> R:
-        """One blocking call per open at a time (EAGAIN for another), interruptible."""
+    async def _once(
+        self, fn: Callable[..., Awaitable[R]], *args: Any, restartable: bool = False
+    ) -> R:
+        """One blocking call per open at a time (EAGAIN for another), interruptible.
+        `restartable`: fn may be cancelled and called again losing nothing."""
         if self.busy:
             raise fail(errno.EAGAIN)
         self.busy = True
         try:
-            return await self.view.blocked.run(self.pid, fn, *args)
+            return await self.view.blocked.run(self.pid, restartable, fn, *args)
         finally:
             self.busy = False
 
-    async def _call(self, fn: Callable[..., Awaitable[R]], *args: Any) -> R:
+    async def _call(
+        self, fn: Callable[..., Awaitable[R]], *args: Any, restartable: bool = False
+    ) -> R:
         """_once, its failures as errnos."""
         try:
-            return await self._once(fn, *args)
+            return await self._once(fn, *args, restartable=restartable)
         except (SessionError, DockerProblem, trio.TooSlowError) as exc:
             raise fail(_errno(exc)) from None
 
@@ -108,7 +122,9 @@ class CtlHandle(SessionHandle):
     async def read(self, off: int, size: int) -> bytes:
         if self.output:
             data = None if self.busy else self.session.read_now(1, size)
-            return data if data is not None else await self._call(self.session.read, 1, size)
+            if data is None:
+                data = await self._call(self.session.read, 1, size, restartable=True)
+            return data
         data = self.reply[self.pos : self.pos + size]
         self.pos += len(data)
         return data
@@ -148,7 +164,7 @@ class DataHandle(SessionHandle):
             data = self.session.read_now(which, size)
             if data is not None:
                 return data
-        return await self._call(self.session.read, which, size)
+        return await self._call(self.session.read, which, size, restartable=True)
 
     async def write(self, off: int, buf: bytes) -> int:
         if self.file is not ExecFile.DATA:
@@ -174,7 +190,7 @@ class WaitHandle(SessionHandle):
 
     async def read(self, off: int, size: int) -> bytes:
         if self.text is None:
-            self.text = f"{await self._call(self.session.wait)}\n".encode()
+            self.text = f"{await self._call(self.session.wait, restartable=True)}\n".encode()
         return self.text[off : off + size]
 
 
@@ -193,12 +209,14 @@ class ExecView:
         handles: HandleTable,
         invalidator: Invalidator,
         modes: dict[int, int],
+        block_sizes: dict[int, int],
     ) -> None:
         self.engines = engines
         self.table = engines.table
         self.handles = handles
         self.invalidator = invalidator
         self.modes = modes  # what stat shows of our nodes (Attributes reads it)
+        self.block_sizes = block_sizes  # the same, for st_blksize
         self.sessions = ExecSessions(self._ended)
         self.blocked = _Blocked()
         # Our files by inode: clone (None, None); a session's (session, file).
@@ -217,6 +235,7 @@ class ExecView:
         clone = self.table.add_file(CLONE, node)
         self.files[clone.inode] = (None, None)
         self.modes[clone.inode] = _MODES[None]
+        self.block_sizes[clone.inode] = STREAM_BLOCK
 
     def _let_go(self, node: Node) -> None:
         """The table lets go of a container the kernel forgot (model/inodes.py),
@@ -259,7 +278,7 @@ class ExecView:
         else:
             handle = _HANDLES[file](self, session, file, pid)
         fh = self.handles.add(handle)
-        return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False, nonseekable=True)
+        return file_info(fh, direct_io=True, keep_cache=False, nonseekable=True)
 
     def _reserve(self, clone: Node) -> Session:
         exec_dir = clone.parent
@@ -281,6 +300,8 @@ class ExecView:
             node = self.table.add_file(file.value, folder)
             self.files[node.inode] = (session, file)
             self.modes[node.inode] = _MODES[file]
+            if file in _STREAMS:
+                self.block_sizes[node.inode] = STREAM_BLOCK
         self._nodes[id(session)] = (exec_dir, folder)
         self.invalidator.apply(Changes(changed=[exec_dir.inode]))
         return session
@@ -291,6 +312,7 @@ class ExecView:
         for node in (folder, *(folder.children or {}).values()):
             self.files.pop(node.inode, None)
             self.modes.pop(node.inode, None)
+            self.block_sizes.pop(node.inode, None)
         changes = self.table.remove_entry(exec_dir, folder.name)
         exec_dir.subdirs = sum(1 for c in (exec_dir.children or {}).values() if c.is_dir)
         changes.changed.append(exec_dir.inode)

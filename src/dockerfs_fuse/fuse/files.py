@@ -15,7 +15,7 @@ import pyfuse3
 
 from dockerfs_fuse.engine.roots import ContainerRoots, Listing, RootFile, in_root
 from dockerfs_fuse.fuse.errors import fail
-from dockerfs_fuse.fuse.handles import Handle, HandleTable
+from dockerfs_fuse.fuse.handles import Handle, HandleTable, file_info
 from dockerfs_fuse.fuse.interrupts import interruptible
 from dockerfs_fuse.model.containers import NAME_MAX
 from dockerfs_fuse.model.inodes import Node
@@ -96,4 +96,4 @@ class RootView:
         # a time); any other with direct I/O, never clipped at a stale size.
         told = node.entry.size if node.entry is not None else -1
         paged = file.size == told and told >= ROOT_PAGED_MIN
-        return pyfuse3.FileInfo(fh=fh, direct_io=not paged, keep_cache=False)
+        return file_info(fh, direct_io=not paged, keep_cache=False)

@@ -12,8 +12,34 @@ from collections.abc import Callable, Hashable
 import pyfuse3
 
 from dockerfs_fuse.fuse.errors import fail, refusal_reason
+from dockerfs_fuse.fuse.kernel_cache import noflush
 from dockerfs_fuse.model.ctl import BadCommand, Refusals
 from dockerfs_fuse.model.inodes import Changes, Node
+
+# Once `flush` is implemented (for writes under root/), the kernel sends a
+# FLUSH on every close(2) of every file and waits for its answer: a `grep -r`
+# of many small files pays one more round trip per file. An open whose
+# `flush` does nothing tells the kernel to skip it, where pyfuse3 can say so.
+NOFLUSH = noflush()
+
+
+def file_info(
+    fh: pyfuse3.FileHandleT,
+    *,
+    direct_io: bool = False,
+    keep_cache: bool = True,
+    nonseekable: bool = False,
+    flush: bool = False,
+) -> pyfuse3.FileInfo:
+    """What every `open` and `create` answers. `flush`: the open's handle has
+    work to do when a descriptor of it is closed (`Handle.flush`), so the
+    kernel must send FLUSH; every other open asks it not to (NOFLUSH)."""
+    info = pyfuse3.FileInfo(
+        fh=fh, direct_io=direct_io, keep_cache=keep_cache, nonseekable=nonseekable
+    )
+    if NOFLUSH and not flush:
+        info.noflush = True
+    return info
 
 
 class Handle:
@@ -25,8 +51,19 @@ class Handle:
     async def write(self, off: int, buf: bytes) -> int:
         raise fail(errno.EBADF)
 
+    async def flush(self) -> None:
+        """A descriptor of this open was closed: nothing to do but for a file
+        being written. An open whose handle does work here says so to
+        `file_info` (flush=True), or the kernel never calls it."""
+
+    async def fsync(self) -> None:
+        """fsync(2): nothing to do but for a file being written."""
+
     def release(self) -> None:
         """The last descriptor of this open was closed."""
+
+    async def released(self) -> None:
+        """After release: what may wait (the close itself has returned)."""
 
 
 class CommandHandle(Handle):

@@ -36,6 +36,15 @@ def patched(module: ModuleType = pyfuse3) -> bool:
     return hasattr(module.FileInfo(), "cache_readdir") and hasattr(module.Operations, "pass_inode")
 
 
+def noflush(environ: Mapping[str, str] = os.environ, module: ModuleType = pyfuse3) -> bool:
+    """Whether an open may tell the kernel to send no FLUSH at close: the
+    third patch's FileInfo.noflush (ignored by a libfuse older than 3.11 or
+    a Linux older than 5.16, which send FLUSH as before). Off under STOCK_ENV."""
+    if environ.get(STOCK_ENV, "") not in ("", "0"):
+        return False
+    return hasattr(module.FileInfo(), "noflush")
+
+
 def kernel_version(release: str) -> tuple[int, int]:
     m = re.match(r"(\d+)\.(\d+)", release)
     return (int(m.group(1)), int(m.group(2))) if m else (0, 0)

@@ -19,7 +19,7 @@ import trio
 
 from dockerfs_fuse.engine.logs import LogSpool, LogSpools, TooManyLogs
 from dockerfs_fuse.fuse.errors import fail
-from dockerfs_fuse.fuse.handles import Handle, HandleTable
+from dockerfs_fuse.fuse.handles import Handle, HandleTable, file_info
 from dockerfs_fuse.fuse.interrupts import SIGNAL_POLL, process_of, signal_pending
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def open_log(
         spool.want_more()
     fh = handles.add(LogHandle(spool, follow, pid, opener, spools, followers))
     # Direct I/O: reads are never clipped at a size the kernel cached.
-    return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False, nonseekable=follow)
+    return file_info(fh, direct_io=True, keep_cache=False, nonseekable=follow)
 
 
 def _spool_errno(exc: OSError) -> int:

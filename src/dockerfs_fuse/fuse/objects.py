@@ -13,7 +13,7 @@ from dockerfs_fuse.engine.logs import LogSpools
 from dockerfs_fuse.engine.objects import ObjectsCache
 from dockerfs_fuse.fuse.containers import inspect_text
 from dockerfs_fuse.fuse.errors import fail
-from dockerfs_fuse.fuse.handles import HandleTable
+from dockerfs_fuse.fuse.handles import HandleTable, file_info
 from dockerfs_fuse.fuse.invalidate import Invalidator
 from dockerfs_fuse.fuse.objects_ctl import ObjectCtlHandle
 from dockerfs_fuse.model.containers import Special
@@ -49,7 +49,7 @@ class ObjectsView:
         beside = self.engines.table.lookup(objects.top, "containers")
         containers = self.engines.caches.get(beside.inode) if beside is not None else None
         handle = ObjectCtlHandle(objects, located, containers, self.refusals, self.invalidator)
-        return pyfuse3.FileInfo(fh=self.handles.add(handle), direct_io=True)
+        return file_info(self.handles.add(handle), direct_io=True)
 
     async def render(self, node: Node) -> bytes:
         objects = self._objects_of(node)

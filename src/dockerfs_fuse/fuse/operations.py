@@ -25,8 +25,12 @@ from typing import Any
 import pyfuse3
 
 from dockerfs_fuse.docker.errors import DockerProblem
+from dockerfs_fuse.docker.source import DockerSource
+from dockerfs_fuse.docker.writes import DockerWrites
+from dockerfs_fuse.engine.containers import EngineCache
 from dockerfs_fuse.engine.engines import Engines
 from dockerfs_fuse.engine.roots import ContainerRoots, in_root
+from dockerfs_fuse.engine.writes import ContainerWrites, WriteBackend
 from dockerfs_fuse.fuse.attrs import BLOCK_SIZE, Attributes
 from dockerfs_fuse.fuse.clone import open_clone
 from dockerfs_fuse.fuse.containers import ContainerView
@@ -34,7 +38,7 @@ from dockerfs_fuse.fuse.errors import fail, guard
 from dockerfs_fuse.fuse.events import open_events
 from dockerfs_fuse.fuse.exec import ExecView
 from dockerfs_fuse.fuse.files import RootView
-from dockerfs_fuse.fuse.handles import HandleTable, SnapshotHandle
+from dockerfs_fuse.fuse.handles import NOFLUSH, HandleTable, SnapshotHandle, file_info
 from dockerfs_fuse.fuse.invalidate import Invalidator
 from dockerfs_fuse.fuse.listings import DirHandle, Listings
 from dockerfs_fuse.fuse.logs import Followers, open_log
@@ -42,6 +46,7 @@ from dockerfs_fuse.fuse.memory import give_back
 from dockerfs_fuse.fuse.objects import ObjectsView
 from dockerfs_fuse.fuse.readonly import ReadOnly
 from dockerfs_fuse.fuse.swarm import SwarmView
+from dockerfs_fuse.fuse.writes import WriteView
 from dockerfs_fuse.model.containers import NAME_MAX, Special
 from dockerfs_fuse.model.ctl import Refusals
 from dockerfs_fuse.model.inodes import ROOT_INODE, Kind, Node
@@ -74,6 +79,7 @@ class DockerFS(ReadOnly):
         # itself and caches listings and core files' pages; readdir gets the inode.
         self.kernel_cache = self.pass_inode = engines.kernel_cache
         self.handles = HandleTable()
+        self.flushes = 0  # FLUSH requests: none for an open with noflush (handles.py)
         self.followers = Followers()
         self.refusals = Refusals()  # what each `err` file says
         self.attrs = Attributes(engines, lambda node: len(self._err_text(node)))
@@ -82,11 +88,27 @@ class DockerFS(ReadOnly):
         )
         self.swarm = SwarmView(engines, self.handles, self.refusals)
         self.objects = ObjectsView(engines, self.handles, self.refusals, invalidator)
-        self.exec = ExecView(engines, self.handles, invalidator, self.attrs.modes)
+        self.exec = ExecView(
+            engines, self.handles, invalidator, self.attrs.modes, self.attrs.block_sizes
+        )
         roots = ContainerRoots(engines, invalidator.apply)
         self.roots = RootView(roots, self.handles, self.kernel_cache)
+        self._write_backends: dict[str, WriteBackend] = {}
+        writes = ContainerWrites(roots, self._write_backend, invalidator.apply)
+        self.writes = WriteView(writes, self.handles, invalidator)
         self.listings = Listings(engines, self.attrs, self.roots, invalidator)
         self._given_back_at = 0  # table.folds then
+
+    def _write_backend(self, cache: EngineCache) -> WriteBackend | None:
+        """The writing calls of an engine whose source is a DockerSource."""
+        backend = self._write_backends.get(cache.name)
+        if backend is None and isinstance(cache.source, DockerSource):
+            backend = self._write_backends[cache.name] = DockerWrites(cache.source)
+        return backend
+
+    def close(self) -> None:
+        """At unmount: drafts still open are kept on disk (and logged)."""
+        self.writes.writes.close()
 
     async def run_invalidator(self) -> None:
         """Push the table's changes to the kernel (a task in the main nursery)."""
@@ -127,17 +149,20 @@ class DockerFS(ReadOnly):
         if view is not None:
             return await view.find(parent, name)
         if in_root(parent) and name not in (".", ".."):
-            return await self.roots.lookup(parent, name)
+            pending = self.writes.writes.pending(parent, name)
+            return pending or await self.roots.lookup(parent, name)
         cache = self.engines.caches.get(parent.inode)
         if cache is None:  # inside a container, or the root of several engines
             return self.table.lookup(parent, name)
         return await cache.find(name)
 
-    def refusal(self, *inodes: int) -> int:
-        """A container's files are read-only (EROFS); nothing else can be made (EACCES)."""
+    def refusal(self, *inodes: int, xattr: bool = False) -> int:
+        """What root/ cannot make (hard links, nodes) is EROFS, and its files
+        have no extended attributes to set (ENOTSUP, which `cp -a` and
+        `rsync -X` pass over); nothing else can be made (EACCES)."""
         for inode in inodes:
             if inode in self.table and in_root(self.table.get(inode)):
-                return errno.EROFS
+                return errno.ENOTSUP if xattr else errno.EROFS
         return errno.EACCES
 
     # -- requests ---------------------------------------------------------------------
@@ -155,7 +180,15 @@ class DockerFS(ReadOnly):
         self.table.remember(node)
         self.roots.note_asker(node, ctx.pid)
         self.exec.prepare(node)
-        return self.attrs.of(node)
+        return self._attrs(node)
+
+    def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        attrs = self.attrs.of(node)
+        size = self.writes.writes.shown_size(node)
+        if size is not None:  # being written: its draft's size
+            attrs.st_size = size
+            attrs.st_blocks = (size + 511) // 512
+        return attrs
 
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
         # Not guard: pyfuse3 lets nothing at all escape forget, not even FUSEError.
@@ -174,7 +207,7 @@ class DockerFS(ReadOnly):
     ) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
         self.roots.note_asker(node, ctx.pid)
-        return self.attrs.of(node)
+        return self._attrs(node)
 
     @guard
     async def readlink(
@@ -236,8 +269,8 @@ class DockerFS(ReadOnly):
             return self.exec.open(node, flags, ctx.pid)
         writing = flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND)
         if node.entry is not None:
-            if writing:
-                raise fail(errno.EROFS)
+            if writing or self.writes.writes.draft_of(node) is not None:
+                return await self.writes.open(node, flags, ctx)
             return await self.roots.open(node, ctx.pid)
         if node.special is Special.CTL:
             if flags & os.O_ACCMODE != os.O_WRONLY:
@@ -253,7 +286,7 @@ class DockerFS(ReadOnly):
                 fh = self.handles.add(SnapshotHandle(data, node, self.invalidator.apply))
                 owner = self.engines.cache_of(node)
                 keep = owner is not None and owner.keep_pages
-                return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
+                return file_info(fh, keep_cache=keep)
         elif node.special in (Special.LOGS, Special.FOLLOW):
             spools, key = self._objects_of(node).log_source(node)
             follow = node.special is Special.FOLLOW
@@ -273,7 +306,7 @@ class DockerFS(ReadOnly):
         # cached size, so `cat` gets exactly this snapshot even when the text
         # (Status, say) changed length since the kernel last saw its size.
         fh = self.handles.add(SnapshotHandle(data))
-        return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+        return file_info(fh, direct_io=True, keep_cache=False)
 
     @guard
     async def read(
@@ -293,10 +326,115 @@ class DockerFS(ReadOnly):
         return await handle.write(off, buf)
 
     @guard
+    async def flush(self, fh: pyfuse3.FileHandleT) -> None:
+        self.flushes += 1
+        handle = self.handles.get(fh)
+        if handle is not None:
+            await handle.flush()
+
+    @guard
+    async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
+        handle = self.handles.get(fh)
+        if handle is not None:
+            await handle.fsync()
+
+    @guard
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
         handle = self.handles.pop(fh)
         if handle is not None:
             handle.release()
+            await handle.released()
+
+    # -- changes under a container's root/ (writes.py) ---------------------------
+
+    def _root_dir(self, inode: int) -> Node | None:
+        """The directory under root/ a change is asked in, or None elsewhere."""
+        node = self._node(inode)
+        if not in_root(node):
+            return None
+        if not node.is_dir:
+            raise fail(errno.ENOTDIR)
+        return node
+
+    @guard
+    async def create(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        mode: pyfuse3.ModeT,
+        flags: pyfuse3.FlagT,
+        ctx: pyfuse3.RequestContext,
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        parent = self._root_dir(parent_inode)
+        if parent is None:
+            raise fail(self.refusal(parent_inode))
+        info, node = self.writes.create(parent, name, mode, flags, ctx)
+        self.table.remember(node)
+        return info, self._attrs(node)
+
+    @guard
+    async def mkdir(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        mode: pyfuse3.ModeT,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        parent = self._root_dir(parent_inode)
+        if parent is None:
+            raise fail(self.refusal(parent_inode))
+        node = await self.writes.mkdir(parent, name, mode, ctx)
+        self.table.remember(node)
+        return self._attrs(node)
+
+    @guard
+    async def symlink(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        target: pyfuse3.FileNameT,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        parent = self._root_dir(parent_inode)
+        if parent is None:
+            raise fail(self.refusal(parent_inode))
+        node = await self.writes.symlink(parent, name, target, ctx)
+        self.table.remember(node)
+        return self._attrs(node)
+
+    @guard
+    async def unlink(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
+        parent = self._root_dir(parent_inode)
+        if parent is None:
+            raise fail(self.refusal(parent_inode))
+        await self.writes.unlink(parent, name, ctx)
+
+    @guard
+    async def rmdir(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
+        parent = self._root_dir(parent_inode)
+        if parent is None:
+            raise fail(self.refusal(parent_inode))
+        await self.writes.rmdir(parent, name, ctx)
+
+    @guard
+    async def rename(
+        self,
+        parent_inode_old: pyfuse3.InodeT,
+        name_old: pyfuse3.FileNameT,
+        parent_inode_new: pyfuse3.InodeT,
+        name_new: pyfuse3.FileNameT,
+        flags: pyfuse3.FlagT,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        old = self._root_dir(parent_inode_old)
+        new = self._root_dir(parent_inode_new)
+        if old is None or new is None:
+            raise fail(self.refusal(parent_inode_old, parent_inode_new))
+        await self.writes.rename(old, name_old, new, name_new, flags, ctx)
 
     @guard
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -316,8 +454,11 @@ class DockerFS(ReadOnly):
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
+        if node.entry is not None:
+            await self.writes.setattr(node, attr, fields, ctx)
+            return self._attrs(node)
         if in_root(node):
-            raise fail(errno.EROFS)
+            raise fail(errno.EROFS)  # root/ itself
         only_truncate = fields.update_size and not (
             fields.update_mode or fields.update_uid or fields.update_gid
         )
@@ -358,6 +499,7 @@ class DockerFS(ReadOnly):
             "engines": engines,
             "inodes": len(self.table),
             "kernel_cache": self.kernel_cache,
+            "flush": {"noflush": NOFLUSH, "requests": self.flushes},
             "logs": {
                 "spools": self.engines.log_spool_count(),
                 "followers": self.followers.count,

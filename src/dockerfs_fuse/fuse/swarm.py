@@ -13,7 +13,7 @@ from dockerfs_fuse.engine.logs import LogSpools
 from dockerfs_fuse.engine.swarm import SwarmCache
 from dockerfs_fuse.fuse.containers import inspect_text
 from dockerfs_fuse.fuse.errors import fail
-from dockerfs_fuse.fuse.handles import CommandHandle, HandleTable
+from dockerfs_fuse.fuse.handles import CommandHandle, HandleTable, file_info
 from dockerfs_fuse.model.containers import Special
 from dockerfs_fuse.model.ctl import Refusals
 from dockerfs_fuse.model.inodes import Node
@@ -58,7 +58,7 @@ class SwarmView:
         view = self._swarm_of(node)
         kind, oid = view.locate(node)
         handle = SwarmCtlHandle(view, kind, oid, self.refusals)
-        return pyfuse3.FileInfo(fh=self.handles.add(handle), direct_io=True)
+        return file_info(self.handles.add(handle), direct_io=True)
 
     async def render(self, node: Node) -> bytes:
         """`inspect`: one API call per open."""

@@ -9,7 +9,7 @@ import pyfuse3
 from dockerfs_fuse.engine.containers import EngineCache
 from dockerfs_fuse.engine.exits import ExitWait, ExitWaits, TooManyWaits, WaitCancelled
 from dockerfs_fuse.fuse.errors import fail
-from dockerfs_fuse.fuse.handles import Handle, HandleTable
+from dockerfs_fuse.fuse.handles import Handle, HandleTable, file_info
 from dockerfs_fuse.fuse.interrupts import interruptible, process_of
 from dockerfs_fuse.fuse.logs import Followers
 from dockerfs_fuse.model.render import render_wait
@@ -79,4 +79,4 @@ def open_wait(
     opener = process_of(pid)
     followers.take(opener)  # a read blocks like logs.follow's: the same caps
     handle = WaitHandle(cache, cid, pid, opener, waits, followers)
-    return pyfuse3.FileInfo(fh=handles.add(handle), direct_io=True, keep_cache=False)
+    return file_info(handles.add(handle), direct_io=True, keep_cache=False)

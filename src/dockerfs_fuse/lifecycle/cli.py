@@ -46,8 +46,8 @@ def parser() -> argparse.ArgumentParser:
         "Unmount with: fusermount3 -u MOUNTPOINT (or umount).\n"
         "Docker access is root-equivalent: anyone who can write this mount's ctl files,\n"
         "open its clone files or exec sessions (<id>/exec/, commands inside a container),\n"
-        "or reach its 9P shim with control enabled can control Docker. Only the mounting\n"
-        "user (or root) may; -o ro refuses them all.",
+        "write a container's root/, or reach its 9P shim with control enabled can control\n"
+        "Docker. Only the mounting user (or root) may; -o ro refuses them all.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(

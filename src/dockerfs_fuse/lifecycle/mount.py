@@ -124,6 +124,7 @@ def prepare(
         view=config.view,
     )
     fs = DockerFS(engines, invalidator)
+    releases.callback(fs.close)  # after the unmount: drafts left open are kept
     return sources, fs, notes
 
 

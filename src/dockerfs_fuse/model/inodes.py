@@ -90,7 +90,7 @@ class Node:
     # Container directories only: the API answer the children are built from.
     raw: Container | None = None
     # The engine view's object directories: their contents, built on first use.
-    pending: Tree | None = None
+    pending: Tree | Deferred | None = None
     lookups: int = 0
     gone: bool = False
     parent: Node | None = None
@@ -108,6 +108,17 @@ class Node:
     def nlink(self) -> int:
         # A tar does not count a directory's links: 1, "unknown", for those under root/.
         return 2 + self.subdirs if self.kind is Kind.DIR and self.entry is None else 1
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """An object directory's contents, made only when something in it is
+    first asked for, with its count of subdirectories known without making
+    them: every listing reports each entry's link count, and a first listing
+    of 500 volumes then makes none of their contents."""
+
+    make: Callable[[], Tree]
+    subdirs: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,8 +222,8 @@ class InodeTable:
         """A directory's children, building a container directory on first use."""
         if node.children is None:
             if node.pending is not None:
-                spec, node.pending = node.pending, None
-                self._reconcile(node, spec, Changes())
+                pending, node.pending = node.pending, None
+                self._reconcile(node, made(pending), Changes())
             elif node.raw is None:
                 node.children = {}
             else:
@@ -338,7 +349,7 @@ class InodeTable:
     def set_objects(
         self,
         parent: Node,
-        objects: Mapping[str, tuple[int, Tree]],
+        objects: Mapping[str, tuple[int, Tree | Deferred]],
         changes: Changes,
         *,
         lazy: bool = False,
@@ -357,9 +368,9 @@ class InodeTable:
                 # Nothing inside was asked for: built when something is (a
                 # first listing of 500 images builds none of their files).
                 node.pending = spec
-                node.subdirs = _subdirs(spec)
+                node.subdirs = spec.subdirs if isinstance(spec, Deferred) else subdirs_of(spec)
             else:
-                self._reconcile(node, spec, changes)
+                self._reconcile(node, made(spec), changes)
             new[name] = node
         for name, node in old.items():
             if name not in new:
@@ -766,9 +777,13 @@ def _spec_paths(spec: Spec, prefix: str = "") -> Iterator[str]:
             yield from _spec_paths(value, f"{prefix}{name}/")
 
 
-def _subdirs(spec: Tree) -> int:
+def subdirs_of(spec: Tree) -> int:
     """The directories a spec holds, as _reconcile counts them (the link count)."""
     return sum(1 for v in spec.values() if isinstance(v, Mapping) or v is Special.ROOT)
+
+
+def made(spec: Tree | Deferred) -> Tree:
+    return spec.make() if isinstance(spec, Deferred) else spec
 
 
 def owner_dir(node: Node) -> Node | None:

@@ -1,0 +1,434 @@
+"""Writes under root/ that need no engine: the tar members uploaded, and the
+draft rules of engine/writes.py against a fake engine (test_container_fs_unit's
+in-memory filesystem, served as archives) whose uploads extract into that
+filesystem and whose tools (mv, rm, rmdir) act on it.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import logging
+import posixpath
+import tarfile
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
+
+import pyfuse3
+import pytest
+import trio
+import trio.testing
+from test_container_fs_unit import FakeEngine, FakeFile
+
+from dockerfs_fuse.docker.errors import (
+    AlreadyExists,
+    ApiError,
+    Conflict,
+    NoSpace,
+    NotFound,
+    ReadOnlyFs,
+)
+from dockerfs_fuse.docker.writes import Ran, _classified
+from dockerfs_fuse.engine.engines import Engines
+from dockerfs_fuse.engine.roots import ContainerRoots
+from dockerfs_fuse.engine.writes import (
+    CannotChange,
+    ContainerWrites,
+    Staging,
+    ToolFailed,
+    errno_of_output,
+)
+from dockerfs_fuse.fuse import operations  # noqa: F401  (defines every Handle)
+from dockerfs_fuse.fuse.handles import NOFLUSH, Handle, file_info
+from dockerfs_fuse.fuse.writes import DraftHandle
+from dockerfs_fuse.model.containers import LIVE
+from dockerfs_fuse.model.files import NotAFile
+from dockerfs_fuse.model.inodes import Changes, Node
+from dockerfs_fuse.model.tarwrite import (
+    END,
+    Meta,
+    dir_member,
+    file_header,
+    padding,
+    symlink_member,
+)
+
+CID = "c" * 64
+META = Meta(0o640, 1000, 50, 1_700_000_000)
+
+# -- the members ----------------------------------------------------------------------
+
+
+def test_members_read_back_as_tarfile_reads_them() -> None:
+    long_name = "ünïcödé " + "long-" * 60
+    body = b"x" * 1000
+    data = (
+        file_header(long_name, len(body), META)
+        + body
+        + padding(len(body))
+        + dir_member("d", Meta(0o1777, 0, 0, 5))
+        + symlink_member("ln", b"/etc/../" + b"t" * 150, META)
+        + END
+    )
+    assert len(data) % 512 == 0
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        f, d, ln = tar.getmembers()
+        extracted = tar.extractfile(f)
+        assert extracted is not None and extracted.read() == body
+    assert (f.name, f.mode, f.uid, f.gid, f.mtime, f.isfile()) == (
+        long_name,
+        0o640,
+        1000,
+        50,
+        1_700_000_000,
+        True,
+    )
+    assert d.isdir() and d.mode == 0o1777
+    assert ln.issym() and ln.linkname == "/etc/../" + "t" * 150
+
+
+def test_a_tools_complaint_names_its_errno() -> None:
+    said = {
+        "rmdir: '/d': Directory not empty": errno.ENOTEMPTY,
+        "rm: can't remove '/x': No such file or directory": errno.ENOENT,
+        "rm: can't remove '/d': Is a directory": errno.EISDIR,
+        "mv: cannot overwrite directory '/d'": errno.EISDIR,
+        "mv: can't rename '/a': Read-only file system": errno.EROFS,
+        "chown: /f: Operation not permitted": errno.EPERM,
+        "something else": errno.EIO,
+    }
+    for text, code in said.items():
+        assert errno_of_output(text) == code, text
+
+
+# -- drafts against a fake engine -------------------------------------------------------
+
+
+class FakeWrites:
+    """Uploads extract into the fake engine's filesystem; tools act on it."""
+
+    def __init__(self, engine: FakeEngine) -> None:
+        self.engine = engine
+        self.running = True
+        self.tools = True
+        self.refuse: Exception | None = None
+        self.hold: trio.Event | None = None  # uploads wait for it
+        self.calls: list[tuple[str, ...]] = []
+
+    async def put_archive(
+        self, cid: str, directory: str, chunks: Iterator[bytes], size: int
+    ) -> None:
+        data = b"".join(chunks)
+        assert len(data) == size
+        self.calls.append(("put", directory))
+        if self.hold is not None:
+            await self.hold.wait()
+        if self.refuse is not None:
+            raise self.refuse
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            for m in tar.getmembers():
+                f = tar.extractfile(m) if m.isfile() else None
+                path = posixpath.join(directory, m.name)
+                self.engine.fs[path] = FakeFile(
+                    m.type, f.read() if f else b"", m.linkname, m.mode, m.uid, m.gid
+                )
+
+    async def is_running(self, cid: str) -> bool:
+        return self.running
+
+    async def run(self, cid: str, argv: Sequence[str]) -> Ran:
+        if not self.running:
+            raise Conflict(f"Container {cid} is not running")
+        self.calls.append(tuple(argv))
+        if not self.tools:
+            return Ran(127, b"exec: not found")
+        fs = self.engine.fs
+        args = [a for a in argv[1:] if not a.startswith("-")]
+        if argv[0] == "mv" and args:
+            old, new = args
+            fs[new] = fs.pop(old)
+        elif argv[0] in ("rm", "rmdir"):
+            (path,) = args
+            if any(p.startswith(path + "/") for p in fs):
+                return Ran(1, f"rmdir: '{path}': Directory not empty".encode())
+            del fs[path]
+        return Ran(0, b"")
+
+
+class World:
+    def __init__(self, tmp_path: Path) -> None:
+        self.engine = FakeEngine()
+        self.engine.add("/etc/hosts", data=b"127.0.0.1 localhost\n", uid=7, gid=8)
+        self.engine.add("/tmp", tarfile.DIRTYPE, mode=0o1777)
+        self.backend = FakeWrites(self.engine)
+        self.changes: list[Changes] = []
+        source = _Source(self.engine)
+        engines = Engines({"local": source}, self.changes.append)  # type: ignore[dict-item]
+        container = {"Id": CID, "Names": ["/c1"], "State": "running", "Created": 1}
+        engines.table.set_containers([container], engines.table.root)
+        cdir = engines.table.lookup(engines.table.root, CID)
+        live = engines.table.lookup(cdir, LIVE) if cdir is not None else None
+        root = engines.table.lookup(live, "root") if live is not None else None
+        assert root is not None
+        self.root = root
+        self.roots = ContainerRoots(engines, self.changes.append)
+        self.tmp = tmp_path
+        self.writes = ContainerWrites(
+            self.roots, lambda cache: self.backend, self.changes.append, Staging(str(tmp_path))
+        )
+
+    async def node(self, path: str) -> Node:
+        node = self.root
+        for name in path.strip("/").split("/"):
+            found = await self.roots.lookup(node, name)
+            assert found is not None, path
+            node = found
+        return node
+
+    def archive_requests(self) -> int:
+        return len(self.engine.requests)
+
+    def staged(self) -> list[Path]:
+        return [p for p in self.tmp.rglob("*") if p.is_file()]
+
+
+class _Source:
+    def __init__(self, engine: FakeEngine) -> None:
+        self.requests: dict[str, int] = {}
+        self.stream_archive = lambda cid, path, out: engine.start(cid, path, out)
+
+    def stream_logs(self, *args: object) -> None:
+        raise AssertionError("asked for logs")
+
+
+def run(tmp_path: Path, test: Callable[[World], Awaitable[None]]) -> None:
+    async def main() -> None:
+        await test(World(tmp_path))
+
+    trio.run(main)
+
+
+def test_a_file_is_uploaded_whole_a_changed_one_under_a_temporary_name_then_renamed(
+    tmp_path: Path,
+) -> None:
+    async def test(w: World) -> None:
+        tmp = await w.node("/tmp")
+        draft = w.writes.create(tmp, "f", META)
+        # Not in the container yet, but found by its name.
+        assert w.writes.pending(tmp, "f") is draft.node
+        await w.writes.flush(draft)  # a shell's `>` closes a copy before writing
+        assert "/tmp/f" not in w.engine.fs and w.backend.calls == []
+        await w.writes.write(draft, 0, b"hello ", append=False)
+        await w.writes.write(draft, 6, b"world\n", append=False)
+        assert await w.writes.read(draft, 0, 100) == b"hello world\n"
+        await w.writes.flush(draft)
+        # New: under its own name (nothing old to mix with), no tool run.
+        assert w.backend.calls == [("put", "/tmp")]
+        assert w.engine.fs["/tmp/f"].data == b"hello world\n"
+        assert (w.engine.fs["/tmp/f"].mode, w.engine.fs["/tmp/f"].uid) == (0o640, 1000)
+        await w.writes.write(draft, 12, b"again\n", append=False)
+        await w.writes.flush(draft)
+        probe, put, mv = w.backend.calls[1:]
+        assert put == ("put", "/tmp") and probe == ("mv", "--help")
+        assert mv[:3] == ("mv", "-f", "-T") and mv[-1] == "/tmp/f"
+        assert w.engine.fs["/tmp/f"].data == b"hello world\nagain\n"
+        assert not [p for p in w.engine.fs if ".dockerfs-" in p]
+        await w.writes.flush(draft)  # unchanged since: nothing sent
+        assert len(w.backend.calls) == 4
+        await w.writes.release(draft)
+        assert w.staged() == [] and w.writes.draft_of(draft.node) is None
+        assert draft.node.entry is not None and draft.node.entry.size == 18
+        assert any(draft.node.inode in c.changed for c in w.changes)
+        # A new file nothing was written to is made at its last close.
+        draft = w.writes.create(tmp, "empty", META)
+        await w.writes.flush(draft)
+        assert "/tmp/empty" not in w.engine.fs
+        await w.writes.release(draft)
+        assert w.engine.fs["/tmp/empty"].data == b""
+
+    run(tmp_path, test)
+
+
+def test_append_loads_the_old_content_once_and_truncation_to_zero_never(
+    tmp_path: Path,
+) -> None:
+    async def test(w: World) -> None:
+        hosts = await w.node("/etc/hosts")
+        draft = w.writes.open(hosts)
+        await w.writes.write(draft, 0, b"10.0.0.1 db\n", append=True)
+        loaded = w.archive_requests()
+        await w.writes.write(draft, 0, b"10.0.0.2 web\n", append=True)
+        assert w.archive_requests() == loaded
+        await w.writes.flush(draft)
+        await w.writes.release(draft)
+        got = w.engine.fs["/etc/hosts"]
+        assert got.data == b"127.0.0.1 localhost\n10.0.0.1 db\n10.0.0.2 web\n"
+        assert (got.uid, got.gid) == (7, 8)  # the file's owner kept
+        hosts = await w.node("/etc/hosts")
+        draft = w.writes.open(hosts)
+        before = w.archive_requests()
+        await w.writes.truncate(draft, 0)
+        await w.writes.write(draft, 0, b"new\n", append=False)
+        await w.writes.flush(draft)
+        await w.writes.release(draft)
+        assert w.archive_requests() == before
+        assert w.engine.fs["/etc/hosts"].data == b"new\n"
+
+    run(tmp_path, test)
+
+
+def test_a_stopped_container_or_one_without_mv_is_written_in_place(tmp_path: Path) -> None:
+    async def test(w: World) -> None:
+        tmp = await w.node("/tmp")
+        hosts = await w.node("/etc/hosts")
+        w.backend.running = False
+        draft = w.writes.open(hosts)
+        await w.writes.truncate(draft, 0)
+        await w.writes.flush(draft)
+        await w.writes.release(draft)
+        assert w.backend.calls == [("put", "/etc")] and w.engine.fs["/etc/hosts"].data == b""
+        with pytest.raises(CannotChange) as refused:
+            await w.writes.unlink(tmp, "a")
+        assert refused.value.errno == errno.EPERM
+        w.backend.running, w.backend.tools = True, False
+        w.backend.calls.clear()
+        for text in (b"b", b"c"):
+            draft = w.writes.open(hosts)
+            await w.writes.write(draft, 0, text, append=False)
+            await w.writes.flush(draft)
+            await w.writes.release(draft)
+        # One probe for the container, then uploads under the file's own name.
+        assert w.backend.calls == [("mv", "--help"), ("put", "/etc"), ("put", "/etc")]
+        assert w.engine.fs["/etc/hosts"].data == b"c"
+        with pytest.raises(CannotChange):
+            await w.writes.rename(tmp, "b", tmp, "d")
+
+    run(tmp_path, test)
+
+
+def test_a_refused_upload_fails_and_keeps_the_staged_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def test(w: World) -> None:
+        tmp = await w.node("/tmp")
+        w.backend.refuse = ReadOnlyFs("container rootfs is marked read-only")
+        draft = w.writes.create(tmp, "f", META)
+        await w.writes.write(draft, 0, b"precious\n", append=False)
+        with pytest.raises(ReadOnlyFs):
+            await w.writes.flush(draft)
+        with caplog.at_level(logging.WARNING):
+            await w.writes.release(draft)
+        (kept,) = w.staged()
+        assert kept.read_bytes() == b"precious\n"
+        assert str(kept) in caplog.text
+        # Never seen by the container: gone from the table too.
+        assert w.writes.pending(tmp, "f") is None and "f" not in (tmp.children or {})
+
+    run(tmp_path, test)
+
+
+def test_remove_rename_and_make(tmp_path: Path) -> None:
+    async def test(w: World) -> None:
+        tmp = await w.node("/tmp")
+        await w.writes.mkdir(tmp, "d", Meta(0o750, 0, 0, 1))
+        assert w.engine.fs["/tmp/d"].kind == tarfile.DIRTYPE
+        d = await w.node("/tmp/d")
+        await w.writes.symlink(d, "ln", b"/etc/hosts", META)
+        assert w.engine.fs["/tmp/d/ln"].link == "/etc/hosts"
+        with pytest.raises(ToolFailed) as failed:
+            await w.writes.rmdir(tmp, "d")
+        assert failed.value.errno == errno.ENOTEMPTY
+        await w.writes.rename(d, "ln", tmp, "moved")
+        assert "/tmp/moved" in w.engine.fs and "/tmp/d/ln" not in w.engine.fs
+        await w.writes.rmdir(tmp, "d")
+        await w.writes.unlink(tmp, "moved")
+        assert [p for p in w.engine.fs if p.startswith("/tmp/")] == []
+
+    run(tmp_path, test)
+
+
+def test_an_open_file_unlinked_or_renamed_is_followed(tmp_path: Path) -> None:
+    async def test(w: World) -> None:
+        tmp = await w.node("/tmp")
+        w.backend.running = False  # nothing here needs a tool
+        draft = w.writes.create(tmp, "scratch", META)
+        await w.writes.write(draft, 0, b"anonymous", append=False)
+        await w.writes.unlink(tmp, "scratch")
+        await w.writes.write(draft, 9, b" still", append=False)
+        await w.writes.flush(draft)
+        await w.writes.release(draft)
+        assert w.backend.calls == [] and w.staged() == []
+        w.backend.running = True
+        draft = w.writes.create(tmp, "new", META)
+        await w.writes.write(draft, 0, b"first\n", append=False)
+        await w.writes.rename(tmp, "new", tmp, "final")
+        assert w.engine.fs["/tmp/final"].data == b"first\n"
+        await w.writes.write(draft, 6, b"second\n", append=False)
+        await w.writes.flush(draft)
+        await w.writes.release(draft)
+        assert w.engine.fs["/tmp/final"].data == b"first\nsecond\n"
+        assert "/tmp/new" not in w.engine.fs
+
+    run(tmp_path, test)
+
+
+def test_an_uploads_refusal_is_classed_by_what_the_engine_says() -> None:
+    said = {
+        "container rootfs is marked read-only": ReadOnlyFs,
+        "write /x: no space left on device": NoSpace,
+        'cannot overwrite directory "/tmp/d" with non-directory "/tmp/d"': NotAFile,
+        'cannot overwrite non-directory "/tmp/f" with directory "/tmp/f"': AlreadyExists,
+        "Could not find the file /nope in container c": NotFound,
+        "something else": ApiError,
+    }
+    for text, kind in said.items():
+        got = _classified(NotFound(text) if "find" in text else ApiError(text))
+        assert type(got) is kind, text
+
+
+def test_a_file_closed_for_good_while_its_upload_fails_is_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def test(w: World) -> None:
+        tmp = await w.node("/tmp")
+        w.backend.hold = trio.Event()
+        w.backend.refuse = NoSpace("no space left on device")
+        draft = w.writes.create(tmp, "f", META)
+        await w.writes.write(draft, 0, b"mine\n", append=False)
+        failed: list[BaseException] = []
+
+        async def close() -> None:
+            try:
+                await w.writes.flush(draft)
+            except NoSpace as exc:
+                failed.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(close)
+            await trio.testing.wait_all_tasks_blocked()
+            await w.writes.release(draft)  # the last close, while the upload runs
+            assert w.writes.draft_of(draft.node) is draft
+            with caplog.at_level(logging.WARNING):
+                w.backend.hold.set()
+        assert failed and w.writes.draft_of(draft.node) is None
+        (kept,) = w.staged()
+        assert kept.read_bytes() == b"mine\n" and str(kept) in caplog.text
+
+    run(tmp_path, test)
+
+
+def _subclasses(cls: type[Handle]) -> set[type[Handle]]:
+    found: set[type[Handle]] = set(cls.__subclasses__())
+    return found.union(*(_subclasses(sub) for sub in found))
+
+
+def test_only_a_drafts_close_needs_flush() -> None:
+    """An open is answered with noflush unless its handle's flush does work
+    (handles.file_info): the kernel would never call it. Only a draft's does,
+    and WriteView opens a writer's with flush=True. A new handle with work at
+    close must be opened with flush=True too, and listed here."""
+    flushing = {c for c in _subclasses(Handle) if c.flush is not Handle.flush}
+    assert flushing == {DraftHandle}
+    fh = pyfuse3.FileHandleT(1)
+    assert getattr(file_info(fh, flush=True), "noflush", False) is False
+    assert getattr(file_info(fh), "noflush", False) is NOFLUSH

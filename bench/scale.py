@@ -23,8 +23,10 @@ import contextlib
 import csv
 import json
 import os
+import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,9 +48,13 @@ from bench import (
     BenchError,
     Mount,
     Series,
+    Tracer,
     api,
     copy_core_tree,
     counted,
+    cpu_ticks,
+    fuse_tracer,
+    loadavg,
     machine,
     mounted,
     timed,
@@ -173,8 +179,37 @@ def rm_to_gone(d: PrivateDockerd, m: Mount) -> tuple[float, float]:
     return time.perf_counter() - t0, request
 
 
-def measure(d: PrivateDockerd, n: int, runs: int, work: Path) -> dict[str, Any]:
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cpu_of_find(
+    m: Mount, d: PrivateDockerd, argv: list[str], into: dict[str, list[float]]
+) -> float:
+    """Time a warm find, noting the CPU seconds it took of find itself, the
+    daemon and dockerd: on a shared machine the wall time also counts the
+    others' load, these do not."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    daemon, engine, tool = cpu_ticks(m.proc.pid), cpu_ticks(_pid(d)), children_cpu()
+    dt = timed(argv)
+    into["find"].append(children_cpu() - tool)
+    into["daemon"].append((cpu_ticks(m.proc.pid) - daemon) / ticks)
+    into["dockerd"].append((cpu_ticks(_pid(d)) - engine) / ticks)
+    return dt
+
+
+def _pid(d: PrivateDockerd) -> int:
+    if d.proc is None:
+        raise BenchError("the private dockerd is not running")
+    return d.proc.pid
+
+
+def measure(
+    d: PrivateDockerd, n: int, runs: int, work: Path, tracer: Tracer | None = None
+) -> dict[str, Any]:
     """All figures for one N; the tools' runs interleave so drift hits all alike."""
+    load = loadavg()
     env = d.env()
     s: dict[str, Series] = {op: Series() for op in OPS}
     curl = ["curl", "-sf", "--unix-socket", str(d.socket), "http://docker/containers/json?all=1"]
@@ -202,8 +237,10 @@ def measure(d: PrivateDockerd, n: int, runs: int, work: Path) -> dict[str, Any]:
         first_walk = time.perf_counter() - t0
         for argv in (["find", mp, *CORE_FIND], [*grep_core, mp]):
             timed(argv)
+        find_cpu: dict[str, list[float]] = {"find": [], "daemon": [], "dockerd": []}
+        find_argv = ["find", mp, *CORE_FIND]
         walks: dict[str, Callable[[], tuple[float, ...]]] = {
-            "find_warm": lambda: counted(m, lambda: timed(["find", mp, *CORE_FIND])),
+            "find_warm": lambda: counted(m, lambda: cpu_of_find(m, d, find_argv, find_cpu)),
             "tmpfs_find": lambda: (timed(["find", fl, *CORE_FIND]),),
             "grep_warm": lambda: counted(m, lambda: timed([*grep_core, mp])),
             "tmpfs_grep": lambda: (timed([*grep_core, fl]),),
@@ -212,6 +249,11 @@ def measure(d: PrivateDockerd, n: int, runs: int, work: Path) -> dict[str, Any]:
             for op, walk in walks.items():
                 wait_idle(m.proc.pid, quiet=0.2, timeout=10, poll=0.02, slack=0)
                 s[op].add(*walk())
+        requests: dict[str, dict[str, int]] = {}
+        if tracer is not None:  # the FUSE requests of one warm walk, by opcode
+            for op, argv in (("find", find_argv), ("grep", [*grep_core, mp])):
+                wait_idle(m.proc.pid, quiet=0.2, timeout=10, poll=0.02, slack=0)
+                requests[op] = tracer(m.path, lambda argv=argv: timed(argv))
         wait_idle(m.proc.pid, quiet=0.2, timeout=10, poll=0.02, slack=0)
         rss_walk, inodes_walk = rss_mb(m), int(m.stats()["inodes"])
         forget_all()
@@ -235,6 +277,9 @@ def measure(d: PrivateDockerd, n: int, runs: int, work: Path) -> dict[str, Any]:
         "peak_rss_mb": peak,
         "inodes_after_walk": inodes_walk,
         "inodes_after_forget": inodes_forgot,
+        "fuse_requests": requests,
+        "find_cpu_seconds": find_cpu,
+        "loadavg_1min": [load, loadavg()],
     }
 
 
@@ -308,6 +353,19 @@ ROWS = (
     ("`find`, tmpfs copy", lambda r: f"{median_ms(r, 'tmpfs_find'):.1f}"),
     ("`grep -r` core tree, warm", lambda r: f"{median_ms(r, 'grep_warm'):.1f}"),
     ("`grep -r`, tmpfs copy", lambda r: f"{median_ms(r, 'tmpfs_grep'):.1f}"),
+    ("FUSE requests of one warm `find`", lambda r: requests_cell(r, "find")),
+    ("FUSE requests of one warm `grep -r`", lambda r: requests_cell(r, "grep")),
+    (
+        "CPU s of a warm `find`: find, daemon, dockerd",
+        lambda r: ", ".join(
+            f"{statistics.median(r['find_cpu_seconds'][who]):.2f}"
+            for who in ("find", "daemon", "dockerd")
+        ),
+    ),
+    (
+        "1-min load average, before and after",
+        lambda r: ", ".join(f"{x:.1f}" for x in r["loadavg_1min"]),
+    ),
     ("files in the core tree", lambda r: f"{r['files_in_tree']:,}"),
     ("RSS after a full walk, MB", lambda r: f"{r['rss_walk_mb']:.0f}"),
     ("RSS after drop_caches, MB", lambda r: f"{r['rss_forgot_mb']:.0f}"),
@@ -318,6 +376,14 @@ ROWS = (
     ("`docker rm` to directory gone", lambda r: f"{median_ms(r, 'rm_gone'):.1f}"),
     ("of which the DELETE request", lambda r: f"{median_ms(r, 'rm_request'):.1f}"),
 )
+
+
+def requests_cell(r: dict[str, Any], op: str) -> str:
+    counts = r["fuse_requests"].get(op)
+    if not counts:
+        return "?"
+    parts = ", ".join(f"{name} {count:,}" for name, count in counts.items())
+    return f"{sum(counts.values()):,} ({parts})"
 
 
 def render(report: dict[str, Any]) -> str:
@@ -424,20 +490,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         d.start(timeout=300)  # a kept engine loads its containers first
         ensure_image(d)
-        for n in args.sizes:
-            made, removed, seconds = ensure(d.socket, n)
-            if d.proc is not None:
-                wait_idle(d.proc.pid, timeout=120)
-            print(
-                f"N={n}: {made} containers made, {removed} removed, in {seconds:.1f}s",
-                file=sys.stderr,
-                flush=True,
-            )
-            t0 = time.monotonic()
-            r = measure(d, n, args.runs, work)
-            r.update(made=made, removed=removed, create_seconds=seconds)
-            results.append(r)
-            print(f"N={n}: measured in {time.monotonic() - t0:.1f}s", file=sys.stderr, flush=True)
+        with fuse_tracer(work) as tracer:  # the FUSE requests of one walk, where it can
+            for n in args.sizes:
+                made, removed, seconds = ensure(d.socket, n)
+                if d.proc is not None:
+                    wait_idle(d.proc.pid, timeout=120)
+                print(
+                    f"N={n}: {made} containers made, {removed} removed, in {seconds:.1f}s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                t0 = time.monotonic()
+                r = measure(d, n, args.runs, work, tracer)
+                r.update(made=made, removed=removed, create_seconds=seconds)
+                results.append(r)
+                print(
+                    f"N={n}: measured in {time.monotonic() - t0:.1f}s", file=sys.stderr, flush=True
+                )
     finally:
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:

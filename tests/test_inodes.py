@@ -149,6 +149,93 @@ def test_forget_of_a_batch_counts_each_entry() -> None:
     assert gone.inode not in t
 
 
+def numbers_below(t: InodeTable, node: Node, path: str = "") -> dict[str, int]:
+    """Every node below a directory, built as the kernel would reach it, by path."""
+    found: dict[str, int] = {}
+    for name, child in t.children(node).items():
+        found[path + name] = child.inode
+        if child.is_dir:
+            found.update(numbers_below(t, child, f"{path}{name}/"))
+    return found
+
+
+def hold_all_below(t: InodeTable, node: Node) -> list[Node]:
+    held = []
+    for child in t.children(node).values():
+        t.remember(child)
+        held.append(child)
+        if child.is_dir:
+            held += hold_all_below(t, child)
+    return held
+
+
+def test_a_container_the_kernel_forgot_is_let_go_and_rebuilt_with_its_numbers() -> None:
+    t = InodeTable()
+    t.set_containers(RECORDED)
+    listed = len(t)
+    container = walk(t, RECORDED[0]["Id"])
+    t.remember(container)  # the kernel keeps the directory itself: it does not matter
+    held = hold_all_below(t, container)
+    before = numbers_below(t, container)
+    assert len(t) == listed + len(before) and len(before) > 20
+    image = walk(t, RECORDED[0]["Id"], "Image")
+    t.remember(image)  # twice
+    for node in held:
+        t.forget(node.inode, 1)
+    assert t.folded() == 0 and len(t) == listed + len(before)  # Image is still held
+    t.forget(image.inode, 1)
+    assert t.folded() == 1 and len(t) == listed  # only numbers are kept
+    assert all(node.inode not in t for node in held)
+    assert numbers_below(t, container) == before  # a lookup builds it again, same numbers
+    assert t.folded() == 0 and len(t) == listed + len(before)
+
+
+def test_a_container_whose_exec_has_a_session_is_not_let_go() -> None:
+    t = InodeTable()
+    t.set_containers(RECORDED)
+    cid = RECORDED[0]["Id"]
+    before = numbers_below(t, walk(t, cid))
+    exec_dir = walk(t, cid, ".live", "exec")
+    clone = t.add_file("clone", exec_dir)  # what the exec view adds when exec/ is looked up
+    told: list[tuple[str, list[str]]] = []
+    t.fold_listeners.append(lambda node: told.append((node.name, list(node.children or {}))))
+    t.remember(clone)
+    t.forget(clone.inode, 1)
+    # Only the view's clone: let go, with it (the view is told, and adds it again).
+    assert t.folded() == 1 and clone.inode not in t
+    assert told[0][0] == RECORDED[0]["Id"] and ("exec", ["clone"]) in told
+    assert numbers_below(t, walk(t, cid)) == before
+    session = t.add_dir("0", parent=walk(t, cid, ".live", "exec"))
+    t.remember(session)
+    t.forget(session.inode, 1)
+    assert t.folded() == 0 and session.inode in t  # a session's directory: kept
+
+
+def test_a_container_that_changed_while_folded_keeps_the_numbers_of_its_paths() -> None:
+    t = InodeTable()
+    t.set_containers(RECORDED)
+    cid = RECORDED[0]["Id"]
+    held = hold_all_below(t, walk(t, cid))
+    before = numbers_below(t, walk(t, cid))
+    for node in held:
+        t.forget(node.inode, 1)
+    assert t.folded() == 1
+    changed = copy.deepcopy(RECORDED)
+    changed[0]["Names"] = ["/renamed", "/second"]
+    changed[0]["Labels"] = {"new.label": "1", **changed[0]["Labels"]}
+    t.set_containers(changed)
+    after = numbers_below(t, walk(t, cid))
+    assert walk(t, cid, "Names", "0").data == b"/renamed\n"
+    assert {p: after[p] for p in before} == before
+    new = set(after) - set(before)
+    assert new == {"Names/1", "Labels/new.label"}
+    assert all(after[p] not in before.values() and after[p] > max(before.values()) for p in new)
+    # Folded and rebuilt again: the numbers are now those recorded, not the first build's.
+    for node in hold_all_below(t, walk(t, cid)):
+        t.forget(node.inode, 1)
+    assert t.folded() == 1 and numbers_below(t, walk(t, cid)) == after
+
+
 def test_inode_numbers_are_never_reused() -> None:
     t = InodeTable()
     seen: set[int] = set()

@@ -319,17 +319,18 @@ def test_forget_drops_only_what_the_kernel_no_longer_holds(engine: Engine, mount
         assert os.read(fd, 100) == b"/forgotten\n"
     finally:
         os.close(fd)
-    # Now nothing holds the removed container: every node of it is let go.
+    # Now nothing holds the removed container: every node of it is let go
+    # (and those of the live one the kernel forgot, but for their numbers).
     _evict_unused_inodes()
     eventually_inodes = time.monotonic() + 30
-    while mounted.stats()["inodes"] != inodes_with_live_only:
+    while mounted.stats()["inodes"] > inodes_with_live_only:
         assert time.monotonic() < eventually_inodes, (
-            f"{mounted.stats()['inodes']} inodes, not {inodes_with_live_only}, "
+            f"{mounted.stats()['inodes']} inodes, more than {inodes_with_live_only}, "
             "after the kernel forgot the removed container"
         )
         _evict_unused_inodes()
         time.sleep(0.1)
-    # and what the kernel forgot of a live container is still there, same number
+    # and what the kernel forgot of a live container comes back with its number
     assert image.read_text() == "busybox:latest\n"
     assert os.stat(image).st_ino == image_ino
 

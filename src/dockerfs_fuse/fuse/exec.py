@@ -222,6 +222,7 @@ class ExecView:
         # Our files by inode: clone (None, None); a session's (session, file).
         self.files: dict[int, tuple[Session | None, ExecFile | None]] = {}
         self._nodes: dict[int, tuple[Node, Node]] = {}  # id(session): (exec/, N/)
+        self.table.fold_listeners.append(self._let_go)
 
     def owns(self, node: Node) -> bool:
         return node.inode in self.files
@@ -235,6 +236,16 @@ class ExecView:
         self.files[clone.inode] = (None, None)
         self.modes[clone.inode] = _MODES[None]
         self.block_sizes[clone.inode] = STREAM_BLOCK
+
+    def _let_go(self, node: Node) -> None:
+        """The table lets go of a container the kernel forgot (model/inodes.py),
+        its exec/ and clone with it: so do we, until exec/ is looked up again.
+        Kept, their numbers would keep the memory of the whole walk in use."""
+        if node.special is not Special.EXEC:
+            return
+        for gone in (node, *(node.children or {}).values()):
+            self.files.pop(gone.inode, None)
+            self.modes.pop(gone.inode, None)
 
     def writable(self, node: Node) -> bool:
         """Whether `echo x > FILE` may truncate it first: the files that take writes."""

@@ -49,6 +49,13 @@ class RootView:
         self.handles = handles
         self.kernel_cache = kernel_cache
         self._askers: dict[int, int] = {}
+        roots.table.fold_listeners.append(self._let_go)
+
+    def _let_go(self, node: Node) -> None:
+        """The table lets go of a container the kernel forgot (model/inodes.py),
+        its root/ with it: so do we. Kept, its number would keep the memory
+        of the whole walk in use."""
+        self._askers.pop(node.inode, None)
 
     async def lookup(self, parent: Node, name: str) -> Node | None:
         if len(os.fsencode(name)) > NAME_MAX:

@@ -8,6 +8,7 @@ a numbered snapshot instead (`list_for_kernel`).
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import time
@@ -51,6 +52,17 @@ class Listings:
         self.roots = roots
         self.invalidator = invalidator
         self._snapshots: dict[tuple[int, int], Listing] = {}
+        self._snapshot_dirs: collections.Counter[int] = collections.Counter()  # snapshots per dir
+        self.table.fold_listeners.append(self._let_go)
+
+    def _let_go(self, node: Node) -> None:
+        """The table lets go of a container the kernel forgot (model/inodes.py):
+        its directories' snapshots go too. Kept, the numbers they hold would
+        keep the memory of the whole walk in use."""
+        if node.inode in self._snapshot_dirs:
+            del self._snapshot_dirs[node.inode]
+            for key in [key for key in self._snapshots if key[0] == node.inode]:
+                del self._snapshots[key]
 
     async def _refresh(self, inode: int) -> bool:
         """Ask the engine behind a directory, if any (Engines.refresh_listing);
@@ -110,10 +122,20 @@ class Listings:
         if start_id == 0:
             entries = await self._list_from_start(node)
             snapshot = hash(tuple(entries)) & _SNAPSHOT_MASK
-            self._snapshots.pop((inode, snapshot), None)
+            kept = self._snapshots.pop((inode, snapshot), None)
+            if kept is None:
+                self._snapshot_dirs[inode] += 1
+            elif kept == entries:
+                # The same listing again (a walk of an unchanged tree): keep the
+                # one held, rather than a copy of it made now, wherever it lands.
+                entries = kept
             self._snapshots[inode, snapshot] = entries
             if len(self._snapshots) > _SNAPSHOTS_KEPT:
-                del self._snapshots[next(iter(self._snapshots))]
+                oldest = next(iter(self._snapshots))
+                del self._snapshots[oldest]
+                self._snapshot_dirs[oldest[0]] -= 1
+                if not self._snapshot_dirs[oldest[0]]:
+                    del self._snapshot_dirs[oldest[0]]
             start = 0
         else:
             snapshot, pos = divmod(start_id, 1 << _SNAPSHOT_SHIFT)

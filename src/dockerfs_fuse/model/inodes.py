@@ -18,7 +18,14 @@ numbers are unique across engines and never reused.
 
 Container directories are built lazily from the API answer the first time
 anything inside them is asked for, so a listing of a thousand containers
-costs a thousand small objects, not twenty thousand.
+costs a thousand small objects, not twenty thousand. Once the kernel holds
+nothing below a built one (it forgot a walk), it is folded: its nodes are
+let go, and the next lookup rebuilds it with the same numbers. Those follow
+from the container's own number (a block of them is kept after it, given
+in the order a build makes the nodes), so a fold keeps nothing unless the
+nodes changed since the first build (then their numbers, by path): a walk
+of ten thousand containers is ~37 nodes each while the kernel caches them,
+and nothing but their own directories once it forgot them.
 
 A top directory lists some containers (the running ones, without -a) and
 can reach others by name: a stopped container's directory is "unlisted",
@@ -30,7 +37,8 @@ from __future__ import annotations
 
 import enum
 import stat
-from collections.abc import Callable, Mapping, Sequence
+from array import array
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from dockerfs_fuse.model.containers import (
@@ -51,6 +59,14 @@ from dockerfs_fuse.model.swarm import Tree
 
 ROOT_INODE = 1
 NS = 1_000_000_000
+# Numbers kept for the nodes of each container directory, right after its
+# own: its nodes, in the order the first build makes them, are numbered
+# from it (_renumber), so a folded container needs no record of them.
+CONTAINER_BLOCK = 256
+# Distinct paths below containers whose strings are shared by the records
+# of folded containers (most have the same few dozen); past this many,
+# sharing starts over.
+SHARED_PATHS = 4096
 
 
 class Kind(enum.Enum):
@@ -105,6 +121,18 @@ class Deferred:
     subdirs: int
 
 
+@dataclass(frozen=True, slots=True)
+class _Numbers:
+    """The numbers of a folded container's nodes, by path below it, when
+    they are not the ones its first build gave (`paths[i]` had `numbers[i]`)."""
+
+    paths: tuple[str, ...]
+    numbers: array[int]
+
+    def by_path(self) -> dict[str, int]:
+        return dict(zip(self.paths, self.numbers, strict=True))
+
+
 @dataclass
 class Changes:
     """What a refresh changed that the kernel may have cached.
@@ -140,6 +168,22 @@ class InodeTable:
         # Entries no listing of their directory replaces (the engine view's
         # `clone` and `.live/`), per directory: found first, listed first.
         self._fixed: dict[int, dict[str, Node]] = {}
+        # Per built container directory, how many nodes below it the kernel
+        # holds: at zero it is folded (`_fold`).
+        self._held: dict[int, int] = {}
+        # Folded container directories whose nodes had the numbers their first
+        # build gave (a rebuild gives them again), and those whose did not,
+        # with a record of them. Nothing is made per container for the
+        # first: what the walk made is all freed, not kept in place by it.
+        self._folded_plain: set[int] = set()
+        self._folded: dict[int, _Numbers] = {}
+        self._paths: dict[str, str] = {}
+        self.folds = 0  # container directories folded so far
+        self._nodes_peak = 1  # the most nodes held at once since _nodes was made
+        # Called with each directory of a container about to be folded, the
+        # container's own first, entries still in place: what a view keeps
+        # for them (by number) goes too.
+        self.fold_listeners: list[Callable[[Node], None]] = []
 
     # -- queries -------------------------------------------------------------
 
@@ -184,8 +228,14 @@ class InodeTable:
                 node.children = {}
             else:
                 self._reconcile(node, container_spec(node.raw), Changes())
+                self._folded_plain.discard(node.inode)
+                self._renumber(node, self._folded.pop(node.inode, None))
         assert node.children is not None
         return node.children
+
+    def folded(self) -> int:
+        """How many container directories are folded (the kernel forgot what was below)."""
+        return len(self._folded_plain) + len(self._folded)
 
     def listed(self, node: Node) -> list[tuple[str, Node]]:
         """A directory's listing: its children but unlisted ones; none for an unlisted one."""
@@ -334,17 +384,31 @@ class InodeTable:
 
     def remember(self, node: Node) -> None:
         """The kernel now holds one more reference (lookup, readdirplus entry)."""
+        if not node.lookups:
+            container = _container_above(node)
+            if container is not None:
+                self._held[container.inode] = self._held.get(container.inode, 0) + 1
         node.lookups += 1
 
     def forget(self, inode: int, count: int) -> None:
         node = self._nodes.get(inode)
         if node is None or inode == ROOT_INODE:
             return
+        held = node.lookups
         node.lookups = max(0, node.lookups - count)
         if node.lookups:
             return
+        container = _container_above(node) if held else None
+        if container is not None:
+            left = self._held.pop(container.inode, 0) - 1
+            if left > 0:
+                self._held[container.inode] = left
+            else:
+                self._fold(container)
+        elif node.raw is not None and node.inode not in self._held:
+            self._fold(node)  # a container directory built by a lookup that found nothing
         if node.gone:
-            del self._nodes[inode]
+            self._nodes.pop(inode, None)  # folded just now, or dropped before
         elif node.parent is not None and self.unlisted(node.parent).get(node.name) is node:
             # Nobody holds an unlisted container any more: a lookup asks again.
             del self._unlisted[node.parent.inode][node.name]
@@ -507,12 +571,80 @@ class InodeTable:
         node.data = entry.link
         return node
 
+    # -- folding what the kernel forgot ---------------------------------------------
+
+    def _fold(self, container: Node) -> None:
+        """Let go of a built container directory's nodes, none of which the
+        kernel holds, keeping their numbers for the rebuild. Not one whose
+        root/ has entries, or exec/ a session: those come from the engine
+        and the sessions, not the list, and keep their own numbers. The
+        files a view adds to exec/ (its clone) go, and it adds them again."""
+        if container.gone or not container.children:
+            return
+        below = list(_below(container))
+        if any(n.lookups or _unfoldable(n) for n, _ in below):
+            return
+        below = [(n, p) for n, p in below if n.parent is None or n.parent.special is None]
+        if all(n.inode == container.inode + 1 + i for i, (n, _) in enumerate(below)):
+            self._folded_plain.add(container.inode)
+        else:
+            if len(self._paths) > SHARED_PATHS:
+                self._paths.clear()
+            paths = tuple(self._paths.setdefault(path, path) for _, path in below)
+            self._folded[container.inode] = _Numbers(paths, array("Q", (n.inode for n, _ in below)))
+        for listener in self.fold_listeners:
+            listener(container)
+        for node, _ in below:
+            if node.is_dir:
+                for listener in self.fold_listeners:
+                    listener(node)
+            for added in (node.children or {}).values() if node.special is not None else ():
+                self._nodes.pop(added.inode, None)
+                added.parent, added.gone = None, True
+            del self._nodes[node.inode]
+            # Nothing points at them now: freed at once, not by the cycle collector.
+            node.children = node.parent = None
+            node.gone = True
+        container.children = None
+        self.folds += 1
+        if len(self._nodes) * 4 < self._nodes_peak:
+            # A dict keeps the room of its largest size: after a forgotten
+            # walk of 10,000 containers, ~10 MB for 10,000 entries.
+            self._nodes = dict(self._nodes)
+            self._nodes_peak = len(self._nodes)
+
+    def _renumber(self, container: Node, numbers: _Numbers | None) -> None:
+        """Number a container's nodes, just built: as recorded when it was
+        folded, or else in the order they were made, after its own number
+        (the same order for the same list answer, so the same numbers)."""
+        old = numbers.by_path() if numbers is not None else None
+        for i, (node, path) in enumerate(_below(container)):
+            if old is not None:
+                number = old.get(path)
+            else:
+                number = container.inode + 1 + i if i < CONTAINER_BLOCK - 1 else None
+            if number is not None and number != node.inode:
+                del self._nodes[node.inode]
+                node.inode = number
+                self._nodes[number] = node
+
+    def _unfold_plain(self, node: Node) -> None:
+        """A folded container's answer is about to change, and with it perhaps
+        the order its next build makes nodes in: record the numbers now."""
+        self._folded_plain.discard(node.inode)
+        assert node.raw is not None
+        paths = tuple(_spec_paths(container_spec(node.raw)))
+        first = node.inode + 1
+        numbers = array("Q", range(first, first + min(len(paths), CONTAINER_BLOCK - 1)))
+        self._folded[node.inode] = _Numbers(paths[: len(numbers)], numbers)
+
     # -- internals -------------------------------------------------------------------
 
     def _new_node(self, parent: Node, name: str, kind: Kind, mtime_ns: int) -> Node:
         node = Node(self._next, name, kind, mtime_ns, parent=parent)
         self._next += 1
         self._nodes[node.inode] = node
+        self._nodes_peak = max(self._nodes_peak, len(self._nodes))
         return node
 
     def _new_container(self, top: Node, name: str, c: Container) -> Node:
@@ -520,6 +652,7 @@ class InodeTable:
         node = self._new_node(top, name, Kind.DIR, created_seconds(c) * NS)
         node.raw = c
         node.subdirs = len(SUBDIRS)
+        self._next += CONTAINER_BLOCK - 1  # for its nodes (_renumber)
         return node
 
     def _update_container(self, node: Node, c: Container, changes: Changes) -> None:
@@ -528,7 +661,14 @@ class InodeTable:
         Only a built one is compared (a deep compare of every container is a
         large part of a root listing's cost at a thousand containers)."""
         if node.children is None:
-            node.raw = c
+            if node.inode not in self._folded_plain and node.inode not in self._folded:
+                node.raw = c
+            elif node.raw != c:
+                # Folded: compared, as built ones are, and the answer kept if
+                # the same, so that what the walk freed is not filled again.
+                if node.inode in self._folded_plain:
+                    self._unfold_plain(node)
+                node.raw = c
         elif node.raw != c:
             node.raw = c
             self._reconcile(node, container_spec(c), changes)
@@ -590,10 +730,51 @@ class InodeTable:
             if n.children:
                 stack.extend(n.children.values())
                 n.children = {}
+            if n.raw is not None:
+                self._held.pop(n.inode, None)
+                self._folded_plain.discard(n.inode)
+                self._folded.pop(n.inode, None)
             n.raw = n.pending = None
             n.gone = True
             if n.lookups == 0:
                 self._nodes.pop(n.inode, None)
+
+
+def _container_above(node: Node) -> Node | None:
+    """The container directory a node is below, if any."""
+    n = node.parent
+    while n is not None:
+        if n.raw is not None:
+            return n
+        n = n.parent
+    return None
+
+
+def _unfoldable(node: Node) -> bool:
+    """A root/ with entries, or an exec/ with a session (a directory)."""
+    if node.special is Special.ROOT:
+        return bool(node.children)
+    return node.special is Special.EXEC and any(c.is_dir for c in (node.children or {}).values())
+
+
+def _below(container: Node) -> Iterator[tuple[Node, str]]:
+    """The nodes below a container directory and their paths, in the order a
+    build makes them (each directory, then what is in it)."""
+    stack = [(node, name) for name, node in reversed((container.children or {}).items())]
+    while stack:
+        node, path = stack.pop()
+        yield node, path
+        stack.extend(
+            (child, f"{path}/{name}") for name, child in reversed((node.children or {}).items())
+        )
+
+
+def _spec_paths(spec: Spec, prefix: str = "") -> Iterator[str]:
+    """The paths a build of `spec` makes, in the order it makes them (as _below)."""
+    for name, value in spec.items():
+        yield prefix + name
+        if isinstance(value, Mapping):
+            yield from _spec_paths(value, f"{prefix}{name}/")
 
 
 def subdirs_of(spec: Tree) -> int:

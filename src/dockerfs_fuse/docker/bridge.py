@@ -45,8 +45,8 @@ class AsyncioThread:
             self.loop.close()
 
 
-async def await_future(fut: concurrent.futures.Future[T]) -> T:
-    """Wait in trio for a future completed on another thread; cancel it if we are."""
+async def finished(fut: concurrent.futures.Future[T]) -> None:
+    """Wait in trio until a future of another thread is done, never cancelling it."""
     token = trio.lowlevel.current_trio_token()
     done = trio.Event()
 
@@ -55,8 +55,13 @@ async def await_future(fut: concurrent.futures.Future[T]) -> T:
             token.run_sync_soon(done.set)
 
     fut.add_done_callback(wake)
+    await done.wait()
+
+
+async def await_future(fut: concurrent.futures.Future[T]) -> T:
+    """Wait in trio for a future completed on another thread; cancel it if we are."""
     try:
-        await done.wait()
+        await finished(fut)
     except BaseException:
         fut.cancel()
         raise

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import json
 import os
 import re
@@ -34,7 +33,7 @@ import aiohttp
 import trio
 from aiodocker._flow_control_queue import FlowControlDataQueue
 
-from dockerfs_fuse.docker.bridge import AsyncioThread, await_future, call_soon
+from dockerfs_fuse.docker.bridge import AsyncioThread, await_future, call_soon, finished
 from dockerfs_fuse.docker.errors import (
     DOCKER_ERRORS,
     ApiError,
@@ -203,7 +202,7 @@ class ThreadChannel:
         if self._pending is None:
             self._pending = self._thread.submit(self._read())
         pending = self._pending
-        await _finished(pending)
+        await finished(pending)
         self._pending = None
         if pending.cancelled():  # closed
             return None
@@ -260,19 +259,6 @@ class ThreadChannel:
         if self._pending is not None:
             self._pending.cancel()
         call_soon(self._thread.loop, self._resp.close)
-
-
-async def _finished(fut: concurrent.futures.Future[T]) -> None:
-    """Wait in trio until a future of the asyncio thread is done, never cancelling it."""
-    token = trio.lowlevel.current_trio_token()
-    done = trio.Event()
-
-    def wake(_: object) -> None:
-        with contextlib.suppress(trio.RunFinishedError):
-            token.run_sync_soon(done.set)
-
-    fut.add_done_callback(wake)
-    await done.wait()
 
 
 class DockerExec:

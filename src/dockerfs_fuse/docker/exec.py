@@ -41,7 +41,7 @@ from dockerfs_fuse.docker.errors import (
     DockerProblem,
     translate,
 )
-from dockerfs_fuse.docker.framing import FrameSplitter, Run
+from dockerfs_fuse.docker.framing import Demuxer, FrameSplitter, Run
 from dockerfs_fuse.docker.source import DockerSource
 from dockerfs_fuse.model.exec import ExecSpec
 
@@ -294,6 +294,11 @@ async def create(source: DockerSource, cid: str, spec: ExecSpec, mark: str) -> s
         body["User"] = spec.user
     if spec.workdir:
         body["WorkingDir"] = spec.workdir
+    return await create_from(source, cid, body)
+
+
+async def create_from(source: DockerSource, cid: str, body: dict[str, Any]) -> str:
+    """`POST /containers/{id}/exec` of an exec create body as the API has it."""
 
     async def post(d: aiodocker.Docker) -> str:
         answer = await d._query_json(f"containers/{cid}/exec", method="POST", data=json.dumps(body))
@@ -441,18 +446,31 @@ async def signal(source: DockerSource, cid: str, pid: int, mark: str, name: str)
         except PermissionError:
             pass
     spec = ExecSpec(("sh", "-c", _KILL_MARKED, f"{MARK_VARIABLE}={mark}", str(number)))
-    exec_id = await create(source, cid, spec, "kill")
+    await run_to_end(source, await create(source, cid, spec, "kill"), 0)
 
-    async def run(d: aiodocker.Docker) -> None:
+
+async def run_to_end(source: DockerSource, exec_id: str, keep: int) -> bytes:
+    """`POST /exec/{id}/start`, not hijacked (no stdin): the command's output,
+    stdout and stderr as they came, of which the first `keep` bytes are kept,
+    once it has ended (within the usual deadline)."""
+
+    async def run(d: aiodocker.Docker) -> bytes:
         async with d._query(
             f"exec/{exec_id}/start",
             method="POST",
             data=json.dumps({"Detach": False, "Tty": False}),
             headers={"Content-Type": "application/json"},
         ) as resp:
-            await resp.read()
+            demux = Demuxer(resp.headers.get("Content-Type", ""))
+            kept = bytearray()
+            async for chunk in resp.content.iter_any():
+                if len(kept) < keep:
+                    kept += demux.feed(chunk)
+            if len(kept) < keep:
+                kept += demux.flush()
+            return bytes(kept[:keep])
 
-    await source.call("exec/start", run)
+    return await source.call("exec/start", run)
 
 
 class Frames:

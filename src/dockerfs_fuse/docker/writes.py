@@ -10,7 +10,6 @@ root, whose exit code and output are the answer.
 from __future__ import annotations
 
 import asyncio
-import json
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 import aiodocker
 import aiohttp
 
+from dockerfs_fuse.docker import exec as exec_calls
 from dockerfs_fuse.docker.errors import (
     AlreadyExists,
     ApiError,
@@ -28,8 +28,6 @@ from dockerfs_fuse.docker.errors import (
     NotFound,
     ReadOnlyFs,
 )
-from dockerfs_fuse.docker.exec import _IMPROPER
-from dockerfs_fuse.docker.framing import Demuxer
 from dockerfs_fuse.docker.source import DockerSource
 from dockerfs_fuse.model.files import NotAFile
 
@@ -137,45 +135,9 @@ class DockerWrites:
             "User": "0",
             "Cmd": list(argv),
         }
-
-        async def create(d: aiodocker.Docker) -> str:
-            answer = await d._query_json(
-                f"containers/{cid}/exec", method="POST", data=json.dumps(body)
-            )
-            if not isinstance(answer, dict) or not isinstance(answer.get("Id"), str):
-                raise ApiError(f"exec create: unexpected answer {str(answer)[:80]!r}")
-            return str(answer["Id"])
-
-        try:
-            exec_id = await self.source.call("exec/create", create)
-        except ApiError as exc:
-            # Podman answers 500 for a container that is not running.
-            if _IMPROPER.search(str(exc)):
-                raise Conflict(str(exc)) from None
-            raise
-
-        async def start(d: aiodocker.Docker) -> bytes:
-            async with d._query(
-                f"exec/{exec_id}/start",
-                method="POST",
-                data=json.dumps({"Detach": False, "Tty": False}),
-                headers={"Content-Type": "application/json"},
-            ) as resp:
-                demux = Demuxer(resp.headers.get("Content-Type", ""))
-                kept = bytearray()
-                async for chunk in resp.content.iter_any():
-                    if len(kept) < OUTPUT_KEPT:
-                        kept += demux.feed(chunk)
-                kept += demux.flush()
-                return bytes(kept[:OUTPUT_KEPT])
-
-        output = await self.source.call("exec/start", start)
-
-        async def inspect(d: aiodocker.Docker) -> int:
-            data = await d._query_json(f"exec/{exec_id}/json")
-            code = data.get("ExitCode") if isinstance(data, dict) else None
-            if not isinstance(code, int):
-                raise ApiError(f"exec inspect: no exit code in {str(data)[:80]!r}")
-            return code
-
-        return Ran(await self.source.call("exec/inspect", inspect), output)
+        exec_id = await exec_calls.create_from(self.source, cid, body)
+        output = await exec_calls.run_to_end(self.source, exec_id, OUTPUT_KEPT)
+        state = await exec_calls.inspect(self.source, exec_id)
+        if state.exit_code is None:
+            raise ApiError(f"exec inspect: no exit code for {argv[0]!r}")
+        return Ran(state.exit_code, output)

@@ -356,6 +356,13 @@ class DockerFS(ReadOnly):
             raise fail(errno.ENOTDIR)
         return node
 
+    def _changed_dir(self, inode: int) -> Node:
+        """The directory under root/ a change is asked in; elsewhere, the refusal."""
+        node = self._root_dir(inode)
+        if node is None:
+            raise fail(self.refusal(inode))
+        return node
+
     @guard
     async def create(
         self,
@@ -365,9 +372,7 @@ class DockerFS(ReadOnly):
         flags: pyfuse3.FlagT,
         ctx: pyfuse3.RequestContext,
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        parent = self._root_dir(parent_inode)
-        if parent is None:
-            raise fail(self.refusal(parent_inode))
+        parent = self._changed_dir(parent_inode)
         info, node = self.writes.create(parent, name, mode, flags, ctx)
         self.table.remember(node)
         return info, self._attrs(node)
@@ -380,9 +385,7 @@ class DockerFS(ReadOnly):
         mode: pyfuse3.ModeT,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        parent = self._root_dir(parent_inode)
-        if parent is None:
-            raise fail(self.refusal(parent_inode))
+        parent = self._changed_dir(parent_inode)
         node = await self.writes.mkdir(parent, name, mode, ctx)
         self.table.remember(node)
         return self._attrs(node)
@@ -395,9 +398,7 @@ class DockerFS(ReadOnly):
         target: pyfuse3.FileNameT,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        parent = self._root_dir(parent_inode)
-        if parent is None:
-            raise fail(self.refusal(parent_inode))
+        parent = self._changed_dir(parent_inode)
         node = await self.writes.symlink(parent, name, target, ctx)
         self.table.remember(node)
         return self._attrs(node)
@@ -406,18 +407,14 @@ class DockerFS(ReadOnly):
     async def unlink(
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
     ) -> None:
-        parent = self._root_dir(parent_inode)
-        if parent is None:
-            raise fail(self.refusal(parent_inode))
+        parent = self._changed_dir(parent_inode)
         await self.writes.unlink(parent, name, ctx)
 
     @guard
     async def rmdir(
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
     ) -> None:
-        parent = self._root_dir(parent_inode)
-        if parent is None:
-            raise fail(self.refusal(parent_inode))
+        parent = self._changed_dir(parent_inode)
         await self.writes.rmdir(parent, name, ctx)
 
     @guard

@@ -83,7 +83,8 @@ test-stock-venv: deps-docker
 ## make bench: figures for 10, 100 and 1000 containers, then a 3-node swarm's
 ## 50 services x 4 replicas (bench_swarm.py), containers/clone against docker run -d
 ## (bench_clone.py), `ls images`/`ls volumes` at 500 each (bench_objects.py), exec
-## sessions against `docker exec` (bench_exec.py), then make bench-scale (not part of
+## sessions against `docker exec` (bench_exec.py), cp, tar -x and sed -i through root/
+## against docker cp and docker exec (bench_writes.py), then make bench-scale (not part of
 ## make test)
 bench: deps-docker
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
@@ -91,6 +92,7 @@ bench: deps-docker
 	$(BIN)/python bench/bench_clone.py $(BENCH_CLONE_ARGS)
 	$(BIN)/python bench/bench_objects.py $(BENCH_OBJECTS_ARGS)
 	$(BIN)/python bench/bench_exec.py $(BENCH_EXEC_ARGS)
+	$(BIN)/python bench/bench_writes.py $(BENCH_WRITES_ARGS)
 	$(MAKE) --no-print-directory bench-scale
 
 ## make bench-scale: 100, 1,000 and 10,000 created containers mounted with -a (bench/scale.py;

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import ssl
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeAlias, TypeVar
@@ -122,6 +123,9 @@ class DockerSource:
         self.host = endpoint.url
         self.timeout = timeout
         self.requests: collections.Counter[str] = collections.Counter()
+        # Seconds spent waiting on `call`'s requests, by kind: what an
+        # operation through the mount costs in Docker's answers (make bench).
+        self.seconds: collections.defaultdict[str, float] = collections.defaultdict(float)
         self._thread: AsyncioThread | None = None
         self._docker: aiodocker.Docker | None = None
         # Whether the engine is Podman (None until it has answered once).
@@ -200,7 +204,13 @@ class DockerSource:
         thread within `timeout` (the usual deadline if None)."""
         thread, docker = self._client(what)
         deadline = self.timeout if timeout is None else timeout
-        return await await_future(thread.submit(_translated(fn, docker, deadline)))
+        started = time.perf_counter()
+        try:
+            return await await_future(thread.submit(_translated(fn, docker, deadline)))
+        finally:
+            took = time.perf_counter() - started
+            self.seconds[what] += took
+            log.debug("request %s: %.1f ms", what, took * 1000)
 
     def call_sync(self, what: str, fn: Callable[[aiodocker.Docker], Awaitable[T]]) -> T:
         """The same as `call`, from plain (non-trio) code such as start-up checks."""

@@ -749,3 +749,45 @@ def test_stats_are_name_value_lines_of_numbers() -> None:
 
 def test_wait_is_the_exit_code_and_a_newline() -> None:
     assert render_wait(3) == b"3\n" and render_wait(137) == b"137\n"
+
+
+def test_names_looked_up_before_they_are_made_never_list_their_directory() -> None:
+    """`tar -x` and `cp -r` look up each name before creating it: a probe that
+    finds nothing is no step of a walk, so however many come in a row, each
+    stays one probe (a 404, cheap for the engine), never a listing of the
+    directory (a tar of all of it, growing with each file made)."""
+
+    async def main() -> None:
+        e = engine_with_a_tree()
+        e.add("/new/.keep", data=b"")
+        files = e.files()
+        for i in range(10):
+            path = f"/new/f{i}"
+            with pytest.raises(NotFound):
+                await files.stat("c", path)
+            e.add(path, data=b"%d" % i)  # what the upload after the create makes
+            files.wrote("c", path)
+        assert e.kinds(files) == {"probe": 10}
+
+    run(main)
+
+
+def test_an_upload_leaves_probes_of_other_paths_answering() -> None:
+    """After we upload one file, a probe of its sibling still says what that
+    sibling is (`sed -i` looks its file up again before the rename); the
+    file we wrote, and its directory's listing, are asked anew."""
+
+    async def main() -> None:
+        e = engine_with_a_tree()
+        files = e.files()
+        probed = (await files.stat("c", "/etc/mtab")).size
+        assert e.kinds(files) == {"probe": 1}
+        e.add("/etc/sedXYZ", data=b"new\n")
+        files.wrote("c", "/etc/sedXYZ")
+        assert (await files.stat("c", "/etc/mtab")).size == probed  # that probe answers
+        assert e.kinds(files) == {"probe": 1}
+        assert (await files.stat("c", "/etc/sedXYZ")).size == 4
+        assert "sedXYZ" in names(await files.listing("c", "/etc"))
+        assert e.kinds(files) == {"probe": 2, "listing": 1}
+
+    run(main)

@@ -214,6 +214,8 @@ class ArchiveSpool(Spool):
         # What newer requests have said since: subtrees listed anew, paths found gone.
         self.superseded: list[str] = []
         self.gone: set[str] = set()
+        # Single paths we changed ourselves since (engine/files.py's wrote).
+        self.stale: set[str] = set()
         self.started = self.last_used = now
         self.readers = 0
         self.waiters = 0
@@ -258,7 +260,11 @@ class ArchiveSpool(Spool):
         return path == self.path or self.knows_listing_of(posixpath.dirname(path))
 
     def superseded_at(self, path: str) -> bool:
-        return path in self.gone or any(covers(root, path) for root in self.superseded)
+        return (
+            path in self.gone
+            or path in self.stale
+            or any(covers(root, path) for root in self.superseded)
+        )
 
     def read(self, offset: int, size: int) -> bytes:
         return self._read(offset, size, self.spooled)

@@ -201,8 +201,18 @@ class ContainerFiles:
                 if entry is not None:
                     return entry
             return await self._probe(cid, path)
+        except Exception as exc:
+            if self._is_gone(exc):
+                # A walk looks up names it was just shown; a name not there
+                # is one about to be made (`tar -x`, `cp -r`: a lookup before
+                # each create), which a listing of its directory would not
+                # answer: the next lookup there starts counting again.
+                self._alone.pop((cid, posixpath.dirname(path)), None)
+                in_a_row = 0
+            raise
         finally:
-            self._fetched_alone(cid, path, in_a_row)
+            if in_a_row:
+                self._fetched_alone(cid, path, in_a_row)
 
     async def _probe(self, cid: str, path: str) -> Entry:
         """One path's entry by a request of its own (see stat)."""
@@ -324,6 +334,18 @@ class ContainerFiles:
         container's snapshots no longer answer for it; the rest still serve."""
         for spool in self._snapshots.get(cid, ()):
             spool.superseded.append(path)
+
+    def wrote(self, cid: str, path: str) -> None:
+        """We added or replaced the one path `path` (an upload): no snapshot
+        answers for it or lists its directory any more. A probe answers only
+        for its own path: one of a sibling, or of the directory itself (whose
+        mtime moved, as a snapshot's may while it serves), still answers."""
+        parent = posixpath.dirname(path)
+        for spool in self._snapshots.get(cid, ()):
+            if spool.kind is Fetch.PROBE:
+                spool.stale.add(path)
+            else:
+                spool.superseded.append(parent)
 
     def forget(self, cid: str) -> None:
         """The container is gone: drop its snapshots (readers keep theirs)."""

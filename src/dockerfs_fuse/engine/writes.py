@@ -449,7 +449,8 @@ class ContainerWrites:
         if node.parent is not None and not node.gone:
             _, changes = self.table.set_entry(node.parent, entry)
             self._apply(changes)
-        self._changed(draft.cache, draft.cid, posixpath.dirname(draft.path), [node.inode])
+        draft.cache.files.wrote(draft.cid, draft.path)
+        self._apply(Changes(changed=[node.inode]))
 
     def _changed(self, cache: EngineCache, cid: str, directory: str, inodes: list[int]) -> None:
         # Snapshots from before the change no longer answer for the directory
@@ -464,18 +465,19 @@ class ContainerWrites:
 
     # -- whole-path changes --------------------------------------------------------
 
-    async def _put_member(self, parent: Node, member: bytes) -> None:
+    async def _put_member(self, parent: Node, name: str, member: bytes) -> None:
         backend, cache, cid, directory = self._locate(parent)
         chunks = iter([member, END])
         await backend.put_archive(cid, directory, chunks, len(member) + len(END))
-        self._changed(cache, cid, directory, [parent.inode])
+        cache.files.wrote(cid, posixpath.join(directory, name))
+        self._apply(Changes(changed=[parent.inode]))
 
     async def mkdir(self, parent: Node, name: str, meta: Meta) -> Node:
-        await self._put_member(parent, dir_member(name, meta))
+        await self._put_member(parent, name, dir_member(name, meta))
         return await self._found(parent, name)
 
     async def symlink(self, parent: Node, name: str, target: bytes, meta: Meta) -> Node:
-        await self._put_member(parent, symlink_member(name, target, meta))
+        await self._put_member(parent, name, symlink_member(name, target, meta))
         return await self._found(parent, name)
 
     async def _found(self, parent: Node, name: str) -> Node:

@@ -11,7 +11,7 @@ import io
 import logging
 import posixpath
 import tarfile
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import pyfuse3
@@ -28,7 +28,7 @@ from dockerfs_fuse.docker.errors import (
     NotFound,
     ReadOnlyFs,
 )
-from dockerfs_fuse.docker.writes import Ran, _classified
+from dockerfs_fuse.docker.writes import Ran, TarBody, _classified
 from dockerfs_fuse.engine.engines import Engines
 from dockerfs_fuse.engine.roots import ContainerRoots
 from dockerfs_fuse.engine.writes import (
@@ -115,11 +115,9 @@ class FakeWrites:
         self.hold: trio.Event | None = None  # uploads wait for it
         self.calls: list[tuple[str, ...]] = []
 
-    async def put_archive(
-        self, cid: str, directory: str, chunks: Iterator[bytes], size: int
-    ) -> None:
-        data = b"".join(chunks)
-        assert len(data) == size
+    async def put_archive(self, cid: str, directory: str, body: TarBody) -> None:
+        data = b"".join(body.chunks())
+        assert len(data) == body.size
         self.calls.append(("put", directory))
         if self.hold is not None:
             await self.hold.wait()

@@ -23,7 +23,7 @@ import os
 import ssl
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeAlias, TypeVar
 
 import aiodocker
@@ -208,9 +208,34 @@ class DockerSource:
         try:
             return await await_future(thread.submit(_translated(fn, docker, deadline)))
         finally:
-            took = time.perf_counter() - started
-            self.seconds[what] += took
-            log.debug("request %s: %.1f ms", what, took * 1000)
+            self._took(what, started)
+
+    def _took(self, what: str, started: float) -> None:
+        took = time.perf_counter() - started
+        self.seconds[what] += took
+        log.debug("request %s: %.1f ms", what, took * 1000)
+
+    @contextlib.contextmanager
+    def counted(self, what: str) -> Iterator[None]:
+        """A request made on a connection of its own, not the client's
+        (docker/writes.py's uploads): counted and timed as `call`'s are."""
+        self.requests[what] += 1
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._took(what, started)
+
+    @property
+    def unix_socket(self) -> str | None:
+        """The engine's socket path when it is reached over a local unix socket."""
+        return self.target.url.removeprefix("unix://") if self.target.scheme == "unix" else None
+
+    def api_path(self, path: str) -> str:
+        """`path` as the client sends it: under the API version it settled on
+        at start-up (the engine's own), or unversioned (the engine's newest)."""
+        version = getattr(self._docker, "api_version", "auto")
+        return f"/{path}" if version == "auto" else f"/{version}/{path}"
 
     def call_sync(self, what: str, fn: Callable[[aiodocker.Docker], Awaitable[T]]) -> T:
         """The same as `call`, from plain (non-trio) code such as start-up checks."""

@@ -38,14 +38,14 @@ import secrets
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import trio
 
 from dockerfs_fuse.docker.errors import Conflict
-from dockerfs_fuse.docker.writes import Ran
+from dockerfs_fuse.docker.writes import Ran, TarBody
 from dockerfs_fuse.engine.containers import EngineCache
 from dockerfs_fuse.engine.roots import ContainerRoots
 from dockerfs_fuse.model.files import Entry, PathError
@@ -130,9 +130,7 @@ def errno_of_output(said: str) -> int:
 class WriteBackend(Protocol):
     """The engine's writing calls (docker/writes.py's DockerWrites)."""
 
-    async def put_archive(
-        self, cid: str, directory: str, chunks: Iterator[bytes], size: int
-    ) -> None: ...
+    async def put_archive(self, cid: str, directory: str, body: TarBody) -> None: ...
     async def is_running(self, cid: str) -> bool: ...
     async def run(self, cid: str, argv: Sequence[str]) -> Ran: ...
 
@@ -398,13 +396,15 @@ class ContainerWrites:
             and await self._has_mv(backend, cid)
         )
         target = _temp_name(name) if atomic else name
-        header = file_header(target, draft.size, meta)
-        total = len(header) + draft.size + len(padding(draft.size)) + len(END)
+        body = TarBody(
+            head=file_header(target, draft.size, meta),
+            tail=padding(draft.size) + END,
+            fd=draft.fd,
+            length=draft.size,
+        )
         temp = posixpath.join(directory, target)
         try:
-            await backend.put_archive(
-                cid, directory, _tar_chunks(header, draft.fd, draft.size), total
-            )
+            await backend.put_archive(cid, directory, body)
         except Exception:
             # What a refused upload left: the temporary file, or a new file
             # half written in place (where a tool can remove it).
@@ -467,8 +467,7 @@ class ContainerWrites:
 
     async def _put_member(self, parent: Node, name: str, member: bytes) -> None:
         backend, cache, cid, directory = self._locate(parent)
-        chunks = iter([member, END])
-        await backend.put_archive(cid, directory, chunks, len(member) + len(END))
+        await backend.put_archive(cid, directory, TarBody(head=member, tail=END))
         cache.files.wrote(cid, posixpath.join(directory, name))
         self._apply(Changes(changed=[parent.inode]))
 
@@ -602,16 +601,3 @@ def _temp_name(name: str) -> str:
     """A hidden name in the same directory, unlikely to be anyone's."""
     prefix = f"{TEMP_PREFIX}{secrets.token_hex(4)}-"
     return prefix + os.fsdecode(os.fsencode(name)[: NAME_MAX - len(prefix)])
-
-
-def _tar_chunks(header: bytes, fd: int, size: int) -> Iterator[bytes]:
-    """A one-file tar, its body read from the staged file as the request sends it."""
-    yield header
-    offset = 0
-    while offset < size:
-        data = os.pread(fd, min(CHUNK, size - offset), offset)
-        if not data:
-            raise OSError(errno.EIO, "the staged file is shorter than its size")
-        yield data
-        offset += len(data)
-    yield padding(size) + END

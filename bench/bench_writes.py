@@ -24,6 +24,7 @@ Prints a markdown table; writes bench/results/writes.json and writes.md.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import os
 import random
@@ -48,7 +49,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 IMAGE = "dfs-bench-writes:latest"
 APPLETS = (
     "sh", "sleep", "cat", "ls", "mv", "rm", "rmdir", "mkdir", "chmod", "chown",
-    "touch", "sed", "stat", "find", "wc", "true",
+    "touch", "sed", "stat", "find", "wc", "true", "sha256sum",
 )  # fmt: skip
 TARGETS = {"cp": 1.3, "tar": 2.0, "sed": 1.5}
 PER_DIRECTORY = 100
@@ -178,6 +179,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="dfs-bench-writes-") as t:
             tmp = Path(t)
             big, tree, archive = make_sources(tmp, args.mb, args.files)
+            with big.open("rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
             m = start_mount(dockerd.host, tmp / "mnt")
             try:
                 root = m.path / cid / "root"
@@ -230,7 +233,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             figures["rss_peak_mb"].append(status_kb(pid, "VmHWM") / 1024)
                         if mount_first:
                             figures[f"{kind}_docker"].append(theirs())
-                    check(in_container, i, args, edit)
+                    check(in_container, i, args, digest)
                     in_container("rm", "-rf", f"/tmp/big-m{i}", f"/tmp/big-d{i}",
                                  f"/tree-m{i}", f"/tree-d{i}")  # fmt: skip
             finally:
@@ -243,13 +246,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def check(in_container: Callable[..., str], i: int, args: argparse.Namespace, edit: str) -> None:
+def check(in_container: Callable[..., str], i: int, args: argparse.Namespace, digest: str) -> None:
     """What each side wrote is in the container, the same (untimed)."""
-    size = str(args.mb << 20)
     for side in ("m", "d"):
-        got = in_container("stat", "-c", "%s", f"/tmp/big-{side}{i}").strip()
-        if got != size:
-            raise RuntimeError(f"/tmp/big-{side}{i}: {got} bytes, not {size}")
+        got = in_container("sha256sum", f"/tmp/big-{side}{i}").split()[0]
+        if got != digest:
+            raise RuntimeError(f"/tmp/big-{side}{i}: sha256 {got}, not the file's {digest}")
         n = in_container("sh", "-c", f"find /tree-{side}{i} -type f | wc -l").strip()
         if n != str(args.files):
             raise RuntimeError(f"/tree-{side}{i}: {n} files, not {args.files}")

@@ -32,6 +32,7 @@ from conftest import Engine, Mount, require, start_mount
 from support.fs_trees import docker_env
 from support.mount_process import stop_mount
 from support.private_dockerd import PrivateDockerd, busybox_binary
+from support.private_engines import TLSDockerd
 from support.waiting import wait_until
 
 from dockerfs_fuse.fuse import kernel_cache
@@ -505,3 +506,24 @@ def test_vim_saves(engine: Engine, box: str, mounted: Mount, backupcopy: str) ->
     assert inside(engine, box, "cat", "/etc/hosts.orig") == b"127.0.0.1 vim\n" == f.read_bytes()
     left = inside(engine, box, "ls", "-a", "/etc").split()
     assert not [name for name in left if name.endswith(b".swp")], left
+
+
+def test_uploads_over_tcp_go_through_the_client(
+    tls_engine: Engine, mount_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over TCP (here with TLS), where the daemon cannot hand the staged file
+    to the kernel on a unix socket of its own, an upload goes through the
+    client, read a chunk at a time: a file of several chunks arrives byte for
+    byte, new and then rewritten (in place: busybox has no mv)."""
+    d: TLSDockerd = tls_engine.dockerd  # type: ignore[assignment]
+    cid = tls_engine.run(NO_TOOLS, "sleep", "1d")
+    monkeypatch.setenv("DOCKER_TLS_VERIFY", "1")
+    monkeypatch.setenv("DOCKER_CERT_PATH", str(d.tls.client_dir))
+    m = mount_factory(d.tcp_url)
+    target = m.path / cid / "root" / "tmp" / "big"
+    data = os.urandom(3 * (1 << 20) + 5)
+    target.write_bytes(data)
+    got = d.docker("exec", cid, "cat", "/tmp/big").stdout
+    assert hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest()
+    target.write_bytes(b"again\n")
+    assert d.docker("exec", cid, "cat", "/tmp/big").stdout == b"again\n"

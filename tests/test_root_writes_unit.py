@@ -33,6 +33,7 @@ from dockerfs_fuse.engine.engines import Engines
 from dockerfs_fuse.engine.roots import ContainerRoots
 from dockerfs_fuse.engine.writes import (
     CannotChange,
+    ContainerGone,
     ContainerWrites,
     Staging,
     ToolFailed,
@@ -110,6 +111,7 @@ class FakeWrites:
     def __init__(self, engine: FakeEngine) -> None:
         self.engine = engine
         self.running = True
+        self.gone = False
         self.tools = True
         self.refuse: Exception | None = None
         self.hold: trio.Event | None = None  # uploads wait for it
@@ -135,6 +137,9 @@ class FakeWrites:
 
     async def is_running(self, cid: str) -> bool:
         return self.running
+
+    async def is_gone(self, cid: str) -> bool:
+        return self.gone
 
     async def run(self, cid: str, argv: Sequence[str]) -> Ran:
         if not self.running:
@@ -413,6 +418,59 @@ def test_a_file_closed_for_good_while_its_upload_fails_is_kept(
         assert failed and w.writes.draft_of(draft.node) is None
         (kept,) = w.staged()
         assert kept.read_bytes() == b"mine\n" and str(kept) in caplog.text
+
+    run(tmp_path, test)
+
+
+def test_a_write_during_an_upload_waits_and_is_uploaded_next(tmp_path: Path) -> None:
+    """Another writer's write while a close uploads waits for the upload's end
+    (what is sent is never torn), and the next close sends it."""
+
+    async def test(w: World) -> None:
+        hosts = await w.node("/etc/hosts")
+        draft = w.writes.open(hosts)
+        await w.writes.write(draft, 0, b"first", append=False)
+        w.backend.hold = trio.Event()
+        wrote: list[int] = []
+
+        async def second_writer() -> None:
+            wrote.append(await w.writes.write(draft, 0, b"SECOND", append=False))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(w.writes.flush, draft)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(second_writer)
+            await trio.testing.wait_all_tasks_blocked()
+            assert wrote == []  # waiting for the upload
+            w.backend.hold.set()
+        assert wrote == [6] and draft.dirty
+        assert w.engine.fs["/etc/hosts"].data == b"first.0.1 localhost\n"
+        w.backend.hold = None
+        await w.writes.flush(draft)
+        assert w.engine.fs["/etc/hosts"].data == b"SECOND0.1 localhost\n"
+        await w.writes.release(draft)
+
+    run(tmp_path, test)
+
+
+def test_a_container_removed_during_an_upload_is_enoent(tmp_path: Path) -> None:
+    """Whatever the engine answered at the step it was at, a container that is
+    gone (or going) makes the close ENOENT; the staged file is kept."""
+
+    async def test(w: World) -> None:
+        hosts = await w.node("/etc/hosts")
+        draft = w.writes.open(hosts)
+        await w.writes.write(draft, 0, b"mine", append=False)
+        w.backend.refuse = Conflict("Container c1 is not running: Removal In Progress")
+        with pytest.raises(Conflict):
+            await w.writes.flush(draft)  # still there: the engine's own answer
+        w.backend.gone = True
+        with pytest.raises(ContainerGone) as err:
+            await w.writes.flush(draft)
+        assert err.value.errno == errno.ENOENT and draft.dirty
+        await w.writes.release(draft)
+        (kept,) = w.staged()
+        assert kept.read_bytes() == b"mine0.0.1 localhost\n"
 
     run(tmp_path, test)
 

@@ -86,6 +86,13 @@ class ToolFailed(PathError):
         self.errno = errno_of_output(said)
 
 
+class ContainerGone(PathError):
+    """The container was removed (or its removal began) while a change was
+    on its way: the same answer as for a container removed before."""
+
+    errno = errno.ENOENT
+
+
 class OtherContainer(PathError):
     """A rename from one container's root/ into another's."""
 
@@ -134,6 +141,7 @@ class WriteBackend(Protocol):
         self, cid: str, directory: str, chunks: Iterator[bytes], size: int
     ) -> None: ...
     async def is_running(self, cid: str) -> bool: ...
+    async def is_gone(self, cid: str) -> bool: ...
     async def run(self, cid: str, argv: Sequence[str]) -> Ran: ...
 
 
@@ -295,23 +303,28 @@ class ContainerWrites:
         return os.pread(draft.fd, min(size, max(0, draft.size - offset)), offset)
 
     async def write(self, draft: Draft, offset: int, data: bytes, append: bool) -> int:
-        await self._load(draft)
-        if append:
-            offset = draft.size
-        written = os.pwrite(draft.fd, data, offset)
-        draft.size = max(draft.size, offset + written)
-        draft.dirty = True
-        draft.mtime_given = False  # written since: its mtime is the upload's
-        return written
+        # Under the draft's lock: an upload in flight reads the staged file
+        # as it sends it, so a write (another writer's) waits for its end
+        # rather than tear what is being sent; and the load happens once.
+        async with draft.lock:
+            await self._load(draft)
+            if append:
+                offset = draft.size
+            written = os.pwrite(draft.fd, data, offset)
+            draft.size = max(draft.size, offset + written)
+            draft.dirty = True
+            draft.mtime_given = False  # written since: its mtime is the upload's
+            return written
 
     async def truncate(self, draft: Draft, size: int) -> None:
-        if size == 0:
-            draft.loaded = True  # nothing of the old content is needed
-        await self._load(draft)
-        os.ftruncate(draft.fd, size)
-        draft.size = size
-        draft.dirty = True
-        draft.mtime_given = False
+        async with draft.lock:  # as write
+            if size == 0:
+                draft.loaded = True  # nothing of the old content is needed
+            await self._load(draft)
+            os.ftruncate(draft.fd, size)
+            draft.size = size
+            draft.dirty = True
+            draft.mtime_given = False
 
     def set_meta(self, draft: Draft, meta: Meta, mtime_given: bool) -> None:
         """A new mode, owner or mtime, uploaded with the content."""
@@ -330,13 +343,35 @@ class ContainerWrites:
                 if not draft.dirty and (draft.in_container or draft.opens > 0):
                     return
                 await self._load(draft)
-                await self._upload(draft)
+                # Clean from here: a change made during the upload (a mode
+                # set) makes it dirty again, for the next close to send.
                 draft.dirty = False
+                try:
+                    await self._upload(draft)
+                except Exception as exc:
+                    draft.dirty = True
+                    if await self._removed_meanwhile(draft):
+                        raise ContainerGone(f"{draft.cid[:12]}: {draft.path}") from exc
+                    raise
                 draft.in_container = True
                 self._uploaded(draft)
         finally:
             if draft.opens <= 0 and not draft.lock.locked():
                 self._free(draft)  # closed for good while this upload ran
+
+    async def _removed_meanwhile(self, draft: Draft) -> bool:
+        """Whether a refused upload's container was removed (or its removal
+        began): the engine then answers whatever step the upload was at (a
+        conflict, a cut connection, a failed mv), all meaning ENOENT."""
+        try:
+            gone = await draft.backend.is_gone(draft.cid)
+        except Exception:
+            return False  # the first error is the answer
+        if gone:
+            log.warning(
+                "%s: %s: the container was removed during the upload", draft.cid[:12], draft.path
+            )
+        return gone
 
     async def release(self, draft: Draft) -> None:
         """One open fewer; the last makes a new file nothing was written to

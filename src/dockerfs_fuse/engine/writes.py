@@ -38,7 +38,7 @@ import secrets
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -181,6 +181,8 @@ class Draft:
     opens: int = 0
     lock: trio.Lock = field(default_factory=trio.Lock)
     freed: bool = False
+    # Lets go of the helper container that shows the file (a volume's data/).
+    release: Callable[[], None] = field(default=lambda: None)
 
 
 class ContainerWrites:
@@ -203,15 +205,33 @@ class ContainerWrites:
 
     # -- where --------------------------------------------------------------------------
 
-    def _locate(self, node: Node) -> tuple[WriteBackend, EngineCache, str, str]:
-        """The backend, engine, container and path of a node under a container's root/."""
-        if self.roots.is_image_root(node):
+    def _check_writable(self, node: Node) -> None:
+        if not self.roots.writable(node):
             raise ReadOnlyImage(self.roots.path_of(node))
-        cache, cid, path = self.roots.locate(node)
+
+    async def _hold(
+        self, node: Node
+    ) -> tuple[WriteBackend, EngineCache, str, str, Callable[[], None]]:
+        """The backend, engine, container and path of a node under a container's
+        root/ (or a volume's data/), and the call that lets go of its helper."""
+        self._check_writable(node)
+        cache, cid, path, release = await self.roots.hold(node)
         backend = self._backend_of(cache)
         if backend is None:
+            release()
             raise ReadOnlyImage(path)
-        return backend, cache, cid, path
+        return backend, cache, cid, path, release
+
+    @contextlib.asynccontextmanager
+    async def _located(
+        self, node: Node
+    ) -> AsyncIterator[tuple[WriteBackend, EngineCache, str, str]]:
+        """_hold() for the block."""
+        backend, cache, cid, path, release = await self._hold(node)
+        try:
+            yield backend, cache, cid, path
+        finally:
+            release()
 
     def draft_of(self, node: Node) -> Draft | None:
         return self._drafts.get(node.inode)
@@ -231,19 +251,23 @@ class ContainerWrites:
 
     # -- drafts ---------------------------------------------------------------------------
 
-    def _new_draft(self, node: Node, meta: Meta, *, in_container: bool) -> Draft:
-        backend, cache, cid, path = self._locate(node)
-        staged, fd = self.staging.new_file()
-        draft = Draft(backend, cache, cid, path, node, meta, staged, fd)
+    async def _new_draft(self, node: Node, meta: Meta, *, in_container: bool) -> Draft:
+        backend, cache, cid, path, release = await self._hold(node)
+        try:
+            staged, fd = self.staging.new_file()
+        except BaseException:
+            release()
+            raise
+        draft = Draft(backend, cache, cid, path, node, meta, staged, fd, release=release)
         draft.in_container = in_container
         if not in_container:
             draft.loaded = True
         self._drafts[node.inode] = draft
         return draft
 
-    def create(self, parent: Node, name: str, meta: Meta) -> Draft:
+    async def create(self, parent: Node, name: str, meta: Meta) -> Draft:
         """A new, empty file, open for writing; the container sees it at its first upload."""
-        self._locate(parent)  # refused (an image's root/) before the table has it
+        self._check_writable(parent)  # refused (an image's root/) before the table has it
         path = posixpath.join(self.roots.path_of(parent), name)
         entry = Entry(
             path=path,
@@ -255,18 +279,23 @@ class ContainerWrites:
         )
         node, changes = self.table.set_entry(parent, entry)
         self._apply(changes)
-        draft = self._new_draft(node, meta, in_container=False)
+        try:
+            draft = await self._new_draft(node, meta, in_container=False)
+        except BaseException:
+            self._apply(self.table.remove_entry(parent, name))
+            raise
         draft.opens += 1
         return draft
 
-    def open(self, node: Node) -> Draft:
+    async def open(self, node: Node) -> Draft:
         """The file's draft for one more open for writing (shared by every open)."""
         draft = self._drafts.get(node.inode)
         if draft is None:
             e = node.entry
             if e is None or not e.is_regular:
                 raise NotAFileToWrite(node.name)
-            draft = self._new_draft(node, Meta(e.mode, e.uid, e.gid, e.mtime), in_container=True)
+            meta = Meta(e.mode, e.uid, e.gid, e.mtime)
+            draft = await self._new_draft(node, meta, in_container=True)
             draft.size = e.size
         draft.opens += 1
         return draft
@@ -358,6 +387,7 @@ class ContainerWrites:
         draft.freed = True
         if self._drafts.get(draft.node.inode) is draft:
             del self._drafts[draft.node.inode]
+        draft.release()
         os.close(draft.fd)
         if draft.dirty and draft.loaded and not draft.unlinked:
             log.warning(
@@ -375,7 +405,7 @@ class ContainerWrites:
 
     async def truncate_path(self, node: Node, size: int) -> None:
         """truncate(2) of a file nobody has open for writing: uploaded at once."""
-        draft = self.open(node)
+        draft = await self.open(node)
         try:
             await self.truncate(draft, size)
             await self.flush(draft)
@@ -465,10 +495,10 @@ class ContainerWrites:
     # -- whole-path changes --------------------------------------------------------
 
     async def _put_member(self, parent: Node, member: bytes) -> None:
-        backend, cache, cid, directory = self._locate(parent)
-        chunks = iter([member, END])
-        await backend.put_archive(cid, directory, chunks, len(member) + len(END))
-        self._changed(cache, cid, directory, [parent.inode])
+        async with self._located(parent) as (backend, cache, cid, directory):
+            chunks = iter([member, END])
+            await backend.put_archive(cid, directory, chunks, len(member) + len(END))
+            self._changed(cache, cid, directory, [parent.inode])
 
     async def mkdir(self, parent: Node, name: str, meta: Meta) -> Node:
         await self._put_member(parent, dir_member(name, meta))
@@ -486,11 +516,11 @@ class ContainerWrites:
 
     async def _tool(self, node: Node, what: str, argv: list[str]) -> tuple[EngineCache, str]:
         """Run a tool in the container of `node`, or refuse (EPERM)."""
-        backend, cache, cid, _ = self._locate(node)
-        try:
-            ran = await backend.run(cid, argv)
-        except Conflict:  # not running, or paused: the engine says so, no need to ask first
-            raise CannotChange(f"{cid[:12]}: {what}: the container is not running") from None
+        async with self._located(node) as (backend, cache, cid, _):
+            try:
+                ran = await backend.run(cid, argv)
+            except Conflict:  # not running, or paused: the engine says so, no need to ask
+                raise CannotChange(f"{cid[:12]}: {what}: the container is not running") from None
         if ran.no_tool:
             raise CannotChange(f"{cid[:12]}: {what}: no {argv[0]} in the container")
         if ran.code != 0:
@@ -527,7 +557,7 @@ class ContainerWrites:
 
     async def rename(self, parent: Node, name: str, new_parent: Node, new_name: str) -> None:
         old, new = self._path_in(parent, name), self._path_in(new_parent, new_name)
-        if self._locate(parent)[2] != self._locate(new_parent)[2]:
+        if self.roots.tree_of(parent) is not self.roots.tree_of(new_parent):
             raise OtherContainer(f"{old} -> {new}")
         draft = self._draft_named(parent, name)
         if draft is not None:

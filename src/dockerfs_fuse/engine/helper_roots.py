@@ -17,10 +17,17 @@ from typing import Any
 from dockerfs_fuse.engine.containers import EngineCache
 from dockerfs_fuse.engine.helpers import Helpers
 from dockerfs_fuse.engine.objects import ObjectsCache
+from dockerfs_fuse.model.files import PathError
 from dockerfs_fuse.model.inodes import Node
 
 # The command a helper is made with (its image may have none); never run.
 NEVER_RUN = ["/dockerfs-helper-never-started"]
+
+
+class NoHelper(PathError):
+    """No helper can be made here (an engine with no image): EIO, never a
+    missing name, whatever the request."""
+
 
 # What a held helper is: its ID, and the call that lets go of it.
 Held = tuple[str, Callable[[], None]]

@@ -19,7 +19,7 @@ from dockerfs_fuse.docker.errors import NotFound
 from dockerfs_fuse.engine.containers import EngineCache
 from dockerfs_fuse.engine.engines import Engines
 from dockerfs_fuse.engine.files import ContainerFiles, FileReader
-from dockerfs_fuse.engine.helper_roots import HelperRoots
+from dockerfs_fuse.engine.helper_roots import HelperRoots, NoHelper
 from dockerfs_fuse.model.containers import Special
 from dockerfs_fuse.model.files import Entry, NotThere, PathError
 from dockerfs_fuse.model.inodes import Changes, Node
@@ -123,6 +123,8 @@ class ContainerRoots:
         try:
             async with self._located(parent) as (cache, cid, path):
                 entry = await cache.files.stat(cid, posixpath.join(path, name))
+        except NoHelper:
+            raise
         except (PathError, NotFound):
             self._apply(self.table.remove_entry(parent, name))
             return None

@@ -17,18 +17,13 @@ import logging
 from typing import Any
 
 from dockerfs_fuse.docker import objects as api
-from dockerfs_fuse.engine.helper_roots import NEVER_RUN, HelperRoots
-from dockerfs_fuse.model.files import PathError
+from dockerfs_fuse.engine.helper_roots import NEVER_RUN, HelperRoots, NoHelper
 
 log = logging.getLogger(__name__)
 
 PURPOSE = "volume-data"
 # Where the helper has the volume.
 MOUNT_AT = "/dockerfs-volume"
-
-
-class NoImage(PathError):
-    """The engine has no image to make a helper from (none is pulled)."""
 
 
 def helper_image(images: list[dict[str, Any]]) -> str | None:
@@ -82,5 +77,5 @@ class VolumeData(HelperRoots):
                 self.objects.name,
                 of[:80],
             )
-            raise NoImage(f"volume {of[:80]}: no image for a helper container")
+            raise NoHelper(f"volume {of[:80]}: no image for a helper container")
         return helper_body(image, of)

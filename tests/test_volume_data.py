@@ -12,15 +12,17 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Engine, Mount, stop_mount
+from conftest import Engine, Mount, start_mount, stop_mount
 from support.fs_trees import compare, docker_env, mounted_tree, tree_of_tar
 from support.private_dockerd import IMAGE, PrivateDockerd
 from support.waiting import wait_until
@@ -92,6 +94,11 @@ def volume(engine: Engine, suffix: str, tmp_path: Path) -> Iterator[str]:
     (src / "secret").write_text("s\n")
     (src / "secret").chmod(0o600)
     (src / "link").symlink_to("sub/a")
+    # What the kernel lets anyone change: only our own check refuses others.
+    (src / "open").mkdir()
+    (src / "open" / "w").write_text("anyone\n")
+    (src / "open").chmod(0o1777)
+    (src / "open" / "w").chmod(0o666)
     engine.docker("volume", "create", name)
     cid = engine.docker("create", "-v", f"{name}:/v", IMAGE, "true").strip()
     try:
@@ -273,3 +280,54 @@ def test_no_image_on_the_engine_is_eio_and_nothing_is_pulled(
     wait_until(lambda: "no image on the engine" in m.log_text(), "the reason logged")
     assert bare_engine.api("/images/json") == []
     assert bare_engine.containers(all=True) == []
+
+
+def test_a_volume_in_use_by_its_helper_is_refused_removal_then_goes(
+    engine: Engine, view: Mount, volume: str
+) -> None:
+    d = view.path / "volumes" / volume
+    assert (d / "data" / "f").read_text() == "top\n"
+    (helper,) = helpers_of(engine, volume)
+    assert helper["Id"] in os.listdir(d / "UsedBy")
+    with pytest.raises(OSError) as err, open(d / "ctl", "w") as f:
+        f.write("rm\n")
+    assert err.value.errno == errno.EBUSY
+    assert "in use" in (d / "err").read_text()
+    wait_until(lambda: helpers_of(engine, volume) == [], "the idle helper removed", IDLE_BOUND)
+    with open(d / "ctl", "w") as f:
+        f.write("rm\n")
+    assert volume not in engine.docker("volume", "ls", "-q").split()
+
+
+def test_a_volume_removed_since_listed_is_enoent_and_not_made_again(
+    engine: Engine, view: Mount, volume: str
+) -> None:
+    d = view.path / "volumes" / volume
+    assert (d / "Name").read_text() == volume + "\n"
+    engine.docker("volume", "rm", volume)
+    assert errno_of(lambda: (d / "data" / "f").read_text()) == errno.ENOENT
+    # A directory's ENOENT is, to readdir(3), its end (glibc): an empty listing.
+    assert os.listdir(d / "data") == []
+    assert volume not in engine.docker("volume", "ls", "-q").split()
+    assert helpers_of(engine, volume) == []
+
+
+def test_another_user_is_refused(engine: Engine, volume: str) -> None:
+    base = Path(tempfile.mkdtemp(prefix="dfs-shared-"))
+    base.chmod(0o755)
+    m = start_mount(engine.host, base / "mnt", "--view=engine", "-o", "allow_other")
+    try:
+        shared = data_of(m, volume) / "open"
+        nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        read = subprocess.run([*nobody, "cat", f"{shared}/w"], capture_output=True, text=True)
+        assert read.returncode == 0 and read.stdout == "anyone\n", read
+        # The modes (1777, 0666) let anyone: the mount refuses all but its user.
+        for script in (f"echo x >> {shared}/w", f"mkdir {shared}/d", f"echo x > {shared}/new"):
+            done = subprocess.run([*nobody, "sh", "-c", script], capture_output=True, text=True)
+            assert done.returncode != 0, (script, done)
+            assert "Permission denied" in done.stderr, (script, done)
+        assert in_volume(engine, volume, "ls", "-A", "/v/open") == b"w\n"
+        assert in_volume(engine, volume, "cat", "/v/open/w") == b"anyone\n"
+    finally:
+        stop_mount(m)
+        shutil.rmtree(base, ignore_errors=True)

@@ -4,8 +4,8 @@ written through a helper container made with the volume mounted and never
 started, labelled as ours, reused while in use, removed when idle, at
 unmount and at the next mount after a killed daemon; EIO (logged, nothing
 pulled) on an engine with no image; EROFS under `-o ro`; EPERM for what only
-a tool in a running container could do; and a walk of the mount makes no
-helper."""
+a tool in a running container could do; a walk of the mount makes no
+helper; and the same on Podman."""
 
 from __future__ import annotations
 
@@ -331,3 +331,25 @@ def test_another_user_is_refused(engine: Engine, volume: str) -> None:
     finally:
         stop_mount(m)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_podman(podman_engine: Engine, suffix: str, mount_factory: Any) -> None:
+    name = f"vd-podman-{suffix}"
+    podman_engine.docker("volume", "create", name)
+    try:
+        in_volume(podman_engine, name, "sh", "-c", "echo from-podman > /v/f")
+        m = mount_factory(podman_engine.host, "--view=engine")
+        data = data_of(m, name)
+        assert (data / "f").read_text() == "from-podman\n"
+        (data / "new").write_bytes(b"through data/\n")
+        os.mkdir(data / "d")
+        (data / "d" / "g").write_bytes(b"g\n")
+        assert in_volume(podman_engine, name, "cat", "/v/new", "/v/d/g") == b"through data/\ng\n"
+        assert errno_of(lambda: os.unlink(data / "f")) == errno.EPERM
+        (helper,) = helpers_of(podman_engine, name)
+        assert helper["State"] in ("created", "configured")  # never started
+        m.unmount()
+        assert m.wait_exit() == 0
+        assert helpers_of(podman_engine, name) == []
+    finally:
+        podman_engine.docker("volume", "rm", "-f", name, check=False)

@@ -33,7 +33,8 @@ def _nothing() -> None:
 
 
 def in_root(node: Node) -> bool:
-    """Whether a node is a container's root/ or under it."""
+    """Whether a node is a container's root/ (an image's root/, a volume's
+    data/) or under it."""
     return node.entry is not None or node.special is Special.ROOT
 
 

@@ -185,6 +185,11 @@ class Draft:
     release: Callable[[], None] = field(default=lambda: None)
 
 
+# Where a change goes: the backend, engine, container and path, and the call
+# that lets go of the helper container that shows it (a volume's data/).
+Where = tuple[WriteBackend, EngineCache, str, str, Callable[[], None]]
+
+
 class ContainerWrites:
     """Every draft and change under the containers' root/ directories."""
 
@@ -209,9 +214,7 @@ class ContainerWrites:
         if not self.roots.writable(node):
             raise ReadOnlyImage(self.roots.path_of(node))
 
-    async def _hold(
-        self, node: Node
-    ) -> tuple[WriteBackend, EngineCache, str, str, Callable[[], None]]:
+    async def _hold(self, node: Node) -> Where:
         """The backend, engine, container and path of a node under a container's
         root/ (or a volume's data/), and the call that lets go of its helper."""
         self._check_writable(node)
@@ -251,8 +254,9 @@ class ContainerWrites:
 
     # -- drafts ---------------------------------------------------------------------------
 
-    async def _new_draft(self, node: Node, meta: Meta, *, in_container: bool) -> Draft:
-        backend, cache, cid, path, release = await self._hold(node)
+    def _new_draft(self, node: Node, meta: Meta, where: Where, *, in_container: bool) -> Draft:
+        """A draft of `node` where _hold() said; it lets go of the helper when freed."""
+        backend, cache, cid, path, release = where
         try:
             staged, fd = self.staging.new_file()
         except BaseException:
@@ -267,8 +271,10 @@ class ContainerWrites:
 
     async def create(self, parent: Node, name: str, meta: Meta) -> Draft:
         """A new, empty file, open for writing; the container sees it at its first upload."""
-        self._check_writable(parent)  # refused (an image's root/) before the table has it
-        path = posixpath.join(self.roots.path_of(parent), name)
+        # Refused (an image's root/) before the table has it; and held first,
+        # so that nothing waits between the table having it and its draft.
+        backend, cache, cid, directory, release = await self._hold(parent)
+        path = posixpath.join(directory, name)
         entry = Entry(
             path=path,
             mode=stat.S_IFREG | stat.S_IMODE(meta.mode),
@@ -277,13 +283,14 @@ class ContainerWrites:
             size=0,
             mtime=meta.mtime,
         )
-        node, changes = self.table.set_entry(parent, entry)
-        self._apply(changes)
         try:
-            draft = await self._new_draft(node, meta, in_container=False)
+            node, changes = self.table.set_entry(parent, entry)
         except BaseException:
-            self._apply(self.table.remove_entry(parent, name))
+            release()
             raise
+        self._apply(changes)
+        where = (backend, cache, cid, path, release)
+        draft = self._new_draft(node, meta, where, in_container=False)
         draft.opens += 1
         return draft
 
@@ -294,9 +301,14 @@ class ContainerWrites:
             e = node.entry
             if e is None or not e.is_regular:
                 raise NotAFileToWrite(node.name)
-            meta = Meta(e.mode, e.uid, e.gid, e.mtime)
-            draft = await self._new_draft(node, meta, in_container=True)
-            draft.size = e.size
+            where = await self._hold(node)
+            draft = self._drafts.get(node.inode)  # another open's, made meanwhile
+            if draft is not None:
+                where[4]()
+            else:
+                meta = Meta(e.mode, e.uid, e.gid, e.mtime)
+                draft = self._new_draft(node, meta, where, in_container=True)
+                draft.size = e.size
         draft.opens += 1
         return draft
 

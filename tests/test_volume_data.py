@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import shutil
 import signal
 import subprocess
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -94,6 +96,8 @@ def volume(engine: Engine, suffix: str, tmp_path: Path) -> Iterator[str]:
     (src / "secret").write_text("s\n")
     (src / "secret").chmod(0o600)
     (src / "link").symlink_to("sub/a")
+    # A link that leads out of the volume in a container that mounts it.
+    (src / "sub" / "abs").symlink_to("/f")
     # What the kernel lets anyone change: only our own check refuses others.
     (src / "open").mkdir()
     (src / "open" / "w").write_text("anyone\n")
@@ -103,6 +107,13 @@ def volume(engine: Engine, suffix: str, tmp_path: Path) -> Iterator[str]:
     cid = engine.docker("create", "-v", f"{name}:/v", IMAGE, "true").strip()
     try:
         engine.docker("cp", f"{src}/.", f"{cid}:/v/")
+        # One that climbs above it: put from "/", as `docker cp` refuses it below.
+        escape = tarfile.TarInfo("v/escape")
+        escape.type, escape.linkname = tarfile.SYMTYPE, "../ctl"
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            tar.addfile(escape)
+        engine.dockerd.docker("cp", "-", f"{cid}:/", input=buf.getvalue())
     finally:
         engine.docker("rm", "-f", cid)
     yield name
@@ -353,3 +364,16 @@ def test_podman(podman_engine: Engine, suffix: str, mount_factory: Any) -> None:
         assert helpers_of(podman_engine, name) == []
     finally:
         podman_engine.docker("volume", "rm", "-f", name, check=False)
+
+
+def test_links_never_lead_out_of_data(engine: Engine, view: Mount, volume: str) -> None:
+    data = data_of(view, volume)
+    # An absolute target leads from the volume's top; `..` stops there.
+    assert os.readlink(data / "sub" / "abs") == "../f"
+    assert (data / "sub" / "abs").read_text() == "top\n"
+    assert os.readlink(data / "escape") == "ctl"
+    # A write through the link lands in the volume, never on the volume's ctl beside data/.
+    (data / "escape").write_text("rm\n")
+    assert in_volume(engine, volume, "cat", "/v/ctl") == b"rm\n"
+    assert volume in engine.docker("volume", "ls", "-q").split()
+    assert (view.path / "volumes" / volume / "err").read_text() == ""

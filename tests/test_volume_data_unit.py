@@ -1,15 +1,17 @@
 """A volume's helper (engine/volume_data.py), pure: the image it is made from
 (the smallest, then the lowest ID; none on an empty engine), its create
 request (the volume mounted as it is, no network, nothing to run), and where
-data/'s paths are in it."""
+data/'s paths are in it; its links kept within data/."""
 
 from __future__ import annotations
 
+import stat
 from typing import Any
 
 from dockerfs_fuse.engine.helper_roots import NEVER_RUN
 from dockerfs_fuse.engine.image_roots import ImageRoots
 from dockerfs_fuse.engine.volume_data import MOUNT_AT, VolumeData, helper_body, helper_image
+from dockerfs_fuse.model.files import Entry, contained_target
 
 
 def test_the_smallest_image_then_the_lowest_id() -> None:
@@ -53,3 +55,23 @@ def test_data_paths_are_under_the_mount_point_an_image_roots_are_its_own() -> No
     image = ImageRoots.__new__(ImageRoots)
     assert image.path_in_helper("/a") == "/a"
     assert not image.writable
+
+
+def test_links_are_kept_within_the_volume_not_only_within_the_helper() -> None:
+    data = VolumeData.__new__(VolumeData)
+
+    def shown(path: str, target: bytes) -> bytes:
+        link = contained_target(MOUNT_AT + path, target)  # as the helper's snapshot has it
+        entry = Entry(path=MOUNT_AT + path, mode=stat.S_IFLNK | 0o777, uid=0, gid=0,
+                      size=len(link), mtime=0, link=link)  # fmt: skip
+        out = data.shown(entry)
+        assert out.size == len(out.link) and out.path == entry.path
+        return out.link
+
+    assert shown("/a", b"b/c") == b"b/c"
+    assert shown("/sub/x", b"../y") == b"../y"
+    assert shown("/a", b"../ctl") == b"ctl"
+    assert shown("/sub/x", b"/etc/app.conf") == b"../etc/app.conf"
+    assert shown("/sub/x", b"../../../../tmp") == b"../tmp"
+    plain = Entry(path=MOUNT_AT + "/f", mode=stat.S_IFREG | 0o644, uid=0, gid=0, size=3, mtime=0)
+    assert data.shown(plain) is plain

@@ -11,13 +11,14 @@ begins (`base`), and whether the mounting user may change it (`writable`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from dockerfs_fuse.engine.containers import EngineCache
 from dockerfs_fuse.engine.helpers import Helpers
 from dockerfs_fuse.engine.objects import ObjectsCache
-from dockerfs_fuse.model.files import PathError
+from dockerfs_fuse.model.files import Entry, PathError, contained_target
 from dockerfs_fuse.model.inodes import Node
 
 # The command a helper is made with (its image may have none); never run.
@@ -60,6 +61,17 @@ class HelperRoots:
         if not self.base:
             return path
         return self.base if path == "/" else self.base + path
+
+    def shown(self, entry: Entry) -> Entry:
+        """An entry as the tree shows it: a symlink's target kept within the
+        tree, not only within the helper. Below a base, the target the
+        engine's snapshot kept within the helper's "/" is kept again within
+        the tree's top (an absolute one leads from there), so that no link
+        in a volume climbs out of data/ into the mount (a `ctl` beside it)."""
+        if not self.base or not entry.link or not entry.path.startswith(self.base + "/"):
+            return entry
+        link = contained_target(entry.path.removeprefix(self.base), entry.link)
+        return dataclasses.replace(entry, link=link, size=len(link))
 
     def held_now(self, root: Node) -> Held | None:
         """The tree's helper, held, if one exists now."""

@@ -129,6 +129,7 @@ class ContainerRoots:
         except (PathError, NotFound):
             self._apply(self.table.remove_entry(parent, name))
             return None
+        (entry,) = self._shown(parent, [entry])
         node, changes = self.table.set_entry(parent, entry)
         self._apply(changes)
         return node
@@ -160,7 +161,13 @@ class ContainerRoots:
         if node.parent is not None and node.entry is not None:
             self._apply(self.table.remove_entry(node.parent, node.name))
 
+    def _shown(self, node: Node, entries: list[Entry]) -> list[Entry]:
+        """Entries of a directory as its tree shows them (HelperRoots.shown)."""
+        helpers = self._where(node)[2]
+        return entries if helpers is None else [helpers.shown(e) for e in entries]
+
     def _listed(self, node: Node, entries: list[Entry]) -> Listing:
+        entries = self._shown(node, entries)
         self._apply(self.table.set_listing(node, entries))
         children = node.children or {}
         return [(e.name, children[e.name].inode) for e in entries]

@@ -10,9 +10,8 @@ begins (`base`), and whether the mounting user may change it (`writable`).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 from dockerfs_fuse.engine.containers import EngineCache
@@ -90,11 +89,3 @@ class HelperRoots:
 
         cid = await self.helpers.acquire(self.purpose, of, body)
         return cid, lambda: self.helpers.release(self.purpose, of, cid)
-
-    @contextlib.asynccontextmanager
-    async def held(self, root: Node) -> AsyncIterator[str]:
-        cid, release = await self.hold(root)
-        try:
-            yield cid
-        finally:
-            release()

@@ -117,6 +117,11 @@ def volume(engine: Engine, suffix: str, tmp_path: Path) -> Iterator[str]:
     finally:
         engine.docker("rm", "-f", cid)
     yield name
+    # Set up before the test's mounts, torn down after them: their helpers are
+    # gone by now, but for one a daemon killed in teardown could not remove.
+    left = [h["Id"] for h in helpers_of(engine, name)]
+    if left:
+        engine.docker("rm", "-f", *left, check=False)
     engine.docker("volume", "rm", "-f", name, check=False)
 
 
@@ -131,7 +136,7 @@ def errno_of(fn: Any) -> int:
 
 
 def test_data_is_a_link_into_the_unlisted_live_directory(
-    engine: Engine, view: Mount, volume: str
+    engine: Engine, volume: str, view: Mount
 ) -> None:
     d = view.path / "volumes" / volume
     names = os.listdir(d)
@@ -142,7 +147,7 @@ def test_data_is_a_link_into_the_unlisted_live_directory(
 
 
 def test_data_shows_what_a_container_that_mounts_the_volume_sees(
-    engine: Engine, view: Mount, volume: str
+    engine: Engine, volume: str, view: Mount
 ) -> None:
     data = data_of(view, volume)
     got = mounted_tree(data)
@@ -165,7 +170,7 @@ def test_data_shows_what_a_container_that_mounts_the_volume_sees(
 
 
 def test_files_written_through_data_are_what_a_second_container_reads(
-    engine: Engine, view: Mount, volume: str
+    engine: Engine, volume: str, view: Mount
 ) -> None:
     data = data_of(view, volume)
     (data / "new").write_bytes(b"written\n")
@@ -191,7 +196,7 @@ def test_files_written_through_data_are_what_a_second_container_reads(
 
 
 def test_what_only_a_running_containers_tools_can_do_is_eperm(
-    engine: Engine, view: Mount, volume: str
+    engine: Engine, volume: str, view: Mount
 ) -> None:
     data = data_of(view, volume)
     assert errno_of(lambda: os.unlink(data / "f")) == errno.EPERM
@@ -211,7 +216,7 @@ def test_mounted_ro_is_erofs(engine: Engine, volume: str, mount_factory: Any) ->
     assert in_volume(engine, volume, "cat", "/v/f") == b"top\n"
 
 
-def test_a_walk_of_the_mount_makes_no_helper(engine: Engine, view: Mount, volume: str) -> None:
+def test_a_walk_of_the_mount_makes_no_helper(engine: Engine, volume: str, view: Mount) -> None:
     found = subprocess.run(
         ["find", str(view.path)], capture_output=True, timeout=WALK_BOUND, check=True
     )
@@ -225,7 +230,7 @@ def test_a_walk_of_the_mount_makes_no_helper(engine: Engine, view: Mount, volume
 
 
 def test_a_helper_goes_when_idle_and_an_open_file_holds_it(
-    engine: Engine, view: Mount, volume: str
+    engine: Engine, volume: str, view: Mount
 ) -> None:
     with open(data_of(view, volume) / "new", "w") as f:
         f.write("held\n")
@@ -242,7 +247,7 @@ def test_a_helper_goes_when_idle_and_an_open_file_holds_it(
     assert len(helpers_of(engine, volume)) == 1
 
 
-def test_unmount_removes_the_helper(engine: Engine, view: Mount, volume: str) -> None:
+def test_unmount_removes_the_helper(engine: Engine, volume: str, view: Mount) -> None:
     assert (data_of(view, volume) / "f").read_text() == "top\n"
     assert len(helpers_of(engine, volume)) == 1
     view.unmount()
@@ -294,7 +299,7 @@ def test_no_image_on_the_engine_is_eio_and_nothing_is_pulled(
 
 
 def test_a_volume_in_use_by_its_helper_is_refused_removal_then_goes(
-    engine: Engine, view: Mount, volume: str
+    engine: Engine, volume: str, view: Mount
 ) -> None:
     d = view.path / "volumes" / volume
     assert (d / "data" / "f").read_text() == "top\n"
@@ -311,7 +316,7 @@ def test_a_volume_in_use_by_its_helper_is_refused_removal_then_goes(
 
 
 def test_a_volume_removed_since_listed_is_enoent_and_not_made_again(
-    engine: Engine, view: Mount, volume: str
+    engine: Engine, volume: str, view: Mount
 ) -> None:
     d = view.path / "volumes" / volume
     assert (d / "Name").read_text() == volume + "\n"
@@ -366,7 +371,7 @@ def test_podman(podman_engine: Engine, suffix: str, mount_factory: Any) -> None:
         podman_engine.docker("volume", "rm", "-f", name, check=False)
 
 
-def test_links_never_lead_out_of_data(engine: Engine, view: Mount, volume: str) -> None:
+def test_links_never_lead_out_of_data(engine: Engine, volume: str, view: Mount) -> None:
     data = data_of(view, volume)
     # An absolute target leads from the volume's top; `..` stops there.
     assert os.readlink(data / "sub" / "abs") == "../f"

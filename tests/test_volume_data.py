@@ -4,8 +4,9 @@ written through a helper container made with the volume mounted and never
 started, labelled as ours, reused while in use, removed when idle, at
 unmount and at the next mount after a killed daemon; EIO (logged, nothing
 pulled) on an engine with no image; EROFS under `-o ro`; EPERM for what only
-a tool in a running container could do; a walk of the mount makes no
-helper; and the same on Podman."""
+a tool in a running container could do (rm, rmdir, mv), while modes,
+owners and times are uploads (`tar -x`, `cp -r` byte for byte); a walk of
+the mount makes no helper; and the same on Podman."""
 
 from __future__ import annotations
 
@@ -202,8 +203,60 @@ def test_what_only_a_running_containers_tools_can_do_is_eperm(
     assert errno_of(lambda: os.unlink(data / "f")) == errno.EPERM
     assert errno_of(lambda: os.rmdir(data / "empty")) == errno.EPERM
     assert errno_of(lambda: os.rename(data / "f", data / "g")) == errno.EPERM
-    assert errno_of(lambda: os.chmod(data / "f", 0o600)) == errno.EPERM
+    assert errno_of(lambda: os.chown(data / "link", 5, 5, follow_symlinks=False)) == errno.EPERM
     assert in_volume(engine, volume, "cat", "/v/f") == b"top\n"
+
+
+def test_modes_owners_and_times_by_path_are_uploads(
+    engine: Engine, volume: str, view: Mount
+) -> None:
+    data = data_of(view, volume)
+    before = volume_tree(engine, volume)
+    os.chmod(data / "f", 0o640)
+    os.chown(data / "sub", 12, 34)
+    os.utime(data / "sub", (1_500_000_000, 1_500_000_000))
+    os.chmod(data / "empty", 0o700)
+    after = volume_tree(engine, volume)
+    assert after["/f"][:2] == ("file", 0o640)
+    assert after["/f"][5] == before["/f"][5] and after["/f"][7] == before["/f"][7]  # same content
+    assert after["/sub"][3:6] == (12, 34, 1_500_000_000)
+    assert after["/empty"][:2] == ("dir", 0o700)
+    assert after["/sub/a"] == before["/sub/a"]  # a directory's contents stay
+    # The mount says so at once.
+    assert os.stat(data / "f").st_mode & 0o7777 == 0o640
+    st = os.stat(data / "sub")
+    assert (st.st_uid, st.st_gid, int(st.st_mtime)) == (12, 34, 1_500_000_000)
+
+
+def test_cp_r_and_tar_x_of_a_tree_byte_for_byte(
+    engine: Engine, volume: str, view: Mount, tmp_path: Path
+) -> None:
+    data = data_of(view, volume)
+    src = tmp_path / "tree"
+    (src / "a" / "b").mkdir(parents=True)
+    for i in range(12):
+        (src / "a" / f"f{i}").write_bytes(os.urandom(700 * i))
+    (src / "a" / "b" / "c").write_text("c\n")
+    (src / "a" / "b").chmod(0o750)
+    os.utime(src / "a", (1_600_000_000, 1_600_000_000))
+    archive = tmp_path / "tree.tar"
+    subprocess.run(["tar", "-cf", str(archive), "-C", str(src), "."], check=True)
+    done = subprocess.run(["cp", "-r", str(src), str(data / "copied")], capture_output=True)
+    assert done.returncode == 0, done.stderr
+    os.mkdir(data / "untarred")
+    done = subprocess.run(
+        ["tar", "-xf", str(archive), "-C", str(data / "untarred")], capture_output=True
+    )
+    assert done.returncode == 0, done.stderr
+    want = mounted_tree(src)
+    got = volume_tree(engine, volume)
+    for top in ("/copied", "/untarred"):
+        there = {p.removeprefix(top): v for p, v in got.items() if p.startswith(top + "/")}
+        assert {p: v[7] for p, v in there.items()} == {p: v[7] for p, v in want.items()}
+    untarred = {p.removeprefix("/untarred"): v for p, v in got.items()}
+    # tar -x sets modes and times, directories' too.
+    assert untarred["/a"][5] == 1_600_000_000
+    assert untarred["/a/b"][1] == 0o750
 
 
 def test_mounted_ro_is_erofs(engine: Engine, volume: str, mount_factory: Any) -> None:

@@ -19,8 +19,12 @@ to keep (as `docker cp` writes it: one request per file for `tar -x`).
 
 What the archive API cannot do (remove, rename, change a mode, an owner or
 a time) is a short exec of `rm`, `rmdir`, `mv`, `chmod`, `chown` or `touch`
-in a running container that has them; elsewhere it is refused (EPERM).
-`mkdir` and `symlink` are uploads, so they work on a stopped container too.
+in a running container that has them. Elsewhere (a stopped container, a
+volume's data/) removing and renaming are refused (EPERM), and a change of
+mode, owner or time is an upload of the path's entry again: a directory's
+member (the engine's extraction sets an existing directory's), or a file's
+whole content; a symlink's, EPERM. `mkdir` and `symlink` are uploads, so
+they work on a stopped container too.
 
 A refused upload leaves the draft dirty: the close or fsync fails with an
 errno, and at the last close the staged file is kept where it is, its
@@ -506,11 +510,12 @@ class ContainerWrites:
 
     # -- whole-path changes --------------------------------------------------------
 
-    async def _put_member(self, parent: Node, member: bytes) -> None:
+    async def _put_member(self, parent: Node, member: bytes) -> tuple[EngineCache, str]:
         async with self._located(parent) as (backend, cache, cid, directory):
             chunks = iter([member, END])
             await backend.put_archive(cid, directory, chunks, len(member) + len(END))
             self._changed(cache, cid, directory, [parent.inode])
+            return cache, cid
 
     async def mkdir(self, parent: Node, name: str, meta: Meta) -> Node:
         await self._put_member(parent, dir_member(name, meta))
@@ -588,48 +593,112 @@ class ContainerWrites:
     async def change_meta(
         self, node: Node, mode: int | None, uid: int | None, gid: int | None, mtime: int | None
     ) -> None:
-        """chmod, chown, utime of a path nobody has open for writing: a tool's run."""
+        """chmod, chown, utime of a path nobody has open for writing: a tool's
+        run. Where none can run (a stopped container, a volume's data/, an
+        image without the tool), a directory's or a file's entry is uploaded
+        again with what was asked (a file with its whole content); a
+        symlink's change stays EPERM."""
         path = self.roots.path_of(node)
-        cache: EngineCache | None = None
-        cid = ""
+        try:
+            done = await self._meta_by_tools(node, path, mode, uid, gid, mtime)
+        except CannotChange:
+            e = node.entry
+            if e is None or e.is_link or node.parent is None:
+                raise
+            done = await self._meta_by_upload(node, e, mode, uid, gid, mtime)
+        if done is not None:
+            self._meta_changed(node, path, done, mode, uid, gid, mtime)
+
+    async def _meta_by_tools(
+        self,
+        node: Node,
+        path: str,
+        mode: int | None,
+        uid: int | None,
+        gid: int | None,
+        mtime: int | None,
+    ) -> tuple[EngineCache, str] | None:
+        done: tuple[EngineCache, str] | None = None
         if uid is not None or gid is not None:
             owner = f"{'' if uid is None else uid}:{'' if gid is None else gid}"
-            cache, cid = await self._tool(node, f"chown {path}", ["chown", "-h", owner, path])
+            done = await self._tool(node, f"chown {path}", ["chown", "-h", owner, path])
         if mode is not None and not (node.entry is not None and node.entry.is_link):
-            cache, cid = await self._tool(
+            done = await self._tool(
                 node, f"chmod {path}", ["chmod", f"{stat.S_IMODE(mode):o}", path]
             )
         if mtime is not None:
-            cache, cid = await self._tool(
+            done = await self._tool(
                 node, f"touch {path}", ["touch", "-c", "-h", "-d", f"@{mtime}", path]
             )
-        if cache is not None:
-            parent = node.parent
-            if parent is not None and node.entry is not None:
-                e = node.entry
-                changed = Entry(
-                    path=e.path,
-                    mode=stat.S_IFMT(e.mode) | stat.S_IMODE(e.mode if mode is None else mode),
-                    uid=e.uid if uid is None else uid,
-                    gid=e.gid if gid is None else gid,
-                    size=e.size,
-                    mtime=e.mtime if mtime is None else mtime,
-                    link=e.link,
-                    rdev=e.rdev,
-                )
-                _, changes = self.table.set_entry(parent, changed)
-                self._apply(changes)
-            draft = self._drafts.get(node.inode)
-            if draft is not None:  # its next upload keeps what was set
-                m = draft.meta
-                draft.meta = Meta(
-                    m.mode if mode is None else mode & 0o7777,
-                    m.uid if uid is None else uid,
-                    m.gid if gid is None else gid,
-                    m.mtime if mtime is None else mtime,
-                )
-                draft.mtime_given = draft.mtime_given or mtime is not None
-            self._changed(cache, cid, posixpath.dirname(path), [node.inode])
+        return done
+
+    async def _meta_by_upload(
+        self,
+        node: Node,
+        e: Entry,
+        mode: int | None,
+        uid: int | None,
+        gid: int | None,
+        mtime: int | None,
+    ) -> tuple[EngineCache, str] | None:
+        """The engine's extraction sets an existing directory's mode, owner
+        and mtime from its member; a file is replaced whole, its mtime kept
+        unless one was asked."""
+        meta = Meta(
+            stat.S_IMODE(e.mode if mode is None else mode),
+            e.uid if uid is None else uid,
+            e.gid if gid is None else gid,
+            e.mtime if mtime is None else mtime,
+        )
+        if e.is_dir:
+            assert node.parent is not None
+            return await self._put_member(node.parent, dir_member(node.name, meta))
+        draft = await self.open(node)
+        try:
+            self.set_meta(draft, meta, True)
+            await self.flush(draft)
+        finally:
+            await self.release(draft)
+        return None  # the upload told the table and the kernel
+
+    def _meta_changed(
+        self,
+        node: Node,
+        path: str,
+        done: tuple[EngineCache, str],
+        mode: int | None,
+        uid: int | None,
+        gid: int | None,
+        mtime: int | None,
+    ) -> None:
+        """The table, a draft's next upload and the kernel keep what was set."""
+        cache, cid = done
+        parent = node.parent
+        if parent is not None and node.entry is not None:
+            e = node.entry
+            changed = Entry(
+                path=e.path,
+                mode=stat.S_IFMT(e.mode) | stat.S_IMODE(e.mode if mode is None else mode),
+                uid=e.uid if uid is None else uid,
+                gid=e.gid if gid is None else gid,
+                size=e.size,
+                mtime=e.mtime if mtime is None else mtime,
+                link=e.link,
+                rdev=e.rdev,
+            )
+            _, changes = self.table.set_entry(parent, changed)
+            self._apply(changes)
+        draft = self._drafts.get(node.inode)
+        if draft is not None:  # its next upload keeps what was set
+            m = draft.meta
+            draft.meta = Meta(
+                m.mode if mode is None else mode & 0o7777,
+                m.uid if uid is None else uid,
+                m.gid if gid is None else gid,
+                m.mtime if mtime is None else mtime,
+            )
+            draft.mtime_given = draft.mtime_given or mtime is not None
+        self._changed(cache, cid, posixpath.dirname(path), [node.inode])
 
     def close(self) -> None:
         """At unmount: drafts still open are kept (logged), the directory removed if empty."""

@@ -218,7 +218,7 @@ def test_a_file_is_uploaded_whole_a_changed_one_under_a_temporary_name_then_rena
 ) -> None:
     async def test(w: World) -> None:
         tmp = await w.node("/tmp")
-        draft = w.writes.create(tmp, "f", META)
+        draft = await w.writes.create(tmp, "f", META)
         # Not in the container yet, but found by its name.
         assert w.writes.pending(tmp, "f") is draft.node
         await w.writes.flush(draft)  # a shell's `>` closes a copy before writing
@@ -245,7 +245,7 @@ def test_a_file_is_uploaded_whole_a_changed_one_under_a_temporary_name_then_rena
         assert draft.node.entry is not None and draft.node.entry.size == 18
         assert any(draft.node.inode in c.changed for c in w.changes)
         # A new file nothing was written to is made at its last close.
-        draft = w.writes.create(tmp, "empty", META)
+        draft = await w.writes.create(tmp, "empty", META)
         await w.writes.flush(draft)
         assert "/tmp/empty" not in w.engine.fs
         await w.writes.release(draft)
@@ -259,7 +259,7 @@ def test_append_loads_the_old_content_once_and_truncation_to_zero_never(
 ) -> None:
     async def test(w: World) -> None:
         hosts = await w.node("/etc/hosts")
-        draft = w.writes.open(hosts)
+        draft = await w.writes.open(hosts)
         await w.writes.write(draft, 0, b"10.0.0.1 db\n", append=True)
         loaded = w.archive_requests()
         await w.writes.write(draft, 0, b"10.0.0.2 web\n", append=True)
@@ -270,7 +270,7 @@ def test_append_loads_the_old_content_once_and_truncation_to_zero_never(
         assert got.data == b"127.0.0.1 localhost\n10.0.0.1 db\n10.0.0.2 web\n"
         assert (got.uid, got.gid) == (7, 8)  # the file's owner kept
         hosts = await w.node("/etc/hosts")
-        draft = w.writes.open(hosts)
+        draft = await w.writes.open(hosts)
         before = w.archive_requests()
         await w.writes.truncate(draft, 0)
         await w.writes.write(draft, 0, b"new\n", append=False)
@@ -287,7 +287,7 @@ def test_a_stopped_container_or_one_without_mv_is_written_in_place(tmp_path: Pat
         tmp = await w.node("/tmp")
         hosts = await w.node("/etc/hosts")
         w.backend.running = False
-        draft = w.writes.open(hosts)
+        draft = await w.writes.open(hosts)
         await w.writes.truncate(draft, 0)
         await w.writes.flush(draft)
         await w.writes.release(draft)
@@ -298,7 +298,7 @@ def test_a_stopped_container_or_one_without_mv_is_written_in_place(tmp_path: Pat
         w.backend.running, w.backend.tools = True, False
         w.backend.calls.clear()
         for text in (b"b", b"c"):
-            draft = w.writes.open(hosts)
+            draft = await w.writes.open(hosts)
             await w.writes.write(draft, 0, text, append=False)
             await w.writes.flush(draft)
             await w.writes.release(draft)
@@ -317,7 +317,7 @@ def test_a_refused_upload_fails_and_keeps_the_staged_file(
     async def test(w: World) -> None:
         tmp = await w.node("/tmp")
         w.backend.refuse = ReadOnlyFs("container rootfs is marked read-only")
-        draft = w.writes.create(tmp, "f", META)
+        draft = await w.writes.create(tmp, "f", META)
         await w.writes.write(draft, 0, b"precious\n", append=False)
         with pytest.raises(ReadOnlyFs):
             await w.writes.flush(draft)
@@ -356,7 +356,7 @@ def test_an_open_file_unlinked_or_renamed_is_followed(tmp_path: Path) -> None:
     async def test(w: World) -> None:
         tmp = await w.node("/tmp")
         w.backend.running = False  # nothing here needs a tool
-        draft = w.writes.create(tmp, "scratch", META)
+        draft = await w.writes.create(tmp, "scratch", META)
         await w.writes.write(draft, 0, b"anonymous", append=False)
         await w.writes.unlink(tmp, "scratch")
         await w.writes.write(draft, 9, b" still", append=False)
@@ -364,7 +364,7 @@ def test_an_open_file_unlinked_or_renamed_is_followed(tmp_path: Path) -> None:
         await w.writes.release(draft)
         assert w.backend.calls == [] and w.staged() == []
         w.backend.running = True
-        draft = w.writes.create(tmp, "new", META)
+        draft = await w.writes.create(tmp, "new", META)
         await w.writes.write(draft, 0, b"first\n", append=False)
         await w.writes.rename(tmp, "new", tmp, "final")
         assert w.engine.fs["/tmp/final"].data == b"first\n"
@@ -398,7 +398,7 @@ def test_a_file_closed_for_good_while_its_upload_fails_is_kept(
         tmp = await w.node("/tmp")
         w.backend.hold = trio.Event()
         w.backend.refuse = NoSpace("no space left on device")
-        draft = w.writes.create(tmp, "f", META)
+        draft = await w.writes.create(tmp, "f", META)
         await w.writes.write(draft, 0, b"mine\n", append=False)
         failed: list[BaseException] = []
 

@@ -378,7 +378,7 @@ class DockerFS(ReadOnly):
         ctx: pyfuse3.RequestContext,
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         parent = self._changed_dir(parent_inode)
-        info, node = self.writes.create(parent, name, mode, flags, ctx)
+        info, node = await self.writes.create(parent, name, mode, flags, ctx)
         self.table.remember(node)
         return info, self._attrs(node)
 

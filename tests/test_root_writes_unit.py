@@ -428,7 +428,7 @@ def test_a_write_during_an_upload_waits_and_is_uploaded_next(tmp_path: Path) -> 
 
     async def test(w: World) -> None:
         hosts = await w.node("/etc/hosts")
-        draft = w.writes.open(hosts)
+        draft = await w.writes.open(hosts)
         await w.writes.write(draft, 0, b"first", append=False)
         w.backend.hold = trio.Event()
         wrote: list[int] = []
@@ -459,7 +459,7 @@ def test_a_container_removed_during_an_upload_is_enoent(tmp_path: Path) -> None:
 
     async def test(w: World) -> None:
         hosts = await w.node("/etc/hosts")
-        draft = w.writes.open(hosts)
+        draft = await w.writes.open(hosts)
         await w.writes.write(draft, 0, b"mine", append=False)
         w.backend.refuse = Conflict("Container c1 is not running: Removal In Progress")
         with pytest.raises(Conflict):

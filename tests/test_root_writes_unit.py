@@ -33,6 +33,7 @@ from dockerfs_fuse.engine.engines import Engines
 from dockerfs_fuse.engine.roots import ContainerRoots
 from dockerfs_fuse.engine.writes import (
     CannotChange,
+    ContainerGone,
     ContainerWrites,
     Staging,
     ToolFailed,
@@ -110,6 +111,7 @@ class FakeWrites:
     def __init__(self, engine: FakeEngine) -> None:
         self.engine = engine
         self.running = True
+        self.gone = False
         self.tools = True
         self.refuse: Exception | None = None
         self.hold: trio.Event | None = None  # uploads wait for it
@@ -133,6 +135,9 @@ class FakeWrites:
 
     async def is_running(self, cid: str) -> bool:
         return self.running
+
+    async def is_gone(self, cid: str) -> bool:
+        return self.gone
 
     async def run(self, cid: str, argv: Sequence[str]) -> Ran:
         if not self.running:
@@ -211,7 +216,7 @@ def test_a_file_is_uploaded_whole_a_changed_one_under_a_temporary_name_then_rena
 ) -> None:
     async def test(w: World) -> None:
         tmp = await w.node("/tmp")
-        draft = w.writes.create(tmp, "f", META)
+        draft = await w.writes.create(tmp, "f", META)
         # Not in the container yet, but found by its name.
         assert w.writes.pending(tmp, "f") is draft.node
         await w.writes.flush(draft)  # a shell's `>` closes a copy before writing
@@ -238,7 +243,7 @@ def test_a_file_is_uploaded_whole_a_changed_one_under_a_temporary_name_then_rena
         assert draft.node.entry is not None and draft.node.entry.size == 18
         assert any(draft.node.inode in c.changed for c in w.changes)
         # A new file nothing was written to is made at its last close.
-        draft = w.writes.create(tmp, "empty", META)
+        draft = await w.writes.create(tmp, "empty", META)
         await w.writes.flush(draft)
         assert "/tmp/empty" not in w.engine.fs
         await w.writes.release(draft)
@@ -252,7 +257,7 @@ def test_append_loads_the_old_content_once_and_truncation_to_zero_never(
 ) -> None:
     async def test(w: World) -> None:
         hosts = await w.node("/etc/hosts")
-        draft = w.writes.open(hosts)
+        draft = await w.writes.open(hosts)
         await w.writes.write(draft, 0, b"10.0.0.1 db\n", append=True)
         loaded = w.archive_requests()
         await w.writes.write(draft, 0, b"10.0.0.2 web\n", append=True)
@@ -263,7 +268,7 @@ def test_append_loads_the_old_content_once_and_truncation_to_zero_never(
         assert got.data == b"127.0.0.1 localhost\n10.0.0.1 db\n10.0.0.2 web\n"
         assert (got.uid, got.gid) == (7, 8)  # the file's owner kept
         hosts = await w.node("/etc/hosts")
-        draft = w.writes.open(hosts)
+        draft = await w.writes.open(hosts)
         before = w.archive_requests()
         await w.writes.truncate(draft, 0)
         await w.writes.write(draft, 0, b"new\n", append=False)
@@ -280,7 +285,7 @@ def test_a_stopped_container_or_one_without_mv_is_written_in_place(tmp_path: Pat
         tmp = await w.node("/tmp")
         hosts = await w.node("/etc/hosts")
         w.backend.running = False
-        draft = w.writes.open(hosts)
+        draft = await w.writes.open(hosts)
         await w.writes.truncate(draft, 0)
         await w.writes.flush(draft)
         await w.writes.release(draft)
@@ -291,7 +296,7 @@ def test_a_stopped_container_or_one_without_mv_is_written_in_place(tmp_path: Pat
         w.backend.running, w.backend.tools = True, False
         w.backend.calls.clear()
         for text in (b"b", b"c"):
-            draft = w.writes.open(hosts)
+            draft = await w.writes.open(hosts)
             await w.writes.write(draft, 0, text, append=False)
             await w.writes.flush(draft)
             await w.writes.release(draft)
@@ -310,7 +315,7 @@ def test_a_refused_upload_fails_and_keeps_the_staged_file(
     async def test(w: World) -> None:
         tmp = await w.node("/tmp")
         w.backend.refuse = ReadOnlyFs("container rootfs is marked read-only")
-        draft = w.writes.create(tmp, "f", META)
+        draft = await w.writes.create(tmp, "f", META)
         await w.writes.write(draft, 0, b"precious\n", append=False)
         with pytest.raises(ReadOnlyFs):
             await w.writes.flush(draft)
@@ -349,7 +354,7 @@ def test_an_open_file_unlinked_or_renamed_is_followed(tmp_path: Path) -> None:
     async def test(w: World) -> None:
         tmp = await w.node("/tmp")
         w.backend.running = False  # nothing here needs a tool
-        draft = w.writes.create(tmp, "scratch", META)
+        draft = await w.writes.create(tmp, "scratch", META)
         await w.writes.write(draft, 0, b"anonymous", append=False)
         await w.writes.unlink(tmp, "scratch")
         await w.writes.write(draft, 9, b" still", append=False)
@@ -357,7 +362,7 @@ def test_an_open_file_unlinked_or_renamed_is_followed(tmp_path: Path) -> None:
         await w.writes.release(draft)
         assert w.backend.calls == [] and w.staged() == []
         w.backend.running = True
-        draft = w.writes.create(tmp, "new", META)
+        draft = await w.writes.create(tmp, "new", META)
         await w.writes.write(draft, 0, b"first\n", append=False)
         await w.writes.rename(tmp, "new", tmp, "final")
         assert w.engine.fs["/tmp/final"].data == b"first\n"
@@ -391,7 +396,7 @@ def test_a_file_closed_for_good_while_its_upload_fails_is_kept(
         tmp = await w.node("/tmp")
         w.backend.hold = trio.Event()
         w.backend.refuse = NoSpace("no space left on device")
-        draft = w.writes.create(tmp, "f", META)
+        draft = await w.writes.create(tmp, "f", META)
         await w.writes.write(draft, 0, b"mine\n", append=False)
         failed: list[BaseException] = []
 
@@ -411,6 +416,59 @@ def test_a_file_closed_for_good_while_its_upload_fails_is_kept(
         assert failed and w.writes.draft_of(draft.node) is None
         (kept,) = w.staged()
         assert kept.read_bytes() == b"mine\n" and str(kept) in caplog.text
+
+    run(tmp_path, test)
+
+
+def test_a_write_during_an_upload_waits_and_is_uploaded_next(tmp_path: Path) -> None:
+    """Another writer's write while a close uploads waits for the upload's end
+    (what is sent is never torn), and the next close sends it."""
+
+    async def test(w: World) -> None:
+        hosts = await w.node("/etc/hosts")
+        draft = await w.writes.open(hosts)
+        await w.writes.write(draft, 0, b"first", append=False)
+        w.backend.hold = trio.Event()
+        wrote: list[int] = []
+
+        async def second_writer() -> None:
+            wrote.append(await w.writes.write(draft, 0, b"SECOND", append=False))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(w.writes.flush, draft)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(second_writer)
+            await trio.testing.wait_all_tasks_blocked()
+            assert wrote == []  # waiting for the upload
+            w.backend.hold.set()
+        assert wrote == [6] and draft.dirty
+        assert w.engine.fs["/etc/hosts"].data == b"first.0.1 localhost\n"
+        w.backend.hold = None
+        await w.writes.flush(draft)
+        assert w.engine.fs["/etc/hosts"].data == b"SECOND0.1 localhost\n"
+        await w.writes.release(draft)
+
+    run(tmp_path, test)
+
+
+def test_a_container_removed_during_an_upload_is_enoent(tmp_path: Path) -> None:
+    """Whatever the engine answered at the step it was at, a container that is
+    gone (or going) makes the close ENOENT; the staged file is kept."""
+
+    async def test(w: World) -> None:
+        hosts = await w.node("/etc/hosts")
+        draft = await w.writes.open(hosts)
+        await w.writes.write(draft, 0, b"mine", append=False)
+        w.backend.refuse = Conflict("Container c1 is not running: Removal In Progress")
+        with pytest.raises(Conflict):
+            await w.writes.flush(draft)  # still there: the engine's own answer
+        w.backend.gone = True
+        with pytest.raises(ContainerGone) as err:
+            await w.writes.flush(draft)
+        assert err.value.errno == errno.ENOENT and draft.dirty
+        await w.writes.release(draft)
+        (kept,) = w.staged()
+        assert kept.read_bytes() == b"mine0.0.1 localhost\n"
 
     run(tmp_path, test)
 

@@ -45,6 +45,8 @@ from dockerfs_fuse.model.files import NotAFile
 
 # What a tool's run keeps of its output (for the log): the first words say why.
 OUTPUT_KEPT = 4096
+# A container in these states is on its way out (Docker's removal in progress).
+REMOVED_STATES = frozenset(["removing", "dead"])
 # Exit codes of an exec whose command could not be started: not found (127), not
 # executable (126). The container lacks the tool.
 NO_TOOL = frozenset([126, 127])
@@ -190,6 +192,15 @@ class DockerWrites:
         info = await self.source.inspect(cid)
         state = info.get("State") or {}
         return bool(state.get("Running")) and not state.get("Paused")
+
+    async def is_gone(self, cid: str) -> bool:
+        """Whether the container is removed, or its removal has begun."""
+        try:
+            info = await self.source.inspect(cid)
+        except NotFound:
+            return True
+        state = info.get("State") or {}
+        return state.get("Status") in REMOVED_STATES
 
     async def run(self, cid: str, argv: Sequence[str]) -> Ran:
         """Run `argv` in the container as root, to its end (within the usual

@@ -24,11 +24,13 @@ from dockerfs_fuse.engine.clone import CLONE_KINDS, Cloner, Clones
 from dockerfs_fuse.engine.containers import EngineCache, Source
 from dockerfs_fuse.engine.events import EventStreams, top_entries
 from dockerfs_fuse.engine.exits import ExitWaits
+from dockerfs_fuse.engine.helper_roots import HelperRoots
 from dockerfs_fuse.engine.helpers import HELPER_LABEL, Helpers
 from dockerfs_fuse.engine.image_roots import ImageRoots
 from dockerfs_fuse.engine.logs import LogSpools
 from dockerfs_fuse.engine.objects import ObjectsCache
 from dockerfs_fuse.engine.swarm import SwarmCache
+from dockerfs_fuse.engine.volume_data import VolumeData
 from dockerfs_fuse.model.inodes import Changes, InodeTable, Node, owner_dir
 
 # What each engine's directory shows (--view); the first is the default.
@@ -76,9 +78,9 @@ class Engines:
         # --view=engine: each engine's `events` streams, by its top directory's inode.
         self.event_streams: dict[int, EventStreams] = {}
         # --view=engine: each engine's helper containers, and its images' root/
-        # by the inode of its images/.
+        # and volumes' data/ by the inode of its images/ and volumes/.
         self.helpers: list[Helpers] = []
-        self.image_roots: dict[int, ImageRoots] = {}
+        self.helper_roots: dict[int, HelperRoots] = {}
         for name, source in sources.items():
             top = self.table.add_dir(name) if self.several else self.table.root
             objects: ObjectsCache | None = None
@@ -116,8 +118,10 @@ class Engines:
                 self.clones.add(cloner, {kind: dirs[kind] for kind in CLONE_KINDS})
                 helpers = Helpers(HelperApi(source, HELPER_LABEL), on_removed=cache.files.forget)
                 self.helpers.append(helpers)
-                roots = ImageRoots(objects, cache, helpers)
-                self.image_roots[objects.dirs["images"].inode] = roots
+                images = ImageRoots(objects, cache, helpers)
+                self.helper_roots[objects.dirs["images"].inode] = images
+                volumes = VolumeData(objects, cache, helpers)
+                self.helper_roots[objects.dirs["volumes"].inode] = volumes
 
     def cache_of(self, node: Node) -> EngineCache | None:
         """The engine a node belongs to (None for the root of several engines)."""
@@ -197,10 +201,11 @@ class Engines:
         """The engine view whose Containers/ or UsedBy/ directory this is."""
         return next((o for o in self.object_tops if o.lists_links(inode)), None)
 
-    def image_roots_of(self, node: Node) -> ImageRoots | None:
-        """The images' root/ directories of the engine whose images/ a node is under."""
+    def helper_roots_of(self, node: Node) -> HelperRoots | None:
+        """The images' root/ or volumes' data/ directories of the engine whose
+        images/ or volumes/ a node is under."""
         for n in _up_from(node):
-            roots = self.image_roots.get(n.inode)
+            roots = self.helper_roots.get(n.inode)
             if roots is not None:
                 return roots
         return None

@@ -1,5 +1,6 @@
-"""Each container's (and image's) root/ in the inode table: what the engine's archive
-snapshots (engine/files.py) say of a path, written into the table.
+"""Each container's (and image's) root/ and each volume's data/ in the inode
+table: what the engine's archive snapshots (engine/files.py) say of a path,
+written into the table.
 
 A lookup stats the path, a listing re-reads the directory, an open takes a
 reader; whatever is found gone leaves the table, whatever is found enters it.
@@ -18,6 +19,7 @@ from dockerfs_fuse.docker.errors import NotFound
 from dockerfs_fuse.engine.containers import EngineCache
 from dockerfs_fuse.engine.engines import Engines
 from dockerfs_fuse.engine.files import ContainerFiles, FileReader
+from dockerfs_fuse.engine.helper_roots import HelperRoots, NoHelper
 from dockerfs_fuse.model.containers import Special
 from dockerfs_fuse.model.files import Entry, NotThere, PathError
 from dockerfs_fuse.model.inodes import Changes, Node
@@ -26,8 +28,13 @@ from dockerfs_fuse.model.inodes import Changes, Node
 Listing = list[tuple[str, int]]
 
 
+def _nothing() -> None:
+    """Letting go of a container's own root/: nothing is held."""
+
+
 def in_root(node: Node) -> bool:
-    """Whether a node is a container's root/ or under it."""
+    """Whether a node is a container's root/ (an image's root/, a volume's
+    data/) or under it."""
     return node.entry is not None or node.special is Special.ROOT
 
 
@@ -43,15 +50,20 @@ class ContainerRoots:
         if changes:
             self._on_changes(changes)
 
-    def _split(self, node: Node) -> tuple[Node, str]:
-        """The root/ a node is under, and its path there (root/ is "/")."""
+    def _where(self, node: Node) -> tuple[Node, str, HelperRoots | None]:
+        """The root/ (or data/) a node is under, its path in the container that
+        shows it, and the helpers that show it (None: a container's own root/)."""
         parts: list[str] = []
         while node.special is not Special.ROOT:
             if node.parent is None or node.gone:
                 raise NotThere(node.name)
             parts.append(node.name)
             node = node.parent
-        return node, "/" + "/".join(reversed(parts))
+        path = "/" + "/".join(reversed(parts))
+        helpers = self.engines.helper_roots_of(node)
+        if helpers is not None:
+            path = helpers.path_in_helper(path)
+        return node, path, helpers
 
     def _container(self, root: Node) -> tuple[EngineCache, str]:
         owner = self.engines.container_of(root)
@@ -60,43 +72,50 @@ class ContainerRoots:
         return owner
 
     def path_of(self, node: Node) -> str:
-        """A node's path in its container (root/ is "/")."""
-        return self._split(node)[1]
+        """A node's path in the container that shows it (root/ is "/")."""
+        return self._where(node)[1]
 
-    def is_image_root(self, node: Node) -> bool:
-        """Whether a node is under an image's root/ (--view=engine), not a container's."""
-        return self.engines.image_roots_of(self._split(node)[0]) is not None
+    def tree_of(self, node: Node) -> Node:
+        """The root/ (or data/) a node is under."""
+        return self._where(node)[0]
 
-    def locate(self, node: Node) -> tuple[EngineCache, str, str]:
-        """The engine, container and path in it of a node under a container's root/."""
-        root, path = self._split(node)
-        return (*self._container(root), path)
+    def writable(self, node: Node) -> bool:
+        """Whether the tree a node is under may be changed: a container's
+        root/ or a volume's data/, not an image's root/ (--view=engine)."""
+        helpers = self._where(node)[2]
+        return helpers is None or helpers.writable
+
+    async def hold(self, node: Node) -> tuple[EngineCache, str, str, Callable[[], None]]:
+        """The engine, container and path of a node, and the call that lets go
+        of the helper container that shows it (made if need be) once done."""
+        root, path, helpers = self._where(node)
+        if helpers is None:
+            return (*self._container(root), path, _nothing)
+        cid, release = await helpers.hold(root)
+        return helpers.cache, cid, path, release
 
     @contextlib.asynccontextmanager
     async def _located(self, node: Node) -> AsyncIterator[tuple[EngineCache, str, str]]:
-        """locate(), for an image's root/ too: its helper, held for the block."""
-        root, path = self._split(node)
-        images = self.engines.image_roots_of(root)
-        if images is None:
-            yield (*self._container(root), path)
-            return
-        async with images.held(root) as cid:
-            yield images.cache, cid, path
+        """The engine, container and path of a node, its helper held for the block."""
+        cache, cid, path, release = await self.hold(node)
+        try:
+            yield cache, cid, path
+        finally:
+            release()
 
     @contextlib.contextmanager
     def _located_now(self, node: Node) -> Iterator[tuple[EngineCache, str, str] | None]:
-        """locate() when no helper need be made: None for an image without one now."""
-        root, path = self._split(node)
-        images = self.engines.image_roots_of(root)
-        if images is None:
+        """_located() when no helper need be made: None for a tree without one now."""
+        root, path, helpers = self._where(node)
+        if helpers is None:
             yield (*self._container(root), path)
             return
-        held = images.held_now(root)
+        held = helpers.held_now(root)
         if held is None:
             yield None
             return
         try:
-            yield images.cache, held[0], path
+            yield helpers.cache, held[0], path
         finally:
             held[1]()
 
@@ -105,9 +124,12 @@ class ContainerRoots:
         try:
             async with self._located(parent) as (cache, cid, path):
                 entry = await cache.files.stat(cid, posixpath.join(path, name))
+        except NoHelper:
+            raise
         except (PathError, NotFound):
             self._apply(self.table.remove_entry(parent, name))
             return None
+        (entry,) = self._shown(parent, [entry])
         node, changes = self.table.set_entry(parent, entry)
         self._apply(changes)
         return node
@@ -139,44 +161,44 @@ class ContainerRoots:
         if node.parent is not None and node.entry is not None:
             self._apply(self.table.remove_entry(node.parent, node.name))
 
+    def _shown(self, node: Node, entries: list[Entry]) -> list[Entry]:
+        """Entries of a directory as its tree shows them (HelperRoots.shown)."""
+        helpers = self._where(node)[2]
+        return entries if helpers is None else [helpers.shown(e) for e in entries]
+
     def _listed(self, node: Node, entries: list[Entry]) -> Listing:
+        entries = self._shown(node, entries)
         self._apply(self.table.set_listing(node, entries))
         children = node.children or {}
         return [(e.name, children[e.name].inode) for e in entries]
 
     def open_now(self, node: Node) -> RootFile | None:
         """A file under root/ if opening it needs no request, else None."""
-        root, path = self._split(node)
-        images = self.engines.image_roots_of(root)
-        if images is None:
+        root, path, helpers = self._where(node)
+        if helpers is None:
             cache, cid = self._container(root)
             reader = cache.files.open_now(cid, path)
             return None if reader is None else RootFile(cache.files, reader)
-        held = images.held_now(root)
+        held = helpers.held_now(root)
         if held is None:
             return None
         cid, release = held
-        reader = images.cache.files.open_now(cid, path)
+        reader = helpers.cache.files.open_now(cid, path)
         if reader is None:
             release()
             return None
-        return RootFile(images.cache.files, reader, on_close=release)
+        return RootFile(helpers.cache.files, reader, on_close=release)
 
     async def open(self, node: Node) -> RootFile:
-        root, path = self._split(node)
         size = node.entry.size if node.entry is not None else -1
-        images = self.engines.image_roots_of(root)
-        if images is None:
-            cache, cid = self._container(root)
-            return RootFile(cache.files, await cache.files.open(cid, path, size))
-        # An open file holds the image's helper until it is closed.
-        cid, release = await images.hold(root)
+        # An open file holds its helper, if it has one, until it is closed.
+        cache, cid, path, release = await self.hold(node)
         try:
-            reader = await images.cache.files.open(cid, path, size)
+            reader = await cache.files.open(cid, path, size)
         except BaseException:
             release()
             raise
-        return RootFile(images.cache.files, reader, on_close=release)
+        return RootFile(cache.files, reader, on_close=release)
 
 
 class RootFile:

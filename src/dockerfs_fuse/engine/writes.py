@@ -19,8 +19,12 @@ to keep (as `docker cp` writes it: one request per file for `tar -x`).
 
 What the archive API cannot do (remove, rename, change a mode, an owner or
 a time) is a short exec of `rm`, `rmdir`, `mv`, `chmod`, `chown` or `touch`
-in a running container that has them; elsewhere it is refused (EPERM).
-`mkdir` and `symlink` are uploads, so they work on a stopped container too.
+in a running container that has them. Elsewhere (a stopped container, a
+volume's data/) removing and renaming are refused (EPERM), and a change of
+mode, owner or time is an upload of the path's entry again: a directory's
+member (the engine's extraction sets an existing directory's), or a file's
+whole content; a symlink's, EPERM. `mkdir` and `symlink` are uploads, so
+they work on a stopped container too.
 
 A refused upload leaves the draft dirty: the close or fsync fails with an
 errno, and at the last close the staged file is kept where it is, its
@@ -38,7 +42,7 @@ import secrets
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -84,6 +88,13 @@ class ToolFailed(PathError):
         said = ran.output.decode(errors="replace").strip()
         super().__init__(f"{what}: exit {ran.code}: {said}")
         self.errno = errno_of_output(said)
+
+
+class ContainerGone(PathError):
+    """The container was removed (or its removal began) while a change was
+    on its way: the same answer as for a container removed before."""
+
+    errno = errno.ENOENT
 
 
 class OtherContainer(PathError):
@@ -132,6 +143,7 @@ class WriteBackend(Protocol):
 
     async def put_archive(self, cid: str, directory: str, body: TarBody) -> None: ...
     async def is_running(self, cid: str) -> bool: ...
+    async def is_gone(self, cid: str) -> bool: ...
     async def run(self, cid: str, argv: Sequence[str]) -> Ran: ...
 
 
@@ -179,6 +191,13 @@ class Draft:
     opens: int = 0
     lock: trio.Lock = field(default_factory=trio.Lock)
     freed: bool = False
+    # Lets go of the helper container that shows the file (a volume's data/).
+    release: Callable[[], None] = field(default=lambda: None)
+
+
+# Where a change goes: the backend, engine, container and path, and the call
+# that lets go of the helper container that shows it (a volume's data/).
+Where = tuple[WriteBackend, EngineCache, str, str, Callable[[], None]]
 
 
 class ContainerWrites:
@@ -201,15 +220,31 @@ class ContainerWrites:
 
     # -- where --------------------------------------------------------------------------
 
-    def _locate(self, node: Node) -> tuple[WriteBackend, EngineCache, str, str]:
-        """The backend, engine, container and path of a node under a container's root/."""
-        if self.roots.is_image_root(node):
+    def _check_writable(self, node: Node) -> None:
+        if not self.roots.writable(node):
             raise ReadOnlyImage(self.roots.path_of(node))
-        cache, cid, path = self.roots.locate(node)
+
+    async def _hold(self, node: Node) -> Where:
+        """The backend, engine, container and path of a node under a container's
+        root/ (or a volume's data/), and the call that lets go of its helper."""
+        self._check_writable(node)
+        cache, cid, path, release = await self.roots.hold(node)
         backend = self._backend_of(cache)
         if backend is None:
+            release()
             raise ReadOnlyImage(path)
-        return backend, cache, cid, path
+        return backend, cache, cid, path, release
+
+    @contextlib.asynccontextmanager
+    async def _located(
+        self, node: Node
+    ) -> AsyncIterator[tuple[WriteBackend, EngineCache, str, str]]:
+        """_hold() for the block."""
+        backend, cache, cid, path, release = await self._hold(node)
+        try:
+            yield backend, cache, cid, path
+        finally:
+            release()
 
     def draft_of(self, node: Node) -> Draft | None:
         return self._drafts.get(node.inode)
@@ -229,20 +264,27 @@ class ContainerWrites:
 
     # -- drafts ---------------------------------------------------------------------------
 
-    def _new_draft(self, node: Node, meta: Meta, *, in_container: bool) -> Draft:
-        backend, cache, cid, path = self._locate(node)
-        staged, fd = self.staging.new_file()
-        draft = Draft(backend, cache, cid, path, node, meta, staged, fd)
+    def _new_draft(self, node: Node, meta: Meta, where: Where, *, in_container: bool) -> Draft:
+        """A draft of `node` where _hold() said; it lets go of the helper when freed."""
+        backend, cache, cid, path, release = where
+        try:
+            staged, fd = self.staging.new_file()
+        except BaseException:
+            release()
+            raise
+        draft = Draft(backend, cache, cid, path, node, meta, staged, fd, release=release)
         draft.in_container = in_container
         if not in_container:
             draft.loaded = True
         self._drafts[node.inode] = draft
         return draft
 
-    def create(self, parent: Node, name: str, meta: Meta) -> Draft:
+    async def create(self, parent: Node, name: str, meta: Meta) -> Draft:
         """A new, empty file, open for writing; the container sees it at its first upload."""
-        self._locate(parent)  # refused (an image's root/) before the table has it
-        path = posixpath.join(self.roots.path_of(parent), name)
+        # Refused (an image's root/) before the table has it; and held first,
+        # so that nothing waits between the table having it and its draft.
+        backend, cache, cid, directory, release = await self._hold(parent)
+        path = posixpath.join(directory, name)
         entry = Entry(
             path=path,
             mode=stat.S_IFREG | stat.S_IMODE(meta.mode),
@@ -251,21 +293,32 @@ class ContainerWrites:
             size=0,
             mtime=meta.mtime,
         )
-        node, changes = self.table.set_entry(parent, entry)
+        try:
+            node, changes = self.table.set_entry(parent, entry)
+        except BaseException:
+            release()
+            raise
         self._apply(changes)
-        draft = self._new_draft(node, meta, in_container=False)
+        where = (backend, cache, cid, path, release)
+        draft = self._new_draft(node, meta, where, in_container=False)
         draft.opens += 1
         return draft
 
-    def open(self, node: Node) -> Draft:
+    async def open(self, node: Node) -> Draft:
         """The file's draft for one more open for writing (shared by every open)."""
         draft = self._drafts.get(node.inode)
         if draft is None:
             e = node.entry
             if e is None or not e.is_regular:
                 raise NotAFileToWrite(node.name)
-            draft = self._new_draft(node, Meta(e.mode, e.uid, e.gid, e.mtime), in_container=True)
-            draft.size = e.size
+            where = await self._hold(node)
+            draft = self._drafts.get(node.inode)  # another open's, made meanwhile
+            if draft is not None:
+                where[4]()
+            else:
+                meta = Meta(e.mode, e.uid, e.gid, e.mtime)
+                draft = self._new_draft(node, meta, where, in_container=True)
+                draft.size = e.size
         draft.opens += 1
         return draft
 
@@ -293,23 +346,28 @@ class ContainerWrites:
         return os.pread(draft.fd, min(size, max(0, draft.size - offset)), offset)
 
     async def write(self, draft: Draft, offset: int, data: bytes, append: bool) -> int:
-        await self._load(draft)
-        if append:
-            offset = draft.size
-        written = os.pwrite(draft.fd, data, offset)
-        draft.size = max(draft.size, offset + written)
-        draft.dirty = True
-        draft.mtime_given = False  # written since: its mtime is the upload's
-        return written
+        # Under the draft's lock: an upload in flight reads the staged file
+        # as it sends it, so a write (another writer's) waits for its end
+        # rather than tear what is being sent; and the load happens once.
+        async with draft.lock:
+            await self._load(draft)
+            if append:
+                offset = draft.size
+            written = os.pwrite(draft.fd, data, offset)
+            draft.size = max(draft.size, offset + written)
+            draft.dirty = True
+            draft.mtime_given = False  # written since: its mtime is the upload's
+            return written
 
     async def truncate(self, draft: Draft, size: int) -> None:
-        if size == 0:
-            draft.loaded = True  # nothing of the old content is needed
-        await self._load(draft)
-        os.ftruncate(draft.fd, size)
-        draft.size = size
-        draft.dirty = True
-        draft.mtime_given = False
+        async with draft.lock:  # as write
+            if size == 0:
+                draft.loaded = True  # nothing of the old content is needed
+            await self._load(draft)
+            os.ftruncate(draft.fd, size)
+            draft.size = size
+            draft.dirty = True
+            draft.mtime_given = False
 
     def set_meta(self, draft: Draft, meta: Meta, mtime_given: bool) -> None:
         """A new mode, owner or mtime, uploaded with the content."""
@@ -328,13 +386,35 @@ class ContainerWrites:
                 if not draft.dirty and (draft.in_container or draft.opens > 0):
                     return
                 await self._load(draft)
-                await self._upload(draft)
+                # Clean from here: a change made during the upload (a mode
+                # set) makes it dirty again, for the next close to send.
                 draft.dirty = False
+                try:
+                    await self._upload(draft)
+                except Exception as exc:
+                    draft.dirty = True
+                    if await self._removed_meanwhile(draft):
+                        raise ContainerGone(f"{draft.cid[:12]}: {draft.path}") from exc
+                    raise
                 draft.in_container = True
                 self._uploaded(draft)
         finally:
             if draft.opens <= 0 and not draft.lock.locked():
                 self._free(draft)  # closed for good while this upload ran
+
+    async def _removed_meanwhile(self, draft: Draft) -> bool:
+        """Whether a refused upload's container was removed (or its removal
+        began): the engine then answers whatever step the upload was at (a
+        conflict, a cut connection, a failed mv), all meaning ENOENT."""
+        try:
+            gone = await draft.backend.is_gone(draft.cid)
+        except Exception:
+            return False  # the first error is the answer
+        if gone:
+            log.warning(
+                "%s: %s: the container was removed during the upload", draft.cid[:12], draft.path
+            )
+        return gone
 
     async def release(self, draft: Draft) -> None:
         """One open fewer; the last makes a new file nothing was written to
@@ -356,6 +436,7 @@ class ContainerWrites:
         draft.freed = True
         if self._drafts.get(draft.node.inode) is draft:
             del self._drafts[draft.node.inode]
+        draft.release()
         os.close(draft.fd)
         if draft.dirty and draft.loaded and not draft.unlinked:
             log.warning(
@@ -373,7 +454,7 @@ class ContainerWrites:
 
     async def truncate_path(self, node: Node, size: int) -> None:
         """truncate(2) of a file nobody has open for writing: uploaded at once."""
-        draft = self.open(node)
+        draft = await self.open(node)
         try:
             await self.truncate(draft, size)
             await self.flush(draft)
@@ -465,11 +546,12 @@ class ContainerWrites:
 
     # -- whole-path changes --------------------------------------------------------
 
-    async def _put_member(self, parent: Node, name: str, member: bytes) -> None:
-        backend, cache, cid, directory = self._locate(parent)
-        await backend.put_archive(cid, directory, TarBody(head=member, tail=END))
-        cache.files.wrote(cid, posixpath.join(directory, name))
-        self._apply(Changes(changed=[parent.inode]))
+    async def _put_member(self, parent: Node, name: str, member: bytes) -> tuple[EngineCache, str]:
+        async with self._located(parent) as (backend, cache, cid, directory):
+            await backend.put_archive(cid, directory, TarBody(head=member, tail=END))
+            cache.files.wrote(cid, posixpath.join(directory, name))
+            self._apply(Changes(changed=[parent.inode]))
+            return cache, cid
 
     async def mkdir(self, parent: Node, name: str, meta: Meta) -> Node:
         await self._put_member(parent, name, dir_member(name, meta))
@@ -487,11 +569,11 @@ class ContainerWrites:
 
     async def _tool(self, node: Node, what: str, argv: list[str]) -> tuple[EngineCache, str]:
         """Run a tool in the container of `node`, or refuse (EPERM)."""
-        backend, cache, cid, _ = self._locate(node)
-        try:
-            ran = await backend.run(cid, argv)
-        except Conflict:  # not running, or paused: the engine says so, no need to ask first
-            raise CannotChange(f"{cid[:12]}: {what}: the container is not running") from None
+        async with self._located(node) as (backend, cache, cid, _):
+            try:
+                ran = await backend.run(cid, argv)
+            except Conflict:  # not running, or paused: the engine says so, no need to ask
+                raise CannotChange(f"{cid[:12]}: {what}: the container is not running") from None
         if ran.no_tool:
             raise CannotChange(f"{cid[:12]}: {what}: no {argv[0]} in the container")
         if ran.code != 0:
@@ -528,7 +610,7 @@ class ContainerWrites:
 
     async def rename(self, parent: Node, name: str, new_parent: Node, new_name: str) -> None:
         old, new = self._path_in(parent, name), self._path_in(new_parent, new_name)
-        if self._locate(parent)[2] != self._locate(new_parent)[2]:
+        if self.roots.tree_of(parent) is not self.roots.tree_of(new_parent):
             raise OtherContainer(f"{old} -> {new}")
         draft = self._draft_named(parent, name)
         if draft is not None:
@@ -547,48 +629,112 @@ class ContainerWrites:
     async def change_meta(
         self, node: Node, mode: int | None, uid: int | None, gid: int | None, mtime: int | None
     ) -> None:
-        """chmod, chown, utime of a path nobody has open for writing: a tool's run."""
+        """chmod, chown, utime of a path nobody has open for writing: a tool's
+        run. Where none can run (a stopped container, a volume's data/, an
+        image without the tool), a directory's or a file's entry is uploaded
+        again with what was asked (a file with its whole content); a
+        symlink's change stays EPERM."""
         path = self.roots.path_of(node)
-        cache: EngineCache | None = None
-        cid = ""
+        try:
+            done = await self._meta_by_tools(node, path, mode, uid, gid, mtime)
+        except CannotChange:
+            e = node.entry
+            if e is None or e.is_link or node.parent is None:
+                raise
+            done = await self._meta_by_upload(node, e, mode, uid, gid, mtime)
+        if done is not None:
+            self._meta_changed(node, path, done, mode, uid, gid, mtime)
+
+    async def _meta_by_tools(
+        self,
+        node: Node,
+        path: str,
+        mode: int | None,
+        uid: int | None,
+        gid: int | None,
+        mtime: int | None,
+    ) -> tuple[EngineCache, str] | None:
+        done: tuple[EngineCache, str] | None = None
         if uid is not None or gid is not None:
             owner = f"{'' if uid is None else uid}:{'' if gid is None else gid}"
-            cache, cid = await self._tool(node, f"chown {path}", ["chown", "-h", owner, path])
+            done = await self._tool(node, f"chown {path}", ["chown", "-h", owner, path])
         if mode is not None and not (node.entry is not None and node.entry.is_link):
-            cache, cid = await self._tool(
+            done = await self._tool(
                 node, f"chmod {path}", ["chmod", f"{stat.S_IMODE(mode):o}", path]
             )
         if mtime is not None:
-            cache, cid = await self._tool(
+            done = await self._tool(
                 node, f"touch {path}", ["touch", "-c", "-h", "-d", f"@{mtime}", path]
             )
-        if cache is not None:
-            parent = node.parent
-            if parent is not None and node.entry is not None:
-                e = node.entry
-                changed = Entry(
-                    path=e.path,
-                    mode=stat.S_IFMT(e.mode) | stat.S_IMODE(e.mode if mode is None else mode),
-                    uid=e.uid if uid is None else uid,
-                    gid=e.gid if gid is None else gid,
-                    size=e.size,
-                    mtime=e.mtime if mtime is None else mtime,
-                    link=e.link,
-                    rdev=e.rdev,
-                )
-                _, changes = self.table.set_entry(parent, changed)
-                self._apply(changes)
-            draft = self._drafts.get(node.inode)
-            if draft is not None:  # its next upload keeps what was set
-                m = draft.meta
-                draft.meta = Meta(
-                    m.mode if mode is None else mode & 0o7777,
-                    m.uid if uid is None else uid,
-                    m.gid if gid is None else gid,
-                    m.mtime if mtime is None else mtime,
-                )
-                draft.mtime_given = draft.mtime_given or mtime is not None
-            self._changed(cache, cid, posixpath.dirname(path), [node.inode])
+        return done
+
+    async def _meta_by_upload(
+        self,
+        node: Node,
+        e: Entry,
+        mode: int | None,
+        uid: int | None,
+        gid: int | None,
+        mtime: int | None,
+    ) -> tuple[EngineCache, str] | None:
+        """The engine's extraction sets an existing directory's mode, owner
+        and mtime from its member; a file is replaced whole, its mtime kept
+        unless one was asked."""
+        meta = Meta(
+            stat.S_IMODE(e.mode if mode is None else mode),
+            e.uid if uid is None else uid,
+            e.gid if gid is None else gid,
+            e.mtime if mtime is None else mtime,
+        )
+        if e.is_dir:
+            assert node.parent is not None
+            return await self._put_member(node.parent, node.name, dir_member(node.name, meta))
+        draft = await self.open(node)
+        try:
+            self.set_meta(draft, meta, True)
+            await self.flush(draft)
+        finally:
+            await self.release(draft)
+        return None  # the upload told the table and the kernel
+
+    def _meta_changed(
+        self,
+        node: Node,
+        path: str,
+        done: tuple[EngineCache, str],
+        mode: int | None,
+        uid: int | None,
+        gid: int | None,
+        mtime: int | None,
+    ) -> None:
+        """The table, a draft's next upload and the kernel keep what was set."""
+        cache, cid = done
+        parent = node.parent
+        if parent is not None and node.entry is not None:
+            e = node.entry
+            changed = Entry(
+                path=e.path,
+                mode=stat.S_IFMT(e.mode) | stat.S_IMODE(e.mode if mode is None else mode),
+                uid=e.uid if uid is None else uid,
+                gid=e.gid if gid is None else gid,
+                size=e.size,
+                mtime=e.mtime if mtime is None else mtime,
+                link=e.link,
+                rdev=e.rdev,
+            )
+            _, changes = self.table.set_entry(parent, changed)
+            self._apply(changes)
+        draft = self._drafts.get(node.inode)
+        if draft is not None:  # its next upload keeps what was set
+            m = draft.meta
+            draft.meta = Meta(
+                m.mode if mode is None else mode & 0o7777,
+                m.uid if uid is None else uid,
+                m.gid if gid is None else gid,
+                m.mtime if mtime is None else mtime,
+            )
+            draft.mtime_given = draft.mtime_given or mtime is not None
+        self._changed(cache, cid, posixpath.dirname(path), [node.inode])
 
     def close(self) -> None:
         """At unmount: drafts still open are kept (logged), the directory removed if empty."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pyfuse3
 import trio
@@ -68,6 +68,9 @@ class Invalidator:
         # Changes to push, and markers (told_kernel) set once all before them are pushed.
         self._send, self._recv = trio.open_memory_channel[Changes | trio.Event](INVALIDATION_QUEUE)
         self._backlog = Backlog()
+        # Which inodes are directories (the filesystem says, once it is built):
+        # those are told here, without a thread (see `_push`).
+        self.is_dir: Callable[[int], bool] = lambda _inode: False
 
     def apply(self, changes: Changes) -> None:
         """Hand kernel invalidations to the background task, never blocking a request.
@@ -108,9 +111,22 @@ class Invalidator:
                 pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)
             except Exception as exc:
                 log.debug("invalidate_entry_async(%d, %s): %s", parent, name, exc)
-        if changes.changed:
-            # Cached pages and listings go too (kernel caching), not only attributes.
-            await trio.to_thread.run_sync(invalidate_inodes, changes.changed, not self.kernel_cache)
+        if not changes.changed:
+            return
+        # Cached pages and listings go too (kernel caching), not only attributes.
+        # Dropping a file's pages waits for each page's lock, which a read we
+        # have yet to answer holds: that is done off the trio thread. Nothing
+        # of ours holds a directory's cached listing or any attribute, so those
+        # are written here, sparing a refreshed listing a thread hop (about a
+        # millisecond of a first `ls volumes`).
+        if not self.kernel_cache:
+            invalidate_inodes(changes.changed, True)
+            return
+        files = [inode for inode in changes.changed if not self.is_dir(inode)]
+        if len(files) < len(changes.changed):
+            invalidate_inodes([i for i in changes.changed if self.is_dir(i)], False)
+        if files:
+            await trio.to_thread.run_sync(invalidate_inodes, files, False)
 
     async def told_kernel(self) -> None:
         """Wait until what changed so far has been pushed to the kernel, so

@@ -75,6 +75,7 @@ class DockerFS(ReadOnly):
         self.engines = engines
         self.table = engines.table
         self.invalidator = invalidator
+        invalidator.is_dir = self._is_dir
         # The pyfuse3 patch (kernel_cache.py): the kernel opens directories
         # itself and caches listings and core files' pages; readdir gets the inode.
         self.kernel_cache = self.pass_inode = engines.kernel_cache
@@ -125,6 +126,10 @@ class DockerFS(ReadOnly):
             return self.table.get(inode)
         except KeyError:
             raise fail(errno.ENOENT) from None
+
+    def _is_dir(self, inode: int) -> bool:
+        node = self.table.get(inode) if inode in self.table else None
+        return node is not None and node.is_dir
 
     def _objects_of(self, node: Node) -> ContainerView | SwarmView | ObjectsView:
         """The view of the object (container, service, node, task, image, volume,
@@ -373,7 +378,7 @@ class DockerFS(ReadOnly):
         ctx: pyfuse3.RequestContext,
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         parent = self._changed_dir(parent_inode)
-        info, node = self.writes.create(parent, name, mode, flags, ctx)
+        info, node = await self.writes.create(parent, name, mode, flags, ctx)
         self.table.remember(node)
         return info, self._attrs(node)
 

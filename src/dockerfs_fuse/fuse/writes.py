@@ -1,4 +1,5 @@
-"""Writes under a container's root/ (engine/writes.py says how they reach it).
+"""Writes under a container's root/ and a volume's data/ (engine/writes.py says
+how they reach it).
 
 Only the mounting user (or root) changes anything there: anyone else is
 refused EACCES before the container's own modes are asked (the kernel checks
@@ -80,11 +81,11 @@ class WriteView:
     def _meta(mode: int, ctx: pyfuse3.RequestContext) -> Meta:
         return Meta(mode & ~ctx.umask & 0o7777, ctx.uid, ctx.gid, int(time.time()))
 
-    def create(
+    async def create(
         self, parent: Node, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, Node]:
         self.check(ctx)
-        draft = self.writes.create(parent, self._name(name), self._meta(mode, ctx))
+        draft = await self.writes.create(parent, self._name(name), self._meta(mode, ctx))
         return self._info(draft, flags, True), draft.node
 
     async def open(self, node: Node, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
@@ -93,7 +94,7 @@ class WriteView:
         writing = flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND)
         if writing:
             self.check(ctx)
-        draft = self.writes.open(node)
+        draft = await self.writes.open(node)
         if flags & os.O_TRUNC:
             try:
                 await self.writes.truncate(draft, 0)

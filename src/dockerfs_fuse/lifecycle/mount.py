@@ -13,6 +13,7 @@ forks before this (detach.py).
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -72,6 +73,7 @@ async def mount_and_serve(config: MountConfig, ready: Ready) -> None:
     async with contextlib.AsyncExitStack() as releases:
         sources, fs, notes = prepare(config, releases)
         status = _status(sources, config.mountpoint)
+        settle_start_up_objects()  # before serving: its one full pass pauses no request
         init_fuse(fs, config.mountpoint, fuse_options(config))
         releases.callback(pyfuse3.close, unmount=True)
         shim = None
@@ -92,6 +94,27 @@ async def mount_and_serve(config: MountConfig, ready: Ready) -> None:
             ready(error)
 
         await serve(fs, shim, on_ready)
+
+
+# The cycle collector's thresholds once serving (Python's are 700, 10, 10).
+GC_THRESHOLDS = (10_000, 50, 50)
+
+
+def settle_start_up_objects() -> None:
+    """Keep the cycle collector's full passes out of the replies.
+
+    What start-up made (some 50,000 objects: modules, classes, the
+    libraries' tables) lives as long as the daemon: it is taken out of the
+    collector's view (collected once first). And a full pass, which scans
+    every answer and node held (25 ms at 500 images, hundreds at 10,000
+    containers), runs only after 50 middle passes, themselves after 50
+    young ones of 10,000 allocations: Python's own 10 and 10 at 700 made
+    one land inside a first `ls volumes` after `ls images` (50 ms instead
+    of 15). Garbage in cycles still goes in the young and middle passes,
+    where nearly all of it dies."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 # -- Docker: every engine started and pinged once, before mounting ------------------

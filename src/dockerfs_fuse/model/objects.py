@@ -10,6 +10,7 @@ images/<id>/        ID RepoTags/<n> RepoDigests/<n> Created Size Labels/<key> in
                     history.json
 images/<tag>        -> <id>  (unlisted: found by name, as a container's name is)
 volumes/<name>/     Name Driver Mountpoint Scope CreatedAt Labels/<key> Options/<key> inspect.json
+                    data -> .live/data  (the volume's files, engine/volume_data.py)
 networks/<name>/    ID Name Driver Scope Internal Subnets/<n> Labels/<key> inspect.json
 networks/<id>       -> <name>  (unlisted)
 projects/<project>/ WorkingDir ConfigFiles services/<service>/<n> -> ../../../../containers/<id>
@@ -45,6 +46,8 @@ from dockerfs_fuse.model.swarm import Obj, Tree, unix_seconds
 _Dir: TypeAlias = "dict[str, Tree | bytes | Special | Link]"
 
 KINDS = ("images", "volumes", "networks", "projects")
+# A volume's files: a tree read as a container's root/ is, under this name.
+DATA = "data"
 # What an image's tag or digest list holds where the image has none.
 _PLACEHOLDERS = frozenset({"<none>:<none>", "<none>@<none>"})
 
@@ -142,6 +145,9 @@ def volume_spec(volume: Obj) -> Tree:
         "Labels": _labels(volume.get("Labels")),
         "Options": _labels(volume.get("Options")),
         "inspect.json": Special.INSPECT,
+        # The volume's files, a whole tree: behind a link, as an image's root/.
+        "data": Link(f"{LIVE}/{DATA}"),
+        LIVE: Unlisted({DATA: Special.ROOT}),
     }
     return _with_ctl(spec)
 

@@ -1,0 +1,55 @@
+"""chmod, chown and utime under a stopped container's root/, where no tool can
+run: the path's entry uploaded again (a directory's member, a file's whole
+content), checked with `docker cp` from the container; a symlink's, EPERM."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from typing import Any
+
+import pytest
+from conftest import Engine, Mount
+from support.fs_trees import docker_env, tree_of_tar
+from support.private_dockerd import IMAGE
+
+pytestmark = [pytest.mark.docker, pytest.mark.fuse]
+
+
+def copied(engine: Engine, cid: str, path: str) -> dict[str, tuple[object, ...]]:
+    proc = subprocess.Popen(
+        ["docker", "cp", f"{cid}:{path}", "-"],
+        stdout=subprocess.PIPE,
+        env=docker_env(engine.dockerd),
+    )
+    assert proc.stdout is not None
+    try:
+        return dict(tree_of_tar(proc.stdout))
+    finally:
+        proc.stdout.close()
+        assert proc.wait(60) == 0
+
+
+def test_a_stopped_containers_modes_owners_and_times(engine: Engine, mount_factory: Any) -> None:
+    cid = engine.run(IMAGE, "sleep", "1d")
+    m: Mount = mount_factory(engine.host, "-a")
+    tmp = m.path / cid / "root" / "tmp"
+    os.mkdir(tmp / "d")
+    (tmp / "d" / "f").write_bytes(b"content\n")
+    os.symlink("f", tmp / "d" / "l")
+    engine.docker("stop", "-t", "0", cid)
+    os.chown(tmp / "d" / "f", 7, 8)
+    os.chmod(tmp / "d" / "f", 0o600)
+    # Last: a file's upload replaces it, which moves its directory's mtime.
+    os.chmod(tmp / "d", 0o700)
+    os.utime(tmp / "d", (1_500_000_000, 1_500_000_000))
+    with pytest.raises(OSError) as err:
+        os.chown(tmp / "d" / "l", 7, 8, follow_symlinks=False)
+    assert err.value.errno == errno.EPERM
+    tree = copied(engine, cid, "/tmp/d")
+    assert tree["/d"][1] == 0o700 and tree["/d"][5] == 1_500_000_000
+    assert tree["/d/f"][1:5] == (0o600, 8, 7, 8)
+    assert (tmp / "d" / "f").read_bytes() == b"content\n"
+    st = os.stat(tmp / "d")
+    assert (st.st_mode & 0o7777, int(st.st_mtime)) == (0o700, 1_500_000_000)

@@ -6,29 +6,14 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 from typing import Any
 
 import pytest
 from conftest import Engine, Mount
-from support.fs_trees import docker_env, tree_of_tar
+from support.fs_trees import docker_copied
 from support.private_dockerd import IMAGE
 
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
-
-
-def copied(engine: Engine, cid: str, path: str) -> dict[str, tuple[object, ...]]:
-    proc = subprocess.Popen(
-        ["docker", "cp", f"{cid}:{path}", "-"],
-        stdout=subprocess.PIPE,
-        env=docker_env(engine.dockerd),
-    )
-    assert proc.stdout is not None
-    try:
-        return dict(tree_of_tar(proc.stdout))
-    finally:
-        proc.stdout.close()
-        assert proc.wait(60) == 0
 
 
 def test_a_stopped_containers_modes_owners_and_times(engine: Engine, mount_factory: Any) -> None:
@@ -47,7 +32,7 @@ def test_a_stopped_containers_modes_owners_and_times(engine: Engine, mount_facto
     with pytest.raises(OSError) as err:
         os.chown(tmp / "d" / "l", 7, 8, follow_symlinks=False)
     assert err.value.errno == errno.EPERM
-    tree = copied(engine, cid, "/tmp/d")
+    tree = docker_copied(engine.dockerd, cid, "/tmp/d")
     assert tree["/d"][1] == 0o700 and tree["/d"][5] == 1_500_000_000
     assert tree["/d/f"][1:5] == (0o600, 8, 7, 8)
     assert (tmp / "d" / "f").read_bytes() == b"content\n"

@@ -192,6 +192,22 @@ def test_two_writers_of_one_file(engine: Engine, tools_image: str, mounted: Moun
     assert b".dockerfs-" not in inside(engine, cid, "ls", "-a", "/tmp")
 
 
+def closed_in_background(fd: int) -> tuple[threading.Thread, list[BaseException | None]]:
+    """Close `fd` in a thread (the close uploads); the list gets None or its OSError."""
+    result: list[BaseException | None] = []
+
+    def close() -> None:
+        try:
+            os.close(fd)
+            result.append(None)
+        except OSError as exc:
+            result.append(exc)
+
+    closing = threading.Thread(target=close)
+    closing.start()
+    return closing, result
+
+
 def test_a_write_during_another_writers_upload_goes_with_the_next_close(
     engine: Engine, tools_image: str, mounted: Mount
 ) -> None:
@@ -204,17 +220,7 @@ def test_a_write_during_another_writers_upload_goes_with_the_next_close(
     first = os.urandom(32 << 20)
     fd = os.open(f, os.O_WRONLY | os.O_TRUNC)
     os.write(fd, first)
-    closed: list[BaseException | None] = []
-
-    def close() -> None:
-        try:
-            os.close(fd)
-            closed.append(None)
-        except OSError as exc:
-            closed.append(exc)
-
-    closing = threading.Thread(target=close)
-    closing.start()
+    closing, closed = closed_in_background(fd)
     poll_tight(landing(upper_dir(engine, cid) / "tmp"), "the first close's upload landing")
     second = os.open(f, os.O_WRONLY)
     try:
@@ -272,17 +278,7 @@ def test_a_write_racing_docker_rm(
     content = os.urandom(32 << 20)
     fd = os.open(f, os.O_WRONLY | os.O_TRUNC)
     os.write(fd, content)
-    result: list[BaseException | None] = []
-
-    def close() -> None:
-        try:
-            os.close(fd)
-            result.append(None)
-        except OSError as exc:
-            result.append(exc)
-
-    closing = threading.Thread(target=close)
-    closing.start()
+    closing, result = closed_in_background(fd)
     if when == "during the upload":
         poll_tight(landing(upper_dir(engine, cid) / "tmp"), "the upload landing")
     engine.send("DELETE", f"/containers/{cid}?force=1")  # no child: it would inherit fd

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 from conftest import Engine, Mount, start_mount, stop_mount
-from support.fs_trees import compare, docker_env, mounted_tree, tree_of_tar
+from support.fs_trees import compare, docker_copied, docker_env, mounted_tree
 from support.private_dockerd import IMAGE, PrivateDockerd
 from support.waiting import wait_until
 
@@ -68,17 +68,7 @@ def volume_tree(engine: Engine, volume: str) -> dict[str, Any]:
     """`docker cp` of the volume from a container that mounts it: every path in it."""
     cid = engine.docker("create", "-v", f"{volume}:/v", IMAGE, "true").strip()
     try:
-        proc = subprocess.Popen(
-            ["docker", "cp", f"{cid}:/v", "-"],
-            stdout=subprocess.PIPE,
-            env=docker_env(engine.dockerd),
-        )
-        assert proc.stdout is not None
-        try:
-            tree = tree_of_tar(proc.stdout)
-        finally:
-            proc.stdout.close()
-            assert proc.wait(60) == 0
+        tree = docker_copied(engine.dockerd, cid, "/v")
     finally:
         engine.docker("rm", "-f", cid)
     return {path.removeprefix("/v"): v for path, v in tree.items() if path != "/v"}

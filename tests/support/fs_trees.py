@@ -75,7 +75,16 @@ def docker_env(d: PrivateDockerd | Any) -> dict[str, str]:
 
 def exported(d: PrivateDockerd | Any, cid: str) -> Tree:
     """`docker export` of a container, read as it streams."""
-    proc = subprocess.Popen(["docker", "export", cid], stdout=subprocess.PIPE, env=docker_env(d))
+    return _tar_of(d, ["docker", "export", cid])
+
+
+def docker_copied(d: PrivateDockerd | Any, cid: str, path: str) -> Tree:
+    """`docker cp CID:PATH -` of a container (created or running), read as it streams."""
+    return _tar_of(d, ["docker", "cp", f"{cid}:{path}", "-"])
+
+
+def _tar_of(d: PrivateDockerd | Any, argv: list[str]) -> Tree:
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, env=docker_env(d))
     assert proc.stdout is not None
     try:
         return tree_of_tar(proc.stdout)

@@ -11,7 +11,13 @@ import trio
 import trio.testing
 
 from dockerfs_fuse.docker.errors import NotFound
-from dockerfs_fuse.engine.helpers import HELPER_LABEL, OF_LABEL, OWNER_LABEL, Helpers
+from dockerfs_fuse.engine.helpers import (
+    HELPER_LABEL,
+    KEEP_VOLUMES_LABEL,
+    OF_LABEL,
+    OWNER_LABEL,
+    Helpers,
+)
 
 MINE = "host-a boot-1 4242"
 
@@ -22,6 +28,7 @@ class FakeEngine:
         self.creates = 0
         self.slow = trio.Event()
         self.slow.set()
+        self.removed_volumes: dict[str, bool] = {}  # removed: with its volumes (v=1)?
 
     async def create(self, body: dict[str, Any]) -> str:
         self.creates += 1
@@ -30,9 +37,10 @@ class FakeEngine:
         self.containers[cid] = {"Id": cid, "Labels": body["Labels"], "body": body}
         return cid
 
-    async def remove(self, cid: str) -> None:
+    async def remove(self, cid: str, volumes: bool) -> None:
         if self.containers.pop(cid, None) is None:
             raise NotFound(cid)
+        self.removed_volumes[cid] = volumes
 
     async def list_ours(self) -> list[dict[str, Any]]:
         return [c for c in self.containers.values() if HELPER_LABEL in c["Labels"]]
@@ -123,5 +131,39 @@ def test_leftovers_of_a_dead_owner_on_this_host_go_at_the_start() -> None:
         await Helpers(engine, owner=MINE).remove_leftovers()
         assert set(engine.containers) == {other_host, garbled, mine}
         assert other_boot not in engine.containers and dead_pid not in engine.containers
+
+    run(main)
+
+
+def test_a_helper_that_mounts_a_users_volume_is_removed_without_volumes() -> None:
+    """Podman removes an anonymous volume with the last container that has it:
+    a volume's helper (KEEP_VOLUMES_LABEL) goes without `v=1`, idle or left by a
+    dead daemon; an image's goes with its own anonymous volumes."""
+
+    async def keeps() -> dict[str, Any]:
+        return {"Image": "sha256:abc", "Labels": {KEEP_VOLUMES_LABEL: "1"}}
+
+    async def main() -> None:
+        engine = FakeEngine()
+        helpers = Helpers(engine, owner=MINE, idle=10)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(helpers.run)
+            for purpose, make in (("volume-data", keeps), ("image-root", body)):
+                async with helpers.held(purpose, "x", make):
+                    pass
+            await trio.sleep(100)
+            nursery.cancel_scope.cancel()
+        assert sorted(engine.removed_volumes.values()) == [False, True]
+        dead = f"{999:064x}"
+        engine.containers[dead] = {
+            "Id": dead,
+            "Labels": {
+                HELPER_LABEL: "volume-data",
+                OWNER_LABEL: "host-a boot-1 999999999",
+                KEEP_VOLUMES_LABEL: "1",
+            },
+        }
+        await Helpers(engine, owner=MINE).remove_leftovers()
+        assert engine.removed_volumes[dead] is False
 
     run(main)

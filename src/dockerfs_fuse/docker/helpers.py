@@ -30,15 +30,15 @@ async def create_container(source: DockerSource, body: dict[str, Any]) -> str:
     return cid
 
 
-async def remove_container(source: DockerSource, cid: str) -> None:
-    """`DELETE /containers/{id}?force=1&v=1` (anonymous volumes go with it)."""
+async def remove_container(source: DockerSource, cid: str, volumes: bool) -> None:
+    """`DELETE /containers/{id}?force=1`, with `&v=1` if `volumes` (its
+    anonymous volumes go with it)."""
     if not could_name_an_object(cid):
         raise NotFound(f"no such container: {cid[:80]!r}")
 
     async def remove(d: aiodocker.Docker) -> None:
-        async with d._query(
-            f"containers/{quote(cid, safe='')}", method="DELETE", params={"force": "1", "v": "1"}
-        ):
+        params = {"force": "1", "v": "1"} if volumes else {"force": "1"}
+        async with d._query(f"containers/{quote(cid, safe='')}", method="DELETE", params=params):
             pass
 
     await source.call("helpers/remove", remove)
@@ -63,8 +63,8 @@ class HelperApi:
     async def create(self, body: dict[str, Any]) -> str:
         return await create_container(self.source, body)
 
-    async def remove(self, cid: str) -> None:
-        await remove_container(self.source, cid)
+    async def remove(self, cid: str, volumes: bool) -> None:
+        await remove_container(self.source, cid, volumes)
 
     async def list_ours(self) -> list[dict[str, Any]]:
         return await list_labelled(self.source, self.label)

@@ -40,6 +40,10 @@ HELPER_LABEL = "dockerfs.helper"
 OWNER_LABEL = "dockerfs.helper.owner"
 # What the helper shows (an image's ID, a volume's name).
 OF_LABEL = "dockerfs.helper.of"
+# On a helper that mounts a volume it does not own (a volume's data/): removed
+# without `v=1`, for Podman removes an anonymous volume with the last
+# container that has it, however it was mounted (Docker keeps those).
+KEEP_VOLUMES_LABEL = "dockerfs.helper.keep-volumes"
 # A helper nobody held for this long (seconds) is removed.
 IDLE = 10.0
 # How long unmounting waits for the engine to remove the helpers.
@@ -50,7 +54,7 @@ class HelperEngine(Protocol):
     """What helpers need of an engine (docker/helpers.py over a DockerSource)."""
 
     async def create(self, body: dict[str, Any]) -> str: ...
-    async def remove(self, cid: str) -> None: ...
+    async def remove(self, cid: str, volumes: bool) -> None: ...
     async def list_ours(self) -> list[dict[str, Any]]: ...
 
 
@@ -90,6 +94,8 @@ class Helper:
     cid: str
     users: int = 0
     last_used: float = 0.0
+    # Its anonymous volumes (an image's VOLUMEs) removed with it.
+    volumes: bool = True
 
 
 class Helpers:
@@ -147,7 +153,8 @@ class Helpers:
             cid = await self._engine.create(request)
             self.created += 1
             log.debug("helper %s for %s %s", cid[:12], purpose, of[:24])
-            self._helpers[key] = Helper(cid, users=1)
+            keep = labels.get(KEEP_VOLUMES_LABEL) == "1"
+            self._helpers[key] = Helper(cid, users=1, volumes=not keep)
             self._held.set()
             return cid
         finally:
@@ -173,10 +180,10 @@ class Helpers:
 
     # -- removal ---------------------------------------------------------------------
 
-    async def _remove(self, cid: str) -> None:
+    async def _remove(self, cid: str, volumes: bool) -> None:
         self._on_removed(cid)
         try:
-            await self._engine.remove(cid)
+            await self._engine.remove(cid, volumes)
             self.removed += 1
         except NotFound:
             pass  # removed already (by hand, say)
@@ -193,12 +200,12 @@ class Helpers:
         ]
         for key in idle:
             helper = self._helpers.pop(key)
-            await self._remove(helper.cid)
+            await self._remove(helper.cid, helper.volumes)
 
     async def remove_all(self) -> None:
         helpers, self._helpers = self._helpers, {}
         for helper in helpers.values():
-            await self._remove(helper.cid)
+            await self._remove(helper.cid, helper.volumes)
 
     async def remove_leftovers(self) -> None:
         """Remove the helpers a daemon on this host left when it was killed."""
@@ -219,7 +226,8 @@ class Helpers:
                 and _owner_gone(owner, self.owner)
             ):
                 log.info("removing helper container %s left by %s", cid[:12], owner)
-                await self._remove(cid)
+                assert isinstance(labels, Mapping)
+                await self._remove(cid, labels.get(KEEP_VOLUMES_LABEL) != "1")
 
     async def run(self) -> None:
         """Remove leftovers, then idle helpers as they become idle, then every

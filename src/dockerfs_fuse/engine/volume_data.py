@@ -18,6 +18,7 @@ from typing import Any
 
 from dockerfs_fuse.docker import objects as api
 from dockerfs_fuse.engine.helper_roots import NEVER_RUN, HelperRoots, NoHelper
+from dockerfs_fuse.engine.helpers import KEEP_VOLUMES_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +39,21 @@ def helper_image(images: list[dict[str, Any]]) -> str | None:
 
 def helper_body(image: str, volume: str) -> dict[str, Any]:
     """The create request of a volume's helper: the volume mounted as it is
-    (nothing of the image copied into it), no network, nothing to run."""
+    (nothing of the image copied into it), no network, nothing to run.
+
+    Its own root filesystem is read-only: an upload whose path resolves out
+    of the volume (a directory another container replaced by a link to
+    `/var/log` since the kernel cached it) is refused, EROFS, instead of
+    landing in the helper's layer and going with it. And the volume stays
+    when the helper goes (`KEEP_VOLUMES_LABEL`)."""
     return {
         "Image": image,
         "Cmd": NEVER_RUN,
         "NetworkDisabled": True,
+        "Labels": {KEEP_VOLUMES_LABEL: "1"},
         "HostConfig": {
             "NetworkMode": "none",
+            "ReadonlyRootfs": True,
             "Mounts": [
                 {
                     "Type": "volume",

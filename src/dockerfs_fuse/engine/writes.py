@@ -342,7 +342,11 @@ class ContainerWrites:
         draft.loaded = True
 
     async def read(self, draft: Draft, offset: int, size: int) -> bytes:
-        await self._load(draft)
+        if not draft.loaded:
+            # Under the lock, as a write's load: a load still streaming the
+            # old content must not land over a write made meanwhile.
+            async with draft.lock:
+                await self._load(draft)
         return os.pread(draft.fd, min(size, max(0, draft.size - offset)), offset)
 
     async def write(self, draft: Draft, offset: int, data: bytes, append: bool) -> int:
@@ -395,6 +399,9 @@ class ContainerWrites:
                     draft.dirty = True
                     if await self._removed_meanwhile(draft):
                         raise ContainerGone(f"{draft.cid[:12]}: {draft.path}") from exc
+                    raise
+                except BaseException:
+                    draft.dirty = True  # cancelled (unmounting): kept, not freed as sent
                     raise
                 draft.in_container = True
                 self._uploaded(draft)
@@ -631,15 +638,19 @@ class ContainerWrites:
     ) -> None:
         """chmod, chown, utime of a path nobody has open for writing: a tool's
         run. Where none can run (a stopped container, a volume's data/, an
-        image without the tool), a directory's or a file's entry is uploaded
-        again with what was asked (a file with its whole content); a
-        symlink's change stays EPERM."""
+        image without the tool), a directory's entry is uploaded again with
+        what was asked (`tar -x` sets its directories' times by path, last).
+        A file's or a symlink's change stays EPERM: uploading a file again
+        to change its mode would replace it in place (the engine removes it
+        first), losing its xattrs (a binary's capabilities) and its hard
+        links, and leaving it short if the upload fails; through a
+        descriptor open for writing its mode and times go with its content."""
         path = self.roots.path_of(node)
         try:
             done = await self._meta_by_tools(node, path, mode, uid, gid, mtime)
         except CannotChange:
             e = node.entry
-            if e is None or e.is_link or node.parent is None:
+            if e is None or not e.is_dir or node.parent is None:
                 raise
             done = await self._meta_by_upload(node, e, mode, uid, gid, mtime)
         if done is not None:
@@ -676,26 +687,17 @@ class ContainerWrites:
         uid: int | None,
         gid: int | None,
         mtime: int | None,
-    ) -> tuple[EngineCache, str] | None:
+    ) -> tuple[EngineCache, str]:
         """The engine's extraction sets an existing directory's mode, owner
-        and mtime from its member; a file is replaced whole, its mtime kept
-        unless one was asked."""
+        and mtime from its member."""
         meta = Meta(
             stat.S_IMODE(e.mode if mode is None else mode),
             e.uid if uid is None else uid,
             e.gid if gid is None else gid,
             e.mtime if mtime is None else mtime,
         )
-        if e.is_dir:
-            assert node.parent is not None
-            return await self._put_member(node.parent, node.name, dir_member(node.name, meta))
-        draft = await self.open(node)
-        try:
-            self.set_meta(draft, meta, True)
-            await self.flush(draft)
-        finally:
-            await self.release(draft)
-        return None  # the upload told the table and the kernel
+        assert node.parent is not None
+        return await self._put_member(node.parent, node.name, dir_member(node.name, meta))
 
     def _meta_changed(
         self,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -29,12 +30,14 @@ def test_a_stopped_containers_modes_owners_and_times(engine: Engine, mount_facto
     os.utime(tmp / "d", (1_500_000_000, 1_500_000_000))
     # A file's or a link's by path: EPERM (uploading the file again would
     # replace it in place, its xattrs and hard links lost); nothing changes.
-    for change in (
-        lambda: os.chown(tmp / "d" / "f", 7, 8),
-        lambda: os.chmod(tmp / "d" / "f", 0o600),
-        lambda: os.utime(tmp / "d" / "f", (1, 1)),
-        lambda: os.chown(tmp / "d" / "l", 7, 8, follow_symlinks=False),
-    ):
+    f, link = tmp / "d" / "f", tmp / "d" / "l"
+    changes: list[Callable[[], None]] = [
+        lambda: os.chown(f, 7, 8),
+        lambda: os.chmod(f, 0o600),
+        lambda: os.utime(f, (1, 1)),
+        lambda: os.chown(link, 7, 8, follow_symlinks=False),
+    ]
+    for change in changes:
         with pytest.raises(OSError) as err:
             change()
         assert err.value.errno == errno.EPERM

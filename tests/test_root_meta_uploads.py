@@ -48,6 +48,6 @@ def test_a_stopped_containers_modes_owners_and_times(engine: Engine, mount_facto
     st = os.stat(tmp / "d")
     assert (st.st_mode & 0o7777, int(st.st_mtime)) == (0o700, 1_500_000_000)
     # Through a descriptor open for writing, a file's mode goes with its content.
-    with open(tmp / "d" / "f", "r+b") as f:
-        os.fchmod(f.fileno(), 0o600)
+    with open(tmp / "d" / "f", "r+b") as opened:
+        os.fchmod(opened.fileno(), 0o600)
     assert docker_copied(engine.dockerd, cid, "/tmp/d/f")["/f"][1] == 0o600

@@ -341,6 +341,26 @@ def test_another_user_is_refused(engine: Engine, box: str) -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def test_a_name_that_is_not_utf8_is_einval_and_makes_nothing(
+    engine: Engine, box: str, mounted: Mount
+) -> None:
+    """The engine's archives name paths in UTF-8 (U+FFFD for other bytes):
+    such a path could never be read back as itself, so none is made."""
+    tmp = mounted.path / box / "root" / "tmp"
+    odd = os.fsdecode(b"\xff\xfeodd")
+    (tmp / "ok").write_bytes(b"x")
+    for attempt in (
+        lambda: os.mkdir(tmp / odd),
+        lambda: (tmp / odd).write_bytes(b"x"),
+        lambda: os.symlink("ok", tmp / odd),
+        lambda: os.rename(tmp / "ok", tmp / odd),
+    ):
+        with pytest.raises(OSError) as err:
+            attempt()
+        assert err.value.errno == errno.EINVAL
+    assert inside(engine, box, "ls", "/tmp") == b"ok\n"
+
+
 def test_links_out_of_the_container_never_lead_a_write_onto_the_host(
     engine: Engine, box: str, mounted: Mount, marker_dir: Path
 ) -> None:

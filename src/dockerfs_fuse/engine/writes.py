@@ -556,8 +556,10 @@ class ContainerWrites:
     async def _put_member(self, parent: Node, name: str, member: bytes) -> tuple[EngineCache, str]:
         async with self._located(parent) as (backend, cache, cid, directory):
             await backend.put_archive(cid, directory, TarBody(head=member, tail=END))
-            cache.files.wrote(cid, posixpath.join(directory, name))
-            self._apply(Changes(changed=[parent.inode]))
+            # The whole directory, not only the member's path (files.wrote):
+            # the lookup that follows (_found) must read the new entry as the
+            # engine names it, which a probe of an odd name (not UTF-8) may not.
+            self._changed(cache, cid, directory, [parent.inode])
             return cache, cid
 
     async def mkdir(self, parent: Node, name: str, meta: Meta) -> Node:

@@ -77,6 +77,18 @@ class WriteView:
             raise fail(errno.ENAMETOOLONG)
         return os.fsdecode(name)
 
+    @classmethod
+    def _new_name(cls, name: bytes) -> str:
+        """A name to make: EINVAL unless UTF-8. The engine's archives name
+        paths in UTF-8 (Go's tar writes U+FFFD for any other byte), so a
+        path made with another name could never be read back or listed as
+        itself; nothing is made."""
+        try:
+            name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise fail(errno.EINVAL) from None
+        return cls._name(name)
+
     @staticmethod
     def _meta(mode: int, ctx: pyfuse3.RequestContext) -> Meta:
         return Meta(mode & ~ctx.umask & 0o7777, ctx.uid, ctx.gid, int(time.time()))
@@ -85,7 +97,7 @@ class WriteView:
         self, parent: Node, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, Node]:
         self.check(ctx)
-        draft = await self.writes.create(parent, self._name(name), self._meta(mode, ctx))
+        draft = await self.writes.create(parent, self._new_name(name), self._meta(mode, ctx))
         return self._info(draft, flags, True), draft.node
 
     async def open(self, node: Node, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
@@ -160,7 +172,7 @@ class WriteView:
         self, parent: Node, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> Node:
         self.check(ctx)
-        node = await self.writes.mkdir(parent, self._name(name), self._meta(mode, ctx))
+        node = await self.writes.mkdir(parent, self._new_name(name), self._meta(mode, ctx))
         await self.invalidator.told_kernel()
         return node
 
@@ -169,7 +181,7 @@ class WriteView:
     ) -> Node:
         self.check(ctx)
         meta = self._meta(0o777, ctx)
-        node = await self.writes.symlink(parent, self._name(name), target, meta)
+        node = await self.writes.symlink(parent, self._new_name(name), target, meta)
         await self.invalidator.told_kernel()
         return node
 
@@ -195,5 +207,5 @@ class WriteView:
         self.check(ctx)
         if flags:
             raise fail(errno.EINVAL)  # RENAME_NOREPLACE, RENAME_EXCHANGE: mv has neither
-        await self.writes.rename(parent, self._name(name), new_parent, self._name(new_name))
+        await self.writes.rename(parent, self._name(name), new_parent, self._new_name(new_name))
         await self.invalidator.told_kernel()

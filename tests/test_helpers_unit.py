@@ -167,3 +167,25 @@ def test_a_helper_that_mounts_a_users_volume_is_removed_without_volumes() -> Non
         assert engine.removed_volumes[dead] is False
 
     run(main)
+
+
+def test_a_helper_the_engine_removed_is_made_anew_by_the_next_reader() -> None:
+    """`docker container prune` removes an idle helper: its destroy event
+    (EngineCache.removal_listeners) drops the record, and the next reader
+    gets a new helper rather than the removed one's ID."""
+
+    async def main() -> None:
+        engine = FakeEngine()
+        removed: list[str] = []
+        helpers = Helpers(engine, owner=MINE, on_removed=removed.append)
+        first = await helpers.acquire("image-root", "img1", body)
+        helpers.release("image-root", "img1", first)
+        del engine.containers[first]  # pruned
+        helpers.gone(first)
+        assert removed == [first] and len(helpers) == 0
+        again = await helpers.acquire("image-root", "img1", body)
+        assert again != first and again in engine.containers
+        helpers.gone(f"{12345:064x}")  # not ours: nothing happens
+        assert len(helpers) == 1
+
+    run(main)

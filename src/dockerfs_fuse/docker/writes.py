@@ -45,6 +45,8 @@ from dockerfs_fuse.model.files import NotAFile
 
 # What a tool's run keeps of its output (for the log): the first words say why.
 OUTPUT_KEPT = 4096
+# Uploads sent at once over a local socket, each from a thread of its own.
+UPLOAD_THREADS = 8
 # A container in these states is on its way out (Docker's removal in progress).
 REMOVED_STATES = frozenset(["removing", "dead"])
 # Exit codes of an exec whose command could not be started: not found (127), not
@@ -126,6 +128,9 @@ class DockerWrites:
 
     def __init__(self, source: DockerSource) -> None:
         self.source = source
+        # Uploads' threads, apart from trio's shared ones: forty slow uploads
+        # must not hold every thread the kernel's invalidations need.
+        self._uploads = trio.CapacityLimiter(UPLOAD_THREADS)
 
     async def put_archive(self, cid: str, directory: str, body: TarBody) -> None:
         """Upload `body` into `directory`; returns once the engine has
@@ -150,6 +155,7 @@ class DockerWrites:
                         self.source.api_path(path),
                         replace(body, fd=own),
                         self.source.timeout,
+                        limiter=self._uploads,
                     )
             finally:
                 if own >= 0:

@@ -182,6 +182,8 @@ class EngineCache:
         self.keep_pages = False  # while the engine's event stream is up
         self.events_up = False
         self._misses = MissLimiter[str]()
+        # Told each container the engine removes (its ID): helpers.py's records.
+        self.removal_listeners: list[Callable[[str], None]] = []
         self._scheduled: set[str] = set()
         # Events numbered as they arrive, to catch a list answer that was
         # fetched before an event but applied after it: each refresh() in
@@ -441,6 +443,8 @@ class EngineCache:
             self._misses.gone(cid)
             self._apply(self.table.remove_container(cid, self.top))
             self.files.forget(cid)
+            for listener in self.removal_listeners:
+                listener(cid)
         elif action == "start":
             self.logs.container_started(cid)
         self._schedule_reread(cid)

@@ -118,6 +118,7 @@ class Engines:
                 self.clones.add(cloner, {kind: dirs[kind] for kind in CLONE_KINDS})
                 helpers = Helpers(HelperApi(source, HELPER_LABEL), on_removed=cache.files.forget)
                 self.helpers.append(helpers)
+                cache.removal_listeners.append(helpers.gone)
                 images = ImageRoots(objects, cache, helpers)
                 self.helper_roots[objects.dirs["images"].inode] = images
                 volumes = VolumeData(objects, cache, helpers)

@@ -180,6 +180,15 @@ class Helpers:
 
     # -- removal ---------------------------------------------------------------------
 
+    def gone(self, cid: str) -> None:
+        """The engine removed a container (its event): if it was a helper of
+        ours (`docker container prune`, by hand), its record goes, so the next
+        reader makes a new one instead of asking one that is not there."""
+        for key, helper in list(self._helpers.items()):
+            if helper.cid == cid:
+                del self._helpers[key]
+                self._on_removed(cid)
+
     async def _remove(self, cid: str, volumes: bool) -> None:
         self._on_removed(cid)
         try:

@@ -489,6 +489,16 @@ def test_a_full_volume_is_enospc_and_a_removed_container_enoent(
         engine.docker("volume", "rm", "-f", volume, check=False)
 
 
+def edit_hosts(engine: Engine, cid: str, root: Path, word: str) -> None:
+    """`>>` then `sed -i` of /etc/hosts.orig through the mount, checked in the container."""
+    hosts = root / "etc" / "hosts.orig"
+    assert sh(f"echo '10.0.0.1 db' >> {hosts}").returncode == 0
+    done = sh(f"sed -i 's/localhost/{word}/' {hosts}")
+    assert done.returncode == 0, done.stderr
+    want = f"127.0.0.1 {word}\n10.0.0.1 db\n".encode()
+    assert inside(engine, cid, "cat", "/etc/hosts.orig") == want == hosts.read_bytes()
+
+
 def test_podman(podman_engine: Engine, mount_factory: Any, tmp_path: Path) -> None:
     tar = tmp_path / "rootfs.tar"
     tools_tar(tar, tmp_path / "nowhere")
@@ -496,12 +506,7 @@ def test_podman(podman_engine: Engine, mount_factory: Any, tmp_path: Path) -> No
     cid = podman_engine.run(TOOLS, "sleep", "1d")
     m = mount_factory(podman_engine.host)
     root = m.path / cid / "root"
-    hosts = root / "etc" / "hosts.orig"
-    assert sh(f"echo '10.0.0.1 db' >> {hosts}").returncode == 0
-    done = sh(f"sed -i 's/localhost/local/' {hosts}")
-    assert done.returncode == 0, done.stderr
-    want = b"127.0.0.1 local\n10.0.0.1 db\n"
-    assert inside(podman_engine, cid, "cat", "/etc/hosts.orig") == want == hosts.read_bytes()
+    edit_hosts(podman_engine, cid, root, "local")
     os.mkdir(root / "tmp" / "d")
     (root / "tmp" / "d" / "f").write_bytes(b"podman\n")
     assert inside(podman_engine, cid, "cat", "/tmp/d/f") == b"podman\n"

@@ -35,7 +35,7 @@ from conftest import Engine, Mount, require, wait_for_start_line
 from support.fs_trees import docker_env, exported
 from support.private_engines import PrivateSshd, TLSDockerd
 from support.waiting import wait_until
-from test_root_writes import TOOLS, copied, inside, sh
+from test_root_writes import TOOLS, copied, edit_hosts, inside, sh
 
 # The image with busybox's tools, and what it needs, as test_root_writes makes them.
 marker_dir = base.marker_dir
@@ -490,12 +490,7 @@ def test_writes_over_a_remote_engine(remote: tuple[Engine, str], mount_factory: 
     m = mount_factory(url, name="remote")
     wait_for_start_line(m, url)
     root = m.path / cid / "root"
-    hosts = root / "etc" / "hosts.orig"
-    assert sh(f"echo '10.0.0.1 db' >> {hosts}").returncode == 0
-    done = sh(f"sed -i 's/localhost/remote/' {hosts}")
-    assert done.returncode == 0, done.stderr
-    want = b"127.0.0.1 remote\n10.0.0.1 db\n"
-    assert inside(engine, cid, "cat", "/etc/hosts.orig") == want == hosts.read_bytes()
+    edit_hosts(engine, cid, root, "remote")
     os.mkdir(root / "tmp" / "d")
     content = os.urandom(300_000)
     (root / "tmp" / "d" / "f").write_bytes(content)
@@ -503,7 +498,10 @@ def test_writes_over_a_remote_engine(remote: tuple[Engine, str], mount_factory: 
     assert inside(engine, cid, "sha256sum", "/tmp/d/f").split()[0] == sha(content)
     tree = exported(engine.dockerd, cid)
     assert tree["/tmp/d/f"][-1] == sha(content).decode()
-    assert tree["/etc/hosts.orig"][-1] == hashlib.sha256(want).hexdigest()
+    assert (
+        tree["/etc/hosts.orig"][-1]
+        == hashlib.sha256(b"127.0.0.1 remote\n10.0.0.1 db\n").hexdigest()
+    )
     os.unlink(root / "tmp" / "d" / "f")
     os.rmdir(root / "tmp" / "d")
     assert inside(engine, cid, "ls", "-a", "/tmp") == b".\n..\n"

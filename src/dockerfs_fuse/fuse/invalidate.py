@@ -120,10 +120,9 @@ class Invalidator:
         # are written here, sparing a refreshed listing a thread hop (about a
         # millisecond of a first `ls volumes`).
         if changes.removed:
-            # The thread hop stays where entries went too: meanwhile pyfuse3's
-            # notification thread drops them, before told_kernel lets a `ctl
-            # rm` reply (written here at once, `test_stopped`'s
-            # `ls fresh` after `rm` found the removed container's directory).
+            # Where entries went too, the thread hop stays: meanwhile pyfuse3's
+            # notification thread drops them, so a reply that follows
+            # told_kernel (a `ctl rm`) rarely finds a removed name still cached.
             await trio.to_thread.run_sync(invalidate_inodes, changes.changed, not self.kernel_cache)
             return
         if not self.kernel_cache:

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,29 @@ def require(condition: bool, why: str) -> None:
 def require_fuse() -> None:
     require(os.path.exists("/dev/fuse"), "/dev/fuse is missing")
     require(shutil.which("fusermount3") is not None, "fusermount3 missing (Debian fuse3)")
+
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
+
+
+def run_bench(
+    script: str, args: Sequence[str], out: Path, tools: Sequence[str], bound: float
+) -> subprocess.CompletedProcess[str]:
+    """`bench/SCRIPT ARGS --out OUT`, the real script end to end as `make bench`
+    runs it (root, FUSE and `tools` required), within `bound` seconds (a bound
+    on a hang, not a speed); it must exit 0."""
+    require(os.geteuid() == 0, "the benchmark needs root (private dockerd)")
+    require_fuse()
+    for tool in tools:
+        require(shutil.which(tool) is not None, f"{tool} missing")
+    res = subprocess.run(
+        [sys.executable, str(BENCH_DIR / script), *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=bound,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res
 
 
 # -- a hang fails the test that hung ------------------------------------------------

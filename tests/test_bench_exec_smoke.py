@@ -5,18 +5,13 @@ of its figures rather than for speed."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import require, require_fuse
+from conftest import run_bench
 
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "bench_exec.py"
 BENCH_BOUND = 180  # seconds; about 15 s on an idle machine
 FIGURES = [
     "api_true",
@@ -29,18 +24,9 @@ FIGURES = [
 
 
 def test_bench_exec_writes_its_figures(tmp_path: Path) -> None:
-    require(os.geteuid() == 0, "the benchmark needs root (private dockerd)")
-    require_fuse()
-    for tool in ("dockerd", "docker", "busybox", "bash"):
-        require(shutil.which(tool) is not None, f"{tool} missing")
     out = tmp_path / "results"
-    res = subprocess.run(
-        [sys.executable, str(BENCH), "--runs", "2", "--mb", "2", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=BENCH_BOUND,
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
+    tools = ("dockerd", "docker", "busybox", "bash")
+    run_bench("bench_exec.py", ["--runs", "2", "--mb", "2"], out, tools, BENCH_BOUND)
     figures = json.loads((out / "exec.json").read_text())["figures"]
     assert sorted(figures) == FIGURES
     for name, values in figures.items():

@@ -7,32 +7,20 @@ per listing, not for speed."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import require, require_fuse
+from conftest import run_bench
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "bench_objects.py"
 BENCH_BOUND = 300  # seconds, a bound on a hang: 20 s on an idle machine
 N = 20
 LISTINGS = ("ls_images_cold", "ls_images_warm", "ls_volumes_cold", "ls_volumes_warm")
 
 
 def test_objects_bench_at_20_writes_its_figures(tmp_path: Path) -> None:
-    require(os.geteuid() == 0, "the benchmark needs root (private dockerd)")
-    require_fuse()
-    for tool in ("dockerd", "docker"):
-        require(shutil.which(tool) is not None, f"{tool} missing")
     out = tmp_path / "results"
-    argv = [sys.executable, str(BENCH), "--images", str(N), "--volumes", str(N), "--runs", "1"]
-    res = subprocess.run(
-        [*argv, "--out", str(out)], capture_output=True, text=True, timeout=BENCH_BOUND
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
+    args = ["--images", str(N), "--volumes", str(N), "--runs", "1"]
+    res = run_bench("bench_objects.py", args, out, ("dockerd", "docker"), BENCH_BOUND)
     assert (out / "objects.md").read_text() in res.stdout
     report: dict[str, Any] = json.loads((out / "objects.json").read_text())
     assert report["images"] == report["volumes"] == N

@@ -6,18 +6,13 @@ rather than for speed."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import require, require_fuse
+from conftest import run_bench
 
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "bench_writes.py"
 BENCH_BOUND = 240  # seconds; about 20 s on an idle machine
 FIGURES = [
     "cp_docker",
@@ -32,29 +27,10 @@ FIGURES = [
 
 
 def test_bench_writes_writes_its_figures(tmp_path: Path) -> None:
-    require(os.geteuid() == 0, "the benchmark needs root (private dockerd)")
-    require_fuse()
-    for tool in ("dockerd", "docker", "busybox", "tar", "sed", "cp"):
-        require(shutil.which(tool) is not None, f"{tool} missing")
     out = tmp_path / "results"
-    res = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH),
-            "--runs",
-            "2",
-            "--mb",
-            "2",
-            "--files",
-            "20",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=BENCH_BOUND,
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
+    tools = ("dockerd", "docker", "busybox", "tar", "sed", "cp")
+    args = ["--runs", "2", "--mb", "2", "--files", "20"]
+    run_bench("bench_writes.py", args, out, tools, BENCH_BOUND)
     results = json.loads((out / "writes.json").read_text())
     figures = results["figures"]
     assert sorted(figures) == FIGURES

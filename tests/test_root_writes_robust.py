@@ -192,8 +192,14 @@ def test_two_writers_of_one_file(engine: Engine, tools_image: str, mounted: Moun
     assert b".dockerfs-" not in inside(engine, cid, "ls", "-a", "/tmp")
 
 
-def closed_in_background(fd: int) -> tuple[threading.Thread, list[BaseException | None]]:
-    """Close `fd` in a thread (the close uploads); the list gets None or its OSError."""
+def closed_in_background(
+    f: Path, content: bytes
+) -> tuple[threading.Thread, list[BaseException | None]]:
+    """`f` made to hold "old", then `content` written over it on a descriptor
+    closed in a thread (the close uploads): the list gets None or its OSError."""
+    f.write_bytes(b"old\n")
+    fd = os.open(f, os.O_WRONLY | os.O_TRUNC)
+    os.write(fd, content)
     result: list[BaseException | None] = []
 
     def close() -> None:
@@ -216,11 +222,8 @@ def test_a_write_during_another_writers_upload_goes_with_the_next_close(
     close sends the file with it (never the first upload's copy alone)."""
     cid = engine.run(tools_image, "sleep", "1d")
     f = mounted.path / cid / "root" / "tmp" / "f"
-    f.write_bytes(b"old\n")
     first = os.urandom(32 << 20)
-    fd = os.open(f, os.O_WRONLY | os.O_TRUNC)
-    os.write(fd, first)
-    closing, closed = closed_in_background(fd)
+    closing, closed = closed_in_background(f, first)
     poll_tight(landing(upper_dir(engine, cid) / "tmp"), "the first close's upload landing")
     second = os.open(f, os.O_WRONLY)
     try:
@@ -274,11 +277,8 @@ def test_a_write_racing_docker_rm(
     never hangs; on ENOENT the staged copy is kept and its place logged."""
     cid = engine.run(tools_image, "sleep", "1d")
     f = mounted.path / cid / "root" / "tmp" / "f"
-    f.write_bytes(b"old\n")
     content = os.urandom(32 << 20)
-    fd = os.open(f, os.O_WRONLY | os.O_TRUNC)
-    os.write(fd, content)
-    closing, result = closed_in_background(fd)
+    closing, result = closed_in_background(f, content)
     if when == "during the upload":
         poll_tight(landing(upper_dir(engine, cid) / "tmp"), "the upload landing")
     engine.send("DELETE", f"/containers/{cid}?force=1")  # no child: it would inherit fd

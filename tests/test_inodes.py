@@ -297,3 +297,58 @@ def test_names_follow_renames_removals_and_unlisted_containers() -> None:
     assert t.alias("abcd").data == a["Id"].encode()  # type: ignore[union-attr]
     t.set_containers([])
     assert t.alias("site") is None and t.alias("abcd") is None
+
+
+def hold_listed_below(t: InodeTable, node: Node) -> list[Node]:
+    """What a walk (`find`) makes the kernel hold: the listed entries only."""
+    held = []
+    for _, child in t.listed(node):
+        t.remember(child)
+        held.append(child)
+        if child.is_dir:
+            held += hold_listed_below(t, child)
+    return held
+
+
+def test_a_containers_live_directory_is_made_when_looked_into_with_a_whole_builds_numbers() -> None:
+    cid = RECORDED[0]["Id"]
+    whole = InodeTable()
+    whole.set_containers(RECORDED)
+    expected = numbers_below(whole, walk(whole, cid))  # .live/ looked into as well
+    t = InodeTable()
+    t.set_containers(RECORDED)
+    held = hold_listed_below(t, walk(t, cid))
+    live = walk(t, cid, ".live")
+    assert live.children is None and live.nlink == 2 + 2  # root/ and exec/, made or not
+    assert len(t) == 1 + len(RECORDED) + len(held) + 1  # the walk's nodes and .live itself
+    for node in held:
+        t.forget(node.inode, 1)
+    assert t.folded() == 1  # folded with .live/ never made
+    changed = copy.deepcopy(RECORDED)
+    changed[0]["Status"] = "Exited (0) 1 second ago"
+    t.set_containers(changed)  # changed while folded: its numbers recorded, .live/'s too
+    assert numbers_below(t, walk(t, cid)) == expected
+    again = InodeTable()
+    again.set_containers(RECORDED)
+    hold_listed_below(again, walk(again, cid))
+    assert walk(again, cid, ".live", "exec").inode == expected[".live/exec"]  # made now
+    assert numbers_below(again, walk(again, cid)) == expected
+
+
+def test_an_answer_that_says_the_same_keeps_the_one_kept_and_containers_share_parts() -> None:
+    first = RECORDED[0]
+    second = {**copy.deepcopy(first), "Id": "f" * 64, "Names": ["/other"]}
+    t = InodeTable()
+    t.set_containers([first, second])
+    a, b = walk(t, first["Id"]), walk(t, "f" * 64)
+    assert a.raw == first and b.raw == second
+    kept = a.raw
+    t.set_containers(copy.deepcopy([first, second]))
+    assert a.raw is kept  # the new answer is not kept beside the old
+    assert a.raw is not None and b.raw is not None
+    for field in ("ImageID", "NetworkSettings", "HostConfig"):
+        assert a.raw[field] is b.raw[field]
+    assert walk(t, first["Id"], "ImageID").data is walk(t, "f" * 64, "ImageID").data
+    assert walk(t, first["Id"], "ctl").data is walk(t, "f" * 64, "ctl").data
+    t.set_containers([{**first, "Status": "Up 1 second"}, second])
+    assert a.raw is not kept and walk(t, first["Id"], "Status").data == b"Up 1 second\n"

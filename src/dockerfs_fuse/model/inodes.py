@@ -190,6 +190,9 @@ class InodeTable:
         self._values: dict[object, Any] = {}  # parts shared by the answers kept (_kept)
         self.folds = 0  # container directories folded so far
         self._nodes_peak = 1  # the most nodes held at once since _nodes was made
+        # While a container's nodes are made in a build: the next number of
+        # its block (CONTAINER_BLOCK) and the block's end.
+        self._block: tuple[int, int] | None = None
         # Called with each directory of a container about to be folded, the
         # container's own first, entries still in place: what a view keeps
         # for them (by number) goes too.
@@ -233,16 +236,23 @@ class InodeTable:
         if node.children is None:
             if node.pending is not None:
                 pending, node.pending = node.pending, None
-                self._reconcile(node, made(pending), Changes())
-                self._number_live(node)
+                self._block = self._live_block(node)
+                try:
+                    self._reconcile(node, made(pending), Changes())
+                finally:
+                    self._block = None
             elif node.raw is None:
                 node.children = {}
             else:
                 numbers = self._folded.pop(node.inode, None)
-                # Rebuilt from a record: .live/ too, so that its nodes get theirs.
-                self._reconcile(
-                    node, container_spec(node.raw), Changes(), whole=numbers is not None
-                )
+                if numbers is None:
+                    self._block = (node.inode + 1, node.inode + CONTAINER_BLOCK)
+                try:
+                    # Rebuilt from a record: .live/ too, so that its nodes get theirs.
+                    whole = numbers is not None
+                    self._reconcile(node, container_spec(node.raw), Changes(), whole=whole)
+                finally:
+                    self._block = None
                 self._folded_plain.discard(node.inode)
                 self._renumber(node, numbers)
         assert node.children is not None
@@ -465,7 +475,9 @@ class InodeTable:
                 node = self._new_container(top, name, c)
             else:
                 self._update_container(node, c, changes)
-            new[name] = node
+            # By the name kept, not this answer's copy: nothing of an answer
+            # that says the same outlives the listing.
+            new[node.name] = node
             index.put(c)
         still: dict[str, Node] = {}
         dropped = [(node, True) for name, node in old.items() if name not in new]
@@ -643,24 +655,16 @@ class InodeTable:
                 node.inode = number
                 self._nodes[number] = node
 
-    def _number_live(self, live: Node) -> None:
-        """Number the entries of a container's `.live/`, made only now, as a
-        build of all of it would have (`_renumber`): they follow `.live/`
-        itself, the last of the container's nodes in a build's order, so no
-        build has given those numbers yet."""
+    def _live_block(self, live: Node) -> tuple[int, int] | None:
+        """The numbers for the entries of a container's `.live/`, made only
+        now, that a build of all of it would have given (`_renumber`): they
+        follow `.live/` itself, the last of the container's nodes in a
+        build's order, so no build has given them yet."""
         container = live.parent
         if not live.unlisted or container is None or container.raw is None:
-            return
+            return None
         end = container.inode + CONTAINER_BLOCK
-        if not container.inode < live.inode < end:
-            return
-        for i, (node, _) in enumerate(_below(live)):
-            number = live.inode + 1 + i
-            if number >= end or number in self._nodes:
-                break
-            del self._nodes[node.inode]
-            node.inode = number
-            self._nodes[number] = node
+        return (live.inode + 1, end) if container.inode < live.inode < end else None
 
     def _unfold_plain(self, node: Node) -> None:
         """A folded container's answer is about to change, and with it perhaps
@@ -675,8 +679,17 @@ class InodeTable:
     # -- internals -------------------------------------------------------------------
 
     def _new_node(self, parent: Node, name: str, kind: Kind, mtime_ns: int) -> Node:
-        node = Node(self._next, name, kind, mtime_ns, parent=parent)
-        self._next += 1
+        block = self._block
+        if block is not None and block[0] < block[1] and block[0] not in self._nodes:
+            # A container's build: its nodes numbered in its block as made,
+            # in the order _renumber gives, so none is numbered twice.
+            number = block[0]
+            self._block = (number + 1, block[1])
+        else:
+            number = self._next
+            self._next += 1
+            self._block = None
+        node = Node(number, name, kind, mtime_ns, parent=parent)
         self._nodes[node.inode] = node
         self._nodes_peak = max(self._nodes_peak, len(self._nodes))
         return node

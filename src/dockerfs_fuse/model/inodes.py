@@ -83,30 +83,103 @@ class Kind(enum.Enum):
     LINK = "link"
 
 
-@dataclass(slots=True, eq=False)
 class Node:
-    inode: int
-    name: str
-    kind: Kind
-    mtime_ns: int
-    data: bytes = b""
-    # Files made when opened (ctl, logs...): what to make.
-    special: Special | None = None
-    # Directories only: children by name, in listing order; None until built.
-    children: dict[str, Node] | None = None
-    subdirs: int = 0
-    # Container directories only: the API answer the children are built from.
-    raw: Container | None = None
-    # The engine view's object directories: their contents, built on first use.
-    pending: Tree | Deferred | None = None
-    lookups: int = 0
-    gone: bool = False
-    parent: Node | None = None
-    # Nodes under a container's root/ only: what the engine says the path is.
-    entry: Entry | None = None
-    # A directory that lists as empty and is left out of its parent's listing
-    # (tree.Unlisted): its entries answer by name only.
-    unlisted: bool = False
+    """A file or a link of the tree, or (DirNode) a directory.
+
+    A file carries none of a directory's fields: at ten thousand walked
+    containers the table holds ~370,000 nodes, most of them files, and
+    each slot is 3 MB. Read on a file, those fields say "none"; setting
+    one to anything but that is a bug (AttributeError)."""
+
+    __slots__ = (
+        "data",
+        "entry",
+        "gone",
+        "inode",
+        "kind",
+        "lookups",
+        "mtime_ns",
+        "name",
+        "parent",
+        "special",
+    )
+
+    def __init__(
+        self,
+        inode: int,
+        name: str,
+        kind: Kind,
+        mtime_ns: int,
+        *,
+        data: bytes = b"",
+        parent: Node | None = None,
+    ) -> None:
+        self.inode = inode
+        self.name = name
+        self.kind = kind
+        self.mtime_ns = mtime_ns
+        self.data = data
+        # Files made when opened (ctl, logs...): what to make.
+        self.special: Special | None = None
+        self.lookups = 0
+        self.gone = False
+        self.parent = parent
+        # Nodes under a container's root/ only: what the engine says the path is.
+        self.entry: Entry | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.inode}, {self.name!r}, {self.kind.value})"
+
+    @property
+    def children(self) -> dict[str, Node] | None:
+        """Directories only: children by name, in listing order; None until built."""
+        return None
+
+    @children.setter
+    def children(self, value: dict[str, Node] | None) -> None:
+        if value:
+            raise AttributeError(f"{self.name}: not a directory")
+
+    @property
+    def subdirs(self) -> int:
+        return 0
+
+    @subdirs.setter
+    def subdirs(self, value: int) -> None:
+        if value:
+            raise AttributeError(f"{self.name}: not a directory")
+
+    @property
+    def raw(self) -> Container | None:
+        """Container directories only: the API answer the children are built from."""
+        return None
+
+    @raw.setter
+    def raw(self, value: Container | None) -> None:
+        if value is not None:
+            raise AttributeError(f"{self.name}: not a directory")
+
+    @property
+    def pending(self) -> Tree | Deferred | None:
+        """Directories only: their contents, built on first use (object
+        directories, a container's .live/)."""
+        return None
+
+    @pending.setter
+    def pending(self, value: Tree | Deferred | None) -> None:
+        if value is not None:
+            raise AttributeError(f"{self.name}: not a directory")
+
+    @property
+    def unlisted(self) -> bool:
+        """A directory that lists as empty and is left out of its parent's
+        listing (tree.Unlisted): its entries answer by name only."""
+        return False
+
+    @unlisted.setter
+    def unlisted(self, value: bool) -> None:
+        if value:
+            raise AttributeError(f"{self.name}: not a directory")
 
     @property
     def is_dir(self) -> bool:
@@ -116,6 +189,34 @@ class Node:
     def nlink(self) -> int:
         # A tar does not count a directory's links: 1, "unknown", for those under root/.
         return 2 + self.subdirs if self.kind is Kind.DIR and self.entry is None else 1
+
+
+class DirNode(Node):
+    """A directory: a node with children (see Node for each field)."""
+
+    __slots__ = ("children", "pending", "raw", "subdirs", "unlisted")
+
+    children: dict[str, Node] | None
+    subdirs: int
+    raw: Container | None
+    pending: Tree | Deferred | None
+    unlisted: bool
+
+    def __init__(
+        self,
+        inode: int,
+        name: str,
+        mtime_ns: int,
+        *,
+        parent: Node | None = None,
+        children: dict[str, Node] | None = None,
+    ) -> None:
+        super().__init__(inode, name, Kind.DIR, mtime_ns, parent=parent)
+        self.children = children
+        self.subdirs = 0
+        self.raw = None
+        self.pending = None
+        self.unlisted = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +263,7 @@ class Changes:
 class InodeTable:
     def __init__(self, root_mtime_ns: int = 0) -> None:
         self._next = ROOT_INODE + 1
-        self.root = Node(ROOT_INODE, "", Kind.DIR, root_mtime_ns, children={})
+        self.root: Node = DirNode(ROOT_INODE, "", root_mtime_ns, children={})
         self._nodes: dict[int, Node] = {ROOT_INODE: self.root}
         # Symlinks for names and ID prefixes, made on lookup, never listed;
         # per top directory (by its inode).
@@ -241,6 +342,8 @@ class InodeTable:
                     self._reconcile(node, made(pending), Changes())
                 finally:
                     self._block = None
+            elif not node.is_dir:
+                return {}
             elif node.raw is None:
                 node.children = {}
             else:
@@ -354,7 +457,7 @@ class InodeTable:
     def add_entries(self, parent: Node, spec: Spec) -> None:
         """Fixed entries after those a fixed directory has (the engine view's
         `events` and the unlisted `.live/` it leads into)."""
-        scratch = Node(0, "", Kind.DIR, parent.mtime_ns, children={})
+        scratch = DirNode(0, "", parent.mtime_ns, children={})
         self._reconcile(scratch, spec, Changes())
         children = parent.children if parent.children is not None else {}
         for name, child in (scratch.children or {}).items():
@@ -639,6 +742,8 @@ class InodeTable:
             # walk of 10,000 containers, ~10 MB for 10,000 entries.
             self._nodes = dict(self._nodes)
             self._nodes_peak = len(self._nodes)
+            # Those made by the walk would keep its memory in use too.
+            self._bytes.clear()
 
     def _renumber(self, container: Node, numbers: _Numbers | None) -> None:
         """Number a container's nodes, just built: as recorded when it was
@@ -689,7 +794,11 @@ class InodeTable:
             number = self._next
             self._next += 1
             self._block = None
-        node = Node(number, name, kind, mtime_ns, parent=parent)
+        node = (
+            DirNode(number, name, mtime_ns, parent=parent)
+            if kind is Kind.DIR
+            else Node(number, name, kind, mtime_ns, parent=parent)
+        )
         self._nodes[node.inode] = node
         self._nodes_peak = max(self._nodes_peak, len(self._nodes))
         return node

@@ -5,8 +5,13 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
+from dockerfs_fuse.engine.engines import Engines
+from dockerfs_fuse.fuse.exec import ExecView
+from dockerfs_fuse.fuse.handles import HandleTable
+from dockerfs_fuse.fuse.invalidate import Invalidator
 from dockerfs_fuse.model.inodes import ROOT_INODE, InodeTable, Kind, Node
 
 RECORDED: list[dict[str, Any]] = json.loads(
@@ -352,3 +357,26 @@ def test_an_answer_that_says_the_same_keeps_the_one_kept_and_containers_share_pa
     assert walk(t, first["Id"], "ctl").data is walk(t, "f" * 64, "ctl").data
     t.set_containers([{**first, "Status": "Up 1 second"}, second])
     assert a.raw is not kept and walk(t, first["Id"], "Status").data == b"Up 1 second\n"
+
+
+def test_the_exec_view_lets_go_of_what_it_kept_for_a_folded_containers_exec() -> None:
+    t = InodeTable()
+    t.set_containers(RECORDED)
+    modes: dict[int, int] = {}
+    block_sizes: dict[int, int] = {}
+    view = ExecView(
+        cast(Engines, SimpleNamespace(table=t)),
+        HandleTable(),
+        cast(Invalidator, None),
+        modes,
+        block_sizes,
+    )
+    exec_dir = walk(t, RECORDED[0]["Id"], ".live", "exec")
+    view.prepare(exec_dir)  # the kernel looked exec/ up: its clone is added
+    clone = walk(t, RECORDED[0]["Id"], ".live", "exec", "clone")
+    t.remember(clone)
+    assert clone.inode in block_sizes and clone.inode in modes
+    t.forget(clone.inode, 1)
+    assert t.folded() == 1
+    # Kept, their numbers would keep the memory of a forgotten walk in use.
+    assert not modes and not block_sizes and not view.files

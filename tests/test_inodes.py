@@ -380,3 +380,14 @@ def test_the_exec_view_lets_go_of_what_it_kept_for_a_folded_containers_exec() ->
     assert t.folded() == 1
     # Kept, their numbers would keep the memory of a forgotten walk in use.
     assert not modes and not block_sizes and not view.files
+
+
+def test_an_answer_orjson_cannot_encode_is_kept_as_it_came() -> None:
+    odd = {**copy.deepcopy(RECORDED[0]), "Labels": {"lone": "\udcff"}}  # json's, not orjson's
+    t = InodeTable()
+    t.set_containers([odd])
+    node = walk(t, odd["Id"])
+    assert node.raw == odd
+    assert walk(t, odd["Id"], "Labels", "lone").data == b"\xff\n"
+    t.set_containers([copy.deepcopy(odd)])
+    assert node.raw == odd

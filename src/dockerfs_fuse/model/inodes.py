@@ -575,13 +575,13 @@ class InodeTable:
                 continue
             node = old.get(name) or kept.pop(name, None)
             if node is None:
-                node = self._new_container(top, name, c)
+                node = self._new_container(top, c)
             else:
                 self._update_container(node, c, changes)
             # By the name kept, not this answer's copy: nothing of an answer
             # that says the same outlives the listing.
             new[node.name] = node
-            index.put(c)
+            index.put(node.raw or c)
         still: dict[str, Node] = {}
         dropped = [(node, True) for name, node in old.items() if name not in new]
         for node, was_listed in [*dropped, *((node, False) for node in kept.values())]:
@@ -590,7 +590,7 @@ class InodeTable:
             if answer is not None and node.lookups:
                 self._update_container(node, answer, changes)
                 still[node.name] = node
-                index.put(answer)
+                index.put(node.raw or answer)
             else:
                 index.drop(cid)
                 self._drop(top, node, changes)
@@ -612,12 +612,12 @@ class InodeTable:
             # Last, not first as Docker lists it: a copy of the whole listing
             # per event would cost as much as a listing. Reading the
             # directory lists it again, in Docker's order.
-            node = node or self._new_container(top, name, c)
-            children[name] = node
+            node = node or self._new_container(top, c)
+            children[node.name] = node
             top.children = children
             top.subdirs = len(children)
         self._update_container(node, c, changes)
-        self._index(top).put(c)
+        self._index(top).put(node.raw or c)
         return changes
 
     def unlist_container(self, c: Container, top: Node | None = None) -> Changes:
@@ -630,12 +630,12 @@ class InodeTable:
         unlisted = self._unlisted.setdefault(top.inode, {})
         node = (top.children or {}).pop(name, None) or unlisted.get(name)
         if node is None:
-            node = self._new_container(top, name, c)
+            node = self._new_container(top, c)
         else:
             self._update_container(node, c, changes)
             top.subdirs = len(top.children or {})
-        unlisted[name] = node
-        self._index(top).put(c)
+        unlisted[node.name] = node
+        self._index(top).put(node.raw or c)
         return changes
 
     def remove_container(self, cid: str, top: Node | None = None) -> Changes:
@@ -803,10 +803,13 @@ class InodeTable:
         self._nodes_peak = max(self._nodes_peak, len(self._nodes))
         return node
 
-    def _new_container(self, top: Node, name: str, c: Container) -> Node:
+    def _new_container(self, top: Node, c: Container) -> Node:
         """A container directory, left unbuilt until something inside is asked for."""
-        node = self._new_node(top, name, Kind.DIR, created_seconds(c) * NS)
-        node.raw = self._kept(c)
+        kept = self._kept(c)
+        # Its own name, not the answer's: the answer's memory is then all freed.
+        node = self._new_node(top, escape_name(container_id(kept)), Kind.DIR, 0)
+        node.mtime_ns = created_seconds(kept) * NS
+        node.raw = kept
         node.subdirs = len(SUBDIRS)
         self._next += CONTAINER_BLOCK - 1  # for its nodes (_renumber)
         return node
@@ -832,22 +835,32 @@ class InodeTable:
         """A container's answer as kept: its strings and nested values one
         object with the other containers' that are the same (the image, the
         state, labels, networks: 2.8 KB an answer at 10,000 created
-        containers, 1 KB kept)."""
+        containers, 1 KB kept), and copies of the others, not the parse's
+        own: kept, a few of them in each of its pages would keep the whole
+        parse's memory in use."""
         kept: dict[str, Any] = {}
         shared = self._values
         for key, value in c.items():
-            if key not in _UNIQUE_FIELDS and value:
-                if isinstance(value, str):
-                    like: object = value
-                elif isinstance(value, dict | list):
+            if isinstance(value, str):
+                like: object = value
+            elif isinstance(value, dict | list):
+                try:
                     like = orjson.dumps(value)
-                else:
+                except (orjson.JSONEncodeError, TypeError):  # a lone surrogate, say
                     like = None
-                if like is not None:
-                    value = shared.get(like, value)
-                    if len(shared) > SHARED_PATHS:
-                        shared.clear()
-                    shared[like] = value
+            else:
+                like = None
+            if like is not None and value:
+                found = shared.get(like) if key not in _UNIQUE_FIELDS else None
+                if found is None:
+                    found = _copy(value, like)
+                    if key not in _UNIQUE_FIELDS:
+                        if len(shared) > SHARED_PATHS:
+                            shared.clear()
+                        shared[like] = found
+                value = found
+            elif isinstance(value, int) and not isinstance(value, bool):
+                value = _copy(value, None)
             kept[key] = value
         return kept
 
@@ -941,6 +954,18 @@ class InodeTable:
             n.gone = True
             if n.lookups == 0:
                 self._nodes.pop(n.inode, None)
+
+
+def _copy(value: Any, encoded: object) -> Any:
+    """A new object equal to an answer's value (str, int, or a list or dict
+    that orjson encoded as `encoded`)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "surrogatepass")
+    if isinstance(value, int):
+        return int(str(value))
+    if isinstance(encoded, bytes):
+        return orjson.loads(encoded)
+    return value
 
 
 def _container_above(node: Node) -> Node | None:

@@ -13,6 +13,7 @@ from dockerfs_fuse.fuse.exec import ExecView
 from dockerfs_fuse.fuse.handles import HandleTable
 from dockerfs_fuse.fuse.invalidate import Invalidator
 from dockerfs_fuse.model.inodes import ROOT_INODE, InodeTable, Kind, Node
+from dockerfs_fuse.model.names import NameIndex
 
 RECORDED: list[dict[str, Any]] = json.loads(
     (Path(__file__).parent / "data" / "containers-all.json").read_text()
@@ -391,3 +392,18 @@ def test_an_answer_orjson_cannot_encode_is_kept_as_it_came() -> None:
     assert walk(t, odd["Id"], "Labels", "lone").data == b"\xff\n"
     t.set_containers([copy.deepcopy(odd)])
     assert node.raw == odd
+
+
+def test_the_name_index_resolves_through_clashes_and_their_end() -> None:
+    index = NameIndex()
+    a, b = "abcd" + "1" * 60, "abcd" + "2" * 60
+    index.put({"Id": a, "Names": ["/web"]})
+    index.put({"Id": b, "Names": ["/web"]})  # a clash Docker never makes: the least ID
+    assert index.resolve("web") == a and index.resolve("abcd") == ""  # two share the prefix
+    assert index.resolve("abcd1") == a and index.resolve("abcd2") == b
+    index.drop(a)
+    assert index.resolve("web") == b and index.resolve("abcd") == b
+    index.put({"Id": b, "Names": ["/db"]})  # renamed
+    assert index.resolve("web") == "" and index.resolve("db") == b
+    index.drop(b)
+    assert index.resolve("db") == "" and index.resolve("abcd") == "" and not len(index)

@@ -189,8 +189,10 @@ def test_a_container_the_kernel_forgot_is_let_go_and_rebuilt_with_its_numbers() 
     for node in held:
         t.forget(node.inode, 1)
     assert t.folded() == 0 and len(t) == listed + len(before)  # Image is still held
+    assert t.holding() == 1
     t.forget(image.inode, 1)
     assert t.folded() == 1 and len(t) == listed  # only numbers are kept
+    assert t.holding() == 0  # the end of a forgotten walk: memory goes back then
     assert all(node.inode not in t for node in held)
     assert numbers_below(t, container) == before  # a lookup builds it again, same numbers
     assert t.folded() == 0 and len(t) == listed + len(before)

@@ -365,6 +365,10 @@ class InodeTable:
         """How many container directories are folded (the kernel forgot what was below)."""
         return len(self._folded_plain) + len(self._folded)
 
+    def holding(self) -> int:
+        """How many built container directories the kernel holds something below."""
+        return len(self._held)
+
     def listed(self, node: Node) -> list[tuple[str, Node]]:
         """A directory's listing: its children but unlisted ones; none for an unlisted one."""
         if node.unlisted:

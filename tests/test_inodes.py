@@ -354,8 +354,10 @@ def test_an_answer_that_says_the_same_keeps_the_one_kept_and_containers_share_pa
     t.set_containers(copy.deepcopy([first, second]))
     assert a.raw is kept  # the new answer is not kept beside the old
     assert a.raw is not None and b.raw is not None
-    for field in ("ImageID", "NetworkSettings", "HostConfig"):
+    for field in ("ImageID", "NetworkSettings", "HostConfig", "Ports"):
         assert a.raw[field] is b.raw[field]
+    # Copies: kept, the parse's own objects would keep all of its memory in use.
+    assert not any(a.raw[field] is first[field] for field in ("Id", "Names", "Ports", "Image"))
     assert walk(t, first["Id"], "ImageID").data is walk(t, "f" * 64, "ImageID").data
     assert walk(t, first["Id"], "ctl").data is walk(t, "f" * 64, "ctl").data
     t.set_containers([{**first, "Status": "Up 1 second"}, second])

@@ -854,7 +854,7 @@ class InodeTable:
                     like = None
             else:
                 like = None
-            if like is not None and value:
+            if like is not None:
                 found = shared.get(like) if key not in _UNIQUE_FIELDS else None
                 if found is None:
                     found = _copy(value, like)

@@ -411,3 +411,14 @@ def test_the_name_index_resolves_through_clashes_and_their_end() -> None:
     assert index.resolve("web") == "" and index.resolve("db") == b
     index.drop(b)
     assert index.resolve("db") == "" and index.resolve("abcd") == "" and not len(index)
+
+
+def test_a_changed_answer_keeps_the_parts_it_did_not_change() -> None:
+    t = InodeTable()
+    t.set_containers(RECORDED)
+    node = walk(t, RECORDED[0]["Id"])
+    assert node.raw is not None
+    kept = dict(node.raw)
+    t.set_containers([{**copy.deepcopy(RECORDED[0]), "Status": "Up 2 hours"}, *RECORDED[1:]])
+    assert node.raw["Status"] == "Up 2 hours" and node.raw["Names"] is kept["Names"]
+    assert node.raw["NetworkSettings"] is kept["NetworkSettings"]

@@ -830,21 +830,27 @@ class InodeTable:
             if node.inode in self._folded_plain:
                 # Its next build may make its nodes in another order: record them.
                 self._unfold_plain(node)
-            node.raw = self._kept(c)
+            node.raw = self._kept(c, node.raw)
         else:
-            node.raw = self._kept(c)
+            node.raw = self._kept(c, node.raw)
             self._reconcile(node, container_spec(c), changes)
 
-    def _kept(self, c: Container) -> Container:
+    def _kept(self, c: Container, old: Container | None = None) -> Container:
         """A container's answer as kept: its strings and nested values one
         object with the other containers' that are the same (the image, the
         state, labels, networks: 2.8 KB an answer at 10,000 created
         containers, 1 KB kept), and copies of the others, not the parse's
         own: kept, a few of them in each of its pages would keep the whole
-        parse's memory in use."""
+        parse's memory in use. What `old`, the answer kept until now, says
+        the same of is kept as it was (a new Status, say, costs only itself)."""
         kept: dict[str, Any] = {}
         shared = self._values
+        was = old if old is not None else {}
         for key, value in c.items():
+            same = was.get(key, kept)
+            if same is not kept and type(same) is type(value) and same == value:
+                kept[key] = same
+                continue
             if isinstance(value, str):
                 like: object = value
             elif isinstance(value, dict | list):

@@ -29,6 +29,7 @@ from dockerfs_fuse.docker.errors import (
     ReadOnlyFs,
 )
 from dockerfs_fuse.docker.writes import Ran, TarBody, _classified
+from dockerfs_fuse.engine.channel import ShellStream
 from dockerfs_fuse.engine.engines import Engines
 from dockerfs_fuse.engine.roots import ContainerRoots
 from dockerfs_fuse.engine.writes import (
@@ -138,6 +139,10 @@ class FakeWrites:
 
     async def is_gone(self, cid: str) -> bool:
         return self.gone
+
+    async def open_shell(self, cid: str) -> ShellStream:
+        """No shell here: the channel's own tests (test_channel_unit.py) have one."""
+        raise Conflict("no shell in the fake engine")
 
     async def run(self, cid: str, argv: Sequence[str]) -> Ran:
         if not self.running:

@@ -11,11 +11,15 @@ sent by the kernel (sendfile) on a connection of its own, from a worker
 thread: aiohttp would read it into Python and copy it again on its way
 out, which made an upload take about twice as long as `docker cp`'s. Over
 TCP, TLS or ssh it goes through the client, read a chunk at a time.
+
+`open_shell` starts the long-lived `sh` that engine/channel.py sends small
+changes to: an exec with its stdin attached (hijacked), as root.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import os
@@ -40,6 +44,7 @@ from dockerfs_fuse.docker.errors import (
     ReadOnlyFs,
     translate,
 )
+from dockerfs_fuse.docker.framing import Run
 from dockerfs_fuse.docker.source import DockerSource
 from dockerfs_fuse.model.files import NotAFile
 
@@ -208,6 +213,9 @@ class DockerWrites:
         state = info.get("State") or {}
         return state.get("Status") in REMOVED_STATES
 
+    async def open_shell(self, cid: str) -> Shell:
+        return await open_shell(self.source, cid)
+
     async def run(self, cid: str, argv: Sequence[str]) -> Ran:
         """Run `argv` in the container as root, to its end (within the usual
         deadline); its exit code and output. Raises Conflict when it is not
@@ -226,6 +234,54 @@ class DockerWrites:
         if state.exit_code is None:
             raise ApiError(f"exec inspect: no exit code for {argv[0]!r}")
         return Ran(state.exit_code, output)
+
+
+class Shell:
+    """A started `sh` of a container: its stdin written, its stdout and
+    stderr read (each read: the runs of output since, None at its end)."""
+
+    def __init__(
+        self,
+        source: DockerSource,
+        exec_id: str,
+        stream: exec_calls.SocketChannel | exec_calls.ThreadChannel,
+    ) -> None:
+        self._source = source
+        self.exec_id = exec_id
+        self._stream = stream
+
+    async def read(self) -> list[Run] | None:
+        return await self._stream.read()
+
+    async def write(self, data: bytes) -> None:
+        await self._stream.write(data)
+
+    def counted(self) -> contextlib.AbstractContextManager[None]:
+        """One command's round trip, counted with the engine's requests."""
+        return self._source.counted("shell command")
+
+    def close(self) -> None:
+        """Drop the connection: the shell reads the end of its stdin and exits."""
+        self._stream.close()
+
+
+async def open_shell(source: DockerSource, cid: str) -> Shell:
+    """`sh` started in the container as root, its stdin attached (no TTY:
+    stdout and stderr come framed). Conflict when it is not running (or is
+    paused), NotFound when it is gone. A container without `sh` starts
+    one that ends at once: the caller finds out at its first line."""
+    body: dict[str, Any] = {
+        "AttachStdin": True,
+        "AttachStdout": True,
+        "AttachStderr": True,
+        "Tty": False,
+        "User": "0",
+        "Cmd": ["sh"],
+        "Env": [f"{exec_calls.MARK_VARIABLE}=channel"],
+    }
+    exec_id = await exec_calls.create_from(source, cid, body)
+    stream = await exec_calls.start(source, exec_id, False)
+    return Shell(source, exec_id, stream)
 
 
 def _put_over_unix(where: str, target: str, body: TarBody, connect: float) -> tuple[int, bytes]:

@@ -17,6 +17,14 @@ upload under the file's own name: nothing in it reads meanwhile (a paused
 one's processes may, after). So does a new file, which has no old content
 to keep (as `docker cp` writes it: one request per file for `tar -x`).
 
+In a running container, a rename, a removal, a change of mode, owner or
+time, and the upload of a file of at most SMALL_UPLOAD bytes go first
+through the container's long-lived shell (engine/channel.py): one line
+written, one acknowledgement read, a few ms where an exec or a PUT costs
+~50. A small file is written there under a temporary name, given its mode
+and owner, and renamed into place (a new file too). Where there is no
+channel (no `sh`, a stopped container), what follows applies.
+
 What the archive API cannot do (remove, rename, change a mode, an owner or
 a time) is a short exec of `rm`, `rmdir`, `mv`, `chmod`, `chown` or `touch`
 in a running container that has them. Elsewhere (a stopped container, a
@@ -50,10 +58,12 @@ import trio
 
 from dockerfs_fuse.docker.errors import Conflict
 from dockerfs_fuse.docker.writes import Ran, TarBody
+from dockerfs_fuse.engine.channel import Channels, LostAck, NoChannel, ShellStream
 from dockerfs_fuse.engine.containers import EngineCache
 from dockerfs_fuse.engine.roots import ContainerRoots
 from dockerfs_fuse.model.files import Entry, PathError
 from dockerfs_fuse.model.inodes import Changes, Node
+from dockerfs_fuse.model.shell import run_command, upload_command
 from dockerfs_fuse.model.tarwrite import (
     END,
     Meta,
@@ -72,6 +82,10 @@ TOOLS_KEPT = 4096
 # A temporary upload's name: hidden, random, then as much of the name as fits.
 TEMP_PREFIX = ".dockerfs-"
 NAME_MAX = 255
+# Files at most this big are uploaded through the container's shell (their
+# bytes escaped into its script, up to 4x as long); bigger ones by PUT, sent
+# from the staged file by the kernel.
+SMALL_UPLOAD = 64 << 10
 
 
 class CannotChange(PathError):
@@ -88,6 +102,14 @@ class ToolFailed(PathError):
         said = ran.output.decode(errors="replace").strip()
         super().__init__(f"{what}: exit {ran.code}: {said}")
         self.errno = errno_of_output(said)
+
+
+class ChannelLost(PathError):
+    """A rename or removal was sent to the container's shell, which never
+    acknowledged it: whether it happened is unknown, and doing it again
+    could act twice."""
+
+    errno = errno.EIO
 
 
 class ContainerGone(PathError):
@@ -119,6 +141,7 @@ class ReadOnlyImage(PathError):
 # What a tool's message says, in the words of busybox and GNU coreutils.
 _SAID = (
     ("no such file", errno.ENOENT),
+    ("nonexistent directory", errno.ENOENT),
     ("not empty", errno.ENOTEMPTY),
     ("is a directory", errno.EISDIR),
     ("not a directory", errno.ENOTDIR),
@@ -145,6 +168,7 @@ class WriteBackend(Protocol):
     async def is_running(self, cid: str) -> bool: ...
     async def is_gone(self, cid: str) -> bool: ...
     async def run(self, cid: str, argv: Sequence[str]) -> Ran: ...
+    async def open_shell(self, cid: str) -> ShellStream: ...
 
 
 class Staging:
@@ -217,6 +241,7 @@ class ContainerWrites:
         self.staging = staging or Staging()
         self._drafts: dict[int, Draft] = {}
         self._mv_known: dict[str, bool] = {}
+        self.channels = Channels()
 
     # -- where --------------------------------------------------------------------------
 
@@ -476,6 +501,8 @@ class ContainerWrites:
             draft.meta = replace(draft.meta, mtime=int(time.time()))
         meta = draft.meta
         backend, cid = draft.backend, draft.cid
+        if draft.size <= SMALL_UPLOAD and await self._upload_by_shell(draft, directory, name):
+            return
         # A new file has no old content for a reader to see mixed with the
         # new: it is written under its own name, as `docker cp` writes.
         atomic = (
@@ -499,20 +526,68 @@ class ContainerWrites:
             if atomic or not draft.in_container:
                 with contextlib.suppress(Exception):
                     if atomic or await backend.is_running(cid):
-                        await backend.run(cid, ["rm", "-f", temp])
+                        await self._run(backend, cid, ["rm", "-f", temp], repeatable=True)
             raise
         if not atomic:
             return
-        ran = await backend.run(cid, ["mv", "-f", "-T", temp, draft.path])
+        ran = await self._run(backend, cid, ["mv", "-f", "-T", temp, draft.path], False)
         if ran.code != 0:
             with contextlib.suppress(Exception):
-                await backend.run(cid, ["rm", "-f", temp])
+                await self._run(backend, cid, ["rm", "-f", temp], repeatable=True)
             raise ToolFailed(f"{cid[:12]}: mv to {draft.path}", ran)
+
+    async def _upload_by_shell(self, draft: Draft, directory: str, name: str) -> bool:
+        """Upload a small draft through the container's shell: under a
+        temporary name, its mode and owner set, then renamed into place.
+        False when it must go by PUT: no channel, a tool missing, or the
+        shell lost before it answered (the PUT does it again, whole)."""
+        content = os.pread(draft.fd, draft.size, 0)
+        if len(content) != draft.size:
+            return False
+        meta = draft.meta
+        temp = posixpath.join(directory, _temp_name(name))
+        command = upload_command(
+            temp,
+            draft.path,
+            content,
+            meta.mode,
+            meta.uid,
+            meta.gid,
+            meta.mtime if draft.mtime_given else None,
+        )
+        try:
+            ack = await self.channels.command(draft.backend, draft.cid, command)
+        except NoChannel:
+            return False
+        except LostAck as exc:
+            log.info("%s: %s: %s; uploaded by PUT", draft.cid[:12], draft.path, exc)
+            return False
+        ran = Ran(ack.code, ack.output)
+        if ran.no_tool:
+            return False
+        if ran.code != 0:
+            raise ToolFailed(f"{draft.cid[:12]}: upload of {draft.path}", ran)
+        return True
+
+    async def _run(self, backend: WriteBackend, cid: str, argv: list[str], repeatable: bool) -> Ran:
+        """A tool's run in the container: through its shell, else by an exec.
+        A command the shell never acknowledged is run again by exec only if
+        `repeatable` (doing it twice does what doing it once does)."""
+        try:
+            ack = await self.channels.command(backend, cid, run_command(argv))
+        except NoChannel:
+            return await backend.run(cid, argv)
+        except LostAck as exc:
+            if repeatable:
+                return await backend.run(cid, argv)
+            log.warning("%s: %s: %s; not run again", cid[:12], " ".join(argv), exc)
+            raise ChannelLost(f"{cid[:12]}: {argv[0]}: {exc}") from None
+        return Ran(ack.code, ack.output)
 
     async def _has_mv(self, backend: WriteBackend, cid: str) -> bool:
         known = self._mv_known.get(cid)
         if known is None:
-            ran = await backend.run(cid, ["mv", "--help"])
+            ran = await self._run(backend, cid, ["mv", "--help"], repeatable=True)
             known = not ran.no_tool
             if not known:
                 log.info("%s: no mv in the container: files are replaced in place", cid[:12])
@@ -576,11 +651,13 @@ class ContainerWrites:
             raise PathError(f"{name}: not there after the upload")
         return node
 
-    async def _tool(self, node: Node, what: str, argv: list[str]) -> tuple[EngineCache, str]:
+    async def _tool(
+        self, node: Node, what: str, argv: list[str], repeatable: bool = False
+    ) -> tuple[EngineCache, str]:
         """Run a tool in the container of `node`, or refuse (EPERM)."""
         async with self._located(node) as (backend, cache, cid, _):
             try:
-                ran = await backend.run(cid, argv)
+                ran = await self._run(backend, cid, argv, repeatable)
             except Conflict:  # not running, or paused: the engine says so, no need to ask
                 raise CannotChange(f"{cid[:12]}: {what}: the container is not running") from None
         if ran.no_tool:
@@ -670,14 +747,19 @@ class ContainerWrites:
         done: tuple[EngineCache, str] | None = None
         if uid is not None or gid is not None:
             owner = f"{'' if uid is None else uid}:{'' if gid is None else gid}"
-            done = await self._tool(node, f"chown {path}", ["chown", "-h", owner, path])
+            done = await self._tool(
+                node, f"chown {path}", ["chown", "-h", owner, path], repeatable=True
+            )
         if mode is not None and not (node.entry is not None and node.entry.is_link):
             done = await self._tool(
-                node, f"chmod {path}", ["chmod", f"{stat.S_IMODE(mode):o}", path]
+                node, f"chmod {path}", ["chmod", f"{stat.S_IMODE(mode):o}", path], repeatable=True
             )
         if mtime is not None:
             done = await self._tool(
-                node, f"touch {path}", ["touch", "-c", "-h", "-d", f"@{mtime}", path]
+                node,
+                f"touch {path}",
+                ["touch", "-c", "-h", "-d", f"@{mtime}", path],
+                repeatable=True,
             )
         return done
 
@@ -744,6 +826,7 @@ class ContainerWrites:
         """At unmount: drafts still open are kept (logged), the directory removed if empty."""
         for draft in list(self._drafts.values()):
             self._free(draft)
+        self.channels.close()
         self.staging.close()
 
 

@@ -194,6 +194,16 @@ class ContainerFiles:
                 return entry
         if path == "/":
             return await self._probe(cid, path)
+        arriving = self._arriving_dir_probe(cid, path)
+        if arriving is not None:
+            # A probe of its directory still reading on (archive.py): the
+            # name is in it, or the directory came whole without it, in
+            # less time than a probe of its own would take.
+            await self._wait(arriving, lambda: path in arriving.entries or arriving.done)
+            entry = arriving.entries.get(path)
+            if entry is not None and not arriving.superseded_at(path):
+                arriving.last_used = self._clock()
+                return entry
         in_a_row = self._alone_count(cid, path)
         try:
             if in_a_row >= WALK_PROBES:
@@ -213,6 +223,16 @@ class ContainerFiles:
         finally:
             if in_a_row:
                 self._fetched_alone(cid, path, in_a_row)
+
+    def _arriving_dir_probe(self, cid: str, path: str) -> ArchiveSpool | None:
+        """A live probe of `path`'s directory that is still reading it."""
+        parent = posixpath.dirname(path)
+        for spool in self._live(cid):
+            if spool.kind is Fetch.PROBE and not spool.done and spool.path == parent:
+                first = spool.entries.get(parent)
+                if first is not None and first.is_dir and not spool.truncated:
+                    return spool
+        return None
 
     async def _probe(self, cid: str, path: str) -> Entry:
         """One path's entry by a request of its own (see stat)."""
@@ -259,8 +279,10 @@ class ContainerFiles:
     def open_now(self, cid: str, path: str) -> FileReader | None:
         """The content of a file that a live snapshot holds and has not served yet."""
         self._prune()
-        for spool in self._candidates(cid, path):
-            if path in spool.claimed:
+        arriving = self._arriving_dir_probe(cid, path)
+        spools = [*([arriving] if arriving is not None else []), *self._candidates(cid, path)]
+        for spool in spools:
+            if path in spool.claimed or spool.superseded_at(path):
                 continue
             entry = spool.entries.get(path)
             if entry is not None and entry.is_regular and entry.body >= 0:

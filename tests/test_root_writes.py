@@ -283,12 +283,8 @@ def test_a_stopped_container(engine: Engine, box: str, mount_factory: Any) -> No
     assert inside(engine, box, "stat", "-c", "%F", "/tmp/dir") == b"directory\n"
 
 
-@pytest.fixture(scope="session")
-def no_shell_image(
-    dockerd_session: PrivateDockerd, tmp_path_factory: pytest.TempPathFactory
-) -> str:
-    """busybox with only `sleep` and `cat`: no sh, mv, rm or rmdir."""
-    path = tmp_path_factory.mktemp("noshell") / "rootfs.tar"
+def no_shell_tar(path: Path) -> None:
+    """A root filesystem of busybox with only `sleep` and `cat`: no sh, mv, rm or rmdir."""
     with tarfile.open(path, "w") as tar:
         for d in ("bin", "tmp"):
             info = tarfile.TarInfo(d)
@@ -302,6 +298,14 @@ def no_shell_image(
             info = tarfile.TarInfo(f"bin/{applet}")
             info.type, info.linkname = tarfile.SYMTYPE, "busybox"
             tar.addfile(info)
+
+
+@pytest.fixture(scope="session")
+def no_shell_image(
+    dockerd_session: PrivateDockerd, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    path = tmp_path_factory.mktemp("noshell") / "rootfs.tar"
+    no_shell_tar(path)
     dockerd_session.docker("import", str(path), NO_SHELL, timeout=300)
     return NO_SHELL
 
@@ -556,6 +560,17 @@ def test_podman(podman_engine: Engine, mount_factory: Any, tmp_path: Path) -> No
     os.unlink(root / "tmp" / "d" / "f")
     os.rmdir(root / "tmp" / "d")
     assert b"d" not in inside(podman_engine, cid, "ls", "/tmp").split()
+    # Podman's exec takes stdin: the changes went through the container's shell.
+    assert shell_commands(m) >= 5 and requests_of(m).get("exec/create") == 1
+    # Without a shell, by PUT and exec.
+    no_shell_tar(tmp_path / "noshell.tar")
+    podman_engine.docker("import", str(tmp_path / "noshell.tar"), NO_SHELL)
+    bare = podman_engine.run(NO_SHELL, "sleep", "1d")
+    sent = shell_commands(m)
+    (m.path / bare / "root" / "tmp" / "f").write_bytes(b"by PUT\n")
+    assert inside(podman_engine, bare, "cat", "/tmp/f") == b"by PUT\n"
+    assert errno_of(lambda: os.unlink(m.path / bare / "root" / "tmp" / "f")) == errno.EPERM
+    assert shell_commands(m) == sent
 
 
 @pytest.mark.parametrize("backupcopy", ["yes", "no"])

@@ -266,3 +266,23 @@ def test_not_serving_is_no_channel() -> None:
 
 def test_bounded_and_closed_when_idle() -> None:
     trio.run(_bounded_and_closed_when_idle)
+
+
+def test_an_upload_without_its_tools_makes_nothing(tmp_path: Path) -> None:
+    """A shell with no `mv` (or `chown`...) on its PATH: status 127, the
+    caller's cue to upload by PUT, and no temporary file left behind."""
+    if shutil.which("dash") is None:
+        pytest.skip("dash missing")
+    command = upload_command(
+        f"{tmp_path}/.tmp", f"{tmp_path}/f", b"data", 0o644, os.getuid(), os.getgid(), None
+    )
+    done = subprocess.run(
+        [shutil.which("dash") or "dash"],
+        input=framed(command, "N"),
+        capture_output=True,
+        env={"PATH": ""},
+        timeout=60,
+    )
+    (ack,) = AckReader("N").feed(done.stdout)
+    assert ack.code == 127
+    assert os.listdir(tmp_path) == []

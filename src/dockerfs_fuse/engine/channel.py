@@ -142,6 +142,13 @@ class Channels:
         for channel in list(self._open.values()):
             self._drop(channel)
 
+    def stopped(self, cid: str) -> None:
+        """The container stopped or was paused: its channels go (a paused
+        one's shell would answer nothing)."""
+        for key, channel in list(self._open.items()):
+            if key[1] == cid:
+                self._drop(channel)
+
     def gone(self, cid: str) -> None:
         """The container was removed: its channels go, and its refusals are forgotten."""
         for key, channel in list(self._open.items()):
@@ -178,20 +185,24 @@ class Channels:
                 channel.last_used = trio.current_time()
 
     async def _round_trip(self, channel: Channel, line: bytes) -> Ack:
+        """Send one line, await its acknowledgement. Anything but the
+        acknowledgement (an error, the deadline, a cancellation) drops the
+        channel: a late one must never answer the next command."""
         try:
-            await channel.stream.write(line)
-        except Exception as exc:
-            self._drop(channel)
-            raise LostAck(f"writing to the shell: {exc}") from None
-        with trio.move_on_after(self.deadline):
             try:
-                return await channel.answers.receive()
-            except (trio.EndOfChannel, trio.ClosedResourceError):
-                said = bytes(channel.said).decode(errors="replace").strip()
-                self._drop(channel)
-                raise LostAck(f"the shell ended{': ' + said if said else ''}") from None
-        self._drop(channel)
-        raise LostAck(f"no answer from the shell within {self.deadline:g} s")
+                await channel.stream.write(line)
+            except Exception as exc:
+                raise LostAck(f"writing to the shell: {exc}") from None
+            with trio.move_on_after(self.deadline):
+                try:
+                    return await channel.answers.receive()
+                except (trio.EndOfChannel, trio.ClosedResourceError):
+                    said = bytes(channel.said).decode(errors="replace").strip()
+                    raise LostAck(f"the shell ended{': ' + said if said else ''}") from None
+            raise LostAck(f"no answer from the shell within {self.deadline:g} s")
+        except BaseException:
+            self._drop(channel)
+            raise
 
     async def _start(self, opener: ShellOpener, cid: str, key: Key) -> Channel:
         nursery = self._nursery

@@ -123,6 +123,7 @@ _EVENT_ACTIONS = frozenset(
     ]
 )
 _REMOVED_ACTIONS = frozenset(["destroy", "remove"])
+_STOPPED_ACTIONS = frozenset(["die", "died", "pause"])
 
 
 class Source(Protocol):
@@ -184,6 +185,8 @@ class EngineCache:
         self._misses = MissLimiter[str]()
         # Told each container the engine removes (its ID): helpers.py's records.
         self.removal_listeners: list[Callable[[str], None]] = []
+        # Told each container that stops or is paused (its ID): writes' shell channels.
+        self.stop_listeners: list[Callable[[str], None]] = []
         self._scheduled: set[str] = set()
         # Events numbered as they arrive, to catch a list answer that was
         # fetched before an event but applied after it: each refresh() in
@@ -444,6 +447,9 @@ class EngineCache:
             self._apply(self.table.remove_container(cid, self.top))
             self.files.forget(cid)
             for listener in self.removal_listeners:
+                listener(cid)
+        elif action in _STOPPED_ACTIONS:
+            for listener in self.stop_listeners:
                 listener(cid)
         elif action == "start":
             self.logs.container_started(cid)

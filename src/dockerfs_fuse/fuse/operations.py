@@ -99,6 +99,7 @@ class DockerFS(ReadOnly):
         writes = ContainerWrites(roots, self._write_backend, invalidator.apply)
         for cache in engines.caches.values():
             cache.removal_listeners.append(writes.channels.gone)
+            cache.stop_listeners.append(writes.channels.stopped)
         self.writes = WriteView(writes, self.handles, invalidator)
         self.listings = Listings(engines, self.attrs, self.roots, invalidator)
         self._given_back_at = 0  # table.folds then

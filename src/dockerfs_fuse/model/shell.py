@@ -69,7 +69,10 @@ def upload_command(
         f"printf '{escaped(content[i : i + PRINTF_CHUNK])}'"
         for i in range(0, len(content), PRINTF_CHUNK)
     ]
+    tools = ["chown", "chmod", "mv", "rm", *(["touch"] if mtime is not None else [])]
     steps = [
+        # Every tool there before anything is made (status 127 as the shell's own).
+        "{ " + " && ".join(f"command -v {tool}" for tool in tools) + "; } >/dev/null || (exit 127)",
         "{ " + "; ".join([":", *chunks]) + '; } >"$t"',
         f'chown {uid}:{gid} "$t"',
         f'chmod {stat.S_IMODE(mode):o} "$t"',

@@ -389,6 +389,10 @@ class ContainerFiles:
 
     def _claimable(self, cid: str, path: str) -> ArchiveSpool | None:
         for spool in self._candidates(cid, path):
+            # A probe of a small directory answers lookups and opens of files,
+            # never the open of a directory: a listing is as fresh as its open.
+            if spool.kind is not Fetch.LISTING:
+                continue
             if path in spool.claimed or not spool.knows_listing_of(path):
                 continue
             if spool.done and spool.listing(path) is None:

@@ -34,6 +34,8 @@ from dockerfs_fuse.model.shell import (
     upload_command,
 )
 
+# One by chmod (x and setuid bits), one by the umask at creation.
+MODES = (0o4751, 0o640)
 SHELLS = [["busybox", "sh"], ["dash"], ["bash"]]
 NASTY = [
     b"plain",
@@ -63,6 +65,7 @@ def test_escaped_is_ascii_without_quotes_or_a_leading_dash() -> None:
         assert "'" not in text and "\n" not in text and "%" not in text
         assert not text.startswith("-")
     assert escaped(b"ab c") == "ab c"
+    assert "$(" not in run_command(["mv", "plain/name.txt"])  # plain words quoted, no process
     assert escaped(b"%\\'\n\0\xff") == "\\045\\134\\047\\012\\000\\377"
 
 
@@ -80,7 +83,7 @@ def test_arguments_and_content_come_back_byte_for_byte(shell: list[str], tmp_pat
             temp.decode("utf-8", "surrogateescape"),
             target.decode("utf-8", "surrogateescape"),
             content + name,
-            0o4751,
+            MODES[i % 2],
             os.getuid(),
             os.getgid(),
             1_600_000_000 + i,
@@ -96,7 +99,7 @@ def test_arguments_and_content_come_back_byte_for_byte(shell: list[str], tmp_pat
         path = os.path.join(os.fsencode(tmp_path), name)
         assert Path(os.fsdecode(path)).read_bytes() == content + name
         st = os.stat(path)
-        assert (st.st_mode & 0o7777, int(st.st_mtime)) == (0o4751, 1_600_000_000 + i)
+        assert (st.st_mode & 0o7777, int(st.st_mtime)) == (MODES[i % 2], 1_600_000_000 + i)
 
 
 @pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])

@@ -43,6 +43,10 @@ def escaped(data: bytes) -> str:
 
 
 def _assign(var: str, value: bytes) -> str:
+    """`var` set to exactly `value`: quoted as it is when every byte is
+    plain (no process), else printed by a substitution."""
+    if all(b in _PLAIN for b in value):
+        return f"{var}='{value.decode('ascii')}'"
     return f"{var}=$(printf '{escaped(value)}{_SENTINEL}'); {var}=${{{var}%{_SENTINEL}}}"
 
 
@@ -69,13 +73,20 @@ def upload_command(
         f"printf '{escaped(content[i : i + PRINTF_CHUNK])}'"
         for i in range(0, len(content), PRINTF_CHUNK)
     ]
-    tools = ["chown", "chmod", "mv", "rm", *(["touch"] if mtime is not None else [])]
+    bits = stat.S_IMODE(mode)
+    # A mode within rw-rw-rw- is made by the umask as the file is created;
+    # any other (x, setuid, sticky) by chmod after chown, which clears setuid.
+    by_umask = not bits & ~0o666
+    tools = ["chown", "mv", "rm", *([] if by_umask else ["chmod"])]
+    if mtime is not None:
+        tools.append("touch")
     steps = [
         # Every tool there before anything is made (status 127 as the shell's own).
         "{ " + " && ".join(f"command -v {tool}" for tool in tools) + "; } >/dev/null || (exit 127)",
+        *([f"umask {0o777 & ~bits:03o}"] if by_umask else []),
         "{ " + "; ".join([":", *chunks]) + '; } >"$t"',
         f'chown {uid}:{gid} "$t"',
-        f'chmod {stat.S_IMODE(mode):o} "$t"',
+        *([] if by_umask else [f'chmod {bits:o} "$t"']),
     ]
     if mtime is not None:
         steps.append(f'touch -c -d @{mtime} "$t"')

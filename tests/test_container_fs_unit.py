@@ -791,3 +791,40 @@ def test_an_upload_leaves_probes_of_other_paths_answering() -> None:
         assert e.kinds(files) == {"probe": 2, "listing": 1}
 
     run(main)
+
+
+def test_a_small_directory_probed_answers_its_names_lookups_and_opens() -> None:
+    """`sed -i root/etc/hosts` cold: the lookup of `etc` reads it whole, and
+    the lookup and open of `hosts` that follow ask nothing more; a
+    directory's open still reads it anew, and a new name is still asked."""
+
+    async def main() -> None:
+        e = engine_with_a_tree()
+        files = e.files()
+        assert (await files.stat("c", "/etc")).is_dir
+        assert (await files.stat("c", "/etc/hosts")).size == 20
+        reader = await files.open("c", "/etc/hosts")
+        assert await reader.read(0, 100) == b"127.0.0.1 localhost\n"
+        reader.close()
+        assert e.kinds(files) == {"probe": 1}
+        e.add("/etc/new", data=b"n")
+        assert names(await files.listing("c", "/etc")) == ["hosts", "mtab", "new", "zhard"]
+        assert e.kinds(files) == {"probe": 1, "listing": 1}
+        e.add("/etc/newer", data=b"n")
+        assert (await files.stat("c", "/etc/newer")).size == 1
+        assert e.kinds(files) == {"probe": 2, "listing": 1}
+
+    run(main)
+
+
+def test_a_big_directory_probed_is_one_path_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(archive, "PROBE_DIR_ENTRIES", 2)
+
+    async def main() -> None:
+        e = engine_with_a_tree()
+        files = e.files()
+        assert (await files.stat("c", "/etc")).is_dir
+        assert (await files.stat("c", "/etc/mtab")).is_link
+        assert e.kinds(files) == {"probe": 2}
+
+    run(main)

@@ -243,6 +243,7 @@ class ArchiveSpool(Spool):
         # Single paths we changed ourselves since (engine/files.py's wrote).
         self.stale: set[str] = set()
         self.started = self.last_used = now
+        self.ended: float | None = None  # when its request finished (engine/files.py)
         self.readers = 0
         self.waiters = 0
         self.retired = False

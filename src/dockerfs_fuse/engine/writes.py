@@ -351,7 +351,7 @@ class ContainerWrites:
         """Stage the container's content of the file, once."""
         if draft.loaded:
             return
-        file = await self.roots.open(draft.node)
+        file = await self.roots.open(draft.node, to_change=True)
         try:
             offset = 0
             while True:

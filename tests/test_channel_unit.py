@@ -13,6 +13,7 @@ channel where no shell answers.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import subprocess
@@ -22,8 +23,11 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from support.fake_shell import FakeOpener
+from trio.testing import MockClock
 
-from dockerfs_fuse.engine.channel import Channels, LostAck, NoChannel, ShellStream
+from dockerfs_fuse.engine.channel import Channels, LostAck, NoChannel, ShellStream, Unsettled
+from dockerfs_fuse.engine.writes import errno_of_output
 from dockerfs_fuse.model.shell import (
     OUTPUT_KEPT,
     Ack,
@@ -113,7 +117,7 @@ def test_a_failed_step_says_why_and_leaves_no_temporary_file(
     )
     script = framed(command, "N") + framed(run_command(["rm", f"{tmp_path}/nothing"]), "N")
     acks = AckReader("N").feed(run_shell(shell, script, tmp_path))
-    assert acks[0].code != 0 and b"dir" in acks[0].output
+    assert acks[0].code != 0 and errno_of_output(acks[0].output.decode()) == errno.EISDIR
     assert acks[1].code != 0 and b"No such file" in acks[1].output
     assert sorted(os.listdir(tmp_path)) == ["dir"]
 
@@ -162,7 +166,15 @@ class LocalShell:
         return contextlib.nullcontext()
 
     def close(self) -> None:
+        """As the engine's: the end of its stdin, which it reads once it has
+        run what it read before."""
+        assert self.process.stdin is not None
+        trio.lowlevel.spawn_system_task(self.process.stdin.aclose)
+
+    async def end(self) -> bool:
         self.process.kill()
+        await self.process.wait()
+        return True
 
 
 class LocalOpener:
@@ -203,18 +215,33 @@ async def _one_shell_for_many_commands_and_a_dead_one_replaced(tmp_path: Path) -
         ack = await channels.command(opener, "c1", run_command(["touch", f"{tmp_path}/5"]))
         assert ack.code == 0 and len(opener.shells) == 2
     assert sorted(os.listdir(tmp_path)) == [str(i) for i in range(6)]
-    assert all(s.process.returncode is not None for s in opener.shells)  # all closed at the end
+    for shell in opener.shells:  # all closed at the end: each reads its end and exits
+        await shell.process.wait()
 
 
-async def _a_command_without_an_answer_is_a_lost_ack() -> None:
+async def _a_command_without_an_answer_is_a_lost_ack_and_never_runs_later(
+    tmp_path: Path,
+) -> None:
+    """The shell blocks in a command past its deadline (as a paused
+    container's would): LostAck, and its shell is killed, so the rest of
+    that command (or one it read and had not run) never runs later."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
     opener = LocalOpener(["sh"])
-    channels = Channels(deadline=0.5)
+    channels = Channels(deadline=60.0)  # a loaded machine's shell still says hello
     async with serving(channels):
+        assert (await channels.command(opener, "c1", ":")).code == 0
+        channels.deadline = 0.5
         with pytest.raises(LostAck):
-            await channels.command(opener, "c1", "sleep 5")
+            await channels.command(opener, "c1", f"read x <{fifo}; touch {tmp_path}/late")
         assert len(channels) == 0
+        with pytest.raises(OSError) as no_reader:  # the shell that waited to read it is gone
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        assert no_reader.value.errno == errno.ENXIO
+        channels.deadline = 60.0
         with pytest.raises(LostAck):
             await channels.command(opener, "c1", "kill -9 $$")
+    assert not (tmp_path / "late").exists()
 
 
 async def _no_shell_is_no_channel_then_not_asked_again() -> None:
@@ -238,25 +265,74 @@ async def _not_serving_is_no_channel() -> None:
 
 
 async def _bounded_and_closed_when_idle() -> None:
-    opener = LocalOpener(["sh"])
-    channels = Channels(limit=2, idle=0.4)
+    opener = FakeOpener()
+    channels = Channels(limit=2, idle=10.0)
     async with serving(channels):
-        for cid in ("a", "b", "c"):
+        for cid in ("a", "b"):
             assert (await channels.command(opener, cid, ":")).code == 0
-        assert len(channels) == 2  # the least recently used was closed
-        await opener.shells[0].process.wait()
-        while len(channels):
-            await trio.sleep(0.05)
-        for shell in opener.shells:
-            await shell.process.wait()
+        await trio.sleep(4.0)
+        assert (await channels.command(opener, "a", ":")).code == 0  # b is now the oldest
+        assert (await channels.command(opener, "c", ":")).code == 0
+        assert [s.closed for s in opener.shells] == [False, True, False]  # LRU, not idle
+        await trio.sleep(channels.idle + channels.idle / 4 + 0.1)
+        assert len(channels) == 0 and all(s.closed for s in opener.shells)  # idle
+
+
+async def _a_lost_command_whose_shell_cannot_be_ended_is_unsettled() -> None:
+    opener = FakeOpener(lambda line: None)
+    channels = Channels()
+    async with serving(channels):
+        with pytest.raises(LostAck) as lost:
+            await channels.command(opener, "c1", ":")
+        assert not isinstance(lost.value, Unsettled) and opener.shells[0].killed
+        opener.ends = False
+        with pytest.raises(Unsettled):
+            await channels.command(opener, "c1", ":")
+        assert opener.shells[1].killed
+
+
+async def _a_stalled_send_is_a_lost_ack_within_its_deadline() -> None:
+    opener = FakeOpener()
+    opener.stalls = True
+    channels = Channels()
+    async with serving(channels):
+        with trio.fail_after(60), pytest.raises(LostAck):
+            await channels.command(opener, "c1", ":" * (256 << 10))
+        assert opener.shells[0].killed and len(channels) == 0
+
+
+async def _a_slow_start_holds_up_no_other_container() -> None:
+    opener = FakeOpener()
+    opener.hold["slow"] = trio.Event()
+    channels = Channels()
+    async with serving(channels), trio.open_nursery() as nursery:
+        nursery.start_soon(channels.command, opener, "slow", ":")
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.fail_after(1):
+            assert (await channels.command(opener, "fast", ":")).code == 0
+        opener.hold["slow"].set()
+
+
+async def _a_refusal_is_forgotten_when_its_container_starts() -> None:
+    opener = FakeOpener()
+    opener.refuse = RuntimeError("Container c1 is not running")
+    channels = Channels()
+    async with serving(channels):
+        with pytest.raises(NoChannel):
+            await channels.command(opener, "c1", ":")
+        opener.refuse = None
+        with pytest.raises(NoChannel):  # refused a moment ago: not asked
+            await channels.command(opener, "c1", ":")
+        channels.started("c1")
+        assert (await channels.command(opener, "c1", ":")).code == 0
 
 
 def test_one_shell_for_many_commands_and_a_dead_one_replaced(tmp_path: Path) -> None:
     trio.run(_one_shell_for_many_commands_and_a_dead_one_replaced, tmp_path)
 
 
-def test_a_command_without_an_answer_is_a_lost_ack() -> None:
-    trio.run(_a_command_without_an_answer_is_a_lost_ack)
+def test_a_command_without_an_answer_is_a_lost_ack_and_never_runs_later(tmp_path: Path) -> None:
+    trio.run(_a_command_without_an_answer_is_a_lost_ack_and_never_runs_later, tmp_path)
 
 
 def test_no_shell_is_no_channel_then_not_asked_again() -> None:
@@ -268,7 +344,30 @@ def test_not_serving_is_no_channel() -> None:
 
 
 def test_bounded_and_closed_when_idle() -> None:
-    trio.run(_bounded_and_closed_when_idle)
+    trio.run(_bounded_and_closed_when_idle, clock=MockClock(autojump_threshold=0))
+
+
+def test_a_lost_command_whose_shell_cannot_be_ended_is_unsettled() -> None:
+    trio.run(
+        _a_lost_command_whose_shell_cannot_be_ended_is_unsettled,
+        clock=MockClock(autojump_threshold=0),
+    )
+
+
+def test_a_stalled_send_is_a_lost_ack_within_its_deadline() -> None:
+    trio.run(
+        _a_stalled_send_is_a_lost_ack_within_its_deadline, clock=MockClock(autojump_threshold=0)
+    )
+
+
+def test_a_slow_start_holds_up_no_other_container() -> None:
+    trio.run(_a_slow_start_holds_up_no_other_container, clock=MockClock(autojump_threshold=0))
+
+
+def test_a_refusal_is_forgotten_when_its_container_starts() -> None:
+    trio.run(
+        _a_refusal_is_forgotten_when_its_container_starts, clock=MockClock(autojump_threshold=0)
+    )
 
 
 def test_an_upload_without_its_tools_makes_nothing(tmp_path: Path) -> None:

@@ -97,6 +97,9 @@ def test_a_tools_complaint_names_its_errno() -> None:
         "mv: cannot overwrite directory '/d'": errno.EISDIR,
         "mv: can't rename '/a': Read-only file system": errno.EROFS,
         "chown: /f: Operation not permitted": errno.EPERM,
+        "sh: 1: cannot create /x/.dockerfs-ab-f: Directory nonexistent": errno.ENOENT,
+        "sh: can't create /d/.dockerfs-aa-no space.txt: Permission denied": errno.EACCES,
+        "mv: can't rename '/d/.dockerfs-ab-is a directory': Disk quota exceeded": errno.ENOSPC,
         "something else": errno.EIO,
     }
     for text, code in said.items():

@@ -23,6 +23,7 @@ import contextlib
 import errno
 import json
 import os
+import secrets
 import socket
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -243,11 +244,15 @@ class Shell:
     def __init__(
         self,
         source: DockerSource,
+        cid: str,
         exec_id: str,
+        mark: str,
         stream: exec_calls.SocketChannel | exec_calls.ThreadChannel,
     ) -> None:
         self._source = source
+        self._cid = cid
         self.exec_id = exec_id
+        self.mark = mark
         self._stream = stream
 
     async def read(self) -> list[Run] | None:
@@ -261,15 +266,32 @@ class Shell:
         return self._source.counted("shell command")
 
     def close(self) -> None:
-        """Drop the connection: the shell reads the end of its stdin and exits."""
+        """Drop the connection: the shell reads the end of its stdin and exits
+        (once it has run what it already read)."""
         self._stream.close()
+
+    async def end(self) -> bool:
+        """Kill the shell (by its mark, as a session's signal) unless the
+        engine says it ended, then poll until it does: whether it did. The
+        caller bounds the wait."""
+        state = await exec_calls.inspect(self._source, self.exec_id)
+        if state.running:
+            await exec_calls.signal(self._source, self._cid, state.pid, self.mark, "SIGKILL")
+        delay = 0.01
+        while state.running:
+            await trio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+            state = await exec_calls.inspect(self._source, self.exec_id)
+        return True
 
 
 async def open_shell(source: DockerSource, cid: str) -> Shell:
     """`sh` started in the container as root, its stdin attached (no TTY:
     stdout and stderr come framed). Conflict when it is not running (or is
     paused), NotFound when it is gone. A container without `sh` starts
-    one that ends at once: the caller finds out at its first line."""
+    one that ends at once: the caller finds out at its first line. Its mark
+    is its own, so that killing it kills no other channel's shell."""
+    mark = f"channel-{secrets.token_hex(8)}"
     body: dict[str, Any] = {
         "AttachStdin": True,
         "AttachStdout": True,
@@ -277,11 +299,11 @@ async def open_shell(source: DockerSource, cid: str) -> Shell:
         "Tty": False,
         "User": "0",
         "Cmd": ["sh"],
-        "Env": [f"{exec_calls.MARK_VARIABLE}=channel"],
+        "Env": [f"{exec_calls.MARK_VARIABLE}={mark}"],
     }
     exec_id = await exec_calls.create_from(source, cid, body)
     stream = await exec_calls.start(source, exec_id, False)
-    return Shell(source, exec_id, stream)
+    return Shell(source, cid, exec_id, mark, stream)
 
 
 def _put_over_unix(where: str, target: str, body: TarBody, connect: float) -> tuple[int, bytes]:

@@ -12,9 +12,12 @@ takes today's path (a PUT, an exec) when there is no channel.
   Its first line is a hello; no acknowledgement within the deadline (no
   `sh` in the image, a container not running, an engine whose exec cannot
   take stdin) means no channel for that container for REFUSED_FOR seconds.
-- One command at a time per channel (its lock); each acknowledgement has a
-  deadline, past which the channel is dropped (the shell is left to read
-  the end of its stdin and exit). A reader task per channel takes its
+- One command at a time per channel (its lock); each command has one
+  deadline for its line's sending and its acknowledgement (longer for a
+  longer line), past which the channel is dropped. A channel dropped with
+  a command sent and not acknowledged has its shell killed, and is waited
+  for (up to END_WAIT) until the engine says it ended: a command it read
+  but had not run (a paused container's) never runs later. A reader task per channel takes its
   output as it comes, so a shell that dies (killed, its container stopped
   or removed) is dropped at once, not at the next command.
 - At most CHANNELS_MAX at once, the least recently used closed for a new
@@ -22,8 +25,11 @@ takes today's path (a PUT, an exec) when there is no channel.
 
 `NoChannel` means nothing was sent: the caller takes today's path.
 `LostAck` means a command was sent and its end is unknown (the shell died
-or was too slow): an upload is redone by PUT (it is idempotent), a rename
-or removal is EIO (repeating it could act twice), logged with the reason.
+or was too slow), but its shell is known to have ended: an upload is redone
+by PUT (it is idempotent), a rename or removal is EIO (repeating it could
+act twice), logged with the reason. `Unsettled` (a LostAck) means the shell
+could not be known to have ended: the command may still run later, so
+nothing is redone (EIO).
 """
 
 from __future__ import annotations
@@ -45,8 +51,12 @@ log = logging.getLogger(__name__)
 CHANNELS_MAX = 16
 # A channel unused this long is closed (and its shell leaves the container's `ps`).
 IDLE = 10.0
-# How long a command's acknowledgement may take (a 64 KiB upload included).
+# How long a command's acknowledgement may take (a 64 KiB upload included),
+# plus its line's time at SEND_RATE bytes a second (a slow remote engine's).
 ACK_DEADLINE = 5.0
+SEND_RATE = 64 << 10
+# How long a shell dropped with a command unanswered is waited for, once killed.
+END_WAIT = 5.0
 # A container whose shell could not be started is not asked again for this long.
 REFUSED_FOR = 30.0
 # Containers remembered as refusing; beyond, all are forgotten at once.
@@ -60,7 +70,13 @@ class NoChannel(Exception):
 
 
 class LostAck(Exception):
-    """A command was sent and its acknowledgement never came: whether it ran is unknown."""
+    """A command was sent and its acknowledgement never came: whether it ran
+    is unknown, but its shell has ended (it will not run later)."""
+
+
+class Unsettled(LostAck):
+    """As LostAck, but the shell could not be known to have ended: the
+    command may still run later, so nothing may be redone in its place."""
 
 
 class ShellStream(Protocol):
@@ -70,6 +86,9 @@ class ShellStream(Protocol):
     async def write(self, data: bytes) -> None: ...
     def counted(self) -> contextlib.AbstractContextManager[None]: ...
     def close(self) -> None: ...
+    async def end(self) -> bool:
+        """Kill the shell and wait for the engine to say it ended: whether it did."""
+        ...
 
 
 class ShellOpener(Protocol):
@@ -112,19 +131,28 @@ class Channels:
         self._open: OrderedDict[Key, Channel] = OrderedDict()
         self._refused: dict[Key, float] = {}
         self._nursery: trio.Nursery | None = None
-        self._starting = trio.Lock()  # one shell started at a time: never two for one container
+        # Per container, one shell started at a time: never two for one container.
+        self._starting: dict[Key, trio.Lock] = {}
+        self._opened = trio.Event()  # wakes run
 
     def __len__(self) -> int:
         return len(self._open)
 
     async def run(self) -> None:
-        """Read each channel's output; close idle ones; close all when cancelled."""
+        """Read each channel's output; close idle ones (asleep while there are
+        none); close all when cancelled."""
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 while True:
-                    await trio.sleep(self.idle / 4)
-                    self._sweep()
+                    await self._opened.wait()
+                    try:
+                        while self._open:
+                            await trio.sleep(self.idle / 4)
+                            self._sweep()
+                    except Exception:  # a bug here must not end the daemon's events
+                        log.exception("shell channels")
+                    self._opened = trio.Event()
         finally:
             self._nursery = None
             self.close()
@@ -148,6 +176,12 @@ class Channels:
             if key[1] == cid:
                 self._drop(channel)
 
+    def started(self, cid: str) -> None:
+        """The container started or was unpaused: a shell refused while it
+        was not running is asked for again."""
+        for key in [k for k in self._refused if k[1] == cid]:
+            del self._refused[key]
+
     def gone(self, cid: str) -> None:
         """The container was removed: its channels go, and its refusals are forgotten."""
         for key, channel in list(self._open.items()):
@@ -169,10 +203,15 @@ class Channels:
         key: Key = (opener, cid)
         channel = self._open.get(key)
         if channel is None or channel.dead:
-            async with self._starting:
-                channel = self._open.get(key)
-                if channel is None or channel.dead:
-                    channel = await self._start(opener, cid, key)
+            starting = self._starting.setdefault(key, trio.Lock())
+            try:
+                async with starting:
+                    channel = self._open.get(key)
+                    if channel is None or channel.dead:
+                        channel = await self._start(opener, cid, key)
+            finally:
+                if not starting.locked() and not starting.statistics().tasks_waiting:
+                    self._starting.pop(key, None)
         if self._open.get(key) is channel:
             self._open.move_to_end(key)
         async with channel.lock:
@@ -185,24 +224,45 @@ class Channels:
                 channel.last_used = trio.current_time()
 
     async def _round_trip(self, channel: Channel, line: bytes) -> Ack:
-        """Send one line, await its acknowledgement. Anything but the
-        acknowledgement (an error, the deadline, a cancellation) drops the
-        channel: a late one must never answer the next command."""
+        """Send one line, await its acknowledgement, both within one deadline.
+        Anything but the acknowledgement (an error, the deadline, a
+        cancellation) drops the channel (a late one must never answer the
+        next command) and ends its shell (see _end)."""
+        deadline = self.deadline + len(line) / SEND_RATE
         try:
-            try:
-                await channel.stream.write(line)
-            except Exception as exc:
-                raise LostAck(f"writing to the shell: {exc}") from None
-            with trio.move_on_after(self.deadline):
+            with trio.move_on_after(deadline):
+                try:
+                    await channel.stream.write(line)
+                except Exception as exc:
+                    raise LostAck(f"writing to the shell: {exc}") from None
                 try:
                     return await channel.answers.receive()
                 except (trio.EndOfChannel, trio.ClosedResourceError):
                     said = bytes(channel.said).decode(errors="replace").strip()
                     raise LostAck(f"the shell ended{': ' + said if said else ''}") from None
-            raise LostAck(f"no answer from the shell within {self.deadline:g} s")
-        except BaseException:
+            raise LostAck(f"no answer from the shell within {deadline:g} s")
+        except BaseException as exc:
             self._drop(channel)
+            ended = await self._end(channel)
+            if isinstance(exc, LostAck) and not ended:
+                raise Unsettled(f"{exc}; its shell could not be ended") from None
             raise
+
+    async def _end(self, channel: Channel) -> bool:
+        """Kill a dropped channel's shell and wait (up to END_WAIT, even when
+        cancelled) for the engine to say it ended: a line it read and has not
+        run yet (its container paused, a slow engine) then never runs."""
+        with trio.CancelScope(shield=True), trio.move_on_after(END_WAIT):
+            try:
+                if await channel.stream.end():
+                    return True
+            except Exception as exc:
+                log.info("%s: ending a shell channel: %s", channel.key[1][:12], exc)
+        log.warning(
+            "%s: a shell channel could not be ended: its last command may still run",
+            channel.key[1][:12],
+        )
+        return False
 
     async def _start(self, opener: ShellOpener, cid: str, key: Key) -> Channel:
         nursery = self._nursery
@@ -221,6 +281,7 @@ class Channels:
         acks, answers = trio.open_memory_channel[Ack](16)
         channel = Channel(key, stream, secrets.token_hex(16), acks, answers, now)
         self._open[key] = channel
+        self._opened.set()
         nursery.start_soon(self._read, channel)
         try:
             async with channel.lock:

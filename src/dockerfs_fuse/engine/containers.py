@@ -124,6 +124,7 @@ _EVENT_ACTIONS = frozenset(
 )
 _REMOVED_ACTIONS = frozenset(["destroy", "remove"])
 _STOPPED_ACTIONS = frozenset(["die", "died", "pause"])
+_STARTED_ACTIONS = frozenset(["start", "unpause"])
 
 
 class Source(Protocol):
@@ -187,6 +188,8 @@ class EngineCache:
         self.removal_listeners: list[Callable[[str], None]] = []
         # Told each container that stops or is paused (its ID): writes' shell channels.
         self.stop_listeners: list[Callable[[str], None]] = []
+        # Told each container that starts or is unpaused (its ID): the same channels.
+        self.start_listeners: list[Callable[[str], None]] = []
         self._scheduled: set[str] = set()
         # Events numbered as they arrive, to catch a list answer that was
         # fetched before an event but applied after it: each refresh() in
@@ -451,8 +454,11 @@ class EngineCache:
         elif action in _STOPPED_ACTIONS:
             for listener in self.stop_listeners:
                 listener(cid)
-        elif action == "start":
-            self.logs.container_started(cid)
+        elif action in _STARTED_ACTIONS:
+            if action == "start":
+                self.logs.container_started(cid)
+            for listener in self.start_listeners:
+                listener(cid)
         self._schedule_reread(cid)
 
     def _schedule_reread(self, cid: str) -> None:

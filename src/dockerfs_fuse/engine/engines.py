@@ -20,6 +20,7 @@ import trio
 from dockerfs_fuse.docker.create import Creator
 from dockerfs_fuse.docker.helpers import HelperApi
 from dockerfs_fuse.docker.source import DockerSource
+from dockerfs_fuse.engine.channel import Channels
 from dockerfs_fuse.engine.clone import CLONE_KINDS, Cloner, Clones
 from dockerfs_fuse.engine.containers import EngineCache, Source
 from dockerfs_fuse.engine.events import EventStreams, top_entries
@@ -81,6 +82,8 @@ class Engines:
         # and volumes' data/ by the inode of its images/ and volumes/.
         self.helpers: list[Helpers] = []
         self.helper_roots: dict[int, HelperRoots] = {}
+        # The running containers' long-lived shells, for small writes (engine/writes.py).
+        self.channels = Channels()
         for name, source in sources.items():
             top = self.table.add_dir(name) if self.several else self.table.root
             objects: ObjectsCache | None = None
@@ -111,6 +114,9 @@ class Engines:
                 show_all=show_all,
                 kernel_cache=kernel_cache,
             )
+            cache.removal_listeners.append(self.channels.gone)
+            cache.stop_listeners.append(self.channels.stopped)
+            cache.start_listeners.append(self.channels.started)
             if objects is not None:
                 assert isinstance(source, DockerSource)
                 cloner = Cloner(name, Creator(source), cache.refresh_container, objects.refresh)
@@ -232,6 +238,7 @@ class Engines:
                 nursery.start_soon(view.run_events)
             for helpers in self.helpers:
                 nursery.start_soon(helpers.run)
+            nursery.start_soon(self.channels.run)
 
     def stats(self) -> dict[str, Any]:
         """Each engine's request counters and the like, by engine name."""

@@ -58,7 +58,7 @@ import trio
 
 from dockerfs_fuse.docker.errors import Conflict
 from dockerfs_fuse.docker.writes import Ran, TarBody
-from dockerfs_fuse.engine.channel import Channels, LostAck, NoChannel, ShellStream
+from dockerfs_fuse.engine.channel import LostAck, NoChannel, ShellStream, Unsettled
 from dockerfs_fuse.engine.containers import EngineCache
 from dockerfs_fuse.engine.roots import ContainerRoots
 from dockerfs_fuse.model.files import Entry, PathError
@@ -105,9 +105,10 @@ class ToolFailed(PathError):
 
 
 class ChannelLost(PathError):
-    """A rename or removal was sent to the container's shell, which never
-    acknowledged it: whether it happened is unknown, and doing it again
-    could act twice."""
+    """A change was sent to the container's shell, which never acknowledged
+    it: whether it happened is unknown, and doing it again could act twice
+    (a rename, a removal), or the shell could not be ended and may still do
+    it later (anything)."""
 
     errno = errno.EIO
 
@@ -138,27 +139,37 @@ class ReadOnlyImage(PathError):
     errno = errno.EROFS
 
 
-# What a tool's message says, in the words of busybox and GNU coreutils.
+# What a tool's message says, in the words of busybox, dash and GNU coreutils.
 _SAID = (
     ("no such file", errno.ENOENT),
-    ("nonexistent directory", errno.ENOENT),
+    ("directory nonexistent", errno.ENOENT),
     ("not empty", errno.ENOTEMPTY),
     ("is a directory", errno.EISDIR),
     ("not a directory", errno.ENOTDIR),
     ("read-only", errno.EROFS),
     ("no space", errno.ENOSPC),
+    ("quota exceeded", errno.ENOSPC),  # as an upload refused for it (docker/writes.py)
     ("cannot overwrite directory", errno.EISDIR),
     ("permission denied", errno.EACCES),
     ("not permitted", errno.EPERM),
     ("invalid argument", errno.EINVAL),
     ("resource busy", errno.EBUSY),
 )
+# What a shell upload's failure says of its target, which a PUT would say
+# too; any other (a tool refused a privilege, a usage error) goes by PUT.
+_FINAL = frozenset([errno.EROFS, errno.ENOSPC, errno.EISDIR, errno.ENOTDIR, errno.ENOENT])
 
 
 def errno_of_output(said: str) -> int:
-    """The errno a tool's complaint names (EIO when it names none)."""
-    lower = said.lower()
-    return next((code for words, code in _SAID if words in lower), errno.EIO)
+    """The errno a tool's complaint names (EIO when it names none): read in
+    each line's reason, after its last ": ", never in the names before it
+    (a temporary file carries the user's)."""
+    for line in said.lower().splitlines():
+        reason = line.rsplit(": ", 1)[-1]
+        code = next((code for words, code in _SAID if words in reason), None)
+        if code is not None:
+            return code
+    return errno.EIO
 
 
 class WriteBackend(Protocol):
@@ -241,7 +252,7 @@ class ContainerWrites:
         self.staging = staging or Staging()
         self._drafts: dict[int, Draft] = {}
         self._mv_known: dict[str, bool] = {}
-        self.channels = Channels()
+        self.channels = roots.engines.channels
 
     # -- where --------------------------------------------------------------------------
 
@@ -530,7 +541,13 @@ class ContainerWrites:
             raise
         if not atomic:
             return
-        ran = await self._run(backend, cid, ["mv", "-f", "-T", temp, draft.path], False)
+        try:
+            ran = await self._run(backend, cid, ["mv", "-f", "-T", temp, draft.path], False)
+        except ChannelLost:
+            # Whether it was renamed is unknown: if not, the temporary goes.
+            with contextlib.suppress(Exception):
+                await backend.run(cid, ["rm", "-f", temp])
+            raise
         if ran.code != 0:
             with contextlib.suppress(Exception):
                 await self._run(backend, cid, ["rm", "-f", temp], repeatable=True)
@@ -539,8 +556,12 @@ class ContainerWrites:
     async def _upload_by_shell(self, draft: Draft, directory: str, name: str) -> bool:
         """Upload a small draft through the container's shell: under a
         temporary name, its mode and owner set, then renamed into place.
-        False when it must go by PUT: no channel, a tool missing, or the
-        shell lost before it answered (the PUT does it again, whole)."""
+        False when it must go by PUT: no channel, a step that failed but for
+        a reason the PUT would meet too (a privilege the container's shell
+        lacks, a tool missing or too old; the command removed its temporary
+        file), or the shell lost before it answered and known to have ended
+        (the PUT does it again, whole). ChannelLost when the shell could not
+        be ended: the command may still run later, over a newer version."""
         content = os.pread(draft.fd, draft.size, 0)
         if len(content) != draft.size:
             return False
@@ -559,26 +580,34 @@ class ContainerWrites:
             ack = await self.channels.command(draft.backend, draft.cid, command)
         except NoChannel:
             return False
+        except Unsettled as exc:
+            log.warning("%s: %s: %s; not uploaded again", draft.cid[:12], draft.path, exc)
+            raise ChannelLost(f"{draft.cid[:12]}: upload of {draft.path}: {exc}") from None
         except LostAck as exc:
             log.info("%s: %s: %s; uploaded by PUT", draft.cid[:12], draft.path, exc)
             return False
         ran = Ran(ack.code, ack.output)
-        if ran.no_tool:
-            return False
-        if ran.code != 0:
-            raise ToolFailed(f"{draft.cid[:12]}: upload of {draft.path}", ran)
-        return True
+        if ran.code == 0:
+            return True
+        failed = ToolFailed(f"{draft.cid[:12]}: upload of {draft.path}", ran)
+        if failed.errno in _FINAL:
+            raise failed
+        if not ran.no_tool:
+            log.info("%s; uploaded by PUT", failed)
+        return False
 
     async def _run(self, backend: WriteBackend, cid: str, argv: list[str], repeatable: bool) -> Ran:
         """A tool's run in the container: through its shell, else by an exec.
         A command the shell never acknowledged is run again by exec only if
-        `repeatable` (doing it twice does what doing it once does)."""
+        `repeatable` (doing it twice does what doing it once does) and its
+        shell is known to have ended (else it could still run later, over a
+        newer change)."""
         try:
             ack = await self.channels.command(backend, cid, run_command(argv))
         except NoChannel:
             return await backend.run(cid, argv)
         except LostAck as exc:
-            if repeatable:
+            if repeatable and not isinstance(exc, Unsettled):
                 return await backend.run(cid, argv)
             log.warning("%s: %s: %s; not run again", cid[:12], " ".join(argv), exc)
             raise ChannelLost(f"{cid[:12]}: {argv[0]}: {exc}") from None

@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import pyfuse3
-import trio
 
 from dockerfs_fuse.docker.errors import DockerProblem
 from dockerfs_fuse.docker.source import DockerSource
@@ -97,9 +96,6 @@ class DockerFS(ReadOnly):
         self.roots = RootView(roots, self.handles, self.kernel_cache)
         self._write_backends: dict[str, WriteBackend] = {}
         writes = ContainerWrites(roots, self._write_backend, invalidator.apply)
-        for cache in engines.caches.values():
-            cache.removal_listeners.append(writes.channels.gone)
-            cache.stop_listeners.append(writes.channels.stopped)
         self.writes = WriteView(writes, self.handles, invalidator)
         self.listings = Listings(engines, self.attrs, self.roots, invalidator)
         self._given_back_at = 0  # table.folds then
@@ -120,11 +116,8 @@ class DockerFS(ReadOnly):
         await self.invalidator.run()
 
     async def run_events(self) -> None:
-        """Every engine's event stream, and the containers' shell channels
-        (a task in the main nursery)."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.engines.run_events)
-            nursery.start_soon(self.writes.writes.channels.run)
+        """Every engine's event stream (a task in the main nursery)."""
+        await self.engines.run_events()
 
     # -- who answers for a node ------------------------------------------------------
 

@@ -684,6 +684,27 @@ def test_channel_round_trips_odd_names_and_binary_content(
     assert made.get("exec/create", 0) <= 1, made
 
 
+def test_a_container_without_capabilities_still_gets_its_new_files(
+    engine: Engine, tools_image: str, mounted: Mount
+) -> None:
+    """`--cap-drop ALL`: the container's shell (root without
+    CAP_DAC_OVERRIDE) cannot create a file in a directory someone else
+    owns; the file goes by PUT, as it would without a shell."""
+    cid = engine.run("--cap-drop", "ALL", tools_image, "sleep", "1d")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("theirs")
+        info.type, info.mode, info.uid, info.gid = tarfile.DIRTYPE, 0o755, 1000, 1000
+        tar.addfile(info)
+    engine.dockerd.docker("cp", "-a", "-", f"{cid}:/tmp", input=buf.getvalue())
+    root = mounted.path / cid / "root"
+    (root / "tmp" / "theirs" / "f").write_bytes(b"made\n")
+    (root / "tmp" / "mine").write_bytes(b"mine\n")  # a directory it may write: by its shell
+    assert copied(engine, cid, "/tmp/theirs/f") == {"f": b"made\n"}
+    assert copied(engine, cid, "/tmp/mine") == {"mine": b"mine\n"}
+    assert inside(engine, cid, "stat", "-c", "%u %a", "/tmp/theirs/f") == b"0 644\n"
+
+
 def test_a_file_over_the_bound_goes_by_put(engine: Engine, box: str, mounted: Mount) -> None:
     root = mounted.path / box / "root"
     big = os.urandom((64 << 10) + 1)

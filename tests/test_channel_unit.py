@@ -16,6 +16,7 @@ import contextlib
 import errno
 import os
 import shutil
+import struct
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -38,7 +39,7 @@ from dockerfs_fuse.model.shell import (
     upload_command,
 )
 
-# One by chmod (x and setuid bits), one by the umask at creation.
+# One with x and setuid bits, one within rw-rw-rw-.
 MODES = (0o4751, 0o640)
 SHELLS = [["busybox", "sh"], ["dash"], ["bash"]]
 NASTY = [
@@ -104,6 +105,25 @@ def test_arguments_and_content_come_back_byte_for_byte(shell: list[str], tmp_pat
         assert Path(os.fsdecode(path)).read_bytes() == content + name
         st = os.stat(path)
         assert (st.st_mode & 0o7777, int(st.st_mtime)) == (MODES[i % 2], 1_600_000_000 + i)
+
+
+def default_acl_granting_group_rw(directory: Path) -> None:
+    """user::rw- group::rw- other::r-- as the directory's default ACL (no setfacl needed)."""
+    entries = ((0x01, 6), (0x04, 6), (0x20, 4))  # USER_OBJ, GROUP_OBJ, OTHER
+    acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", t, p, 0xFFFFFFFF) for t, p in entries)
+    os.setxattr(directory, "system.posix_acl_default", acl)
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_a_default_acl_never_widens_an_uploads_mode(shell: list[str], tmp_path: Path) -> None:
+    default_acl_granting_group_rw(tmp_path)
+    for i, mode in enumerate((0o600, 0o640, 0o755)):
+        command = upload_command(
+            f"{tmp_path}/.t{i}", f"{tmp_path}/f{i}", b"x", mode, os.getuid(), os.getgid(), None
+        )
+        (ack,) = AckReader("N").feed(run_shell(shell, framed(command, "N"), tmp_path))
+        assert ack.code == 0, ack.output
+        assert os.stat(tmp_path / f"f{i}").st_mode & 0o7777 == mode
 
 
 @pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])

@@ -74,19 +74,19 @@ def upload_command(
         for i in range(0, len(content), PRINTF_CHUNK)
     ]
     bits = stat.S_IMODE(mode)
-    # A mode within rw-rw-rw- is made by the umask as the file is created;
-    # any other (x, setuid, sticky) by chmod after chown, which clears setuid.
-    by_umask = not bits & ~0o666
-    tools = ["chown", "mv", "rm", *([] if by_umask else ["chmod"])]
+    tools = ["chown", "chmod", "mv", "rm"]
     if mtime is not None:
         tools.append("touch")
     steps = [
         # Every tool there before anything is made (status 127 as the shell's own).
         "{ " + " && ".join(f"command -v {tool}" for tool in tools) + "; } >/dev/null || (exit 127)",
-        *([f"umask {0o777 & ~bits:03o}"] if by_umask else []),
+        # Made no wider than its mode; then given exactly its mode by chmod
+        # (after chown, which clears setuid): a directory's default ACL
+        # overrides the umask, as it would not a PUT's mode.
+        f"umask {0o777 & ~bits:03o}",
         "{ " + "; ".join([":", *chunks]) + '; } >"$t"',
         f'chown {uid}:{gid} "$t"',
-        *([] if by_umask else [f'chmod {bits:o} "$t"']),
+        f'chmod {bits:o} "$t"',
     ]
     if mtime is not None:
         steps.append(f'touch -c -d @{mtime} "$t"')

@@ -130,6 +130,10 @@ class Engines:
                 volumes = VolumeData(objects, cache, helpers)
                 self.helper_roots[objects.dirs["volumes"].inode] = volumes
 
+    def is_helper(self, cid: str) -> bool:
+        """Whether `cid` is a helper container of ours (an image's root/, a volume's data/)."""
+        return any(helpers.made(cid) for helpers in self.helpers)
+
     def cache_of(self, node: Node) -> EngineCache | None:
         """The engine a node belongs to (None for the root of several engines)."""
         for n in _up_from(node):

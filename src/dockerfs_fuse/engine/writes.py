@@ -63,7 +63,7 @@ from dockerfs_fuse.engine.containers import EngineCache
 from dockerfs_fuse.engine.roots import ContainerRoots
 from dockerfs_fuse.model.files import Entry, PathError
 from dockerfs_fuse.model.inodes import Changes, Node
-from dockerfs_fuse.model.shell import run_command, upload_command
+from dockerfs_fuse.model.shell import Ack, run_command, upload_command
 from dockerfs_fuse.model.tarwrite import (
     END,
     Meta,
@@ -577,7 +577,7 @@ class ContainerWrites:
             meta.mtime if draft.mtime_given else None,
         )
         try:
-            ack = await self.channels.command(draft.backend, draft.cid, command)
+            ack = await self._by_shell(draft.backend, draft.cid, command)
         except NoChannel:
             return False
         except Unsettled as exc:
@@ -603,7 +603,7 @@ class ContainerWrites:
         shell is known to have ended (else it could still run later, over a
         newer change)."""
         try:
-            ack = await self.channels.command(backend, cid, run_command(argv))
+            ack = await self._by_shell(backend, cid, run_command(argv))
         except NoChannel:
             return await backend.run(cid, argv)
         except LostAck as exc:
@@ -612,6 +612,14 @@ class ContainerWrites:
             log.warning("%s: %s: %s; not run again", cid[:12], " ".join(argv), exc)
             raise ChannelLost(f"{cid[:12]}: {argv[0]}: {exc}") from None
         return Ran(ack.code, ack.output)
+
+    async def _by_shell(self, backend: WriteBackend, cid: str, command: str) -> Ack:
+        """`command` through the container's shell. A helper (a volume's
+        data/) is never started: it has none, and asking would cost an exec
+        refused each time one is made."""
+        if self.roots.engines.is_helper(cid):
+            raise NoChannel("a helper container")
+        return await self.channels.command(backend, cid, command)
 
     async def _has_mv(self, backend: WriteBackend, cid: str) -> bool:
         known = self._mv_known.get(cid)

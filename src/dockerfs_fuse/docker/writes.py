@@ -273,15 +273,19 @@ class Shell:
     async def end(self) -> bool:
         """Kill the shell (by its mark, as a session's signal) unless the
         engine says it ended, then poll until it does: whether it did. The
-        caller bounds the wait."""
-        state = await exec_calls.inspect(self._source, self.exec_id)
-        if state.running:
-            await exec_calls.signal(self._source, self._cid, state.pid, self.mark, "SIGKILL")
-        delay = 0.01
-        while state.running:
-            await trio.sleep(delay)
-            delay = min(delay * 2, 0.5)
+        caller bounds the wait. An exec the engine no longer knows went with
+        its container."""
+        try:
             state = await exec_calls.inspect(self._source, self.exec_id)
+            if state.running:
+                await exec_calls.signal(self._source, self._cid, state.pid, self.mark, "SIGKILL")
+            delay = 0.01
+            while state.running:
+                await trio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+                state = await exec_calls.inspect(self._source, self.exec_id)
+        except NotFound:
+            pass
         return True
 
 

@@ -760,6 +760,63 @@ def test_a_channel_killed_inside_falls_back_and_loses_nothing(
         assert files[f"tmp/run{i}"] == f"line {i}\n".encode()
 
 
+def freezer_state(engine: Engine, cid: str) -> Path:
+    """The file that freezes the container's processes behind the engine's
+    back (no `pause` event: its channel stays open), cgroup v1 or v2."""
+    pid = engine.api(f"/containers/{cid}/json")["State"]["Pid"]
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        number, controllers, path = line.split(":", 2)
+        if "freezer" in controllers.split(","):
+            return Path("/sys/fs/cgroup/freezer" + path) / "freezer.state"
+        if number == "0" and Path("/sys/fs/cgroup/cgroup.freeze").exists():
+            return Path("/sys/fs/cgroup" + path) / "cgroup.freeze"
+    raise AssertionError("no freezer cgroup")
+
+
+def test_a_command_lost_to_a_frozen_shell_never_runs_later(
+    engine: Engine, box: str, mounted: Mount
+) -> None:
+    """The container frozen with a command in its shell (as `docker commit`
+    pauses it): the command's acknowledgement never comes; its shell is
+    killed; the close succeeds by PUT once the engine says the shell ended,
+    else is EIO. A newer version written meanwhile stays when it thaws:
+    that shell runs nothing more."""
+    root = mounted.path / box / "root"
+    (root / "tmp" / "f").write_bytes(b"v1\n")
+    (shell,) = wait_until(lambda: channel_shells(engine, box), "the channel's sh in docker top")
+    state = freezer_state(engine, box)
+    v1 = state.name == "freezer.state"
+    state.write_text("FROZEN" if v1 else "1")
+    try:
+        fd = os.open(root / "tmp" / "f", os.O_WRONLY | os.O_TRUNC)
+        os.write(fd, b"v2\n")
+        try:
+            os.close(fd)
+            closed = 0
+        except OSError as exc:
+            closed = exc.errno or 0
+        (root / "tmp" / "f").write_bytes(b"v3\n")
+    finally:
+        state.write_text("THAWED" if v1 else "0")
+    # A frozen process killed dies as it thaws (cgroup v1) or at once (v2).
+    wait_until(lambda: shell not in channel_shells(engine, box), "the frozen sh gone")
+    assert closed in (0, errno.EIO)
+    assert inside(engine, box, "cat", "/tmp/f") == b"v3\n"
+    assert not [n for n in inside(engine, box, "ls", "-a", "/tmp").split() if b".dockerfs-" in n]
+    if closed:  # not redone: kept, its path logged
+        assert "could not be ended" in mounted.log_text()
+        line = wait_until(
+            lambda: next(
+                (x for x in mounted.log_text().splitlines() if "its content is kept in" in x),
+                None,
+            ),
+            "the staged file's location logged",
+        )
+        kept = Path(line.rsplit("kept in ", 1)[1].strip())
+        assert kept.read_bytes() == b"v2\n"
+        kept.unlink()
+
+
 def test_the_channel_closes_when_idle_and_at_unmount(
     engine: Engine, box: str, mount_factory: Any
 ) -> None:

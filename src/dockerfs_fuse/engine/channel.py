@@ -17,9 +17,10 @@ takes today's path (a PUT, an exec) when there is no channel.
   longer line), past which the channel is dropped. A channel dropped with
   a command sent and not acknowledged has its shell killed, and is waited
   for (up to END_WAIT) until the engine says it ended: a command it read
-  but had not run (a paused container's) never runs later. A reader task per channel takes its
-  output as it comes, so a shell that dies (killed, its container stopped
-  or removed) is dropped at once, not at the next command.
+  but had not run (a paused container's) never runs later. A reader task
+  per channel takes its output as it comes, so a shell that dies (killed,
+  its container stopped or removed) is dropped at once, not at the next
+  command.
 - At most CHANNELS_MAX at once, the least recently used closed for a new
   one; each closed after IDLE seconds unused, and all at unmount.
 
@@ -146,12 +147,12 @@ class Channels:
                 self._nursery = nursery
                 while True:
                     await self._opened.wait()
-                    try:
-                        while self._open:
-                            await trio.sleep(self.idle / 4)
+                    while self._open:
+                        await trio.sleep(self.idle / 4)
+                        try:
                             self._sweep()
-                    except Exception:  # a bug here must not end the daemon's events
-                        log.exception("shell channels")
+                        except Exception:  # a bug here must not end the daemon's events
+                            log.exception("shell channels")
                     self._opened = trio.Event()
         finally:
             self._nursery = None

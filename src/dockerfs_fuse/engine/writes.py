@@ -593,7 +593,7 @@ class ContainerWrites:
         if failed.errno in _FINAL:
             raise failed
         if not ran.no_tool:
-            log.info("%s; uploaded by PUT", failed)
+            log.debug("%s; uploaded by PUT", failed)
         return False
 
     async def _run(self, backend: WriteBackend, cid: str, argv: list[str], repeatable: bool) -> Ran:

@@ -511,6 +511,32 @@ def test_modes_owners_times_and_renames_of_closed_files(
     assert inside(engine, box, "stat", "-c", "%s", "/tmp/t") == b"0\n"
 
 
+def test_the_new_name_answers_at_once_after_a_rename(
+    engine: Engine, box: str, mounted: Mount
+) -> None:
+    """The kernel moves its cached entry on a rename and asks nothing more:
+    a `chmod`, an append or a path below a moved directory, right after `mv`,
+    reach what the container now has under the new name."""
+    tmp = mounted.path / box / "root" / "tmp"
+    (tmp / "a").write_bytes(b"a\n")
+    os.rename(tmp / "a", tmp / "b")
+    os.chmod(tmp / "b", 0o600)
+    assert inside(engine, box, "stat", "-c", "%a", "/tmp/b") == b"600\n"
+    os.rename(tmp / "b", tmp / "c")
+    with open(tmp / "c", "ab") as f:
+        f.write(b"more\n")
+    assert inside(engine, box, "cat", "/tmp/c") == b"a\nmore\n" == (tmp / "c").read_bytes()
+    (tmp / "d").mkdir()
+    (tmp / "d" / "f").write_bytes(b"f\n")
+    assert (tmp / "d" / "f").read_bytes() == b"f\n"  # looked up: the kernel holds d/f
+    os.rename(tmp / "d", tmp / "e")
+    os.chmod(tmp / "e" / "f", 0o640)
+    (tmp / "e" / "g").write_bytes(b"g\n")
+    assert inside(engine, box, "stat", "-c", "%a", "/tmp/e/f") == b"640\n"
+    assert inside(engine, box, "cat", "/tmp/e/f", "/tmp/e/g") == b"f\ng\n"
+    assert sorted(os.listdir(tmp)) == ["c", "e"]
+
+
 def test_a_full_volume_is_enospc_and_a_removed_container_enoent(
     engine: Engine, tools_image: str, mounted: Mount
 ) -> None:

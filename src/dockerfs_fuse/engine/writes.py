@@ -740,10 +740,16 @@ class ContainerWrites:
             await self.flush(draft)  # what was written goes with it
         # -T: onto a directory means replacing it, never moving into it.
         cache, cid = await self._tool(parent, f"mv {old} {new}", ["mv", "-f", "-T", old, new])
-        if draft is not None:
-            draft.path = new  # later closes upload it under its new name
-        self._removed(cache, cid, parent, name)
-        self._removed(cache, cid, new_parent, new_name)
+        for d in self._drafts.values():  # later closes upload under the new name
+            if (
+                d.cache is cache
+                and d.cid == cid
+                and (d.path == old or d.path.startswith(old + "/"))
+            ):
+                d.path = new + d.path[len(old) :]
+        self._apply(self.table.move_entry(parent, name, new_parent, new_name, new))
+        self._changed(cache, cid, self.roots.path_of(parent), [parent.inode])
+        self._changed(cache, cid, self.roots.path_of(new_parent), [new_parent.inode])
 
     def _removed(self, cache: EngineCache, cid: str, parent: Node, name: str) -> None:
         self._apply(self.table.remove_entry(parent, name))

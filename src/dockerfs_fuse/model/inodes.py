@@ -571,9 +571,9 @@ class InodeTable:
         replaced = (new_dir.children or {}).pop(new_name, None)
         if replaced is not None:
             self._drop(new_dir, replaced, changes)
-        if node is None:
+        if node is None or dirnode.children is None:
             return changes
-        del dirnode.children[name]  # type: ignore[index]
+        del dirnode.children[name]
         if node.entry is None:  # not a path of the container's: nothing to move
             self._drop(dirnode, node, changes)
             return changes

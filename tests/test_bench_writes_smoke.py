@@ -39,6 +39,8 @@ def test_bench_writes_writes_its_figures(tmp_path: Path) -> None:
         assert all(v > 0 for v in values), (name, values)
     for kind in ("cp", "tar", "sed"):
         last = results["requests"][kind][-1]["requests"]
-        # Every write through the mount reaches the engine by an upload.
-        assert last.get("containers/archive PUT", 0) >= 1, (kind, last)
+        # Every write through the mount reaches the engine by an upload, or
+        # (a small file) by a line to the container's shell.
+        sent = last.get("containers/archive PUT", 0) + last.get("shell command", 0)
+        assert sent >= 1, (kind, last)
     assert "vs `docker cp FILE C:/tmp/`" in (out / "writes.md").read_text()

@@ -791,3 +791,94 @@ def test_an_upload_leaves_probes_of_other_paths_answering() -> None:
         assert e.kinds(files) == {"probe": 2, "listing": 1}
 
     run(main)
+
+
+def test_a_small_directory_probed_answers_its_names_lookups_and_opens() -> None:
+    """`sed -i root/etc/hosts` cold: the lookup of `etc` reads it whole, and
+    the lookup and open of `hosts` that follow ask nothing more; a
+    directory's open still reads it anew, and a new name is still asked."""
+
+    async def main() -> None:
+        e = engine_with_a_tree()
+        files = e.files()
+        assert (await files.stat("c", "/etc")).is_dir
+        assert (await files.stat("c", "/etc/hosts")).size == 20
+        reader = await files.open("c", "/etc/hosts")
+        assert await reader.read(0, 100) == b"127.0.0.1 localhost\n"
+        reader.close()
+        assert e.kinds(files) == {"probe": 1}
+        e.add("/etc/new", data=b"n")
+        assert names(await files.listing("c", "/etc")) == ["hosts", "mtab", "new", "zhard"]
+        assert e.kinds(files) == {"probe": 1, "listing": 1}
+        e.add("/etc/newer", data=b"n")
+        assert (await files.stat("c", "/etc/newer")).size == 1
+        assert e.kinds(files) == {"probe": 2, "listing": 1}
+
+    run(main)
+
+
+def test_a_big_directory_probed_is_one_path_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(archive, "PROBE_DIR_ENTRIES", 2)
+
+    async def main() -> None:
+        e = engine_with_a_tree()
+        files = e.files()
+        assert (await files.stat("c", "/etc")).is_dir
+        assert (await files.stat("c", "/etc/mtab")).is_link
+        assert e.kinds(files) == {"probe": 2}
+
+    run(main)
+
+
+def test_a_small_directory_probed_answers_its_names_only_just_after() -> None:
+    """`cat root/etc/hosts` probes `etc` whole; something keeps reading in
+    the container (`tail -f`, a loop of lookups of `hosts`); the container
+    rewrites /etc/conf. Minutes later `cat root/etc/conf` reads the new
+    content: the probe answered for `conf` only within WALK_IDLE of its end,
+    and neither use nor reads elsewhere extended that."""
+    clock = MockClock()  # time passes only when the test says
+
+    async def main() -> None:
+        e = engine_with_a_tree()
+        e.add("/etc/conf", data=b"old\n")
+        files = e.files()
+        assert (await files.stat("c", "/etc")).is_dir
+        assert (await files.stat("c", "/etc/hosts")).size == 20
+        reader = await files.open("c", "/etc/hosts")
+        assert await reader.read(0, 100) == b"127.0.0.1 localhost\n"
+        await wait_all_tasks_blocked()  # the probe has read `etc` to its end
+        assert e.kinds(files) == {"probe": 1}
+        e.add("/etc/conf", data=b"new content\n")
+        for _ in range(600):  # 300 s of reads and lookups, each well within WALK_IDLE
+            clock.jump(container_fs.WALK_IDLE / 2)
+            files.touch("c")
+            await files.stat("c", "/etc/hosts")
+        reader.close()
+        assert (await files.stat("c", "/etc/conf")).size == len(b"new content\n")
+        conf = await files.open("c", "/etc/conf")
+        assert await conf.read(0, 100) == b"new content\n"
+        conf.close()
+
+    run(main, clock)
+
+
+def test_a_change_never_starts_from_a_directory_probe() -> None:
+    """The content a write loads (`>>`, `sed -i`) is read anew, even just
+    after a lookup probed its directory whole."""
+    clock = MockClock()
+
+    async def main() -> None:
+        e = engine_with_a_tree()
+        e.add("/etc/conf", data=b"old\n")
+        files = e.files()
+        assert (await files.stat("c", "/etc")).is_dir
+        assert (await files.stat("c", "/etc/conf")).size == 4
+        await wait_all_tasks_blocked()
+        assert e.kinds(files) == {"probe": 1}
+        e.add("/etc/conf", data=b"new content\n")
+        reader = await files.open("c", "/etc/conf", to_change=True)
+        assert await reader.read(0, 100) == b"new content\n"
+        reader.close()
+        assert e.kinds(files) == {"probe": 1, "file": 1}
+
+    run(main, clock)

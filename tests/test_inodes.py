@@ -422,3 +422,41 @@ def test_a_changed_answer_keeps_the_parts_it_did_not_change() -> None:
     t.set_containers([{**copy.deepcopy(RECORDED[0]), "Status": "Up 2 hours"}, *RECORDED[1:]])
     assert node.raw["Status"] == "Up 2 hours" and node.raw["Names"] is kept["Names"]
     assert node.raw["NetworkSettings"] is kept["NetworkSettings"]
+
+
+def test_a_rename_under_root_keeps_the_moved_nodes_numbers() -> None:
+    """The kernel moves its dentry on a rename and asks nothing: the node
+    must answer under its new name with its old number (a `chmod` of the new
+    name right after `mv` reaches that number), its subtree's paths moved."""
+    import stat as st
+
+    from dockerfs_fuse.model.files import Entry
+
+    t = InodeTable()
+    t.set_containers(RECORDED)
+    root = walk(t, RECORDED[0]["Id"], ".live", "root")  # the directory, not the link to it
+
+    def entry(path: str, mode: int) -> Entry:
+        return Entry(path, mode, 0, 0, 0, 0)
+
+    tmp, _ = t.set_entry(root, entry("/tmp", st.S_IFDIR | 0o755))
+    a, _ = t.set_entry(tmp, entry("/tmp/a", st.S_IFREG | 0o644))
+    b, _ = t.set_entry(tmp, entry("/tmp/b", st.S_IFREG | 0o644))
+    d, _ = t.set_entry(tmp, entry("/tmp/d", st.S_IFDIR | 0o755))
+    f, _ = t.set_entry(d, entry("/tmp/d/f", st.S_IFREG | 0o644))
+    for n in (tmp, a, b, d, f):
+        t.remember(n)
+
+    changes = t.move_entry(tmp, "a", tmp, "b", "/tmp/b")
+    assert t.lookup(tmp, "b") is a and t.lookup(tmp, "a") is None
+    assert a.name == "b" and a.entry is not None and a.entry.path == "/tmp/b"
+    assert b.gone and (tmp.inode, "b", b.inode) in changes.removed
+    assert t.get(a.inode) is a
+
+    t.move_entry(tmp, "d", root, "e", "/e")
+    assert t.lookup(root, "e") is d and d.parent is root and t.lookup(tmp, "d") is None
+    assert f.entry is not None and f.entry.path == "/e/f" and t.lookup(d, "f") is f
+    assert not (d.gone or f.gone)
+
+    # Never looked up: only the replaced name goes.
+    assert not t.move_entry(tmp, "nothing", tmp, "x", "/tmp/x")

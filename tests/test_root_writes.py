@@ -40,7 +40,8 @@ from dockerfs_fuse.fuse import kernel_cache
 pytestmark = [pytest.mark.docker, pytest.mark.fuse]
 
 TOOLS = "dfs-tools:test"
-NO_TOOLS = "busybox:latest"  # sh, cat, ls... and no mv, rm or rmdir
+NO_TOOLS = "busybox:latest"  # sh, cat, ls... and no mv, rm or rmdir links
+NO_SHELL = "dfs-noshell:test"
 APPLETS = (
     "sh", "sleep", "cat", "ls", "mv", "rm", "rmdir", "mkdir", "chmod", "chown",
     "touch", "sha256sum", "stat", "wc", "readlink", "find", "sort", "sed",
@@ -282,13 +283,59 @@ def test_a_stopped_container(engine: Engine, box: str, mount_factory: Any) -> No
     assert inside(engine, box, "stat", "-c", "%F", "/tmp/dir") == b"directory\n"
 
 
-def test_an_image_without_tools(engine: Engine, mounted: Mount) -> None:
-    cid = engine.run(NO_TOOLS, "sleep", "1d")
+def no_shell_tar(path: Path) -> None:
+    """A root filesystem of busybox with only `sleep` and `cat`: no sh, mv, rm or rmdir."""
+    with tarfile.open(path, "w") as tar:
+        for d in ("bin", "tmp"):
+            info = tarfile.TarInfo(d)
+            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if d == "tmp" else 0o755
+            tar.addfile(info)
+        data = busybox_binary().read_bytes()
+        info = tarfile.TarInfo("bin/busybox")
+        info.size, info.mode = len(data), 0o755
+        tar.addfile(info, io.BytesIO(data))
+        for applet in ("sleep", "cat"):
+            info = tarfile.TarInfo(f"bin/{applet}")
+            info.type, info.linkname = tarfile.SYMTYPE, "busybox"
+            tar.addfile(info)
+
+
+@pytest.fixture(scope="session")
+def no_shell_image(
+    dockerd_session: PrivateDockerd, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    path = tmp_path_factory.mktemp("noshell") / "rootfs.tar"
+    no_shell_tar(path)
+    dockerd_session.docker("import", str(path), NO_SHELL, timeout=300)
+    return NO_SHELL
+
+
+def test_an_image_without_a_shell_or_tools(
+    engine: Engine, no_shell_image: str, mounted: Mount
+) -> None:
+    """No channel (no sh): files are written in place by PUT, and what needs a tool is EPERM."""
+    cid = engine.run(no_shell_image, "sleep", "1d")
     root = mounted.path / cid / "root"
-    os.mkdir(root / "tmp") if not (root / "tmp").exists() else None
     (root / "tmp" / "f").write_bytes(b"in place\n")
     assert inside(engine, cid, "cat", "/tmp/f") == b"in place\n"
+    (root / "tmp" / "f").write_bytes(b"again\n")
+    assert inside(engine, cid, "cat", "/tmp/f") == b"again\n"
     assert errno_of(lambda: os.unlink(root / "tmp" / "f")) == errno.EPERM
+    assert errno_of(lambda: os.rename(root / "tmp" / "f", root / "tmp" / "g")) == errno.EPERM
+    assert "no shell channel" in mounted.log_text()
+    assert shell_commands(mounted) == 0
+    assert channel_shells(engine, cid) == []
+
+
+def test_busybox_sh_runs_its_own_applets(engine: Engine, mounted: Mount) -> None:
+    """An image with busybox's sh and no `rm` or `mv` link: its shell runs them."""
+    cid = engine.run(NO_TOOLS, "sleep", "1d")
+    root = mounted.path / cid / "root"
+    (root / "tmp" / "f").write_bytes(b"through its shell\n")
+    os.rename(root / "tmp" / "f", root / "tmp" / "g")
+    assert inside(engine, cid, "cat", "/tmp/g") == b"through its shell\n"
+    os.unlink(root / "tmp" / "g")
+    assert inside(engine, cid, "ls", "-a", "/tmp").split() == [b".", b".."]
 
 
 def test_a_read_only_container_is_erofs_and_the_staged_file_kept(
@@ -464,6 +511,32 @@ def test_modes_owners_times_and_renames_of_closed_files(
     assert inside(engine, box, "stat", "-c", "%s", "/tmp/t") == b"0\n"
 
 
+def test_the_new_name_answers_at_once_after_a_rename(
+    engine: Engine, box: str, mounted: Mount
+) -> None:
+    """The kernel moves its cached entry on a rename and asks nothing more:
+    a `chmod`, an append or a path below a moved directory, right after `mv`,
+    reach what the container now has under the new name."""
+    tmp = mounted.path / box / "root" / "tmp"
+    (tmp / "a").write_bytes(b"a\n")
+    os.rename(tmp / "a", tmp / "b")
+    os.chmod(tmp / "b", 0o600)
+    assert inside(engine, box, "stat", "-c", "%a", "/tmp/b") == b"600\n"
+    os.rename(tmp / "b", tmp / "c")
+    with open(tmp / "c", "ab") as f:
+        f.write(b"more\n")
+    assert inside(engine, box, "cat", "/tmp/c") == b"a\nmore\n" == (tmp / "c").read_bytes()
+    (tmp / "d").mkdir()
+    (tmp / "d" / "f").write_bytes(b"f\n")
+    assert (tmp / "d" / "f").read_bytes() == b"f\n"  # looked up: the kernel holds d/f
+    os.rename(tmp / "d", tmp / "e")
+    os.chmod(tmp / "e" / "f", 0o640)
+    (tmp / "e" / "g").write_bytes(b"g\n")
+    assert inside(engine, box, "stat", "-c", "%a", "/tmp/e/f") == b"640\n"
+    assert inside(engine, box, "cat", "/tmp/e/f", "/tmp/e/g") == b"f\ng\n"
+    assert sorted(os.listdir(tmp)) == ["c", "e"]
+
+
 def test_a_full_volume_is_enospc_and_a_removed_container_enoent(
     engine: Engine, tools_image: str, mounted: Mount
 ) -> None:
@@ -513,6 +586,17 @@ def test_podman(podman_engine: Engine, mount_factory: Any, tmp_path: Path) -> No
     os.unlink(root / "tmp" / "d" / "f")
     os.rmdir(root / "tmp" / "d")
     assert b"d" not in inside(podman_engine, cid, "ls", "/tmp").split()
+    # Podman's exec takes stdin: the changes went through the container's shell.
+    assert shell_commands(m) >= 5 and requests_of(m).get("exec/create") == 1
+    # Without a shell, by PUT and exec.
+    no_shell_tar(tmp_path / "noshell.tar")
+    podman_engine.docker("import", str(tmp_path / "noshell.tar"), NO_SHELL)
+    bare = podman_engine.run(NO_SHELL, "sleep", "1d")
+    sent = shell_commands(m)
+    (m.path / bare / "root" / "tmp" / "f").write_bytes(b"by PUT\n")
+    assert inside(podman_engine, bare, "cat", "/tmp/f") == b"by PUT\n"
+    assert errno_of(lambda: os.unlink(m.path / bare / "root" / "tmp" / "f")) == errno.EPERM
+    assert shell_commands(m) == sent
 
 
 @pytest.mark.parametrize("backupcopy", ["yes", "no"])
@@ -552,3 +636,232 @@ def test_uploads_over_tcp_go_through_the_client(
     assert hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest()
     target.write_bytes(b"again\n")
     assert d.docker("exec", cid, "cat", "/tmp/big").stdout == b"again\n"
+
+
+# -- the shell channel ----------------------------------------------------------------
+
+
+def shell_commands(m: Mount) -> int:
+    """Commands the daemon sent to containers' shell channels so far."""
+    return sum(
+        one.get("requests", {}).get("shell command", 0) for one in m.stats()["engines"].values()
+    )
+
+
+def requests_of(m: Mount) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for one in m.stats()["engines"].values():
+        for kind, n in one.get("requests", {}).items():
+            counts[kind] = counts.get(kind, 0) + n
+    return counts
+
+
+def channel_shells(engine: Engine, cid: str) -> list[int]:
+    """Host PIDs of the container's `sh` processes (the box itself runs `sleep`)."""
+    top = engine.api(f"/containers/{cid}/top")
+    pid, cmd = top["Titles"].index("PID"), top["Titles"].index("CMD")
+    return [int(p[pid]) for p in top["Processes"] or [] if p[cmd].split()[0] in ("sh", "/bin/sh")]
+
+
+def pid_inside(host_pid: int) -> int:
+    """A host process's PID in its container's namespace."""
+    status = Path(f"/proc/{host_pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("NSpid:")).split()[-1])
+
+
+ODD_NAMES = [
+    "new\nline",
+    "trailing newlines\n\n",
+    "quotes'\"`$(touch pwned)`\\%s%n\\n",
+    "-starts-with-a-dash",
+    "ünïcødé 日本語 ☃",
+    " spaces and\ttabs ",
+]
+BINARY = bytes(range(256)) * 16 + b"\0\xff\0\n\n"
+
+
+def test_channel_round_trips_odd_names_and_binary_content(
+    engine: Engine, box: str, mounted: Mount
+) -> None:
+    root = mounted.path / box / "root"
+    os.mkdir(root / "tmp" / "chan")
+    before = requests_of(mounted)
+    for i, name in enumerate(ODD_NAMES):
+        (root / "tmp" / "chan" / name).write_bytes(BINARY + name.encode() + bytes([i]))
+    want = {f"chan/{n}": BINARY + n.encode() + bytes([i]) for i, n in enumerate(ODD_NAMES)}
+    assert copied(engine, box, "/tmp/chan") == want
+    os.chmod(root / "tmp" / "chan" / ODD_NAMES[2], 0o640)
+    for name in ODD_NAMES:
+        os.rename(root / "tmp" / "chan" / name, root / "tmp" / "chan" / (name + "→moved\n"))
+    moved = {k + "→moved\n": v for k, v in want.items()}
+    assert copied(engine, box, "/tmp/chan") == moved
+    mode = inside(engine, box, "stat", "-c", "%a", "/tmp/chan/" + ODD_NAMES[2] + "→moved\n")
+    assert mode == b"640\n"
+    for name in ODD_NAMES:
+        os.unlink(root / "tmp" / "chan" / (name + "→moved\n"))
+    assert inside(engine, box, "ls", "-a", "/tmp/chan").split() == [b".", b".."]
+    assert b"pwned" not in inside(engine, box, "ls", "/", "/tmp")
+    after = requests_of(mounted)
+    made = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    # Uploads, renames, a chmod and removals, each a line to the one shell:
+    # no PUT, and no exec but the shell's own.
+    assert made.get("shell command", 0) >= 3 * len(ODD_NAMES) + 1, made
+    assert made.get("containers/archive PUT", 0) == 0, made
+    assert made.get("exec/create", 0) <= 1, made
+
+
+def test_a_container_without_capabilities_still_gets_its_new_files(
+    engine: Engine, tools_image: str, mounted: Mount
+) -> None:
+    """`--cap-drop ALL`: the container's shell (root without
+    CAP_DAC_OVERRIDE) cannot create a file in a directory someone else
+    owns; the file goes by PUT, as it would without a shell."""
+    cid = engine.run("--cap-drop", "ALL", tools_image, "sleep", "1d")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("theirs")
+        info.type, info.mode, info.uid, info.gid = tarfile.DIRTYPE, 0o755, 1000, 1000
+        tar.addfile(info)
+    engine.dockerd.docker("cp", "-a", "-", f"{cid}:/tmp", input=buf.getvalue())
+    root = mounted.path / cid / "root"
+    (root / "tmp" / "theirs" / "f").write_bytes(b"made\n")
+    (root / "tmp" / "mine").write_bytes(b"mine\n")  # a directory it may write: by its shell
+    assert copied(engine, cid, "/tmp/theirs/f") == {"f": b"made\n"}
+    assert copied(engine, cid, "/tmp/mine") == {"mine": b"mine\n"}
+    assert inside(engine, cid, "stat", "-c", "%u %a", "/tmp/theirs/f") == b"0 644\n"
+
+
+def test_a_file_over_the_bound_goes_by_put(engine: Engine, box: str, mounted: Mount) -> None:
+    root = mounted.path / box / "root"
+    big = os.urandom((64 << 10) + 1)
+    before = requests_of(mounted).get("containers/archive PUT", 0)
+    (root / "tmp" / "big").write_bytes(big)
+    assert copied(engine, box, "/tmp/big") == {"big": big}
+    assert requests_of(mounted).get("containers/archive PUT", 0) == before + 1
+
+
+def test_a_channel_killed_inside_falls_back_and_loses_nothing(
+    engine: Engine, box: str, mounted: Mount
+) -> None:
+    root = mounted.path / box / "root"
+    (root / "tmp" / "first").write_bytes(b"first\n")
+    (shell,) = wait_until(lambda: channel_shells(engine, box), "the channel's sh in docker top")
+    inside(engine, box, "sh", "-c", f"kill -9 {pid_inside(shell)}")
+    # Right after the kill: the channel is found dead, or a command's
+    # acknowledgement is lost and the upload goes by PUT.
+    for i in range(5):
+        (root / "tmp" / f"after{i}").write_bytes(b"after %d\n" % i)
+    files = copied(engine, box, "/tmp")
+    assert files == {"tmp/first": b"first\n"} | {
+        f"tmp/after{i}": b"after %d\n" % i for i in range(5)
+    }
+    wait_until(lambda: shell not in channel_shells(engine, box), "the killed sh gone")
+    os.rename(root / "tmp" / "first", root / "tmp" / "renamed")
+    os.unlink(root / "tmp" / "after0")
+    assert inside(engine, box, "cat", "/tmp/renamed") == b"first\n"
+    assert b"after0" not in inside(engine, box, "ls", "/tmp")
+    # Killed in the middle of a writer's run of closes: every file whole.
+    writer = subprocess.Popen(
+        ["sh", "-c", f'for i in $(seq 40); do echo "line $i" > {root}/tmp/run$i; done'],
+    )
+    try:
+        shells = wait_until(lambda: channel_shells(engine, box), "a new channel")
+        subprocess.run(
+            [
+                "docker",
+                "exec",
+                box,
+                "sh",
+                "-c",
+                "kill -9 " + " ".join(str(pid_inside(p)) for p in shells),
+            ],
+            env=docker_env(engine.dockerd),
+            capture_output=True,
+            timeout=60,
+        )
+    finally:
+        assert writer.wait(120) == 0
+    files = copied(engine, box, "/tmp")
+    for i in range(1, 41):
+        assert files[f"tmp/run{i}"] == f"line {i}\n".encode()
+
+
+def freezer_state(engine: Engine, cid: str) -> Path:
+    """The file that freezes the container's processes behind the engine's
+    back (no `pause` event: its channel stays open), cgroup v1 or v2."""
+    pid = engine.api(f"/containers/{cid}/json")["State"]["Pid"]
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        number, controllers, path = line.split(":", 2)
+        if "freezer" in controllers.split(","):
+            return Path("/sys/fs/cgroup/freezer" + path) / "freezer.state"
+        if number == "0" and Path("/sys/fs/cgroup/cgroup.freeze").exists():
+            return Path("/sys/fs/cgroup" + path) / "cgroup.freeze"
+    raise AssertionError("no freezer cgroup")
+
+
+def test_a_command_lost_to_a_frozen_shell_never_runs_later(
+    engine: Engine, box: str, mounted: Mount
+) -> None:
+    """The container frozen with a command in its shell (as `docker commit`
+    pauses it): the command's acknowledgement never comes; its shell is
+    killed; the close succeeds by PUT once the engine says the shell ended,
+    else is EIO. A newer version written meanwhile stays when it thaws:
+    that shell runs nothing more."""
+    root = mounted.path / box / "root"
+    (root / "tmp" / "f").write_bytes(b"v1\n")
+    (shell,) = wait_until(lambda: channel_shells(engine, box), "the channel's sh in docker top")
+    state = freezer_state(engine, box)
+    v1 = state.name == "freezer.state"
+    state.write_text("FROZEN" if v1 else "1")
+    try:
+        fd = os.open(root / "tmp" / "f", os.O_WRONLY | os.O_TRUNC)
+        os.write(fd, b"v2\n")
+        try:
+            os.close(fd)
+            closed = 0
+        except OSError as exc:
+            closed = exc.errno or 0
+        (root / "tmp" / "f").write_bytes(b"v3\n")
+    finally:
+        state.write_text("THAWED" if v1 else "0")
+    # A frozen process killed dies as it thaws (cgroup v1) or at once (v2).
+    wait_until(lambda: shell not in channel_shells(engine, box), "the frozen sh gone")
+    assert closed in (0, errno.EIO)
+    assert inside(engine, box, "cat", "/tmp/f") == b"v3\n"
+    assert not [n for n in inside(engine, box, "ls", "-a", "/tmp").split() if b".dockerfs-" in n]
+    if closed:  # not redone: kept, its path logged
+        assert "could not be ended" in mounted.log_text()
+        line = wait_until(
+            lambda: next(
+                (x for x in mounted.log_text().splitlines() if "its content is kept in" in x),
+                None,
+            ),
+            "the staged file's location logged",
+        )
+        kept = Path(line.rsplit("kept in ", 1)[1].strip())
+        assert kept.read_bytes() == b"v2\n"
+        kept.unlink()
+
+
+def test_the_channel_closes_when_idle_and_at_unmount(
+    engine: Engine, box: str, mount_factory: Any
+) -> None:
+    m = mount_factory(engine.host)
+    root = m.path / box / "root"
+    (root / "tmp" / "f").write_bytes(b"1\n")
+    wait_until(lambda: channel_shells(engine, box), "the channel's sh in docker top")
+    wait_until(lambda: not channel_shells(engine, box), "the idle channel closed", timeout=40)
+    (root / "tmp" / "f").write_bytes(b"2\n")
+    wait_until(lambda: channel_shells(engine, box), "a channel again")
+    stop_mount(m)
+    wait_until(lambda: not channel_shells(engine, box), "the channel closed at unmount")
+    assert inside(engine, box, "cat", "/tmp/f") == b"2\n"
+
+
+def test_the_channel_ends_with_its_container(engine: Engine, box: str, mounted: Mount) -> None:
+    root = mounted.path / box / "root"
+    (root / "tmp" / "f").write_bytes(b"1\n")
+    wait_until(lambda: channel_shells(engine, box), "the channel's sh in docker top")
+    engine.docker("restart", "-t", "0", box)
+    (root / "tmp" / "f").write_bytes(b"2\n")  # a new channel, or by PUT
+    assert inside(engine, box, "cat", "/tmp/f") == b"2\n"

@@ -506,3 +506,5 @@ def test_writes_over_a_remote_engine(remote: tuple[Engine, str], mount_factory: 
     os.rmdir(root / "tmp" / "d")
     assert inside(engine, cid, "ls", "-a", "/tmp") == b".\n..\n"
     assert os.listdir(root / "tmp") == []
+    # The small changes went through the container's shell, over this connection too.
+    assert base.shell_commands(m) >= 5

@@ -10,6 +10,7 @@ import errno
 import io
 import logging
 import posixpath
+import re
 import tarfile
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ import pyfuse3
 import pytest
 import trio
 import trio.testing
+from support.fake_shell import FakeOpener
 from test_container_fs_unit import FakeEngine, FakeFile
 
 from dockerfs_fuse.docker.errors import (
@@ -29,10 +31,13 @@ from dockerfs_fuse.docker.errors import (
     ReadOnlyFs,
 )
 from dockerfs_fuse.docker.writes import Ran, TarBody, _classified
+from dockerfs_fuse.engine import writes as writes_module
+from dockerfs_fuse.engine.channel import ShellStream
 from dockerfs_fuse.engine.engines import Engines
 from dockerfs_fuse.engine.roots import ContainerRoots
 from dockerfs_fuse.engine.writes import (
     CannotChange,
+    ChannelLost,
     ContainerGone,
     ContainerWrites,
     Staging,
@@ -96,6 +101,9 @@ def test_a_tools_complaint_names_its_errno() -> None:
         "mv: cannot overwrite directory '/d'": errno.EISDIR,
         "mv: can't rename '/a': Read-only file system": errno.EROFS,
         "chown: /f: Operation not permitted": errno.EPERM,
+        "sh: 1: cannot create /x/.dockerfs-ab-f: Directory nonexistent": errno.ENOENT,
+        "sh: can't create /d/.dockerfs-aa-no space.txt: Permission denied": errno.EACCES,
+        "mv: can't rename '/d/.dockerfs-ab-is a directory': Disk quota exceeded": errno.ENOSPC,
         "something else": errno.EIO,
     }
     for text, code in said.items():
@@ -116,6 +124,10 @@ class FakeWrites:
         self.refuse: Exception | None = None
         self.hold: trio.Event | None = None  # uploads wait for it
         self.calls: list[tuple[str, ...]] = []
+        self.shell: FakeOpener | None = None  # none: as an image without `sh`
+        # How the shell answers an upload, and a tool's run (None: no answer at all).
+        self.upload_answer: tuple[int, bytes] | None = (0, b"")
+        self.lost_tools: set[str] = set()
 
     async def put_archive(self, cid: str, directory: str, body: TarBody) -> None:
         data = b"".join(body.chunks())
@@ -139,10 +151,32 @@ class FakeWrites:
     async def is_gone(self, cid: str) -> bool:
         return self.gone
 
+    async def open_shell(self, cid: str) -> ShellStream:
+        if self.shell is None:
+            raise Conflict("no shell in the fake engine")
+        return await self.shell.open_shell(cid)
+
+    def answer(self, line: bytes) -> tuple[int, bytes] | None:
+        """The fake shell's answer to a line: an upload as upload_answer
+        says (its content is not decoded), a tool's run (plain names only)
+        acting on the filesystem, as an exec would."""
+        if b"command -v" in line:
+            self.calls.append(("sh", "upload"))
+            return self.upload_answer
+        argv = [m.decode() for m in re.findall(rb"a\d+='([^']*)'", line)]
+        self.calls.append(("sh", *argv))
+        if argv[0] in self.lost_tools:
+            return None
+        ran = self._act(argv)
+        return ran.code, ran.output
+
     async def run(self, cid: str, argv: Sequence[str]) -> Ran:
         if not self.running:
             raise Conflict(f"Container {cid} is not running")
         self.calls.append(tuple(argv))
+        return self._act(argv)
+
+    def _act(self, argv: Sequence[str]) -> Ran:
         if not self.tools:
             return Ran(127, b"exec: not found")
         fs = self.engine.fs
@@ -209,6 +243,131 @@ def run(tmp_path: Path, test: Callable[[World], Awaitable[None]]) -> None:
         await test(World(tmp_path))
 
     trio.run(main)
+
+
+def run_with_shell(tmp_path: Path, test: Callable[[World], Awaitable[None]]) -> None:
+    """As run, the container's shell a fake one (support/fake_shell.py), its
+    deadlines on a MockClock."""
+
+    async def main() -> None:
+        w = World(tmp_path)
+        w.backend.shell = FakeOpener(w.backend.answer)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(w.roots.engines.channels.run)
+            await test(w)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def puts(w: World) -> int:
+    return sum(call[0] == "put" for call in w.backend.calls)
+
+
+def test_a_small_upload_goes_through_the_shell_and_by_put_where_the_shell_cannot(
+    tmp_path: Path,
+) -> None:
+    """Through the shell when it can; by PUT after any failure that a PUT
+    may not meet (a privilege the container's shell lacks under
+    `--cap-drop ALL`, a tool missing or too old); a failure about the
+    target itself is the answer."""
+
+    async def test(w: World) -> None:
+        tmp = await w.node("/tmp")
+        draft = await w.writes.create(tmp, "f", META)
+        await w.writes.write(draft, 0, b"one\n", append=False)
+        await w.writes.flush(draft)
+        assert w.backend.calls == [("sh", "upload")]
+        for said in (
+            (1, b"chown: /tmp/.dockerfs-ab-f: Operation not permitted"),
+            (1, b"sh: can't create /tmp/.dockerfs-ab-f: Permission denied"),
+            (1, b"mv: invalid option -- 'T'"),
+            (127, b""),
+        ):
+            w.backend.upload_answer = said
+            size = len(w.engine.fs["/tmp/f"].data) if "/tmp/f" in w.engine.fs else 4
+            await w.writes.write(draft, size, b"more\n", append=False)
+            before = puts(w)
+            await w.writes.flush(draft)
+            assert puts(w) == before + 1, said
+        assert w.engine.fs["/tmp/f"].data == b"one\n" + b"more\n" * 4
+        w.backend.upload_answer = (1, b"sh: can't create /tmp/.dockerfs-a-f: Read-only file system")
+        await w.writes.write(draft, 0, b"x", append=False)
+        with pytest.raises(ToolFailed) as failed:
+            await w.writes.flush(draft)
+        assert failed.value.errno == errno.EROFS and puts(w) == 4 and draft.dirty
+        await w.writes.release(draft)
+
+    run_with_shell(tmp_path, test)
+
+
+def test_a_lost_upload_is_redone_by_put_only_once_its_shell_has_ended(tmp_path: Path) -> None:
+    async def test(w: World) -> None:
+        assert w.backend.shell is not None
+        tmp = await w.node("/tmp")
+        draft = await w.writes.create(tmp, "f", META)
+        await w.writes.write(draft, 0, b"one\n", append=False)
+        w.backend.upload_answer = None
+        await w.writes.flush(draft)
+        assert puts(w) == 1 and w.engine.fs["/tmp/f"].data == b"one\n"
+        assert w.backend.shell.shells[0].killed
+        # A shell that could not be ended may still run the upload later,
+        # over a newer version: nothing is redone, the draft stays to send.
+        w.backend.shell.ends = False
+        await w.writes.write(draft, 0, b"two\n", append=False)
+        with pytest.raises(ChannelLost) as lost:
+            await w.writes.flush(draft)
+        assert lost.value.errno == errno.EIO and puts(w) == 1 and draft.dirty
+        w.backend.upload_answer = (0, b"")
+        await w.writes.flush(draft)  # the next close sends it
+        assert not draft.dirty
+        await w.writes.release(draft)
+
+    run_with_shell(tmp_path, test)
+
+
+def test_a_lost_rename_is_eio_and_a_lost_mode_is_set_again_by_exec(tmp_path: Path) -> None:
+    async def test(w: World) -> None:
+        w.engine.add("/tmp/a", data=b"a")
+        tmp = await w.node("/tmp")
+        await w.writes.rename(tmp, "a", tmp, "b")
+        assert ("sh", "mv", "-f", "-T", "/tmp/a", "/tmp/b") in w.backend.calls
+        assert "/tmp/b" in w.engine.fs and "/tmp/a" not in w.engine.fs
+        w.backend.lost_tools = {"mv", "chmod"}
+        await w.node("/tmp/b")
+        with pytest.raises(ChannelLost) as lost:
+            await w.writes.rename(tmp, "b", tmp, "c")
+        assert lost.value.errno == errno.EIO
+        assert not [c for c in w.backend.calls if c[0] == "mv"]  # never again by exec
+        await w.writes.change_meta(await w.node("/tmp/b"), 0o600, None, None, None)
+        assert w.backend.calls[-2:] == [
+            ("sh", "chmod", "600", "/tmp/b"),
+            ("chmod", "600", "/tmp/b"),
+        ]
+
+    run_with_shell(tmp_path, test)
+
+
+def test_a_big_upload_whose_rename_is_lost_leaves_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writes_module, "SMALL_UPLOAD", 4)
+
+    async def test(w: World) -> None:
+        hosts = await w.node("/etc/hosts")
+        draft = await w.writes.open(hosts)
+        await w.writes.write(draft, 0, b"10.0.0.1", append=False)
+        w.backend.lost_tools = {"mv"}
+        with pytest.raises(ChannelLost):
+            await w.writes.flush(draft)
+        (rm,) = [c for c in w.backend.calls if c[0] == "rm"]
+        assert rm[:2] == ("rm", "-f") and ".dockerfs-" in rm[2]
+        assert not [p for p in w.engine.fs if ".dockerfs-" in p]
+        assert w.engine.fs["/etc/hosts"].data == b"127.0.0.1 localhost\n" and draft.dirty
+        w.backend.lost_tools = set()
+        await w.writes.release(draft)
+
+    run_with_shell(tmp_path, test)
 
 
 def test_a_file_is_uploaded_whole_a_changed_one_under_a_temporary_name_then_renamed(

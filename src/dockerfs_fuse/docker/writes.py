@@ -11,14 +11,19 @@ sent by the kernel (sendfile) on a connection of its own, from a worker
 thread: aiohttp would read it into Python and copy it again on its way
 out, which made an upload take about twice as long as `docker cp`'s. Over
 TCP, TLS or ssh it goes through the client, read a chunk at a time.
+
+`open_shell` starts the long-lived `sh` that engine/channel.py sends small
+changes to: an exec with its stdin attached (hijacked), as root.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import os
+import secrets
 import socket
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -40,6 +45,7 @@ from dockerfs_fuse.docker.errors import (
     ReadOnlyFs,
     translate,
 )
+from dockerfs_fuse.docker.framing import Run
 from dockerfs_fuse.docker.source import DockerSource
 from dockerfs_fuse.model.files import NotAFile
 
@@ -208,6 +214,9 @@ class DockerWrites:
         state = info.get("State") or {}
         return state.get("Status") in REMOVED_STATES
 
+    async def open_shell(self, cid: str) -> Shell:
+        return await open_shell(self.source, cid)
+
     async def run(self, cid: str, argv: Sequence[str]) -> Ran:
         """Run `argv` in the container as root, to its end (within the usual
         deadline); its exit code and output. Raises Conflict when it is not
@@ -226,6 +235,79 @@ class DockerWrites:
         if state.exit_code is None:
             raise ApiError(f"exec inspect: no exit code for {argv[0]!r}")
         return Ran(state.exit_code, output)
+
+
+class Shell:
+    """A started `sh` of a container: its stdin written, its stdout and
+    stderr read (each read: the runs of output since, None at its end)."""
+
+    def __init__(
+        self,
+        source: DockerSource,
+        cid: str,
+        exec_id: str,
+        mark: str,
+        stream: exec_calls.SocketChannel | exec_calls.ThreadChannel,
+    ) -> None:
+        self._source = source
+        self._cid = cid
+        self.exec_id = exec_id
+        self.mark = mark
+        self._stream = stream
+
+    async def read(self) -> list[Run] | None:
+        return await self._stream.read()
+
+    async def write(self, data: bytes) -> None:
+        await self._stream.write(data)
+
+    def counted(self) -> contextlib.AbstractContextManager[None]:
+        """One command's round trip, counted with the engine's requests."""
+        return self._source.counted("shell command")
+
+    def close(self) -> None:
+        """Drop the connection: the shell reads the end of its stdin and exits
+        (once it has run what it already read)."""
+        self._stream.close()
+
+    async def end(self) -> bool:
+        """Kill the shell (by its mark, as a session's signal) unless the
+        engine says it ended, then poll until it does: whether it did. The
+        caller bounds the wait. An exec the engine no longer knows went with
+        its container."""
+        try:
+            state = await exec_calls.inspect(self._source, self.exec_id)
+            if state.running:
+                await exec_calls.signal(self._source, self._cid, state.pid, self.mark, "SIGKILL")
+            delay = 0.01
+            while state.running:
+                await trio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+                state = await exec_calls.inspect(self._source, self.exec_id)
+        except NotFound:
+            pass
+        return True
+
+
+async def open_shell(source: DockerSource, cid: str) -> Shell:
+    """`sh` started in the container as root, its stdin attached (no TTY:
+    stdout and stderr come framed). Conflict when it is not running (or is
+    paused), NotFound when it is gone. A container without `sh` starts
+    one that ends at once: the caller finds out at its first line. Its mark
+    is its own, so that killing it kills no other channel's shell."""
+    mark = f"channel-{secrets.token_hex(8)}"
+    body: dict[str, Any] = {
+        "AttachStdin": True,
+        "AttachStdout": True,
+        "AttachStderr": True,
+        "Tty": False,
+        "User": "0",
+        "Cmd": ["sh"],
+        "Env": [f"{exec_calls.MARK_VARIABLE}={mark}"],
+    }
+    exec_id = await exec_calls.create_from(source, cid, body)
+    stream = await exec_calls.start(source, exec_id, False)
+    return Shell(source, cid, exec_id, mark, stream)
 
 
 def _put_over_unix(where: str, target: str, body: TarBody, connect: float) -> tuple[int, bytes]:

@@ -18,7 +18,15 @@ from collections.abc import Callable
 
 from dockerfs_fuse.engine.spool import Cancellable, Spool, SpoolWriter
 from dockerfs_fuse.model.files import Entry, covers, entry_of, member_path
-from dockerfs_fuse.model.tar import CONTIGUOUS, HARDLINK, REGULAR, Member, TarError, TarReader
+from dockerfs_fuse.model.tar import (
+    CONTIGUOUS,
+    DIRECTORY,
+    HARDLINK,
+    REGULAR,
+    Member,
+    TarError,
+    TarReader,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +38,13 @@ log = logging.getLogger(__name__)
 SPOOL_TOTAL_MAX = 256 << 20
 # A probe of a regular file keeps its body up to this size.
 PROBE_BODY_MAX = 64 << 10
+# A probe of a directory reads on while its tar stays within these bounds:
+# a small directory (/etc) then comes whole in the request its lookup paid
+# for, and the lookup of a name in it that follows (a path walked, `sed -i`
+# opening a file) is answered without another request (~50 ms each). A
+# bigger one is dropped there, a probe as of any other path.
+PROBE_DIR_ENTRIES = 256
+PROBE_DIR_BYTES = 256 << 10
 # Entries a snapshot indexes; beyond, only the directory it was taken for.
 INDEX_MAX = 100_000
 
@@ -42,7 +57,7 @@ class Fetch(enum.Enum):
     """What an archive request is for."""
 
     LISTING = "listing"  # a subtree, indexed, small bodies kept
-    PROBE = "probe"  # one path's header (and a small file's body)
+    PROBE = "probe"  # one path's header (and a small file's body, or a small directory)
     FILE = "file"  # one file's whole body, for one open
 
 
@@ -69,6 +84,8 @@ class ArchiveWriter(SpoolWriter):
         self._batch: list[Entry] = []
         self._count = 0
         self._truncated = False
+        self._dir_probe = False  # a probe of a directory, reading on while small
+        self._probe_bytes = 0  # the sizes of its members so far
         self._posted = (0, False)
         # Parsed, not yet taken by trio (see _flush): guarded by _lock.
         self._lock = threading.Lock()
@@ -105,11 +122,20 @@ class ArchiveWriter(SpoolWriter):
 
     def member(self, m: Member) -> bool:
         self._spooling = False
-        if self._kind is not Fetch.LISTING and self._count:
+        if self._kind is not Fetch.LISTING and self._count and not self._dir_probe:
             return False  # a probe or a file wants the first member only
+        if self._dir_probe and (
+            self._count >= PROBE_DIR_ENTRIES or self._probe_bytes + m.size > PROBE_DIR_BYTES
+        ):
+            self._truncated = True  # not whole: a probe of the directory only
+            self._flush()
+            return False
         path = member_path(self._request, m.name)
         if path is None:
             return True
+        if self._kind is Fetch.PROBE and not self._count:
+            self._dir_probe = m.type == DIRECTORY and path == self._request
+        self._probe_bytes += m.size
         if self._count >= INDEX_MAX and posixpath.dirname(path) != self._request:
             self._truncated = True
             return True
@@ -125,7 +151,7 @@ class ArchiveWriter(SpoolWriter):
             self._regular[path] = entry
         self._batch.append(entry)
         self._count += 1
-        if self._kind is Fetch.PROBE:
+        if self._kind is Fetch.PROBE and not self._dir_probe:
             return keep  # a small file's body, for the open that follows; else done
         return True
 
@@ -217,6 +243,7 @@ class ArchiveSpool(Spool):
         # Single paths we changed ourselves since (engine/files.py's wrote).
         self.stale: set[str] = set()
         self.started = self.last_used = now
+        self.ended: float | None = None  # when its request finished (engine/files.py)
         self.readers = 0
         self.waiters = 0
         self.retired = False
@@ -233,7 +260,7 @@ class ArchiveSpool(Spool):
 
     def listing(self, path: str) -> list[Entry] | None:
         """A directory's entries, if this snapshot holds the whole listing."""
-        if not self.done or self.error is not None or self.kind is not Fetch.LISTING:
+        if not self.done or self.error is not None or not self.lists:
             return None
         if self.truncated and path != self.path:
             return None
@@ -243,9 +270,19 @@ class ArchiveSpool(Spool):
         names = self.children.get(path, {})
         return [self.entries[posixpath.join(path, name)] for name in names]
 
+    @property
+    def lists(self) -> bool:
+        """A listing's snapshot, or a probe of a directory that came whole."""
+        if self.kind is Fetch.LISTING:
+            return True
+        if self.kind is not Fetch.PROBE or not self.done or self.error is not None:
+            return False
+        first = self.entries.get(self.path)
+        return first is not None and first.is_dir and not self.truncated
+
     def knows_listing_of(self, path: str) -> bool:
         return (
-            self.kind is Fetch.LISTING
+            self.lists
             and covers(self.path, path)
             and not (self.truncated and path != self.path)
             and not self.superseded_at(path)
@@ -255,7 +292,7 @@ class ArchiveSpool(Spool):
         """Whether this snapshot can say if `path` is there (and what it is)."""
         if self.error is not None or self.superseded_at(path):
             return False
-        if self.kind is Fetch.PROBE:
+        if self.kind is Fetch.PROBE and not self.lists:
             return path == self.path
         return path == self.path or self.knows_listing_of(posixpath.dirname(path))
 

@@ -123,6 +123,8 @@ _EVENT_ACTIONS = frozenset(
     ]
 )
 _REMOVED_ACTIONS = frozenset(["destroy", "remove"])
+_STOPPED_ACTIONS = frozenset(["die", "died", "pause"])
+_STARTED_ACTIONS = frozenset(["start", "unpause"])
 
 
 class Source(Protocol):
@@ -184,6 +186,10 @@ class EngineCache:
         self._misses = MissLimiter[str]()
         # Told each container the engine removes (its ID): helpers.py's records.
         self.removal_listeners: list[Callable[[str], None]] = []
+        # Told each container that stops or is paused (its ID): writes' shell channels.
+        self.stop_listeners: list[Callable[[str], None]] = []
+        # Told each container that starts or is unpaused (its ID): the same channels.
+        self.start_listeners: list[Callable[[str], None]] = []
         self._scheduled: set[str] = set()
         # Events numbered as they arrive, to catch a list answer that was
         # fetched before an event but applied after it: each refresh() in
@@ -445,8 +451,14 @@ class EngineCache:
             self.files.forget(cid)
             for listener in self.removal_listeners:
                 listener(cid)
-        elif action == "start":
-            self.logs.container_started(cid)
+        elif action in _STOPPED_ACTIONS:
+            for listener in self.stop_listeners:
+                listener(cid)
+        elif action in _STARTED_ACTIONS:
+            if action == "start":
+                self.logs.container_started(cid)
+            for listener in self.start_listeners:
+                listener(cid)
         self._schedule_reread(cid)
 
     def _schedule_reread(self, cid: str) -> None:

@@ -20,6 +20,7 @@ import trio
 from dockerfs_fuse.docker.create import Creator
 from dockerfs_fuse.docker.helpers import HelperApi
 from dockerfs_fuse.docker.source import DockerSource
+from dockerfs_fuse.engine.channel import Channels
 from dockerfs_fuse.engine.clone import CLONE_KINDS, Cloner, Clones
 from dockerfs_fuse.engine.containers import EngineCache, Source
 from dockerfs_fuse.engine.events import EventStreams, top_entries
@@ -81,6 +82,8 @@ class Engines:
         # and volumes' data/ by the inode of its images/ and volumes/.
         self.helpers: list[Helpers] = []
         self.helper_roots: dict[int, HelperRoots] = {}
+        # The running containers' long-lived shells, for small writes (engine/writes.py).
+        self.channels = Channels()
         for name, source in sources.items():
             top = self.table.add_dir(name) if self.several else self.table.root
             objects: ObjectsCache | None = None
@@ -111,6 +114,9 @@ class Engines:
                 show_all=show_all,
                 kernel_cache=kernel_cache,
             )
+            cache.removal_listeners.append(self.channels.gone)
+            cache.stop_listeners.append(self.channels.stopped)
+            cache.start_listeners.append(self.channels.started)
             if objects is not None:
                 assert isinstance(source, DockerSource)
                 cloner = Cloner(name, Creator(source), cache.refresh_container, objects.refresh)
@@ -123,6 +129,10 @@ class Engines:
                 self.helper_roots[objects.dirs["images"].inode] = images
                 volumes = VolumeData(objects, cache, helpers)
                 self.helper_roots[objects.dirs["volumes"].inode] = volumes
+
+    def is_helper(self, cid: str) -> bool:
+        """Whether `cid` is a helper container of ours (an image's root/, a volume's data/)."""
+        return any(helpers.made(cid) for helpers in self.helpers)
 
     def cache_of(self, node: Node) -> EngineCache | None:
         """The engine a node belongs to (None for the root of several engines)."""
@@ -232,6 +242,7 @@ class Engines:
                 nursery.start_soon(view.run_events)
             for helpers in self.helpers:
                 nursery.start_soon(helpers.run)
+            nursery.start_soon(self.channels.run)
 
     def stats(self) -> dict[str, Any]:
         """Each engine's request counters and the like, by engine name."""

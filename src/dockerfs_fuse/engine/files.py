@@ -30,7 +30,10 @@ answers what:
   probe: a GET of that one path read up to its first header (and the body
   of a small file, for the open that usually follows), then dropped. A
   symlink the engine refuses to resolve (one that loops) is found in a
-  listing of its parent instead.
+  listing of its parent instead. A probe of a small directory reads it
+  whole (archive.py) and answers for the paths under it only within
+  WALK_IDLE of its end, whatever reads or lookups follow, and never for the
+  content a write starts from (a write's content is as of its open).
 - A symlink's target is shown so that following it stays in the
   container's root/ (contained_target), wherever root/ is mounted.
 - Opening a file that no live snapshot holds streams it: a GET of that path
@@ -194,6 +197,16 @@ class ContainerFiles:
                 return entry
         if path == "/":
             return await self._probe(cid, path)
+        arriving = self._arriving_dir_probe(cid, path)
+        if arriving is not None:
+            # A probe of its directory still reading on (archive.py): the
+            # name is in it, or the directory came whole without it, in
+            # less time than a probe of its own would take.
+            await self._wait(arriving, lambda: path in arriving.entries or arriving.done)
+            entry = arriving.entries.get(path)
+            if entry is not None and not arriving.superseded_at(path):
+                arriving.last_used = self._clock()
+                return entry
         in_a_row = self._alone_count(cid, path)
         try:
             if in_a_row >= WALK_PROBES:
@@ -213,6 +226,18 @@ class ContainerFiles:
         finally:
             if in_a_row:
                 self._fetched_alone(cid, path, in_a_row)
+
+    def _arriving_dir_probe(self, cid: str, path: str) -> ArchiveSpool | None:
+        """A live probe of `path`'s directory that is still reading it."""
+        if path == "/":
+            return None
+        parent = posixpath.dirname(path)
+        for spool in self._live(cid):
+            if spool.kind is Fetch.PROBE and not spool.done and spool.path == parent:
+                first = spool.entries.get(parent)
+                if first is not None and first.is_dir and not spool.truncated:
+                    return spool
+        return None
 
     async def _probe(self, cid: str, path: str) -> Entry:
         """One path's entry by a request of its own (see stat)."""
@@ -241,7 +266,15 @@ class ContainerFiles:
         a finished live one does not hold it (it may be new: a probe asks), or
         that snapshot cannot say (it failed)."""
         parent = posixpath.dirname(path)
-        listing = next((s for s in self._live(cid) if s.knows_listing_of(parent)), None)
+        now = self._clock()
+        listing = next(
+            (
+                s
+                for s in self._live(cid)
+                if s.knows_listing_of(parent) and self._speaks_for(s, path, now)
+            ),
+            None,
+        )
         if listing is None:
             listing = await self._snapshot(cid, parent, Fetch.LISTING)
         elif listing.done:
@@ -256,11 +289,17 @@ class ContainerFiles:
             raise NotThere(path)  # nor its directory
         return None
 
-    def open_now(self, cid: str, path: str) -> FileReader | None:
-        """The content of a file that a live snapshot holds and has not served yet."""
+    def open_now(self, cid: str, path: str, to_change: bool = False) -> FileReader | None:
+        """The content of a file that a live snapshot holds and has not served
+        yet. `to_change`: the content a change starts from (engine/writes.py),
+        never a directory probe's, which a lookup took in passing."""
         self._prune()
-        for spool in self._candidates(cid, path):
-            if path in spool.claimed:
+        arriving = None if to_change else self._arriving_dir_probe(cid, path)
+        spools = [*([arriving] if arriving is not None else []), *self._candidates(cid, path)]
+        for spool in spools:
+            if to_change and spool.kind is Fetch.PROBE and spool.path != path:
+                continue
+            if path in spool.claimed or spool.superseded_at(path):
                 continue
             entry = spool.entries.get(path)
             if entry is not None and entry.is_regular and entry.body >= 0:
@@ -269,13 +308,16 @@ class ContainerFiles:
                 return FileReader(self, spool, entry)
         return None
 
-    async def open(self, cid: str, path: str, size_hint: int = -1) -> FileReader:
+    async def open(
+        self, cid: str, path: str, size_hint: int = -1, to_change: bool = False
+    ) -> FileReader:
         """A regular file's content for one open. Raises NotThere, NotAFile.
 
         `size_hint` is the size last seen, if any: small files read one after
         another in one directory are taken as a walk (see the module doc).
+        `to_change`: see open_now.
         """
-        reader = self.open_now(cid, path)
+        reader = self.open_now(cid, path, to_change)
         if reader is not None:
             return reader
         in_a_row = self._alone_count(cid, path)
@@ -283,7 +325,7 @@ class ContainerFiles:
             if 0 <= size_hint <= WALK_FILE_MAX and in_a_row >= 2:
                 try:
                     await self.listing(cid, posixpath.dirname(path))
-                    reader = self.open_now(cid, path)
+                    reader = self.open_now(cid, path, to_change)
                     if reader is not None:
                         return reader
                 except Exception as exc:  # the file by itself, then
@@ -367,6 +409,10 @@ class ContainerFiles:
 
     def _claimable(self, cid: str, path: str) -> ArchiveSpool | None:
         for spool in self._candidates(cid, path):
+            # A probe of a small directory answers lookups and opens of files,
+            # never the open of a directory: a listing is as fresh as its open.
+            if spool.kind is not Fetch.LISTING:
+                continue
             if path in spool.claimed or not spool.knows_listing_of(path):
                 continue
             if spool.done and spool.listing(path) is None:
@@ -377,12 +423,24 @@ class ContainerFiles:
     def _candidates(self, cid: str, path: str) -> Iterator[ArchiveSpool]:
         """Live snapshots that can answer for `path`, newest first, up to the
         first finished one that says it is not there: newer news wins."""
+        now = self._clock()
         for spool in self._live(cid):
-            if not spool.answers_for(path):
+            if not spool.answers_for(path) or not self._speaks_for(spool, path, now):
                 continue
             if spool.done and path not in spool.entries:
                 return
             yield spool
+
+    @staticmethod
+    def _speaks_for(spool: ArchiveSpool, path: str, now: float) -> bool:
+        """Whether `spool` may still answer for `path` now. A probe of a
+        small directory, which a lookup took whole in passing, answers for
+        the paths under it only within WALK_IDLE of its end (the lookups and
+        open of a path walked, `sed -i`'s): nothing extends that, so no read
+        elsewhere in the container keeps old content answering."""
+        if spool.kind is not Fetch.PROBE or path == spool.path:
+            return True
+        return spool.ended is not None and now - spool.ended <= WALK_IDLE
 
     async def _snapshot(self, cid: str, path: str, kind: Fetch) -> ArchiveSpool:
         token = object()
@@ -422,6 +480,7 @@ class ContainerFiles:
     def _finished(self, spool: ArchiveSpool, token: object) -> None:
         """A request ended: its slot is free, and what it learnt overrides older snapshots."""
         self._limiter.release_on_behalf_of(token)
+        spool.ended = self._clock()
         newer_news = spool.error is None or self._is_gone(spool.error)
         if spool.kind is Fetch.PROBE or not newer_news:
             return

@@ -122,6 +122,10 @@ class Helpers:
     def __len__(self) -> int:
         return len(self._helpers)
 
+    def made(self, cid: str) -> bool:
+        """Whether `cid` is one of these helpers."""
+        return any(helper.cid == cid for helper in self._helpers.values())
+
     def acquire_now(self, purpose: str, of: str) -> str | None:
         """The helper's ID, held, if it exists now; else None."""
         helper = self._helpers.get((purpose, of))

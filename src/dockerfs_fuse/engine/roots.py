@@ -189,12 +189,14 @@ class ContainerRoots:
             return None
         return RootFile(helpers.cache.files, reader, on_close=release)
 
-    async def open(self, node: Node) -> RootFile:
+    async def open(self, node: Node, to_change: bool = False) -> RootFile:
+        """A file's content for one open; `to_change`: the content a write
+        starts from (see ContainerFiles.open_now)."""
         size = node.entry.size if node.entry is not None else -1
         # An open file holds its helper, if it has one, until it is closed.
         cache, cid, path, release = await self.hold(node)
         try:
-            reader = await cache.files.open(cid, path, size)
+            reader = await cache.files.open(cid, path, size, to_change)
         except BaseException:
             release()
             raise

@@ -17,6 +17,14 @@ upload under the file's own name: nothing in it reads meanwhile (a paused
 one's processes may, after). So does a new file, which has no old content
 to keep (as `docker cp` writes it: one request per file for `tar -x`).
 
+In a running container, a rename, a removal, a change of mode, owner or
+time, and the upload of a file of at most SMALL_UPLOAD bytes go first
+through the container's long-lived shell (engine/channel.py): one line
+written, one acknowledgement read, a few ms where an exec or a PUT costs
+~50. A small file is written there under a temporary name, given its mode
+and owner, and renamed into place (a new file too). Where there is no
+channel (no `sh`, a stopped container), what follows applies.
+
 What the archive API cannot do (remove, rename, change a mode, an owner or
 a time) is a short exec of `rm`, `rmdir`, `mv`, `chmod`, `chown` or `touch`
 in a running container that has them. Elsewhere (a stopped container, a
@@ -50,10 +58,12 @@ import trio
 
 from dockerfs_fuse.docker.errors import Conflict
 from dockerfs_fuse.docker.writes import Ran, TarBody
+from dockerfs_fuse.engine.channel import LostAck, NoChannel, ShellStream, Unsettled
 from dockerfs_fuse.engine.containers import EngineCache
 from dockerfs_fuse.engine.roots import ContainerRoots
 from dockerfs_fuse.model.files import Entry, PathError
 from dockerfs_fuse.model.inodes import Changes, Node
+from dockerfs_fuse.model.shell import Ack, run_command, upload_command
 from dockerfs_fuse.model.tarwrite import (
     END,
     Meta,
@@ -72,6 +82,10 @@ TOOLS_KEPT = 4096
 # A temporary upload's name: hidden, random, then as much of the name as fits.
 TEMP_PREFIX = ".dockerfs-"
 NAME_MAX = 255
+# Files at most this big are uploaded through the container's shell (their
+# bytes escaped into its script, up to 4x as long); bigger ones by PUT, sent
+# from the staged file by the kernel.
+SMALL_UPLOAD = 64 << 10
 
 
 class CannotChange(PathError):
@@ -88,6 +102,15 @@ class ToolFailed(PathError):
         said = ran.output.decode(errors="replace").strip()
         super().__init__(f"{what}: exit {ran.code}: {said}")
         self.errno = errno_of_output(said)
+
+
+class ChannelLost(PathError):
+    """A change was sent to the container's shell, which never acknowledged
+    it: whether it happened is unknown, and doing it again could act twice
+    (a rename, a removal), or the shell could not be ended and may still do
+    it later (anything)."""
+
+    errno = errno.EIO
 
 
 class ContainerGone(PathError):
@@ -116,26 +139,37 @@ class ReadOnlyImage(PathError):
     errno = errno.EROFS
 
 
-# What a tool's message says, in the words of busybox and GNU coreutils.
+# What a tool's message says, in the words of busybox, dash and GNU coreutils.
 _SAID = (
     ("no such file", errno.ENOENT),
+    ("directory nonexistent", errno.ENOENT),
     ("not empty", errno.ENOTEMPTY),
     ("is a directory", errno.EISDIR),
     ("not a directory", errno.ENOTDIR),
     ("read-only", errno.EROFS),
     ("no space", errno.ENOSPC),
+    ("quota exceeded", errno.ENOSPC),  # as an upload refused for it (docker/writes.py)
     ("cannot overwrite directory", errno.EISDIR),
     ("permission denied", errno.EACCES),
     ("not permitted", errno.EPERM),
     ("invalid argument", errno.EINVAL),
     ("resource busy", errno.EBUSY),
 )
+# What a shell upload's failure says of its target, which a PUT would say
+# too; any other (a tool refused a privilege, a usage error) goes by PUT.
+_FINAL = frozenset([errno.EROFS, errno.ENOSPC, errno.EISDIR, errno.ENOTDIR, errno.ENOENT])
 
 
 def errno_of_output(said: str) -> int:
-    """The errno a tool's complaint names (EIO when it names none)."""
-    lower = said.lower()
-    return next((code for words, code in _SAID if words in lower), errno.EIO)
+    """The errno a tool's complaint names (EIO when it names none): read in
+    each line's reason, after its last ": ", never in the names before it
+    (a temporary file carries the user's)."""
+    for line in said.lower().splitlines():
+        reason = line.rsplit(": ", 1)[-1]
+        code = next((code for words, code in _SAID if words in reason), None)
+        if code is not None:
+            return code
+    return errno.EIO
 
 
 class WriteBackend(Protocol):
@@ -145,6 +179,7 @@ class WriteBackend(Protocol):
     async def is_running(self, cid: str) -> bool: ...
     async def is_gone(self, cid: str) -> bool: ...
     async def run(self, cid: str, argv: Sequence[str]) -> Ran: ...
+    async def open_shell(self, cid: str) -> ShellStream: ...
 
 
 class Staging:
@@ -217,6 +252,7 @@ class ContainerWrites:
         self.staging = staging or Staging()
         self._drafts: dict[int, Draft] = {}
         self._mv_known: dict[str, bool] = {}
+        self.channels = roots.engines.channels
 
     # -- where --------------------------------------------------------------------------
 
@@ -326,7 +362,7 @@ class ContainerWrites:
         """Stage the container's content of the file, once."""
         if draft.loaded:
             return
-        file = await self.roots.open(draft.node)
+        file = await self.roots.open(draft.node, to_change=True)
         try:
             offset = 0
             while True:
@@ -476,6 +512,8 @@ class ContainerWrites:
             draft.meta = replace(draft.meta, mtime=int(time.time()))
         meta = draft.meta
         backend, cid = draft.backend, draft.cid
+        if draft.size <= SMALL_UPLOAD and await self._upload_by_shell(draft, directory, name):
+            return
         # A new file has no old content for a reader to see mixed with the
         # new: it is written under its own name, as `docker cp` writes.
         atomic = (
@@ -499,20 +537,94 @@ class ContainerWrites:
             if atomic or not draft.in_container:
                 with contextlib.suppress(Exception):
                     if atomic or await backend.is_running(cid):
-                        await backend.run(cid, ["rm", "-f", temp])
+                        await self._run(backend, cid, ["rm", "-f", temp], repeatable=True)
             raise
         if not atomic:
             return
-        ran = await backend.run(cid, ["mv", "-f", "-T", temp, draft.path])
-        if ran.code != 0:
+        try:
+            ran = await self._run(backend, cid, ["mv", "-f", "-T", temp, draft.path], False)
+        except ChannelLost:
+            # Whether it was renamed is unknown: if not, the temporary goes.
             with contextlib.suppress(Exception):
                 await backend.run(cid, ["rm", "-f", temp])
+            raise
+        if ran.code != 0:
+            with contextlib.suppress(Exception):
+                await self._run(backend, cid, ["rm", "-f", temp], repeatable=True)
             raise ToolFailed(f"{cid[:12]}: mv to {draft.path}", ran)
+
+    async def _upload_by_shell(self, draft: Draft, directory: str, name: str) -> bool:
+        """Upload a small draft through the container's shell: under a
+        temporary name, its mode and owner set, then renamed into place.
+        False when it must go by PUT: no channel, a step that failed but for
+        a reason the PUT would meet too (a privilege the container's shell
+        lacks, a tool missing or too old; the command removed its temporary
+        file), or the shell lost before it answered and known to have ended
+        (the PUT does it again, whole). ChannelLost when the shell could not
+        be ended: the command may still run later, over a newer version."""
+        content = os.pread(draft.fd, draft.size, 0)
+        if len(content) != draft.size:
+            return False
+        meta = draft.meta
+        temp = posixpath.join(directory, _temp_name(name))
+        command = upload_command(
+            temp,
+            draft.path,
+            content,
+            meta.mode,
+            meta.uid,
+            meta.gid,
+            meta.mtime if draft.mtime_given else None,
+        )
+        try:
+            ack = await self._by_shell(draft.backend, draft.cid, command)
+        except NoChannel:
+            return False
+        except Unsettled as exc:
+            log.warning("%s: %s: %s; not uploaded again", draft.cid[:12], draft.path, exc)
+            raise ChannelLost(f"{draft.cid[:12]}: upload of {draft.path}: {exc}") from None
+        except LostAck as exc:
+            log.info("%s: %s: %s; uploaded by PUT", draft.cid[:12], draft.path, exc)
+            return False
+        ran = Ran(ack.code, ack.output)
+        if ran.code == 0:
+            return True
+        failed = ToolFailed(f"{draft.cid[:12]}: upload of {draft.path}", ran)
+        if failed.errno in _FINAL:
+            raise failed
+        if not ran.no_tool:
+            log.debug("%s; uploaded by PUT", failed)
+        return False
+
+    async def _run(self, backend: WriteBackend, cid: str, argv: list[str], repeatable: bool) -> Ran:
+        """A tool's run in the container: through its shell, else by an exec.
+        A command the shell never acknowledged is run again by exec only if
+        `repeatable` (doing it twice does what doing it once does) and its
+        shell is known to have ended (else it could still run later, over a
+        newer change)."""
+        try:
+            ack = await self._by_shell(backend, cid, run_command(argv))
+        except NoChannel:
+            return await backend.run(cid, argv)
+        except LostAck as exc:
+            if repeatable and not isinstance(exc, Unsettled):
+                return await backend.run(cid, argv)
+            log.warning("%s: %s: %s; not run again", cid[:12], " ".join(argv), exc)
+            raise ChannelLost(f"{cid[:12]}: {argv[0]}: {exc}") from None
+        return Ran(ack.code, ack.output)
+
+    async def _by_shell(self, backend: WriteBackend, cid: str, command: str) -> Ack:
+        """`command` through the container's shell. A helper (a volume's
+        data/) is never started: it has none, and asking would cost an exec
+        refused each time one is made."""
+        if self.roots.engines.is_helper(cid):
+            raise NoChannel("a helper container")
+        return await self.channels.command(backend, cid, command)
 
     async def _has_mv(self, backend: WriteBackend, cid: str) -> bool:
         known = self._mv_known.get(cid)
         if known is None:
-            ran = await backend.run(cid, ["mv", "--help"])
+            ran = await self._run(backend, cid, ["mv", "--help"], repeatable=True)
             known = not ran.no_tool
             if not known:
                 log.info("%s: no mv in the container: files are replaced in place", cid[:12])
@@ -576,11 +688,13 @@ class ContainerWrites:
             raise PathError(f"{name}: not there after the upload")
         return node
 
-    async def _tool(self, node: Node, what: str, argv: list[str]) -> tuple[EngineCache, str]:
+    async def _tool(
+        self, node: Node, what: str, argv: list[str], repeatable: bool = False
+    ) -> tuple[EngineCache, str]:
         """Run a tool in the container of `node`, or refuse (EPERM)."""
         async with self._located(node) as (backend, cache, cid, _):
             try:
-                ran = await backend.run(cid, argv)
+                ran = await self._run(backend, cid, argv, repeatable)
             except Conflict:  # not running, or paused: the engine says so, no need to ask
                 raise CannotChange(f"{cid[:12]}: {what}: the container is not running") from None
         if ran.no_tool:
@@ -626,10 +740,16 @@ class ContainerWrites:
             await self.flush(draft)  # what was written goes with it
         # -T: onto a directory means replacing it, never moving into it.
         cache, cid = await self._tool(parent, f"mv {old} {new}", ["mv", "-f", "-T", old, new])
-        if draft is not None:
-            draft.path = new  # later closes upload it under its new name
-        self._removed(cache, cid, parent, name)
-        self._removed(cache, cid, new_parent, new_name)
+        for d in self._drafts.values():  # later closes upload under the new name
+            if (
+                d.cache is cache
+                and d.cid == cid
+                and (d.path == old or d.path.startswith(old + "/"))
+            ):
+                d.path = new + d.path[len(old) :]
+        self._apply(self.table.move_entry(parent, name, new_parent, new_name, new))
+        self._changed(cache, cid, self.roots.path_of(parent), [parent.inode])
+        self._changed(cache, cid, self.roots.path_of(new_parent), [new_parent.inode])
 
     def _removed(self, cache: EngineCache, cid: str, parent: Node, name: str) -> None:
         self._apply(self.table.remove_entry(parent, name))
@@ -670,14 +790,19 @@ class ContainerWrites:
         done: tuple[EngineCache, str] | None = None
         if uid is not None or gid is not None:
             owner = f"{'' if uid is None else uid}:{'' if gid is None else gid}"
-            done = await self._tool(node, f"chown {path}", ["chown", "-h", owner, path])
+            done = await self._tool(
+                node, f"chown {path}", ["chown", "-h", owner, path], repeatable=True
+            )
         if mode is not None and not (node.entry is not None and node.entry.is_link):
             done = await self._tool(
-                node, f"chmod {path}", ["chmod", f"{stat.S_IMODE(mode):o}", path]
+                node, f"chmod {path}", ["chmod", f"{stat.S_IMODE(mode):o}", path], repeatable=True
             )
         if mtime is not None:
             done = await self._tool(
-                node, f"touch {path}", ["touch", "-c", "-h", "-d", f"@{mtime}", path]
+                node,
+                f"touch {path}",
+                ["touch", "-c", "-h", "-d", f"@{mtime}", path],
+                repeatable=True,
             )
         return done
 
@@ -744,6 +869,7 @@ class ContainerWrites:
         """At unmount: drafts still open are kept (logged), the directory removed if empty."""
         for draft in list(self._drafts.values()):
             self._free(draft)
+        self.channels.close()
         self.staging.close()
 
 

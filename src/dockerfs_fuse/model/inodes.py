@@ -39,7 +39,7 @@ import enum
 import stat
 from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -687,6 +687,45 @@ class InodeTable:
         node = (dirnode.children or {}).pop(name, None)
         if node is not None:
             self._drop(dirnode, node, changes)
+        return changes
+
+    def move_entry(
+        self, dirnode: Node, name: str, new_dir: Node, new_name: str, new_path: str
+    ) -> Changes:
+        """A rename under root/ that the container made: the node keeps its
+        number under its new name, as the kernel keeps it (it moves its
+        dentry and asks nothing), so a `chmod` or `open` of the new name that
+        follows reaches a node the table holds. What the name replaced is
+        dropped; the entries held below a moved directory take its new path.
+        Nothing held (never looked up): only the replaced name goes."""
+        changes = Changes()
+        node = (dirnode.children or {}).get(name)
+        if node is not None and node is (new_dir.children or {}).get(new_name):
+            return changes  # a rename onto itself
+        replaced = (new_dir.children or {}).pop(new_name, None)
+        if replaced is not None:
+            self._drop(new_dir, replaced, changes)
+        if node is None or dirnode.children is None:
+            return changes
+        del dirnode.children[name]
+        if node.entry is None:  # not a path of the container's: nothing to move
+            self._drop(dirnode, node, changes)
+            return changes
+        if new_dir.children is None:
+            new_dir.children = {}
+        old_path = node.entry.path
+        stack = [node]
+        while stack:
+            n = stack.pop()
+            if n.entry is not None:
+                rest = n.entry.path[len(old_path) :]
+                n.entry = replace(n.entry, path=new_path + rest)
+            stack.extend((n.children or {}).values())
+        node.name, node.parent = new_name, new_dir
+        new_dir.children[new_name] = node
+        if node.is_dir:
+            dirnode.subdirs -= 1
+            new_dir.subdirs += 1
         return changes
 
     def _fs_node(self, dirnode: Node, entry: Entry, node: Node | None, changes: Changes) -> Node:

@@ -5,9 +5,15 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
+from dockerfs_fuse.engine.engines import Engines
+from dockerfs_fuse.fuse.exec import ExecView
+from dockerfs_fuse.fuse.handles import HandleTable
+from dockerfs_fuse.fuse.invalidate import Invalidator
 from dockerfs_fuse.model.inodes import ROOT_INODE, InodeTable, Kind, Node
+from dockerfs_fuse.model.names import NameIndex
 
 RECORDED: list[dict[str, Any]] = json.loads(
     (Path(__file__).parent / "data" / "containers-all.json").read_text()
@@ -183,8 +189,10 @@ def test_a_container_the_kernel_forgot_is_let_go_and_rebuilt_with_its_numbers() 
     for node in held:
         t.forget(node.inode, 1)
     assert t.folded() == 0 and len(t) == listed + len(before)  # Image is still held
+    assert t.holding() == 1
     t.forget(image.inode, 1)
     assert t.folded() == 1 and len(t) == listed  # only numbers are kept
+    assert t.holding() == 0  # the end of a forgotten walk: memory goes back then
     assert all(node.inode not in t for node in held)
     assert numbers_below(t, container) == before  # a lookup builds it again, same numbers
     assert t.folded() == 0 and len(t) == listed + len(before)
@@ -299,6 +307,123 @@ def test_names_follow_renames_removals_and_unlisted_containers() -> None:
     assert t.alias("site") is None and t.alias("abcd") is None
 
 
+def hold_listed_below(t: InodeTable, node: Node) -> list[Node]:
+    """What a walk (`find`) makes the kernel hold: the listed entries only."""
+    held = []
+    for _, child in t.listed(node):
+        t.remember(child)
+        held.append(child)
+        if child.is_dir:
+            held += hold_listed_below(t, child)
+    return held
+
+
+def test_a_containers_live_directory_is_made_when_looked_into_with_a_whole_builds_numbers() -> None:
+    cid = RECORDED[0]["Id"]
+    whole = InodeTable()
+    whole.set_containers(RECORDED)
+    expected = numbers_below(whole, walk(whole, cid))  # .live/ looked into as well
+    t = InodeTable()
+    t.set_containers(RECORDED)
+    held = hold_listed_below(t, walk(t, cid))
+    live = walk(t, cid, ".live")
+    assert live.children is None and live.nlink == 2 + 2  # root/ and exec/, made or not
+    assert len(t) == 1 + len(RECORDED) + len(held) + 1  # the walk's nodes and .live itself
+    for node in held:
+        t.forget(node.inode, 1)
+    assert t.folded() == 1  # folded with .live/ never made
+    changed = copy.deepcopy(RECORDED)
+    changed[0]["Status"] = "Exited (0) 1 second ago"
+    t.set_containers(changed)  # changed while folded: its numbers recorded, .live/'s too
+    assert numbers_below(t, walk(t, cid)) == expected
+    again = InodeTable()
+    again.set_containers(RECORDED)
+    hold_listed_below(again, walk(again, cid))
+    assert walk(again, cid, ".live", "exec").inode == expected[".live/exec"]  # made now
+    assert numbers_below(again, walk(again, cid)) == expected
+
+
+def test_an_answer_that_says_the_same_keeps_the_one_kept_and_containers_share_parts() -> None:
+    first = RECORDED[0]
+    second = {**copy.deepcopy(first), "Id": "f" * 64, "Names": ["/other"]}
+    t = InodeTable()
+    t.set_containers([first, second])
+    a, b = walk(t, first["Id"]), walk(t, "f" * 64)
+    assert a.raw == first and b.raw == second
+    kept = a.raw
+    t.set_containers(copy.deepcopy([first, second]))
+    assert a.raw is kept  # the new answer is not kept beside the old
+    assert a.raw is not None and b.raw is not None
+    for field in ("ImageID", "NetworkSettings", "HostConfig", "Ports"):
+        assert a.raw[field] is b.raw[field]
+    # Copies: kept, the parse's own objects would keep all of its memory in use.
+    assert not any(a.raw[field] is first[field] for field in ("Id", "Names", "Ports", "Image"))
+    assert walk(t, first["Id"], "ImageID").data is walk(t, "f" * 64, "ImageID").data
+    assert walk(t, first["Id"], "ctl").data is walk(t, "f" * 64, "ctl").data
+    t.set_containers([{**first, "Status": "Up 1 second"}, second])
+    assert a.raw is not kept and walk(t, first["Id"], "Status").data == b"Up 1 second\n"
+
+
+def test_the_exec_view_lets_go_of_what_it_kept_for_a_folded_containers_exec() -> None:
+    t = InodeTable()
+    t.set_containers(RECORDED)
+    modes: dict[int, int] = {}
+    block_sizes: dict[int, int] = {}
+    view = ExecView(
+        cast(Engines, SimpleNamespace(table=t)),
+        HandleTable(),
+        cast(Invalidator, None),
+        modes,
+        block_sizes,
+    )
+    exec_dir = walk(t, RECORDED[0]["Id"], ".live", "exec")
+    view.prepare(exec_dir)  # the kernel looked exec/ up: its clone is added
+    clone = walk(t, RECORDED[0]["Id"], ".live", "exec", "clone")
+    t.remember(clone)
+    assert clone.inode in block_sizes and clone.inode in modes
+    t.forget(clone.inode, 1)
+    assert t.folded() == 1
+    # Kept, their numbers would keep the memory of a forgotten walk in use.
+    assert not modes and not block_sizes and not view.files
+
+
+def test_an_answer_orjson_cannot_encode_is_kept_as_it_came() -> None:
+    odd = {**copy.deepcopy(RECORDED[0]), "Labels": {"lone": "\udcff"}}  # json's, not orjson's
+    t = InodeTable()
+    t.set_containers([odd])
+    node = walk(t, odd["Id"])
+    assert node.raw == odd
+    assert walk(t, odd["Id"], "Labels", "lone").data == b"\xff\n"
+    t.set_containers([copy.deepcopy(odd)])
+    assert node.raw == odd
+
+
+def test_the_name_index_resolves_through_clashes_and_their_end() -> None:
+    index = NameIndex()
+    a, b = "abcd" + "1" * 60, "abcd" + "2" * 60
+    index.put({"Id": a, "Names": ["/web"]})
+    index.put({"Id": b, "Names": ["/web"]})  # a clash Docker never makes: the least ID
+    assert index.resolve("web") == a and index.resolve("abcd") == ""  # two share the prefix
+    assert index.resolve("abcd1") == a and index.resolve("abcd2") == b
+    index.drop(a)
+    assert index.resolve("web") == b and index.resolve("abcd") == b
+    index.put({"Id": b, "Names": ["/db"]})  # renamed
+    assert index.resolve("web") == "" and index.resolve("db") == b
+    index.drop(b)
+    assert index.resolve("db") == "" and index.resolve("abcd") == "" and not len(index)
+
+
+def test_a_changed_answer_keeps_the_parts_it_did_not_change() -> None:
+    t = InodeTable()
+    t.set_containers(RECORDED)
+    node = walk(t, RECORDED[0]["Id"])
+    assert node.raw is not None
+    kept = dict(node.raw)
+    t.set_containers([{**copy.deepcopy(RECORDED[0]), "Status": "Up 2 hours"}, *RECORDED[1:]])
+    assert node.raw["Status"] == "Up 2 hours" and node.raw["Names"] is kept["Names"]
+    assert node.raw["NetworkSettings"] is kept["NetworkSettings"]
+
+
 def test_a_rename_under_root_keeps_the_moved_nodes_numbers() -> None:
     """The kernel moves its dentry on a rename and asks nothing: the node
     must answer under its new name with its old number (a `chmod` of the new
@@ -309,7 +434,7 @@ def test_a_rename_under_root_keeps_the_moved_nodes_numbers() -> None:
 
     t = InodeTable()
     t.set_containers(RECORDED)
-    root = walk(t, RECORDED[0]["Id"], "root")
+    root = walk(t, RECORDED[0]["Id"], ".live", "root")  # the directory, not the link to it
 
     def entry(path: str, mode: int) -> Entry:
         return Entry(path, mode, 0, 0, 0, 0)

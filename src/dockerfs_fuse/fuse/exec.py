@@ -246,6 +246,7 @@ class ExecView:
         for gone in (node, *(node.children or {}).values()):
             self.files.pop(gone.inode, None)
             self.modes.pop(gone.inode, None)
+            self.block_sizes.pop(gone.inode, None)
 
     def writable(self, node: Node) -> bool:
         """Whether `echo x > FILE` may truncate it first: the files that take writes."""

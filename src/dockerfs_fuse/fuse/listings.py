@@ -21,6 +21,7 @@ from dockerfs_fuse.fuse.attrs import Attributes
 from dockerfs_fuse.fuse.files import RootView
 from dockerfs_fuse.fuse.handles import Handle
 from dockerfs_fuse.fuse.invalidate import Invalidator, invalidate_inodes
+from dockerfs_fuse.fuse.memory import give_back
 from dockerfs_fuse.model.containers import NAME_MAX
 from dockerfs_fuse.model.inodes import NS, Node
 
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 
 # readdir offsets start above 2: NFS re-exports treat 1 and 2 specially.
 _OFFSET_BASE = 3
+# A listing of at least this many entries gives the memory of its answer
+# back to the system once applied (memory.give_back).
+LISTED_PER_GIVE_BACK = 1000
 # Kernel caching: a listing's offsets carry its snapshot number above this bit,
 # in 31 bits, so that an offset stays a positive signed 64-bit off_t.
 _SNAPSHOT_SHIFT = 32
@@ -69,6 +73,11 @@ class Listings:
         whether one was asked; what it changed is then pushed to the kernel."""
         if not await self.engines.refresh_listing(inode):
             return False
+        node = self.table.get(inode) if inode in self.table else None
+        if node is not None and len(node.children or ()) >= LISTED_PER_GIVE_BACK:
+            # The answer's objects are freed now; what the C library held
+            # for its larger ones goes back to the system (a few ms).
+            give_back()
         await self.invalidator.told_kernel()
         return True
 

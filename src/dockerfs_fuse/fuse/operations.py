@@ -200,7 +200,10 @@ class DockerFS(ReadOnly):
         try:
             for inode, count in inode_list:
                 self.table.forget(inode, count)
-            if self.table.folds - self._given_back_at >= FOLDS_PER_GIVE_BACK:
+            folded = self.table.folds - self._given_back_at
+            # Every FOLDS_PER_GIVE_BACK, and once the kernel holds nothing
+            # below any container (the end of a forgotten walk).
+            if folded >= FOLDS_PER_GIVE_BACK or (folded and not self.table.holding()):
                 self._given_back_at = self.table.folds
                 give_back()
         except Exception:

@@ -313,15 +313,14 @@ def container_spec(c: Container) -> Spec:
         if isinstance(networks, Mapping)
         else {}
     )
-    live = Unlisted()
     for special in CONTAINER_SPECIALS:
-        if special in BEHIND_LINKS:
-            spec[special.value] = live_link(special)
-            live[special.value] = special
-        else:
-            spec[special.value] = special
-    spec[LIVE] = live
+        spec[special.value] = live_link(special) if special in BEHIND_LINKS else special
+    # The same for every container: one object, which nothing changes.
+    spec[LIVE] = _CONTAINER_LIVE
     return spec
+
+
+_CONTAINER_LIVE = Unlisted({s.value: s for s in CONTAINER_SPECIALS if s in BEHIND_LINKS})
 
 
 def live_link(special: Special) -> Link:

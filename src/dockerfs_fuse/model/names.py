@@ -31,9 +31,11 @@ class NameIndex:
 
     def __init__(self) -> None:
         self._names: dict[str, tuple[str, ...]] = {}  # ID -> its names
-        self._by_name: dict[str, set[str]] = {}
-        # IDs by their first MIN_PREFIX digits: a prefix scans one small bucket.
-        self._by_head: dict[str, set[str]] = {}
+        # IDs by name, and by their first MIN_PREFIX digits (a prefix scans
+        # one small bucket): one ID as itself, a set only for several (a
+        # set is 216 bytes, and at 10,000 containers nearly all have one).
+        self._by_name: dict[str, str | set[str]] = {}
+        self._by_head: dict[str, str | set[str]] = {}
 
     def __len__(self) -> int:
         return len(self._names)
@@ -48,31 +50,23 @@ class NameIndex:
         if old == names:
             return
         if old is None:
-            self._by_head.setdefault(cid[:MIN_PREFIX], set()).add(cid)
+            _add(self._by_head, cid[:MIN_PREFIX], cid)
         else:
             self._unname(cid, old)
         self._names[cid] = names
         for name in names:
-            self._by_name.setdefault(name, set()).add(cid)
+            _add(self._by_name, name, cid)
 
     def drop(self, cid: str) -> None:
         old = self._names.pop(cid, None)
         if old is None:
             return
         self._unname(cid, old)
-        head = self._by_head.get(cid[:MIN_PREFIX])
-        if head is not None:
-            head.discard(cid)
-            if not head:
-                del self._by_head[cid[:MIN_PREFIX]]
+        _discard(self._by_head, cid[:MIN_PREFIX], cid)
 
     def _unname(self, cid: str, names: tuple[str, ...]) -> None:
         for name in names:
-            ids = self._by_name.get(name)
-            if ids is not None:
-                ids.discard(cid)
-                if not ids:
-                    del self._by_name[name]
+            _discard(self._by_name, name, cid)
 
     def resolve(self, name: str, *, prefixes: bool = True) -> str:
         """As containers.resolve_name over the containers put here: a full ID,
@@ -81,8 +75,31 @@ class NameIndex:
             return name
         named = self._by_name.get(name)
         if named:
-            return min(named)  # Docker keeps names unique; min only makes a clash deterministic
+            # Docker keeps names unique; min only makes a clash deterministic.
+            return named if isinstance(named, str) else min(named)
         if not prefixes or len(name) < MIN_PREFIX or not all_hex(name):
             return ""
-        matches = [c for c in self._by_head.get(name[:MIN_PREFIX], ()) if c.startswith(name)]
+        head = self._by_head.get(name[:MIN_PREFIX], ())
+        matches = [c for c in ((head,) if isinstance(head, str) else head) if c.startswith(name)]
         return matches[0] if len(matches) == 1 else ""
+
+
+def _add(ids: dict[str, str | set[str]], key: str, cid: str) -> None:
+    held = ids.get(key)
+    if held is None:
+        ids[key] = cid
+    elif isinstance(held, str):
+        if held != cid:
+            ids[key] = {held, cid}
+    else:
+        held.add(cid)
+
+
+def _discard(ids: dict[str, str | set[str]], key: str, cid: str) -> None:
+    held = ids.get(key)
+    if held == cid:
+        del ids[key]
+    elif isinstance(held, set):
+        held.discard(cid)
+        if len(held) == 1:
+            ids[key] = next(iter(held))

@@ -460,3 +460,45 @@ def test_a_rename_under_root_keeps_the_moved_nodes_numbers() -> None:
 
     # Never looked up: only the replaced name goes.
     assert not t.move_entry(tmp, "nothing", tmp, "x", "/tmp/x")
+
+
+def test_a_live_entry_keeps_its_number_after_a_change_while_built() -> None:
+    """`cat ID/logs` numbers `.live/logs`; forgotten (folded as built), the
+    container rebuilt with `.live/` unmade, changed while built (started:
+    a new address), forgotten again (folded with a record of its numbers,
+    none of `.live/`'s): the next `cat ID/logs` gets the number it had."""
+    c = copy.deepcopy(RECORDED[0])
+    cid = c["Id"]
+    t = InodeTable()
+    t.set_containers([c])
+
+    def hold(*names: str) -> list[Node]:
+        held, node = [], t.root
+        for name in names:
+            found = t.lookup(node, name)
+            assert found is not None, names
+            t.remember(found)
+            held.append(found)
+            node = found
+        return held
+
+    held = hold(cid, "logs") + hold(cid, ".live", "logs")
+    first = walk(t, cid, ".live", "logs").inode
+    for n in held:
+        t.forget(n.inode, 1)
+    held = hold(cid, "State")
+    started = copy.deepcopy(c)
+    started["NetworkSettings"]["Networks"]["bridge"]["IPAddress"] = "172.17.0.2"
+    t.set_containers([started])
+    for n in held:
+        t.forget(n.inode, 1)
+    assert t.folded() == 1
+    assert walk(t, cid, ".live", "logs").inode == first
+
+
+def test_live_is_the_last_of_a_containers_entries() -> None:
+    """_live_block numbers `.live/`'s entries after it, as the last of a
+    build's: an entry added after it would share those numbers."""
+    from dockerfs_fuse.model.containers import LIVE, container_spec
+
+    assert all(list(container_spec(c))[-1] == LIVE for c in RECORDED)

@@ -32,6 +32,10 @@ _OFFSET_BASE = 3
 # A listing of at least this many entries gives the memory of its answer
 # back to the system once applied (memory.give_back).
 LISTED_PER_GIVE_BACK = 1000
+# ... at most once in this many seconds: a trim costs 5-12 ms of the trio
+# thread at 10,000 containers, and a `watch ls` or concurrent `ls`es would
+# pay it each time for nothing new to give.
+GIVE_BACK_EVERY = 1.0
 # Kernel caching: a listing's offsets carry its snapshot number above this bit,
 # in 31 bits, so that an offset stays a positive signed 64-bit off_t.
 _SNAPSHOT_SHIFT = 32
@@ -58,6 +62,7 @@ class Listings:
         self._snapshots: dict[tuple[int, int], Listing] = {}
         self._snapshot_dirs: collections.Counter[int] = collections.Counter()  # snapshots per dir
         self.table.fold_listeners.append(self._let_go)
+        self._given_back = -GIVE_BACK_EVERY  # time.monotonic() of the last give_back
 
     def _let_go(self, node: Node) -> None:
         """The table lets go of a container the kernel forgot (model/inodes.py):
@@ -74,9 +79,14 @@ class Listings:
         if not await self.engines.refresh_listing(inode):
             return False
         node = self.table.get(inode) if inode in self.table else None
-        if node is not None and len(node.children or ()) >= LISTED_PER_GIVE_BACK:
+        if (
+            node is not None
+            and len(node.children or ()) >= LISTED_PER_GIVE_BACK
+            and time.monotonic() - self._given_back >= GIVE_BACK_EVERY
+        ):
             # The answer's objects are freed now; what the C library held
             # for its larger ones goes back to the system (a few ms).
+            self._given_back = time.monotonic()
             give_back()
         await self.invalidator.told_kernel()
         return True

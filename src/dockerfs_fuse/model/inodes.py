@@ -45,6 +45,7 @@ from typing import Any
 import orjson
 
 from dockerfs_fuse.model.containers import (
+    LIVE,
     SUBDIRS,
     Container,
     Link,
@@ -66,6 +67,7 @@ NS = 1_000_000_000
 # own: its nodes, in the order the first build makes them, are numbered
 # from it (_renumber), so a folded container needs no record of them.
 CONTAINER_BLOCK = 256
+LIVE_PREFIX = LIVE + "/"  # the paths of .live/'s entries below a container
 # Distinct paths below containers whose strings are shared by the records
 # of folded containers (most have the same few dozen); past this many,
 # sharing starts over.
@@ -351,8 +353,13 @@ class InodeTable:
                 if numbers is None:
                     self._block = (node.inode + 1, node.inode + CONTAINER_BLOCK)
                 try:
-                    # Rebuilt from a record: .live/ too, so that its nodes get theirs.
-                    whole = numbers is not None
+                    # Rebuilt from a record that has .live/'s entries: .live/ too,
+                    # so that they get theirs. A record made while .live/ was
+                    # never built has none: it stays to be made when first looked
+                    # into, from its own restored number (_live_block), as before.
+                    whole = numbers is not None and any(
+                        p.startswith(LIVE_PREFIX) for p in numbers.paths
+                    )
                     self._reconcile(node, container_spec(node.raw), Changes(), whole=whole)
                 finally:
                     self._block = None
@@ -906,7 +913,9 @@ class InodeTable:
                     if key not in _UNIQUE_FIELDS:
                         if len(shared) > SHARED_PATHS:
                             shared.clear()
-                        shared[like] = found
+                        # A string is its own key: the copy, not the parse's
+                        # (kept as a key, it would keep the parse's page).
+                        shared[found if isinstance(value, str) else like] = found
                 value = found
             elif isinstance(value, int) and not isinstance(value, bool):
                 value = _copy(value, None)

@@ -502,3 +502,24 @@ def test_live_is_the_last_of_a_containers_entries() -> None:
     from dockerfs_fuse.model.containers import LIVE, container_spec
 
     assert all(list(container_spec(c))[-1] == LIVE for c in RECORDED)
+
+
+def test_a_removed_containers_nodes_are_let_go_once_the_kernel_forgets_them() -> None:
+    """Views keep things by number (the exec view's clone): the table says
+    when a removed node's number is let go, and not while the kernel holds it."""
+    t = InodeTable()
+    t.set_containers(RECORDED)
+    gone: list[int] = []
+    t.gone_listeners.append(gone.append)
+    cid = RECORDED[0]["Id"]
+    held = [walk(t, cid), walk(t, cid, "State")]
+    for n in held:
+        t.remember(n)
+    below = {n.inode for n in t.children(held[0]).values()}
+    t.set_containers(RECORDED[1:])  # docker rm, while the kernel holds two of its nodes
+    assert held[0].inode not in gone and held[1].inode not in gone
+    assert below - {held[1].inode} <= set(gone)
+    for n in held:
+        t.forget(n.inode, 1)
+    assert {held[0].inode, held[1].inode} <= set(gone)
+    assert all(n not in t for n in gone)

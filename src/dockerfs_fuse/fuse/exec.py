@@ -223,6 +223,7 @@ class ExecView:
         self.files: dict[int, tuple[Session | None, ExecFile | None]] = {}
         self._nodes: dict[int, tuple[Node, Node]] = {}  # id(session): (exec/, N/)
         self.table.fold_listeners.append(self._let_go)
+        self.table.gone_listeners.append(self._gone)
 
     def owns(self, node: Node) -> bool:
         return node.inode in self.files
@@ -247,6 +248,14 @@ class ExecView:
             self.files.pop(gone.inode, None)
             self.modes.pop(gone.inode, None)
             self.block_sizes.pop(gone.inode, None)
+
+    def _gone(self, inode: int) -> None:
+        """A removed container's exec/ or clone, let go by the table once the
+        kernel forgot it: kept, a host that makes and removes containers all
+        day would keep three numbers for each it ever walked into."""
+        self.files.pop(inode, None)
+        self.modes.pop(inode, None)
+        self.block_sizes.pop(inode, None)
 
     def writable(self, node: Node) -> bool:
         """Whether `echo x > FILE` may truncate it first: the files that take writes."""

@@ -300,6 +300,10 @@ class InodeTable:
         # container's own first, entries still in place: what a view keeps
         # for them (by number) goes too.
         self.fold_listeners: list[Callable[[Node], None]] = []
+        # Called with the number of each node that left the tree (removed,
+        # not folded) once the kernel holds it no more: what a view keeps
+        # for it (by number) goes too.
+        self.gone_listeners: list[Callable[[int], None]] = []
 
     # -- queries -------------------------------------------------------------
 
@@ -547,7 +551,7 @@ class InodeTable:
         elif node.raw is not None and node.inode not in self._held:
             self._fold(node)  # a container directory built by a lookup that found nothing
         if node.gone:
-            self._nodes.pop(inode, None)  # folded just now, or dropped before
+            self._let_go_of(inode)  # folded just now, or dropped before
         elif node.parent is not None and self.unlisted(node.parent).get(node.name) is node:
             # Nobody holds an unlisted container any more: a lookup asks again.
             del self._unlisted[node.parent.inode][node.name]
@@ -1011,7 +1015,12 @@ class InodeTable:
             n.raw = n.pending = None
             n.gone = True
             if n.lookups == 0:
-                self._nodes.pop(n.inode, None)
+                self._let_go_of(n.inode)
+
+    def _let_go_of(self, inode: int) -> None:
+        if self._nodes.pop(inode, None) is not None:
+            for listener in self.gone_listeners:
+                listener(inode)
 
 
 def _copy(value: Any, encoded: object) -> Any:

@@ -221,14 +221,7 @@ class DockerWrites:
         """Run `argv` in the container as root, to its end (within the usual
         deadline); its exit code and output. Raises Conflict when it is not
         running (or paused), NotFound when it is gone."""
-        body: dict[str, Any] = {
-            "AttachStdin": False,
-            "AttachStdout": True,
-            "AttachStderr": True,
-            "Tty": False,
-            "User": "0",
-            "Cmd": list(argv),
-        }
+        body = _as_root(argv, stdin=False)
         exec_id = await exec_calls.create_from(self.source, cid, body)
         output = await exec_calls.run_to_end(self.source, exec_id, OUTPUT_KEPT)
         state = await exec_calls.inspect(self.source, exec_id)
@@ -296,18 +289,24 @@ async def open_shell(source: DockerSource, cid: str) -> Shell:
     one that ends at once: the caller finds out at its first line. Its mark
     is its own, so that killing it kills no other channel's shell."""
     mark = f"channel-{secrets.token_hex(8)}"
-    body: dict[str, Any] = {
-        "AttachStdin": True,
+    body = _as_root(["sh"], stdin=True)
+    body["Env"] = [f"{exec_calls.MARK_VARIABLE}={mark}"]
+    exec_id = await exec_calls.create_from(source, cid, body)
+    stream = await exec_calls.start(source, exec_id, False)
+    return Shell(source, cid, exec_id, mark, stream)
+
+
+def _as_root(argv: Sequence[str], *, stdin: bool) -> dict[str, Any]:
+    """An exec of `argv` as root, its output framed (no TTY): a tool's run,
+    or (with stdin) the shell of engine/channel.py."""
+    return {
+        "AttachStdin": stdin,
         "AttachStdout": True,
         "AttachStderr": True,
         "Tty": False,
         "User": "0",
-        "Cmd": ["sh"],
-        "Env": [f"{exec_calls.MARK_VARIABLE}={mark}"],
+        "Cmd": list(argv),
     }
-    exec_id = await exec_calls.create_from(source, cid, body)
-    stream = await exec_calls.start(source, exec_id, False)
-    return Shell(source, cid, exec_id, mark, stream)
 
 
 def _put_over_unix(where: str, target: str, body: TarBody, connect: float) -> tuple[int, bytes]:

@@ -275,10 +275,16 @@ class ArchiveSpool(Spool):
         """A listing's snapshot, or a probe of a directory that came whole."""
         if self.kind is Fetch.LISTING:
             return True
-        if self.kind is not Fetch.PROBE or not self.done or self.error is not None:
+        return self.done and self.error is None and self.whole_dir_probe
+
+    @property
+    def whole_dir_probe(self) -> bool:
+        """A probe of a directory that reads it whole (so far, if not done):
+        ArchiveWriter has not found it past its bounds."""
+        if self.kind is not Fetch.PROBE or self.truncated:
             return False
         first = self.entries.get(self.path)
-        return first is not None and first.is_dir and not self.truncated
+        return first is not None and first.is_dir
 
     def knows_listing_of(self, path: str) -> bool:
         return (

@@ -185,11 +185,8 @@ class Channels:
 
     def gone(self, cid: str) -> None:
         """The container was removed: its channels go, and its refusals are forgotten."""
-        for key, channel in list(self._open.items()):
-            if key[1] == cid:
-                self._drop(channel)
-        for key in [k for k in self._refused if k[1] == cid]:
-            del self._refused[key]
+        self.stopped(cid)
+        self.started(cid)
 
     def _drop(self, channel: Channel) -> None:
         channel.dead = True

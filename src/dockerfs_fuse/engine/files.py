@@ -233,10 +233,8 @@ class ContainerFiles:
             return None
         parent = posixpath.dirname(path)
         for spool in self._live(cid):
-            if spool.kind is Fetch.PROBE and not spool.done and spool.path == parent:
-                first = spool.entries.get(parent)
-                if first is not None and first.is_dir and not spool.truncated:
-                    return spool
+            if not spool.done and spool.path == parent and spool.whole_dir_probe:
+                return spool
         return None
 
     async def _probe(self, cid: str, path: str) -> Entry:

@@ -748,8 +748,8 @@ class ContainerWrites:
             ):
                 d.path = new + d.path[len(old) :]
         self._apply(self.table.move_entry(parent, name, new_parent, new_name, new))
-        self._changed(cache, cid, self.roots.path_of(parent), [parent.inode])
-        self._changed(cache, cid, self.roots.path_of(new_parent), [new_parent.inode])
+        for directory in (parent,) if new_parent is parent else (parent, new_parent):
+            self._changed(cache, cid, self.roots.path_of(directory), [directory.inode])
 
     def _removed(self, cache: EngineCache, cid: str, parent: Node, name: str) -> None:
         self._apply(self.table.remove_entry(parent, name))

@@ -725,13 +725,10 @@ class InodeTable:
         if new_dir.children is None:
             new_dir.children = {}
         old_path = node.entry.path
-        stack = [node]
-        while stack:
-            n = stack.pop()
+        for n in (node, *(below for below, _ in _below(node))):
             if n.entry is not None:
                 rest = n.entry.path[len(old_path) :]
                 n.entry = replace(n.entry, path=new_path + rest)
-            stack.extend((n.children or {}).values())
         node.name, node.parent = new_name, new_dir
         new_dir.children[new_name] = node
         if node.is_dir:
@@ -941,7 +938,7 @@ class InodeTable:
             child = old.get(name)
             kind = (
                 Kind.DIR
-                if isinstance(value, Mapping) or value in (Special.ROOT, Special.EXEC)
+                if _makes_dir(value)
                 else Kind.LINK
                 if isinstance(value, Link)
                 else Kind.FILE
@@ -960,7 +957,7 @@ class InodeTable:
                     and not whole
                 ):
                     child.pending = value
-                    child.subdirs = _subdirs(value)
+                    child.subdirs = subdirs_of(value)
                 else:
                     child.pending = None
                     self._reconcile(child, value, changes)
@@ -1072,16 +1069,14 @@ def _spec_paths(spec: Spec, prefix: str = "") -> Iterator[str]:
             yield from _spec_paths(value, f"{prefix}{name}/")
 
 
-def _subdirs(spec: Spec | Tree) -> int:
-    """The directories a spec holds, as _reconcile counts them (exec/ too)."""
-    return sum(
-        1 for v in spec.values() if isinstance(v, Mapping) or v in (Special.ROOT, Special.EXEC)
-    )
+def _makes_dir(value: object) -> bool:
+    """Whether a spec's entry is a directory: a mapping, or root/ or exec/."""
+    return isinstance(value, Mapping) or value in (Special.ROOT, Special.EXEC)
 
 
-def subdirs_of(spec: Tree) -> int:
+def subdirs_of(spec: Spec | Tree) -> int:
     """The directories a spec holds, as _reconcile counts them (the link count)."""
-    return sum(1 for v in spec.values() if isinstance(v, Mapping) or v is Special.ROOT)
+    return sum(1 for v in spec.values() if _makes_dir(v))
 
 
 def made(spec: Tree | Deferred) -> Tree:
